@@ -1,0 +1,135 @@
+"""``GenerateConfig``: everything ``generate`` needs to know beyond the model itself.
+
+One frozen dataclass shared by the CLI (options override fields), the Python API
+(``get_config()`` in the user's model.py returns one) and the manifest (``to_dict``).
+Validation lives here, in ``__post_init__``, and only here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from aitune_triton.errors import UserError
+from aitune_triton.tensorrt.config import TensorRTBackendConfig
+
+BACKENDS = ("python", "tensorrt", "onnxruntime")
+FALLBACK_FORMATS = ("auto", "aoti", "export", "eager")
+DEVICES = ("auto", "cpu", "cuda")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+# Default dynamic-batching queue delay: short enough to be invisible at low load, long enough
+# to form batches under concurrency (stack.md measured 500-2000 us as the useful range on CPU).
+DEFAULT_QUEUE_DELAY_US = 500
+
+
+def validate_model_name(name: str) -> str:
+    """Model names become directory names: no separators, no ``..``, no leading dot, Triton-legal."""
+    if not isinstance(name, str) or not name:
+        raise UserError("model name is empty; pass --name with letters, digits, '_', '-' or '.'")
+    if name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name or "\0" in name:
+        raise UserError("model name %r is not a plain directory name; use letters, digits, '_', '-' or '.', "
+                        "not starting with '.'" % name)
+    if not _MODEL_NAME.match(name):
+        raise UserError("model name %r is not allowed; use 1-128 letters, digits, '_', '-' or '.'" % name[:140])
+    return name
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+
+    def to_dict(self) -> dict:
+        return {"atol": self.atol, "rtol": self.rtol}
+
+
+# Per dtype: float16/bfloat16 carry ~3 significant digits; fp32 paths (ORT, AOTI) reorder sums.
+DEFAULT_TOLERANCES = {
+    "float32": Tolerance(1e-4, 1e-3),
+    "float16": Tolerance(1e-2, 1e-2),
+    "bfloat16": Tolerance(5e-2, 5e-2),
+}
+EXACT = Tolerance(0.0, 0.0)
+
+
+def tolerance_for(dtype: str, override: Tolerance | None = None) -> Tolerance:
+    if override is not None and dtype in DEFAULT_TOLERANCES:
+        return override
+    return DEFAULT_TOLERANCES.get(dtype, EXACT)
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """What to generate. ``None`` fields are derived from the samples (and recorded in the manifest)."""
+
+    name: str | None = None
+    backends: tuple[str, ...] = ("python", "tensorrt")
+    max_batch_size: int | None = None
+    batch_axis: bool | None = None
+    instances: int = 1
+    device: str = "auto"
+    max_queue_delay_us: int | None = None
+    fallback_format: str = "auto"
+    tensorrt: TensorRTBackendConfig = field(default_factory=TensorRTBackendConfig)
+    atol: float | None = None
+    rtol: float | None = None
+    warmup: bool = True
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.name is not None:
+            validate_model_name(self.name)
+        if isinstance(self.backends, (list, str)):
+            object.__setattr__(self, "backends", tuple([self.backends] if isinstance(self.backends, str)
+                                                       else self.backends))
+        bad = [b for b in self.backends if b not in BACKENDS]
+        if bad or not self.backends:
+            raise UserError("unknown backend(s) %s; choose from %s" % (bad or "(none)", ", ".join(BACKENDS)))
+        if self.max_batch_size is not None and (not isinstance(self.max_batch_size, int) or self.max_batch_size < 1):
+            raise UserError("max_batch_size must be a positive integer, got %r; omit it to derive it from the samples"
+                            % (self.max_batch_size,))
+        if not isinstance(self.instances, int) or not 1 <= self.instances <= 64:
+            raise UserError("instances must be 1..64, got %r" % (self.instances,))
+        if self.device not in DEVICES:
+            raise UserError("device must be one of %s, got %r" % (", ".join(DEVICES), self.device))
+        if self.fallback_format not in FALLBACK_FORMATS:
+            raise UserError("fallback_format must be one of %s, got %r"
+                            % (", ".join(FALLBACK_FORMATS), self.fallback_format))
+        if self.max_queue_delay_us is not None and not 0 <= self.max_queue_delay_us <= 10_000_000:
+            raise UserError("max_queue_delay_us must be 0..10000000, got %r" % self.max_queue_delay_us)
+        for tol in ("atol", "rtol"):
+            v = getattr(self, tol)
+            if v is not None and not v >= 0:
+                raise UserError("%s must be >= 0, got %r" % (tol, v))
+        if isinstance(self.tensorrt, dict):
+            object.__setattr__(self, "tensorrt", TensorRTBackendConfig.from_dict(self.tensorrt))
+
+    @property
+    def tolerance_override(self) -> Tolerance | None:
+        if self.atol is None and self.rtol is None:
+            return None
+        return Tolerance(self.atol if self.atol is not None else 1e-4, self.rtol if self.rtol is not None else 1e-3)
+
+    @property
+    def queue_delay_us(self) -> int:
+        return DEFAULT_QUEUE_DELAY_US if self.max_queue_delay_us is None else self.max_queue_delay_us
+
+    def replace(self, **changes: Any) -> "GenerateConfig":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["backends"] = list(self.backends)
+        d["tensorrt"] = self.tensorrt.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GenerateConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise UserError("unknown GenerateConfig field(s): %s" % ", ".join(sorted(unknown)))
+        return cls(**d)

@@ -1,0 +1,173 @@
+"""The seed API's ``TensorRTBackendConfig`` and quantization configs, in this project's words.
+
+Field names and defaults mirror the seed (``../shared/seeds``) so users of that API feel at home;
+``version_compatible`` is added because a Triton deployment often runs a newer TensorRT than
+the one that built the plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+from aitune_triton.errors import UserError
+from aitune_triton.tensorrt.profiles import ProfileMode, TensorRTProfile, profiles_from_dict
+
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "fp8")
+
+
+@dataclass(frozen=True)
+class ONNXAutoCastConfig:
+    """Mixed precision by ModelOpt's ONNX AutoCast: the ONNX graph carries the precision,
+    so the engine is built strongly typed."""
+
+    precision: str = "fp16"
+    low_precision_type: str | None = None
+    nodes_to_exclude: tuple[str, ...] = ()
+    data_max: float = 512.0
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp16", "bf16"):
+            raise UserError("ONNXAutoCastConfig.precision must be 'fp16' or 'bf16', got %r" % self.precision)
+
+
+@dataclass(frozen=True)
+class ONNXQuantizationConfig:
+    """Post-training quantization of the ONNX graph with ModelOpt (``modelopt.onnx.quantization``)."""
+
+    precision: str = "int8"
+    calibration_method: str = "max"
+    nodes_to_exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("int8", "fp8", "fp16", "int4"):
+            raise UserError("ONNXQuantizationConfig.precision must be int8, fp8, fp16 or int4, got %r" % self.precision)
+
+
+@dataclass(frozen=True)
+class TorchQuantizationConfig:
+    """Quantization of the torch module with ModelOpt (``modelopt.torch.quantization``) before export;
+    ``quantization_config`` names one of ModelOpt's configs, e.g. ``"FP8_DEFAULT_CFG"``."""
+
+    quantization_config: str = "INT8_DEFAULT_CFG"
+    calibration_steps: int = 8
+
+
+QuantizationConfig = Union[ONNXAutoCastConfig, ONNXQuantizationConfig, TorchQuantizationConfig]
+_QUANT_TYPES = {c.__name__: c for c in (ONNXAutoCastConfig, ONNXQuantizationConfig, TorchQuantizationConfig)}
+
+
+def quantization_to_dict(q: QuantizationConfig | None) -> dict | None:
+    if q is None:
+        return None
+    return {"type": type(q).__name__, **{k: list(v) if isinstance(v, tuple) else v
+                                         for k, v in dataclasses.asdict(q).items()}}
+
+
+def quantization_from_dict(d: dict | None) -> QuantizationConfig | None:
+    if d is None:
+        return None
+    d = dict(d)
+    kind = _QUANT_TYPES.get(d.pop("type", ""))
+    if kind is None:
+        raise UserError("unknown quantization config type %r; use one of %s" % (d.get("type"), ", ".join(_QUANT_TYPES)))
+    return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+@dataclass(frozen=True)
+class TensorRTBackendConfig:
+    """How the TensorRT plan is built (seed API field names and defaults)."""
+
+    use_dynamo: bool = True
+    workspace_size: int | None = None
+    opset_version: int | None = None
+    optimization_level: int | None = None
+    compatibility_level: str | None = None
+    timing_cache: Path | None = None
+    profiles: Any = ProfileMode.SINGLE
+    device: str = "cuda"
+    quantization_config: QuantizationConfig | None = None
+    enable_tf32: bool = True
+    use_cuda_graphs: bool = False
+    version_compatible: bool = False
+    # extensions beyond the seed: builder precision flags when no quantization_config is given
+    # (weakly typed build), and the child-process build timeout
+    precision: str = "fp32"
+    build_timeout_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.profiles, str):
+            object.__setattr__(self, "profiles", ProfileMode(self.profiles))
+        elif isinstance(self.profiles, list):
+            object.__setattr__(self, "profiles", tuple(self.profiles))
+        if not isinstance(self.profiles, ProfileMode) and not all(
+                isinstance(p, TensorRTProfile) for p in self.profiles):
+            raise UserError("profiles must be a ProfileMode or a list of TensorRTProfile")
+        if self.timing_cache is not None and not isinstance(self.timing_cache, Path):
+            object.__setattr__(self, "timing_cache", Path(self.timing_cache))
+        if self.workspace_size is not None and self.workspace_size <= 0:
+            raise UserError("workspace_size must be a positive number of bytes, got %r" % self.workspace_size)
+        if self.optimization_level is not None and not 0 <= self.optimization_level <= 5:
+            raise UserError("optimization_level must be 0..5, got %r" % self.optimization_level)
+        if self.compatibility_level not in (None, "ampere_plus", "same_compute_capability"):
+            raise UserError("compatibility_level must be None, 'ampere_plus' or 'same_compute_capability', got %r"
+                            % self.compatibility_level)
+        if self.opset_version is not None and not 9 <= self.opset_version <= 23:
+            raise UserError("opset_version must be between 9 and 23, got %r" % self.opset_version)
+        if self.precision not in PRECISIONS:
+            raise UserError("precision must be one of %s, got %r" % (", ".join(PRECISIONS), self.precision))
+
+    @property
+    def strongly_typed(self) -> bool:
+        """The ONNX graph itself carries the precision (AutoCast / Q-DQ), so TensorRT must not re-decide it."""
+        return isinstance(self.quantization_config, (ONNXAutoCastConfig, ONNXQuantizationConfig))
+
+    @property
+    def effective_precision(self) -> str:
+        q = self.quantization_config
+        if isinstance(q, (ONNXAutoCastConfig, ONNXQuantizationConfig)):
+            return q.precision
+        if isinstance(q, TorchQuantizationConfig):
+            return "fp8" if "FP8" in q.quantization_config.upper() else "int8"
+        return self.precision
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["profiles"] = (self.profiles.value if isinstance(self.profiles, ProfileMode)
+                         else [p.to_dict() for p in self.profiles])
+        d["timing_cache"] = str(self.timing_cache) if self.timing_cache else None
+        d["quantization_config"] = quantization_to_dict(self.quantization_config)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TensorRTBackendConfig":
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise UserError("unknown TensorRTBackendConfig field(s): %s" % ", ".join(sorted(unknown)))
+        if "profiles" in d:
+            d["profiles"] = profiles_from_dict(d["profiles"])
+        if "quantization_config" in d:
+            d["quantization_config"] = quantization_from_dict(d["quantization_config"])
+        return cls(**d)
+
+    def to_json(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+
+    def describe(self) -> str:
+        """Only the fields that differ from the defaults, e.g. ``precision=bf16,use_cuda_graphs=True``."""
+        default = type(self)().to_dict()
+        return ",".join("%s=%s" % (k, v) for k, v in self.to_dict().items() if default[k] != v)
+
+    def key(self) -> str:
+        """A stable hash of the settings (same config, same key, across processes)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def replace(self, **changes: Any) -> "TensorRTBackendConfig":
+        return dataclasses.replace(self, **changes)
+

@@ -1,0 +1,216 @@
+"""TensorRT optimization profiles (the seed API's ``TensorRTProfile`` / ``ProfileMode``) and
+their derivation from the recorded samples.
+
+Triton's dynamic batcher can send any batch from 1 to ``max_batch_size`` to any instance, so
+derived profiles start at batch 1 and the profiles together cover 1..max_batch_size. User
+profiles that leave a gap are rejected with the input and axis named (not silently widened):
+a plan that cannot serve a batch the batcher forms fails at request time, far from the cause.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from enum import Enum
+from typing import Sequence
+
+from polygraphy.backend.trt import Profile
+
+from aitune_triton.errors import UserError
+from aitune_triton.spec import AxisKind, IOSpec, Sample, sample_feed
+
+log = logging.getLogger(__name__)
+
+
+class ProfileMode(str, Enum):
+    """How profiles are generated: SINGLE (min/opt/max over samples) or one per sample shape."""
+
+    SINGLE = "single"
+    SAMPLES_USED = "samples_used"
+
+
+class TensorRTProfile:
+    """One optimization profile: per input, min/opt/max shapes. Backed by Polygraphy's ``Profile``."""
+
+    def __init__(self) -> None:
+        self._profile = Profile()
+
+    @property
+    def profile(self) -> Profile:
+        return self._profile
+
+    def add_input_shape(self, name: str, min_shape: Sequence[int], opt_shape: Sequence[int],
+                        max_shape: Sequence[int]) -> "TensorRTProfile":
+        self._profile.add(name=name, min=tuple(int(d) for d in min_shape), opt=tuple(int(d) for d in opt_shape),
+                          max=tuple(int(d) for d in max_shape))
+        log.debug("profile input %s: min=%s opt=%s max=%s", name, min_shape, opt_shape, max_shape)
+        return self
+
+    def items(self):
+        return self._profile.items()
+
+    def names(self) -> list[str]:
+        return list(self._profile.keys())
+
+    def shapes(self, name: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        b = self._profile[name]
+        return tuple(b.min), tuple(b.opt), tuple(b.max)
+
+    def batch_range(self) -> tuple[int, int, int]:
+        """(min, opt, max) of axis 0 across inputs: the batches every input can take."""
+        mins, opts, maxs = zip(*[(s[0][0], s[1][0], s[2][0]) for s in (self.shapes(n) for n in self.names())])
+        return max(mins), max(opts), min(maxs)
+
+    @classmethod
+    def profile_to_dict(cls, profile: Profile) -> dict:
+        return {name: [list(b.min), list(b.opt), list(b.max)] for name, b in profile.items()}
+
+    def to_dict(self) -> dict:
+        return self.profile_to_dict(self._profile)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TensorRTProfile":
+        profile = cls()
+        for name, (min_, opt_, max_) in data.items():
+            profile.add_input_shape(name, tuple(min_), tuple(opt_), tuple(max_))
+        return profile
+
+    def _key(self) -> tuple:
+        return tuple(sorted((n, tuple(b.min), tuple(b.opt), tuple(b.max)) for n, b in self._profile.items()))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TensorRTProfile) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return "TensorRTProfile(%s)" % self.to_dict()
+
+
+@dataclass(frozen=True)
+class ProfileSet:
+    """The profiles a plan is built with and the largest batch Triton may send to them."""
+
+    profiles: tuple[TensorRTProfile, ...]
+    mode: str
+    max_batch_size: int
+
+    def opt_batches(self) -> list[int]:
+        return sorted({p.batch_range()[1] for p in self.profiles})
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "max_batch_size": self.max_batch_size,
+                "profiles": [p.to_dict() for p in self.profiles]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ProfileSet":
+        return cls(tuple(TensorRTProfile.from_dict(p) for p in d["profiles"]), d["mode"], int(d["max_batch_size"]))
+
+
+def default_max_batch_size(spec: IOSpec) -> int:
+    """The largest sample batch rounded up to a power of two (samples rarely hit the real max)."""
+    if not spec.batching:
+        return 0
+    largest = spec.max_sample_batch
+    power = 1
+    while power < largest:
+        power *= 2
+    return power
+
+
+def _single(spec: IOSpec, max_batch: int) -> TensorRTProfile:
+    profile = TensorRTProfile()
+    for t in spec.inputs:
+        lo, opt, hi = list(t.shape("min")), list(t.shape("common")), list(t.shape("max"))
+        if t.has_batch:
+            lo[0], hi[0] = 1, max_batch
+            opt[0] = min(max(opt[0], 1), max_batch)
+        profile.add_input_shape(t.name, lo, opt, hi)
+    return profile
+
+
+def _from_samples(spec: IOSpec, samples: Sequence[Sample], max_batch: int) -> list[TensorRTProfile]:
+    """One profile per distinct sample shape; each profile's batch axis spans 1..max so any
+    instance can take any batch the batcher forms."""
+    seen: dict[tuple, TensorRTProfile] = {}
+    for sample in samples:
+        feed = sample_feed(spec, sample)
+        profile = TensorRTProfile()
+        for t in spec.inputs:
+            shape = list(feed[t.name].shape)
+            lo, hi = list(shape), list(shape)
+            if t.has_batch:
+                lo[0], hi[0] = 1, max_batch
+                shape[0] = min(shape[0], max_batch)
+            profile.add_input_shape(t.name, lo, shape, hi)
+        seen.setdefault(profile._key(), profile)
+    return list(seen.values())
+
+
+def validate_profile(spec: IOSpec, profile: TensorRTProfile, index: int, max_batch: int) -> None:
+    """User profiles: names exist, ranks match, min <= opt <= max, static axes fixed, batch covers 1..max."""
+    known = {t.name for t in spec.inputs}
+    for name in profile.names():
+        if name not in known:
+            raise UserError("profile %d names input %r, which the model does not have (inputs: %s)"
+                            % (index, name, ", ".join(sorted(known))))
+    for t in spec.inputs:
+        if t.name not in profile.names():
+            raise UserError("profile %d has no shapes for input %r; give min/opt/max for every input" % (index, t.name))
+        lo, opt, hi = profile.shapes(t.name)
+        if not (len(lo) == len(opt) == len(hi) == t.rank):
+            raise UserError("profile %d, input %r: shapes have rank %d/%d/%d but the input has rank %d"
+                            % (index, t.name, len(lo), len(opt), len(hi), t.rank))
+        for axis, (a, o, b, spec_axis) in enumerate(zip(lo, opt, hi, t.axes)):
+            if not (1 <= a <= o <= b):
+                raise UserError("profile %d, input %r, axis %d: need 1 <= min <= opt <= max, got %d/%d/%d"
+                                % (index, t.name, axis, a, o, b))
+            if spec_axis.kind is AxisKind.STATIC and not (a == o == b == spec_axis.max):
+                raise UserError("profile %d, input %r, axis %d is static (%d) in the samples but the profile gives "
+                                "%d/%d/%d" % (index, t.name, axis, spec_axis.max, a, o, b))
+        if t.has_batch and max_batch and (lo[0] != 1 or hi[0] < max_batch):
+            raise UserError("profile %d, input %r: batch axis covers %d..%d but Triton may send any batch 1..%d; "
+                            "set min batch 1 and max batch >= max_batch_size (or lower max_batch_size)"
+                            % (index, t.name, lo[0], hi[0], max_batch))
+
+
+def derive_profiles(spec: IOSpec, samples: Sequence[Sample], profiles: "ProfileMode | Sequence[TensorRTProfile]",
+                    max_batch_size: int | None = None) -> ProfileSet:
+    """Profiles for the plan from the mode (or the user's list), and the served max batch."""
+    if max_batch_size is not None and spec.batching and max_batch_size < 1:
+        raise UserError("max_batch_size must be >= 1 for a batching model, got %d" % max_batch_size)
+    if max_batch_size is not None and max_batch_size < 0:
+        raise UserError("max_batch_size must be >= 0, got %d" % max_batch_size)
+    if not spec.batching:
+        max_batch = 0
+    elif max_batch_size is not None:
+        max_batch = max_batch_size
+    elif not isinstance(profiles, ProfileMode):
+        max_batch = min(p.batch_range()[2] for p in profiles) if profiles else default_max_batch_size(spec)
+    else:
+        max_batch = default_max_batch_size(spec)
+    if isinstance(profiles, ProfileMode):
+        if profiles is ProfileMode.SINGLE:
+            return ProfileSet((_single(spec, max(max_batch, 1)),), profiles.value, max_batch)
+        if len(samples) <= 1:
+            raise UserError("ProfileMode.SAMPLES_USED needs more than one sample (it makes one profile per distinct "
+                            "sample shape); return more samples from get_samples() or use ProfileMode.SINGLE")
+        return ProfileSet(tuple(_from_samples(spec, samples, max(max_batch, 1))), profiles.value, max_batch)
+    user = list(profiles)
+    if not user:
+        raise UserError("profiles is an empty list; give at least one TensorRTProfile or use ProfileMode.SINGLE")
+    for i, p in enumerate(user):
+        validate_profile(spec, p, i, max_batch)
+    return ProfileSet(tuple(user), "custom", max_batch)
+
+
+def profiles_from_dict(data: "str | list[dict]") -> "ProfileMode | list[TensorRTProfile]":
+    if isinstance(data, list):
+        return [TensorRTProfile.from_dict(p) for p in data]
+    return ProfileMode(data)
+
+
+def most_common_shape(shapes: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
+    return Counter(shapes).most_common(1)[0][0]
