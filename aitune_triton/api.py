@@ -1,0 +1,264 @@
+"""The Python API behind the CLI: ``generate`` runs the pipeline stage by stage.
+
+model.py ─load─▶ ModelSource ─record─▶ IOSpec ─profiles─▶ ProfileSet ─export─▶ OnnxArtifact
+  ─build─▶ plan (or a staged TensorRT model + build script) ─fallback─▶ FallbackArtifact
+  ─map─▶ ModelConfigPlan ─render─▶ config.pbtxt ─write─▶ model directories + manifest
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from aitune_triton import __version__
+from aitune_triton.config import GenerateConfig, tolerance_for
+from aitune_triton.errors import ModelError, UserError
+from aitune_triton.source import ModelSource, load_model_source
+from aitune_triton.spec import IOSpec, Sample, flatten_outputs, record_spec, sample_feed
+from aitune_triton.tensorrt.config import TensorRTBackendConfig
+from aitune_triton.tensorrt.profiles import ProfileSet, derive_profiles
+from aitune_triton.triton import repository
+from aitune_triton.triton.manifest import REFERENCE, Manifest, ReferenceCase, save_reference, to_numpy
+from aitune_triton.triton.mapping import MappingOptions, ModelConfigPlan, plan_model_config
+from aitune_triton.triton.render import render_config
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+
+TRT_STAGE_DIR = "tensorrt"
+
+
+@dataclass(frozen=True)
+class GeneratedModel:
+    name: str
+    backend: str
+    path: Path
+    status: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    repository: Path
+    models: tuple[GeneratedModel, ...]
+    notes: tuple[str, ...] = field(default=())
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' was requested but torch sees no GPU; use --device cpu")
+    return device
+
+
+def versions(device: str) -> dict:
+    info = {"aitune_triton": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.version.cuda, "device": device}
+    for mod in ("onnx", "onnxruntime"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except ImportError:
+            info[mod] = None
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["compute_capability"] = "%d.%d" % torch.cuda.get_device_capability(0)
+    return info
+
+
+def default_model_name(path: Path) -> str:
+    stem = path.parent.name if path.stem == "model" else path.stem
+    name = "".join(c if c.isalnum() or c in "_-" else "_" for c in stem).lstrip("._-")
+    return name or "model"
+
+
+def check_outputs_finite(spec: IOSpec, outputs: tuple) -> None:
+    for i, out in enumerate(outputs):
+        for name, t in flatten_outputs(out):
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise ModelError("output %r of sample %d contains NaN or Inf; fix the model or the sample "
+                                 "(reference outputs must be finite to validate against)" % (name, i))
+
+
+def reference_cases(spec: IOSpec, samples: tuple[Sample, ...], outputs: tuple) -> list[ReferenceCase]:
+    return [ReferenceCase({k: to_numpy(v) for k, v in sample_feed(spec, s).items()},
+                          {k: to_numpy(v) for k, v in flatten_outputs(o)})
+            for s, o in zip(samples, outputs)]
+
+
+def write_warmup(spec: IOSpec, sample: Sample, warmup_dir: Path) -> dict[str, tuple[int, ...]]:
+    """One batch item per input as raw row-major bytes (Triton replicates it to the batch size)."""
+    warmup_dir.mkdir()
+    dims = {}
+    for t in spec.inputs:
+        value = sample_feed(spec, sample)[t.name]
+        item = value[0] if spec.batching else value
+        if item.dim() == 0:
+            item = item.reshape(1)
+        (warmup_dir / ("%s.bin" % t.name)).write_bytes(item.contiguous().cpu().view(torch.uint8).numpy().tobytes()
+                                                     if item.dtype == torch.bfloat16 else
+                                                     item.contiguous().cpu().numpy().tobytes())
+        dims[t.name] = tuple(item.shape)
+    return dims
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything derived from model.py before anything is written."""
+
+    source: ModelSource
+    config: GenerateConfig
+    spec: IOSpec
+    profiles: ProfileSet
+    name: str
+    device: str
+
+
+def prepare(model_py: Path, overrides: dict | None = None) -> Prepared:
+    source = load_model_source(model_py)
+    config = source.config or GenerateConfig()
+    if overrides:
+        trt_over = overrides.pop("tensorrt", None) or {}
+        config = config.replace(**overrides)
+        if trt_over:
+            config = config.replace(tensorrt=config.tensorrt.replace(**trt_over))
+    spec = record_spec(source.model, source.samples, source.outputs, config.batch_axis)
+    check_outputs_finite(spec, source.outputs)
+    profiles = derive_profiles(spec, source.samples, config.tensorrt.profiles, config.max_batch_size)
+    name = config.name or default_model_name(source.path)
+    return Prepared(source, config, spec, profiles, name, resolve_device(config.device))
+
+
+def model_names(prep: Prepared) -> dict[str, str]:
+    """Triton model name per backend: the fallback keeps the plain name (it serves first)."""
+    names = {}
+    for backend in prep.config.backends:
+        names[backend] = {"python": prep.name, "tensorrt": prep.name + "_trt",
+                          "onnxruntime": prep.name + "_onnx"}[backend]
+    if "python" not in names and "tensorrt" in names:
+        names["tensorrt"] = prep.name
+    return names
+
+
+def _mapping(prep: Prepared, name: str, backend: str, warmup_dims, **extra) -> ModelConfigPlan:
+    kind = "KIND_GPU" if prep.device == "cuda" else "KIND_CPU"
+    return plan_model_config(prep.spec, prep.profiles, MappingOptions(
+        name=name, backend=backend, max_batch_size=prep.profiles.max_batch_size, instances=prep.config.instances,
+        kind=kind, queue_delay_us=prep.config.queue_delay_us, use_cuda_graphs=prep.config.tensorrt.use_cuda_graphs,
+        warmup_dims=warmup_dims if prep.config.warmup else None, description=prep.config.description, **extra))
+
+
+def _manifest(prep: Prepared, name: str, backend: str, **sections) -> Manifest:
+    override = prep.config.tolerance_override
+    return Manifest(
+        name=name, backend=backend, spec=prep.spec, profiles=prep.profiles,
+        max_batch_size=prep.profiles.max_batch_size,
+        tolerances={t.name: tolerance_for(t.dtype, override) for t in prep.spec.outputs},
+        versions=versions(prep.device), config=prep.config.to_dict(), **sections)
+
+
+def _write_common(prep: Prepared, model_dir: Path) -> dict:
+    save_reference(model_dir / REFERENCE, reference_cases(prep.spec, prep.source.samples, prep.source.outputs))
+    return write_warmup(prep.spec, prep.source.samples[0], model_dir / "warmup")
+
+
+def _export_onnx(prep: Prepared, path: Path, progress: Progress):
+    from aitune_triton.export.onnx import export_onnx
+
+    progress("exporting ONNX and checking it with ONNX Runtime")
+    trt: TensorRTBackendConfig = prep.config.tensorrt
+    return export_onnx(prep.source.model, prep.spec, prep.source.samples, prep.profiles, path,
+                       use_dynamo=trt.use_dynamo, opset_version=trt.opset_version)
+
+
+def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress) -> tuple[Manifest, str]:
+    from aitune_triton.export.torch_export import build_fallback, render_python_model
+
+    warmup_dims = _write_common(prep, model_dir)
+    version_dir = model_dir / "1"
+    version_dir.mkdir()
+    progress("building the PyTorch fallback (AOTInductor, ExportedProgram or eager)")
+    artifact = build_fallback(prep.source.path, prep.source.model, prep.spec, prep.source.samples,
+                              prep.source.outputs, prep.profiles, version_dir, device=prep.device,
+                              preferred=prep.config.fallback_format)
+    (version_dir / "model.py").write_text(render_python_model(prep.spec, artifact, prep.profiles.max_batch_size))
+    plan = _mapping(prep, name, "python", warmup_dims)
+    (model_dir / "config.pbtxt").write_text(render_config(plan))
+    manifest = _manifest(prep, name, "python", artifact=artifact.to_dict())
+    skipped = "; ".join("%s skipped: %s" % (f, r) for f, r in artifact.skipped)
+    return manifest, "fallback %s on %s%s" % (artifact.format, artifact.device, " (%s)" % skipped if skipped else "")
+
+
+def _stage_tensorrt(prep: Prepared, home_dir: Path, trt_name: str, progress: Progress) -> dict:
+    """No TensorRT here: keep the checked ONNX, the TensorRT config and a build script under the
+    fallback model's ``tensorrt/`` dir (not a version dir, so Triton never loads it)."""
+    from aitune_triton.tensorrt.builder import render_build_script, tensorrt_status
+
+    stage = home_dir / TRT_STAGE_DIR
+    stage.mkdir()
+    onnx = _export_onnx(prep, stage / "model.onnx", progress)
+    status = tensorrt_status()
+    plan = _mapping(prep, trt_name, "tensorrt", None)
+    (stage / "config.pbtxt").write_text(render_config(plan))
+    script = stage / "build_plan.sh"
+    script.write_text(render_build_script(onnx_path=Path("model.onnx"), plan_path=Path("model.plan"),
+                                          trt_config=prep.config.tensorrt, profile_set=prep.profiles,
+                                          model_name=trt_name))
+    script.chmod(0o755)
+    return {"status": "pending", "model_name": trt_name, "onnx": "%s/model.onnx" % TRT_STAGE_DIR,
+            "build_script": "%s/build_plan.sh" % TRT_STAGE_DIR, "config": "%s/config.pbtxt" % TRT_STAGE_DIR,
+            "reason": status.reason, "onnx_check": onnx.check.to_dict(), "opset": onnx.opset,
+            "exporter": onnx.exporter, "settings": prep.config.tensorrt.to_dict()}
+
+
+def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bool = False,
+             progress: Progress = lambda msg: None) -> GenerateResult:
+    """Generate the model directories for ``model_py`` into the repository ``out``."""
+    prep = prepare(model_py, dict(overrides or {}))
+    names = model_names(prep)
+    results, notes = [], []
+    with repository.stage_models(out, list(names.values()), force=force) as staged:
+        trt_info: dict = {}
+        if "python" in names:
+            home = staged.dir(names["python"])
+            manifest, detail = _write_python(prep, home, names["python"], progress)
+            if "tensorrt" in names:
+                try:
+                    trt_info = _stage_tensorrt(prep, home, names["tensorrt"], progress)
+                except ModelError as exc:
+                    trt_info = {"status": "export_failed", "reason": str(exc)}
+                    notes.append("TensorRT skipped: %s" % exc)
+            manifest = Manifest(**{**manifest.__dict__, "tensorrt": trt_info})
+            manifest.save(home)
+            results.append(GeneratedModel(names["python"], "python", out / names["python"], "ready", detail))
+        elif "tensorrt" in names:
+            home = staged.dir(names["tensorrt"])
+            _write_common(prep, home)
+            trt_info = _stage_tensorrt(prep, home, names["tensorrt"], progress)
+            _manifest(prep, names["tensorrt"], "tensorrt", tensorrt=trt_info).save(home)
+        if trt_info.get("status") == "pending":
+            stage_dir = out / (names.get("python") or names["tensorrt"]) / TRT_STAGE_DIR
+            notes.append("TensorRT is not available here (%s): the checked ONNX, the TensorRT config and "
+                         "build_plan.sh are staged in %s." % (trt_info["reason"], stage_dir))
+            notes.append("Build the plan inside a TensorRT/Triton container with `aitune-triton build-plan %s "
+                         "--model %s` (or %s/build_plan.sh); the Python fallback serves meanwhile."
+                         % (out, names.get("python") or names["tensorrt"], stage_dir))
+            results.append(GeneratedModel(names["tensorrt"], "tensorrt", stage_dir, "pending", "plan not built"))
+        if "onnxruntime" in names:
+            onnx_dir = staged.dir(names["onnxruntime"])
+            (onnx_dir / "1").mkdir()
+            warmup_dims = _write_common(prep, onnx_dir)
+            onnx = _export_onnx(prep, onnx_dir / "1" / "model.onnx", progress)
+            plan = _mapping(prep, names["onnxruntime"], "onnxruntime", warmup_dims)
+            (onnx_dir / "config.pbtxt").write_text(render_config(plan))
+            _manifest(prep, names["onnxruntime"], "onnxruntime", artifact={"format": "onnx", "opset": onnx.opset,
+                      "check": onnx.check.to_dict()}).save(onnx_dir)
+            results.append(GeneratedModel(names["onnxruntime"], "onnxruntime", out / names["onnxruntime"], "ready",
+                                          "ONNX opset %s" % onnx.opset))
+    return GenerateResult(Path(out), tuple(results), tuple(notes))
+

@@ -1,0 +1,99 @@
+"""Command line: parse options, call the API, print. Nothing else lives here.
+
+Exit codes: 0 success, 1 a model or check failed, 2 a usage error (one line, no traceback
+unless ``--debug``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from aitune_triton import __version__
+from aitune_triton.errors import AituneError
+
+console = Console(stderr=True, highlight=False)
+
+
+def _handle_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            return fn(*args, **kwargs)
+        except AituneError as exc:
+            if debug:
+                console.print_exception()
+            message = str(exc).splitlines()
+            console.print("[bold red]error:[/] %s" % message[0], markup=True, soft_wrap=True)
+            for line in message[1:]:
+                console.print(line, markup=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            console.print("interrupted; nothing was written")
+            sys.exit(130)
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="aitune-triton")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+def main(debug: bool) -> None:
+    """Put a PyTorch model behind NVIDIA Triton Inference Server."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("model_py", type=click.Path(path_type=Path))
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("model_repository"), show_default=True,
+              help="Model repository to write into (other models in it are left untouched).")
+@click.option("--name", help="Triton model name (default: get_config().name or the model.py's folder name).")
+@click.option("--backend", "backends", multiple=True, type=click.Choice(["python", "tensorrt", "onnxruntime"]),
+              help="Backends to generate (repeatable; default python + tensorrt).")
+@click.option("--max-batch-size", type=int, help="Largest batch to serve (default: from the samples).")
+@click.option("--instances", type=int, help="Model instances per device.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where the fallback runs.")
+@click.option("--max-queue-delay-us", type=int, help="Dynamic batching queue delay in microseconds.")
+@click.option("--fallback-format", type=click.Choice(["auto", "aoti", "export", "eager"]),
+              help="Force the fallback artifact format.")
+@click.option("--precision", type=click.Choice(["fp32", "tf32", "fp16", "bf16", "int8", "fp8"]),
+              help="TensorRT builder precision.")
+@click.option("--cuda-graphs/--no-cuda-graphs", default=None, help="CUDA graphs for the TensorRT model.")
+@click.option("--force", is_flag=True, help="Replace models of the same name.")
+@_handle_errors
+def generate(model_py, out, name, backends, max_batch_size, instances, device, max_queue_delay_us,
+             fallback_format, precision, cuda_graphs, force):
+    """Generate Triton model directories for MODEL_PY (defines get_model() and get_samples())."""
+    from aitune_triton.api import generate as run
+
+    trt = {k: v for k, v in {"precision": precision, "use_cuda_graphs": cuda_graphs}.items() if v is not None}
+    overrides = {"name": name, "backends": tuple(backends) or None, "max_batch_size": max_batch_size,
+                 "instances": instances, "device": device, "max_queue_delay_us": max_queue_delay_us,
+                 "fallback_format": fallback_format, "tensorrt": trt}
+    with console.status("generating") as status:
+        result = run(model_py, out, overrides, force=force, progress=lambda m: status.update(m))
+    for model in result.models:
+        console.print("[green]✓[/] %s (%s, %s): %s" % (model.name, model.backend, model.status, model.detail))
+    for note in result.notes:
+        console.print(note, markup=False, soft_wrap=True)
+    console.print("wrote %s" % result.repository)
+
+
+@main.command()
+@_handle_errors
+def doctor():
+    """Show which components are available (torch, GPU, TensorRT, tritonserver, perf_analyzer)."""
+    from aitune_triton import doctor as doc
+
+    rows = doc.collect()
+    doc.render(rows, Console())
+    sys.exit(doc.exit_code(rows))
+
+
+if __name__ == "__main__":
+    main()

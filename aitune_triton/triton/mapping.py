@@ -1,0 +1,248 @@
+"""Pure rules from (IOSpec, ProfileSet, backend choice) to a typed ``ModelConfigPlan``.
+
+Every rule is a small function with its own test; the rendered protobuf is checked against
+the same invariants again in ``render.py``. See ``../shared/reference/triton.md`` §2-§8.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from aitune_triton.errors import UserError
+from aitune_triton.spec import IOSpec, TensorSpec
+from aitune_triton.tensorrt.profiles import ProfileSet
+
+TRITON_DTYPES = {
+    "float32": "TYPE_FP32",
+    "float16": "TYPE_FP16",
+    "bfloat16": "TYPE_BF16",
+    "int64": "TYPE_INT64",
+    "int32": "TYPE_INT32",
+    "int8": "TYPE_INT8",
+    "uint8": "TYPE_UINT8",
+    "bool": "TYPE_BOOL",
+}
+PLATFORMS = {"tensorrt": ("tensorrt_plan", None, "model.plan"),
+             "onnxruntime": ("onnxruntime_onnx", None, "model.onnx"),
+             "python": (None, "python", "model.py")}
+
+
+@dataclass(frozen=True)
+class TensorConfig:
+    name: str
+    data_type: str
+    dims: tuple[int, ...]
+    reshape: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class InstanceGroup:
+    count: int
+    kind: str
+    gpus: tuple[int, ...] = ()
+    profiles: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DynamicBatching:
+    max_queue_delay_us: int
+    preferred_batch_sizes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    batch_size: int
+    inputs: tuple[tuple[str, tuple[int, ...]], ...]
+
+
+@dataclass(frozen=True)
+class WarmupInput:
+    name: str
+    data_type: str
+    dims: tuple[int, ...]
+    data_file: str
+
+
+@dataclass(frozen=True)
+class Warmup:
+    name: str
+    batch_size: int
+    inputs: tuple[WarmupInput, ...]
+
+
+@dataclass(frozen=True)
+class ModelConfigPlan:
+    """Everything config.pbtxt says, as data. Templates only print it."""
+
+    name: str
+    backend: str
+    max_batch_size: int
+    inputs: tuple[TensorConfig, ...]
+    outputs: tuple[TensorConfig, ...]
+    instance_groups: tuple[InstanceGroup, ...]
+    dynamic_batching: DynamicBatching | None = None
+    cuda_graphs: bool = False
+    graph_specs: tuple[GraphSpec, ...] = ()
+    parameters: tuple[tuple[str, str], ...] = ()
+    warmup: tuple[Warmup, ...] = ()
+    ort_tensorrt: tuple[tuple[str, str], ...] = ()
+    num_profiles: int = 0
+    description: str = ""
+
+    @property
+    def platform(self) -> str | None:
+        return PLATFORMS[self.backend][0]
+
+    @property
+    def backend_name(self) -> str | None:
+        return PLATFORMS[self.backend][1]
+
+    @property
+    def model_filename(self) -> str:
+        return PLATFORMS[self.backend][2]
+
+
+def triton_dtype(dtype: str) -> str:
+    try:
+        return TRITON_DTYPES[dtype]
+    except KeyError:
+        raise UserError("dtype %s has no Triton equivalent; cast it in forward()" % dtype) from None
+
+
+def tensor_config(t: TensorSpec, dtype: str | None = None) -> TensorConfig:
+    """Dims exclude the batch axis; dynamic axes are -1; a batch-only (or scalar) tensor is
+    declared ``dims: [1]`` with ``reshape: { shape: [] }`` because ``dims: []`` is illegal."""
+    dims = t.triton_dims()
+    if not dims:
+        return TensorConfig(t.name, triton_dtype(dtype or t.dtype), (1,), ())
+    return TensorConfig(t.name, triton_dtype(dtype or t.dtype), dims)
+
+
+def profile_max_batch(profile_set: ProfileSet, indices: Sequence[int]) -> int:
+    """The largest batch the given profiles can take together: the max over profiles of the
+    batch every input accepts in that profile."""
+    return max(profile_set.profiles[i].batch_range()[2] for i in indices)
+
+
+def max_batch_size(spec: IOSpec, requested: int, profile_set: ProfileSet | None,
+                   groups: Sequence[InstanceGroup] = ()) -> int:
+    """> 0 only with a batch axis; never above the smallest max batch of any instance group's profiles."""
+    if not spec.batching:
+        return 0
+    if requested < 1:
+        raise UserError("max_batch_size must be >= 1 for a batching model, got %d" % requested)
+    if profile_set is None:
+        return requested
+    limits = []
+    for g in groups or (InstanceGroup(1, "KIND_GPU"),):
+        indices = [int(p) for p in g.profiles] or [0]
+        limits.append(profile_max_batch(profile_set, indices))
+    limit = min(limits)
+    if requested > limit:
+        raise UserError("max_batch_size %d is above what the TensorRT profiles allow (%d); lower max_batch_size or "
+                        "raise the profiles' max batch" % (requested, limit))
+    return requested
+
+
+def instance_groups(count: int, kind: str, num_profiles: int = 0, gpus: Sequence[int] = ()) -> tuple[InstanceGroup, ...]:
+    """One group; a multi-profile plan lists every profile so the group covers batch 1..max
+    (omitting ``profile`` would make Triton use profile 0 only)."""
+    if kind not in ("KIND_GPU", "KIND_CPU"):
+        raise UserError("instance kind must be KIND_GPU or KIND_CPU, got %r" % kind)
+    if gpus and kind != "KIND_GPU":
+        raise UserError("gpus can only be given for GPU instances")
+    profiles = tuple(str(i) for i in range(num_profiles)) if num_profiles > 1 else ()
+    return (InstanceGroup(count, kind, tuple(gpus), profiles),)
+
+
+def dynamic_batching(spec: IOSpec, max_batch: int, delay_us: int, profile_set: ProfileSet | None,
+                     multi_profile_plan: bool) -> DynamicBatching | None:
+    """On for batching models. Preferred sizes only for multi-profile plans (Triton's advice):
+    the profiles' opt batches, each <= max_batch_size."""
+    if not spec.batching or max_batch < 1:
+        return None
+    preferred: tuple[int, ...] = ()
+    if multi_profile_plan and profile_set is not None:
+        preferred = tuple(b for b in profile_set.opt_batches() if 1 <= b <= max_batch)
+    return DynamicBatching(delay_us, preferred)
+
+
+def graph_specs(spec: IOSpec, profile_set: ProfileSet, max_batch: int,
+                preferred: Sequence[int] = ()) -> tuple[GraphSpec, ...]:
+    """CUDA graphs for each profile's opt shape and for the preferred batch sizes (non-batch dims
+    from the opt shape: a graph only fires for requests of exactly those shapes)."""
+    out: dict[int, GraphSpec] = {}
+    for profile in profile_set.profiles:
+        opts = {n: profile.shapes(n)[1] for n in profile.names()}
+        non_batch = tuple((t.name, tuple(opts[t.name][1:] if t.has_batch else opts[t.name])) for t in spec.inputs)
+        batches = [opts[spec.inputs[0].name][0]] if spec.batching else [0]
+        batches += [b for b in preferred if b not in batches]
+        for b in batches:
+            b = min(b, max_batch) if spec.batching else 0
+            out.setdefault(b, GraphSpec(b, non_batch))
+    return tuple(out[k] for k in sorted(out))
+
+
+def warmup(spec: IOSpec, max_batch: int, sample_dims: dict[str, tuple[int, ...]]) -> tuple[Warmup, ...]:
+    """Warm up at batch 1 and max batch with recorded data (files under ``warmup/``; Triton
+    replicates one batch item to fill the batch). ``sample_dims`` are the concrete non-batch dims."""
+    sizes = [1, max_batch] if spec.batching and max_batch > 1 else [1]
+    inputs = tuple(WarmupInput(t.name, triton_dtype(t.dtype), sample_dims[t.name] or (1,), "%s.bin" % t.name)
+                   for t in spec.inputs)
+    return tuple(Warmup("batch_%d" % b, b, inputs) for b in sizes)
+
+
+@dataclass(frozen=True)
+class MappingOptions:
+    """Inputs of the mapping that are not in the spec: they come from GenerateConfig / the CLI."""
+
+    name: str
+    backend: str
+    max_batch_size: int
+    instances: int = 1
+    kind: str = "KIND_CPU"
+    gpus: tuple[int, ...] = ()
+    queue_delay_us: int = 500
+    use_cuda_graphs: bool = False
+    warmup_dims: dict[str, tuple[int, ...]] | None = None
+    io_dtypes: dict[str, str] = field(default_factory=dict)
+    ort_tensorrt: tuple[tuple[str, str], ...] = ()
+    parameters: tuple[tuple[str, str], ...] = ()
+    description: str = ""
+
+
+def plan_model_config(spec: IOSpec, profile_set: ProfileSet | None, opts: MappingOptions) -> ModelConfigPlan:
+    """Apply every rule. For a TensorRT plan, ``opts.io_dtypes`` carries the engine's own I/O dtypes."""
+    if opts.backend not in PLATFORMS:
+        raise UserError("unknown backend %r" % opts.backend)
+    is_trt = opts.backend == "tensorrt"
+    num_profiles = len(profile_set.profiles) if (is_trt and profile_set) else 0
+    kind = "KIND_GPU" if is_trt else opts.kind
+    groups = instance_groups(opts.instances, kind, num_profiles, opts.gpus)
+    mbs = max_batch_size(spec, opts.max_batch_size, profile_set if is_trt else None, groups)
+    batching = dynamic_batching(spec, mbs, opts.queue_delay_us, profile_set, num_profiles > 1)
+    graphs: tuple[GraphSpec, ...] = ()
+    if is_trt and opts.use_cuda_graphs and profile_set is not None:
+        graphs = graph_specs(spec, profile_set, mbs, batching.preferred_batch_sizes if batching else ())
+    params = list(opts.parameters)
+    if is_trt and num_profiles > 1:
+        params.append(("execution_context_allocation_strategy", "ON_PROFILE_CHANGE"))
+    if opts.backend == "python" and kind == "KIND_GPU":
+        params.append(("FORCE_CPU_ONLY_INPUT_TENSORS", "no"))
+    return ModelConfigPlan(
+        name=opts.name,
+        backend=opts.backend,
+        max_batch_size=mbs,
+        inputs=tuple(tensor_config(t, opts.io_dtypes.get(t.name)) for t in spec.inputs),
+        outputs=tuple(tensor_config(t, opts.io_dtypes.get(t.name)) for t in spec.outputs),
+        instance_groups=groups,
+        dynamic_batching=batching,
+        cuda_graphs=bool(graphs),
+        graph_specs=graphs,
+        parameters=tuple(params),
+        warmup=warmup(spec, mbs, opts.warmup_dims) if opts.warmup_dims is not None else (),
+        ort_tensorrt=opts.ort_tensorrt if opts.backend == "onnxruntime" else (),
+        num_profiles=num_profiles,
+        description=opts.description,
+    )

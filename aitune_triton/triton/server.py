@@ -1,0 +1,578 @@
+"""Start, probe and stop a real ``tritonserver`` (or attach to one that is already running).
+
+Validation and tuning only mean something against the real server, so this module launches the
+binary bundled in ``nvidia-pytriton`` (or one the user names) as a child process in its own
+session, waits for it to become ready, and tears it down including its Python-backend stubs.
+
+Facts about the bundled 2.51 binary this module relies on (checked, not assumed):
+
+* it has no ``--version`` (``unrecognized option``, exit 1) and no ``--allow-client-shm``; the
+  flags a binary accepts are read from its ``--help`` so that unknown flags are never passed;
+* the HTTP endpoint only starts after the start-up model loads, so "connection refused" is normal
+  for the first seconds; with ``--exit-on-error=false`` a failed start-up load leaves the server live
+  but not ready (strict readiness), and ``POST /v2/repository/index`` then carries the reason;
+* in explicit mode with nothing loaded ``/v2/health/ready`` is true, so one readiness check fits all;
+* the Python backend names its shared memory ``<prefix><uuid>``: each server gets its own prefix so
+  that leftovers after a crash can be removed without touching any other server's regions.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from aitune_triton.triton import tools
+
+log = logging.getLogger(__name__)
+
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "triton_python_backend_shm_region_"
+_SHM_PREFIX_FLAG = "python,shm-region-prefix-name="
+
+# Triton release inside each nvidia-pytriton wheel, from pytriton's CHANGELOG (0.5.x) and from
+# GET /v2 of the bundled binary (0.7.0). Unknown wheels give None rather than a guess.
+PYTRITON_TRITON_VERSIONS = {
+    "0.5.0": "2.41.0",
+    "0.5.1": "2.42.0",
+    "0.5.2": "2.42.0",
+    "0.5.3": "2.43.0",
+    "0.5.4": "2.44.0",
+    "0.5.5": "2.44.0",
+    "0.5.6": "2.44.0",
+    "0.7.0": "2.51.0",
+}
+
+
+class ServerError(RuntimeError):
+    """Triton failed to start, died, or refused a request; the message quotes Triton itself."""
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How to launch tritonserver. Ports left as None are picked free at start."""
+
+    tritonserver: Path | None = None
+    host: str = "127.0.0.1"
+    http_port: int | None = None
+    grpc_port: int | None = None
+    metrics_port: int | None = None
+    model_control_mode: str = "explicit"
+    load_models: tuple[str, ...] = ()
+    log_verbose: int = 0
+    startup_timeout_s: float = 120.0
+    extra_args: tuple[str, ...] = ()
+    allow_client_shm: bool = True
+    exit_on_error: bool = False
+    disable_auto_complete: bool = True
+
+
+@dataclass(frozen=True)
+class Ports:
+    http: int
+    grpc: int
+    metrics: int
+
+
+def free_ports(n: int = 3, host: str = "127.0.0.1") -> tuple[int, ...]:
+    """``n`` distinct ports that are free now; all sockets are held together so none repeats."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return tuple(s.getsockname()[1] for s in socks)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    return free_ports(1, host)[0]
+
+
+def resolve_ports(options: ServerOptions) -> Ports:
+    """Fill the ports the options leave open with free ones distinct from the fixed ones."""
+    fixed = [p for p in (options.http_port, options.grpc_port, options.metrics_port) if p]
+    picked = [p for p in free_ports(3 + len(fixed), options.host) if p not in fixed]
+    it = iter(picked)
+    return Ports(
+        http=options.http_port or next(it),
+        grpc=options.grpc_port or next(it),
+        metrics=options.metrics_port or next(it),
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _flags_cached(binary: str, mtime: float) -> frozenset[str]:
+    try:
+        out = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("cannot read the flags of %s: %s", binary, exc)
+        return frozenset()
+    return frozenset(re.findall(r"^\s*(--[a-z0-9][a-z0-9-]*)", out.stdout + out.stderr, re.M))
+
+
+def supported_flags(binary: Path) -> frozenset[str]:
+    """Flags listed by ``tritonserver --help`` (exit code 1 there, but the usage is complete)."""
+    return _flags_cached(str(binary), binary.stat().st_mtime)
+
+
+def server_binary(options: ServerOptions) -> Path:
+    return Path(options.tritonserver) if options.tritonserver else tools.bundled_tritonserver()
+
+
+def build_command(
+    repo: Path,
+    options: ServerOptions,
+    ports: Ports,
+    *,
+    binary: Path | None = None,
+    backend_directory: Path | None = None,
+    flags: frozenset[str] | None = None,
+    shm_prefix: str | None = None,
+) -> list[str]:
+    """The tritonserver argv. Launches nothing.
+
+    ``flags`` is what the binary accepts (None: unknown); flags newer than 2.51, such as
+    ``--allow-client-shm``, are only passed when listed. The bundled server gets the venv's
+    backends dir unless ``backend_directory`` says otherwise.
+    """
+    if options.load_models and options.model_control_mode != "explicit":
+        raise ValueError("load_models needs model_control_mode='explicit'")
+    if "*" in options.load_models and len(options.load_models) > 1:
+        raise ValueError("load_models=('*',) must be the only entry")
+    binary = binary or server_binary(options)
+    if backend_directory is None and options.tritonserver is None:
+        backend_directory = tools.backends_dir()
+
+    def knows(flag: str, default: bool) -> bool:
+        return default if flags is None else flag in flags
+
+    cmd = [
+        str(binary),
+        "--model-repository=%s" % Path(repo).resolve(),
+        "--http-address=%s" % options.host,
+        "--http-port=%d" % ports.http,
+        "--grpc-address=%s" % options.host,
+        "--grpc-port=%d" % ports.grpc,
+        "--metrics-port=%d" % ports.metrics,
+    ]
+    if knows("--metrics-address", True):
+        cmd.append("--metrics-address=%s" % options.host)
+    cmd += [
+        "--model-control-mode=%s" % options.model_control_mode,
+        "--exit-on-error=%s" % str(options.exit_on_error).lower(),
+        "--log-verbose=%d" % options.log_verbose,
+    ]
+    cmd += ["--load-model=%s" % name for name in options.load_models]
+    if options.disable_auto_complete:
+        cmd.append("--disable-auto-complete-config")
+    if options.allow_client_shm and knows("--allow-client-shm", False):
+        cmd.append("--allow-client-shm=true")
+    if backend_directory is not None:
+        cmd.append("--backend-directory=%s" % backend_directory)
+    if shm_prefix and not any(_SHM_PREFIX_FLAG in a for a in options.extra_args):
+        cmd.append("--backend-config=%s%s" % (_SHM_PREFIX_FLAG, shm_prefix))
+    cmd += list(options.extra_args)
+    return cmd
+
+
+def _prepend(value: str | None, current: str | None) -> str | None:
+    parts = [p for p in (current or "").split(os.pathsep) if p]
+    if value:
+        parts = [value] + [p for p in parts if p != value]
+    return os.pathsep.join(parts) if parts else None
+
+
+def build_environment(base_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The server's environment, bound to this venv.
+
+    The Python-backend stub ignores PYTHONPATH: it finds site-packages through the ``python3``
+    first on PATH (whose ``pyvenv.cfg`` names the venv), and embeds whichever libpython the loader
+    finds first, hence this interpreter's LIBDIR on LD_LIBRARY_PATH.
+    """
+    env = dict(os.environ if base_env is None else base_env)
+    env["PATH"] = _prepend(str(Path(sys.prefix) / "bin"), env.get("PATH")) or ""
+    ld = _prepend(tools.libpython_dir(), env.get("LD_LIBRARY_PATH"))
+    if ld:
+        env["LD_LIBRARY_PATH"] = ld
+    return env
+
+
+def server_version(path: Path | None = None) -> str | None:
+    """The Triton release of a binary without starting it, or None when that cannot be known.
+
+    2.51 rejects ``--version``; it is still tried for other builds. For the bundled binary the
+    nvidia-pytriton wheel version is mapped through ``PYTRITON_TRITON_VERSIONS``. A running
+    server reports its exact version through ``TritonServer.version()``.
+    """
+    try:
+        binary = Path(path) if path else tools.bundled_tritonserver()
+    except tools.ToolMissing:
+        return None
+    try:
+        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
+        match = re.search(r"(\d+\.\d+\.\d+)", out.stdout)
+        if out.returncode == 0 and match:
+            return match.group(1)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    try:
+        bundled = tools.bundled_tritonserver().resolve() == binary.resolve()
+    except (tools.ToolMissing, OSError):
+        bundled = False
+    if not bundled:
+        return None
+    try:
+        return PYTRITON_TRITON_VERSIONS.get(importlib.metadata.version("nvidia-pytriton"))
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _http_get(url: str, path: str, timeout: float = 2.0, data: bytes | None = None) -> tuple[int | None, bytes]:
+    """(status, body); status None when nothing answers."""
+    req = urllib.request.Request("http://%s%s" % (url, path), data=data, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (OSError, ValueError):
+        return None, b""
+
+
+def _strip_scheme(url: str) -> str:
+    return re.sub(r"^[a-z]+://", "", url).rstrip("/")
+
+
+class _ServerAPI:
+    """Operations shared by launched and attached servers; needs ``http_url``."""
+
+    http_url: str
+
+    def _context(self) -> str:
+        return ""
+
+    def is_live(self) -> bool:
+        return _http_get(self.http_url, "/v2/health/live")[0] == 200
+
+    def is_ready(self) -> bool:
+        return _http_get(self.http_url, "/v2/health/ready")[0] == 200
+
+    def model_ready(self, name: str) -> bool:
+        return _http_get(self.http_url, "/v2/models/%s/ready" % name)[0] == 200
+
+    def version(self) -> str | None:
+        status, body = _http_get(self.http_url, "/v2")
+        return json.loads(body).get("version") if status == 200 else None
+
+    def repository_index(self) -> list[dict]:
+        status, body = _http_get(self.http_url, "/v2/repository/index", data=b"{}")
+        if status != 200:
+            raise ServerError("repository index failed (HTTP %s): %s" % (status, body.decode(errors="replace")))
+        return json.loads(body)
+
+    def _client(self, timeout_s: float):
+        import tritonclient.http as httpclient  # gevent-based; only imported when needed
+
+        return httpclient.InferenceServerClient(self.http_url, connection_timeout=timeout_s, network_timeout=timeout_s)
+
+    def load_model(self, name: str, config_json: str | None = None, timeout_s: float = 300.0) -> None:
+        """Load (or reload) a model; ``config_json`` overrides its config.pbtxt for this load."""
+        from tritonclient.utils import InferenceServerException
+
+        client = self._client(timeout_s)
+        try:
+            client.load_model(name, config=config_json)
+        except InferenceServerException as exc:
+            raise ServerError("loading model %r failed: %s%s" % (name, exc.message(), self._context())) from exc
+        finally:
+            client.close()
+
+    def unload_model(self, name: str, timeout_s: float = 120.0) -> None:
+        from tritonclient.utils import InferenceServerException
+
+        client = self._client(timeout_s)
+        try:
+            client.unload_model(name)
+        except InferenceServerException as exc:
+            raise ServerError("unloading model %r failed: %s%s" % (name, exc.message(), self._context())) from exc
+        finally:
+            client.close()
+
+
+class RemoteServer(_ServerAPI):
+    """A server someone else runs: same interface, but it is never started or stopped here."""
+
+    def __init__(self, http_url: str, grpc_url: str | None = None, metrics_url: str | None = None):
+        self.http_url = _strip_scheme(http_url)
+        self.grpc_url = _strip_scheme(grpc_url) if grpc_url else None
+        self.metrics_url = _strip_scheme(metrics_url) if metrics_url else None
+        self.pid = None
+
+    def start(self) -> "RemoteServer":
+        if not self.is_live():
+            raise ServerError("no Triton server answers at %s" % self.http_url)
+        return self
+
+    def stop(self) -> None:
+        """Not ours to stop."""
+
+    def is_alive(self) -> bool:
+        return self.is_live()
+
+    def log_tail(self, n: int = 20) -> str:
+        return ""
+
+    def __enter__(self) -> "RemoteServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(comm, pgid) of a live process, None if gone or a zombie."""
+    try:
+        raw = Path("/proc/%d/stat" % pid).read_text()
+    except OSError:
+        return None
+    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return None if fields[0] == "Z" else (comm, int(fields[2]))
+
+
+def group_members(pgid: int) -> dict[int, str]:
+    """Live processes of a process group, pid -> command name (Linux /proc)."""
+    members = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat and stat[1] == pgid:
+                members[int(entry.name)] = stat[0]
+    return members
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class TritonServer(_ServerAPI):
+    """A tritonserver child process with its own session, log file and shared-memory prefix."""
+
+    def __init__(
+        self,
+        repo: Path,
+        options: ServerOptions = ServerOptions(),
+        *,
+        log_path: Path | None = None,
+        env: dict[str, str] | None = None,
+        stop_grace_s: float = 30.0,
+    ):
+        self.repo = Path(repo)
+        self.options = options
+        self.stop_grace_s = stop_grace_s
+        self._env = env
+        if log_path is None:
+            fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
+            os.close(fd)
+            log_path = Path(name)
+        self.log_path = Path(log_path)
+        self.shm_prefix = "%s%s_" % (SHM_PREFIX, uuid.uuid4().hex[:12])
+        self.ports: Ports | None = None
+        self.command: list[str] = []
+        self._proc: subprocess.Popen | None = None
+        self._log_file = None
+        self._unclean = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.poll() if self._proc else None
+
+    def _url(self, port: int | None) -> str:
+        if port is None:
+            raise ServerError("the server has not been started")
+        return "%s:%d" % (self.options.host, port)
+
+    @property
+    def http_url(self) -> str:
+        return self._url(self.ports.http if self.ports else None)
+
+    @property
+    def grpc_url(self) -> str:
+        return self._url(self.ports.grpc if self.ports else None)
+
+    @property
+    def metrics_url(self) -> str:
+        return self._url(self.ports.metrics if self.ports else None)
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 256 * 1024))
+                lines = f.read().decode(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-n:])
+
+    def _context(self) -> str:
+        tail = self.log_tail(20)
+        return "\n--- last lines of %s ---\n%s" % (self.log_path, tail) if tail else ""
+
+    def is_alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None and self.is_live()
+
+    def children(self) -> dict[int, str]:
+        """Other processes in the server's group (Python-backend stubs), pid -> name."""
+        if self._proc is None:
+            return {}
+        return {p: c for p, c in group_members(self._proc.pid).items() if p != self._proc.pid}
+
+    def start(self) -> "TritonServer":
+        """Launch and wait until ready; raises ServerError (with Triton's log) otherwise.
+
+        Auto-picked ports can be taken between picking and binding: one retry with new ports.
+        """
+        if self._proc is not None and self._proc.poll() is None:
+            return self
+        auto_ports = None in (self.options.http_port, self.options.grpc_port, self.options.metrics_port)
+        for attempt in range(2 if auto_ports else 1):
+            try:
+                return self._start_once()
+            except ServerError as exc:
+                busy = "already in use" in str(exc) or "Address in use" in str(exc)
+                if not (busy and auto_ports and attempt == 0):
+                    raise
+                log.warning("port clash starting tritonserver, retrying with other ports")
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> "TritonServer":
+        binary = server_binary(self.options)
+        if not binary.exists():
+            raise ServerError("tritonserver not found at %s" % binary)
+        self.ports = resolve_ports(self.options)
+        self.command = build_command(
+            self.repo, self.options, self.ports, binary=binary, flags=supported_flags(binary), shm_prefix=self.shm_prefix
+        )
+        log.info("starting tritonserver: %s", " ".join(self.command))
+        log.info("tritonserver log: %s", self.log_path)
+        self._unclean = False
+        self._log_file = open(self.log_path, "ab")
+        self._proc = subprocess.Popen(
+            self.command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=build_environment(self._env),
+            start_new_session=True,
+        )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        log.info("tritonserver ready: pid %d, http %s, grpc %s", self._proc.pid, self.http_url, self.grpc_url)
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.options.startup_timeout_s
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                raise ServerError("tritonserver exited with code %d during start-up%s" % (code, self._context()))
+            status, _ = _http_get(self.http_url, "/v2/health/ready")
+            if status == 200:
+                return
+            if status is not None:
+                failed = self._failed_models()
+                if failed:
+                    raise ServerError("model(s) failed to load: %s%s" % ("; ".join(failed), self._context()))
+            if time.monotonic() > deadline:
+                raise ServerError(
+                    "tritonserver not ready within %.0f s%s" % (self.options.startup_timeout_s, self._context())
+                )
+            time.sleep(0.25)
+
+    def _failed_models(self) -> list[str]:
+        try:
+            index = self.repository_index()
+        except (ServerError, ValueError):
+            return []
+        return [
+            "%s: %s" % (m.get("name"), m.get("reason", ""))
+            for m in index
+            if m.get("state") == "UNAVAILABLE" and m.get("reason") != "unloaded"
+        ]
+
+    def stop(self) -> int | None:
+        """SIGTERM the process group, SIGKILL after the grace period; returns the exit code.
+
+        Shared-memory regions under this server's own prefix are removed only after an unclean end
+        (a clean shutdown removes them itself).
+        """
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(self.stop_grace_s)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver %d ignored SIGTERM for %.0f s, killing it", proc.pid, self.stop_grace_s)
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait()
+                self._unclean = True
+        if proc.returncode != 0:
+            self._unclean = True
+        leftovers = group_members(proc.pid)
+        if leftovers:
+            log.warning("killing processes left in tritonserver's group: %s", leftovers)
+            _signal_group(proc.pid, signal.SIGKILL)
+            self._unclean = True
+            deadline = time.monotonic() + 5
+            while group_members(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        if self._unclean:
+            self._remove_own_shm()
+        if self._log_file:
+            self._log_file.close()
+            self._log_file = None
+        return proc.returncode
+
+    def _remove_own_shm(self) -> None:
+        for region in SHM_DIR.glob(self.shm_prefix + "*"):
+            try:
+                region.unlink()
+                log.info("removed leftover shared memory %s", region)
+            except OSError as exc:
+                log.warning("cannot remove %s: %s", region, exc)
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
