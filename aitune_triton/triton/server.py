@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "triton_python_backend_shm_region_"
 _SHM_PREFIX_FLAG = "python,shm-region-prefix-name="
+# error lines a CPU-only server always logs
+_NOISE = ("CudaDriverHelper", "NVML", "DCGM", "pinned system memory", "CUDA driver")
 
 # Triton release inside each nvidia-pytriton wheel, from pytriton's CHANGELOG (0.5.x) and from
 # GET /v2 of the bundled binary (0.7.0). Unknown wheels give None rather than a guess.
@@ -439,9 +441,24 @@ class TritonServer(_ServerAPI):
             return ""
         return "\n".join(lines[-n:])
 
+    def error_lines(self, n: int = 10) -> list[str]:
+        """Triton's ``E...`` log lines, without the CPU-only noise (NVML, DCGM, CUDA driver)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return []
+        lines = [l for l in text.splitlines() if re.match(r"^E\d{4} ", l) and not any(x in l for x in _NOISE)]
+        return lines[-n:]
+
     def _context(self) -> str:
+        parts = []
+        errors = self.error_lines()
+        if errors:
+            parts.append("--- errors in %s ---\n%s" % (self.log_path, "\n".join(errors)))
         tail = self.log_tail(20)
-        return "\n--- last lines of %s ---\n%s" % (self.log_path, tail) if tail else ""
+        if tail:
+            parts.append("--- last lines of %s ---\n%s" % (self.log_path, tail))
+        return "".join("\n" + p for p in parts)
 
     def is_alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None and self.is_live()
@@ -505,28 +522,45 @@ class TritonServer(_ServerAPI):
             if code is not None:
                 raise ServerError("tritonserver exited with code %d during start-up%s" % (code, self._context()))
             status, _ = _http_get(self.http_url, "/v2/health/ready")
-            if status == 200:
-                return
             if status is not None:
-                failed = self._failed_models()
+                # ready can be true although a start-up load failed (a config that does not parse
+                # never becomes a model state), so the requested models are checked by name
+                failed = self._startup_failures(final=status == 200)
                 if failed:
                     raise ServerError("model(s) failed to load: %s%s" % ("; ".join(failed), self._context()))
+                if status == 200:
+                    return
             if time.monotonic() > deadline:
                 raise ServerError(
                     "tritonserver not ready within %.0f s%s" % (self.options.startup_timeout_s, self._context())
                 )
             time.sleep(0.25)
 
-    def _failed_models(self) -> list[str]:
+    def _startup_failures(self, final: bool) -> list[str]:
+        """Models that should have loaded at start-up but did not, with Triton's reason.
+
+        Before the server is ready only models already UNAVAILABLE count; once ready, every
+        model the options asked for must be READY.
+        """
         try:
             index = self.repository_index()
         except (ServerError, ValueError):
             return []
-        return [
-            "%s: %s" % (m.get("name"), m.get("reason", ""))
-            for m in index
-            if m.get("state") == "UNAVAILABLE" and m.get("reason") != "unloaded"
-        ]
+        ready = {m.get("name") for m in index if m.get("state") == "READY"}
+        opts = self.options
+        if opts.model_control_mode != "explicit" or "*" in opts.load_models:
+            wanted = [m.get("name") for m in index]
+        else:
+            wanted = list(opts.load_models)
+        failed = []
+        for name in dict.fromkeys(wanted):
+            if name in ready:
+                continue
+            entry = next((m for m in index if m.get("name") == name), {})
+            reason = entry.get("reason") or entry.get("state")
+            if final or (entry.get("state") == "UNAVAILABLE" and reason != "unloaded"):
+                failed.append("%s: %s" % (name, reason or "not loaded (see the log)"))
+        return failed
 
     def stop(self) -> int | None:
         """SIGTERM the process group, SIGKILL after the grace period; returns the exit code.

@@ -1,0 +1,106 @@
+"""One test per mapping rule (../shared/reference/triton.md §2-§6)."""
+import pytest
+import torch
+
+from aitune_triton.errors import UserError
+from aitune_triton.spec import AxisKind, AxisSpec, IOSpec, TensorSpec
+from aitune_triton.tensorrt.profiles import ProfileSet, TensorRTProfile
+from aitune_triton.triton import mapping as m
+
+
+def _t(name, dtype, *axes):
+    return TensorSpec(name, dtype, tuple(axes), "arg:0")
+
+
+B = AxisSpec(AxisKind.BATCH, 1, 8, 4)
+D = AxisSpec(AxisKind.DYNAMIC, 4, 16, 8)
+
+
+def S(n):
+    return AxisSpec(AxisKind.STATIC, n, n, n)
+
+
+SPEC = IOSpec((_t("x", "float32", B, S(3), D),), (_t("y", "float16", B, D), _t("score", "bool", B)), True, (1, 8))
+
+
+def _profiles(*batches):
+    return ProfileSet(tuple(TensorRTProfile().add_input_shape("x", (1, 3, 4), (opt, 3, 8), (mx, 3, 16))
+                            for opt, mx in batches), "custom", max(mx for _, mx in batches))
+
+
+def test_dims_exclude_batch_and_dynamic_is_minus_one():
+    assert m.tensor_config(SPEC.inputs[0]).dims == (3, -1)
+
+
+def test_batch_only_tensor_uses_dims_1_with_empty_reshape():
+    cfg = m.tensor_config(SPEC.outputs[1])
+    assert cfg.dims == (1,) and cfg.reshape == ()
+
+
+@pytest.mark.parametrize("dtype, triton", [("bool", "TYPE_BOOL"), ("bfloat16", "TYPE_BF16"), ("int64", "TYPE_INT64"),
+                                           ("float16", "TYPE_FP16"), ("uint8", "TYPE_UINT8")])
+def test_dtypes(dtype, triton):
+    assert m.triton_dtype(dtype) == triton
+
+
+def test_engine_dtype_overrides_torch_dtype():
+    assert m.tensor_config(SPEC.inputs[0], "int32").data_type == "TYPE_INT32"
+
+
+def test_max_batch_zero_without_batch_axis():
+    spec = IOSpec((_t("x", "float32", S(2), D),), (_t("y", "float32", S(2)),), False)
+    assert m.max_batch_size(spec, 8, None) == 0
+
+
+def test_max_batch_never_above_profiles_of_a_group():
+    ps = _profiles((2, 4), (8, 8))
+    group = m.InstanceGroup(1, "KIND_GPU", profiles=("0",))
+    with pytest.raises(UserError, match="above what the TensorRT profiles allow"):
+        m.max_batch_size(SPEC, 8, ps, [group])
+    assert m.max_batch_size(SPEC, 8, ps, [m.InstanceGroup(1, "KIND_GPU", profiles=("0", "1"))]) == 8
+
+
+def test_multi_profile_groups_list_every_profile():
+    (group,) = m.instance_groups(2, "KIND_GPU", num_profiles=3)
+    assert group.profiles == ("0", "1", "2") and group.count == 2
+    (single,) = m.instance_groups(1, "KIND_CPU", num_profiles=1)
+    assert single.profiles == ()
+
+
+def test_gpus_only_for_gpu_instances():
+    with pytest.raises(UserError):
+        m.instance_groups(1, "KIND_CPU", gpus=(0,))
+
+
+def test_preferred_sizes_only_for_multi_profile_plans():
+    ps = _profiles((2, 8), (8, 8))
+    assert m.dynamic_batching(SPEC, 8, 100, ps, multi_profile_plan=True).preferred_batch_sizes == (2, 8)
+    assert m.dynamic_batching(SPEC, 8, 100, ps, multi_profile_plan=False).preferred_batch_sizes == ()
+    assert m.dynamic_batching(SPEC, 4, 100, ps, multi_profile_plan=True).preferred_batch_sizes == (2,)
+
+
+def test_graph_specs_from_profile_opt_shapes():
+    ps = _profiles((2, 8), (8, 8))
+    specs = m.graph_specs(SPEC, ps, 8, (2, 8))
+    assert [g.batch_size for g in specs] == [2, 8]
+    assert specs[0].inputs == (("x", (3, 8)),)
+
+
+def test_warmup_batch_one_and_max():
+    w = m.warmup(SPEC, 8, {"x": (3, 8)})
+    assert [x.batch_size for x in w] == [1, 8] and w[0].inputs[0].dims == (3, 8)
+
+
+def test_trt_plan_is_gpu_with_profile_parameters():
+    plan = m.plan_model_config(SPEC, _profiles((2, 8), (8, 8)), m.MappingOptions(
+        name="m", backend="tensorrt", max_batch_size=8, use_cuda_graphs=True))
+    assert plan.instance_groups[0].kind == "KIND_GPU" and plan.platform == "tensorrt_plan"
+    assert ("execution_context_allocation_strategy", "ON_PROFILE_CHANGE") in plan.parameters
+    assert plan.cuda_graphs and plan.model_filename == "model.plan"
+
+
+def test_python_gpu_keeps_tensors_on_gpu():
+    plan = m.plan_model_config(SPEC, None, m.MappingOptions(name="m", backend="python", max_batch_size=8,
+                                                            kind="KIND_GPU"))
+    assert ("FORCE_CPU_ONLY_INPUT_TENSORS", "no") in plan.parameters and plan.backend_name == "python"
+    assert plan.platform is None and not plan.cuda_graphs
