@@ -1,0 +1,448 @@
+"""PyTorch -> ONNX, checked against eager PyTorch on ONNX Runtime CPU before anyone builds on it.
+
+The ONNX file is what the TensorRT plan (and an ONNX Runtime model) is built from, so a silent
+difference here (a traced branch, a specialised axis) would surface only as wrong answers from
+the server. Every export is therefore run on ONNX Runtime CPU on every sample and on the
+profiles' min and max shapes, and compared per output with the per-dtype tolerances.
+
+The model is wrapped so the exporter sees one flat positional signature in spec order
+(positional, keyword-only and dict inputs alike, routed back through the spec bindings) and
+returns the flattened outputs in spec order: names and dynamic shapes then line up by position.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import onnx
+import torch
+
+from aitune_triton.config import Tolerance, tolerance_for
+from aitune_triton.errors import ModelError
+from aitune_triton.spec import AxisKind, IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed
+from aitune_triton.tensorrt.profiles import ProfileSet
+
+log = logging.getLogger(__name__)
+
+HINT = "try use_dynamo=False, or serve with the Python-backend fallback (backends=('python',))"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_LOW_PRECISION = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+_MAX_PROTO_BYTES = 1_800_000_000
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    """One output's worst error over all checked cases; ``worst_case`` says where it occurred."""
+
+    name: str
+    max_abs_err: float
+    max_rel_err: float
+    atol: float
+    rtol: float
+    ok: bool
+    worst_case: str = ""
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "max_abs_err": self.max_abs_err, "max_rel_err": self.max_rel_err,
+                "atol": self.atol, "rtol": self.rtol, "ok": self.ok, "worst_case": self.worst_case, "note": self.note}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "OutputCheck":
+        return cls(d["name"], float(d["max_abs_err"]), float(d["max_rel_err"]), float(d["atol"]), float(d["rtol"]),
+                   bool(d["ok"]), d.get("worst_case", ""), d.get("note", ""))
+
+
+@dataclass(frozen=True)
+class OnnxCheck:
+    """ONNX Runtime vs eager over ``cases``. ``skipped`` holds the reason when ORT CPU could not run
+    the graph at all (a kernel it lacks); the TensorRT build is then the first real check."""
+
+    outputs: tuple[OutputCheck, ...]
+    cases: tuple[str, ...]
+    runtime: str
+    skipped: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outputs)
+
+    def table(self) -> str:
+        rows = [("output", "max_abs", "max_rel", "atol", "rtol", "worst case", "")]
+        rows += [(o.name, "%.3g" % o.max_abs_err, "%.3g" % o.max_rel_err, "%g" % o.atol, "%g" % o.rtol,
+                  o.worst_case, ("ok" if o.ok else "FAIL") + (" (%s)" % o.note if o.note else ""))
+                 for o in self.outputs]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+    def to_dict(self) -> dict:
+        return {"outputs": [o.to_dict() for o in self.outputs], "cases": list(self.cases), "runtime": self.runtime,
+                "skipped": self.skipped}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "OnnxCheck":
+        return cls(tuple(OutputCheck.from_dict(o) for o in d["outputs"]), tuple(d["cases"]), d["runtime"],
+                   d.get("skipped"))
+
+
+@dataclass(frozen=True)
+class OnnxArtifact:
+    path: Path
+    opset: int
+    exporter: str
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    check: OnnxCheck
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "opset": self.opset, "exporter": self.exporter,
+                "input_names": list(self.input_names), "output_names": list(self.output_names),
+                "check": self.check.to_dict()}
+
+
+class _FlatModule(torch.nn.Module):
+    """``forward(*inputs)`` in spec order -> flat tuple of outputs in spec order."""
+
+    def __init__(self, model: torch.nn.Module, spec: IOSpec) -> None:
+        super().__init__()
+        self.model = model
+        self.spec = spec
+        self.training = model.training
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feed = dict(zip([t.name for t in self.spec.inputs], inputs))
+        return tuple(leaf for _, leaf in flatten_outputs(call_with_feed(self.model, self.spec, feed)))
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def _example(spec: IOSpec, samples: Sequence[Sample]) -> Sample:
+    """The sample with the most dynamic axes of size >= 2 (then the largest): torch.export
+    specialises sizes 0 and 1, and the ONNX exporter's size-oblivious workaround is best not relied on."""
+    dynamic = [(j, i) for j, t in enumerate(spec.inputs) for i, a in enumerate(t.axes) if a.kind is not AxisKind.STATIC]
+
+    def score(s: Sample) -> tuple[int, int]:
+        flat = s.flat()
+        return sum(flat[j].shape[i] >= 2 for j, i in dynamic), sum(t.numel() for t in flat)
+
+    return max(samples, key=score)
+
+
+def axis_groups(spec: IOSpec, samples: Sequence[Sample], profiles: ProfileSet) -> dict[tuple[int, int], tuple[str, int, int]]:
+    """``(input index, axis) -> (dim name, min, max)`` for every batch or dynamic input axis.
+
+    Batch axes share ``batch`` (1..max batch); dynamic axes whose sizes agree in every sample share
+    one name (ids and mask share ``seq``: torch.export rejects unrelated dims it finds equal).
+    Ranges span the spec and every profile, so the exported guards admit every shape TensorRT builds for."""
+    flats = [s.flat() for s in samples]
+    groups: dict[tuple, str] = {}
+    ranges: dict[str, list[int]] = {}
+    out: dict[tuple[int, int], tuple[str, int, int]] = {}
+    for j, t in enumerate(spec.inputs):
+        for i, a in enumerate(t.axes):
+            if a.kind is AxisKind.STATIC:
+                continue
+            bounds = [a.min, a.max] + [d for p in profiles.profiles if t.name in p.names()
+                                       for d in (p.shapes(t.name)[0][i], p.shapes(t.name)[2][i])]
+            if a.kind is AxisKind.BATCH:
+                name = groups.setdefault(("batch",), "batch")
+                bounds += [1, profiles.max_batch_size]
+            else:
+                name = groups.setdefault(("dyn",) + tuple(f[j].shape[i] for f in flats), "%s_%d" % (t.name, i))
+            r = ranges.setdefault(name, [min(bounds), max(bounds)])
+            r[0], r[1] = min(r[0], *bounds), max(r[1], *bounds)
+            out[(j, i)] = (name, 0, 0)
+    return {k: (n, ranges[n][0], max(ranges[n][1], ranges[n][0] + 1)) for k, (n, _, _) in out.items()}
+
+
+@contextlib.contextmanager
+def _captured() -> Iterator[io.StringIO]:
+    """The exporters print progress and warnings; keep them for the error message, off the console."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        yield buf
+
+
+def _first_line(exc: BaseException) -> str:
+    """The root cause's first line: the exporters wrap it in generic 'step 1/3 failed' text."""
+    root = exc
+    while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
+        root = root.__cause__ or root.__context__
+    lines = [ln.strip() for ln in _ANSI.sub("", str(root)).splitlines() if ln.strip()]
+    return "%s: %s" % (type(root).__name__, lines[0] if lines else "(no message)")
+
+
+def _export(wrapper: _FlatModule, spec: IOSpec, example: tuple[torch.Tensor, ...], groups: dict,
+            target: Path, use_dynamo: bool, opset_version: int | None) -> None:
+    in_names = [t.name for t in spec.inputs]
+    out_names = [t.name for t in spec.outputs]
+    if use_dynamo:
+        dims = {name: torch.export.Dim(name, min=lo, max=hi) for name, lo, hi in set(groups.values())}
+        shapes = tuple({i: dims[groups[(j, i)][0]] for i in range(t.rank) if (j, i) in groups} or None
+                       for j, t in enumerate(spec.inputs))
+        program = torch.onnx.export(wrapper, example, dynamo=True, dynamic_shapes=(shapes,), input_names=in_names,
+                                    output_names=out_names, opset_version=opset_version)
+        program.save(str(target))
+        return
+    axes: dict[str, dict[int, str]] = {}
+    for j, t in enumerate(spec.inputs):
+        axes[t.name] = {i: groups[(j, i)][0] for i in range(t.rank) if (j, i) in groups}
+    for t in spec.outputs:
+        axes[t.name] = {i: "batch" if a.kind is AxisKind.BATCH else "%s_%d" % (t.name, i)
+                        for i, a in enumerate(t.axes) if a.kind is not AxisKind.STATIC}
+    torch.onnx.export(wrapper, example, str(target), dynamo=False, input_names=in_names, output_names=out_names,
+                      dynamic_axes={k: v for k, v in axes.items() if v}, opset_version=opset_version)
+
+
+def _check_graph(proto: onnx.ModelProto, spec: IOSpec, groups: dict, exporter: str) -> None:
+    """The graph must take and return exactly the spec's tensors, with every dynamic axis symbolic."""
+    got_in = [i.name for i in proto.graph.input]
+    got_out = [o.name for o in proto.graph.output]
+    want_in, want_out = [t.name for t in spec.inputs], [t.name for t in spec.outputs]
+    if got_in != want_in or got_out != want_out:
+        raise ModelError("ONNX export (%s) has inputs %s and outputs %s but the model takes %s and returns %s "
+                         "(an input forward() ignores is dropped by the exporter); %s"
+                         % (exporter, got_in, got_out, want_in, want_out, HINT))
+    for j, inp in enumerate(proto.graph.input):
+        for i, d in enumerate(inp.type.tensor_type.shape.dim):
+            if (j, i) in groups and d.HasField("dim_value"):
+                raise ModelError("ONNX export (%s) fixed axis %d of input %r to %d but the samples vary it (the model's "
+                                 "code specialises it); %s" % (exporter, i, inp.name, d.dim_value, HINT))
+
+
+def export_onnx(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample], profiles: ProfileSet, path: Path,
+                use_dynamo: bool = True, opset_version: int | None = None,
+                tolerance: Tolerance | None = None) -> OnnxArtifact:
+    """Export ``model`` to ``path`` and check it against eager on ONNX Runtime CPU.
+
+    The file appears at ``path`` only once it has exported, passed ``onnx.checker`` and matched eager:
+    later stages never see a half-written or wrong model. Raises ``ModelError`` otherwise."""
+    path = Path(path)
+    exporter = "dynamo" if use_dynamo else "torchscript"
+    device = _device(model)
+    example = tuple(t.to(device) for t in sample_feed(spec, _example(spec, samples)).values())
+    groups = axis_groups(spec, samples, profiles)
+    wrapper = _FlatModule(model, spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".onnx-export-", dir=path.parent))
+    target = staging / path.name
+    try:
+        start = time.monotonic()
+        with _captured() as out:
+            try:
+                _export(wrapper, spec, example, groups, target, use_dynamo, opset_version)
+            except Exception as exc:
+                log.debug("%s exporter output:\n%s", exporter, out.getvalue())
+                err = ModelError("ONNX export failed (%s): %s; %s" % (exporter, _first_line(exc), HINT))
+                err.details = out.getvalue()  # type: ignore[attr-defined]
+                raise err from exc
+        log.debug("%s exporter output:\n%s", exporter, out.getvalue())
+        log.info("exported %s with the %s exporter in %.1f s", path.name, exporter, time.monotonic() - start)
+        try:
+            onnx.checker.check_model(str(target))
+        except onnx.checker.ValidationError as exc:
+            raise ModelError("ONNX export (%s) fails onnx.checker: %s; %s" % (exporter, _first_line(exc), HINT)) from exc
+        proto = onnx.load(str(target), load_external_data=False)
+        _check_graph(proto, spec, groups, exporter)
+        opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+        check = check_onnx(model, spec, target, samples, profiles, tolerance)
+        if not check.ok:
+            raise ModelError("ONNX export (%s) does not match eager PyTorch on ONNX Runtime CPU (%s):\n%s\n"
+                             "%s" % (exporter, check.runtime, check.table(), HINT))
+        for f in sorted(staging.iterdir(), key=lambda f: f.name == path.name):  # data files first, model last
+            os.replace(f, path.parent / f.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return OnnxArtifact(path, opset, exporter, tuple(t.name for t in spec.inputs), tuple(t.name for t in spec.outputs),
+                        check)
+
+
+def _value_ranges(spec: IOSpec, samples: Sequence[Sample]) -> dict[str, tuple[float, float]]:
+    ranges = {}
+    for t in spec.inputs:
+        values = [sample_feed(spec, s)[t.name] for s in samples]
+        values = [v for v in values if v.numel()]
+        lo = min((float(v.min()) for v in values), default=0.0)
+        hi = max((float(v.max()) for v in values), default=1.0)
+        ranges[t.name] = (lo, hi)
+    return ranges
+
+
+def check_feeds(spec: IOSpec, samples: Sequence[Sample], profiles: ProfileSet,
+                seed: int = 0) -> list[tuple[str, dict[str, torch.Tensor]]]:
+    """Every sample, then random inputs at each profile's min and max shapes: values drawn from the
+    range the samples hold (token ids stay valid ids, masks stay 0/1), bools at random."""
+    cases = [("sample %d" % i, sample_feed(spec, s)) for i, s in enumerate(samples)]
+    ranges = _value_ranges(spec, samples)
+    gen = torch.Generator().manual_seed(seed)
+    seen = set()
+    for p, profile in enumerate(profiles.profiles):
+        for k, which in ((0, "min"), (2, "max")):
+            shapes = {t.name: profile.shapes(t.name)[k] if t.name in profile.names() else t.shape(which)
+                      for t in spec.inputs}
+            key = tuple(sorted(shapes.items()))
+            if key in seen:
+                continue
+            seen.add(key)
+            feed = {}
+            for t in spec.inputs:
+                lo, hi = ranges[t.name]
+                shape = shapes[t.name]
+                if t.torch_dtype is torch.bool:
+                    feed[t.name] = torch.rand(shape, generator=gen) < 0.5
+                elif t.torch_dtype.is_floating_point:
+                    feed[t.name] = (torch.rand(shape, generator=gen) * (hi - lo) + lo).to(t.torch_dtype)
+                else:
+                    feed[t.name] = torch.randint(int(lo), int(hi) + 1, shape, generator=gen).to(t.torch_dtype)
+            cases.append(("profile %d %s" % (p, which), feed))
+    return cases
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().cpu()
+    return (t.float() if t.dtype is torch.bfloat16 else t).numpy()
+
+
+def _errors(actual: np.ndarray, expected: np.ndarray, tol: Tolerance) -> tuple[float, float, bool]:
+    """Max abs and rel error and the ``allclose`` verdict. NaN where eager has NaN counts as equal;
+    rel error is relative to ``|eager|`` floored at ``atol`` (or 1 for exact dtypes) so zeros don't explode it."""
+    a, e = actual.astype(np.float64), expected.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(a - e)
+        diff[(a == e) | (np.isnan(a) & np.isnan(e))] = 0.0
+        diff[np.isnan(a) != np.isnan(e)] = np.inf
+    if not diff.size:
+        return 0.0, 0.0, True
+    rel = diff / np.maximum(np.abs(np.nan_to_num(e)), tol.atol or 1.0)
+    ok = bool(np.all(diff <= tol.atol + tol.rtol * np.abs(np.nan_to_num(e))))
+    return float(diff.max()), float(rel.max()), ok
+
+
+def compare_outputs(spec: IOSpec, cases: Sequence[tuple[str, Sequence[np.ndarray], Sequence[np.ndarray]]],
+                    runtime: str = "onnxruntime", tolerance: Tolerance | None = None,
+                    strict_dtypes: bool = True) -> OnnxCheck:
+    """Per output, the worst error over ``cases`` of ``(label, eager outputs, onnx outputs)`` in spec order.
+    A shape (or, with ``strict_dtypes``, dtype) difference fails the output outright."""
+    rows = []
+    for k, t in enumerate(spec.outputs):
+        tol = tolerance_for(t.dtype, tolerance)
+        worst, abs_max, rel_max, ok, note = "", 0.0, 0.0, True, ""
+        for label, expected, actual in cases:
+            e, a = np.asarray(expected[k]), np.asarray(actual[k])
+            if e.shape != a.shape:
+                case_abs, case_rel, case_ok = np.inf, np.inf, False
+                note = note or "shape %s vs eager %s" % (a.shape, e.shape)
+            else:
+                case_abs, case_rel, case_ok = _errors(a, e, tol)
+                if strict_dtypes and a.dtype != e.dtype:
+                    case_ok, note = False, note or "dtype %s vs eager %s" % (a.dtype, e.dtype)
+            if case_abs > abs_max or (not case_ok and ok) or not worst:
+                worst = label
+            abs_max, rel_max, ok = max(abs_max, case_abs), max(rel_max, case_rel), ok and case_ok
+        rows.append(OutputCheck(t.name, abs_max, rel_max, tol.atol, tol.rtol, ok, worst, note))
+    return OnnxCheck(tuple(rows), tuple(label for label, _, _ in cases), runtime)
+
+
+def _float32_graph(graph: onnx.GraphProto) -> None:
+    """float16/bfloat16 -> float32 in place: types, initializers, constants, casts and subgraphs."""
+    def tensor(t: onnx.TensorProto) -> None:
+        if t.data_type in _LOW_PRECISION:
+            t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t).astype(np.float32), t.name))
+
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if vi.type.tensor_type.elem_type in _LOW_PRECISION:
+            vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    for t in graph.initializer:
+        tensor(t)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                tensor(attr.t)
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                _float32_graph(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    _float32_graph(g)
+            elif attr.name in ("to", "dtype") and attr.type == onnx.AttributeProto.INT and attr.i in _LOW_PRECISION:
+                attr.i = onnx.TensorProto.FLOAT
+
+
+def _session(model: "str | bytes"):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def _open(path: Path, spec: IOSpec) -> tuple[Any, bool, str]:
+    """An ORT session, whether it runs a float32 copy, and the runtime label.
+
+    ORT's Python API cannot feed or fetch bfloat16 and its CPU kernels for float16/bfloat16 are
+    sparse, so such graphs run as a float32 copy, compared with the low-precision tolerances."""
+    import onnxruntime as ort
+
+    label = "onnxruntime %s CPU" % ort.__version__
+    low = {"float16", "bfloat16"} & {t.dtype for t in spec.inputs + spec.outputs}
+    if "bfloat16" not in low:
+        try:
+            return _session(str(path)), False, label
+        except Exception as exc:
+            if "NOT_IMPLEMENTED" not in str(exc):
+                raise
+            log.info("ONNX Runtime CPU cannot run %s as exported (%s); checking a float32 copy",
+                     path.name, _first_line(exc))
+    proto = onnx.load(str(path))
+    _float32_graph(proto.graph)
+    if proto.ByteSize() > _MAX_PROTO_BYTES:
+        raise NotImplementedError("NOT_IMPLEMENTED: the float32 copy is too large to check in memory")
+    return _session(proto.SerializeToString()), True, label + " (float32 copy of the float16/bfloat16 graph)"
+
+
+def check_onnx(model: torch.nn.Module, spec: IOSpec, path: Path, samples: Sequence[Sample], profiles: ProfileSet,
+               tolerance: Tolerance | None = None) -> OnnxCheck:
+    """Run ``path`` on ORT CPU and ``model`` eagerly on the same inputs (see ``check_feeds``).
+
+    A kernel ORT CPU lacks skips the check with the reason recorded (TensorRT may still build the
+    graph); any other ORT failure is a ``ModelError``."""
+    feeds = check_feeds(spec, samples, profiles)
+    try:
+        session, as_float32, runtime = _open(Path(path), spec)
+    except Exception as exc:
+        if "NOT_IMPLEMENTED" in str(exc):
+            reason = "ONNX Runtime CPU cannot run the graph: %s" % _first_line(exc)
+            log.warning("skipping the ONNX Runtime check of %s: %s", Path(path).name, reason)
+            return OnnxCheck((), tuple(label for label, _ in feeds), "onnxruntime CPU", reason)
+        raise ModelError("ONNX Runtime CPU cannot load the exported model: %s; %s" % (_first_line(exc), HINT)) from exc
+    device = _device(model)
+    cases = []
+    for label, feed in feeds:
+        with torch.inference_mode():
+            expected = [_to_numpy(leaf) for _, leaf in flatten_outputs(
+                call_with_feed(model, spec, {k: v.to(device) for k, v in feed.items()}))]
+        ort_feed = {k: (v.float() if as_float32 and v.is_floating_point() else v).numpy() for k, v in feed.items()}
+        try:
+            actual = session.run([t.name for t in spec.outputs], ort_feed)
+        except Exception as exc:
+            shapes = ", ".join("%s%s" % (k, list(v.shape)) for k, v in feed.items())
+            raise ModelError("ONNX Runtime CPU failed to run the exported model on %s (%s): %s; %s"
+                             % (label, shapes, _first_line(exc), HINT)) from exc
+        cases.append((label, expected, actual))
+    return compare_outputs(spec, cases, runtime, tolerance, strict_dtypes=not as_float32)

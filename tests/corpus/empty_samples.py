@@ -1,0 +1,7 @@
+import torch
+from torch import nn
+
+def get_model():
+    return nn.Linear(2, 2)
+def get_samples():
+    return []

@@ -1,0 +1,5 @@
+import torch
+from torch import nn
+
+def get_model():
+    return nn.Linear(2, 2)

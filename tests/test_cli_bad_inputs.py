@@ -1,0 +1,107 @@
+"""The bad-input corpus: every case exits 2 (1 for a model failure) with one actionable line,
+no traceback, and the repository byte-for-byte unchanged."""
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from aitune_triton.cli import main
+
+CORPUS = Path(__file__).parent / "corpus"
+
+CASES = [
+    # (case id, model file, extra options, exit code, message pattern)
+    ("missing_file", "does_not_exist.py", [], 2, "file not found"),
+    ("not_python", "not_python.txt", [], 2, "not a Python file"),
+    ("syntax_error", "syntax_error.py", [], 2, "syntax error at line 1"),
+    ("import_error", "import_error.py", [], 2, "import failed at line 2: ModuleNotFoundError"),
+    ("missing_get_model", "missing_get_model.py", [], 2, "no get_model"),
+    ("missing_get_samples", "missing_get_samples.py", [], 2, "no get_samples"),
+    ("model_not_module", "model_not_module.py", [], 2, "not a torch.nn.Module"),
+    ("get_model_raises", "get_model_raises.py", [], 2, "get_model\\(\\) raised at line .*weights missing"),
+    ("empty_samples", "empty_samples.py", [], 2, "no samples"),
+    ("samples_not_iterable", "samples_not_iterable.py", [], 2, "return a list"),
+    ("sample_not_tensor", "sample_not_tensor.py", [], 2, "not a tensor"),
+    ("ragged_structure", "ragged_structure.py", [], 2, "same arguments"),
+    ("inconsistent_rank", "inconsistent_rank.py", [], 2, "forward\\(\\) raised|ranks and dtypes"),
+    ("unsupported_dtype", "unsupported_dtype.py", [], 2, "unsupported dtype"),
+    ("forward_raises", "forward_raises.py", [], 2, "forward\\(\\) raised on sample 0 at line .*boom"),
+    ("non_tensor_output", "non_tensor_output.py", [], 2, "must return tensors"),
+    ("nan_outputs", "nan_outputs.py", [], 1, "NaN or Inf"),
+    ("profile_min_gt_max", "profile_min_gt_max.py", [], 2, "min <= opt <= max"),
+    ("profile_unknown_input", "profile_unknown_input.py", [], 2, "'nope', which the model does not have"),
+    ("config_bad_value", "config_bad_value.py", [], 2, "max_batch_size must be a positive integer"),
+    ("config_wrong_type", "config_wrong_type.py", [], 2, "get_config\\(\\) returned a str"),
+    ("samples_used_one_sample", "samples_used_one_sample.py", [], 2, "SAMPLES_USED needs more than one sample"),
+    ("max_batch_zero", "good_model.py", ["--max-batch-size", "0"], 2, "max_batch_size must be a positive"),
+    ("max_batch_negative", "good_model.py", ["--max-batch-size", "-3"], 2, "max_batch_size must be a positive"),
+    ("name_traversal", "good_model.py", ["--name", "../x"], 2, "not a plain directory name"),
+    ("name_separator", "good_model.py", ["--name", "a/b"], 2, "not a plain directory name"),
+    ("name_hidden", "good_model.py", ["--name", ".hidden"], 2, "not a plain directory name"),
+    ("name_empty", "good_model.py", ["--name", ""], 2, "model name is empty"),
+    ("name_too_long", "good_model.py", ["--name", "x" * 300], 2, "is not allowed"),
+    ("name_newline", "good_model.py", ["--name", "a\nb"], 2, "is not allowed"),
+    ("instances_zero", "good_model.py", ["--instances", "0"], 2, "instances must be 1..64"),
+]
+
+
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        h.update(str(p.relative_to(root)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture
+def repo(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "existing" / "1").mkdir(parents=True)
+    (repo / "existing" / "config.pbtxt").write_text('name: "existing"\n')
+    return repo
+
+
+def _run(args):
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+@pytest.mark.parametrize("case, model, options, code, pattern", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(repo, case, model, options, code, pattern):
+    before = _digest(repo.parent)
+    result = _run(["generate", str(CORPUS / model), "--out", str(repo), *options])
+    output = result.output.strip()
+    assert result.exit_code == code, output
+    assert "Traceback" not in output
+    assert len(output.splitlines()) == 1, output
+    assert pytest.importorskip("re").search(pattern, output), output
+    assert _digest(repo.parent) == before
+
+
+def test_output_dir_is_a_file(tmp_path):
+    target = tmp_path / "repo"
+    target.write_text("x")
+    result = _run(["generate", str(CORPUS / "good_model.py"), "--out", str(target)])
+    assert result.exit_code == 2 and "is a file" in result.output and target.read_text() == "x"
+
+
+def test_existing_model_without_force(repo):
+    before = _digest(repo.parent)
+    result = _run(["generate", str(CORPUS / "good_model.py"), "--out", str(repo), "--name", "existing"])
+    assert result.exit_code == 2 and "--force" in result.output
+    assert _digest(repo.parent) == before
+
+
+def test_debug_shows_traceback(repo):
+    result = _run(["--debug", "generate", str(CORPUS / "forward_raises.py"), "--out", str(repo)])
+    assert result.exit_code == 2 and "Traceback" in result.output
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_output(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    result = _run(["generate", str(CORPUS / "good_model.py"), "--out", str(ro / "repo")])
+    assert result.exit_code == 2 and "not writable" in result.output

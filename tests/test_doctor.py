@@ -1,0 +1,72 @@
+"""doctor: rows for every component, required vs optional, no crash on broken probes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from rich.console import Console
+
+from aitune_triton import doctor
+from aitune_triton.doctor import DoctorRow
+
+EXPECTED = {
+    "python", "torch", "gpu", "numpy", "onnx", "onnxruntime", "tensorrt", "polygraphy", "modelopt",
+    "tritonclient", "tritonserver", "python backend stub", "perf_analyzer",
+}
+REQUIRED = {"python", "torch", "onnx", "onnxruntime", "tritonclient", "tritonserver", "python backend stub",
+            "perf_analyzer"}
+
+
+def test_collect_covers_every_component():
+    rows = doctor.collect()
+    assert {r.name for r in rows} == EXPECTED
+    assert {r.name for r in rows if r.required} == REQUIRED
+    assert all(isinstance(r, DoctorRow) and r.detail for r in rows)
+    for row in rows:
+        if not row.ok:
+            assert row.hint, row
+
+
+def test_bootstrapped_environment_passes():
+    """The project's venv (scripts/bootstrap.sh) has every required component."""
+    rows = doctor.collect()
+    assert doctor.exit_code(rows) == 0, [r for r in rows if r.required and not r.ok]
+    by_name = {r.name: r for r in rows}
+    assert "CPU" in by_name["onnxruntime"].detail or "CUDA" in by_name["onnxruntime"].detail
+    assert "tritonserver" in by_name["tritonserver"].detail
+
+
+def test_modelopt_is_located_not_imported():
+    code = "from aitune_triton import doctor; doctor.collect(); import sys; print('modelopt' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_exit_code():
+    ok = DoctorRow("a", True, "x", "", True)
+    optional_missing = DoctorRow("b", False, "x", "hint", False)
+    required_missing = DoctorRow("c", False, "x", "hint", True)
+    assert doctor.exit_code([ok, optional_missing]) == 0
+    assert doctor.exit_code([ok, required_missing]) == 1
+
+
+def test_failing_probe_becomes_a_row(monkeypatch):
+    def boom():
+        raise ImportError("libnvinfer.so.10: cannot open shared object file")
+
+    monkeypatch.setattr(doctor, "PROBES", (("tensorrt", False, boom), ("torch", True, boom)))
+    rows = doctor.collect()
+    assert [(r.name, r.ok, r.required) for r in rows] == [("tensorrt", False, False), ("torch", False, True)]
+    assert "libnvinfer" in rows[0].detail
+    assert doctor.exit_code(rows) == 1
+
+
+def test_render():
+    console = Console(record=True, width=200)
+    rows = [DoctorRow("torch", True, "2.13.0+cpu", "", True), DoctorRow("tensorrt", False, "not installed", "pip", False),
+            DoctorRow("perf_analyzer", False, "not found", "install it", True)]
+    doctor.render(rows, console)
+    text = console.export_text()
+    for word in ("torch", "2.13.0+cpu", "tensorrt", "optional", "perf_analyzer", "MISSING", "install it"):
+        assert word in text
