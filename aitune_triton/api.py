@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -262,3 +263,57 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
                                           "ONNX opset %s" % onnx.opset))
     return GenerateResult(Path(out), tuple(results), tuple(notes))
 
+
+
+def pending_plans(repo: Path, model: str | None = None) -> list[tuple[Path, Manifest]]:
+    """Model dirs whose manifest has a staged (not yet built) TensorRT plan."""
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise UserError("%s is not a model repository directory" % repo)
+    found = []
+    for model_dir in sorted(p for p in repo.iterdir() if (p / "manifest.json").exists()):
+        manifest = Manifest.load(model_dir)
+        if manifest.tensorrt.get("status") == "pending" and model in (None, model_dir.name):
+            found.append((model_dir, manifest))
+    if not found:
+        raise UserError("no staged TensorRT model%s in %s; generate with the tensorrt backend first"
+                        % (" named %s" % model if model else "", repo))
+    return found
+
+
+def build_plans(repo: Path, model: str | None = None, force: bool = False,
+                progress: Progress = lambda msg: None) -> list[GeneratedModel]:
+    """Build each staged plan from its checked ONNX and activate the TensorRT model atomically."""
+    from aitune_triton.tensorrt.builder import build_plan, tensorrt_status
+
+    status = tensorrt_status()
+    if not status.available:
+        raise UserError("TensorRT is not available here (%s); run build-plan inside the TensorRT or Triton "
+                        "container that will serve the plan (nvcr.io/nvidia/tensorrt:YY.MM-py3), or run the "
+                        "staged build_plan.sh there" % status.reason)
+    built = []
+    for home, manifest in pending_plans(repo, model):
+        info = manifest.tensorrt
+        trt_name = info["model_name"]
+        config = GenerateConfig.from_dict(manifest.config)
+        with repository.stage_models(Path(repo), [trt_name], force=force) as staged:
+            model_dir = staged.dir(trt_name)
+            (model_dir / "1").mkdir()
+            progress("building TensorRT plan for %s" % trt_name)
+            plan_artifact = build_plan(home / info["onnx"], model_dir / "1" / "model.plan", config.tensorrt,
+                                       manifest.profiles, timeout_s=config.tensorrt.build_timeout_s)
+            io_dtypes = {t.name: t.dtype for t in plan_artifact.engine_io.tensors}
+            plan = plan_model_config(manifest.spec, manifest.profiles, MappingOptions(
+                name=trt_name, backend="tensorrt", max_batch_size=manifest.max_batch_size,
+                instances=config.instances, kind="KIND_GPU", queue_delay_us=config.queue_delay_us,
+                use_cuda_graphs=config.tensorrt.use_cuda_graphs, io_dtypes=io_dtypes))
+            (model_dir / "config.pbtxt").write_text(render_config(plan))
+            for extra in ("reference.npz",):
+                shutil.copy2(home / extra, model_dir / extra)
+            stamp = plan_artifact.stamp_dict()
+            Manifest(**{**manifest.__dict__, "name": trt_name, "backend": "tensorrt",
+                        "tensorrt": {**info, "status": "built", "stamp": stamp}}).save(model_dir)
+        Manifest(**{**manifest.__dict__, "tensorrt": {**info, "status": "built", "stamp": stamp}}).save(home)
+        built.append(GeneratedModel(trt_name, "tensorrt", Path(repo) / trt_name, "ready",
+                                    "TensorRT %s" % stamp.get("tensorrt_version")))
+    return built

@@ -152,9 +152,8 @@ def axis_groups(spec: IOSpec, samples: Sequence[Sample], profiles: ProfileSet) -
     one name (ids and mask share ``seq``: torch.export rejects unrelated dims it finds equal).
     Ranges span the spec and every profile, so the exported guards admit every shape TensorRT builds for."""
     flats = [s.flat() for s in samples]
-    groups: dict[tuple, str] = {}
-    ranges: dict[str, list[int]] = {}
-    out: dict[tuple[int, int], tuple[str, int, int]] = {}
+    names: dict[tuple[int, int], str] = {}
+    ranges: dict[str, tuple[int, int]] = {}
     for j, t in enumerate(spec.inputs):
         for i, a in enumerate(t.axes):
             if a.kind is AxisKind.STATIC:
@@ -162,14 +161,15 @@ def axis_groups(spec: IOSpec, samples: Sequence[Sample], profiles: ProfileSet) -
             bounds = [a.min, a.max] + [d for p in profiles.profiles if t.name in p.names()
                                        for d in (p.shapes(t.name)[0][i], p.shapes(t.name)[2][i])]
             if a.kind is AxisKind.BATCH:
-                name = groups.setdefault(("batch",), "batch")
-                bounds += [1, profiles.max_batch_size]
+                name, bounds = "batch", bounds + [1, profiles.max_batch_size]
             else:
-                name = groups.setdefault(("dyn",) + tuple(f[j].shape[i] for f in flats), "%s_%d" % (t.name, i))
-            r = ranges.setdefault(name, [min(bounds), max(bounds)])
-            r[0], r[1] = min(r[0], *bounds), max(r[1], *bounds)
-            out[(j, i)] = (name, 0, 0)
-    return {k: (n, ranges[n][0], max(ranges[n][1], ranges[n][0] + 1)) for k, (n, _, _) in out.items()}
+                sizes = tuple(f[j].shape[i] for f in flats)
+                name = next((n for (jj, ii), n in names.items() if n != "batch"
+                             and tuple(f[jj].shape[ii] for f in flats) == sizes), "%s_%d" % (t.name, i))
+            names[(j, i)] = name
+            lo, hi = ranges.get(name, (min(bounds), max(bounds)))
+            ranges[name] = (min(lo, *bounds), max(hi, *bounds))
+    return {k: (n, ranges[n][0], max(ranges[n][1], ranges[n][0] + 1)) for k, n in names.items()}
 
 
 @contextlib.contextmanager
