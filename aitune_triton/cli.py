@@ -84,6 +84,56 @@ def generate(model_py, out, name, backends, max_batch_size, instances, device, m
     console.print("wrote %s" % result.repository)
 
 
+@main.command("build-plan")
+@click.argument("repo", type=click.Path(path_type=Path))
+@click.option("--model", help="Only this model (default: every staged TensorRT model).")
+@click.option("--force", is_flag=True, help="Replace an existing TensorRT model directory.")
+@_handle_errors
+def build_plan(repo, model, force):
+    """Build staged TensorRT plans in REPO (run inside a TensorRT or Triton container)."""
+    from aitune_triton.api import build_plans
+
+    with console.status("building TensorRT plans") as status:
+        built = build_plans(repo, model, force=force, progress=lambda m: status.update(m))
+    for m in built:
+        console.print("[green]✓[/] %s: %s" % (m.name, m.detail))
+
+
+@main.command()
+@click.argument("repo", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--http-port", type=int, default=8000, show_default=True)
+@click.option("--grpc-port", type=int, default=8001, show_default=True)
+@click.option("--metrics-port", type=int, default=8002, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (127.0.0.1 keeps it local).")
+@click.option("--tritonserver", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Use this tritonserver binary instead of the bundled one.")
+@_handle_errors
+def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver):
+    """Run the embedded Triton server on REPO in the foreground (Ctrl-C stops it)."""
+    import time
+
+    from aitune_triton.triton.server import ServerOptions, TritonServer
+
+    options = ServerOptions(tritonserver=tritonserver, host=host, http_port=http_port, grpc_port=grpc_port,
+                            metrics_port=metrics_port, model_control_mode="explicit", load_models=("*",))
+    with console.status("starting tritonserver on %s" % repo):
+        server = TritonServer(repo, options).start()
+    try:
+        console.print("Triton is ready: HTTP %s, gRPC %s, metrics %s (log: %s)"
+                      % (server.http_url, server.grpc_url, server.metrics_url, server.log_path))
+        console.print("try: curl -s %s/v2/models/<name>/config   or   tritonclient.http.InferenceServerClient(%r)"
+                      % ("http://" + server.http_url, server.http_url), markup=False)
+        console.print("Ctrl-C to stop")
+        while server.is_alive():
+            time.sleep(1.0)
+        console.print("tritonserver exited:\n%s" % server.log_tail(), markup=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
 @main.command()
 @_handle_errors
 def doctor():

@@ -13,13 +13,16 @@ returns the flattened outputs in spec order: names and dynamic shapes then line 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -35,10 +38,17 @@ from aitune_triton.tensorrt.profiles import ProfileSet
 
 log = logging.getLogger(__name__)
 
-HINT = "try use_dynamo=False, or serve with the Python-backend fallback (backends=('python',))"
+_FALLBACK = "serve with the Python-backend fallback (backends=('python',))"
+
+
+def hint(exporter: str) -> str:
+    """What to try next: the other exporter, or no ONNX at all."""
+    return "try use_dynamo=%s, or %s" % (exporter != "dynamo", _FALLBACK)
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _LOW_PRECISION = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 _MAX_PROTO_BYTES = 1_800_000_000
+_NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch.fx", "torch._dynamo", "onnxscript", "onnx_ir")
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,7 @@ class OnnxCheck:
     def table(self) -> str:
         rows = [("output", "max_abs", "max_rel", "atol", "rtol", "worst case", "")]
         rows += [(o.name, "%.3g" % o.max_abs_err, "%.3g" % o.max_rel_err, "%g" % o.atol, "%g" % o.rtol,
-                  o.worst_case, ("ok" if o.ok else "FAIL") + (" (%s)" % o.note if o.note else ""))
+                  o.worst_case or "-", ("ok" if o.ok else "FAIL") + (" (%s)" % o.note if o.note else ""))
                  for o in self.outputs]
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
@@ -174,19 +184,50 @@ def axis_groups(spec: IOSpec, samples: Sequence[Sample], profiles: ProfileSet) -
 
 @contextlib.contextmanager
 def _captured() -> Iterator[io.StringIO]:
-    """The exporters print progress and warnings; keep them for the error message, off the console."""
+    """Everything the exporters print (Python and C++ streams, their loggers) goes into the buffer,
+    which is complete once the block exits: kept for error messages, off the user's console."""
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-        yield buf
+    handler = logging.StreamHandler(buf)
+    loggers = [logging.getLogger(n) for n in _NOISY_LOGGERS]
+    propagate = [lg.propagate for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.propagate = False
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    caught: list = []
+    with tempfile.TemporaryFile() as native:
+        os.dup2(native.fileno(), 1)
+        os.dup2(native.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf), \
+                    warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("default")
+                yield buf
+        finally:
+            for w in caught:
+                buf.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno))
+            with contextlib.suppress(Exception):
+                ctypes.CDLL(None).fflush(None)
+            for fd, dup in zip((1, 2), saved):
+                os.dup2(dup, fd)
+                os.close(dup)
+            for lg, prop in zip(loggers, propagate):
+                lg.removeHandler(handler)
+                lg.propagate = prop
+            native.seek(0)
+            buf.write(native.read().decode(errors="replace"))
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException, limit: int = 300) -> str:
     """The root cause's first line: the exporters wrap it in generic 'step 1/3 failed' text."""
     root = exc
-    while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
-        root = root.__cause__ or root.__context__
+    while root.__cause__ is not None:
+        root = root.__cause__
     lines = [ln.strip() for ln in _ANSI.sub("", str(root)).splitlines() if ln.strip()]
-    return "%s: %s" % (type(root).__name__, lines[0] if lines else "(no message)")
+    line = lines[0] if lines else "(no message)"
+    return "%s: %s" % (type(root).__name__, line if len(line) <= limit else line[:limit] + "...")
 
 
 def _export(wrapper: _FlatModule, spec: IOSpec, example: tuple[torch.Tensor, ...], groups: dict,
@@ -219,12 +260,14 @@ def _check_graph(proto: onnx.ModelProto, spec: IOSpec, groups: dict, exporter: s
     if got_in != want_in or got_out != want_out:
         raise ModelError("ONNX export (%s) has inputs %s and outputs %s but the model takes %s and returns %s "
                          "(an input forward() ignores is dropped by the exporter); %s"
-                         % (exporter, got_in, got_out, want_in, want_out, HINT))
+                         % (exporter, got_in, got_out, want_in, want_out, hint(exporter)))
     for j, inp in enumerate(proto.graph.input):
         for i, d in enumerate(inp.type.tensor_type.shape.dim):
             if (j, i) in groups and d.HasField("dim_value"):
-                raise ModelError("ONNX export (%s) fixed axis %d of input %r to %d but the samples vary it (the model's "
-                                 "code specialises it); %s" % (exporter, i, inp.name, d.dim_value, HINT))
+                _, lo, hi = groups[(j, i)]
+                raise ModelError("ONNX export (%s) fixed axis %d of input %r to %d but it must take %d..%d (the "
+                                 "model's code specialises it); %s"
+                                 % (exporter, i, inp.name, d.dim_value, lo, hi, hint(exporter)))
 
 
 def export_onnx(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample], profiles: ProfileSet, path: Path,
@@ -245,27 +288,30 @@ def export_onnx(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample],
     target = staging / path.name
     try:
         start = time.monotonic()
+        failure = None
         with _captured() as out:
             try:
                 _export(wrapper, spec, example, groups, target, use_dynamo, opset_version)
             except Exception as exc:
-                log.debug("%s exporter output:\n%s", exporter, out.getvalue())
-                err = ModelError("ONNX export failed (%s): %s; %s" % (exporter, _first_line(exc), HINT))
-                err.details = out.getvalue()  # type: ignore[attr-defined]
-                raise err from exc
+                failure = exc
+        if failure is not None:
+            log.debug("%s exporter output:\n%s", exporter, out.getvalue())
+            err = ModelError("ONNX export failed (%s): %s; %s" % (exporter, _first_line(failure), hint(exporter)))
+            err.details = out.getvalue()  # type: ignore[attr-defined]
+            raise err from failure
         log.debug("%s exporter output:\n%s", exporter, out.getvalue())
         log.info("exported %s with the %s exporter in %.1f s", path.name, exporter, time.monotonic() - start)
         try:
             onnx.checker.check_model(str(target))
         except onnx.checker.ValidationError as exc:
-            raise ModelError("ONNX export (%s) fails onnx.checker: %s; %s" % (exporter, _first_line(exc), HINT)) from exc
+            raise ModelError("ONNX export (%s) fails onnx.checker: %s; %s" % (exporter, _first_line(exc), hint(exporter))) from exc
         proto = onnx.load(str(target), load_external_data=False)
         _check_graph(proto, spec, groups, exporter)
         opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-        check = check_onnx(model, spec, target, samples, profiles, tolerance)
+        check = check_onnx(model, spec, target, samples, profiles, tolerance, exporter)
         if not check.ok:
-            raise ModelError("ONNX export (%s) does not match eager PyTorch on ONNX Runtime CPU (%s):\n%s\n"
-                             "%s" % (exporter, check.runtime, check.table(), HINT))
+            raise ModelError("ONNX export (%s) does not match eager PyTorch (%s):\n%s\nraise atol/rtol if this is "
+                             "numerical noise; otherwise %s" % (exporter, check.runtime, check.table(), hint(exporter)))
         for f in sorted(staging.iterdir(), key=lambda f: f.name == path.name):  # data files first, model last
             os.replace(f, path.parent / f.name)
     finally:
@@ -353,42 +399,51 @@ def compare_outputs(spec: IOSpec, cases: Sequence[tuple[str, Sequence[np.ndarray
                 case_abs, case_rel, case_ok = _errors(a, e, tol)
                 if strict_dtypes and a.dtype != e.dtype:
                     case_ok, note = False, note or "dtype %s vs eager %s" % (a.dtype, e.dtype)
-            if case_abs > abs_max or (not case_ok and ok) or not worst:
+            if case_abs > abs_max or (not case_ok and ok):
                 worst = label
             abs_max, rel_max, ok = max(abs_max, case_abs), max(rel_max, case_rel), ok and case_ok
         rows.append(OutputCheck(t.name, abs_max, rel_max, tol.atol, tol.rtol, ok, worst, note))
     return OnnxCheck(tuple(rows), tuple(label for label, _, _ in cases), runtime)
 
 
-def _float32_graph(graph: onnx.GraphProto) -> None:
-    """float16/bfloat16 -> float32 in place: types, initializers, constants, casts and subgraphs."""
-    def tensor(t: onnx.TensorProto) -> None:
-        if t.data_type in _LOW_PRECISION:
-            t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t).astype(np.float32), t.name))
+def _float32_graph(graph: onnx.GraphProto) -> int:
+    """float16/bfloat16 -> float32 in place (types, initializers, constants, casts, subgraphs); how many changed."""
+    changed = 0
+
+    def tensor(t: onnx.TensorProto) -> int:
+        if t.data_type not in _LOW_PRECISION:
+            return 0
+        t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t).astype(np.float32), t.name))
+        return 1
 
     for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
         if vi.type.tensor_type.elem_type in _LOW_PRECISION:
             vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
-    for t in graph.initializer:
-        tensor(t)
+            changed += 1
+    changed += sum(tensor(t) for t in graph.initializer)
     for node in graph.node:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.TENSOR:
-                tensor(attr.t)
+                changed += tensor(attr.t)
             elif attr.type == onnx.AttributeProto.GRAPH:
-                _float32_graph(attr.g)
+                changed += _float32_graph(attr.g)
             elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    _float32_graph(g)
+                changed += sum(_float32_graph(g) for g in attr.graphs)
             elif attr.name in ("to", "dtype") and attr.type == onnx.AttributeProto.INT and attr.i in _LOW_PRECISION:
                 attr.i = onnx.TensorProto.FLOAT
+                changed += 1
+    return changed
+
+
+class _NoKernel(Exception):
+    """ONNX Runtime CPU lacks a kernel the graph needs: nothing to compare, not a model error."""
 
 
 def _session(model: "str | bytes"):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # its errors reach the ModelError instead
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
@@ -400,49 +455,63 @@ def _open(path: Path, spec: IOSpec) -> tuple[Any, bool, str]:
     import onnxruntime as ort
 
     label = "onnxruntime %s CPU" % ort.__version__
-    low = {"float16", "bfloat16"} & {t.dtype for t in spec.inputs + spec.outputs}
-    if "bfloat16" not in low:
+    missing = None
+    if "bfloat16" not in {t.dtype for t in spec.inputs + spec.outputs}:
         try:
             return _session(str(path)), False, label
         except Exception as exc:
             if "NOT_IMPLEMENTED" not in str(exc):
                 raise
-            log.info("ONNX Runtime CPU cannot run %s as exported (%s); checking a float32 copy",
-                     path.name, _first_line(exc))
+            missing = exc
     proto = onnx.load(str(path))
-    _float32_graph(proto.graph)
+    if not _float32_graph(proto.graph):
+        raise _NoKernel(_first_line(missing)) from missing
     if proto.ByteSize() > _MAX_PROTO_BYTES:
-        raise NotImplementedError("NOT_IMPLEMENTED: the float32 copy is too large to check in memory")
-    return _session(proto.SerializeToString()), True, label + " (float32 copy of the float16/bfloat16 graph)"
+        raise _NoKernel("the float32 copy of the float16/bfloat16 graph is too large to check in memory")
+    if missing is not None:
+        log.info("ONNX Runtime CPU cannot run %s as exported (%s); checking a float32 copy", path.name,
+                 _first_line(missing))
+    try:
+        session = _session(proto.SerializeToString())
+    except Exception as exc:
+        if "NOT_IMPLEMENTED" not in str(exc):
+            raise
+        raise _NoKernel(_first_line(exc)) from exc
+    return session, True, label + " (float32 copy of the float16/bfloat16 graph)"
 
 
 def check_onnx(model: torch.nn.Module, spec: IOSpec, path: Path, samples: Sequence[Sample], profiles: ProfileSet,
-               tolerance: Tolerance | None = None) -> OnnxCheck:
+               tolerance: Tolerance | None = None, exporter: str | None = None) -> OnnxCheck:
     """Run ``path`` on ORT CPU and ``model`` eagerly on the same inputs (see ``check_feeds``).
 
     A kernel ORT CPU lacks skips the check with the reason recorded (TensorRT may still build the
     graph); any other ORT failure is a ``ModelError``."""
     feeds = check_feeds(spec, samples, profiles)
+    advice = hint(exporter) if exporter else _FALLBACK
     try:
         session, as_float32, runtime = _open(Path(path), spec)
+    except _NoKernel as exc:
+        reason = "ONNX Runtime CPU cannot run the graph: %s" % exc
+        log.warning("skipping the ONNX Runtime check of %s: %s", Path(path).name, reason)
+        return OnnxCheck((), tuple(label for label, _ in feeds), "onnxruntime CPU", reason)
     except Exception as exc:
-        if "NOT_IMPLEMENTED" in str(exc):
-            reason = "ONNX Runtime CPU cannot run the graph: %s" % _first_line(exc)
-            log.warning("skipping the ONNX Runtime check of %s: %s", Path(path).name, reason)
-            return OnnxCheck((), tuple(label for label, _ in feeds), "onnxruntime CPU", reason)
-        raise ModelError("ONNX Runtime CPU cannot load the exported model: %s; %s" % (_first_line(exc), HINT)) from exc
+        raise ModelError("ONNX Runtime CPU cannot load the exported model: %s; %s" % (_first_line(exc), advice)) from exc
     device = _device(model)
     cases = []
     for label, feed in feeds:
-        with torch.inference_mode():
-            expected = [_to_numpy(leaf) for _, leaf in flatten_outputs(
-                call_with_feed(model, spec, {k: v.to(device) for k, v in feed.items()}))]
-        ort_feed = {k: (v.float() if as_float32 and v.is_floating_point() else v).numpy() for k, v in feed.items()}
+        shapes = ", ".join("%s%s" % (k, list(v.shape)) for k, v in feed.items())
+        try:
+            with torch.inference_mode():
+                expected = [_to_numpy(leaf) for _, leaf in flatten_outputs(
+                    call_with_feed(model, spec, {k: v.to(device) for k, v in feed.items()}))]
+        except Exception as exc:
+            raise ModelError("eager PyTorch fails on %s (%s), shapes the profiles cover: %s; fix the model or narrow "
+                             "the profiles (max_batch_size, batch_axis)" % (label, shapes, _first_line(exc))) from exc
+        ort_feed = {k: _to_numpy(v.float() if as_float32 and v.is_floating_point() else v) for k, v in feed.items()}
         try:
             actual = session.run([t.name for t in spec.outputs], ort_feed)
         except Exception as exc:
-            shapes = ", ".join("%s%s" % (k, list(v.shape)) for k, v in feed.items())
             raise ModelError("ONNX Runtime CPU failed to run the exported model on %s (%s): %s; %s"
-                             % (label, shapes, _first_line(exc), HINT)) from exc
+                             % (label, shapes, _first_line(exc), advice)) from exc
         cases.append((label, expected, actual))
     return compare_outputs(spec, cases, runtime, tolerance, strict_dtypes=not as_float32)

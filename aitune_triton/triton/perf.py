@@ -49,7 +49,7 @@ class PerfOptions:
     stability_percentage: int = 20
     batch_size: int = 1
     timeout_s: float = 300
-    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict, hash=False)
     input_data: Path | None = None
     extra_args: tuple[str, ...] = ()
 

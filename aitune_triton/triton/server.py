@@ -247,11 +247,15 @@ def server_version(path: Path | None = None) -> str | None:
         return None
 
 
+# local servers must never be reached through an http_proxy from the environment
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _http_get(url: str, path: str, timeout: float = 2.0, data: bytes | None = None) -> tuple[int | None, bytes]:
-    """(status, body); status None when nothing answers."""
+    """(status, body); status None when nothing answers. POSTs when ``data`` is given."""
     req = urllib.request.Request("http://%s%s" % (url, path), data=data, method="POST" if data is not None else "GET")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with _OPENER.open(req, timeout=timeout) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -394,11 +398,7 @@ class TritonServer(_ServerAPI):
         self.options = options
         self.stop_grace_s = stop_grace_s
         self._env = env
-        if log_path is None:
-            fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
-            os.close(fd)
-            log_path = Path(name)
-        self.log_path = Path(log_path)
+        self.log_path: Path | None = Path(log_path) if log_path else None
         self.shm_prefix = "%s%s_" % (SHM_PREFIX, uuid.uuid4().hex[:12])
         self.ports: Ports | None = None
         self.command: list[str] = []
@@ -432,6 +432,8 @@ class TritonServer(_ServerAPI):
         return self._url(self.ports.metrics if self.ports else None)
 
     def log_tail(self, n: int = 20) -> str:
+        if self.log_path is None:
+            return ""
         try:
             with open(self.log_path, "rb") as f:
                 f.seek(0, os.SEEK_END)
@@ -443,6 +445,8 @@ class TritonServer(_ServerAPI):
 
     def error_lines(self, n: int = 10) -> list[str]:
         """Triton's ``E...`` log lines, without the CPU-only noise (NVML, DCGM, CUDA driver)."""
+        if self.log_path is None:
+            return []
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError:
@@ -472,17 +476,19 @@ class TritonServer(_ServerAPI):
     def start(self) -> "TritonServer":
         """Launch and wait until ready; raises ServerError (with Triton's log) otherwise.
 
-        Auto-picked ports can be taken between picking and binding: one retry with new ports.
+        Auto-picked ports can be taken between picking and binding: one retry with new ports
+        (none when the busy port is one the options fixed).
         """
         if self._proc is not None and self._proc.poll() is None:
             return self
-        auto_ports = None in (self.options.http_port, self.options.grpc_port, self.options.metrics_port)
-        for attempt in range(2 if auto_ports else 1):
+        fixed = [p for p in (self.options.http_port, self.options.grpc_port, self.options.metrics_port) if p]
+        for attempt in range(2):
             try:
                 return self._start_once()
             except ServerError as exc:
-                busy = "already in use" in str(exc) or "Address in use" in str(exc)
-                if not (busy and auto_ports and attempt == 0):
+                msg = str(exc)
+                busy = "already in use" in msg and not any(":%d'" % p in msg for p in fixed)
+                if not busy or attempt == 1:
                     raise
                 log.warning("port clash starting tritonserver, retrying with other ports")
         raise AssertionError("unreachable")
@@ -491,6 +497,10 @@ class TritonServer(_ServerAPI):
         binary = server_binary(self.options)
         if not binary.exists():
             raise ServerError("tritonserver not found at %s" % binary)
+        if self.log_path is None:
+            fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(name)  # kept after stop: it is the only record of a failure
         self.ports = resolve_ports(self.options)
         self.command = build_command(
             self.repo, self.options, self.ports, binary=binary, flags=supported_flags(binary), shm_prefix=self.shm_prefix
@@ -529,12 +539,26 @@ class TritonServer(_ServerAPI):
                 if failed:
                     raise ServerError("model(s) failed to load: %s%s" % ("; ".join(failed), self._context()))
                 if status == 200:
+                    self._confirm_endpoints()
                     return
             if time.monotonic() > deadline:
                 raise ServerError(
                     "tritonserver not ready within %.0f s%s" % (self.options.startup_timeout_s, self._context())
                 )
             time.sleep(0.25)
+
+    def _confirm_endpoints(self, wait_s: float = 2.0) -> None:
+        """Metrics start after HTTP, and a metrics port clash makes tritonserver exit just after
+        it has answered ready: wait for the metrics endpoint (or an exit, or an error line)."""
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            code = self._proc.poll()
+            failed = [l for l in self.error_lines() if "failed to start" in l]
+            if code is not None or failed:
+                raise ServerError("tritonserver failed after start-up (exit code %s)%s" % (code, self._context()))
+            if _http_get(self.metrics_url, "/metrics", timeout=0.5)[0] == 200:
+                return
+            time.sleep(0.1)
 
     def _startup_failures(self, final: bool) -> list[str]:
         """Models that should have loaded at start-up but did not, with Triton's reason.

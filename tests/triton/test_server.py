@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import signal
 import socket
 import sys
 import textwrap
@@ -21,7 +23,6 @@ from aitune_triton.triton.server import (
     RemoteServer,
     ServerError,
     ServerOptions,
-    TritonServer,
     build_command,
     build_environment,
     free_port,
@@ -135,7 +136,7 @@ def test_resolve_ports_keeps_fixed_ones():
 
 
 def test_bundled_binary_flags_and_version():
-    if tools.importlib.util.find_spec("pytriton") is None:
+    if importlib.util.find_spec("pytriton") is None:
         pytest.skip("nvidia-pytriton not installed")
     flags = srv.supported_flags(tools.bundled_tritonserver())
     assert {"--load-model", "--model-control-mode", "--backend-directory"} <= flags
@@ -230,12 +231,13 @@ def repo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(triton_server_factory, repo) -> TritonServer:
+def server(triton_server_factory, repo):
     """Explicit mode, nothing loaded at start (ready at once), then "add" loaded over HTTP."""
     s = triton_server_factory(repo)
     assert s.is_ready()
     s.load_model("add")
-    return s
+    yield s
+    s.stop()  # frees the stubs (~250 MB each) before other modules start theirs
 
 
 @pytest.mark.live
@@ -322,6 +324,17 @@ def test_shutdown_leaves_no_process(triton_server_factory, repo):
 
 
 @pytest.mark.live
+def test_crash_cleanup_removes_own_leftovers(triton_server_factory, repo):
+    s = triton_server_factory(repo, load_models=("add",))
+    stubs = s.children()
+    os.kill(s.pid, signal.SIGKILL)  # no shutdown: stubs and shared memory are left behind
+    assert list(Path("/dev/shm").glob(s.shm_prefix + "*"))
+    assert s.stop() == -signal.SIGKILL
+    assert all(srv._proc_stat(p) is None for p in stubs)
+    assert not list(Path("/dev/shm").glob(s.shm_prefix + "*"))
+
+
+@pytest.mark.live
 @pytest.mark.parametrize("exit_on_error", [False, True])
 def test_broken_config_raises_with_log(triton_server_factory, repo, exit_on_error):
     t0 = time.monotonic()
@@ -331,3 +344,14 @@ def test_broken_config_raises_with_log(triton_server_factory, repo, exit_on_erro
     message = str(info.value)
     assert "failed to read text proto" in message and "config.pbtxt" in message
     assert ("exited with code" in message) == exit_on_error
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("which", ["http_port", "metrics_port"])
+def test_busy_fixed_port_raises(triton_server_factory, tmp_path, which):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ServerError, match="already in use"):
+            triton_server_factory(tmp_path, startup_timeout_s=30, **{which: port})

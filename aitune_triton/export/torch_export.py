@@ -1,0 +1,495 @@
+"""The PyTorch fallback artifact served by the Python backend, best format first.
+
+1. ``aoti``: an AOTInductor package compiled from a ``torch.export`` program with the batch and
+   dynamic axes left symbolic (fastest; host-ISA or CUDA code, bound to its device kind);
+2. ``export``: the ``ExportedProgram`` itself (``.pt2``), run through ``ep.module()``;
+3. ``eager``: the user's own model file next to a ``state_dict`` (``torch.load(weights_only=True)``).
+
+Every candidate is compiled and checked against the eager outputs in a fresh child process with a
+timeout: AOTInductor compiles are slow and can crash, and loading a package in the process that
+compiled it segfaulted on CUDA. A candidate is kept only when every output of every reference case
+is within ``tolerance_for(dtype)``; the reasons for the formats skipped travel with the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import inspect
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch.utils import _pytree as pytree
+
+from aitune_triton.config import Tolerance, tolerance_for
+from aitune_triton.errors import ModelError, UserError
+from aitune_triton.spec import AxisKind, IOSpec, Sample, flatten_outputs, sample_feed
+from aitune_triton.tensorrt.profiles import ProfileSet
+from aitune_triton.triton.python_model import render_python_model  # noqa: F401  (re-exported for the API)
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("aoti", "export", "eager")
+AOTI_FILE = "model.aoti.pt2"
+EXPORT_FILE = "model.export.pt2"
+SOURCE_FILE = "user_model.py"  # not model.py: that name belongs to the Triton model in the same dir
+STATE_FILE = "state_dict.pt"
+FILES = {"aoti": (AOTI_FILE,), "export": (EXPORT_FILE,), "eager": (SOURCE_FILE, STATE_FILE)}
+
+
+@dataclass(frozen=True)
+class FallbackArtifact:
+    """The artifact kept in the version dir and what the generated model.py needs to serve it.
+
+    ``axis_ranges`` holds, per input and axis, the sizes the artifact accepts (``None`` as the
+    upper bound: unbounded). AOTInductor does not check input shapes or dtypes at run time, so the
+    model.py validates requests against these before calling it.
+    """
+
+    format: str
+    device: str
+    files: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...] = ()
+    max_errors: dict[str, float] = field(default_factory=dict)
+    axis_ranges: dict[str, tuple[tuple[int, int | None], ...]] = field(default_factory=dict)
+    row_independent: bool = False
+
+    def to_dict(self) -> dict:
+        return {"format": self.format, "device": self.device, "files": list(self.files),
+                "skipped": [list(s) for s in self.skipped], "max_errors": dict(self.max_errors),
+                "axis_ranges": {k: [list(r) for r in v] for k, v in self.axis_ranges.items()},
+                "row_independent": self.row_independent}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FallbackArtifact":
+        return cls(d["format"], d["device"], tuple(d["files"]), tuple((f, r) for f, r in d.get("skipped", ())),
+                   {k: float(v) for k, v in d.get("max_errors", {}).items()},
+                   {k: tuple((int(lo), None if hi is None else int(hi)) for lo, hi in v)
+                    for k, v in d.get("axis_ranges", {}).items()},
+                   bool(d.get("row_independent", False)))
+
+
+class CandidateFailed(Exception):
+    """One format could not be built or did not match eager; the message is the recorded reason."""
+
+
+# ----------------------------------------------------------------------------- reference cases
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return "%s: %s" % (type(exc).__name__, text[0] if text else "")
+
+
+def _batch_of(feed: dict[str, torch.Tensor], spec: IOSpec) -> int:
+    return next(feed[t.name].shape[0] for t in spec.inputs if t.has_batch)
+
+
+def _run_eager(model: torch.nn.Module, spec: IOSpec, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    from aitune_triton.spec import call_with_feed
+
+    with torch.inference_mode():
+        return {n: t.detach() for n, t in flatten_outputs(call_with_feed(model, spec, feed))}
+
+
+def reference_cases(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample], outputs: Sequence[Any],
+                    max_batch: int) -> list[tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+    """The samples with their eager outputs, plus batch 1 and ``max_batch`` cut from the largest sample:
+    export's 0/1 specialisation and range bugs show up exactly at the ends of the batch range."""
+    cases = []
+    for i, (sample, out) in enumerate(zip(samples, outputs)):
+        feed = sample_feed(spec, sample)
+        if spec.batching and max_batch >= 1 and _batch_of(feed, spec) > max_batch:
+            continue  # Triton never sends more than max_batch_size
+        cases.append(("sample %d" % i, feed, dict(flatten_outputs(out))))
+    if not spec.batching or max_batch < 1:
+        return cases
+    label, big, _ = max(cases, key=lambda c: _batch_of(c[1], spec))
+    size = _batch_of(big, spec)
+    extra = [("batch 1 (from %s)" % label, 1)]
+    if max_batch > size:
+        extra.append(("batch %d (from %s)" % (max_batch, label), max_batch))
+    for name, batch in extra:
+        feed = {k: _resize_batch(v, batch) if spec.input(k).has_batch else v for k, v in big.items()}
+        try:
+            cases.append((name, feed, _run_eager(model, spec, feed)))
+        except Exception as exc:  # the model itself cannot take that batch: nothing to compare against
+            log.warning("eager forward failed at %s, not checking it: %s", name, _first_line(exc))
+    return cases
+
+
+def rows_independent(model: torch.nn.Module, spec: IOSpec, cases: list, tolerance: Tolerance | None) -> bool:
+    """Whether row 0 of the largest case equals the same row run alone: padding a batch with extra
+    rows (to replay a captured CUDA graph) is exact only then."""
+    if not spec.batching:
+        return False
+    _, big, big_out = max(cases, key=lambda c: _batch_of(c[1], spec))
+    if _batch_of(big, spec) < 2:
+        return False
+    try:
+        alone = _run_eager(model, spec, {k: v[:1] for k, v in big.items()})
+    except Exception:
+        return False
+    return all(compare(big_out[t.name][:1], alone[t.name], tolerance_for(t.dtype, tolerance)) is None
+               for t in spec.outputs)
+
+
+def compare(actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance) -> str | None:
+    """None when ``actual`` matches within ``tol`` (exact for integer and bool outputs), else why not."""
+    actual, expected = actual.detach().cpu(), expected.detach().cpu()
+    if tuple(actual.shape) != tuple(expected.shape):
+        return "shape %s, eager %s" % (list(actual.shape), list(expected.shape))
+    if actual.dtype != expected.dtype:
+        return "dtype %s, eager %s" % (actual.dtype, expected.dtype)
+    if actual.is_floating_point():
+        a, e = actual.double(), expected.double()
+        if not torch.allclose(a, e, atol=tol.atol, rtol=tol.rtol, equal_nan=True):
+            err = (a - e).abs().nan_to_num(float("inf")).max().item()
+            return "max |err| %.3g > atol %g + rtol %g * |eager|" % (err, tol.atol, tol.rtol)
+        return None
+    bad = int((actual != expected).sum())
+    return None if bad == 0 else "%d of %d values differ (exact dtype %s)" % (bad, actual.numel(), actual.dtype)
+
+
+def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    if actual.numel() == 0:
+        return 0.0
+    return float((actual.detach().cpu().double() - expected.detach().cpu().double()).abs().max())
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _axis_bounds(spec: IOSpec, profiles: ProfileSet | None, name: str, axis: int) -> tuple[int, int]:
+    t = spec.input(name)
+    lo, hi = t.axes[axis].min, t.axes[axis].max
+    shapes = [p.shapes(name) for p in (profiles.profiles if profiles else ()) if name in p.names()]
+    if shapes:
+        lo, hi = min(s[0][axis] for s in shapes), max(s[2][axis] for s in shapes)
+    return lo, hi
+
+
+def _example(spec: IOSpec, samples: Sequence[Sample], max_batch: int) -> dict[str, torch.Tensor]:
+    """A sample to trace with: every symbolic axis >= 2 where possible (torch.export specialises
+    sizes 0 and 1), batch grown to 2 by repetition when all samples have batch 1."""
+    feeds = [sample_feed(spec, s) for s in samples]
+
+    def score(feed: dict[str, torch.Tensor]) -> tuple:
+        sym = [feed[t.name].shape[i] for t in spec.inputs for i, a in enumerate(t.axes)
+               if a.kind is not AxisKind.STATIC]
+        return (min(sym, default=2) >= 2, _batch_of(feed, spec) if spec.batching else 0)
+
+    feed = max(feeds, key=score)
+    if not spec.batching:
+        return feed
+    size = _batch_of(feed, spec)
+    want = max(min(size, max_batch), 2 if max_batch >= 2 else 1)
+    return {k: _resize_batch(v, want) if spec.input(k).has_batch else v for k, v in feed.items()}
+
+
+def _resize_batch(t: torch.Tensor, batch: int) -> torch.Tensor:
+    """``batch`` rows: cut, or the rows repeated in order."""
+    reps = -(-batch // t.shape[0])
+    return t.repeat(reps, *([1] * (t.dim() - 1)))[:batch] if reps > 1 else t[:batch]
+
+
+def dynamic_dims(spec: IOSpec, samples: Sequence[Sample], profiles: ProfileSet | None, max_batch: int
+                 ) -> tuple[dict[str, dict[int, Any]], dict[str, tuple[tuple[int, int | None], ...]]]:
+    """torch.export Dims per input axis, and the range each axis accepts.
+
+    One ``batch`` Dim for all batched inputs. Dynamic axes whose sizes agree in every sample share a
+    Dim (an attention mask's sequence axis is the ids' sequence axis); separate Dims would fail with
+    "must always be equal". Ranges come from the profiles, else from the samples.
+    """
+    feeds = [sample_feed(spec, s) for s in samples]
+    groups: dict[tuple, list[tuple[str, int]]] = {}
+    for t in spec.inputs:
+        for i, a in enumerate(t.axes):
+            if a.kind is AxisKind.DYNAMIC and not (i == 0 and t.has_batch):
+                groups.setdefault(tuple(f[t.name].shape[i] for f in feeds), []).append((t.name, i))
+    dims: dict[str, dict[int, Any]] = {t.name: {} for t in spec.inputs}
+    ranges = {t.name: [(a.max, a.max) for a in t.axes] for t in spec.inputs}
+    if spec.batching and max_batch >= 2:
+        batch = torch.export.Dim("batch", min=1, max=max_batch)
+        for t in spec.inputs:
+            if t.has_batch:
+                dims[t.name][0] = batch
+    for t in spec.inputs:
+        if t.has_batch:
+            ranges[t.name][0] = (1, max(max_batch, 1))
+    for k, members in enumerate(groups.values()):
+        bounds = [_axis_bounds(spec, profiles, n, i) for n, i in members]
+        lo, hi = max(b[0] for b in bounds), min(b[1] for b in bounds)
+        if hi <= lo:
+            continue
+        dim = torch.export.Dim("%s_%d" % (members[0][0], members[0][1]), min=lo, max=hi)
+        for n, i in members:
+            dims[n][i] = dim
+            ranges[n][i] = (lo, hi)
+    return dims, {k: tuple(v) for k, v in ranges.items()}
+
+
+def _bind_dynamic_shapes(model: torch.nn.Module, spec: IOSpec, feed: dict[str, torch.Tensor],
+                         dims: dict[str, dict[int, Any]]) -> tuple[tuple, dict, dict]:
+    """args, kwargs and ``dynamic_shapes`` keyed the way torch.export binds ``forward``'s signature
+    (``*args`` and ``**kwargs`` parameters take a tuple / dict of per-tensor specs)."""
+    args, kwargs, by_id = [], {}, {}
+    for t in spec.inputs:
+        kind, _, key = t.binding.partition(":")
+        if kind == "arg":
+            args.append(feed[t.name])
+        else:
+            kwargs[key] = feed[t.name]
+        by_id[id(feed[t.name])] = dims[t.name] or None
+    bound = inspect.signature(model.forward).bind(*args, **kwargs)
+    shapes = {name: pytree.tree_map(lambda v: by_id.get(id(v)), value) for name, value in bound.arguments.items()}
+    return tuple(args), kwargs, shapes
+
+
+def _on_device(model: torch.nn.Module, device: str) -> torch.nn.Module:
+    tensors = list(model.parameters()) + list(model.buffers())
+    if all(t.device.type == device for t in tensors):
+        return model
+    return copy.deepcopy(model).to(device)
+
+
+def export_program(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample], profiles: ProfileSet | None,
+                   device: str = "cpu"):
+    """``torch.export.export`` with symbolic batch / dynamic axes; returns (program, axis ranges)."""
+    max_batch = profiles.max_batch_size if profiles else spec.max_sample_batch
+    dims, ranges = dynamic_dims(spec, samples, profiles, max_batch)
+    feed = {k: v.to(device) for k, v in _example(spec, samples, max_batch).items()}
+    target = _on_device(model, device).eval()
+    args, kwargs, shapes = _bind_dynamic_shapes(target, spec, feed, dims)
+    program = torch.export.export(target, args, kwargs, dynamic_shapes=shapes)
+    return program, ranges
+
+
+# ----------------------------------------------------------------------------- loading (child side)
+
+
+def load_runner(version_dir: Path, fmt: str, device: str) -> Callable[..., Any]:
+    """The artifact as a callable taking ``forward``'s arguments (what the generated model.py does too)."""
+    version_dir = Path(version_dir)
+    dev = torch.device(device)
+    if fmt == "aoti":
+        index = dev.index if dev.index is not None else (0 if dev.type == "cuda" else -1)
+        return torch._inductor.aoti_load_package(str(version_dir / AOTI_FILE), device_index=index)
+    if fmt == "export":
+        return torch.export.load(str(version_dir / EXPORT_FILE)).module().to(dev)
+    if fmt == "eager":
+        name = "aitune_user_model_%s" % uuid.uuid4().hex[:8]
+        mod_spec = importlib.util.spec_from_file_location(name, version_dir / SOURCE_FILE)
+        module = importlib.util.module_from_spec(mod_spec)
+        mod_spec.loader.exec_module(module)
+        model = module.get_model()
+        model.load_state_dict(torch.load(version_dir / STATE_FILE, map_location=dev, weights_only=True))
+        return model.to(dev).eval()
+    raise ValueError("unknown fallback format %r" % fmt)
+
+
+def check_runner(runner: Callable[..., Any], spec: IOSpec, cases: list, device: str,
+                 tolerance: Tolerance | None = None) -> dict[str, float]:
+    """Run every case; raise CandidateFailed on the first output outside tolerance."""
+    errors = {t.name: 0.0 for t in spec.outputs}
+    for label, feed, expected in cases:
+        args, kwargs = [], {}
+        for t in spec.inputs:
+            kind, _, key = t.binding.partition(":")
+            value = feed[t.name].to(device)
+            if kind == "arg":
+                args.append(value)
+            else:
+                kwargs[key] = value
+        try:
+            with torch.inference_mode():
+                leaves = pytree.tree_leaves(runner(*args, **kwargs))
+        except Exception as exc:
+            raise CandidateFailed("forward failed on %s: %s" % (label, _first_line(exc))) from exc
+        if len(leaves) != len(spec.outputs):
+            raise CandidateFailed("%d outputs on %s, eager gave %d" % (len(leaves), label, len(spec.outputs)))
+        for t, got in zip(spec.outputs, leaves):
+            why = compare(got, expected[t.name], tolerance_for(t.dtype, tolerance))
+            if why:
+                raise CandidateFailed("output %r differs from eager on %s: %s" % (t.name, label, why))
+            errors[t.name] = max(errors[t.name], max_error(got, expected[t.name]))
+    return errors
+
+
+# ----------------------------------------------------------------------------- child processes
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
+
+
+def _run_child(argv: list[str], timeout_s: float, what: str) -> None:
+    """Run ``python -m aitune_triton.export.torch_export ARGV`` in its own session; raise CandidateFailed."""
+    cmd = [sys.executable, "-m", "aitune_triton.export.torch_export", *argv]
+    log.debug("child: %s", " ".join(cmd))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=_child_env(), start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the compiler's own children (g++) go too
+        proc.communicate()
+        raise CandidateFailed("%s timed out after %.0f s" % (what, timeout_s)) from None
+    log.debug("child output (%s):\n%s", what, out)
+    if proc.returncode < 0:
+        raise CandidateFailed("%s crashed (signal %s)" % (what, signal.Signals(-proc.returncode).name))
+    if proc.returncode != 0:
+        lines = [l for l in out.strip().splitlines() if l.strip()]
+        marked = [l[len("FAILED: "):] for l in lines if l.startswith("FAILED: ")]
+        raise CandidateFailed(marked[-1] if marked else "%s failed: %s" % (what, lines[-1] if lines else "no output"))
+
+
+def _child_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m aitune_triton.export.torch_export")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("compile", help="compile an ExportedProgram into an AOTInductor package")
+    c.add_argument("program")
+    c.add_argument("package")
+    k = sub.add_parser("check", help="load an artifact and compare it with the recorded eager outputs")
+    k.add_argument("job")
+    ns = parser.parse_args(argv)
+    try:
+        if ns.cmd == "compile":
+            program = torch.export.load(ns.program)
+            torch._inductor.aoti_compile_and_package(program, package_path=ns.package)
+            return 0
+        job = json.loads(Path(ns.job).read_text())
+        spec = IOSpec.from_dict(job["spec"])
+        data = torch.load(job["cases"], weights_only=True)
+        cases = list(zip(data["labels"], data["inputs"], data["outputs"]))
+        tol = Tolerance(*job["tolerance"]) if job.get("tolerance") else None
+        try:
+            runner = load_runner(Path(job["version_dir"]), job["format"], job["device"])
+        except Exception as exc:
+            raise CandidateFailed("loading failed: %s" % _first_line(exc)) from exc
+        errors = check_runner(runner, spec, cases, job["device"], tol)
+        Path(job["result"]).write_text(json.dumps({"max_errors": errors}))
+        return 0
+    except CandidateFailed as exc:
+        print("FAILED: %s" % exc, flush=True)
+        return 1
+    except Exception as exc:
+        print("FAILED: %s %s" % (ns.cmd, _first_line(exc)), flush=True)
+        raise
+
+
+# ----------------------------------------------------------------------------- the entry point
+
+
+@dataclass(frozen=True)
+class _Job:
+    spec: IOSpec
+    cases_path: Path
+    version_dir: Path
+    work: Path
+    device: str
+    tolerance: Tolerance | None
+    timeout_s: float
+
+
+def _check(job: _Job, fmt: str) -> dict[str, float]:
+    result = job.work / ("%s.result.json" % fmt)
+    spec_file = job.work / ("%s.job.json" % fmt)
+    spec_file.write_text(json.dumps({
+        "spec": job.spec.to_dict(), "cases": str(job.cases_path), "version_dir": str(job.version_dir),
+        "format": fmt, "device": job.device, "result": str(result),
+        "tolerance": [job.tolerance.atol, job.tolerance.rtol] if job.tolerance else None}))
+    _run_child(["check", str(spec_file)], job.timeout_s, "%s check" % fmt)
+    return json.loads(result.read_text())["max_errors"]
+
+
+def _remove(version_dir: Path, fmt: str) -> None:
+    for name in FILES[fmt]:
+        (version_dir / name).unlink(missing_ok=True)
+
+
+def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample],
+                   outputs: Sequence[Any], profiles: ProfileSet | None, version_dir: Path, device: str = "cpu",
+                   preferred: str = "auto", timeout_s: float = 600, tolerance: Tolerance | None = None
+                   ) -> FallbackArtifact:
+    """Write the best fallback artifact that matches eager into ``version_dir`` and describe it.
+
+    ``preferred`` forces one format ("aoti", "export", "eager"); "auto" tries them best first.
+    Raises ModelError when no candidate (or the forced one) passes, with every reason.
+    """
+    if preferred not in ("auto",) + FORMATS:
+        raise UserError("fallback format must be one of auto, %s; got %r" % (", ".join(FORMATS), preferred))
+    if device not in ("cpu", "cuda"):
+        raise UserError("fallback device must be 'cpu' or 'cuda', got %r" % device)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' requested but torch sees no CUDA device here; generate on a GPU machine "
+                        "or use --device cpu")
+    version_dir = Path(version_dir)
+    version_dir.mkdir(parents=True, exist_ok=True)
+    max_batch = profiles.max_batch_size if profiles else spec.max_sample_batch
+    cases = reference_cases(model, spec, samples, outputs, max_batch)
+    independent = rows_independent(model, spec, cases, tolerance)
+    wanted = FORMATS if preferred == "auto" else (preferred,)
+    skipped = [(f, "not requested (fallback format %r)" % preferred) for f in FORMATS[:FORMATS.index(wanted[0])]]
+    eager_ranges = {t.name: tuple((1, max(max_batch, 1)) if (i == 0 and t.has_batch)
+                                  else (a.max, a.max) if a.kind is AxisKind.STATIC else (1, None)
+                                  for i, a in enumerate(t.axes)) for t in spec.inputs}
+    with tempfile.TemporaryDirectory(prefix="aitune-fallback-") as tmp:
+        work = Path(tmp)
+        cases_path = work / "cases.pt"
+        torch.save({"labels": [c[0] for c in cases], "inputs": [{k: v.cpu() for k, v in c[1].items()} for c in cases],
+                    "outputs": [{k: v.cpu() for k, v in c[2].items()} for c in cases]}, cases_path)
+        job = _Job(spec, cases_path, version_dir, work, device, tolerance, timeout_s)
+        program = ranges = export_error = None
+        if {"aoti", "export"} & set(wanted):
+            try:
+                program, ranges = export_program(model, spec, samples, profiles, device)
+                torch.export.save(program, work / EXPORT_FILE)
+            except Exception as exc:
+                export_error = "torch.export failed: %s" % _first_line(exc)
+                log.info("%s", export_error)
+        for fmt in wanted:
+            try:
+                if fmt in ("aoti", "export") and export_error:
+                    raise CandidateFailed(export_error)
+                if fmt == "aoti":
+                    _run_child(["compile", str(work / EXPORT_FILE), str(version_dir / AOTI_FILE)], timeout_s,
+                               "AOTInductor compile")
+                elif fmt == "export":
+                    shutil.copyfile(work / EXPORT_FILE, version_dir / EXPORT_FILE)
+                else:
+                    shutil.copyfile(source_path, version_dir / SOURCE_FILE)
+                    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, version_dir / STATE_FILE)
+                errors = _check(job, fmt)
+            except CandidateFailed as exc:
+                _remove(version_dir, fmt)
+                skipped.append((fmt, str(exc)))
+                log.info("fallback %s rejected: %s", fmt, exc)
+                continue
+            artifact = FallbackArtifact(fmt, device, FILES[fmt], tuple(skipped), errors,
+                                        ranges if fmt != "eager" else eager_ranges, independent)
+            log.info("fallback: %s on %s, max |err| vs eager %s", fmt, device,
+                     ", ".join("%s %.3g" % kv for kv in errors.items()))
+            return artifact
+    if preferred != "auto":
+        raise ModelError("fallback format %r failed: %s" % (preferred, skipped[-1][1]))
+    raise ModelError("no PyTorch fallback matched eager: %s" % "; ".join("%s: %s" % s for s in skipped))
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main())

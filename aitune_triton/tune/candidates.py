@@ -1,0 +1,332 @@
+"""Stage-1 tuning inputs: candidate runners, their accuracy against eager, in-process timing.
+
+At generate time there is no server yet, and the question "which artifact (AOTInductor,
+ExportedProgram, a TensorRT plan per precision, eager) is fastest while still accurate" is a
+property of the artifact, not of Triton, so it is answered in-process: accuracy against the
+eager reference outputs within the tolerance of the candidate's precision, then latency at a
+few batch sizes. Triton's own settings are searched later on the live server (``search.py``).
+
+Timings are interleaved across candidates (round-robin, rotating the order every round) and
+summarised by the median: on a shared machine a burst of background load then hits every
+candidate alike instead of penalising whichever happened to run during it.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from aitune_triton.config import DEFAULT_TOLERANCES, Tolerance
+
+log = logging.getLogger(__name__)
+
+Feed = Mapping[str, torch.Tensor]
+RunFn = Callable[[Feed], Any]
+MakeBatch = Callable[[int], Feed]
+
+# Precision of the compute, not of the I/O: a TensorRT fp16 plan still returns fp32 tensors but
+# carries fp16 rounding, so its outputs are judged with the fp16 tolerance. int8/fp8 defaults are
+# deliberately loose; pass an explicit tolerance where the model's output scale is known.
+PRECISION_TOLERANCES = {
+    "fp32": DEFAULT_TOLERANCES["float32"],
+    "tf32": Tolerance(1e-3, 1e-3),
+    "fp16": DEFAULT_TOLERANCES["float16"],
+    "bf16": DEFAULT_TOLERANCES["bfloat16"],
+    "int8": Tolerance(1e-1, 1e-1),
+    "fp8": Tolerance(1e-1, 1e-1),
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to run the model. ``run`` maps a feed (input name -> tensor) to the outputs: a
+    mapping by output name, a sequence in reference order, or a single tensor.
+    ``backend`` "eager" marks the reference the others must beat by the selection margin."""
+
+    name: str
+    backend: str
+    precision: str
+    run: RunFn
+    tolerance: Tolerance | None = None
+
+    @property
+    def effective_tolerance(self) -> Tolerance:
+        if self.tolerance is not None:
+            return self.tolerance
+        return PRECISION_TOLERANCES.get(self.precision, DEFAULT_TOLERANCES["float32"])
+
+    @property
+    def is_eager(self) -> bool:
+        return self.backend == "eager"
+
+
+@dataclass(frozen=True)
+class OutputError:
+    """Worst error of one output over all samples."""
+
+    name: str
+    max_abs: float
+    max_rel: float
+    mismatched: float
+    ok: bool
+    detail: str = ""
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "max_abs": self.max_abs, "max_rel": self.max_rel,
+                "mismatched": self.mismatched, "ok": self.ok, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class AccuracyReport:
+    candidate: str
+    tolerance: Tolerance
+    outputs: tuple[OutputError, ...]
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and bool(self.outputs) and all(o.ok for o in self.outputs)
+
+    def summary(self) -> str:
+        if self.error:
+            return "error: %s" % self.error
+        bad = [o for o in self.outputs if not o.ok]
+        worst = max(self.outputs, key=lambda o: o.max_abs, default=None)
+        if not bad:
+            return "ok (max abs %.2g)" % (worst.max_abs if worst else 0.0)
+        o = bad[0]
+        return "%s: %s" % (o.name, o.detail or "max abs %.2g > atol %g + rtol %g" % (
+            o.max_abs, self.tolerance.atol, self.tolerance.rtol))
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "atol": self.tolerance.atol, "rtol": self.tolerance.rtol, "error": self.error,
+                "outputs": [o.to_dict() for o in self.outputs]}
+
+
+def _as_tensor(value: Any) -> torch.Tensor:
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, torch.Tensor):
+        return value
+    raise TypeError("output is a %s, not a tensor" % type(value).__name__)
+
+
+def named_outputs(outputs: Any, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Match a run's outputs to the reference names (by name, by position, or a lone tensor)."""
+    if isinstance(outputs, Mapping):
+        missing = [n for n in names if n not in outputs]
+        if missing:
+            raise ValueError("outputs %s missing (got %s)" % (missing, sorted(outputs)))
+        return {n: _as_tensor(outputs[n]) for n in names}
+    if isinstance(outputs, (torch.Tensor, np.ndarray)):
+        outputs = [outputs]
+    outputs = list(outputs)
+    if len(outputs) != len(names):
+        raise ValueError("%d outputs returned, %d expected (%s)" % (len(outputs), len(names), list(names)))
+    return {n: _as_tensor(v) for n, v in zip(names, outputs)}
+
+
+def compare_output(name: str, got: torch.Tensor, want: torch.Tensor, tol: Tolerance) -> OutputError:
+    """``|got - want| <= atol + rtol * |want|`` element-wise, in float64 on the CPU."""
+    if tuple(got.shape) != tuple(want.shape):
+        return OutputError(name, float("inf"), float("inf"), 1.0, False,
+                           "shape %s != reference %s" % (list(got.shape), list(want.shape)))
+    a = got.detach().to("cpu", torch.float64)
+    b = want.detach().to("cpu", torch.float64)
+    if a.numel() == 0:
+        return OutputError(name, 0.0, 0.0, 0.0, True)
+    diff = (a - b).abs()
+    diff = torch.where(torch.isnan(a) & torch.isnan(b), torch.zeros_like(diff), diff)
+    diff = torch.nan_to_num(diff, nan=float("inf"))
+    bad = ~(diff <= tol.atol + tol.rtol * b.abs())
+    rel = diff / b.abs().clamp_min(1e-12)
+    return OutputError(name, float(diff.max()), float(rel.max()), float(bad.double().mean()), not bool(bad.any()))
+
+
+def check_accuracy(candidate: Candidate, feeds: Sequence[Feed],
+                   references: Sequence[Mapping[str, Any]]) -> AccuracyReport:
+    """Run the candidate on every sample and keep, per output, the worst error over samples."""
+    tol = candidate.effective_tolerance
+    if len(feeds) != len(references):
+        raise ValueError("%d feeds but %d reference outputs" % (len(feeds), len(references)))
+    worst: dict[str, OutputError] = {}
+    try:
+        with torch.inference_mode():
+            for feed, ref in zip(feeds, references):
+                names = list(ref)
+                got = named_outputs(candidate.run(feed), names)
+                for n in names:
+                    e = compare_output(n, got[n], _as_tensor(ref[n]), tol)
+                    prev = worst.get(n)
+                    if prev is None:
+                        worst[n] = e
+                    else:
+                        worst[n] = OutputError(n, max(prev.max_abs, e.max_abs), max(prev.max_rel, e.max_rel),
+                                               max(prev.mismatched, e.mismatched), prev.ok and e.ok,
+                                               prev.detail or e.detail)
+    except Exception as exc:  # a candidate that cannot even run is rejected, not fatal
+        log.warning("candidate %s failed the accuracy run: %s", candidate.name, exc)
+        return AccuracyReport(candidate.name, tol, tuple(worst.values()), "%s: %s" % (type(exc).__name__, exc))
+    return AccuracyReport(candidate.name, tol, tuple(worst.values()))
+
+
+# ---------------------------------------------------------------- timing
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Latency of one call at one batch size: median and p90 over ``runs`` timed calls."""
+
+    batch: int
+    median_ms: float
+    p90_ms: float
+    runs: int
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and self.runs > 0
+
+    @property
+    def throughput(self) -> float:
+        """Items per second at this batch size."""
+        return self.batch * 1000.0 / self.median_ms if self.ok and self.median_ms > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {"batch": self.batch, "median_ms": self.median_ms, "p90_ms": self.p90_ms, "runs": self.runs,
+                "throughput": self.throughput, "error": self.error}
+
+
+def feed_device(feed: Feed) -> torch.device:
+    for t in feed.values():
+        if isinstance(t, torch.Tensor) and t.is_cuda:
+            return t.device
+    return torch.device("cpu")
+
+
+def time_call(run: RunFn, feed: Feed) -> float:
+    """Milliseconds of one call: CUDA events on a GPU feed (host timers miss queued kernels),
+    ``time.perf_counter`` on the CPU."""
+    device = feed_device(feed)
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        run(feed)
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end))
+    t0 = time.perf_counter()
+    run(feed)
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def _summarise(batch: int, samples: list[float]) -> Timing:
+    ordered = sorted(samples)
+    p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+    return Timing(batch, statistics.median(ordered), p90, len(ordered))
+
+
+def measure_candidates(runs: Mapping[str, RunFn], make_batch: MakeBatch, batch_sizes: Sequence[int], *,
+                       warmup: int = 3, rounds: int = 7, per_round: int = 3) -> dict[str, tuple[Timing, ...]]:
+    """Timings per candidate and batch size, interleaved round-robin across candidates.
+
+    A candidate that fails at some batch (e.g. out of memory at max batch) gets an error timing
+    for that batch and is skipped for the rest of it; other batch sizes still count.
+    """
+    out: dict[str, list[Timing]] = {name: [] for name in runs}
+    names = list(runs)
+    with torch.inference_mode():
+        for batch in sorted(set(int(b) for b in batch_sizes)):
+            feed = make_batch(batch)
+            samples: dict[str, list[float]] = {n: [] for n in names}
+            failed: dict[str, str] = {}
+            for n in names:
+                try:
+                    for _ in range(warmup):
+                        runs[n](feed)
+                except Exception as exc:
+                    failed[n] = "%s: %s" % (type(exc).__name__, exc)
+            for r in range(rounds):
+                order = names[r % len(names):] + names[:r % len(names)]
+                for n in order:
+                    if n in failed:
+                        continue
+                    try:
+                        samples[n].extend(time_call(runs[n], feed) for _ in range(per_round))
+                    except Exception as exc:
+                        failed[n] = "%s: %s" % (type(exc).__name__, exc)
+            for n in names:
+                if n in failed:
+                    log.warning("candidate %s failed at batch %d: %s", n, batch, failed[n])
+                    out[n].append(Timing(batch, float("nan"), float("nan"), 0, failed[n]))
+                else:
+                    out[n].append(_summarise(batch, samples[n]))
+            del feed
+    return {n: tuple(t) for n, t in out.items()}
+
+
+def tile_batch(feed: Feed, batch: int) -> dict[str, torch.Tensor]:
+    """A feed of ``batch`` items built by cycling the items of ``feed`` along axis 0 (tensors
+    without axes are passed through)."""
+    out = {}
+    for name, t in feed.items():
+        if t.dim() == 0:
+            out[name] = t
+        else:
+            idx = torch.arange(batch, device=t.device) % t.shape[0]
+            out[name] = t.index_select(0, idx).contiguous()
+    return out
+
+
+# ---------------------------------------------------------------- max batch size
+
+
+@dataclass(frozen=True)
+class MaxBatchResult:
+    max_batch_size: int
+    timings: tuple[Timing, ...]
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"max_batch_size": self.max_batch_size, "reason": self.reason,
+                "timings": [t.to_dict() for t in self.timings]}
+
+
+def find_max_batch_size(run: RunFn, make_batch: MakeBatch, start: int = 1, limit: int = 1024, *,
+                        min_gain: float = 0.05, warmup: int = 2, repeats: int = 7) -> MaxBatchResult:
+    """Double the batch while doing so still raises throughput by at least ``min_gain``.
+
+    Past that point a larger batch only adds latency (the device is saturated), so the last
+    batch that still paid off is returned. A failure (e.g. out of memory) stops the search at the
+    last batch that ran.
+    """
+    if start < 1 or limit < start:
+        raise ValueError("need 1 <= start <= limit, got start=%d limit=%d" % (start, limit))
+    timings: list[Timing] = []
+    batch, best = start, None
+    while batch <= limit:
+        try:
+            t = measure_candidates({"c": run}, make_batch, [batch], warmup=warmup, rounds=1, per_round=repeats)["c"][0]
+        except Exception as exc:  # make_batch itself may run out of memory
+            t = Timing(batch, float("nan"), float("nan"), 0, "%s: %s" % (type(exc).__name__, exc))
+        timings.append(t)
+        if not t.ok:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if best is None:
+                raise RuntimeError("the model fails at batch %d: %s" % (batch, t.error))
+            return MaxBatchResult(best.batch, tuple(timings), "batch %d failed: %s" % (batch, t.error))
+        if best is not None and t.throughput < best.throughput * (1.0 + min_gain):
+            return MaxBatchResult(best.batch, tuple(timings), "batch %d gave %.1f%% more throughput than %d (< %.0f%%)"
+                                  % (batch, 100.0 * (t.throughput / best.throughput - 1.0), best.batch,
+                                     100.0 * min_gain))
+        best = t
+        batch *= 2
+    return MaxBatchResult(best.batch, tuple(timings), "reached the limit %d" % limit)

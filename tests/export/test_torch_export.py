@@ -1,0 +1,320 @@
+"""Fallback artifacts (AOTInductor / ExportedProgram / eager) and the generated Python-backend model.py.
+
+The model.py is exercised in-process against a stand-in for ``triton_python_backend_utils`` that
+moves tensors through DLPack like the real stub; tests/live/test_fallback_live.py runs it in Triton.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import textwrap
+import types
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+import torch.utils.dlpack
+
+from aitune_triton.config import tolerance_for
+from aitune_triton.errors import ModelError
+from aitune_triton.export.torch_export import (
+    FallbackArtifact,
+    build_fallback,
+    compare,
+    dynamic_dims,
+    reference_cases,
+    render_python_model,
+)
+from aitune_triton.source import load_model_source
+from aitune_triton.spec import record_spec
+from aitune_triton.tensorrt.profiles import ProfileMode, derive_profiles
+from aitune_triton.triton.python_model import graph_batch_sizes
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(autouse=True)
+def inductor_cache(monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(ROOT / ".cache" / "inductor"))
+
+
+def prepare(path: Path, max_batch_size: int | None = None):
+    src = load_model_source(path)
+    spec = record_spec(src.model, src.samples, src.outputs)
+    profiles = derive_profiles(spec, src.samples, ProfileMode.SINGLE, max_batch_size)
+    return src, spec, profiles
+
+
+def build(src, spec, profiles, version_dir: Path, preferred: str, outputs=None) -> FallbackArtifact:
+    return build_fallback(src.path, src.model, spec, src.samples, outputs or src.outputs, profiles, version_dir,
+                          preferred=preferred, timeout_s=300)
+
+
+def write_model(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "model.py"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+# ----------------------------------------------------------------------------- a stand-in for the stub
+
+
+class FakeTensor:
+    def __init__(self, name: str, tensor: torch.Tensor):
+        self._name, self.tensor = name, tensor
+
+    def name(self) -> str:
+        return self._name
+
+    def is_cpu(self) -> bool:
+        return self.tensor.device.type == "cpu"
+
+    def to_dlpack(self):
+        return torch.utils.dlpack.to_dlpack(self.tensor)
+
+    @staticmethod
+    def from_dlpack(name, capsule):
+        return FakeTensor(name, torch.utils.dlpack.from_dlpack(capsule).clone())
+
+
+class FakeError:
+    INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
+
+    def __init__(self, msg, code="INTERNAL"):
+        self.msg, self.code = msg, code
+
+    def message(self):
+        return self.msg
+
+
+class FakeResponse:
+    def __init__(self, output_tensors=(), error=None):
+        self.outputs = {t.name(): t.tensor for t in output_tensors}
+        self.error = error
+
+
+class FakeModelException(Exception):
+    pass
+
+
+def fake_pb_utils() -> types.ModuleType:
+    mod = types.ModuleType("triton_python_backend_utils")
+    mod.Tensor = FakeTensor
+    mod.TritonError = FakeError
+    mod.InferenceResponse = FakeResponse
+    mod.TritonModelException = FakeModelException
+    mod.get_input_tensor_by_name = lambda request, name: (FakeTensor(name, request[name]) if name in request else None)
+    return mod
+
+
+def serve(monkeypatch, version_dir: Path, text: str, max_batch_size: int, params: dict | None = None,
+          kind: str = "CPU"):
+    """Import the rendered model.py as the stub would and initialize one instance."""
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_pb_utils())
+    path = version_dir / "model.py"
+    path.write_text(text)
+    name = "generated_model_%s" % uuid.uuid4().hex[:8]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.TritonPythonModel()
+    config = {"max_batch_size": max_batch_size,
+              "parameters": {k: {"string_value": v} for k, v in (params or {}).items()}}
+    model.initialize({"model_config": json.dumps(config), "model_instance_kind": kind, "model_instance_device_id": "0",
+                      "model_instance_name": "m_0", "model_name": "m", "model_repository": str(version_dir.parent),
+                      "model_version": version_dir.name})
+    return model
+
+
+def eager(src, spec, feed):
+    from aitune_triton.spec import call_with_feed, flatten_outputs
+
+    with torch.inference_mode():
+        return dict(flatten_outputs(call_with_feed(src.model, spec, feed)))
+
+
+def assert_matches(spec, response, expected):
+    assert response.error is None, response.error.message()
+    for t in spec.outputs:
+        assert compare(response.outputs[t.name], expected[t.name], tolerance_for(t.dtype)) is None, t.name
+
+
+# ----------------------------------------------------------------------------- artifact selection
+
+
+@pytest.mark.slow
+def test_aoti_tiny_mlp_on_cpu(tmp_path, monkeypatch):
+    path = write_model(tmp_path, """
+        import torch
+        def get_model():
+            torch.manual_seed(0)
+            return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).eval()
+        def get_samples():
+            g = torch.Generator().manual_seed(0)
+            return [torch.randn(b, 8, generator=g) for b in (1, 3, 8)]
+    """)
+    src, spec, profiles = prepare(path)
+    art = build(src, spec, profiles, tmp_path / "1", "auto")
+    assert (art.format, art.device, art.files, art.skipped) == ("aoti", "cpu", ("model.aoti.pt2",), ())
+    assert sorted(p.name for p in (tmp_path / "1").iterdir()) == ["model.aoti.pt2"]
+    assert art.axis_ranges == {"input": ((1, 8), (8, 8))}
+    assert art.max_errors["output_0"] < 1e-4
+    model = serve(monkeypatch, tmp_path / "1", render_python_model(spec, art, 8), 8)
+    feeds = [{"input": torch.randn(b, 8)} for b in (1, 5, 2)]
+    for response, feed in zip(model.execute(feeds), feeds):
+        assert_matches(spec, response, eager(src, spec, feed))
+    # AOTInductor checks neither dtypes nor shapes: the model.py must
+    bad = model.execute([{"input": torch.randn(9, 8)}, {"input": torch.randn(2, 8, dtype=torch.float64)},
+                         {"input": torch.randn(2, 7)}])
+    assert "axis 0 is 9, the model takes 1..8" in bad[0].error.message()
+    assert "dtype torch.float64" in bad[1].error.message()
+    assert "axis 1 is 7" in bad[2].error.message()
+    assert {r.error.code for r in bad} == {"INVALID_ARG"}
+
+
+def test_forced_export_encoder_serves_grouped_requests(tmp_path, monkeypatch):
+    src, spec, profiles = prepare(EXAMPLES / "encoder" / "model.py")
+    art = build(src, spec, profiles, tmp_path / "1", "export")
+    assert art.format == "export" and art.files == ("model.export.pt2",)
+    assert art.skipped == (("aoti", "not requested (fallback format 'export')"),)
+    assert art.axis_ranges["input_ids"] == art.axis_ranges["attention_mask"] == ((1, 4), (8, 16))
+    assert art.row_independent
+    model = serve(monkeypatch, tmp_path / "1", render_python_model(spec, art, profiles.max_batch_size),
+                  profiles.max_batch_size)
+    g = torch.Generator().manual_seed(5)
+
+    def request(batch, seq, vocab=1000):
+        mask = torch.ones(batch, seq, dtype=torch.int64)
+        mask[:, -1] = 0
+        return {"input_ids": torch.randint(0, vocab, (batch, seq), generator=g), "attention_mask": mask}
+
+    good = [request(1, 8), request(2, 12), request(1, 8), request(1, 12)]
+    bad_values = request(1, 8, vocab=5000)  # embedding index out of range: its forward raises
+    out_of_range = request(1, 20)
+    responses = model.execute(good[:2] + [bad_values] + good[2:] + [out_of_range])
+    assert len(responses) == 6
+    for response, feed in zip(responses[:2] + responses[3:5], good):
+        assert_matches(spec, response, eager(src, spec, feed))
+    assert responses[2].error.code == "INTERNAL" and "forward failed" in responses[2].error.message()
+    assert responses[5].error.code == "INVALID_ARG" and "axis 1 is 20, the model takes 8..16" in \
+        responses[5].error.message()
+
+
+def test_data_dependent_model_falls_back_to_eager(tmp_path, monkeypatch):
+    path = write_model(tmp_path, """
+        import torch
+        class Branchy(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = torch.nn.Linear(4, 2)
+            def forward(self, x):
+                if x.sum() > 0:  # control flow on tensor values: torch.export cannot trace it
+                    return self.lin(x)
+                return -self.lin(x)
+        def get_model():
+            torch.manual_seed(0)
+            return Branchy().eval()
+        def get_samples():
+            return [torch.ones(1, 4), -torch.ones(3, 4)]
+    """)
+    src, spec, profiles = prepare(path)
+    art = build(src, spec, profiles, tmp_path / "1", "auto")
+    assert art.format == "eager" and art.files == ("user_model.py", "state_dict.pt")
+    assert [f for f, _ in art.skipped] == ["aoti", "export"]
+    assert all("torch.export failed" in reason for _, reason in art.skipped)
+    assert sorted(p.name for p in (tmp_path / "1").iterdir()) == ["state_dict.pt", "user_model.py"]
+    model = serve(monkeypatch, tmp_path / "1", render_python_model(spec, art, profiles.max_batch_size),
+                  profiles.max_batch_size, params={"TORCH_NUM_THREADS": str(torch.get_num_threads())})
+    feeds = [{"x": torch.ones(2, 4)}, {"x": -torch.ones(1, 4)}]
+    for response, feed in zip(model.execute(feeds), feeds):
+        # one forward for the batch: the branch is taken once for the concatenated inputs
+        assert response.error is None
+    both = torch.cat([feeds[0]["x"], feeds[1]["x"]])
+    assert torch.equal(torch.cat([r.outputs["output_0"] for r in model.execute(feeds)]), src.model(both))
+
+
+def test_check_rejects_a_mismatching_artifact(tmp_path):
+    src, spec, profiles = prepare(EXAMPLES / "multi_io" / "model.py")
+    wrong = [(o[0] + 0.5, o[1], o[2]) for o in src.outputs]
+    with pytest.raises(ModelError, match=r"fallback format 'export' failed: output 'output_0' differs from eager on "
+                                         r"sample 0: max \|err\| 0.5"):
+        build(src, spec, profiles, tmp_path / "1", "export", outputs=wrong)
+    assert not any((tmp_path / "1").iterdir())
+    flipped = [(o[0], o[1], ~o[2]) for o in src.outputs]
+    with pytest.raises(ModelError, match=r"output 'output_2' differs .* values differ \(exact dtype torch.bool\)"):
+        build(src, spec, profiles, tmp_path / "2", "eager", outputs=flipped)
+
+
+def test_multi_io_export_mixed_dtypes(tmp_path, monkeypatch):
+    """int32 + keyword-only bool inputs, a float / int64 / bool tuple out, batch-only (rank 1) tensors."""
+    src, spec, profiles = prepare(EXAMPLES / "multi_io" / "model.py")
+    art = build(src, spec, profiles, tmp_path / "1", "export")
+    assert art.max_errors == {"output_0": 0.0, "output_1": 0.0, "output_2": 0.0}
+    model = serve(monkeypatch, tmp_path / "1", render_python_model(spec, art, profiles.max_batch_size),
+                  profiles.max_batch_size)
+    g = torch.Generator().manual_seed(9)
+    feeds = [{"features": torch.randn(b, 4, generator=g),
+              "category": torch.randint(0, 16, (b,), generator=g, dtype=torch.int32),
+              "valid": torch.rand(b, generator=g) > 0.5} for b in (1, 4, 3)]
+    for response, feed in zip(model.execute(feeds), feeds):
+        assert_matches(spec, response, eager(src, spec, feed))
+    as_uint8 = dict(feeds[0], valid=feeds[0]["valid"].to(torch.uint8))  # how some stubs hand bools over
+    assert_matches(spec, model.execute([as_uint8])[0], eager(src, spec, feeds[0]))
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def test_dynamic_dims_share_the_sequence_axis():
+    src, spec, profiles = prepare(EXAMPLES / "encoder" / "model.py")
+    dims, ranges = dynamic_dims(spec, src.samples, profiles, profiles.max_batch_size)
+    assert dims["input_ids"][0] is dims["attention_mask"][0]
+    assert dims["input_ids"][1] is dims["attention_mask"][1]
+    assert ranges["input_ids"] == ((1, 4), (8, 16))
+
+
+def test_reference_cases_add_both_ends_of_the_batch_range():
+    src, spec, profiles = prepare(EXAMPLES / "cnn" / "model.py", max_batch_size=16)
+    cases = reference_cases(src.model, spec, src.samples, src.outputs, 16)
+    batches = [feed["image"].shape[0] for _, feed, _ in cases]
+    assert batches == [1, 4, 8, 8, 1, 16]
+    label, feed, out = cases[-1]
+    assert label.startswith("batch 16") and torch.equal(feed["image"][8:], feed["image"][:8])
+    assert out["output_0"].shape == (16, 10)
+    # samples above max_batch_size are never sent by Triton, so never checked
+    assert [f["image"].shape[0] for _, f, _ in reference_cases(src.model, spec, src.samples, src.outputs, 4)] == \
+        [1, 4, 1]
+
+
+def test_compare_tolerances():
+    a = torch.tensor([1.0, 2.0])
+    assert compare(a, a + 1e-6, tolerance_for("float32")) is None
+    assert "max |err| 0.1" in compare(a, a + 0.1, tolerance_for("float32"))
+    assert "shape" in compare(a, a[:1], tolerance_for("float32"))
+    assert compare(torch.tensor([1, 2]), torch.tensor([1, 3]), tolerance_for("int64")).startswith("1 of 2")
+    nan = torch.tensor([float("nan")])
+    assert compare(nan, nan, tolerance_for("float32")) is None
+
+
+def test_render_defaults_and_device_mismatch(tmp_path, monkeypatch):
+    src, spec, profiles = prepare(EXAMPLES / "cnn" / "model.py")
+    assert graph_batch_sizes(8) == [1, 2, 4, 8] and graph_batch_sizes(12) == [1, 2, 4, 8, 12]
+    assert graph_batch_sizes(0) == []
+    art = FallbackArtifact("aoti", "cpu", ("model.aoti.pt2",), axis_ranges={}, row_independent=False)
+    text = render_python_model(spec, art, 8)
+    compile(text, "model.py", "exec")
+    assert "PAD_TO_BUCKETS = False" in text  # rows not known independent: never pad
+    assert "PAD_TO_BUCKETS = None" in render_python_model(spec, FallbackArtifact(
+        "aoti", "cpu", ("model.aoti.pt2",), row_independent=True), 8)
+    assert "GRAPH_BATCHES = [1, 2, 4, 8]" in text
+    assert "weights_only=True" in text and "pickle" not in text and "as_numpy" not in text
+    (tmp_path / "1").mkdir()
+    with pytest.raises(FakeModelException, match="compiled for cpu but instance m_0 is KIND_GPU"):
+        serve(monkeypatch, tmp_path / "1", text, 8, kind="GPU")
+    gpu_art = FallbackArtifact("aoti", "cuda", ("model.aoti.pt2",))
+    with pytest.raises(FakeModelException, match="compiled for cuda but instance m_0 is KIND_CPU"):
+        serve(monkeypatch, tmp_path / "1", render_python_model(spec, gpu_art, 8), 8)
