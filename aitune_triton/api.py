@@ -174,7 +174,8 @@ def _export_onnx(prep: Prepared, path: Path, progress: Progress):
     progress("exporting ONNX and checking it with ONNX Runtime")
     trt: TensorRTBackendConfig = prep.config.tensorrt
     return export_onnx(prep.source.model, prep.spec, prep.source.samples, prep.profiles, path,
-                       use_dynamo=trt.use_dynamo, opset_version=trt.opset_version)
+                       use_dynamo=trt.use_dynamo, opset_version=trt.opset_version,
+                       tolerance=prep.config.tolerance_override)
 
 
 def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress) -> tuple[Manifest, str]:

@@ -12,7 +12,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch.utils import _pytree as pytree
@@ -138,7 +138,7 @@ class Sample:
         return list(self.args) + list(self.kwargs.values())
 
     def structure(self) -> tuple:
-        return (len(self.args), tuple(self.kwargs))
+        return (len(self.args), tuple(sorted(self.kwargs)))
 
 
 def normalize_sample(raw: Any, index: int) -> Sample:
@@ -264,6 +264,11 @@ def infer_batching(inputs: list[list[torch.Tensor]], outputs: list[list[torch.Te
     return consistent and len(set(leads)) > 1
 
 
+def _ordered(sample: Sample, like: Sample) -> list[torch.Tensor]:
+    """The sample's tensors in the order of ``like`` (keyword order may differ between samples)."""
+    return list(sample.args) + [sample.kwargs[k] for k in like.kwargs]
+
+
 def record_spec(model: torch.nn.Module, samples: Sequence[Sample], outputs: Sequence[Any],
                 batch_axis: bool | None = None) -> IOSpec:
     """Build the ``IOSpec`` from samples and the eager outputs they produced."""
@@ -274,7 +279,7 @@ def record_spec(model: torch.nn.Module, samples: Sequence[Sample], outputs: Sequ
         if s.structure() != first.structure():
             raise UserError("sample %d has structure %s but sample 0 has %s; every sample must pass the same "
                             "arguments" % (i, s.structure(), first.structure()))
-        for a, b in zip(s.flat(), first.flat()):
+        for a, b in zip(_ordered(s, first), first.flat()):
             if a.dim() != b.dim() or a.dtype != b.dtype:
                 raise UserError("sample %d: a tensor has rank %d/%s but sample 0 has rank %d/%s; ranks and dtypes "
                                 "must agree across samples" % (i, a.dim(), a.dtype, b.dim(), b.dtype))
@@ -294,7 +299,7 @@ def record_spec(model: torch.nn.Module, samples: Sequence[Sample], outputs: Sequ
             raise UserError("sample %d returns outputs %s but sample 0 returns %s" % (i, [n for n, _ in fo], out_names))
     if len(set(out_names)) != len(out_names):
         raise UserError("output names %s are not unique; return a dict with distinct keys" % out_names)
-    in_tensors = [s.flat() for s in samples]
+    in_tensors = [_ordered(s, first) for s in samples]
     out_tensors = [[t for _, t in fo] for fo in flat_outs]
     batching = infer_batching(in_tensors, out_tensors, batch_axis)
     bindings = ["arg:%d" % i for i in range(len(first.args))] + ["kwarg:%s" % k for k in first.kwargs]
@@ -314,8 +319,12 @@ def record_spec(model: torch.nn.Module, samples: Sequence[Sample], outputs: Sequ
 
 
 def sample_feed(spec: IOSpec, sample: Sample) -> dict[str, torch.Tensor]:
-    """The sample as named input tensors, in spec order."""
-    return dict(zip([t.name for t in spec.inputs], sample.flat()))
+    """The sample as named input tensors, in spec order, routed by each input's binding."""
+    feed = {}
+    for t in spec.inputs:
+        kind, _, key = t.binding.partition(":")
+        feed[t.name] = sample.args[int(key)] if kind == "arg" else sample.kwargs[key]
+    return feed
 
 
 def call_with_feed(model: Any, spec: IOSpec, feed: dict[str, torch.Tensor]) -> Any:
@@ -329,6 +338,3 @@ def call_with_feed(model: Any, spec: IOSpec, feed: dict[str, torch.Tensor]) -> A
             kwargs[key] = feed[t.name]
     return model(*args, **kwargs)
 
-
-def iter_named(values: Iterable[Any]) -> list[tuple[str, Any]]:
-    return [pair for v in values for pair in flatten_outputs(v)]

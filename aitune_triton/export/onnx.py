@@ -39,16 +39,15 @@ from aitune_triton.tensorrt.profiles import ProfileSet
 log = logging.getLogger(__name__)
 
 _FALLBACK = "serve with the Python-backend fallback (backends=('python',))"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_LOW_PRECISION = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+_MAX_PROTO_BYTES = 1_800_000_000
+_NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch.fx", "torch._dynamo", "onnxscript", "onnx_ir")
 
 
 def hint(exporter: str) -> str:
     """What to try next: the other exporter, or no ONNX at all."""
     return "try use_dynamo=%s, or %s" % (exporter != "dynamo", _FALLBACK)
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_LOW_PRECISION = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
-_MAX_PROTO_BYTES = 1_800_000_000
-_NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch.fx", "torch._dynamo", "onnxscript", "onnx_ir")
 
 
 @dataclass(frozen=True)
@@ -155,12 +154,14 @@ def _example(spec: IOSpec, samples: Sequence[Sample]) -> Sample:
     return max(samples, key=score)
 
 
-def axis_groups(spec: IOSpec, samples: Sequence[Sample], profiles: ProfileSet) -> dict[tuple[int, int], tuple[str, int, int]]:
+def axis_groups(spec: IOSpec, samples: Sequence[Sample],
+                profiles: ProfileSet) -> dict[tuple[int, int], tuple[str, int, int]]:
     """``(input index, axis) -> (dim name, min, max)`` for every batch or dynamic input axis.
 
-    Batch axes share ``batch`` (1..max batch); dynamic axes whose sizes agree in every sample share
-    one name (ids and mask share ``seq``: torch.export rejects unrelated dims it finds equal).
-    Ranges span the spec and every profile, so the exported guards admit every shape TensorRT builds for."""
+    Batch axes share ``batch`` (1..max batch). Dynamic axes whose sizes agree in every sample share
+    one name, ``<first input>_<axis>`` (ids and mask share one sequence length): torch.export rejects
+    separate dims that the model forces equal. Ranges span the spec and every profile, so the
+    exported guards admit every shape TensorRT builds for."""
     flats = [s.flat() for s in samples]
     names: dict[tuple[int, int], str] = {}
     ranges: dict[str, tuple[int, int]] = {}
@@ -304,7 +305,8 @@ def export_onnx(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample],
         try:
             onnx.checker.check_model(str(target))
         except onnx.checker.ValidationError as exc:
-            raise ModelError("ONNX export (%s) fails onnx.checker: %s; %s" % (exporter, _first_line(exc), hint(exporter))) from exc
+            raise ModelError("ONNX export (%s) fails onnx.checker: %s; %s"
+                             % (exporter, _first_line(exc), hint(exporter))) from exc
         proto = onnx.load(str(target), load_external_data=False)
         _check_graph(proto, spec, groups, exporter)
         opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
@@ -495,7 +497,8 @@ def check_onnx(model: torch.nn.Module, spec: IOSpec, path: Path, samples: Sequen
         log.warning("skipping the ONNX Runtime check of %s: %s", Path(path).name, reason)
         return OnnxCheck((), tuple(label for label, _ in feeds), "onnxruntime CPU", reason)
     except Exception as exc:
-        raise ModelError("ONNX Runtime CPU cannot load the exported model: %s; %s" % (_first_line(exc), advice)) from exc
+        raise ModelError("ONNX Runtime CPU cannot load the exported model: %s; %s"
+                         % (_first_line(exc), advice)) from exc
     device = _device(model)
     cases = []
     for label, feed in feeds:

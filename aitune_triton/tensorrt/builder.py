@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -317,22 +318,20 @@ def render_build_script(onnx_path: Path | str, plan_path: Path | str, trt_config
     if trt_config.timing_cache is not None:
         script_config = trt_config.replace(timing_cache=Path(Path(trt_config.timing_cache).name))
     args = trtexec_command(onnx_path, plan_path, script_config, profile_set, trtexec="trtexec")[1:]
-    alternative = "aitune-triton build-plan %s --model %s" % (repository, home_model or model_name)
-    if trt_config.compatibility_level == "ampere_plus":
-        compat = "hardware compatibility ampere+: any Ampere or newer GPU"
-    elif trt_config.compatibility_level == "same_compute_capability":
-        compat = "hardware compatibility: GPUs of the build GPU's compute capability"
-    else:
-        compat = "no hardware compatibility: build on the GPU model that serves"
-    if trt_config.version_compatible:
-        compat += "; version compatible: newer TensorRT 10.x also loads it (start Triton with " \
-                  "--backend-config=tensorrt,version-compatible=true)"
+    alternative = shlex.join(["aitune-triton", "build-plan", str(repository), "--model", home_model or model_name])
+    compat = {"ampere_plus": "hardware compatible: runs on any Ampere or newer GPU",
+              "same_compute_capability": "hardware compatible: runs on GPUs of the build GPU's compute capability",
+              None: "not hardware compatible: build it on the GPU model that serves it",
+              }[trt_config.compatibility_level]
+    version = ("version compatible: newer TensorRT 10.x loads it too (start Triton with "
+               "--backend-config=tensorrt,version-compatible=true)" if trt_config.version_compatible
+               else "not version compatible: needs exactly this TensorRT version")
     return render("build_plan.sh.j2", tool_version=__version__, model_name=model_name,
                   model_comment=_comment_safe(model_name), onnx=str(onnx_path), plan=str(plan_path),
                   onnx_comment=_comment_safe(onnx_path), alternative=alternative,
-                  alternative_comment=_comment_safe(alternative), compat_comment=_comment_safe(compat),
+                  alternative_comment=_comment_safe(alternative), compat_comments=[compat, version],
                   settings_comment=_comment_safe(trt_config.describe() or "defaults"),
-                  version_compatible=trt_config.version_compatible, args=args)
+                  args=args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -488,7 +487,10 @@ def _cuda_version(value: int) -> str:
 
 
 def _gpu_facts() -> dict:
-    """GPU 0 of the build process (the parent sets CUDA_VISIBLE_DEVICES) through the CUDA driver API."""
+    """GPU 0 of the build process (the parent sets CUDA_VISIBLE_DEVICES) through the CUDA driver API.
+
+    Best effort, for the record only: ``cuda_runtime_version`` is the libcudart Polygraphy finds in
+    this environment, which need not be the CUDA that TensorRT itself was built against."""
     facts: dict = {"gpu_name": None, "compute_capability": None, "cuda_driver_version": None,
                    "cuda_runtime_version": None}
     try:
@@ -517,15 +519,19 @@ def _gpu_facts() -> dict:
     return facts
 
 
-def _write_atomic(path: Path, data: Any) -> None:
-    """Write next to the target, fsync, then rename: a crash never leaves half a plan behind."""
+def _write_synced(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_atomic(path: Path, data: Any) -> None:
+    """Write next to the target, fsync, then rename: a crash never leaves half a file behind."""
     tmp = path.with_name(".%s.tmp-%d" % (path.name, os.getpid()))
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(tmp, data)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -535,8 +541,8 @@ def _write_atomic(path: Path, data: Any) -> None:
 def build_in_process(onnx_path: Path, plan_path: Path, trt_config: TensorRTBackendConfig,
                      profile_set: ProfileSet) -> PlanArtifact:
     """The build itself: ``NetworkFromOnnxPath`` -> ``CreateConfig`` -> ``EngineBytesFromNetwork`` ->
-    atomic write -> read the plan back. Runs in the child; call it directly only where a crash of
-    TensorRT may take the caller down."""
+    write beside the target -> read it back -> rename into place. Runs in the child; calling it
+    directly means a TensorRT crash ends the caller too."""
     trt = _import_tensorrt()
     from polygraphy.backend.trt import EngineBytesFromNetwork, NetworkFromOnnxPath
 
@@ -548,10 +554,18 @@ def build_in_process(onnx_path: Path, plan_path: Path, trt_config: TensorRTBacke
     start = time.monotonic()
     serialized = EngineBytesFromNetwork(network, config, save_timing_cache=save_cache)()
     seconds = time.monotonic() - start
-    _write_atomic(Path(plan_path), serialized)
-    del serialized
-    engine = _deserialize(Path(plan_path))
-    io = engine_io(engine, trt)
+    # the new plan replaces an old one only once it deserializes and its I/O is servable
+    plan_path = Path(plan_path)
+    tmp = plan_path.with_name(".%s.new-%d" % (plan_path.name, os.getpid()))
+    try:
+        _write_synced(tmp, serialized)
+        del serialized
+        engine = _deserialize(tmp)
+        io = engine_io(engine, trt)
+        os.replace(tmp, plan_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     level = getattr(getattr(engine, "hardware_compatibility_level", None), "name", None)
     facts = _gpu_facts()
     stamp = PlanStamp(tensorrt_version=trt.__version__, cuda_runtime_version=facts["cuda_runtime_version"],

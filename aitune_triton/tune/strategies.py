@@ -138,7 +138,7 @@ class SelectionResult:
             table.add_column(col)
         for b in batches:
             table.add_column("b%d ms" % b, justify="right")
-        table.add_column("best items/s", justify="right")
+        table.add_column("score", justify="right")
         table.add_column("vs eager", justify="right")
         table.add_column("chosen / why not")
         for r in self.rows:
@@ -146,8 +146,12 @@ class SelectionResult:
             for b in batches:
                 t = r.timing(b)
                 cells.append("%.3f" % t.median_ms if t else "-")
-            best = max((t for t in r.timings if t.ok), key=lambda t: t.throughput, default=None)
-            cells.append("%.0f @%d" % (best.throughput, best.batch) if best else "-")
+            if r.score is None:
+                cells.append("-")
+            elif self.strategy == "min-latency":
+                cells.append("%.3f ms @%d" % (r.score, r.score_batch))
+            else:
+                cells.append("%.0f/s @%d" % (r.score, r.score_batch))
             cells.append("%.2fx" % r.speedup if r.speedup is not None else "-")
             cells.append("[bold green]chosen[/]" if r.chosen else r.why_not)
             table.add_row(*cells)
@@ -198,7 +202,9 @@ def select_from_measurements(candidates: Sequence[Candidate], accuracy: Mapping[
             " within the budget" if strategy == "latency-budget" else "")
     elif eager is None:
         chosen = ranked[0]
-        reason = "best %s (no usable eager reference, so no margin rule)" % strategy
+        unusable = next((c for c in candidates if c.is_eager), None)
+        reason = "best %s; %s, so no margin rule" % (
+            strategy, "eager is out (%s)" % why[unusable.name] if unusable else "no eager candidate")
     else:
         best = next((c for c in ranked if not c.is_eager), None)
         if best is not None and ratios[best.name] >= 1.0 + margin:

@@ -1,0 +1,409 @@
+"""``validate_repository``: serve a generated repository on a real Triton and check every model.
+
+By default the embedded tritonserver is launched on the repository in explicit model-control
+mode and the models are loaded one at a time (load, check, measure, unload), so a model that
+fails to load is reported with Triton's own message and the others still run, and only one
+torch-importing stub is resident at a time. With ``url`` an already running server is used as
+it is: nothing is loaded, unloaded or stopped there.
+
+A server that dies mid-run ends the run: the report says during which check, quotes the end of
+the server log, and the launched server's process group is reaped before returning.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from aitune_triton.errors import AituneError, UserError
+from aitune_triton.triton import tools
+from aitune_triton.triton.manifest import MANIFEST, Manifest
+from aitune_triton.triton.perf import PerfError, PerfOptions, run_perf, write_input_data_json
+from aitune_triton.triton.server import RemoteServer, ServerError, ServerOptions, TritonServer
+from aitune_triton.validate import checks as ck
+from aitune_triton.validate.checks import FAIL, PASS, SKIP, CheckResult, Endpoint, ModelTarget, Session
+from aitune_triton.validate.report import ModelReport, ServerInfo, ValidationReport
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+
+SERVER_LOG = "tritonserver.log"
+_NOT_BUILT = ("pending", "export_failed", "failed", "build_failed", "skipped")
+# the load error of a model whose backend the server does not have (2.51: "unable to find
+# 'libtriton_x.so' or 'x/model.py' for model 'm', in /…/backends/x")
+_NO_BACKEND = re.compile(r"unable to find '?libtriton_|unable to find backend|backend .* not found", re.I)
+
+
+@dataclass(frozen=True)
+class ValidateOptions:
+    """How to validate. ``url`` (the HTTP endpoint of a running server) and ``tritonserver``
+    (another binary to launch instead of the embedded one) exclude each other; ``grpc_url``
+    defaults to the HTTP port + 1, Triton's own default pairing."""
+
+    url: str | None = None
+    tritonserver: Path | None = None
+    models: tuple[str, ...] = ()
+    perf: bool = True
+    concurrency: tuple[int, ...] = (1, 2, 4, 8)
+    shared_memory: str = "none"
+    report_dir: Path | None = None
+    request_timeout_s: float = 30.0
+    startup_timeout_s: float = 120.0
+    grpc_url: str | None = None
+    perf_request_count: int = 200
+    batching_in_flight: int = 16
+
+    def __post_init__(self) -> None:
+        if self.url and self.tritonserver:
+            raise UserError("--url attaches to a running server and --tritonserver launches one; give only one")
+        if self.shared_memory not in ("none", "system"):
+            raise UserError("shared memory must be 'none' or 'system', got %r" % (self.shared_memory,))
+        conc = tuple(self.concurrency)
+        if not conc or any(not isinstance(c, int) or c < 1 for c in conc):
+            raise UserError("concurrency values must be positive integers, got %r" % (self.concurrency,))
+        object.__setattr__(self, "concurrency", conc)
+        object.__setattr__(self, "models", tuple(self.models))
+        for name in ("request_timeout_s", "startup_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise UserError("%s must be > 0, got %r" % (name, getattr(self, name)))
+
+    def to_dict(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                for k, v in self.__dict__.items()}
+
+
+def parse_concurrency(text: str) -> tuple[int, ...]:
+    """``"1,2,4,8"`` or ``"1:8:1"`` (perf_analyzer's range syntax) to a tuple."""
+    try:
+        if ":" in text:
+            parts = [int(p) for p in text.split(":")]
+            lo, hi, step = (parts + [1])[:3] if len(parts) == 2 else parts
+            values = tuple(range(lo, hi + 1, step))
+        else:
+            values = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise UserError("concurrency %r is not a comma list (1,2,4) or a range (1:8:1)" % text) from None
+    if not values or min(values) < 1:
+        raise UserError("concurrency %r gives no positive values" % text)
+    return values
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A model to validate (``model_dir`` set) or one reported as skipped without a server."""
+
+    name: str
+    backend: str
+    model_dir: Path | None = None
+    skipped: str | None = None
+    failure: CheckResult | None = None
+
+
+def _has_plan(model_dir: Path) -> bool:
+    return any(p.is_file() for p in model_dir.glob("[1-9]*/model.plan"))
+
+
+def plan_models(repo: Path, only: tuple[str, ...] = ()) -> list[Planned]:
+    """Model dirs with a manifest, plus TensorRT models staged but not built (reported as skipped)."""
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise UserError("model repository %s does not exist (or is not a directory)" % repo)
+    planned: dict[str, Planned] = {}
+    others = []
+    for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not (model_dir / MANIFEST).exists():
+            if (model_dir / "config.pbtxt").exists():
+                others.append(model_dir.name)
+            continue
+        try:
+            manifest = Manifest.load(model_dir)
+        except AituneError as exc:
+            planned[model_dir.name] = Planned(model_dir.name, "unknown", failure=CheckResult("manifest", FAIL, str(exc)))
+            continue
+        trt = manifest.tensorrt or {}
+        if manifest.backend == "tensorrt" and not _has_plan(model_dir):
+            planned[model_dir.name] = Planned(model_dir.name, "tensorrt", skipped=_pending_reason(model_dir, trt))
+            continue
+        planned[model_dir.name] = Planned(model_dir.name, manifest.backend, model_dir)
+        trt_name = trt.get("model_name")
+        if manifest.backend != "tensorrt" and trt_name and trt.get("status") in _NOT_BUILT:
+            planned.setdefault(trt_name, Planned(trt_name, "tensorrt", skipped=_pending_reason(model_dir, trt)))
+    if others:
+        log.info("not validated (no %s, not generated by aitune-triton): %s", MANIFEST, ", ".join(others))
+    if not planned:
+        raise UserError("no models generated by aitune-triton in %s (no */%s)%s" % (
+            repo, MANIFEST, "; found only %s" % ", ".join(others) if others else ""))
+    if only:
+        unknown = [m for m in only if m not in planned]
+        if unknown:
+            raise UserError("unknown model(s) %s in %s; known: %s" % (", ".join(unknown), repo, ", ".join(planned)))
+        return [planned[m] for m in dict.fromkeys(only)]
+    return list(planned.values())
+
+
+def _pending_reason(model_dir: Path, trt: dict) -> str:
+    status = trt.get("status") or "not built"
+    stage = model_dir / "tensorrt"
+    where = " (staged in %s; build it with `aitune-triton build-plan`)" % stage if stage.is_dir() else ""
+    return "TensorRT plan %s: %s%s" % (status, trt.get("reason") or "no model.plan in the model directory", where)
+
+
+def server_backends(options: ValidateOptions) -> tuple[str, ...] | None:
+    """Backends the launched server can load (subdirs of its backends dir); None when unknown."""
+    if options.url:
+        return None
+    try:
+        root = tools.backends_dir() if options.tritonserver is None else Path(options.tritonserver).resolve().parents[1] / "backends"
+    except (tools.ToolMissing, IndexError, OSError):
+        return None
+    if not root.is_dir():
+        return None
+    return tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
+
+
+def _grpc_for(url: str) -> str | None:
+    match = re.match(r"^(?:[a-z]+://)?([^/:]+):(\d+)", url)
+    return "%s:%d" % (match.group(1), int(match.group(2)) + 1) if match else None
+
+
+class _Run:
+    """State of one validation run: the server, the reports so far, whether the server died."""
+
+    def __init__(self, repo: Path, options: ValidateOptions, progress: Progress):
+        self.repo = repo
+        self.options = options
+        self.progress = progress
+        self.server = None
+        self.dead: str | None = None
+        self.reports: list[ModelReport] = []
+
+    def say(self, msg: str) -> None:
+        log.info("%s", msg)
+        self.progress(msg)
+
+    # ------------------------------------------------------------ server
+
+    def start(self) -> ServerInfo:
+        opts = self.options
+        if opts.url:
+            self.server = RemoteServer(opts.url, opts.grpc_url or _grpc_for(opts.url))
+            self.say("attaching to the Triton server at %s" % self.server.http_url)
+            self.server.start()
+            return ServerInfo("url", self.server.http_url, self.server.grpc_url, self.server.version())
+        log_path = None
+        if opts.report_dir:
+            Path(opts.report_dir).mkdir(parents=True, exist_ok=True)
+            log_path = Path(opts.report_dir) / SERVER_LOG
+            log_path.unlink(missing_ok=True)
+        self.server = TritonServer(self.repo, ServerOptions(tritonserver=opts.tritonserver,
+                                                            startup_timeout_s=opts.startup_timeout_s),
+                                   log_path=log_path)
+        self.say("starting tritonserver on %s" % self.repo)
+        self.server.start()
+        return ServerInfo("embedded", self.server.http_url, self.server.grpc_url, self.server.version(),
+                          str(self.server.command[0]) if self.server.command else None, server_backends(opts),
+                          str(self.server.log_path))
+
+    def check_alive(self, during: str) -> bool:
+        """False (and ``self.dead`` set, with the log tail) once the server is gone."""
+        if self.dead:
+            return False
+        server = self.server
+        code = server.returncode if isinstance(server, TritonServer) else None
+        if code is None:
+            for attempt in range(3):
+                if server.is_live():
+                    return True
+                time.sleep(0.5 * (attempt + 1))
+            if isinstance(server, TritonServer):
+                code = server.returncode
+        tail = server.log_tail(30)
+        self.dead = "tritonserver %s during %s%s%s" % (
+            "exited with code %s" % code if code is not None else "stopped answering", during,
+            "; last lines of %s:\n%s" % (server.log_path, tail) if tail else "",
+            "" if isinstance(server, TritonServer) else " (%s)" % server.http_url)
+        self.say(self.dead.splitlines()[0])
+        return False
+
+    # ------------------------------------------------------------ one model
+
+    def validate(self, item: Planned, backends: tuple[str, ...] | None) -> ModelReport:
+        if item.failure:
+            return ModelReport(item.name, item.backend, (item.failure,))
+        if item.skipped:
+            return ModelReport(item.name, item.backend, skipped=item.skipped)
+        try:
+            target = ModelTarget.load(item.model_dir)
+        except (AituneError, OSError, ValueError, KeyError) as exc:
+            return ModelReport(item.name, item.backend, (CheckResult("model_files", FAIL, ck.short(exc, 400)),))
+        if backends is not None and item.backend not in backends:
+            return ModelReport(item.name, item.backend, skipped=(
+                "the %s server has no %r backend (it has: %s); validate it on a Triton that has one with --url"
+                % ("embedded" if self.options.tritonserver is None else "launched", item.backend,
+                   ", ".join(backends) or "none")))
+        checks: list[CheckResult] = []
+        if isinstance(self.server, TritonServer):
+            t0 = time.monotonic()
+            self.say("%s: loading" % item.name)
+            try:
+                self.server.load_model(item.name, timeout_s=self.options.startup_timeout_s)
+            except ServerError as exc:
+                message = str(exc)
+                if _NO_BACKEND.search(message):
+                    return ModelReport(item.name, item.backend, skipped="the server cannot load %s backend models: %s"
+                                       % (item.backend, message.splitlines()[0]))
+                checks.append(CheckResult("load", FAIL, message, time.monotonic() - t0))
+                self.check_alive("the load of %s" % item.name)
+                return ModelReport(item.name, item.backend, tuple(checks))
+            checks.append(CheckResult("load", PASS, "loaded in %.1f s" % (time.monotonic() - t0),
+                                      time.monotonic() - t0))
+        endpoint = Endpoint(self.server.http_url, self.server.grpc_url, self.options.request_timeout_s)
+        report = ModelReport(item.name, item.backend)
+        with Session(endpoint) as session:
+            for name, fn in ck.CHECKS:
+                if self.dead:
+                    break
+                if checks and checks[-1].name == "ready" and checks[-1].status == FAIL:
+                    checks.append(CheckResult(name, SKIP, "model not ready"))
+                    continue
+                if name == "dynamic_batching":
+                    fn = lambda t, s: ck.check_dynamic_batching(t, s, in_flight=self.options.batching_in_flight)  # noqa: E731
+                self.say("%s: %s" % (item.name, name.replace("_", " ")))
+                result = ck.run_check(name, fn, target, session)
+                if name == "ready" and result.status == FAIL:
+                    result = CheckResult(name, FAIL, result.detail + self._index_reason(item.name), result.seconds)
+                checks.append(result)
+                if result.status == FAIL and not self.check_alive("check %r of %s" % (name, item.name)):
+                    break
+            ready = any(c.name == "ready" and c.status == PASS for c in checks)
+            if self.options.perf and ready and not self.dead:
+                perf_check, rows, unstable = self.perf(target)
+                checks.append(perf_check)
+                report = ModelReport(item.name, item.backend, perf=rows, perf_unstable=unstable)
+                if perf_check.status == FAIL:
+                    self.check_alive("perf_analyzer on %s" % item.name)
+            hist = {}
+            if ready and not self.dead:
+                try:
+                    hist = ck.batch_histogram(ck.model_stats(session, item.name))
+                except Exception as exc:  # noqa: BLE001 - statistics are informative only
+                    log.warning("no statistics for %s: %s", item.name, ck.short(exc))
+        if self.dead:
+            checks.append(CheckResult("server", FAIL, self.dead))
+        elif isinstance(self.server, TritonServer):
+            try:
+                self.server.unload_model(item.name, timeout_s=self.options.startup_timeout_s)
+            except ServerError as exc:
+                log.warning("unloading %s failed: %s", item.name, exc)
+        return ModelReport(item.name, item.backend, tuple(checks), report.perf, report.perf_unstable, hist)
+
+    def _index_reason(self, name: str) -> str:
+        try:
+            entry = next((m for m in self.server.repository_index() if m.get("name") == name), None)
+        except (ServerError, ValueError):
+            return ""
+        if entry is None:
+            return " (the server's repository has no model %r)" % name
+        return " (state %s%s)" % (entry.get("state"), ": %s" % entry["reason"] if entry.get("reason") else "")
+
+    def perf(self, target: ModelTarget) -> tuple[CheckResult, tuple, tuple[int, ...]]:
+        t0 = time.monotonic()
+        opts = self.options
+        if not self.server.grpc_url:
+            return CheckResult("perf", SKIP, "no gRPC endpoint"), (), ()
+        if tools.find_perf_analyzer() is None:
+            return CheckResult("perf", SKIP, "perf_analyzer not found (python -m aitune_triton.triton.tools install)"), (), ()
+        self.say("%s: perf_analyzer at concurrency %s" % (target.name, ", ".join(map(str, opts.concurrency))))
+        with tempfile.TemporaryDirectory(prefix="aitune-perf-") as tmp:
+            workdir = Path(opts.report_dir) / "perf" if opts.report_dir else Path(tmp)
+            workdir.mkdir(parents=True, exist_ok=True)
+            try:
+                perf_opts = perf_options(target, opts, workdir)
+                result = run_perf(target.name, self.server.grpc_url, perf_opts, workdir=workdir)
+            except PerfError as exc:
+                rows = exc.partial.rows if exc.partial else ()
+                return CheckResult("perf", FAIL, str(exc), time.monotonic() - t0), rows, ()
+            except (OSError, ValueError) as exc:
+                return CheckResult("perf", FAIL, "%s: %s" % (type(exc).__name__, exc), time.monotonic() - t0), (), ()
+        unstable = " (no stable measurement at concurrency %s)" % ", ".join(map(str, result.unstable)) \
+            if result.unstable else ""
+        if not result.rows:
+            return CheckResult("perf", SKIP, "perf_analyzer measured nothing%s" % unstable,
+                               time.monotonic() - t0), (), result.unstable
+        best = result.best()
+        detail = "%d points, best %.1f infer/s at concurrency %d (p99 %.2f ms)%s" % (
+            len(result.rows), best.throughput, best.concurrency, best.p99_ms, unstable)
+        return CheckResult("perf", PASS, detail, time.monotonic() - t0), result.rows, result.unstable
+
+
+def perf_options(target: ModelTarget, options: ValidateOptions, workdir: Path) -> PerfOptions:
+    """perf_analyzer over gRPC with the reference inputs (one batch item per case) as --input-data
+    and --shape for every dynamic dim. BF16 inputs get random data: perf_analyzer's JSON has no bf16."""
+    samples = []
+    for case in target.reference[:16]:
+        samples.append(ck.request_arrays(target, case.inputs, 0, 1) if target.batching
+                       else ck.request_arrays(target, case.inputs))
+    shapes = {}
+    for name, tensor in target.inputs.items():
+        if samples and any(d < 0 for d in tensor.dims):
+            shape = np.asarray(samples[0][name]).shape
+            shapes[name] = tuple(shape[1:] if target.batching else shape)
+    bf16 = any(ck.wire_dtype(t.data_type) == "BF16" for t in target.inputs.values())
+    data = None
+    if samples and not bf16:
+        data = write_input_data_json(samples, workdir / ("%s_input.json" % target.name), has_batch_dim=target.batching)
+    return PerfOptions(concurrency=options.concurrency, protocol="grpc", shared_memory=options.shared_memory,
+                       measurement_request_count=options.perf_request_count, shapes=shapes, input_data=data)
+
+
+def validate_repository(repo: Path, options: ValidateOptions = ValidateOptions(),
+                        progress: Progress | None = None) -> ValidationReport:
+    """Validate every generated model of ``repo`` (or ``options.models``) on a live Triton.
+
+    Raises UserError for usage errors (no repository, no models, unknown model); everything the
+    server or a model does wrong ends up in the report, whose ``exit_code`` is 0 only when no
+    check failed.
+    """
+    repo = Path(repo)
+    planned = plan_models(repo, options.models)
+    run = _Run(repo, options, progress or (lambda msg: None))
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    t0 = time.monotonic()
+    reports: list[ModelReport] = []
+    try:
+        try:
+            info = run.start()
+        except ServerError as exc:
+            server = run.server
+            info = ServerInfo("url" if options.url else "embedded", getattr(server, "http_url", None) if options.url
+                              else None, None, log_path=str(server.log_path) if isinstance(server, TritonServer) else None,
+                              error="the server could not be used: %s" % exc)
+            reports = [ModelReport(p.name, p.backend, (CheckResult("server", FAIL, "not validated: the server could "
+                                                                   "not be used"),)) if p.model_dir else
+                       run.validate(p, None) for p in planned]
+        else:
+            for item in planned:
+                if run.dead and item.model_dir:
+                    reports.append(ModelReport(item.name, item.backend, (CheckResult(
+                        "server", FAIL, "not validated: the server died earlier in the run"),)))
+                    continue
+                reports.append(run.validate(item, info.backends))
+            if run.dead:
+                info = ServerInfo(**{**info.__dict__, "error": run.dead})
+    finally:
+        if isinstance(run.server, TritonServer):
+            run.say("stopping tritonserver")
+            run.server.stop()
+    report = ValidationReport(str(repo.resolve()), info, tuple(reports), started, time.monotonic() - t0,
+                              options.to_dict())
+    if options.report_dir:
+        report.write(Path(options.report_dir))
+    return report
