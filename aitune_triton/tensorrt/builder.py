@@ -395,7 +395,7 @@ def _dims_tuple(dims: Any) -> tuple[int, ...]:
     return tuple(int(d) for d in dims)
 
 
-def engine_io(engine: Any, trt: Any) -> EngineIO:
+def engine_io_of(engine: Any, trt: Any) -> EngineIO:
     """Read the I/O of a deserialized ``ICudaEngine`` (TensorRT 10 name-based API)."""
     tensors = []
     num_profiles = int(engine.num_optimization_profiles)
@@ -436,7 +436,7 @@ def _deserialize(plan_path: Path) -> Any:
 def read_engine_io(plan_path: Path | str) -> EngineIO:
     """Deserialize the plan (needs TensorRT and a GPU) and read its I/O tensors and profiles."""
     trt = _import_tensorrt()
-    return engine_io(_deserialize(Path(plan_path)), trt)
+    return engine_io_of(_deserialize(Path(plan_path)), trt)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,13 +468,19 @@ class PlanStamp:
 
 @dataclass(frozen=True)
 class PlanArtifact:
+    """A built plan: where it is, its I/O as TensorRT reports it, what it is tied to, and the key of
+    the settings it was built with."""
+
     path: Path
-    io: EngineIO
+    engine_io: EngineIO
     stamp: PlanStamp
     config_key: str
 
+    def stamp_dict(self) -> dict:
+        return self.stamp.to_dict()
+
     def to_dict(self) -> dict:
-        return {"path": str(self.path), "io": self.io.to_dict(), "stamp": self.stamp.to_dict(),
+        return {"path": str(self.path), "io": self.engine_io.to_dict(), "stamp": self.stamp.to_dict(),
                 "config_key": self.config_key}
 
     @classmethod
@@ -561,7 +567,7 @@ def build_in_process(onnx_path: Path, plan_path: Path, trt_config: TensorRTBacke
         _write_synced(tmp, serialized)
         del serialized
         engine = _deserialize(tmp)
-        io = engine_io(engine, trt)
+        io = engine_io_of(engine, trt)
         os.replace(tmp, plan_path)
     finally:
         if tmp.exists():

@@ -101,7 +101,11 @@ class TensorRTBackendConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.profiles, str):
-            object.__setattr__(self, "profiles", ProfileMode(self.profiles))
+            try:
+                object.__setattr__(self, "profiles", ProfileMode(self.profiles))
+            except ValueError:
+                raise UserError("profiles must be %s or a list of TensorRTProfile, got %r"
+                                % (" or ".join(repr(m.value) for m in ProfileMode), self.profiles)) from None
         elif isinstance(self.profiles, list):
             object.__setattr__(self, "profiles", tuple(self.profiles))
         if not isinstance(self.profiles, ProfileMode) and not all(

@@ -9,7 +9,9 @@ timeout (HTTP ``network_timeout``, gRPC ``client_timeout``) so a wedged server c
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import threading
 import time
 import traceback
@@ -250,6 +252,7 @@ def max_abs_diff(got: np.ndarray, expected: np.ndarray) -> float:
 def short(exc: BaseException, limit: int = 200) -> str:
     msg = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
     msg = " ".join(str(msg or type(exc).__name__).split())
+    msg = re.sub(r"^\[request id: [^\]]*\] ", "", msg)
     return msg if len(msg) <= limit else msg[: limit - 3] + "..."
 
 
@@ -418,9 +421,10 @@ def random_inputs(target: ModelTarget, shapes: dict[str, tuple[int, ...]], rng: 
 
 
 def edge_shapes(target: ModelTarget) -> list[tuple[str, dict[str, tuple[int, ...]]]]:
-    """(label, model shapes) at the min and max of every profile, at batch 1 and max batch."""
+    """(label, model shapes) at the min and max of every profile, at batch 1 and max batch;
+    a shape several corners share is tried once, with all their names."""
     batches = sorted({1, target.max_batch_size}) if target.batching else [None]
-    found: dict[tuple, tuple[str, dict]] = {}
+    found: dict[tuple, tuple[list[str], dict]] = {}
     for p, profile in enumerate(target.manifest.profiles.profiles or (None,)):
         for which, idx in (("min", 0), ("max", 2)):
             for batch in batches:
@@ -431,9 +435,9 @@ def edge_shapes(target: ModelTarget) -> list[tuple[str, dict[str, tuple[int, ...
                     if batch is not None and t.has_batch:
                         shape[0] = batch
                     shapes[t.name] = tuple(shape)
-                label = "profile %d %s%s" % (p, which, "" if batch is None else ", batch %d" % batch)
-                found.setdefault(tuple(sorted(shapes.items())), (label, shapes))
-    return list(found.values())
+                label = "profile %d %s%s" % (p, which, "" if batch is None else " batch %d" % batch)
+                found.setdefault(tuple(sorted(shapes.items())), ([], shapes))[0].append(label)
+    return [(" = ".join(labels), shapes) for labels, shapes in found.values()]
 
 
 def _output_shape_problem(target: ModelTarget, got: dict[str, np.ndarray], batch: int | None) -> str | None:
@@ -466,7 +470,7 @@ def check_edge_shapes(target: ModelTarget, session: Session) -> CheckResult:
         problem = _output_shape_problem(target, got, batch)
         if problem:
             return _result("edge_shapes", FAIL, "%s: %s" % (label, problem), t0)
-        done.append(label)
+        done.append("%s (%s)" % (label, ", ".join("%s %s" % (n, "x".join(map(str, s))) for n, s in shapes.items())))
     return _result("edge_shapes", PASS, "%d shapes served: %s" % (len(done), "; ".join(done)), t0)
 
 
@@ -540,6 +544,19 @@ def model_stats(session: Session, name: str) -> dict:
     return {}
 
 
+def settled_stats(session: Session, name: str, wait_s: float = 2.0) -> dict:
+    """Statistics once two reads agree: counts are updated only after a response is sent."""
+    last = model_stats(session, name)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = model_stats(session, name)
+        if now.get("inference_count") == last.get("inference_count"):
+            return now
+        last = now
+    return last
+
+
 def batch_histogram(stats: dict) -> dict[int, int]:
     """Executed batch size -> executions, from /v2/models/<m>/stats batch_stats."""
     return {int(b["batch_size"]): int(b.get("compute_infer", {}).get("count", 0)) for b in stats.get("batch_stats", [])}
@@ -568,22 +585,23 @@ def check_dynamic_batching(target: ModelTarget, session: Session, in_flight: int
     items = _batch_items(target)
     if not items:
         return _result("dynamic_batching", FAIL, "reference.npz holds no cases", t0)
-    before = model_stats(session, target.name)
+    types = {n: wire_dtype(t.data_type) for n, t in target.inputs.items()}
+    before = settled_stats(session, target.name)
     mismatches, errors, total = [], [], 0
     for r in range(rounds):
         done = threading.Semaphore(0)
         results: dict[int, tuple] = {}
 
-        def callback(k, result, error):
-            results[k] = (result, error)
+        def callback(result, error, key, results=results, done=done):
+            results[key] = (result, error)
             done.release()
 
         for j in range(in_flight):
-            k = (r * in_flight + j) % len(items)
-            session.grpc.async_infer(target.name, build_inputs("grpc", items[k][0], {
-                n: wire_dtype(t.data_type) for n, t in target.inputs.items()}),
-                callback=lambda result, error, k=r * in_flight + j: callback(k, result, error),
-                outputs=requested_outputs("grpc", target.outputs), client_timeout=session.timeout_s)
+            key = r * in_flight + j
+            session.grpc.async_infer(target.name, build_inputs("grpc", items[key % len(items)][0], types),
+                                     callback=functools.partial(callback, key=key),
+                                     outputs=requested_outputs("grpc", target.outputs),
+                                     client_timeout=session.timeout_s)
         deadline = time.monotonic() + session.timeout_s + 5
         for _ in range(in_flight):
             if not done.acquire(timeout=max(0.1, deadline - time.monotonic())):
@@ -600,9 +618,15 @@ def check_dynamic_batching(target: ModelTarget, session: Session, in_flight: int
                 why = compare(got[out_name], ref, tol.atol if tol else 0.0, tol.rtol if tol else 0.0)
                 if why:
                     mismatches.append("request %d output %r: %s" % (key, out_name, why))
-    after = model_stats(session, target.name)
-    inferences = int(after.get("inference_count", 0)) - int(before.get("inference_count", 0))
-    executions = int(after.get("execution_count", 0)) - int(before.get("execution_count", 0))
+    # the statistics are updated after the responses are sent: wait until they count every request
+    deadline = time.monotonic() + 5
+    while True:
+        after = model_stats(session, target.name)
+        inferences = int(after.get("inference_count", 0)) - int(before.get("inference_count", 0))
+        executions = int(after.get("execution_count", 0)) - int(before.get("execution_count", 0))
+        if inferences >= total or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     hist = {b: n - batch_histogram(before).get(b, 0) for b, n in batch_histogram(after).items()}
     sizes = ", ".join("%dx%d" % (n, b) for b, n in sorted(hist.items()) if n > 0)
     summary = "%d requests (%d in flight): %d inferences in %d executions [%s]" % (

@@ -59,6 +59,8 @@ class ValidateOptions:
     startup_timeout_s: float = 120.0
     grpc_url: str | None = None
     perf_request_count: int = 200
+    perf_stability_pct: int = 20
+    perf_max_trials: int = 10
     batching_in_flight: int = 16
 
     def __post_init__(self) -> None:
@@ -336,7 +338,8 @@ class _Run:
         unstable = " (no stable measurement at concurrency %s)" % ", ".join(map(str, result.unstable)) \
             if result.unstable else ""
         if not result.rows:
-            return CheckResult("perf", SKIP, "perf_analyzer measured nothing%s" % unstable,
+            return CheckResult("perf", SKIP, "perf_analyzer measured nothing%s; a busy machine? retry with a larger "
+                               "request count or stability percentage\n%s" % (unstable, result.stdout_tail[-1500:]),
                                time.monotonic() - t0), (), result.unstable
         best = result.best()
         detail = "%d points, best %.1f infer/s at concurrency %d (p99 %.2f ms)%s" % (
@@ -361,7 +364,9 @@ def perf_options(target: ModelTarget, options: ValidateOptions, workdir: Path) -
     if samples and not bf16:
         data = write_input_data_json(samples, workdir / ("%s_input.json" % target.name), has_batch_dim=target.batching)
     return PerfOptions(concurrency=options.concurrency, protocol="grpc", shared_memory=options.shared_memory,
-                       measurement_request_count=options.perf_request_count, shapes=shapes, input_data=data)
+                       measurement_request_count=options.perf_request_count,
+                       stability_percentage=options.perf_stability_pct, max_trials=options.perf_max_trials,
+                       shapes=shapes, input_data=data)
 
 
 def validate_repository(repo: Path, options: ValidateOptions = ValidateOptions(),

@@ -228,7 +228,7 @@ def write_plot(report: ValidationReport, path: Path) -> Path:
 _STYLE = {PASS: "green", FAIL: "bold red", SKIP: "yellow"}
 
 
-def print_summary(report: ValidationReport, console=None, paths: dict[str, Path] | None = None) -> None:
+def print_summary(report: ValidationReport, console=None, report_dir: Path | None = None) -> None:
     """Checks per model (first line of each detail), the perf points, and the verdict."""
     from rich.console import Console
     from rich.table import Table
@@ -262,5 +262,7 @@ def print_summary(report: ValidationReport, console=None, paths: dict[str, Path]
     console.print(Text.assemble(verdict, " — %d passed, %d failed, %d skipped checks (Triton %s, %s)"
                                 % (counts[PASS], counts[FAIL], counts[SKIP], report.server.version or "unknown",
                                    report.server.mode)))
-    for kind, path in (paths or {}).items():
-        console.print("%s: %s" % (kind, path), highlight=False)
+    if report_dir is not None:
+        for name in (REPORT_JSON, REPORT_MD, PLOT_PNG, "tritonserver.log"):
+            if (Path(report_dir) / name).exists():
+                console.print("wrote %s" % (Path(report_dir) / name), highlight=False)

@@ -33,7 +33,7 @@ from aitune_triton.tensorrt.builder import (
     build_plan,
     create_config,
     create_config_kwargs,
-    engine_io,
+    engine_io_of,
     read_engine_io,
     render_build_script,
     resolve_symbols,
@@ -431,7 +431,7 @@ def test_engine_io_reads_tensors_and_profiles():
                               "logits": ("OUTPUT", "FLOAT", (-1, 5)), "flag": ("OUTPUT", "BOOL", (-1,))},
                         [{"image": [(1, 3, 16, 16), (4, 3, 16, 16), (8, 3, 16, 16)], "ids": [(1, 1), (4, 7), (8, 9)]},
                          {"image": [(1, 3, 16, 16), (8, 3, 16, 16), (8, 3, 16, 16)], "ids": [(1, 1), (8, 9), (8, 9)]}])
-    io = engine_io(engine, trt)
+    io = engine_io_of(engine, trt)
     assert io.num_profiles == 2 and [t.name for t in io.inputs] == ["image", "ids"]
     assert [t.name for t in io.outputs] == ["logits", "flag"]
     image = io.tensor("image")
@@ -446,7 +446,7 @@ def test_engine_io_refuses_io_triton_cannot_serve():
     trt = _fake_trt()
     engine = FakeEngine(trt, {"x": ("INPUT", "FP8", (-1, 4))}, [{"x": [(1, 4), (1, 4), (1, 4)]}])
     with pytest.raises(ModelError, match="'x' has TensorRT type FP8"):
-        engine_io(engine, trt)
+        engine_io_of(engine, trt)
 
 
 def test_gpu_facts_never_raise():
@@ -459,6 +459,7 @@ def test_plan_artifact_round_trip(tmp_path):
     stamp = PlanStamp("10.9.0.34", "12.8", "12.8", "NVIDIA H100", "9.0", "ampere_plus", True, True, 12.5)
     art = PlanArtifact(tmp_path / "model.plan", io, stamp, "abc")
     assert PlanArtifact.from_dict(json.loads(json.dumps(art.to_dict()))) == art
+    assert art.stamp_dict()["compute_capability"] == "9.0" and art.engine_io.tensor("x").dtype == "float32"
 
 
 def _fake_pipeline(monkeypatch, outputs=(("output_0", "FLOAT", (-1, 5)),)):
@@ -507,7 +508,7 @@ def test_build_in_process_pipeline(monkeypatch, single, tmp_path):
     assert isinstance(config, CreateConfig) and config.memory_pool_limits == {fake.MemoryPoolType.WORKSPACE: 1 << 30}
     assert config.hardware_compatibility_level is fake.HardwareCompatibilityLevel.AMPERE_PLUS and not config.fp16
     assert plan.read_bytes() == b"PLAN-BYTES" == seen["plan_bytes"] and list(plan.parent.iterdir()) == [plan]
-    assert [t.name for t in art.io.outputs] == ["output_0"] and art.io.num_profiles == 1
+    assert [t.name for t in art.engine_io.outputs] == ["output_0"] and art.engine_io.num_profiles == 1
     stamp = art.stamp
     assert (stamp.tensorrt_version, stamp.gpu_name, stamp.compute_capability) == ("10.9.0", "Fake GPU", "8.6")
     assert art.stamp.hardware_compatibility_level == "ampere_plus" and art.stamp.strongly_typed
@@ -599,7 +600,7 @@ def test_build_plan_reads_the_childs_result(onnx_file, single, tmp_path, monkeyp
             "open(req['result_path'], 'w').write(%r)" % json.dumps(payload))
     _fake_child(monkeypatch, code)
     art = build_plan(onnx_file, tmp_path / "m.plan", TensorRTBackendConfig(precision="fp16"), single)
-    assert art.io == io and art.stamp == stamp
+    assert art.engine_io == io and art.stamp == stamp
 
 
 def test_build_plan_input_errors(single, tmp_path, onnx_file):
@@ -640,8 +641,8 @@ def test_real_build_matches_pytorch(recorded, onnx_file, profiles, request, tmp_
     plan = tmp_path / "1" / "model.plan"
     art = build_plan(onnx_file, plan, cfg, profile_set, timeout_s=600)
     assert plan.is_file() and cache.is_file() and art.path == plan.resolve()
-    assert art.io.num_profiles == len(profile_set.profiles) == read_engine_io(plan).num_profiles
-    image = art.io.tensor("image")
+    assert art.engine_io.num_profiles == len(profile_set.profiles) == read_engine_io(plan).num_profiles
+    image = art.engine_io.tensor("image")
     assert image.dtype == "float32" and image.shape == (-1, 3, 16, 16)
     for i, p in enumerate(profile_set.profiles):
         assert image.profile_shapes[i] == p.shapes("image")
@@ -670,7 +671,7 @@ def test_real_strongly_typed_fp16_build(recorded, onnx_file, single, tmp_path):
     fp16_onnx = apply_onnx_quantization(onnx_file, tmp_path / "model.fp16.onnx", q,
                                         [{"image": s.args[0].numpy(), "scale": s.args[1].numpy()} for s in samples])
     art = build_plan(fp16_onnx, tmp_path / "model.plan", TensorRTBackendConfig(quantization_config=q), single)
-    assert art.stamp.strongly_typed and art.io.tensor("image").dtype == "float32"  # AutoCast keeps I/O types
+    assert art.stamp.strongly_typed and art.engine_io.tensor("image").dtype == "float32"  # AutoCast keeps I/O types
     with TrtRunner(EngineFromBytes((tmp_path / "model.plan").read_bytes())) as runner:
         got = runner.infer({"image": samples[1].args[0].numpy(), "scale": samples[1].args[1].numpy()})["output_0"]
     with torch.no_grad():

@@ -1,0 +1,461 @@
+"""Stage-2 tuning: search Triton settings for one model on a live server, write the best back.
+
+The search space is instance count x ``max_queue_delay_microseconds`` x preferred batch sizes
+(searched only for multi-profile TensorRT plans, where Triton advises them; otherwise the
+config's own value is kept) x client concurrency. ``max_batch_size`` is never raised above the
+manifest's (what the plan's profiles allow), so every variant loads.
+
+Each variant is loaded into the running server with the load API's config override (Triton
+2.51 accepts ``{"parameters":{"config":"<json>"}}``): nothing on disk changes while searching,
+and an interrupted search leaves the repository as it was. perf_analyzer then measures one
+concurrency per call. Only the winner is written, atomically, to ``config.pbtxt`` (the previous
+text kept as ``config.pbtxt.bak`` and in the manifest's history) and reloaded from disk to
+prove it loads.
+
+The default search is a coordinate descent with early stop: walk one dimension while a
+neighbour beats the current point by ``min_gain`` (3 %), cycle through the dimensions, stop
+when a full cycle finds no move. Reloads cost seconds each, so measurements are cached and a
+neighbour along concurrency costs no reload. ``brute=True`` measures the whole grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+
+from aitune_triton import __version__
+from aitune_triton.errors import ModelError, UserError
+from aitune_triton.triton.manifest import MANIFEST, REFERENCE, Manifest, load_reference
+from aitune_triton.triton.perf import PerfError, PerfOptions, run_perf, write_input_data_json
+from aitune_triton.triton.render import check_config, parse_config
+from aitune_triton.triton.repository import replace_file_atomically, repository_lock
+from aitune_triton.triton.server import ServerError
+
+log = logging.getLogger(__name__)
+
+OBJECTIVES = ("max-throughput", "min-latency")
+DIMENSIONS = ("concurrency", "delay_us", "instances", "preferred")
+CONFIG = "config.pbtxt"
+BACKUP = "config.pbtxt.bak"
+REPORT_JSON, REPORT_MD, REPORT_PNG = "tune_report.json", "tune_report.md", "tune_variants.png"
+
+
+# ---------------------------------------------------------------- points, measurements, objective
+
+
+@dataclass(frozen=True)
+class Variant:
+    """The config.pbtxt part of a point. ``delay_us`` None: the model does not batch."""
+
+    instances: int
+    delay_us: int | None
+    preferred: tuple[int, ...] = ()
+
+    def label(self) -> str:
+        parts = ["%d inst" % self.instances]
+        if self.delay_us is not None:
+            parts.append("delay %d us" % self.delay_us)
+        if self.preferred:
+            parts.append("preferred %s" % list(self.preferred))
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {"instances": self.instances, "max_queue_delay_us": self.delay_us, "preferred": list(self.preferred)}
+
+
+@dataclass(frozen=True)
+class Point:
+    variant: Variant
+    concurrency: int
+
+    def value(self, dim: str):
+        return self.concurrency if dim == "concurrency" else getattr(self.variant, dim)
+
+    def replace(self, dim: str, value) -> "Point":
+        if dim == "concurrency":
+            return Point(self.variant, value)
+        return Point(dataclasses.replace(self.variant, **{dim: value}), self.concurrency)
+
+    def label(self) -> str:
+        return "%s @ c=%d" % (self.variant.label(), self.concurrency)
+
+    def to_dict(self) -> dict:
+        return {**self.variant.to_dict(), "concurrency": self.concurrency}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One point measured; ``status`` is ok, unstable (perf_analyzer never settled) or failed."""
+
+    point: Point
+    throughput: float = 0.0
+    p50_ms: float = 0.0
+    p95_ms: float = 0.0
+    p99_ms: float = 0.0
+    status: str = "ok"
+    detail: str = ""
+    index: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict:
+        return {**self.point.to_dict(), "throughput": self.throughput, "p50_ms": self.p50_ms,
+                "p95_ms": self.p95_ms, "p99_ms": self.p99_ms, "status": self.status, "detail": self.detail,
+                "index": self.index}
+
+
+@dataclass(frozen=True)
+class Objective:
+    """``max-throughput`` with p99 <= ``budget_ms``, or ``min-latency`` (p99) with throughput >=
+    ``min_throughput``; either constraint may be None (unconstrained)."""
+
+    kind: str = "max-throughput"
+    budget_ms: float | None = None
+    min_throughput: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in OBJECTIVES:
+            raise UserError("unknown objective %r; choose from %s" % (self.kind, ", ".join(OBJECTIVES)))
+        if self.budget_ms is not None and not self.budget_ms > 0:
+            raise UserError("budget_ms must be > 0, got %r" % self.budget_ms)
+        if self.min_throughput is not None and not self.min_throughput > 0:
+            raise UserError("min_throughput must be > 0, got %r" % self.min_throughput)
+
+    def violation(self, m: Measurement) -> float:
+        """0 when the constraints hold, else how far off they are (relative)."""
+        v = 0.0
+        if self.budget_ms is not None and m.p99_ms > self.budget_ms:
+            v += m.p99_ms / self.budget_ms - 1.0
+        if self.min_throughput is not None and m.throughput < self.min_throughput:
+            v += 1.0 - m.throughput / self.min_throughput
+        return v
+
+    def feasible(self, m: Measurement) -> bool:
+        return m.ok and self.violation(m) == 0.0
+
+    def better(self, a: Measurement, b: Measurement, min_gain: float = 0.0) -> bool:
+        """Is ``a`` better than ``b`` by more than ``min_gain`` (relative)? Feasibility first, then
+        the smaller violation, then the objective."""
+        if not a.ok:
+            return False
+        if not b.ok:
+            return True
+        fa, fb = self.feasible(a), self.feasible(b)
+        if fa != fb:
+            return fa
+        if not fa:
+            return self.violation(a) < self.violation(b) * (1.0 - min_gain)
+        if self.kind == "max-throughput":
+            return a.throughput > b.throughput * (1.0 + min_gain)
+        return a.p99_ms < b.p99_ms * (1.0 - min_gain)
+
+    def best(self, measurements: Iterable[Measurement]) -> Measurement | None:
+        """The best feasible measurement, or None when none is feasible."""
+        best = None
+        for m in measurements:
+            if self.feasible(m) and (best is None or self.better(m, best)):
+                best = m
+        return best
+
+    def describe(self) -> str:
+        if self.kind == "max-throughput":
+            return "max throughput" + (" with p99 <= %g ms" % self.budget_ms if self.budget_ms else "")
+        return "min p99" + (" with throughput >= %g/s" % self.min_throughput if self.min_throughput else "")
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "budget_ms": self.budget_ms, "min_throughput": self.min_throughput}
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The grid. Values are kept in the given order; neighbours are adjacent values."""
+
+    instances: tuple[int, ...]
+    delays_us: tuple[int | None, ...]
+    concurrency: tuple[int, ...]
+    preferred: tuple[tuple[int, ...], ...] = ((),)
+
+    def __post_init__(self) -> None:
+        for dim in DIMENSIONS:
+            values = self.values(dim)
+            if not values or len(set(values)) != len(values):
+                raise UserError("search dimension %s needs distinct values, got %s" % (dim, list(values)))
+        if min(self.instances) < 1 or min(self.concurrency) < 1:
+            raise UserError("instances and concurrency values must be >= 1")
+
+    def values(self, dim: str) -> tuple:
+        return {"concurrency": self.concurrency, "delay_us": self.delays_us, "instances": self.instances,
+                "preferred": self.preferred}[dim]
+
+    @property
+    def size(self) -> int:
+        return len(self.instances) * len(self.delays_us) * len(self.concurrency) * len(self.preferred)
+
+    def variants(self) -> list[Variant]:
+        return [Variant(i, d, p) for i in self.instances for d in self.delays_us for p in self.preferred]
+
+    def points(self) -> list[Point]:
+        """Variant-major, so a full sweep reloads each variant once."""
+        return [Point(v, c) for v in self.variants() for c in self.concurrency]
+
+    def shift(self, point: Point, dim: str, step: int) -> Point | None:
+        values = self.values(dim)
+        i = values.index(point.value(dim)) + step
+        return point.replace(dim, values[i]) if 0 <= i < len(values) else None
+
+    def snap(self, dim: str, value) -> object:
+        """The grid value closest to ``value`` (numeric dims), or the first one."""
+        values = self.values(dim)
+        if value in values:
+            return value
+        if dim in ("instances", "delay_us", "concurrency") and value is not None and None not in values:
+            return min(values, key=lambda v: abs(v - value))
+        return values[0]
+
+    def to_dict(self) -> dict:
+        return {"instances": list(self.instances), "max_queue_delay_us": list(self.delays_us),
+                "concurrency": list(self.concurrency), "preferred": [list(p) for p in self.preferred],
+                "size": self.size}
+
+
+Measure = Callable[[Point], Measurement]
+
+
+def brute_force(space: SearchSpace, measure: Measure) -> list[Measurement]:
+    return [measure(p) for p in space.points()]
+
+
+def hill_climb(space: SearchSpace, measure: Measure, objective: Objective, start: Point | None = None,
+               min_gain: float = 0.03, max_measurements: int | None = None) -> list[Measurement]:
+    """Coordinate descent with line search and early stop; returns every measurement made.
+
+    A neighbour replaces the current point only when it is better by ``min_gain``: on a noisy
+    machine smaller "wins" are mostly noise and chasing them costs reloads.
+    """
+    cache: dict[Point, Measurement] = {}
+
+    class Budget(Exception):
+        pass
+
+    def m(p: Point) -> Measurement:
+        if p not in cache:
+            if max_measurements is not None and len(cache) >= max_measurements:
+                raise Budget
+            cache[p] = measure(p)
+        return cache[p]
+
+    dims = [d for d in DIMENSIONS if len(space.values(d)) > 1]
+    current = start or Point(Variant(space.instances[0], space.delays_us[len(space.delays_us) // 2],
+                                     space.preferred[0]), space.concurrency[len(space.concurrency) // 2])
+    direction = {d: 1 for d in dims}
+    try:
+        best = m(current)
+        stale, i = 0, 0
+        while dims and stale < len(dims):
+            dim = dims[i % len(dims)]
+            i += 1
+            moved = False
+            for step in (direction[dim], -direction[dim]):
+                nb = space.shift(current, dim, step)
+                if nb is None or not objective.better(m(nb), best, min_gain):
+                    continue
+                current, best, moved, direction[dim] = nb, m(nb), True, step
+                while (nb := space.shift(current, dim, step)) is not None and objective.better(m(nb), best, min_gain):
+                    current, best = nb, m(nb)
+                break
+            stale = 0 if moved else stale + 1
+    except Budget:
+        log.info("search stopped at the measurement budget (%d)", max_measurements)
+    return list(cache.values())
+
+
+# ---------------------------------------------------------------- configs
+
+
+def apply_variant(base: model_config_pb2.ModelConfig, variant: Variant,
+                  max_batch_size: int) -> model_config_pb2.ModelConfig:
+    """A copy of ``base`` with the variant's settings; max_batch_size (and warmup batches) clamped
+    to what the plan allows."""
+    cfg = model_config_pb2.ModelConfig()
+    cfg.CopyFrom(base)
+    if max_batch_size and cfg.max_batch_size > max_batch_size:
+        cfg.max_batch_size = max_batch_size
+        for w in cfg.model_warmup:
+            w.batch_size = min(w.batch_size, max_batch_size)
+    if not cfg.instance_group:
+        cfg.instance_group.add()
+    for group in cfg.instance_group:
+        group.count = variant.instances
+    if variant.delay_us is not None:
+        cfg.dynamic_batching.max_queue_delay_microseconds = variant.delay_us
+        del cfg.dynamic_batching.preferred_batch_size[:]
+        cfg.dynamic_batching.preferred_batch_size.extend(variant.preferred)
+    return cfg
+
+
+def current_variant(cfg: model_config_pb2.ModelConfig) -> Variant:
+    count = cfg.instance_group[0].count if cfg.instance_group else 1
+    if cfg.max_batch_size == 0:
+        return Variant(count, None)
+    db = cfg.dynamic_batching
+    return Variant(count, db.max_queue_delay_microseconds, tuple(db.preferred_batch_size))
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def build_space(cfg: model_config_pb2.ModelConfig, manifest: Manifest, options: "TuneOptions") -> SearchSpace:
+    """The grid for this model: instance counts above the usable cores are dropped for CPU
+    instances (they only add contention); preferred sizes are searched only for multi-profile plans."""
+    instances = tuple(sorted(set(options.instances)))
+    cpu = model_config_pb2.ModelInstanceGroup.KIND_CPU
+    if cfg.instance_group and all(g.kind == cpu for g in cfg.instance_group):
+        cores = usable_cores()
+        kept = tuple(i for i in instances if i <= cores) or instances[:1]
+        if kept != instances:
+            log.info("instance counts %s exceed the %d usable cores: searching %s", instances, cores, kept)
+        instances = kept
+    delays: tuple[int | None, ...] = (None,) if cfg.max_batch_size == 0 else tuple(options.delays_us)
+    current = tuple(cfg.dynamic_batching.preferred_batch_size)
+    preferred: tuple[tuple[int, ...], ...] = (current,)
+    if options.search_preferred and manifest.backend == "tensorrt" and len(manifest.profiles.profiles) > 1:
+        limit = min(cfg.max_batch_size, manifest.max_batch_size or cfg.max_batch_size)
+        opts = tuple(b for b in manifest.profiles.opt_batches() if 1 <= b <= limit)
+        preferred = tuple(dict.fromkeys(((), opts)))
+    return SearchSpace(instances, delays, tuple(options.concurrency), preferred)
+
+
+def config_text(cfg: model_config_pb2.ModelConfig, header: str) -> str:
+    return "".join("# %s\n" % line for line in header.splitlines()) + text_format.MessageToString(cfg)
+
+
+# ---------------------------------------------------------------- live measurement
+
+
+def _tune_perf_defaults() -> PerfOptions:
+    # 300-request windows and a 30 % band: each point takes a few seconds yet settles on a busy
+    # 2-core box; an unstable point is retried once with windows twice as long and a looser band
+    return PerfOptions(measurement_request_count=300, stability_percentage=30, max_trials=6, timeout_s=180)
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """What to search and how to judge it (see the module docstring)."""
+
+    objective: str = "max-throughput"
+    budget_ms: float | None = None
+    min_throughput: float | None = None
+    instances: tuple[int, ...] = (1, 2, 4)
+    delays_us: tuple[int, ...] = (0, 100, 500, 2000)
+    concurrency: tuple[int, ...] = (1, 4, 16)
+    search_preferred: bool = True
+    brute: bool = False
+    min_gain: float = 0.03
+    max_measurements: int | None = None
+    perf: PerfOptions = field(default_factory=_tune_perf_defaults)
+    report_dir: Path | None = None
+    lock_wait_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("instances", "delays_us", "concurrency"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+        if any(d < 0 for d in self.delays_us):
+            raise UserError("queue delays must be >= 0 us")
+        if not 0 <= self.min_gain < 1:
+            raise UserError("min_gain must be in [0, 1), got %r" % self.min_gain)
+        self.objective_spec()
+
+    def objective_spec(self) -> Objective:
+        return Objective(self.objective, self.budget_ms, self.min_throughput)
+
+
+class LiveRunner:
+    """Measures points on the server: reloads the model only when the variant changes."""
+
+    def __init__(self, server, model: str, base: model_config_pb2.ModelConfig, max_batch_size: int,
+                 num_profiles: int, perf: PerfOptions, workdir: Path):
+        self.server, self.model, self.base = server, model, base
+        self.max_batch_size, self.num_profiles = max_batch_size, num_profiles
+        self.perf, self.workdir = perf, workdir
+        self.loaded: Variant | None = None
+        self.loads = 0
+        self.count = 0
+        grpc = getattr(server, "grpc_url", None)
+        if perf.protocol == "grpc" and grpc:
+            self.url = grpc
+        else:
+            self.url, self.perf = server.http_url, dataclasses.replace(perf, protocol="http")
+
+    def load(self, variant: Variant) -> None:
+        cfg = apply_variant(self.base, variant, self.max_batch_size)
+        check_config(cfg, self.num_profiles)
+        self.loaded = None
+        t0 = time.monotonic()
+        self.server.load_model(self.model, config_json=json_format.MessageToJson(cfg, preserving_proto_field_name=True))
+        self.loads += 1
+        self.loaded = variant
+        log.info("loaded %s with %s in %.1f s", self.model, variant.label(), time.monotonic() - t0)
+
+    def __call__(self, point: Point) -> Measurement:
+        self.count += 1
+        if self.loaded != point.variant:
+            try:
+                self.load(point.variant)
+            except ServerError as exc:
+                log.warning("variant %s failed to load: %s", point.variant.label(), exc)
+                return Measurement(point, status="failed", detail="load: %s" % str(exc)[:400], index=self.count)
+        workdir = self.workdir / ("%03d" % self.count)
+        perf = dataclasses.replace(self.perf, concurrency=(point.concurrency,))
+        result = None
+        for attempt in range(2):
+            try:
+                result = run_perf(self.model, self.url, perf, workdir=workdir)
+            except PerfError as exc:
+                return Measurement(point, status="failed", detail=str(exc)[:400], index=self.count)
+            if result.rows:
+                break
+            perf = dataclasses.replace(perf, measurement_request_count=2 * perf.measurement_request_count,
+                                       stability_percentage=min(100, 2 * perf.stability_percentage))
+        if not result.rows:
+            return Measurement(point, status="unstable", detail=result.stdout_tail[-400:], index=self.count)
+        row = result.rows[0]
+        m = Measurement(point, row.throughput, row.p50_ms, row.p95_ms, row.p99_ms, index=self.count)
+        log.info("measured %s: %.1f infer/s, p99 %.2f ms", point.label(), m.throughput, m.p99_ms)
+        return m
+
+
+def perf_inputs(model_dir: Path, manifest: Manifest, perf: PerfOptions, workdir: Path) -> PerfOptions:
+    """perf_analyzer gets the recorded sample inputs (one batch item each): random data can be
+    out of range for ids or masks. Without reference data, concrete shapes for dynamic dims."""
+    if perf.input_data is not None:
+        return perf
+    ref = model_dir / REFERENCE
+    if ref.exists():
+        batching = manifest.spec.batching
+        requests = [{k: (v[:1] if batching else v) for k, v in case.inputs.items()} for case in load_reference(ref)]
+        path = write_input_data_json(requests, workdir / "input_data.json", has_batch_dim=batching)
+        return dataclasses.replace(perf, input_data=path)
+    shapes = dict(perf.shapes)
+    for t in manifest.spec.inputs:
+        if -1 in t.triton_dims() and t.name not in shapes:
+            axes = t.axes[1:] if t.has_batch else t.axes
+            shapes[t.name] = tuple(a.common for a in axes)
+    return dataclasses.replace(perf, shapes=shapes)
