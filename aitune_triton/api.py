@@ -196,7 +196,7 @@ def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress
     return manifest, "fallback %s on %s%s" % (artifact.format, artifact.device, " (%s)" % skipped if skipped else "")
 
 
-def _stage_tensorrt(prep: Prepared, home_dir: Path, trt_name: str, progress: Progress) -> dict:
+def _stage_tensorrt(prep: Prepared, home_dir: Path, trt_name: str, repo: Path, progress: Progress) -> dict:
     """No TensorRT here: keep the checked ONNX, the TensorRT config and a build script under the
     fallback model's ``tensorrt/`` dir (not a version dir, so Triton never loads it)."""
     from aitune_triton.tensorrt.builder import render_build_script, tensorrt_status
@@ -210,7 +210,7 @@ def _stage_tensorrt(prep: Prepared, home_dir: Path, trt_name: str, progress: Pro
     script = stage / "build_plan.sh"
     script.write_text(render_build_script(onnx_path=Path("model.onnx"), plan_path=Path("model.plan"),
                                           trt_config=prep.config.tensorrt, profile_set=prep.profiles,
-                                          model_name=trt_name))
+                                          model_name=trt_name, repository=str(repo), home_model=home_dir.name))
     script.chmod(0o755)
     return {"status": "pending", "model_name": trt_name, "onnx": "%s/model.onnx" % TRT_STAGE_DIR,
             "build_script": "%s/build_plan.sh" % TRT_STAGE_DIR, "config": "%s/config.pbtxt" % TRT_STAGE_DIR,
@@ -231,7 +231,7 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
             manifest, detail = _write_python(prep, home, names["python"], progress)
             if "tensorrt" in names:
                 try:
-                    trt_info = _stage_tensorrt(prep, home, names["tensorrt"], progress)
+                    trt_info = _stage_tensorrt(prep, home, names["tensorrt"], out, progress)
                 except ModelError as exc:
                     trt_info = {"status": "export_failed", "reason": str(exc)}
                     notes.append("TensorRT skipped: %s" % exc)
@@ -241,12 +241,12 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
         elif "tensorrt" in names:
             home = staged.dir(names["tensorrt"])
             _write_common(prep, home)
-            trt_info = _stage_tensorrt(prep, home, names["tensorrt"], progress)
+            trt_info = _stage_tensorrt(prep, home, names["tensorrt"], out, progress)
             _manifest(prep, names["tensorrt"], "tensorrt", tensorrt=trt_info).save(home)
         if trt_info.get("status") == "pending":
             stage_dir = out / (names.get("python") or names["tensorrt"]) / TRT_STAGE_DIR
-            notes.append("TensorRT is not available here (%s): the checked ONNX, the TensorRT config and "
-                         "build_plan.sh are staged in %s." % (trt_info["reason"], stage_dir))
+            notes.append("TensorRT is not installed here: the checked ONNX, the TensorRT config and build_plan.sh "
+                         "are staged in %s (not loaded by Triton)." % stage_dir)
             notes.append("Build the plan inside a TensorRT/Triton container with `aitune-triton build-plan %s "
                          "--model %s` (or %s/build_plan.sh); the Python fallback serves meanwhile."
                          % (out, names.get("python") or names["tensorrt"], stage_dir))
@@ -274,7 +274,8 @@ def pending_plans(repo: Path, model: str | None = None) -> list[tuple[Path, Mani
     found = []
     for model_dir in sorted(p for p in repo.iterdir() if (p / "manifest.json").exists()):
         manifest = Manifest.load(model_dir)
-        if manifest.tensorrt.get("status") == "pending" and model in (None, model_dir.name):
+        if manifest.tensorrt.get("status") == "pending" and model in (None, model_dir.name,
+                                                                     manifest.tensorrt.get("model_name")):
             found.append((model_dir, manifest))
     if not found:
         raise UserError("no staged TensorRT model%s in %s; generate with the tensorrt backend first"

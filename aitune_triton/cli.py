@@ -100,6 +100,42 @@ def build_plan(repo, model, force):
 
 
 @main.command()
+@click.argument("repo", type=click.Path(path_type=Path))
+@click.option("--url", help="HTTP endpoint (host:port) of a running Triton to use instead of launching the embedded one.")
+@click.option("--grpc-url", help="gRPC endpoint of that server (default: the HTTP port + 1).")
+@click.option("--tritonserver", type=click.Path(path_type=Path), help="Launch this tritonserver binary instead.")
+@click.option("--model", "models", multiple=True, help="Validate only this model (repeatable).")
+@click.option("--perf/--no-perf", default=True, show_default=True, help="Measure with perf_analyzer.")
+@click.option("--concurrency", default="1,2,4,8", show_default=True, help="perf_analyzer concurrency: 1,2,4 or 1:8:1.")
+@click.option("--shared-memory", type=click.Choice(["none", "system"]), default="none", show_default=True)
+@click.option("--perf-request-count", type=int, default=200, show_default=True,
+              help="Requests per perf_analyzer measurement window.")
+@click.option("--perf-stability", type=float, default=20.0, show_default=True,
+              help="perf_analyzer stability percentage (raise it on noisy machines).")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path), default=Path("validation_report"),
+              show_default=True, help="Where report.json, report.md and latency_throughput.png go.")
+@click.option("--timeout", "request_timeout_s", type=float, default=30.0, show_default=True, help="Seconds per request.")
+@click.option("--startup-timeout", "startup_timeout_s", type=float, default=120.0, show_default=True,
+              help="Seconds for the server to start and for each model to load.")
+@_handle_errors
+def validate(repo, url, grpc_url, tritonserver, models, perf, concurrency, shared_memory, perf_request_count,
+             perf_stability, report_dir, request_timeout_s, startup_timeout_s):
+    """Serve REPO on a real Triton and check every generated model (exit 0 only if all checks pass)."""
+    from aitune_triton.validate.harness import ValidateOptions, parse_concurrency, validate_repository
+    from aitune_triton.validate.report import print_summary
+
+    options = ValidateOptions(url=url, grpc_url=grpc_url, tritonserver=tritonserver, models=tuple(models), perf=perf,
+                              concurrency=parse_concurrency(concurrency), shared_memory=shared_memory,
+                              report_dir=report_dir, request_timeout_s=request_timeout_s,
+                              startup_timeout_s=startup_timeout_s, perf_request_count=perf_request_count,
+                              perf_stability_pct=perf_stability)
+    with console.status("validating") as status:
+        report = validate_repository(repo, options, progress=lambda m: status.update(m))
+    print_summary(report, Console(), report_dir=report_dir)
+    sys.exit(report.exit_code)
+
+
+@main.command()
 @click.argument("repo", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--http-port", type=int, default=8000, show_default=True)
 @click.option("--grpc-port", type=int, default=8001, show_default=True)

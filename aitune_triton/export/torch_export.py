@@ -93,6 +93,14 @@ def _first_line(exc: BaseException) -> str:
     return "%s: %s" % (type(exc).__name__, text[0] if text else "")
 
 
+def _export_reason(exc: BaseException) -> str:
+    """torch.export's first line rarely says why ("Constraints violated (x)!"): keep the few lines
+    after it too (the violated guard, the suggested fix), minus the boilerplate."""
+    lines = [l.strip() for l in str(exc).strip().splitlines() if l.strip()]
+    keep = [l for l in lines if not l.startswith(("For more information", "The error above occurred"))][:4]
+    return ("%s: %s" % (type(exc).__name__, " | ".join(keep)))[:600]
+
+
 def _batch_of(feed: dict[str, torch.Tensor], spec: IOSpec) -> int:
     return next(feed[t.name].shape[0] for t in spec.inputs if t.has_batch)
 
@@ -112,8 +120,11 @@ def reference_cases(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Samp
     for i, (sample, out) in enumerate(zip(samples, outputs)):
         feed = sample_feed(spec, sample)
         if spec.batching and max_batch >= 1 and _batch_of(feed, spec) > max_batch:
-            continue  # Triton never sends more than max_batch_size
-        cases.append(("sample %d" % i, feed, dict(flatten_outputs(out))))
+            # Triton never sends more than max_batch_size: check the sample's first rows instead
+            feed = {k: v[:max_batch] if spec.input(k).has_batch else v for k, v in feed.items()}
+            cases.append(("sample %d cut to batch %d" % (i, max_batch), feed, _run_eager(model, spec, feed)))
+        else:
+            cases.append(("sample %d" % i, feed, dict(flatten_outputs(out))))
     if not spec.batching or max_batch < 1:
         return cases
     label, big, _ = max(cases, key=lambda c: _batch_of(c[1], spec))
@@ -166,7 +177,9 @@ def compare(actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance) -> str
 def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     if actual.numel() == 0:
         return 0.0
-    return float((actual.detach().cpu().double() - expected.detach().cpu().double()).abs().max())
+    a, e = actual.detach().cpu().double(), expected.detach().cpu().double()
+    diff = (a - e).abs().masked_fill(a.isnan() & e.isnan(), 0.0)
+    return float(diff.nan_to_num(float("inf")).max())
 
 
 # ----------------------------------------------------------------------------- export
@@ -273,8 +286,55 @@ def export_program(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sampl
     feed = {k: v.to(device) for k, v in _example(spec, samples, max_batch).items()}
     target = _on_device(model, device).eval()
     args, kwargs, shapes = _bind_dynamic_shapes(target, spec, feed, dims)
-    program = torch.export.export(target, args, kwargs, dynamic_shapes=shapes)
+    try:
+        program = torch.export.export(target, args, kwargs, dynamic_shapes=shapes)
+    except Exception as exc:
+        if "Constraints violated" not in str(exc):
+            raise
+        # a guard that holds over the whole range but that the solver cannot prove (seen on CUDA:
+        # "min(s, 2*s) == s" from attention) may be deferred to a runtime assert; a real
+        # specialisation (s % 2 == 0) may not, so every axis is probed across its range
+        log.info("torch.export: %s; retrying with runtime asserts instead of guards", _export_reason(exc))
+        program = torch.export.export(target, args, kwargs, dynamic_shapes=shapes,
+                                      prefer_deferred_runtime_asserts_over_guards=True)
+        failure = _probe_ranges(program, spec, feed, dims)
+        if failure:
+            raise RuntimeError("%s; with runtime asserts %s" % (_export_reason(exc), failure)) from exc
     return program, ranges
+
+
+def _resize_axis(t: torch.Tensor, axis: int, size: int) -> torch.Tensor:
+    """``size`` entries along ``axis``: the tensor's own entries cut or repeated cyclically."""
+    return t.index_select(axis, torch.arange(size, device=t.device) % t.shape[axis])
+
+
+def _probe_ranges(program, spec: IOSpec, feed: dict[str, torch.Tensor], dims: dict[str, dict[int, Any]]) -> str | None:
+    """Run the program (in this process: an ExportedProgram is plain PyTorch) at both ends and inside
+    each symbolic axis's range; the first size whose runtime assert fails, else None."""
+    module = program.module()
+    groups: dict[int, tuple[Any, list[tuple[str, int]]]] = {}
+    for name, per_axis in dims.items():
+        for axis, dim in per_axis.items():
+            groups.setdefault(id(dim), (dim, []))[1].append((name, axis))
+    for dim, members in groups.values():
+        lo, hi = dim.min, dim.max
+        for size in sorted({lo, min(lo + 1, hi), (lo + hi) // 2, max(hi - 1, lo), hi}):
+            probe = dict(feed)
+            for name, axis in members:
+                probe[name] = _resize_axis(feed[name], axis, size)
+            args, kwargs = [], {}
+            for t in spec.inputs:
+                kind, _, key = t.binding.partition(":")
+                if kind == "arg":
+                    args.append(probe[t.name])
+                else:
+                    kwargs[key] = probe[t.name]
+            try:
+                with torch.inference_mode():
+                    module(*args, **kwargs)
+            except Exception as exc:
+                return "size %d of %s fails: %s" % (size, dim.__name__, _first_line(exc))
+    return None
 
 
 # ----------------------------------------------------------------------------- loading (child side)
@@ -340,7 +400,7 @@ def _child_env() -> dict[str, str]:
 
 def _run_child(argv: list[str], timeout_s: float, what: str) -> None:
     """Run ``python -m aitune_triton.export.torch_export ARGV`` in its own session; raise CandidateFailed."""
-    cmd = [sys.executable, "-m", "aitune_triton.export.torch_export", *argv]
+    cmd = [sys.executable, "-X", "faulthandler", "-m", "aitune_triton.export.torch_export", *argv]
     log.debug("child: %s", " ".join(cmd))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=_child_env(), start_new_session=True)
@@ -352,7 +412,9 @@ def _run_child(argv: list[str], timeout_s: float, what: str) -> None:
         raise CandidateFailed("%s timed out after %.0f s" % (what, timeout_s)) from None
     log.debug("child output (%s):\n%s", what, out)
     if proc.returncode < 0:
-        raise CandidateFailed("%s crashed (signal %s)" % (what, signal.Signals(-proc.returncode).name))
+        frames = [l.strip() for l in out.splitlines() if l.strip().startswith("File ")]
+        raise CandidateFailed("%s crashed (signal %s%s)" % (what, signal.Signals(-proc.returncode).name,
+                                                            ", innermost frame: " + frames[0] if frames else ""))
     if proc.returncode != 0:
         lines = [l for l in out.strip().splitlines() if l.strip()]
         marked = [l[len("FAILED: "):] for l in lines if l.startswith("FAILED: ")]
@@ -461,8 +523,9 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
                 program, ranges = export_program(model, spec, samples, profiles, device)
                 torch.export.save(program, work / EXPORT_FILE)
             except Exception as exc:
-                export_error = "torch.export failed: %s" % _first_line(exc)
+                export_error = "torch.export failed: %s" % _export_reason(exc)
                 log.info("%s", export_error)
+                log.debug("torch.export failed", exc_info=True)
         for fmt in wanted:
             try:
                 if fmt in ("aoti", "export") and export_error:

@@ -28,7 +28,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
@@ -342,16 +342,22 @@ def build_space(cfg: model_config_pb2.ModelConfig, manifest: Manifest, options: 
 
 
 def config_text(cfg: model_config_pb2.ModelConfig, header: str) -> str:
-    return "".join("# %s\n" % line for line in header.splitlines()) + text_format.MessageToString(cfg)
+    """pbtxt with a comment header; a zero queue delay is spelled out (text format omits zeros)."""
+    body = text_format.MessageToString(cfg, use_short_repeated_primitives=True)
+    if cfg.HasField("dynamic_batching") and cfg.dynamic_batching.max_queue_delay_microseconds == 0:
+        body = body.replace("dynamic_batching {\n", "dynamic_batching {\n  max_queue_delay_microseconds: 0\n", 1)
+    return "".join("# %s\n" % line for line in header.splitlines()) + body
 
 
 # ---------------------------------------------------------------- live measurement
 
 
 def _tune_perf_defaults() -> PerfOptions:
-    # 300-request windows and a 30 % band: each point takes a few seconds yet settles on a busy
-    # 2-core box; an unstable point is retried once with windows twice as long and a looser band
-    return PerfOptions(measurement_request_count=300, stability_percentage=30, max_trials=6, timeout_s=180)
+    # time windows bound the cost of a point whatever its throughput (a 40 infer/s variant would
+    # need 8 s per 300-request window); 1 s windows and a 30 % band settle on a busy 2-core box in
+    # 3-6 s, and an unstable point is retried once with windows twice as long and a looser band
+    return PerfOptions(measurement_mode="time_windows", measurement_interval_ms=1000, stability_percentage=30,
+                       max_trials=6, timeout_s=180)
 
 
 @dataclass(frozen=True)
@@ -398,20 +404,37 @@ class LiveRunner:
         self.loaded: Variant | None = None
         self.loads = 0
         self.count = 0
+        self.serving = 0
+        if server.model_ready(model):
+            self.serving = _effective_variant(server, model).instances
         grpc = getattr(server, "grpc_url", None)
         if perf.protocol == "grpc" and grpc:
             self.url = grpc
         else:
             self.url, self.perf = server.http_url, dataclasses.replace(perf, protocol="http")
 
+    def _stubs(self) -> int | None:
+        children = getattr(self.server, "children", None)
+        return len(children()) if children else None
+
+    def _settle(self, expected: int | None, timeout_s: float = 10.0) -> None:
+        """Wait for the replaced instances' stub processes to exit: Triton unloads the old
+        version after the load call returns, and its teardown would be measured as noise."""
+        deadline = time.monotonic() + timeout_s
+        while expected is not None and time.monotonic() < deadline and (self._stubs() or 0) > expected:
+            time.sleep(0.1)
+
     def load(self, variant: Variant) -> None:
         cfg = apply_variant(self.base, variant, self.max_batch_size)
         check_config(cfg, self.num_profiles)
         self.loaded = None
+        before = self._stubs()
         t0 = time.monotonic()
         self.server.load_model(self.model, config_json=json_format.MessageToJson(cfg, preserving_proto_field_name=True))
         self.loads += 1
         self.loaded = variant
+        self._settle(None if before is None else before - self.serving + variant.instances)
+        self.serving = variant.instances
         log.info("loaded %s with %s in %.1f s", self.model, variant.label(), time.monotonic() - t0)
 
     def __call__(self, point: Point) -> Measurement:
@@ -433,6 +456,7 @@ class LiveRunner:
             if result.rows:
                 break
             perf = dataclasses.replace(perf, measurement_request_count=2 * perf.measurement_request_count,
+                                       measurement_interval_ms=2 * perf.measurement_interval_ms,
                                        stability_percentage=min(100, 2 * perf.stability_percentage))
         if not result.rows:
             return Measurement(point, status="unstable", detail=result.stdout_tail[-400:], index=self.count)
@@ -459,3 +483,261 @@ def perf_inputs(model_dir: Path, manifest: Manifest, perf: PerfOptions, workdir:
             axes = t.axes[1:] if t.has_batch else t.axes
             shapes[t.name] = tuple(a.common for a in axes)
     return dataclasses.replace(perf, shapes=shapes)
+
+
+# ---------------------------------------------------------------- result, write-back, reports
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """What was measured, what was chosen, and where it was written."""
+
+    model: str
+    objective: Objective
+    space: SearchSpace
+    mode: str
+    measurements: tuple[Measurement, ...]
+    chosen: Measurement | None
+    baseline: Measurement | None
+    previous: Variant
+    loads: int
+    written: bool
+    reason: str
+    elapsed_s: float
+    config_path: Path
+    backup_path: Path | None = None
+    reports: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def measured(self) -> int:
+        return len(self.measurements)
+
+    @property
+    def grid_size(self) -> int:
+        return self.space.size
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "objective": self.objective.to_dict(), "mode": self.mode,
+                "space": self.space.to_dict(), "grid_size": self.grid_size, "measured": self.measured,
+                "loads": self.loads, "chosen": self.chosen.to_dict() if self.chosen else None,
+                "baseline": self.baseline.to_dict() if self.baseline else None, "previous": self.previous.to_dict(),
+                "written": self.written, "reason": self.reason, "elapsed_s": round(self.elapsed_s, 1),
+                "config_path": str(self.config_path),
+                "backup_path": str(self.backup_path) if self.backup_path else None,
+                "measurements": [m.to_dict() for m in self.measurements], "tool_version": __version__}
+
+
+def _effective_variant(server, model: str) -> Variant:
+    """What the server says it runs (GET /v2/models/M/config)."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        cfg = client.get_model_config(model)
+    except InferenceServerException as exc:
+        raise ServerError("reading the config of %r failed: %s" % (model, exc.message())) from exc
+    finally:
+        client.close()
+    count = (cfg.get("instance_group") or [{}])[0].get("count", 1)
+    if not cfg.get("max_batch_size"):
+        return Variant(count, None)
+    return Variant(count, int((cfg.get("dynamic_batching") or {}).get("max_queue_delay_microseconds", 0)))
+
+
+def _restore(server, model: str) -> None:
+    """Put the on-disk config back into the server after an interrupted or failed search."""
+    try:
+        server.load_model(model)
+    except Exception as exc:  # the server may be gone; the repository is untouched anyway
+        log.warning("could not reload %s from disk: %s", model, exc)
+
+
+def _write_manifest(model_dir: Path, manifest: Manifest) -> None:
+    replace_file_atomically(model_dir / MANIFEST, json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def _write_back(server, result: TuneResult, base: model_config_pb2.ModelConfig, original: str,
+                max_batch_size: int, num_profiles: int) -> Path:
+    """config.pbtxt.bak <- the old text; config.pbtxt <- the winner; reload from disk to prove it
+    loads and says what was chosen (else the old text is restored and ModelError raised)."""
+    m = result.chosen
+    cfg = apply_variant(base, m.point.variant, max_batch_size)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    header = ("Tuned by aitune-triton %s on %s: %s; %d of %d grid points measured.\n"
+              "Chosen: %s at client concurrency %d: %.1f infer/s, p99 %.2f ms. Previous config: %s"
+              % (__version__, stamp, result.objective.describe(), result.measured, result.grid_size,
+                 m.point.variant.label(), m.point.concurrency, m.throughput, m.p99_ms, BACKUP))
+    text = config_text(cfg, header)
+    check_config(parse_config(text), num_profiles)
+    path, backup = result.config_path, result.config_path.with_name(BACKUP)
+    replace_file_atomically(backup, original)
+    replace_file_atomically(path, text)
+    try:
+        server.load_model(result.model)
+        effective = _effective_variant(server, result.model)
+        wanted = m.point.variant
+        if (effective.instances, effective.delay_us) != (wanted.instances, wanted.delay_us):
+            raise ServerError("server reports %s, expected %s" % (effective.label(), wanted.label()))
+    except ServerError as exc:
+        replace_file_atomically(path, original)
+        _restore(server, result.model)
+        raise ModelError("the tuned config did not load as written (%s); %s restored" % (exc, path)) from exc
+    return backup
+
+
+def tune_model(repo: Path, model: str, server, options: TuneOptions = TuneOptions()) -> TuneResult:
+    """Search ``options``' grid for ``model`` on ``server`` (started, explicit model control),
+    write the best config back and the reports; returns what was measured and chosen.
+
+    The repository lock is held throughout, so no ``generate`` replaces the model mid-search.
+    The model is left loaded with the config now on disk.
+    """
+    repo = Path(repo)
+    model_dir = repo / model
+    config_path = model_dir / CONFIG
+    if not config_path.exists():
+        raise UserError("%s not found; is %s a model in the repository %s?" % (config_path, model, repo))
+    manifest = Manifest.load(model_dir)
+    original = config_path.read_text()
+    base = parse_config(original)
+    num_profiles = len(manifest.profiles.profiles) if manifest.backend == "tensorrt" else 0
+    limit = manifest.max_batch_size
+    objective = options.objective_spec()
+    space = build_space(base, manifest, options)
+    previous = current_variant(base)
+    report_dir = Path(options.report_dir) if options.report_dir else model_dir / "tuning"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    with repository_lock(repo, options.lock_wait_s):
+        runner = LiveRunner(server, model, base, limit, num_profiles,
+                            perf_inputs(model_dir, manifest, options.perf, report_dir), report_dir / "perf")
+        start = Point(Variant(space.snap("instances", previous.instances), space.snap("delay_us", previous.delay_us),
+                              space.snap("preferred", previous.preferred)),
+                      space.concurrency[len(space.concurrency) // 2])
+        log.info("tuning %s: %s over %d grid points (%s)", model, objective.describe(), space.size,
+                 "brute force" if options.brute else "quick search")
+        try:
+            if options.brute:
+                measurements = brute_force(space, runner)
+            else:
+                measurements = hill_climb(space, runner, objective, start, options.min_gain, options.max_measurements)
+        except BaseException:
+            _restore(server, model)
+            raise
+        chosen = objective.best(measurements)
+        baseline = next((m for m in measurements if chosen and m.ok and m.point.variant == previous
+                         and m.point.concurrency == chosen.point.concurrency), None)
+        result = TuneResult(model, objective, space, "brute" if options.brute else "quick", tuple(measurements),
+                            chosen, baseline, previous, runner.loads, False, "", 0.0, config_path)
+        if chosen is None:
+            _restore(server, model)
+            result = dataclasses.replace(result, reason="no measured variant met the constraint (%s); config.pbtxt "
+                                                        "left unchanged" % objective.describe())
+        else:
+            backup = _write_back(server, result, base, original, limit, num_profiles)
+            result = dataclasses.replace(result, written=True, backup_path=backup, reason="best of %d measured points"
+                                         % sum(1 for m in measurements if m.ok))
+        result = dataclasses.replace(result, elapsed_s=time.monotonic() - t0)
+        reports = write_reports(result, report_dir)
+        result = dataclasses.replace(result, reports=reports)
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        summary = {k: v for k, v in result.to_dict().items() if k != "measurements"}
+        # relative paths: the repository may be moved or mounted elsewhere (e.g. into a container)
+        where = report_dir.resolve()
+        summary.update(time=stamp, config_path=CONFIG, backup_path=BACKUP if result.written else None,
+                       report_dir=str(where.relative_to(model_dir.resolve()))
+                       if where.is_relative_to(model_dir.resolve()) else str(where))
+        history = manifest.history
+        if result.written:
+            history += ({"event": "tune", "time": stamp, "backup": BACKUP, "previous": previous.to_dict(),
+                         "chosen": chosen.point.to_dict(), "objective": objective.to_dict(),
+                         "previous_config": original},)
+        _write_manifest(model_dir, dataclasses.replace(manifest, tuning=summary, history=history))
+    log.info("tuning %s: %s (%d of %d points, %d loads, %.0f s)", model, result.reason, result.measured,
+             result.grid_size, result.loads, result.elapsed_s)
+    return result
+
+
+def _md_row(m: Measurement, result: TuneResult) -> str:
+    v = m.point.variant
+    if result.chosen is not None and m.point == result.chosen.point:
+        note = "**chosen**"
+    elif not m.ok:
+        note = "%s: %s" % (m.status, m.detail.splitlines()[-1][:80] if m.detail else "")
+    elif not result.objective.feasible(m):
+        note = "violates the constraint"
+    else:
+        note = ""
+    return "| %d | %d | %s | %s | %d | %.1f | %.2f | %.2f | %s |" % (
+        m.index, v.instances, "-" if v.delay_us is None else v.delay_us, list(v.preferred) or "-",
+        m.point.concurrency, m.throughput, m.p50_ms, m.p99_ms, note.replace("|", "/"))
+
+
+def to_markdown(result: TuneResult) -> str:
+    lines = ["# Tuning report: %s" % result.model, "",
+             "- objective: %s" % result.objective.describe(),
+             "- search: %s, %d of %d grid points measured (%.0f %%), %d model loads, %.0f s" % (
+                 "brute force" if result.mode == "brute" else "quick (coordinate descent)", result.measured,
+                 result.grid_size, 100.0 * result.measured / result.grid_size, result.loads, result.elapsed_s),
+             "- previous config: %s" % result.previous.label()]
+    c, b = result.chosen, result.baseline
+    if c is not None:
+        lines.append("- chosen: %s at client concurrency %d: %.1f infer/s, p50 %.2f ms, p99 %.2f ms"
+                     % (c.point.variant.label(), c.point.concurrency, c.throughput, c.p50_ms, c.p99_ms))
+    if b is not None and c is not None and b.throughput > 0:
+        lines.append("- previous config at the same concurrency: %.1f infer/s, p99 %.2f ms (%.2fx throughput)"
+                     % (b.throughput, b.p99_ms, c.throughput / b.throughput))
+    lines.append("- result: %s%s" % (result.reason, "; written to %s (previous kept as %s)" % (
+        result.config_path.name, BACKUP) if result.written else ""))
+    lines += ["", "| # | instances | delay us | preferred | concurrency | infer/s | p50 ms | p99 ms | note |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [_md_row(m, result) for m in sorted(result.measurements, key=lambda m: m.index)]
+    lines += ["", "![variants](%s)" % REPORT_PNG, ""]
+    return "\n".join(lines)
+
+
+def write_plot(result: TuneResult, path: Path) -> Path:
+    """Every measured point on throughput vs p99; the chosen one starred, the constraint drawn."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ok = [m for m in result.measurements if m.ok]
+    for inst in sorted({m.point.variant.instances for m in ok}):
+        pts = [m for m in ok if m.point.variant.instances == inst]
+        ax.scatter([m.p99_ms for m in pts], [m.throughput for m in pts], s=[18 + 4 * m.point.concurrency ** 0.5
+                   for m in pts], alpha=0.7, label="%d instance(s)" % inst)
+    if result.chosen is not None:
+        c = result.chosen
+        ax.scatter([c.p99_ms], [c.throughput], marker="*", s=320, facecolors="none", edgecolors="red", linewidths=1.5,
+                   label="chosen: %s @ c=%d" % (c.point.variant.label(), c.point.concurrency))
+    if result.objective.budget_ms:
+        ax.axvline(result.objective.budget_ms, color="grey", linestyle="--", label="p99 budget")
+    if result.objective.min_throughput:
+        ax.axhline(result.objective.min_throughput, color="grey", linestyle=":", label="min throughput")
+    ax.set_xlabel("p99 latency (ms)")
+    ax.set_ylabel("throughput (infer/s)")
+    ax.set_title("%s: %d of %d grid points measured (%s)" % (result.model, result.measured, result.grid_size,
+                                                               result.mode))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def write_reports(result: TuneResult, report_dir: Path) -> dict[str, Path]:
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": report_dir / REPORT_JSON, "markdown": report_dir / REPORT_MD, "plot": report_dir / REPORT_PNG}
+    replace_file_atomically(paths["json"], json.dumps(result.to_dict(), indent=2) + "\n")
+    replace_file_atomically(paths["markdown"], to_markdown(result))
+    try:
+        write_plot(result, paths["plot"])
+    except Exception as exc:  # a broken matplotlib must not lose the measurements
+        log.warning("could not draw %s: %s", paths["plot"], exc)
+        paths.pop("plot")
+    return paths

@@ -211,7 +211,8 @@ def select_from_measurements(candidates: Sequence[Candidate], accuracy: Mapping[
             chosen, reason = best, "%.2fx eager on %s (margin %.0f%%)" % (ratios[best.name], strategy, 100 * margin)
         else:
             chosen = eager
-            reason = ("no candidate beats eager by the %.0f%% margin" % (100 * margin)) if best else "only eager is usable"
+            reason = ("no candidate beats eager by the %.0f%% margin" % (100 * margin)
+                      if best else "only eager is usable")
     for c in usable:
         if c.name == chosen.name:
             continue

@@ -29,7 +29,6 @@ from aitune_triton.triton.render import parse_config
 log = logging.getLogger(__name__)
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
-STATUSES = (PASS, FAIL, SKIP)
 _PLATFORM_BACKENDS = {"tensorrt_plan": "tensorrt", "onnxruntime_onnx": "onnxruntime", "pytorch_libtorch": "pytorch"}
 # Triton releases whose TensorRT is corroborated in ../shared/reference/triton.md §9; others are unknown.
 KNOWN_TRT_FOR_TRITON = {"2.44": "8.6.3", "2.45": "8.6.3", "2.49": "10.3.0", "2.52": "10.6.0", "2.56": "10.9.0",
@@ -38,6 +37,8 @@ KNOWN_TRT_FOR_TRITON = {"2.44": "8.6.3", "2.45": "8.6.3", "2.49": "10.3.0", "2.5
 
 @dataclass(frozen=True)
 class CheckResult:
+    """One verdict: ``status`` is pass, fail or skip; ``detail`` says what was seen, naming the tensor."""
+
     name: str
     status: str
     detail: str = ""
@@ -89,6 +90,8 @@ class ModelTarget:
 
 @dataclass(frozen=True)
 class Endpoint:
+    """Where the server answers; ``timeout_s`` bounds every request so a wedged server cannot hang a run."""
+
     http_url: str
     grpc_url: str | None
     timeout_s: float = 30.0
@@ -321,19 +324,16 @@ def _manifest_view(manifest: Manifest) -> dict:
             "input": tensors(manifest.spec.inputs), "output": tensors(manifest.spec.outputs)}
 
 
-def check_metadata(target: ModelTarget, session: Session) -> CheckResult:
-    """The server's effective config and metadata agree with config.pbtxt, and config.pbtxt with the
-    manifest. TensorRT dtypes come from the engine, so they are not held to the torch dtypes."""
-    t0 = time.monotonic()
+def metadata_problems(target: ModelTarget, server_config: dict, metadata: dict) -> list[str]:
+    """Differences between the server's config/metadata (JSON), config.pbtxt and the manifest.
+    TensorRT dtypes come from the engine, so they are not held to the torch dtypes."""
     local = _normalized(_config_json(target.config))
-    server = _normalized(session.http.get_model_config(target.name))
-    problems = _diff_configs(local, server, "config.pbtxt", "the server's config")
+    problems = _diff_configs(local, _normalized(server_config), "config.pbtxt", "the server's config")
     problems += _diff_configs(_manifest_view(target.manifest), local, "manifest.json", "config.pbtxt",
                               dtypes=target.manifest.backend != "tensorrt")
-    meta = session.http.get_model_metadata(target.name)
     lead = [-1] if target.batching else []
     for kind, declared in (("inputs", local["input"]), ("outputs", local["output"])):
-        seen = {t["name"]: t for t in meta.get(kind, [])}
+        seen = {t["name"]: t for t in metadata.get(kind, [])}
         if set(seen) != set(declared):
             problems.append("metadata %s %s but config.pbtxt declares %s" % (kind, sorted(seen), sorted(declared)))
         for name in sorted(set(seen) & set(declared)):
@@ -345,10 +345,18 @@ def check_metadata(target: ModelTarget, session: Session) -> CheckResult:
             if shape != lead + dims:
                 problems.append("metadata %s %r: shape %s, config.pbtxt implies %s"
                                 % (kind[:-1], name, shape, lead + dims))
+    return problems
+
+
+def check_metadata(target: ModelTarget, session: Session) -> CheckResult:
+    """The server's effective config and metadata agree with config.pbtxt, and config.pbtxt with the manifest."""
+    t0 = time.monotonic()
+    problems = metadata_problems(target, session.http.get_model_config(target.name),
+                                 session.http.get_model_metadata(target.name))
     if problems:
         return _result("metadata", FAIL, "; ".join(problems), t0)
     return _result("metadata", PASS, "%d inputs, %d outputs, max_batch_size %d agree with config.pbtxt and the "
-                   "manifest" % (len(local["input"]), len(local["output"]), local["max_batch_size"]), t0)
+                   "manifest" % (len(target.inputs), len(target.outputs), target.max_batch_size), t0)
 
 
 def _chunks(target: ModelTarget, case: ReferenceCase) -> list[tuple[int, int | None]]:
@@ -647,33 +655,45 @@ def _release(version: str | None) -> str | None:
     return ".".join(parts[:2]) if len(parts) >= 2 and all(p.isdigit() for p in parts[:2]) else None
 
 
-def check_version_stamp(target: ModelTarget, session: Session) -> CheckResult:
-    """A TensorRT plan only loads on the Triton/TensorRT it was built for: compare the stamp the
-    build wrote into the manifest with the server's version (skip when either is unknown)."""
-    t0 = time.monotonic()
-    trt = target.manifest.tensorrt or {}
-    if target.manifest.backend != "tensorrt":
-        return _result("version_stamp", SKIP, "not a TensorRT plan (%s backend)" % target.manifest.backend, t0)
+def version_verdict(manifest: Manifest, server_version: str | None) -> tuple[str, str]:
+    """(status, detail) for a plan's stamp against the server's Triton version.
+
+    Reads ``manifest.tensorrt["stamp"]`` (as ``build-plan`` writes it: ``tensorrt_version``,
+    ``version_compatible``; a ``triton_version`` when known) or the section itself. A plan only loads on the TensorRT it was built with; the
+    Triton release pins that, so the release is compared first, then TensorRT where the pairing is known.
+    """
+    if manifest.backend != "tensorrt":
+        return SKIP, "not a TensorRT plan (%s backend)" % manifest.backend
+    trt = manifest.tensorrt or {}
     stamp = trt.get("stamp") if isinstance(trt.get("stamp"), dict) else trt
     built_triton = stamp.get("triton_version") or stamp.get("triton")
     built_trt = stamp.get("tensorrt_version") or stamp.get("tensorrt")
-    server = session.http.get_server_metadata().get("version")
-    if not server:
-        return _result("version_stamp", SKIP, "the server does not report its version", t0)
-    if built_triton and _release(built_triton):
-        if _release(built_triton) != _release(server):
-            return _result("version_stamp", FAIL, "plan built for Triton %s but the server is %s: rebuild the plan "
-                           "in the matching container" % (built_triton, server), t0)
-        return _result("version_stamp", PASS, "plan built for Triton %s, server %s" % (built_triton, server), t0)
-    expected = KNOWN_TRT_FOR_TRITON.get(_release(server) or "")
+    if not server_version:
+        return SKIP, "the server does not report its version"
+    if _release(built_triton):
+        if _release(built_triton) != _release(server_version):
+            return FAIL, ("plan built for Triton %s but the server is %s: rebuild the plan in the matching container"
+                          % (built_triton, server_version))
+        return PASS, "plan built for Triton %s, server %s" % (built_triton, server_version)
+    expected = KNOWN_TRT_FOR_TRITON.get(_release(server_version) or "")
     if built_trt and expected:
+        if stamp.get("version_compatible") and str(built_trt).split(".")[0] == expected.split(".")[0]:
+            return PASS, ("version-compatible plan built with TensorRT %s, Triton %s ships %s (same major; start the "
+                          "server with --backend-config=tensorrt,version-compatible=true)"
+                          % (built_trt, server_version, expected))
         if not str(built_trt).startswith(expected):
-            return _result("version_stamp", FAIL, "plan built with TensorRT %s but Triton %s ships TensorRT %s"
-                           % (built_trt, server, expected), t0)
-        return _result("version_stamp", PASS, "plan built with TensorRT %s, Triton %s ships %s"
-                       % (built_trt, server, expected), t0)
-    return _result("version_stamp", SKIP, "no usable version stamp (TensorRT %s) for Triton %s"
-                   % (built_trt or "unknown", server), t0)
+            return FAIL, ("plan built with TensorRT %s but Triton %s ships TensorRT %s: rebuild the plan there"
+                          % (built_trt, server_version, expected))
+        return PASS, "plan built with TensorRT %s, Triton %s ships %s" % (built_trt, server_version, expected)
+    return SKIP, "no usable version stamp (TensorRT %s) for Triton %s" % (built_trt or "unknown", server_version)
+
+
+def check_version_stamp(target: ModelTarget, session: Session) -> CheckResult:
+    t0 = time.monotonic()
+    if target.manifest.backend != "tensorrt":
+        return _result("version_stamp", *version_verdict(target.manifest, None), t0)
+    server = session.http.get_server_metadata().get("version")
+    return _result("version_stamp", *version_verdict(target.manifest, server), t0)
 
 
 CheckFn = Callable[[ModelTarget, Session], CheckResult]

@@ -16,7 +16,7 @@ import logging
 import re
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -37,9 +37,9 @@ Progress = Callable[[str], None]
 
 SERVER_LOG = "tritonserver.log"
 _NOT_BUILT = ("pending", "export_failed", "failed", "build_failed", "skipped")
-# the load error of a model whose backend the server does not have (2.51: "unable to find
-# 'libtriton_x.so' or 'x/model.py' for model 'm', in /…/backends/x")
-_NO_BACKEND = re.compile(r"unable to find '?libtriton_|unable to find backend|backend .* not found", re.I)
+# the load error of a model whose backend the server lacks (2.51: "unable to find backend library
+# for backend 'onnxruntime'"; other releases: "unable to find 'libtriton_x.so' or 'x/model.py' ...")
+_NO_BACKEND = re.compile(r"unable to find (?:backend library|'?libtriton_)", re.I)
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,8 @@ def plan_models(repo: Path, only: tuple[str, ...] = ()) -> list[Planned]:
         try:
             manifest = Manifest.load(model_dir)
         except AituneError as exc:
-            planned[model_dir.name] = Planned(model_dir.name, "unknown", failure=CheckResult("manifest", FAIL, str(exc)))
+            failure = CheckResult("manifest", FAIL, str(exc))
+            planned[model_dir.name] = Planned(model_dir.name, "unknown", failure=failure)
             continue
         trt = manifest.tensorrt or {}
         if manifest.backend == "tensorrt" and not _has_plan(model_dir):
@@ -163,7 +164,10 @@ def server_backends(options: ValidateOptions) -> tuple[str, ...] | None:
     if options.url:
         return None
     try:
-        root = tools.backends_dir() if options.tritonserver is None else Path(options.tritonserver).resolve().parents[1] / "backends"
+        if options.tritonserver is None:
+            root = tools.backends_dir()
+        else:
+            root = Path(options.tritonserver).resolve().parents[1] / "backends"
     except (tools.ToolMissing, IndexError, OSError):
         return None
     if not root.is_dir():
@@ -185,7 +189,6 @@ class _Run:
         self.progress = progress
         self.server = None
         self.dead: str | None = None
-        self.reports: list[ModelReport] = []
 
     def say(self, msg: str) -> None:
         log.info("%s", msg)
@@ -253,46 +256,22 @@ class _Run:
                    ", ".join(backends) or "none")))
         checks: list[CheckResult] = []
         if isinstance(self.server, TritonServer):
-            t0 = time.monotonic()
-            self.say("%s: loading" % item.name)
-            try:
-                self.server.load_model(item.name, timeout_s=self.options.startup_timeout_s)
-            except ServerError as exc:
-                message = str(exc)
-                if _NO_BACKEND.search(message):
-                    return ModelReport(item.name, item.backend, skipped="the server cannot load %s backend models: %s"
-                                       % (item.backend, message.splitlines()[0]))
-                checks.append(CheckResult("load", FAIL, message, time.monotonic() - t0))
-                self.check_alive("the load of %s" % item.name)
+            load = self._load(item)
+            if isinstance(load, ModelReport):
+                return load
+            checks.append(load)
+            if load.status == FAIL:
                 return ModelReport(item.name, item.backend, tuple(checks))
-            checks.append(CheckResult("load", PASS, "loaded in %.1f s" % (time.monotonic() - t0),
-                                      time.monotonic() - t0))
+        rows, unstable, hist = (), (), {}
         endpoint = Endpoint(self.server.http_url, self.server.grpc_url, self.options.request_timeout_s)
-        report = ModelReport(item.name, item.backend)
         with Session(endpoint) as session:
-            for name, fn in ck.CHECKS:
-                if self.dead:
-                    break
-                if checks and checks[-1].name == "ready" and checks[-1].status == FAIL:
-                    checks.append(CheckResult(name, SKIP, "model not ready"))
-                    continue
-                if name == "dynamic_batching":
-                    fn = lambda t, s: ck.check_dynamic_batching(t, s, in_flight=self.options.batching_in_flight)  # noqa: E731
-                self.say("%s: %s" % (item.name, name.replace("_", " ")))
-                result = ck.run_check(name, fn, target, session)
-                if name == "ready" and result.status == FAIL:
-                    result = CheckResult(name, FAIL, result.detail + self._index_reason(item.name), result.seconds)
-                checks.append(result)
-                if result.status == FAIL and not self.check_alive("check %r of %s" % (name, item.name)):
-                    break
+            checks += self._checks(target, session)
             ready = any(c.name == "ready" and c.status == PASS for c in checks)
             if self.options.perf and ready and not self.dead:
                 perf_check, rows, unstable = self.perf(target)
                 checks.append(perf_check)
-                report = ModelReport(item.name, item.backend, perf=rows, perf_unstable=unstable)
                 if perf_check.status == FAIL:
                     self.check_alive("perf_analyzer on %s" % item.name)
-            hist = {}
             if ready and not self.dead:
                 try:
                     hist = ck.batch_histogram(ck.model_stats(session, item.name))
@@ -305,7 +284,43 @@ class _Run:
                 self.server.unload_model(item.name, timeout_s=self.options.startup_timeout_s)
             except ServerError as exc:
                 log.warning("unloading %s failed: %s", item.name, exc)
-        return ModelReport(item.name, item.backend, tuple(checks), report.perf, report.perf_unstable, hist)
+        return ModelReport(item.name, item.backend, tuple(checks), tuple(rows), tuple(unstable), hist)
+
+    def _load(self, item: Planned) -> CheckResult | ModelReport:
+        """The load as a check, or a skipped report when the server lacks the model's backend."""
+        t0 = time.monotonic()
+        self.say("%s: loading" % item.name)
+        try:
+            self.server.load_model(item.name, timeout_s=self.options.startup_timeout_s)
+        except ServerError as exc:
+            message = str(exc)
+            if _NO_BACKEND.search(message):
+                return ModelReport(item.name, item.backend, skipped="the server cannot load %s backend models: %s"
+                                   % (item.backend, message.splitlines()[0]))
+            self.check_alive("the load of %s" % item.name)
+            return CheckResult("load", FAIL, message, time.monotonic() - t0)
+        return CheckResult("load", PASS, "loaded in %.1f s" % (time.monotonic() - t0), time.monotonic() - t0)
+
+    def _checks(self, target: ModelTarget, session: Session) -> list[CheckResult]:
+        """ck.CHECKS in order; after a failed readiness the rest are skipped, after a death none run."""
+        results: list[CheckResult] = []
+        for name, fn in ck.CHECKS:
+            if self.dead:
+                break
+            if results and results[0].status == FAIL:
+                results.append(CheckResult(name, SKIP, "model not ready"))
+                continue
+            if name == "dynamic_batching":
+                in_flight = self.options.batching_in_flight
+                fn = lambda t, s: ck.check_dynamic_batching(t, s, in_flight=in_flight)  # noqa: E731
+            self.say("%s: %s" % (target.name, name.replace("_", " ")))
+            result = ck.run_check(name, fn, target, session)
+            if name == "ready" and result.status == FAIL:
+                result = CheckResult(name, FAIL, result.detail + self._index_reason(target.name), result.seconds)
+            results.append(result)
+            if result.status == FAIL and not self.check_alive("check %r of %s" % (name, target.name)):
+                break
+        return results
 
     def _index_reason(self, name: str) -> str:
         try:
@@ -314,7 +329,9 @@ class _Run:
             return ""
         if entry is None:
             return " (the server's repository has no model %r)" % name
-        return " (state %s%s)" % (entry.get("state"), ": %s" % entry["reason"] if entry.get("reason") else "")
+        if not entry.get("state"):
+            return " (state: never loaded; load it on that server first)"
+        return " (state %s%s)" % (entry["state"], ": %s" % entry["reason"] if entry.get("reason") else "")
 
     def perf(self, target: ModelTarget) -> tuple[CheckResult, tuple, tuple[int, ...]]:
         t0 = time.monotonic()
@@ -322,7 +339,8 @@ class _Run:
         if not self.server.grpc_url:
             return CheckResult("perf", SKIP, "no gRPC endpoint"), (), ()
         if tools.find_perf_analyzer() is None:
-            return CheckResult("perf", SKIP, "perf_analyzer not found (python -m aitune_triton.triton.tools install)"), (), ()
+            why = "perf_analyzer not found (python -m aitune_triton.triton.tools install)"
+            return CheckResult("perf", SKIP, why), (), ()
         self.say("%s: perf_analyzer at concurrency %s" % (target.name, ", ".join(map(str, opts.concurrency))))
         with tempfile.TemporaryDirectory(prefix="aitune-perf-") as tmp:
             workdir = Path(opts.report_dir) / "perf" if opts.report_dir else Path(tmp)
@@ -342,18 +360,23 @@ class _Run:
                                "request count or stability percentage\n%s" % (unstable, result.stdout_tail[-1500:]),
                                time.monotonic() - t0), (), result.unstable
         best = result.best()
-        detail = "%d points, best %.1f infer/s at concurrency %d (p99 %.2f ms)%s" % (
+        detail = "%d point(s), best %.1f infer/s at concurrency %d (p99 %.2f ms)%s" % (
             len(result.rows), best.throughput, best.concurrency, best.p99_ms, unstable)
         return CheckResult("perf", PASS, detail, time.monotonic() - t0), result.rows, result.unstable
 
 
 def perf_options(target: ModelTarget, options: ValidateOptions, workdir: Path) -> PerfOptions:
     """perf_analyzer over gRPC with the reference inputs (one batch item per case) as --input-data
-    and --shape for every dynamic dim. BF16 inputs get random data: perf_analyzer's JSON has no bf16."""
+    and --shape for every dynamic dim. perf_analyzer refuses entries whose shape differs from
+    --shape, and the batcher would not merge them anyway, so only cases of the first case's shapes
+    are used. BF16 inputs get random data: perf_analyzer's JSON has no bf16."""
     samples = []
-    for case in target.reference[:16]:
-        samples.append(ck.request_arrays(target, case.inputs, 0, 1) if target.batching
-                       else ck.request_arrays(target, case.inputs))
+    for case in target.reference:
+        sample = ck.request_arrays(target, case.inputs, 0, 1)  # (a non-batching case is taken whole)
+        shapes = {n: np.asarray(a).shape for n, a in sample.items()}
+        if not samples or shapes == {n: np.asarray(a).shape for n, a in samples[0].items()}:
+            samples.append(sample)
+    samples = samples[:16]
     shapes = {}
     for name, tensor in target.inputs.items():
         if samples and any(d < 0 for d in tensor.dims):
@@ -367,6 +390,20 @@ def perf_options(target: ModelTarget, options: ValidateOptions, workdir: Path) -
                        measurement_request_count=options.perf_request_count,
                        stability_percentage=options.perf_stability_pct, max_trials=options.perf_max_trials,
                        shapes=shapes, input_data=data)
+
+
+def _server_unusable(run: _Run, planned: list[Planned], exc: Exception) -> tuple[ServerInfo, list[ModelReport]]:
+    """The server never came up: every model that needed it fails; skips stay skips."""
+    server = run.server
+    info = ServerInfo("url" if run.options.url else "embedded",
+                      server.http_url if isinstance(server, RemoteServer) else None,
+                      log_path=str(server.log_path) if isinstance(server, TritonServer) else None,
+                      error="the server could not be used: %s" % exc)
+    run.say(info.error.splitlines()[0])
+    reports = [run.validate(p, None) if p.model_dir is None else
+               ModelReport(p.name, p.backend, (CheckResult("server", FAIL, "not validated: the server could not be "
+                                                           "used"),)) for p in planned]
+    return info, reports
 
 
 def validate_repository(repo: Path, options: ValidateOptions = ValidateOptions(),
@@ -386,14 +423,8 @@ def validate_repository(repo: Path, options: ValidateOptions = ValidateOptions()
     try:
         try:
             info = run.start()
-        except ServerError as exc:
-            server = run.server
-            info = ServerInfo("url" if options.url else "embedded", getattr(server, "http_url", None) if options.url
-                              else None, None, log_path=str(server.log_path) if isinstance(server, TritonServer) else None,
-                              error="the server could not be used: %s" % exc)
-            reports = [ModelReport(p.name, p.backend, (CheckResult("server", FAIL, "not validated: the server could "
-                                                                   "not be used"),)) if p.model_dir else
-                       run.validate(p, None) for p in planned]
+        except (ServerError, tools.ToolMissing, OSError) as exc:
+            info, reports = _server_unusable(run, planned, exc)
         else:
             for item in planned:
                 if run.dead and item.model_dir:

@@ -7,6 +7,7 @@ re-rendered from an old ``report.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -72,7 +73,7 @@ class ModelReport:
     def to_dict(self) -> dict:
         return {"name": self.name, "backend": self.backend, "status": self.status, "skipped": self.skipped,
                 "checks": [c.to_dict() for c in self.checks],
-                "perf": [row.__dict__ for row in self.perf], "perf_unstable": list(self.perf_unstable),
+                "perf": [dataclasses.asdict(row) for row in self.perf], "perf_unstable": list(self.perf_unstable),
                 "batch_histogram": {str(k): v for k, v in sorted(self.batch_histogram.items())}}
 
     @classmethod
@@ -94,8 +95,11 @@ class ValidationReport:
 
     @property
     def counts(self) -> dict[str, int]:
+        """Checks per status; a model skipped as a whole counts as one skip."""
         counts = {PASS: 0, FAIL: 0, SKIP: 0}
         for model in self.models:
+            if model.skipped and not model.checks:
+                counts[SKIP] += 1
             for c in model.checks:
                 counts[c.status] = counts.get(c.status, 0) + 1
         return counts

@@ -173,7 +173,7 @@ def wire(t: TensorSpec, value: torch.Tensor) -> np.ndarray:
 
 def from_wire(arr: np.ndarray) -> torch.Tensor:
     if arr.dtype == ml_dtypes.bfloat16:
-        return torch.from_numpy(np.ascontiguousarray(arr).view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(np.array(arr).view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(np.array(arr))
 
 

@@ -1,0 +1,103 @@
+"""Stage-2 tuning on the real embedded tritonserver 2.51 with real perf_analyzer: a tiny grid
+(2 instance counts x 2 queue delays at concurrency 4) over the generated CPU example."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aitune_triton.triton import tools
+from aitune_triton.triton.manifest import Manifest, load_reference
+from aitune_triton.triton.perf import PerfOptions
+from aitune_triton.triton.render import check_config, parse_config
+from aitune_triton.tune.search import TuneOptions, current_variant, tune_model
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cnn" / "model.py"
+
+# short windows and a loose band: the test checks the mechanics, not the figures
+FAST_PERF = PerfOptions(measurement_mode="time_windows", measurement_interval_ms=500, stability_percentage=50,
+                        max_trials=4, timeout_s=90)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    from aitune_triton.api import generate
+
+    out = tmp_path_factory.mktemp("tune") / "repo"
+    generate(EXAMPLE, out, overrides={"fallback_format": "export", "backends": ("python",)})
+    return out
+
+
+def infer(server, model: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        tensors = []
+        for name, value in inputs.items():
+            t = grpcclient.InferInput(name, list(value.shape), "FP32")
+            t.set_data_from_numpy(value)
+            tensors.append(t)
+        return client.infer(model, tensors).as_numpy("output_0")
+    finally:
+        client.close()
+
+
+@pytest.mark.live
+def test_tune_writes_the_measured_best_and_it_loads(triton_server_factory, repo, tmp_path):
+    if tools.find_perf_analyzer() is None:
+        pytest.skip("perf_analyzer not installed")
+    model_dir = repo / "cnn"
+    original = (model_dir / "config.pbtxt").read_text()
+    history_before = Manifest.load(model_dir).history
+    server = triton_server_factory(repo)
+    t0 = time.monotonic()
+    options = TuneOptions(instances=(1, 2), delays_us=(0, 500), concurrency=(4,), brute=True, perf=FAST_PERF,
+                          report_dir=tmp_path / "report")
+    result = tune_model(repo, "cnn", server, options)
+    elapsed = time.monotonic() - t0
+
+    assert result.grid_size == 4 and result.measured == 4 and result.loads == 4
+    assert result.written and result.chosen is not None, result.to_dict()
+    # the chosen point is the best feasible measurement
+    ok = [m for m in result.measurements if m.ok]
+    assert result.chosen.throughput == max(m.throughput for m in ok)
+    # the written config is valid, says what was chosen, and is what the server now runs
+    text = (model_dir / "config.pbtxt").read_text()
+    cfg = parse_config(text)
+    check_config(cfg)
+    assert current_variant(cfg) == result.chosen.point.variant
+    assert text.startswith("# Tuned by aitune-triton")
+    assert server.model_ready("cnn")
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        served = client.get_model_config("cnn")
+    finally:
+        client.close()
+    assert served["instance_group"][0]["count"] == result.chosen.point.variant.instances
+    assert served["dynamic_batching"].get("max_queue_delay_microseconds", 0) == result.chosen.point.variant.delay_us
+    assert served["max_batch_size"] == Manifest.load(model_dir).max_batch_size
+    # the tuned model still computes what eager computed
+    case = load_reference(model_dir / "reference.npz")[1]
+    got = infer(server, "cnn", case.inputs)
+    np.testing.assert_allclose(got, case.outputs["output_0"], atol=1e-4, rtol=1e-3)
+    # the previous config is kept twice: as .bak and in the manifest history
+    assert (model_dir / "config.pbtxt.bak").read_text() == original
+    manifest = Manifest.load(model_dir)
+    assert len(manifest.history) == len(history_before) + 1
+    entry = manifest.history[-1]
+    assert entry["event"] == "tune" and entry["previous_config"] == original
+    assert entry["chosen"]["instances"] == result.chosen.point.variant.instances
+    assert manifest.tuning["chosen"] == result.chosen.to_dict()
+    assert manifest.tuning["grid_size"] == 4 and manifest.tuning["config_path"] == "config.pbtxt"
+    report = json.loads((tmp_path / "report" / "tune_report.json").read_text())
+    assert report["measured"] == 4 and len(report["measurements"]) == 4
+    assert (tmp_path / "report" / "tune_variants.png").stat().st_size > 10_000
+    assert "**chosen**" in (tmp_path / "report" / "tune_report.md").read_text()
+    print("tune live: %.1f s for 4 variants, chosen %s" % (elapsed, result.chosen.point.label()))

@@ -1,0 +1,68 @@
+"""The examples and the committed model_repository/: every example generates, the README's
+model.py example works as written, and the committed repository never drifts from the code."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from aitune_triton.api import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT / "model_repository"
+# fields that legitimately vary between machines and runs
+VOLATILE = {("versions",), ("artifact", "max_errors"), ("tensorrt", "onnx_check"), ("tensorrt", "reason")}
+
+
+def _normalise_manifest(d: dict) -> dict:
+    d = json.loads(json.dumps(d))
+    for path in VOLATILE:
+        node = d
+        for key in path[:-1]:
+            node = node.get(key, {})
+        node.pop(path[-1], None)
+    return d
+
+
+def _text(path: Path, repo: Path) -> str:
+    return path.read_text().replace(str(repo), "REPO").replace("model_repository", "REPO")
+
+
+def test_committed_repository_matches_the_code(tmp_path):
+    out = tmp_path / "model_repository"
+    generate(ROOT / "examples" / "cnn" / "model.py", out)
+    committed = sorted(p.relative_to(COMMITTED) for p in COMMITTED.rglob("*") if p.is_file())
+    fresh = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert committed == fresh
+    for rel in fresh:
+        if rel.suffix in (".pbtxt", ".sh", ".py"):
+            assert _text(COMMITTED / rel, COMMITTED) == _text(out / rel, out), "%s drifted; run `make demo`" % rel
+        elif rel.name == "manifest.json":
+            a = _normalise_manifest(json.loads((COMMITTED / rel).read_text()))
+            b = _normalise_manifest(json.loads((out / rel).read_text()))
+            assert json.loads(_text_json(a)) == json.loads(_text_json(b)), "%s drifted" % rel
+
+
+def _text_json(d: dict) -> str:
+    return re.sub(r'"[^"]*model_repository', '"REPO', json.dumps(d, sort_keys=True))
+
+
+@pytest.mark.parametrize("example", ["encoder", "multi_io", "custom_profiles"])
+def test_examples_generate(tmp_path, example):
+    result = generate(ROOT / "examples" / example / "model.py", tmp_path / "repo",
+                      {"fallback_format": "export"})
+    ready = [m for m in result.models if m.status == "ready"]
+    assert ready and all((m.path / "config.pbtxt").exists() for m in ready)
+
+
+def test_readme_model_example_generates(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## Your model.py\n\n```python\n(.*?)```", readme, re.S).group(1)
+    model_py = tmp_path / "readme_model" / "model.py"
+    model_py.parent.mkdir()
+    model_py.write_text(block)
+    result = generate(model_py, tmp_path / "repo", {"fallback_format": "export"})
+    names = {m.name: m for m in result.models}
+    assert names["classifier"].status == "ready" and names["classifier_trt"].status == "pending"
+    config = (tmp_path / "repo" / "classifier" / "config.pbtxt").read_text()
+    assert "max_batch_size: 16" in config and "count: 2" in config

@@ -1,0 +1,246 @@
+"""Stage-2 search logic as pure functions over a measured-cost table (no server): the quick
+search against brute force on synthetic grids, constraints, configs and reports."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from aitune_triton.errors import UserError
+from aitune_triton.tensorrt.profiles import ProfileSet, TensorRTProfile
+from aitune_triton.triton.render import check_config, parse_config
+from aitune_triton.tune.search import (
+    Measurement,
+    Objective,
+    Point,
+    SearchSpace,
+    TuneOptions,
+    TuneResult,
+    Variant,
+    apply_variant,
+    brute_force,
+    build_space,
+    config_text,
+    current_variant,
+    hill_climb,
+    to_markdown,
+    write_reports,
+)
+
+SPACE = SearchSpace(instances=(1, 2, 4), delays_us=(0, 100, 250, 500, 1000, 2000, 4000),
+                    concurrency=(1, 2, 4, 8, 16, 32, 64))
+
+
+def synthetic(point: Point, noise: float = 0.0) -> Measurement:
+    """A plausible 2-core CPU: 2 instances best, batching pays most around 1 ms delay,
+    throughput saturates with concurrency while p99 keeps growing (Little's law)."""
+    v, c = point.variant, point.concurrency
+    capacity = {1: 800.0, 2: 1100.0, 4: 950.0}[v.instances]
+    batching = 1.0 + 0.6 * (1.0 - abs(min(v.delay_us, 4000) - 1000) / 4000.0) * c / (c + 8)
+    thr = capacity * batching * c / (c + 3.0)
+    if noise:
+        digest = hashlib.sha256(repr(point).encode()).digest()
+        thr *= 1.0 + noise * (digest[0] / 127.5 - 1.0)
+    p99 = 2.5 * c / thr * 1000.0 + v.delay_us / 1000.0
+    return Measurement(point, thr, p99 / 2.5, p99 / 1.3, p99)
+
+
+class Table:
+    """The measured-cost table: counts how many distinct points the search asked for."""
+
+    def __init__(self, noise: float = 0.0, fail: set | None = None):
+        self.noise, self.fail, self.asked = noise, fail or set(), []
+
+    def __call__(self, point: Point) -> Measurement:
+        self.asked.append(point)
+        if point in self.fail:
+            return Measurement(point, status="failed", detail="load: boom")
+        return synthetic(point, self.noise)
+
+
+@pytest.mark.parametrize("objective", [
+    Objective("max-throughput"),
+    Objective("max-throughput", budget_ms=20.0),
+    Objective("max-throughput", budget_ms=12.0),
+    Objective("min-latency", min_throughput=900.0),
+    Objective("min-latency", min_throughput=1500.0),
+])
+def test_hill_climb_finds_the_brute_force_best(objective):
+    brute = objective.best(brute_force(SPACE, synthetic))
+    table = Table()
+    quick = hill_climb(SPACE, table, objective, min_gain=0.0)
+    best = objective.best(quick)
+    assert best is not None and brute is not None
+    assert objective.feasible(best)
+    if objective.kind == "max-throughput":
+        assert best.throughput >= 0.97 * brute.throughput
+    else:
+        assert best.p99_ms <= brute.p99_ms / 0.97
+    assert len(table.asked) == len(set(table.asked)) == len(quick)  # each point measured once
+    assert len(quick) <= 0.15 * SPACE.size, len(quick)
+
+
+def test_constraints_are_respected_and_drive_the_choice():
+    free = Objective("max-throughput").best(brute_force(SPACE, synthetic))
+    tight = Objective("max-throughput", budget_ms=12.0)
+    best = tight.best(hill_climb(SPACE, Table(), tight))
+    assert best.p99_ms <= 12.0 < free.p99_ms
+    assert best.point.concurrency < free.point.concurrency
+    floor = Objective("min-latency", min_throughput=1500.0)
+    best = floor.best(hill_climb(SPACE, Table(), floor))
+    assert best.throughput >= 1500.0
+    # nothing can meet an impossible constraint: no best, even though points were measured
+    impossible = Objective("max-throughput", budget_ms=0.01)
+    measured = hill_climb(SPACE, Table(), impossible)
+    assert measured and impossible.best(measured) is None
+
+
+def test_quick_search_under_noise_stays_close_and_cheap():
+    objective = Objective("max-throughput", budget_ms=25.0)
+    brute = objective.best(brute_force(SPACE, lambda p: synthetic(p, noise=0.04)))
+    for start in (None, Point(Variant(1, 0), 1), Point(Variant(4, 4000), 64)):
+        table = Table(noise=0.04)
+        best = objective.best(hill_climb(SPACE, table, objective, start=start))
+        assert best.throughput >= 0.90 * brute.throughput, (start, best, brute)
+        assert len(table.asked) <= 0.2 * SPACE.size
+
+
+def test_infeasible_start_walks_to_feasibility():
+    objective = Objective("max-throughput", budget_ms=10.0)
+    start = Point(Variant(1, 4000), 64)
+    assert not objective.feasible(synthetic(start))
+    best = objective.best(hill_climb(SPACE, Table(), objective, start=start))
+    assert best is not None and best.p99_ms <= 10.0
+
+
+def test_failed_points_are_never_chosen_and_budget_caps_measurements():
+    objective = Objective("max-throughput")
+    winner = objective.best(brute_force(SPACE, synthetic))
+    table = Table(fail={winner.point})
+    measured = brute_force(SPACE, table)
+    best = objective.best(measured)
+    assert best.point != winner.point and best.ok
+    capped = Table()
+    assert len(hill_climb(SPACE, capped, objective, max_measurements=5)) == 5 == len(capped.asked)
+
+
+def test_objective_order():
+    o = Objective("max-throughput", budget_ms=10.0)
+    p = Point(Variant(1, 0), 1)
+    fast_late = Measurement(p, 1000, 5, 8, 12)
+    slow_ok = Measurement(p, 500, 2, 4, 6)
+    assert o.better(slow_ok, fast_late) and not o.better(fast_late, slow_ok)
+    assert o.better(Measurement(p, 515, 2, 4, 6), slow_ok) and not o.better(Measurement(p, 515, 2, 4, 6), slow_ok, 0.05)
+    failed = Measurement(p, status="unstable")
+    assert o.better(slow_ok, failed) and not o.better(failed, slow_ok) and not o.feasible(failed)
+    with pytest.raises(UserError):
+        Objective("fastest")
+    with pytest.raises(UserError):
+        Objective("max-throughput", budget_ms=0)
+
+
+def test_space_validation_and_order():
+    space = SearchSpace((1, 2), (0, 500), (4, 8))
+    assert space.size == 8 and len(space.points()) == 8
+    assert [p.variant for p in space.points()[:2]] == [Variant(1, 0)] * 2  # variant-major: one reload per variant
+    assert space.shift(Point(Variant(1, 0), 4), "concurrency", -1) is None
+    assert space.snap("delay_us", 400) == 500 and space.snap("instances", 3) in (2,)
+    with pytest.raises(UserError):
+        SearchSpace((1, 1), (0,), (1,))
+
+
+# ---------------------------------------------------------------- configs
+
+PY_CONFIG = """
+name: "m"
+backend: "python"
+max_batch_size: 16
+input { name: "x" data_type: TYPE_FP32 dims: [ 4 ] }
+output { name: "y" data_type: TYPE_FP32 dims: [ 4 ] }
+instance_group { count: 1 kind: KIND_CPU }
+dynamic_batching { max_queue_delay_microseconds: 500 }
+model_warmup { name: "b16" batch_size: 16 inputs { key: "x" value { data_type: TYPE_FP32 dims: [ 4 ] zero_data: true } } }
+"""
+
+TRT_CONFIG = """
+name: "m_trt"
+platform: "tensorrt_plan"
+max_batch_size: 16
+input { name: "x" data_type: TYPE_FP32 dims: [ 4 ] }
+output { name: "y" data_type: TYPE_FP32 dims: [ 4 ] }
+instance_group { count: 1 kind: KIND_GPU profile: [ "0", "1" ] }
+dynamic_batching { max_queue_delay_microseconds: 100 }
+"""
+
+
+def profiles(*opts: int) -> ProfileSet:
+    return ProfileSet(tuple(TensorRTProfile().add_input_shape("x", (1, 4), (o, 4), (16, 4)) for o in opts),
+                      "samples_used", 16)
+
+
+def manifest(backend: str, profile_set: ProfileSet, max_batch: int = 16):
+    # build_space reads only these fields of a Manifest
+    return SimpleNamespace(backend=backend, profiles=profile_set, max_batch_size=max_batch)
+
+
+def test_apply_variant_clamps_to_the_plan_and_stays_valid():
+    base = parse_config(PY_CONFIG)
+    cfg = apply_variant(base, Variant(2, 2000), max_batch_size=8)
+    assert cfg.max_batch_size == 8 and cfg.model_warmup[0].batch_size == 8
+    assert cfg.instance_group[0].count == 2 and cfg.dynamic_batching.max_queue_delay_microseconds == 2000
+    check_config(cfg)
+    assert base.max_batch_size == 16 and base.instance_group[0].count == 1  # the base is not modified
+    assert current_variant(cfg) == Variant(2, 2000)
+    text = config_text(apply_variant(base, Variant(1, 0), 16), "tuned\nby a test")
+    assert text.startswith("# tuned\n# by a test\n") and "max_queue_delay_microseconds: 0" in text
+    assert parse_config(text) == apply_variant(base, Variant(1, 0), 16)
+
+
+def test_build_space_preferred_only_for_multi_profile_plans(monkeypatch):
+    opts = TuneOptions(instances=(1, 2, 4, 8), delays_us=(0, 500), concurrency=(2, 8))
+    monkeypatch.setattr("aitune_triton.tune.search.usable_cores", lambda: 2)
+    py = build_space(parse_config(PY_CONFIG), manifest("python", profiles(8)), opts)
+    assert py.instances == (1, 2)  # CPU instances bounded by the cores
+    assert py.preferred == ((),)
+    trt_cfg = parse_config(TRT_CONFIG)
+    trt = build_space(trt_cfg, manifest("tensorrt", profiles(4, 12)), opts)
+    assert trt.instances == (1, 2, 4, 8)  # GPU instances are not bounded by CPU cores
+    assert trt.preferred == ((), (4, 12))
+    for variant in trt.variants():
+        check_config(apply_variant(trt_cfg, variant, 16), num_profiles=2)
+    single = build_space(trt_cfg, manifest("tensorrt", profiles(4)), opts)
+    assert single.preferred == ((),)
+    no_batch = parse_config(PY_CONFIG.replace("max_batch_size: 16", "max_batch_size: 0")
+                            .replace("dynamic_batching { max_queue_delay_microseconds: 500 }", "")
+                            .replace("batch_size: 16", "batch_size: 1"))
+    assert build_space(no_batch, manifest("python", profiles(1), 0), opts).delays_us == (None,)
+
+
+def test_tune_options_validation():
+    assert TuneOptions(instances=[1, 2]).instances == (1, 2)
+    with pytest.raises(UserError):
+        TuneOptions(objective="fastest")
+    with pytest.raises(UserError):
+        TuneOptions(delays_us=(-1,))
+
+
+def test_reports_from_a_synthetic_result(tmp_path):
+    objective = Objective("max-throughput", budget_ms=20.0)
+    space = SearchSpace((1, 2), (0, 500, 2000), (2, 8, 32))
+    measured = hill_climb(space, Table(), objective)
+    measured.append(Measurement(Point(Variant(2, 2000), 2), status="unstable", detail="no\nstable measurement"))
+    chosen = objective.best(measured)
+    result = TuneResult("m", objective, space, "quick", tuple(measured), chosen, None, Variant(1, 500), 3,
+                        True, "best", 12.0, tmp_path / "config.pbtxt")
+    paths = write_reports(result, tmp_path / "report")
+    assert set(paths) == {"json", "markdown", "plot"}
+    data = json.loads(paths["json"].read_text())
+    assert data["grid_size"] == 18 and data["measured"] == len(measured) and data["chosen"] == chosen.to_dict()
+    md = to_markdown(result)
+    assert "**chosen**" in md and "unstable: stable measurement" in md
+    assert "%d of 18 grid points" % len(measured) in md
+    assert paths["plot"].read_bytes()[:4] == b"\x89PNG" and os.path.getsize(paths["plot"]) > 10_000
