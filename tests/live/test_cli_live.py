@@ -1,0 +1,85 @@
+"""The CLI end to end as a user runs it: generate, validate, serve, build-plan without TensorRT."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.live
+ROOT = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "aitune_triton.cli"]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "model_repository"
+    proc = subprocess.run(CLI + ["generate", str(ROOT / "examples" / "multi_io" / "model.py"), "--out", str(out),
+                                "--fallback-format", "export"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "multi_io (python, ready)" in proc.stderr
+    # the no-TensorRT path says what happened and what to do, in two lines
+    assert re.search(r"TensorRT is not installed here: .* staged in .*multi_io/tensorrt", proc.stderr)
+    assert "aitune-triton build-plan" in proc.stderr
+    return out
+
+
+def test_no_tensorrt_repository_layout(repo):
+    home = repo / "multi_io"
+    for rel in ("config.pbtxt", "1/model.py", "manifest.json", "reference.npz", "tensorrt/model.onnx",
+                "tensorrt/config.pbtxt", "tensorrt/build_plan.sh"):
+        assert (home / rel).exists(), rel
+    assert not (repo / "multi_io_trt").exists()
+    manifest = json.loads((home / "manifest.json").read_text())
+    assert manifest["tensorrt"]["status"] == "pending"
+    assert 'platform: "tensorrt_plan"' in (home / "tensorrt" / "config.pbtxt").read_text()
+    assert subprocess.run(["bash", "-n", str(home / "tensorrt" / "build_plan.sh")]).returncode == 0
+
+
+def test_build_plan_without_tensorrt_is_a_clear_usage_error(repo):
+    proc = subprocess.run(CLI + ["build-plan", str(repo)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "TensorRT is not available here" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (repo / "multi_io_trt").exists()
+
+
+def test_validate_passes_and_skips_the_pending_plan(repo, tmp_path):
+    report = tmp_path / "report"
+    proc = subprocess.run(CLI + ["validate", str(repo), "--no-perf", "--report", str(report)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads((report / "report.json").read_text())
+    status = {m["name"]: m for m in data["models"]}
+    assert all(c["status"] in ("pass", "skip") for c in status["multi_io"]["checks"])
+    assert any(c["name"] == "accuracy_grpc" and c["status"] == "pass" for c in status["multi_io"]["checks"])
+    assert status["multi_io_trt"]["skipped"]
+
+
+def test_serve_foreground_and_ctrl_c(repo):
+    from aitune_triton.triton.server import free_ports
+
+    http, grpc, metrics = free_ports(3)
+    proc = subprocess.Popen(CLI + ["serve", str(repo), "--http-port", str(http), "--grpc-port", str(grpc),
+                                   "--metrics-port", str(metrics)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        ready = False
+        while time.time() < deadline and not ready:
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:%d/v2/models/multi_io/ready" % http, timeout=2) as r:
+                    ready = r.status == 200
+            except OSError:
+                time.sleep(0.5)
+        assert ready, "serve did not make the model ready"
+        with urllib.request.urlopen("http://127.0.0.1:%d/v2/models/multi_io/config" % http, timeout=5) as r:
+            assert json.loads(r.read())["max_batch_size"] == 8
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert "curl" in out and "Ctrl-C" in out
+    assert proc.returncode == 0
