@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import shlex
+from pathlib import Path
 
 import jinja2
 
@@ -35,7 +36,10 @@ def pyrepr(value: object) -> str:
 
 @functools.lru_cache(maxsize=1)
 def template_env() -> jinja2.Environment:
-    root = importlib.resources.files("aitune_triton.templates")
+    try:
+        root = importlib.resources.files("aitune_triton.templates")
+    except ModuleNotFoundError:  # a source checkout on PYTHONPATH: templates/ beside the package
+        root = Path(__file__).resolve().parents[1] / "templates"
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(root)),
         undefined=jinja2.StrictUndefined,

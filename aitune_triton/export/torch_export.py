@@ -492,7 +492,9 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
     """Write the best fallback artifact that matches eager into ``version_dir`` and describe it.
 
     ``preferred`` forces one format ("aoti", "export", "eager"); "auto" tries them best first.
-    Raises ModelError when no candidate (or the forced one) passes, with every reason.
+    ``timeout_s`` bounds each child process (the compile, each check). ``tolerance`` overrides the
+    float tolerances of ``tolerance_for``. Raises ModelError when no candidate (or the forced one)
+    passes, with every reason.
     """
     if preferred not in ("auto",) + FORMATS:
         raise UserError("fallback format must be one of auto, %s; got %r" % (", ".join(FORMATS), preferred))
@@ -517,7 +519,7 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
         torch.save({"labels": [c[0] for c in cases], "inputs": [{k: v.cpu() for k, v in c[1].items()} for c in cases],
                     "outputs": [{k: v.cpu() for k, v in c[2].items()} for c in cases]}, cases_path)
         job = _Job(spec, cases_path, version_dir, work, device, tolerance, timeout_s)
-        program = ranges = export_error = None
+        ranges = export_error = None
         if {"aoti", "export"} & set(wanted):
             try:
                 program, ranges = export_program(model, spec, samples, profiles, device)

@@ -238,11 +238,15 @@ def brute_force(space: SearchSpace, measure: Measure) -> list[Measurement]:
 
 
 def hill_climb(space: SearchSpace, measure: Measure, objective: Objective, start: Point | None = None,
-               min_gain: float = 0.03, max_measurements: int | None = None) -> list[Measurement]:
+               min_gain: float = 0.03, max_measurements: int | None = None,
+               lookahead: tuple[str, ...] = ("concurrency",)) -> list[Measurement]:
     """Coordinate descent with line search and early stop; returns every measurement made.
 
     A neighbour replaces the current point only when it is better by ``min_gain``: on a noisy
-    machine smaller "wins" are mostly noise and chasing them costs reloads.
+    machine smaller "wins" are mostly noise and chasing them costs reloads. Along ``lookahead``
+    dimensions (concurrency: no reload) a flat or unmeasurable neighbour does not end the walk
+    at once: the point one step further is tried too, because throughput over concurrency rises
+    in steps (the batcher forms larger batches only past some queue depth).
     """
     cache: dict[Point, Measurement] = {}
 
@@ -256,6 +260,18 @@ def hill_climb(space: SearchSpace, measure: Measure, objective: Objective, start
             cache[p] = measure(p)
         return cache[p]
 
+    def advance(current: Point, best: Measurement, dim: str, step: int) -> Point | None:
+        nb = space.shift(current, dim, step)
+        if nb is None:
+            return None
+        if objective.better(m(nb), best, min_gain):
+            return nb
+        if dim in lookahead and (not m(nb).ok or objective.feasible(m(nb))):
+            far = space.shift(nb, dim, step)
+            if far is not None and objective.better(m(far), best, min_gain):
+                return far
+        return None
+
     dims = [d for d in DIMENSIONS if len(space.values(d)) > 1]
     current = start or Point(Variant(space.instances[0], space.delays_us[len(space.delays_us) // 2],
                                      space.preferred[0]), space.concurrency[len(space.concurrency) // 2])
@@ -268,13 +284,12 @@ def hill_climb(space: SearchSpace, measure: Measure, objective: Objective, start
             i += 1
             moved = False
             for step in (direction[dim], -direction[dim]):
-                nb = space.shift(current, dim, step)
-                if nb is None or not objective.better(m(nb), best, min_gain):
-                    continue
-                current, best, moved, direction[dim] = nb, m(nb), True, step
-                while (nb := space.shift(current, dim, step)) is not None and objective.better(m(nb), best, min_gain):
-                    current, best = nb, m(nb)
-                break
+                nxt = advance(current, best, dim, step)
+                while nxt is not None:
+                    current, best, moved, direction[dim] = nxt, m(nxt), True, step
+                    nxt = advance(current, best, dim, step)
+                if moved:
+                    break
             stale = 0 if moved else stale + 1
     except Budget:
         log.info("search stopped at the measurement budget (%d)", max_measurements)

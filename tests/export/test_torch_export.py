@@ -237,6 +237,28 @@ def test_data_dependent_model_falls_back_to_eager(tmp_path, monkeypatch):
     assert torch.equal(torch.cat([r.outputs["output_0"] for r in model.execute(feeds)]), src.model(both))
 
 
+def test_real_specialisation_is_not_deferred_to_a_runtime_assert(tmp_path):
+    """A guard torch.export cannot prove is retried as a runtime assert (CUDA attention emits
+    "min(s, 2*s) == s"), but only if the program runs over the whole declared range: a true
+    specialisation (even lengths only) must still fall back, with the failing size named."""
+    path = write_model(tmp_path, """
+        import torch
+        class EvenOnly(torch.nn.Module):
+            def forward(self, x):
+                return x * 2 if x.shape[1] % 2 == 0 else x * 3
+        def get_model():
+            return EvenOnly()
+        def get_samples():
+            return [torch.randn(1, 4), torch.randn(2, 8), torch.randn(3, 6)]
+    """)
+    src, spec, profiles = prepare(path)
+    art = build(src, spec, profiles, tmp_path / "1", "auto")
+    assert art.format == "eager"
+    reason = dict(art.skipped)["export"]
+    assert "Constraints violated" in reason and "with runtime asserts size 5 of x_1 fails" in reason
+    assert art.axis_ranges["x"] == ((1, 4), (1, None))  # eager takes any length
+
+
 def test_check_rejects_a_mismatching_artifact(tmp_path):
     src, spec, profiles = prepare(EXAMPLES / "multi_io" / "model.py")
     wrong = [(o[0] + 0.5, o[1], o[2]) for o in src.outputs]

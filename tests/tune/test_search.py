@@ -244,3 +244,20 @@ def test_reports_from_a_synthetic_result(tmp_path):
     assert "**chosen**" in md and "unstable: stable measurement" in md
     assert "%d of 18 grid points" % len(measured) in md
     assert paths["plot"].read_bytes()[:4] == b"\x89PNG" and os.path.getsize(paths["plot"]) > 10_000
+
+
+def test_lookahead_walks_over_a_concurrency_plateau():
+    # measured shape of the CPU example: flat from 6 to 8, a step up at 12 (the batcher fills batches)
+    thr = {1: 800, 2: 1200, 4: 1500, 6: 2200, 8: 2200, 12: 2750, 16: 2780, 24: 2350, 32: 2300}
+    space = SearchSpace((1,), (0,), tuple(thr))
+
+    def table(p: Point) -> Measurement:
+        c = p.concurrency
+        return Measurement(p, thr[c], 1000.0 * c / thr[c], 0, 2000.0 * c / thr[c])
+
+    objective = Objective("max-throughput", budget_ms=20.0)
+    start = Point(Variant(1, 0), 4)
+    stuck = objective.best(hill_climb(space, table, objective, start=start, lookahead=()))
+    assert stuck.point.concurrency == 6
+    best = objective.best(hill_climb(space, table, objective, start=start))
+    assert best.point.concurrency == 16 and best.p99_ms <= 20.0
