@@ -12,6 +12,7 @@ CPU (2 cores, a few minutes):              .venv/bin/python benchmarks/gpu_servi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -155,11 +156,18 @@ def serve_bench(repo: Path, names: list[str], concurrency: tuple[int, ...], shm:
             load_s = time.time() - t0
             data, shapes = perf_inputs(repo, name.replace("_naive", ""), workdir)
             popts = PerfOptions(concurrency=concurrency, shared_memory=shm, measurement_request_count=request_count,
-                                stability_percentage=25, max_trials=8, input_data=data, shapes=shapes, timeout_s=240)
+                                stability_percentage=50, max_trials=6, input_data=data, shapes=shapes, timeout_s=240)
             res = run_perf(name, server.grpc_url, popts, workdir=workdir / name)
-            results[name] = {"load_s": load_s, "unstable": list(res.unstable),
-                             "rows": [r.__dict__ for r in res.rows]}
-            print("%s: %s" % (name, [(r.concurrency, round(r.throughput, 1), round(r.p50_ms, 2)) for r in res.rows]),
+            rows = [dict(r.__dict__, stable=True) for r in res.rows]
+            if res.unstable:
+                # a noisy point is re-measured with the stability bound lifted, and marked as such
+                loose = dataclasses.replace(popts, concurrency=tuple(res.unstable), stability_percentage=1000,
+                                            max_trials=3)
+                rows += [dict(r.__dict__, stable=False)
+                         for r in run_perf(name, server.grpc_url, loose, workdir=workdir / (name + "_loose")).rows]
+                rows.sort(key=lambda r: r["concurrency"])
+            results[name] = {"load_s": load_s, "unstable": list(res.unstable), "rows": rows}
+            print("%s: %s" % (name, [(r["concurrency"], round(r["throughput"], 1), round(r["p50_ms"], 2)) for r in rows]),
                   flush=True)
             server.unload_model(name)
     return results
@@ -217,7 +225,7 @@ def main() -> int:
                                    "ratios": ratios}
         print("%s ratios: %s" % (name, json.dumps(ratios)), flush=True)
         shutil.rmtree(repo, ignore_errors=True)
-    (args.out / "gpu_serving.json").write_text(json.dumps(summary, indent=2))
+        (args.out / "gpu_serving.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: v["ratios"] for k, v in summary["models"].items()}, indent=2))
     return 0
 
