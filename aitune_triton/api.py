@@ -187,7 +187,7 @@ def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress
     progress("building the PyTorch fallback (AOTInductor, ExportedProgram or eager)")
     artifact = build_fallback(prep.source.path, prep.source.model, prep.spec, prep.source.samples,
                               prep.source.outputs, prep.profiles, version_dir, device=prep.device,
-                              preferred=prep.config.fallback_format)
+                              preferred=prep.config.fallback_format, tolerance=prep.config.tolerance_override)
     (version_dir / "model.py").write_text(render_python_model(prep.spec, artifact, prep.profiles.max_batch_size))
     plan = _mapping(prep, name, "python", warmup_dims)
     (model_dir / "config.pbtxt").write_text(render_config(plan))

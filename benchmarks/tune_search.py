@@ -37,8 +37,10 @@ from aitune_triton.triton.server import ServerOptions, TritonServer  # noqa: E40
 from aitune_triton.tune.search import (  # noqa: E402
     LiveRunner,
     Measurement,
+    Point,
     TuneOptions,
     TuneResult,
+    hill_climb,
     perf_inputs,
     tune_model,
 )
@@ -51,6 +53,7 @@ CONCURRENCY = (1, 2, 4, 6, 8, 12, 16, 24, 32)
 
 def remeasure(server, repo: Path, points, repeats: int, workdir: Path) -> list[list[Measurement]]:
     """Each point measured ``repeats`` times, alternating between points (each switch reloads)."""
+    workdir.mkdir(parents=True, exist_ok=True)
     model_dir = repo / MODEL
     manifest = Manifest.load(model_dir)
     base = parse_config((model_dir / "config.pbtxt.bak").read_text())
@@ -61,6 +64,24 @@ def remeasure(server, repo: Path, points, repeats: int, workdir: Path) -> list[l
         for i, point in enumerate(points):
             runs[i].append(runner(point))
     return runs
+
+
+def replay(brute: TuneResult, min_gain: float) -> dict:
+    """The quick search re-run offline over brute force's measured table, from every config of
+    the grid as the start (at the middle concurrency): no new measurements, same noise."""
+    table = {m.point: m for m in brute.measurements}
+    best = brute.objective.best(table.values())
+    space = brute.space
+    fractions, counts = [], []
+    for variant in space.variants():
+        start = Point(variant, space.concurrency[len(space.concurrency) // 2])
+        measured = hill_climb(space, table.__getitem__, brute.objective, start, min_gain)
+        found = brute.objective.best(measured)
+        fractions.append(found.throughput / best.throughput if found else 0.0)
+        counts.append(len(measured))
+    return {"starts": len(fractions), "fraction_median": statistics.median(fractions), "fraction_min": min(fractions),
+            "at_least_97": sum(f >= 0.97 for f in fractions), "points_median": statistics.median(counts),
+            "points_max": max(counts)}
 
 
 def median_throughput(ms: list[Measurement]) -> float:
@@ -109,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             figures["raw"] = quick.chosen.throughput / brute.chosen.throughput
             figures["in_sweep"] = in_sweep.throughput / brute.chosen.throughput if in_sweep else None
             figures["in_sweep_feasible"] = bool(in_sweep and brute.objective.feasible(in_sweep))
+            figures["replay"] = replay(brute, TuneOptions().min_gain)
             if quick.chosen.point == brute.chosen.point:
                 figures["remeasured"] = 1.0
                 figures["same_point"] = True
@@ -140,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         if figures.get("remeasured") is not None:
             print("| re-measured, median of %d alternating runs each | %.1f %%%s |" % (
                 args.repeats, 100 * figures["remeasured"], " (same point)" if figures["same_point"] else ""))
+        rp = figures["replay"]
+        print("| offline replay over brute force's table, %d start configs: median (min) | %.1f %% (%.1f %%); "
+              "%d of %d starts >= 97 %%; %g (max %d) points |" % (
+                  rp["starts"], 100 * rp["fraction_median"], 100 * rp["fraction_min"], rp["at_least_97"],
+                  rp["starts"], rp["points_median"], rp["points_max"]))
     figures["results"] = {name: {**{k: v for k, v in r.to_dict().items() if k != "measurements"}, "wall_s": wall}
                           for name, (r, wall) in results.items()}
     if args.json:

@@ -14,8 +14,9 @@ prove it loads.
 
 The default search is a coordinate descent with early stop: walk one dimension while a
 neighbour beats the current point by ``min_gain`` (3 %), cycle through the dimensions, stop
-when a full cycle finds no move. Reloads cost seconds each, so measurements are cached and a
-neighbour along concurrency costs no reload. ``brute=True`` measures the whole grid.
+when a full cycle finds no move. Reloads cost seconds each, so measurements are cached, and
+concurrency (no reload) is walked first and may look one step past a plateau. ``brute=True``
+measures the whole grid.
 """
 
 from __future__ import annotations
@@ -383,8 +384,8 @@ class TuneOptions:
     budget_ms: float | None = None
     min_throughput: float | None = None
     instances: tuple[int, ...] = (1, 2, 4)
-    delays_us: tuple[int, ...] = (0, 100, 500, 2000)
-    concurrency: tuple[int, ...] = (1, 4, 16)
+    delays_us: tuple[int, ...] = (0, 100, 250, 500, 1000, 2000)
+    concurrency: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     search_preferred: bool = True
     brute: bool = False
     min_gain: float = 0.03
