@@ -33,6 +33,7 @@ from aitune_triton.source import load_model_source  # noqa: E402
 from aitune_triton.triton.perf import PerfOptions, run_perf, write_input_data_json  # noqa: E402
 from aitune_triton.triton.server import ServerOptions, TritonServer  # noqa: E402
 from aitune_triton.triton.manifest import Manifest, load_reference  # noqa: E402
+from aitune_triton.validate.checks import Endpoint, ModelTarget, Session, check_accuracy  # noqa: E402
 
 RESNET = '''
 import torch, torchvision
@@ -159,6 +160,11 @@ def serve_bench(repo: Path, names: list[str], concurrency: tuple[int, ...], shm:
             t0 = time.time()
             server.load_model(name, timeout_s=900)
             load_s = time.time() - t0
+            if not name.endswith("_naive"):
+                with Session(Endpoint(server.http_url, server.grpc_url, timeout_s=120)) as session:
+                    target = ModelTarget.load(repo / name)
+                    checks = [check_accuracy(target, session, p) for p in ("grpc", "http")]
+                print("%s correctness: %s" % (name, [(c.name, c.status, c.detail) for c in checks]), flush=True)
             data, shapes = perf_inputs(repo, name.replace("_naive", ""), workdir)
             popts = PerfOptions(concurrency=concurrency, shared_memory=shm, measurement_request_count=request_count,
                                 stability_percentage=50, max_trials=6, input_data=data, shapes=shapes, timeout_s=240)
@@ -171,7 +177,8 @@ def serve_bench(repo: Path, names: list[str], concurrency: tuple[int, ...], shm:
                 rows += [dict(r.__dict__, stable=False)
                          for r in run_perf(name, server.grpc_url, loose, workdir=workdir / (name + "_loose")).rows]
                 rows.sort(key=lambda r: r["concurrency"])
-            results[name] = {"load_s": load_s, "unstable": list(res.unstable), "rows": rows}
+            results[name] = {"load_s": load_s, "checks": [] if name.endswith("_naive") else
+                             [c.to_dict() for c in checks], "unstable": list(res.unstable), "rows": rows}
             print("%s: %s" % (name, [(r["concurrency"], round(r["throughput"], 1), round(r["p50_ms"], 2)) for r in rows]),
                   flush=True)
             server.unload_model(name)

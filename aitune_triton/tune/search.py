@@ -234,6 +234,18 @@ class SearchSpace:
 Measure = Callable[[Point], Measurement]
 
 
+def choose(measurements: Iterable[Measurement], objective: Objective, previous: Variant | None = None,
+           min_gain: float = 0.0) -> Measurement | None:
+    """The best feasible point, unless the current config's own best is within ``min_gain`` of
+    it: then the current config stays, as a noise-sized win is not worth a config change."""
+    measurements = list(measurements)
+    best = objective.best(measurements)
+    incumbent = objective.best(m for m in measurements if m.point.variant == previous)
+    if best is not None and incumbent is not None and not objective.better(best, incumbent, min_gain):
+        return incumbent
+    return best
+
+
 def brute_force(space: SearchSpace, measure: Measure) -> list[Measurement]:
     return [measure(p) for p in space.points()]
 
@@ -641,7 +653,7 @@ def tune_model(repo: Path, model: str, server, options: TuneOptions = TuneOption
         except BaseException:
             _restore(server, model)
             raise
-        chosen = objective.best(measurements)
+        chosen = choose(measurements, objective, previous, options.min_gain)
         baseline = next((m for m in measurements if chosen and m.ok and m.point.variant == previous
                          and m.point.concurrency == chosen.point.concurrency), None)
         result = TuneResult(model, objective, space, "brute" if options.brute else "quick", tuple(measurements),
@@ -652,8 +664,10 @@ def tune_model(repo: Path, model: str, server, options: TuneOptions = TuneOption
                                                         "left unchanged" % objective.describe())
         else:
             backup = _write_back(server, result, base, original, limit, num_profiles)
-            result = dataclasses.replace(result, written=True, backup_path=backup, reason="best of %d measured points"
-                                         % sum(1 for m in measurements if m.ok))
+            kept = chosen.point.variant == previous and chosen is not objective.best(measurements)
+            reason = ("current config kept: no variant beats it by %.0f %%" % (100 * options.min_gain) if kept
+                      else "best of %d measured points" % sum(1 for m in measurements if m.ok))
+            result = dataclasses.replace(result, written=True, backup_path=backup, reason=reason)
         result = dataclasses.replace(result, elapsed_s=time.monotonic() - t0)
         reports = write_reports(result, report_dir)
         result = dataclasses.replace(result, reports=reports)

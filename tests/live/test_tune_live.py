@@ -56,8 +56,9 @@ def test_tune_writes_the_measured_best_and_it_loads(triton_server_factory, repo,
     history_before = Manifest.load(model_dir).history
     server = triton_server_factory(repo)
     t0 = time.monotonic()
-    options = TuneOptions(instances=(1, 2), delays_us=(0, 500), concurrency=(4,), brute=True, perf=FAST_PERF,
-                          report_dir=tmp_path / "report")
+    # min_gain 0: no "keep the current config" margin, so the written config is the measured maximum
+    options = TuneOptions(instances=(1, 2), delays_us=(0, 500), concurrency=(4,), brute=True, min_gain=0.0,
+                          perf=FAST_PERF, report_dir=tmp_path / "report")
     result = tune_model(repo, "cnn", server, options)
     elapsed = time.monotonic() - t0
 

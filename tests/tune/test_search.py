@@ -24,6 +24,7 @@ from aitune_triton.tune.search import (
     apply_variant,
     brute_force,
     build_space,
+    choose,
     config_text,
     current_variant,
     hill_climb,
@@ -261,3 +262,15 @@ def test_lookahead_walks_over_a_concurrency_plateau():
     assert stuck.point.concurrency == 6
     best = objective.best(hill_climb(space, table, objective, start=start))
     assert best.point.concurrency == 16 and best.p99_ms <= 20.0
+
+
+def test_choose_keeps_the_current_config_unless_clearly_beaten():
+    objective = Objective("max-throughput", budget_ms=20.0)
+    current, other = Variant(1, 500), Variant(1, 1000)
+    ms = [Measurement(Point(current, 16), 3059, 4, 10, 18), Measurement(Point(other, 16), 3064, 4, 10, 19),
+          Measurement(Point(current, 32), 3300, 8, 20, 35)]  # over budget: never chosen
+    assert choose(ms, objective).point.variant == other  # plain best
+    assert choose(ms, objective, current, min_gain=0.03).point == Point(current, 16)
+    ms.append(Measurement(Point(other, 24), 3400, 5, 12, 19))
+    assert choose(ms, objective, current, min_gain=0.03).point == Point(other, 24)
+    assert choose(ms[:1], Objective("max-throughput", budget_ms=1.0), current, 0.03) is None
