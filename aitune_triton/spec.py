@@ -327,8 +327,8 @@ def sample_feed(spec: IOSpec, sample: Sample) -> dict[str, torch.Tensor]:
     return feed
 
 
-def call_with_feed(model: Any, spec: IOSpec, feed: dict[str, torch.Tensor]) -> Any:
-    """Call ``model`` with named tensors routed by each input's binding."""
+def split_feed(spec: IOSpec, feed: dict[str, Any]) -> tuple[tuple, dict]:
+    """Named values back to ``forward``'s positional and keyword arguments, by binding."""
     args, kwargs = [], {}
     for t in spec.inputs:
         kind, _, key = t.binding.partition(":")
@@ -336,5 +336,11 @@ def call_with_feed(model: Any, spec: IOSpec, feed: dict[str, torch.Tensor]) -> A
             args.append(feed[t.name])
         else:
             kwargs[key] = feed[t.name]
+    return tuple(args), kwargs
+
+
+def call_with_feed(model: Any, spec: IOSpec, feed: dict[str, torch.Tensor]) -> Any:
+    """Call ``model`` with named tensors routed by each input's binding."""
+    args, kwargs = split_feed(spec, feed)
     return model(*args, **kwargs)
 

@@ -1,6 +1,7 @@
 """The bad-input corpus: every case exits 2 (1 for a model failure) with one actionable line,
 no traceback, and the repository byte-for-byte unchanged."""
 import hashlib
+import re
 import os
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from click.testing import CliRunner
 from aitune_triton.cli import main
 
 CORPUS = Path(__file__).parent / "corpus"
+GOOD = Path(__file__).resolve().parents[1] / "examples" / "cnn" / "model.py"
 
 CASES = [
     # (case id, model file, extra options, exit code, message pattern)
@@ -71,25 +73,26 @@ def _run(args):
 @pytest.mark.parametrize("case, model, options, code, pattern", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(repo, case, model, options, code, pattern):
     before = _digest(repo.parent)
-    result = _run(["generate", str(CORPUS / model), "--out", str(repo), *options])
+    path = GOOD if model == "good_model.py" else CORPUS / model
+    result = _run(["generate", str(path), "--out", str(repo), *options])
     output = result.output.strip()
     assert result.exit_code == code, output
     assert "Traceback" not in output
     assert len(output.splitlines()) == 1, output
-    assert pytest.importorskip("re").search(pattern, output), output
+    assert re.search(pattern, output), output
     assert _digest(repo.parent) == before
 
 
 def test_output_dir_is_a_file(tmp_path):
     target = tmp_path / "repo"
     target.write_text("x")
-    result = _run(["generate", str(CORPUS / "good_model.py"), "--out", str(target)])
+    result = _run(["generate", str(GOOD), "--out", str(target)])
     assert result.exit_code == 2 and "is a file" in result.output and target.read_text() == "x"
 
 
 def test_existing_model_without_force(repo):
     before = _digest(repo.parent)
-    result = _run(["generate", str(CORPUS / "good_model.py"), "--out", str(repo), "--name", "existing"])
+    result = _run(["generate", str(GOOD), "--out", str(repo), "--name", "existing"])
     assert result.exit_code == 2 and "--force" in result.output
     assert _digest(repo.parent) == before
 
@@ -103,5 +106,5 @@ def test_debug_shows_traceback(repo):
 def test_read_only_output(tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir(mode=0o555)
-    result = _run(["generate", str(CORPUS / "good_model.py"), "--out", str(ro / "repo")])
+    result = _run(["generate", str(GOOD), "--out", str(ro / "repo")])
     assert result.exit_code == 2 and "not writable" in result.output

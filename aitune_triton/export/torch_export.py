@@ -35,7 +35,7 @@ from torch.utils import _pytree as pytree
 
 from aitune_triton.config import Tolerance, tolerance_for
 from aitune_triton.errors import ModelError, UserError
-from aitune_triton.spec import AxisKind, IOSpec, Sample, flatten_outputs, sample_feed
+from aitune_triton.spec import AxisKind, IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed, split_feed
 from aitune_triton.tensorrt.profiles import ProfileSet
 from aitune_triton.triton.python_model import render_python_model  # noqa: F401  (re-exported for the API)
 
@@ -258,17 +258,11 @@ def _bind_dynamic_shapes(model: torch.nn.Module, spec: IOSpec, feed: dict[str, t
                          dims: dict[str, dict[int, Any]]) -> tuple[tuple, dict, dict]:
     """args, kwargs and ``dynamic_shapes`` keyed the way torch.export binds ``forward``'s signature
     (``*args`` and ``**kwargs`` parameters take a tuple / dict of per-tensor specs)."""
-    args, kwargs, by_id = [], {}, {}
-    for t in spec.inputs:
-        kind, _, key = t.binding.partition(":")
-        if kind == "arg":
-            args.append(feed[t.name])
-        else:
-            kwargs[key] = feed[t.name]
-        by_id[id(feed[t.name])] = dims[t.name] or None
+    args, kwargs = split_feed(spec, feed)
+    by_id = {id(feed[t.name]): dims[t.name] or None for t in spec.inputs}
     bound = inspect.signature(model.forward).bind(*args, **kwargs)
     shapes = {name: pytree.tree_map(lambda v: by_id.get(id(v)), value) for name, value in bound.arguments.items()}
-    return tuple(args), kwargs, shapes
+    return args, kwargs, shapes
 
 
 def _on_device(model: torch.nn.Module, device: str) -> torch.nn.Module:
@@ -322,16 +316,9 @@ def _probe_ranges(program, spec: IOSpec, feed: dict[str, torch.Tensor], dims: di
             probe = dict(feed)
             for name, axis in members:
                 probe[name] = _resize_axis(feed[name], axis, size)
-            args, kwargs = [], {}
-            for t in spec.inputs:
-                kind, _, key = t.binding.partition(":")
-                if kind == "arg":
-                    args.append(probe[t.name])
-                else:
-                    kwargs[key] = probe[t.name]
             try:
                 with torch.inference_mode():
-                    module(*args, **kwargs)
+                    call_with_feed(module, spec, probe)
             except Exception as exc:
                 return "size %d of %s fails: %s" % (size, dim.__name__, _first_line(exc))
     return None
