@@ -152,9 +152,10 @@ def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver):
 
     options = ServerOptions(tritonserver=tritonserver, host=host, http_port=http_port, grpc_port=grpc_port,
                             metrics_port=metrics_port, model_control_mode="explicit", load_models=("*",))
-    with console.status("starting tritonserver on %s" % repo):
-        server = TritonServer(repo, options).start()
+    server = TritonServer(repo, options)
     try:
+        with console.status("starting tritonserver on %s" % repo):
+            server.start()
         console.print("Triton is ready: HTTP %s, gRPC %s, metrics %s (log: %s)"
                       % (server.http_url, server.grpc_url, server.metrics_url, server.log_path))
         console.print("try: curl -s %s/v2/models/<name>/config   or   tritonclient.http.InferenceServerClient(%r)"
@@ -165,7 +166,7 @@ def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver):
         console.print("tritonserver exited:\n%s" % server.log_tail(), markup=False)
         sys.exit(1)
     except KeyboardInterrupt:
-        pass
+        console.print("stopping tritonserver")
     finally:
         server.stop()
 

@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -66,20 +67,21 @@ def test_serve_foreground_and_ctrl_c(repo):
     proc = subprocess.Popen(CLI + ["serve", str(repo), "--http-port", str(http), "--grpc-port", str(grpc),
                                    "--metrics-port", str(metrics)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
     try:
         deadline = time.time() + 180
-        ready = False
-        while time.time() < deadline and not ready:
-            try:
-                with urllib.request.urlopen("http://127.0.0.1:%d/v2/models/multi_io/ready" % http, timeout=2) as r:
-                    ready = r.status == 200
-            except OSError:
-                time.sleep(0.5)
-        assert ready, "serve did not make the model ready"
+        while time.time() < deadline and not any("Ctrl-C to stop" in line for line in lines):
+            assert proc.poll() is None, "".join(lines)
+            time.sleep(0.2)
+        assert any("curl" in line for line in lines), "".join(lines)
         with urllib.request.urlopen("http://127.0.0.1:%d/v2/models/multi_io/config" % http, timeout=5) as r:
             assert json.loads(r.read())["max_batch_size"] == 8
     finally:
         os.killpg(proc.pid, signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
-    assert "curl" in out and "Ctrl-C" in out
-    assert proc.returncode == 0
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+    assert proc.returncode == 0, "".join(lines)
+    with pytest.raises(OSError):  # the server is gone with it
+        urllib.request.urlopen("http://127.0.0.1:%d/v2/health/live" % http, timeout=2)
