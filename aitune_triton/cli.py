@@ -171,6 +171,55 @@ def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver):
         server.stop()
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter("expected comma-separated integers, got %r" % text) from None
+
+
+@main.command()
+@click.argument("repo", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--model", required=True, help="Model to tune.")
+@click.option("--objective", type=click.Choice(["max-throughput", "min-latency"]), default="max-throughput",
+              show_default=True)
+@click.option("--budget-ms", type=float, help="p99 budget for max-throughput.")
+@click.option("--min-throughput", type=float, help="Throughput floor (infer/s) for min-latency.")
+@click.option("--instances", default="1,2,4", show_default=True, help="Instance counts to try.")
+@click.option("--delays-us", default="0,100,250,500,1000,2000", show_default=True, help="Queue delays to try.")
+@click.option("--concurrency", default="1,2,4,8,16,32", show_default=True, help="Client concurrency to try.")
+@click.option("--brute", is_flag=True, help="Measure the whole grid instead of the quick search.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path), help="Where the tune report goes.")
+@click.option("--tritonserver", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Use this tritonserver binary instead of the bundled one.")
+@_handle_errors
+def tune(repo, model, objective, budget_ms, min_throughput, instances, delays_us, concurrency, brute, report_dir,
+         tritonserver):
+    """Search instances / queue delay for MODEL on a live server and write the best config back."""
+    from aitune_triton.triton.server import ServerOptions, TritonServer
+    from aitune_triton.tune.search import TuneOptions, tune_model
+
+    options = TuneOptions(objective=objective, budget_ms=budget_ms, min_throughput=min_throughput,
+                          instances=_ints(instances), delays_us=_ints(delays_us), concurrency=_ints(concurrency),
+                          brute=brute, report_dir=report_dir)
+    server = TritonServer(repo, ServerOptions(tritonserver=tritonserver, load_models=(model,)))
+    try:
+        with console.status("starting tritonserver"):
+            server.start()
+        with console.status("tuning %s" % model):
+            result = tune_model(repo, model, server, options)
+    finally:
+        server.stop()
+    chosen = result.chosen
+    console.print("measured %d of %d grid points (%s search) in %.0f s; %s"
+                  % (result.measured, result.grid_size, result.mode, result.elapsed_s, result.reason), markup=False)
+    if chosen is not None:
+        console.print("[green]chosen:[/] %s" % chosen.to_dict(), soft_wrap=True)
+    for kind, path in result.reports.items():
+        console.print("wrote %s" % path, markup=False)
+    sys.exit(0 if chosen is not None else 1)
+
+
 @main.command()
 @_handle_errors
 def doctor():

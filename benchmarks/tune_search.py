@@ -13,7 +13,7 @@ noisy points is biased upwards (the luckiest measurement wins):
 * in-sweep: brute force's own measurement of quick's chosen point / brute force's best;
 * re-measured: both chosen points measured again, alternating, ``--repeats`` times each; ratio of medians.
 
-Usage: ``.venv/bin/python benchmarks/tune_search.py [--budget-ms 25] [--repeats 3] [--json out.json]``
+Usage: ``.venv/bin/python benchmarks/tune_search.py [--budget-ms 25] [--repeats 5] [--json out.json]``
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def row(name: str, r: TuneResult, wall: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget-ms", type=float, default=25.0, help="p99 budget (max-throughput objective)")
-    ap.add_argument("--repeats", type=int, default=3, help="re-measurements of each chosen point")
+    ap.add_argument("--repeats", type=int, default=5, help="re-measurements of each chosen point")
     ap.add_argument("--out", type=Path, default=None, help="work dir (default: a temp dir)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument("--quick-only", action="store_true", help="skip brute force (a fast smoke run)")
