@@ -12,7 +12,7 @@ import platform
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -20,7 +20,7 @@ from aitune_triton import __version__
 from aitune_triton.config import GenerateConfig, tolerance_for
 from aitune_triton.errors import ModelError, UserError
 from aitune_triton.source import ModelSource, load_model_source
-from aitune_triton.spec import IOSpec, Sample, flatten_outputs, record_spec, sample_feed
+from aitune_triton.spec import IOSpec, Sample, call_with_feed, flatten_outputs, record_spec, sample_feed
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
 from aitune_triton.tensorrt.profiles import ProfileSet, derive_profiles
 from aitune_triton.triton import repository
@@ -48,6 +48,7 @@ class GenerateResult:
     repository: Path
     models: tuple[GeneratedModel, ...]
     notes: tuple[str, ...] = field(default=())
+    selection: Any = None
 
 
 def resolve_device(device: str) -> str:
@@ -178,22 +179,71 @@ def _export_onnx(prep: Prepared, path: Path, progress: Progress):
                        tolerance=prep.config.tolerance_override)
 
 
-def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress) -> tuple[Manifest, str]:
-    from aitune_triton.export.torch_export import build_fallback, render_python_model
+def _build_fallback(prep: Prepared, version_dir: Path, fmt: str):
+    from aitune_triton.export.torch_export import build_fallback
+
+    return build_fallback(prep.source.path, prep.source.model, prep.spec, prep.source.samples, prep.source.outputs,
+                          prep.profiles, version_dir, device=prep.device, preferred=fmt,
+                          tolerance=prep.config.tolerance_override)
+
+
+def _select_fallback(prep: Prepared, version_dir: Path, progress: Progress):
+    """Stage-1 tuning: build every fallback format, measure each against eager in-process and keep
+    the one the strategy picks (eager when nothing beats it by the margin)."""
+    from aitune_triton.export.torch_export import load_runner
+    from aitune_triton.tune.candidates import Candidate
+    from aitune_triton.tune.strategies import select_candidate
+
+    built, candidates = {}, []
+    for fmt in ("aoti", "export", "eager"):
+        progress("stage-1 tuning: building the %s fallback" % fmt)
+        trial = version_dir.parent / (".trial-" + fmt)
+        trial.mkdir()
+        try:
+            built[fmt] = (trial, _build_fallback(prep, trial, fmt))
+        except ModelError as exc:
+            log.info("fallback format %s is not a candidate: %s", fmt, exc)
+            continue
+        runner = load_runner(trial, fmt, prep.device)
+        candidates.append(Candidate(fmt, "eager" if fmt == "eager" else fmt, "fp32",
+                                    lambda feed, r=runner: call_with_feed(r, prep.spec, feed)))
+    if not candidates:
+        raise ModelError("no fallback format reproduces eager PyTorch; see --debug for each format's reason")
+    progress("stage-1 tuning: measuring %s" % ", ".join(c.name for c in candidates))
+    feeds = [sample_feed(prep.spec, s) for s in prep.source.samples]
+    refs = [dict(flatten_outputs(o)) for o in prep.source.outputs]
+    batches = sorted({1, *prep.profiles.opt_batches(), max(prep.profiles.max_batch_size, 1)}) \
+        if prep.spec.batching else None
+    selection = select_candidate(candidates, feeds, refs, prep.config.strategy, prep.config.budget_ms,
+                                 batch_sizes=batches)
+    chosen = selection.chosen or "eager"
+    trial, artifact = built[chosen]
+    for f in artifact.files:
+        shutil.move(str(trial / f), str(version_dir / f))
+    for trial, _ in built.values():
+        shutil.rmtree(trial, ignore_errors=True)
+    return artifact, selection
+
+
+def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress) -> tuple[Manifest, str, Any]:
+    from aitune_triton.export.torch_export import render_python_model
 
     warmup_dims = _write_common(prep, model_dir)
     version_dir = model_dir / "1"
     version_dir.mkdir()
-    progress("building the PyTorch fallback (AOTInductor, ExportedProgram or eager)")
-    artifact = build_fallback(prep.source.path, prep.source.model, prep.spec, prep.source.samples,
-                              prep.source.outputs, prep.profiles, version_dir, device=prep.device,
-                              preferred=prep.config.fallback_format, tolerance=prep.config.tolerance_override)
+    if prep.config.strategy:
+        artifact, selection = _select_fallback(prep, version_dir, progress)
+    else:
+        progress("building the PyTorch fallback (AOTInductor, ExportedProgram or eager)")
+        artifact, selection = _build_fallback(prep, version_dir, prep.config.fallback_format), None
     (version_dir / "model.py").write_text(render_python_model(prep.spec, artifact, prep.profiles.max_batch_size))
     plan = _mapping(prep, name, "python", warmup_dims)
     (model_dir / "config.pbtxt").write_text(render_config(plan))
-    manifest = _manifest(prep, name, "python", artifact=artifact.to_dict())
+    manifest = _manifest(prep, name, "python", artifact=artifact.to_dict(),
+                         tuning={"stage1": selection.to_dict()} if selection else {})
     skipped = "; ".join("%s skipped: %s" % (f, r) for f, r in artifact.skipped)
-    return manifest, "fallback %s on %s%s" % (artifact.format, artifact.device, " (%s)" % skipped if skipped else "")
+    return manifest, "fallback %s on %s%s" % (artifact.format, artifact.device, " (%s)" % skipped if skipped else ""), \
+        selection
 
 
 def _stage_tensorrt(prep: Prepared, home_dir: Path, trt_name: str, repo: Path, progress: Progress) -> dict:
@@ -223,12 +273,12 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
     """Generate the model directories for ``model_py`` into the repository ``out``."""
     prep = prepare(model_py, dict(overrides or {}))
     names = model_names(prep)
-    results, notes = [], []
+    results, notes, selection = [], [], None
     with repository.stage_models(out, list(names.values()), force=force) as staged:
         trt_info: dict = {}
         if "python" in names:
             home = staged.dir(names["python"])
-            manifest, detail = _write_python(prep, home, names["python"], progress)
+            manifest, detail, selection = _write_python(prep, home, names["python"], progress)
             if "tensorrt" in names:
                 try:
                     trt_info = _stage_tensorrt(prep, home, names["tensorrt"], out, progress)
@@ -262,7 +312,7 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
                       "check": onnx.check.to_dict()}).save(onnx_dir)
             results.append(GeneratedModel(names["onnxruntime"], "onnxruntime", out / names["onnxruntime"], "ready",
                                           "ONNX opset %s" % onnx.opset))
-    return GenerateResult(Path(out), tuple(results), tuple(notes))
+    return GenerateResult(Path(out), tuple(results), tuple(notes), selection)
 
 
 

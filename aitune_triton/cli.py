@@ -64,19 +64,24 @@ def main(debug: bool) -> None:
 @click.option("--precision", type=click.Choice(["fp32", "tf32", "fp16", "bf16", "int8", "fp8"]),
               help="TensorRT builder precision.")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=None, help="CUDA graphs for the TensorRT model.")
+@click.option("--strategy", type=click.Choice(["min-latency", "max-throughput", "latency-budget"]),
+              help="Stage-1 tuning: measure every fallback format and keep the one this strategy picks.")
+@click.option("--budget-ms", type=float, help="Latency budget for --strategy latency-budget.")
 @click.option("--force", is_flag=True, help="Replace models of the same name.")
 @_handle_errors
 def generate(model_py, out, name, backends, max_batch_size, instances, device, max_queue_delay_us,
-             fallback_format, precision, cuda_graphs, force):
+             fallback_format, precision, cuda_graphs, strategy, budget_ms, force):
     """Generate Triton model directories for MODEL_PY (defines get_model() and get_samples())."""
     from aitune_triton.api import generate as run
 
     trt = {k: v for k, v in {"precision": precision, "use_cuda_graphs": cuda_graphs}.items() if v is not None}
     overrides = {"name": name, "backends": tuple(backends) or None, "max_batch_size": max_batch_size,
                  "instances": instances, "device": device, "max_queue_delay_us": max_queue_delay_us,
-                 "fallback_format": fallback_format, "tensorrt": trt}
+                 "fallback_format": fallback_format, "strategy": strategy, "budget_ms": budget_ms, "tensorrt": trt}
     with console.status("generating") as status:
         result = run(model_py, out, overrides, force=force, progress=lambda m: status.update(m))
+    if result.selection is not None:
+        Console(stderr=True, width=max(console.width, 140)).print(result.selection.to_table())
     for model in result.models:
         console.print("[green]✓[/] %s (%s, %s): %s" % (model.name, model.backend, model.status, model.detail))
     for note in result.notes:

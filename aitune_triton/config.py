@@ -78,6 +78,9 @@ class GenerateConfig:
     rtol: float | None = None
     warmup: bool = True
     description: str = ""
+    # stage-1 tuning: measure every fallback format and pick by this strategy (None: best that works)
+    strategy: str | None = None
+    budget_ms: float | None = None
 
     def __post_init__(self) -> None:
         if self.name is not None:
@@ -104,6 +107,10 @@ class GenerateConfig:
             v = getattr(self, tol)
             if v is not None and not v >= 0:
                 raise UserError("%s must be >= 0, got %r" % (tol, v))
+        if self.strategy not in (None, "min-latency", "max-throughput", "latency-budget"):
+            raise UserError("strategy must be min-latency, max-throughput or latency-budget, got %r" % self.strategy)
+        if self.strategy == "latency-budget" and not (self.budget_ms and self.budget_ms > 0):
+            raise UserError("strategy latency-budget needs budget_ms > 0 (--budget-ms)")
         if isinstance(self.tensorrt, dict):
             object.__setattr__(self, "tensorrt", TensorRTBackendConfig.from_dict(self.tensorrt))
 
