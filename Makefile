@@ -13,7 +13,7 @@ setup:
 demo: setup
 	$(CLI) doctor || true
 	$(CLI) generate examples/cnn/model.py --out model_repository --force
-	$(CLI) validate model_repository --report validation_report
+	$(CLI) validate model_repository --report validation_report --concurrency 1,4 --perf-stability 50
 
 test: setup
 	@bash scripts/run-tests.sh
