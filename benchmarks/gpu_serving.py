@@ -46,11 +46,6 @@ def get_samples():
     g = torch.Generator().manual_seed(0)
     return [torch.randn(b, 3, 224, 224, generator=g).half() for b in (1, 8, 32, 64)]
 
-def get_config():
-    from aitune_triton import GenerateConfig
-    return GenerateConfig(name="resnet50", backends=("python",), max_batch_size=64, device="{device}",
-                          fallback_format="{fmt}", max_queue_delay_us={delay}, instances={instances},
-                          atol=0.25, rtol=0.05)
 '''
 ENCODER = '''
 import sys
@@ -70,24 +65,22 @@ def get_samples():
                      "attention_mask": torch.ones(b, 128, dtype=torch.int64)}})
     return out
 
-def get_config():
-    from aitune_triton import GenerateConfig
-    return GenerateConfig(name="encoder", backends=("python",), max_batch_size=64, device="{device}",
-                          fallback_format="{fmt}", max_queue_delay_us={delay}, instances={instances},
-                          atol=0.25, rtol=0.05)
 '''
 CNN_CPU = '''
 import sys
 sys.path.insert(0, {examples!r})
 from cnn.model import get_model, get_samples
 
+'''
+SOURCES = {"resnet50": RESNET, "encoder": ENCODER, "cnn": CNN_CPU}
+MAX_BATCH = {"resnet50": 64, "encoder": 64, "cnn": 8}
+CONFIG = '''
 def get_config():
     from aitune_triton import GenerateConfig
-    return GenerateConfig(name="cnn", backends=("python",), max_batch_size=8, device="{device}",
+    return GenerateConfig(name="{name}", backends=("python",), max_batch_size={max_batch}, device="{device}",
                           fallback_format="{fmt}", max_queue_delay_us={delay}, instances={instances},
                           atol=0.25, rtol=0.05)
 '''
-SOURCES = {"resnet50": RESNET, "encoder": ENCODER, "cnn": CNN_CPU}
 
 
 def eager_bench(model_py: Path, device: str, batches: list[int], iters: int) -> list[dict]:
@@ -208,9 +201,9 @@ def main() -> int:
     for name in args.models.split(","):
         src_dir = work / name
         src_dir.mkdir()
-        (src_dir / "model.py").write_text(textwrap.dedent(SOURCES[name]).format(
-            device=args.device, fmt=args.format, delay=args.delay_us, instances=args.instances,
-            examples=str(ROOT / "examples")))
+        (src_dir / "model.py").write_text((textwrap.dedent(SOURCES[name]) + CONFIG).format(
+            name=name, max_batch=MAX_BATCH[name], device=args.device, fmt=args.format, delay=args.delay_us,
+            instances=args.instances, examples=str(ROOT / "examples")))
         repo = work / "repo"
         t0 = time.time()
         result = generate(src_dir / "model.py", repo, force=True, progress=lambda m: print("  " + m, flush=True))
