@@ -1,6 +1,10 @@
 """The bad-input corpus: every case exits 2 (1 for a model failure) with one actionable line,
 no traceback, and the repository byte-for-byte unchanged."""
 import hashlib
+import signal
+import subprocess
+import sys
+import time
 import re
 import os
 from pathlib import Path
@@ -108,3 +112,21 @@ def test_read_only_output(tmp_path):
     ro.mkdir(mode=0o555)
     result = _run(["generate", str(GOOD), "--out", str(ro / "repo")])
     assert result.exit_code == 2 and "not writable" in result.output
+
+
+@pytest.mark.parametrize("sig, delay", [(signal.SIGINT, 3.0), (signal.SIGKILL, 3.0), (signal.SIGKILL, 8.0)])
+def test_generate_killed_midway_leaves_repository_as_it_was(repo, sig, delay):
+    """Killed while exporting / compiling / writing: the repository is byte-for-byte unchanged and
+    no staging dir is left inside it; a later run succeeds."""
+    before = _digest(repo)
+    proc = subprocess.Popen([sys.executable, "-m", "aitune_triton.cli", "generate", str(GOOD), "--out", str(repo)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    time.sleep(delay)
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+    proc.wait(timeout=120)
+    assert _digest(repo) == before
+    assert not [p for p in repo.iterdir() if p.name.startswith(".")]
+    result = _run(["generate", str(GOOD), "--out", str(repo), "--fallback-format", "export"])
+    assert result.exit_code == 0, result.output
+    assert (repo / "cnn" / "config.pbtxt").exists() and (repo / "existing" / "config.pbtxt").exists()

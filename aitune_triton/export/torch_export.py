@@ -35,6 +35,7 @@ from torch.utils import _pytree as pytree
 
 from aitune_triton.config import Tolerance, tolerance_for
 from aitune_triton.errors import ModelError, UserError
+from aitune_triton.procs import die_with_parent
 from aitune_triton.spec import AxisKind, IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed, split_feed
 from aitune_triton.tensorrt.profiles import ProfileSet
 from aitune_triton.triton.python_model import render_python_model  # noqa: F401  (re-exported for the API)
@@ -390,13 +391,17 @@ def _run_child(argv: list[str], timeout_s: float, what: str) -> None:
     cmd = [sys.executable, "-X", "faulthandler", "-m", "aitune_triton.export.torch_export", *argv]
     log.debug("child: %s", " ".join(cmd))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=_child_env(), start_new_session=True)
+                            env=_child_env(), start_new_session=True, preexec_fn=die_with_parent)
     try:
         out, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # the compiler's own children (g++) go too
         proc.communicate()
         raise CandidateFailed("%s timed out after %.0f s" % (what, timeout_s)) from None
+    except BaseException:  # Ctrl-C: the child is in its own session and would not see it
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
     log.debug("child output (%s):\n%s", what, out)
     if proc.returncode < 0:
         frames = [l.strip() for l in out.splitlines() if l.strip().startswith("File ")]

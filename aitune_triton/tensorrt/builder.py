@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from aitune_triton.errors import AituneError, ModelError, UserError
+from aitune_triton.procs import die_with_parent
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
 from aitune_triton.tensorrt.profiles import ProfileSet, TensorRTProfile
 
@@ -702,7 +703,7 @@ def build_plan(onnx_path: Path | str, plan_path: Path | str, trt_config: TensorR
     log.info("building TensorRT plan %s from %s (%s)", plan_path, onnx_path, trt_config.describe() or "defaults")
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=die_with_parent)
     try:
         rc = _wait(proc, timeout, progress, "building TensorRT plan %s" % plan_path.name)
     except BaseException:

@@ -715,7 +715,7 @@ def to_markdown(result: TuneResult) -> str:
     if c is not None:
         lines.append("- chosen: %s at client concurrency %d: %.1f infer/s, p50 %.2f ms, p99 %.2f ms"
                      % (c.point.variant.label(), c.point.concurrency, c.throughput, c.p50_ms, c.p99_ms))
-    if b is not None and c is not None and b.throughput > 0:
+    if b is not None and c is not None and b.point != c.point and b.throughput > 0:
         lines.append("- previous config at the same concurrency: %.1f infer/s, p99 %.2f ms (%.2fx throughput)"
                      % (b.throughput, b.p99_ms, c.throughput / b.throughput))
     lines.append("- result: %s%s" % (result.reason, "; written to %s (previous kept as %s)" % (
