@@ -18,6 +18,7 @@ import torch
 from aitune_triton.config import Tolerance
 from aitune_triton.errors import UserError
 from aitune_triton.spec import IOSpec, TORCH_DTYPES
+from aitune_triton.triton.repository import replace_file_atomically
 from aitune_triton.tensorrt.profiles import ProfileSet
 
 SCHEMA_VERSION = 1
@@ -76,7 +77,7 @@ class Manifest:
         )
 
     def save(self, model_dir: Path) -> None:
-        (Path(model_dir) / MANIFEST).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        replace_file_atomically(Path(model_dir) / MANIFEST, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, model_dir: Path) -> "Manifest":

@@ -146,6 +146,7 @@ def replace_file_atomically(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the server may run as another user
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -91,9 +91,15 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        on_gpu = args.get("model_instance_kind") == "GPU"
         if params.get("TORCH_NUM_THREADS"):
             torch.set_num_threads(int(params["TORCH_NUM_THREADS"]))
-        on_gpu = args.get("model_instance_kind") == "GPU"
+        elif not on_gpu:
+            # CPU instances share the cores: each takes its share instead of all of them (oversubscription
+            # made 2 instances 5-50x slower than 1 on 2 cores)
+            instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])
+                            if g.get("kind") == "KIND_CPU") or 1
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // instances))
         if ("cuda" if on_gpu else "cpu") != ARTIFACT_DEVICE:
             if FORMAT == "aoti":
                 raise pb_utils.TritonModelException(
