@@ -1,6 +1,5 @@
 """One test per mapping rule (../shared/reference/triton.md §2-§6)."""
 import pytest
-import torch
 
 from aitune_triton.errors import UserError
 from aitune_triton.spec import AxisKind, AxisSpec, IOSpec, TensorSpec
