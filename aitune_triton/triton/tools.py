@@ -127,7 +127,14 @@ def _install_libb64(dest: Path) -> None:
     if system:
         return
     with tempfile.TemporaryDirectory() as tmp:
-        _run(["apt-get", "download", "libb64-0d"], cwd=tmp)
+        try:
+            _run(["apt-get", "download", "libb64-0d"], cwd=tmp)
+        except subprocess.CalledProcessError:
+            if os.geteuid() != 0:
+                raise ToolMissing("libb64-0d (for perf_analyzer) could not be downloaded; "
+                                  "run `sudo apt-get update` and retry") from None
+            _run(["apt-get", "update", "-qq"])  # empty package lists on a fresh image
+            _run(["apt-get", "download", "libb64-0d"], cwd=tmp)
         deb = glob.glob(os.path.join(tmp, "libb64-0d_*.deb"))[0]
         _run(["dpkg", "-x", deb, os.path.join(tmp, "x")])
         lib = glob.glob(os.path.join(tmp, "x", "usr", "lib", "*", "libb64.so.0d*"))
