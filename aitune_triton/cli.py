@@ -14,10 +14,22 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from aitune_triton import __version__
+from aitune_triton.version import __version__
 from aitune_triton.errors import AituneError
 
 console = Console(stderr=True, highlight=False)
+
+
+def _print_error(exc: AituneError) -> None:
+    """One line for the message, then the log path and the details, for every error in the tree."""
+    message = str(exc).splitlines() or [type(exc).__name__]
+    console.print("[bold red]error:[/] %s" % message[0], markup=True, soft_wrap=True)
+    for line in message[1:]:
+        console.print(line, markup=False, soft_wrap=True)
+    if exc.log_path:
+        console.print("log: %s" % exc.log_path, markup=False, soft_wrap=True)
+    if exc.details:
+        console.print(exc.details.rstrip(), markup=False, soft_wrap=True)
 
 
 def _handle_errors(fn):
@@ -29,14 +41,20 @@ def _handle_errors(fn):
         except AituneError as exc:
             if debug:
                 console.print_exception()
-            message = str(exc).splitlines()
-            console.print("[bold red]error:[/] %s" % message[0], markup=True, soft_wrap=True)
-            for line in message[1:]:
-                console.print(line, markup=False, soft_wrap=True)
+            _print_error(exc)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             console.print("interrupted; nothing was written")
             sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:  # a bug: one line without --debug, the traceback with it
+            if debug:
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0]
+            console.print("[bold red]internal error:[/] %s: %s (rerun with --debug for the traceback)"
+                          % (type(exc).__name__, first), markup=True, soft_wrap=True)
+            sys.exit(1)
     return wrapper
 
 

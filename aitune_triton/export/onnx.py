@@ -297,9 +297,8 @@ def export_onnx(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample],
                 failure = exc
         if failure is not None:
             log.debug("%s exporter output:\n%s", exporter, out.getvalue())
-            err = ModelError("ONNX export failed (%s): %s; %s" % (exporter, _first_line(failure), hint(exporter)))
-            err.details = out.getvalue()  # type: ignore[attr-defined]
-            raise err from failure
+            raise ModelError("ONNX export failed (%s): %s; %s" % (exporter, _first_line(failure), hint(exporter)),
+                             details=out.getvalue()) from failure
         log.debug("%s exporter output:\n%s", exporter, out.getvalue())
         log.info("exported %s with the %s exporter in %.1f s", path.name, exporter, time.monotonic() - start)
         try:

@@ -39,6 +39,7 @@ from aitune_triton.procs import die_with_parent
 from aitune_triton.spec import AxisKind, IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed, split_feed
 from aitune_triton.tensorrt.profiles import ProfileSet
 from aitune_triton.triton.python_model import render_python_model  # noqa: F401  (re-exported for the API)
+from aitune_triton.errors import CandidateFailed  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +81,6 @@ class FallbackArtifact:
                    {k: tuple((int(lo), None if hi is None else int(hi)) for lo, hi in v)
                     for k, v in d.get("axis_ranges", {}).items()},
                    bool(d.get("row_independent", False)))
-
-
-class CandidateFailed(Exception):
-    """One format could not be built or did not match eager; the message is the recorded reason."""
 
 
 # ----------------------------------------------------------------------------- reference cases

@@ -717,7 +717,7 @@ def build_plan(onnx_path: Path | str, plan_path: Path | str, trt_config: TensorR
             result = None
     if rc is None:
         raise ModelError("TensorRT build timed out after %.0f s and was stopped; raise build_timeout_s or lower "
-                         "optimization_level (log: %s)" % (timeout, log_path))
+                         "optimization_level" % timeout, log_path=log_path)
     if result is not None and result.get("ok"):
         shutil.rmtree(work, ignore_errors=True)
         artifact = PlanArtifact.from_dict(result["artifact"])
@@ -732,16 +732,16 @@ def build_plan(onnx_path: Path | str, plan_path: Path | str, trt_config: TensorR
         message = _one_line(result.get("error") or "unknown error")
         if detail and detail not in message:
             message += " (TensorRT: %s)" % detail
-        raise ModelError("%s (log: %s)" % (message, log_path))
+        raise ModelError(message, log_path=log_path)
     if rc < 0:
         try:
             signame = signal.Signals(-rc).name
         except ValueError:
             signame = "signal %d" % -rc
-        raise ModelError("TensorRT build crashed with %s%s (log: %s)"
-                         % (signame, "; last error: %s" % detail if detail else "", log_path))
-    raise ModelError("TensorRT build process exited with code %d without a result%s (log: %s)"
-                     % (rc, "; last error: %s" % detail if detail else "", log_path))
+        raise ModelError("TensorRT build crashed with %s%s" % (signame, "; last error: %s" % detail if detail else ""),
+                         log_path=log_path)
+    raise ModelError("TensorRT build process exited with code %d without a result%s"
+                     % (rc, "; last error: %s" % detail if detail else ""), log_path=log_path)
 
 
 def _child_main(request_path: Path) -> int:

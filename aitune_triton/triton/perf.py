@@ -20,19 +20,12 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from aitune_triton.triton import tools
+from aitune_triton.errors import PerfError  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
 EXIT_UNSTABLE = 2  # perf_analyzer's STABILITY_ERROR
 SHARED_MEMORY_KINDS = ("none", "system", "cuda")
-
-
-class PerfError(RuntimeError):
-    """perf_analyzer failed for a reason other than stability; ``partial`` holds points already measured."""
-
-    def __init__(self, message: str, partial: "PerfResult | None" = None):
-        super().__init__(message)
-        self.partial = partial
 
 
 @dataclass(frozen=True)

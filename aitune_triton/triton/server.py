@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aitune_triton.triton import tools
+from aitune_triton.errors import ServerError  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,6 @@ PYTRITON_TRITON_VERSIONS = {
     "0.5.6": "2.44.0",
     "0.7.0": "2.51.0",
 }
-
-
-class ServerError(RuntimeError):
-    """Triton failed to start, died, or refused a request; the message quotes Triton itself."""
 
 
 @dataclass(frozen=True)

@@ -23,14 +23,11 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from aitune_triton.errors import ToolMissing  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
 PERF_ANALYZER_WHEEL = "tritonclient==2.48.0"
-
-
-class ToolMissing(RuntimeError):
-    """A required external component is not installed; the message says how to get it."""
 
 
 def python_version() -> str:

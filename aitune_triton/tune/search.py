@@ -34,7 +34,7 @@ from typing import Callable, Iterable
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-from aitune_triton import __version__
+from aitune_triton.version import __version__
 from aitune_triton.errors import ModelError, UserError
 from aitune_triton.triton.manifest import MANIFEST, REFERENCE, Manifest, load_reference
 from aitune_triton.triton.perf import PerfError, PerfOptions, run_perf, write_input_data_json

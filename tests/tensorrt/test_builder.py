@@ -566,7 +566,7 @@ def test_build_plan_reports_a_crash(onnx_file, single, tmp_path, monkeypatch):
         build_plan(onnx_file, tmp_path / "m.plan", TensorRTBackendConfig(), single, progress=lambda m: None)
     message = str(info.value)
     assert "crashed with SIGSEGV" in message and "tactic blew up" in message and "\n" not in message
-    log_path = Path(message.rsplit("(log: ", 1)[1].rstrip(")"))
+    log_path = Path(info.value.log_path)
     assert log_path.is_file()
     shutil.rmtree(log_path.parent)
 
@@ -575,7 +575,7 @@ def test_build_plan_reports_a_timeout(onnx_file, single, tmp_path, monkeypatch):
     _fake_child(monkeypatch, "import time; time.sleep(120)")
     with pytest.raises(ModelError, match=r"timed out after 1 s") as info:
         build_plan(onnx_file, tmp_path / "m.plan", TensorRTBackendConfig(), single, timeout_s=1.0)
-    shutil.rmtree(Path(str(info.value).rsplit("(log: ", 1)[1].rstrip(")")).parent)
+    shutil.rmtree(Path(info.value.log_path).parent)
 
 
 def test_build_plan_reports_the_builder_error(onnx_file, single, tmp_path, monkeypatch):
@@ -588,7 +588,7 @@ def test_build_plan_reports_the_builder_error(onnx_file, single, tmp_path, monke
         build_plan(onnx_file, tmp_path / "m.plan", TensorRTBackendConfig(), single, progress=lambda m: None)
     message = str(info.value)
     assert message.startswith("TensorRT could not build the plan: Invalid Engine. (TensorRT: [E] [TRT] IBuilder")
-    shutil.rmtree(Path(message.rsplit("(log: ", 1)[1].rstrip(")")).parent)
+    shutil.rmtree(Path(info.value.log_path).parent)
 
 
 def test_build_plan_reads_the_childs_result(onnx_file, single, tmp_path, monkeypatch):
