@@ -25,7 +25,8 @@ from aitune_triton.tensorrt.config import TensorRTBackendConfig
 from aitune_triton.tensorrt.profiles import ProfileSet, derive_profiles
 from aitune_triton.triton import repository
 from aitune_triton.triton.manifest import REFERENCE, Manifest, ReferenceCase, save_reference, to_numpy
-from aitune_triton.triton.mapping import MappingOptions, ModelConfigPlan, plan_model_config
+from aitune_triton.probe import ProbeResult, probe
+from aitune_triton.triton.mapping import MappingOptions, ModelConfigPlan, client_shape_notes, plan_model_config
 from aitune_triton.triton.render import render_config
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,12 @@ class Prepared:
     profiles: ProfileSet
     name: str
     device: str
+    probe: ProbeResult | None = None
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What the user must know about how the model is served (batching, output dims, shapes)."""
+        return (self.probe.notes if self.probe else ()) + client_shape_notes(self.spec)
 
 
 def prepare(model_py: Path, overrides: dict | None = None) -> Prepared:
@@ -131,9 +138,15 @@ def prepare(model_py: Path, overrides: dict | None = None) -> Prepared:
             config = config.replace(tensorrt=config.tensorrt.replace(**trt_over))
     spec = record_spec(source.model, source.samples, source.outputs, config.batch_axis)
     check_outputs_finite(spec, source.outputs)
+    unknown = sorted(set(config.input_ranges or {}) - {t.name for t in spec.inputs})
+    if unknown:
+        raise UserError("input_ranges names unknown input(s) %s; the inputs are %s"
+                        % (unknown, [t.name for t in spec.inputs]))
+    probed = probe(source.model, spec, source.samples, config.tolerance_override, config.output_dims)
+    spec = probed.spec
     profiles = derive_profiles(spec, source.samples, config.tensorrt.profiles, config.max_batch_size)
     name = config.name or default_model_name(source.path)
-    return Prepared(source, config, spec, profiles, name, resolve_device(config.device))
+    return Prepared(source, config, spec, profiles, name, resolve_device(config.device), probed)
 
 
 def model_names(prep: Prepared) -> dict[str, str]:
@@ -161,7 +174,8 @@ def _manifest(prep: Prepared, name: str, backend: str, **sections) -> Manifest:
         name=name, backend=backend, spec=prep.spec, profiles=prep.profiles,
         max_batch_size=prep.profiles.max_batch_size,
         tolerances={t.name: tolerance_for(t.dtype, override) for t in prep.spec.outputs},
-        versions=versions(prep.device), config=prep.config.to_dict(), **sections)
+        versions=versions(prep.device), config=prep.config.to_dict(),
+        checks={**(prep.probe.to_dict() if prep.probe else {}), "notes": list(prep.notes)}, **sections)
 
 
 def _write_common(prep: Prepared, model_dir: Path) -> dict:
@@ -273,7 +287,7 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
     """Generate the model directories for ``model_py`` into the repository ``out``."""
     prep = prepare(model_py, dict(overrides or {}))
     names = model_names(prep)
-    results, notes, selection = [], [], None
+    results, notes, selection = [], list(prep.notes), None
     with repository.stage_models(out, list(names.values()), force=force) as staged:
         trt_info: dict = {}
         if "python" in names:

@@ -61,6 +61,34 @@ def tolerance_for(dtype: str, override: Tolerance | None = None) -> Tolerance:
     return DEFAULT_TOLERANCES.get(dtype, EXACT)
 
 
+def _output_dims(value: Any) -> dict[str, tuple[int, ...]]:
+    if not isinstance(value, dict):
+        raise UserError("output_dims must be a dict of output name -> dims, e.g. {'boxes': (-1, 4)}; got a %s"
+                        % type(value).__name__)
+    out = {}
+    for name, dims in value.items():
+        if not isinstance(name, str) or not isinstance(dims, (tuple, list)) or \
+                any(isinstance(d, bool) or not isinstance(d, int) or not (d == -1 or d >= 1) for d in dims):
+            raise UserError("output_dims[%r] = %r: give a tuple of sizes >= 1 or -1 (varies), without the batch axis"
+                            % (name, dims))
+        out[name] = tuple(dims)
+    return out
+
+
+def _input_ranges(value: Any) -> dict[str, tuple[float, float]]:
+    if not isinstance(value, dict):
+        raise UserError("input_ranges must be a dict of input name -> (low, high), e.g. {'lengths': (1, 16)}; "
+                        "got a %s" % type(value).__name__)
+    out = {}
+    for name, bounds in value.items():
+        ok = isinstance(name, str) and isinstance(bounds, (tuple, list)) and len(bounds) == 2 and \
+            all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+        if not ok or not bounds[0] <= bounds[1]:
+            raise UserError("input_ranges[%r] = %r: give (low, high) numbers with low <= high" % (name, bounds))
+        out[name] = (float(bounds[0]), float(bounds[1]))
+    return out
+
+
 @dataclass(frozen=True)
 class GenerateConfig:
     """What to generate. ``None`` fields are derived from the samples (and recorded in the manifest)."""
@@ -81,6 +109,12 @@ class GenerateConfig:
     # stage-1 tuning: measure every fallback format and pick by this strategy (None: best that works)
     strategy: str | None = None
     budget_ms: float | None = None
+    # Triton dims per output (no batch axis, -1 for a size that varies with the values) where
+    # probing the model cannot tell, e.g. {"boxes": (-1, 4)} for a detector
+    output_dims: dict[str, tuple[int, ...]] | None = None
+    # (low, high) of the values valid for an input; validate draws values outside the samples'
+    # own ones only within these (e.g. {"lengths": (1, 16)})
+    input_ranges: dict[str, tuple[float, float]] | None = None
 
     def __post_init__(self) -> None:
         if self.name is not None:
@@ -113,6 +147,10 @@ class GenerateConfig:
             raise UserError("strategy latency-budget needs budget_ms > 0 (--budget-ms)")
         if isinstance(self.tensorrt, dict):
             object.__setattr__(self, "tensorrt", TensorRTBackendConfig.from_dict(self.tensorrt))
+        if self.output_dims is not None:
+            object.__setattr__(self, "output_dims", _output_dims(self.output_dims))
+        if self.input_ranges is not None:
+            object.__setattr__(self, "input_ranges", _input_ranges(self.input_ranges))
 
     @property
     def tolerance_override(self) -> Tolerance | None:
@@ -131,6 +169,9 @@ class GenerateConfig:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["backends"] = list(self.backends)
         d["tensorrt"] = self.tensorrt.to_dict()
+        for key in ("output_dims", "input_ranges"):
+            if d[key] is not None:
+                d[key] = {k: list(v) for k, v in d[key].items()}
         return d
 
     @classmethod

@@ -101,10 +101,21 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class IOSpec:
+    """``rows_independent`` says whether each row's outputs were found not to depend on the other
+    rows (``aitune_triton.probe``): only then may Triton's dynamic batcher merge requests. None:
+    not probed (specs written before probing existed; treated as independent)."""
+
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     batching: bool
     batch_sizes: tuple[int, ...] = field(default=())
+    rows_independent: bool | None = None
+    row_dependence: str = ""
+
+    @property
+    def dynamic_batching_ok(self) -> bool:
+        """A batch axis, and no probe found a row that depends on the others."""
+        return self.batching and self.rows_independent is not False
 
     @property
     def max_sample_batch(self) -> int:
@@ -118,13 +129,15 @@ class IOSpec:
 
     def to_dict(self) -> dict:
         return {"inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs],
-                "batching": self.batching, "batch_sizes": list(self.batch_sizes)}
+                "batching": self.batching, "batch_sizes": list(self.batch_sizes),
+                "rows_independent": self.rows_independent, "row_dependence": self.row_dependence}
 
     @classmethod
     def from_dict(cls, d: dict) -> "IOSpec":
         return cls(tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
                    tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
-                   bool(d["batching"]), tuple(d.get("batch_sizes", ())))
+                   bool(d["batching"]), tuple(d.get("batch_sizes", ())),
+                   d.get("rows_independent"), str(d.get("row_dependence", "")))
 
 
 @dataclass(frozen=True)

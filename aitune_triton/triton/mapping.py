@@ -119,6 +119,19 @@ def tensor_config(t: TensorSpec, dtype: str | None = None) -> TensorConfig:
     return TensorConfig(t.name, triton_dtype(dtype or t.dtype), dims)
 
 
+def client_shape_notes(spec: IOSpec) -> tuple[str, ...]:
+    """What clients receive where it differs from eager PyTorch: a tensor with no axis besides the
+    batch (or a scalar) is declared ``dims: [1]`` + ``reshape: { shape: [] }`` (Triton refuses
+    empty dims), so the model sees ``[batch]`` but the response carries ``[batch, 1]`` (``[1]``)."""
+    notes = []
+    for t in spec.outputs:
+        if not t.triton_dims():
+            eager, client = ("[batch]", "[batch, 1]") if t.has_batch else ("[] (a scalar)", "[1]")
+            notes.append("output %r is served as dims [1] with reshape [] (Triton refuses empty dims): clients "
+                         "receive shape %s where eager PyTorch returns %s" % (t.name, client, eager))
+    return tuple(notes)
+
+
 def profile_max_batch(profile_set: ProfileSet, indices: Sequence[int]) -> int:
     """The largest batch the given profiles can take together: the max over profiles of the
     batch every input accepts in that profile."""
@@ -158,9 +171,10 @@ def instance_groups(count: int, kind: str, num_profiles: int = 0, gpus: Sequence
 
 def dynamic_batching(spec: IOSpec, max_batch: int, delay_us: int, profile_set: ProfileSet | None,
                      multi_profile_plan: bool) -> DynamicBatching | None:
-    """On for batching models. Preferred sizes only for multi-profile plans (Triton's advice):
-    the profiles' opt batches, each <= max_batch_size."""
-    if not spec.batching or max_batch < 1:
+    """On for batching models whose rows were found independent (merging requests into one batch
+    must not change any request's answer). Preferred sizes only for multi-profile plans (Triton's
+    advice): the profiles' opt batches, each <= max_batch_size."""
+    if not spec.dynamic_batching_ok or max_batch < 1:
         return None
     preferred: tuple[int, ...] = ()
     if multi_profile_plan and profile_set is not None:
