@@ -1,9 +1,15 @@
 """Atomic writes of model directories into a Triton model repository.
 
-Model directories are built in a staging dir beside the repository (never inside it, where
-Triton would try to load it) and renamed into place only when complete. A lock file beside the
-repository serialises concurrent ``generate`` runs; a run that was killed leaves at most a
-staging dir beside the repository, which the next run removes.
+Model directories are built in a hidden staging dir *inside* the repository and renamed into
+place only when complete, so the rename never crosses filesystems (a repository that is a mount
+point, a Docker volume or a symlink to another disk works) and nothing is left beside it. A lock
+file inside the repository (opened without following symlinks, so the same directory reached
+through a symlink is the same lock) serialises concurrent ``generate`` runs and is removed on
+release. A run that was killed leaves at most its staging dir, which the next run removes.
+
+Triton 2.51 does not skip hidden directories: a server that polls the repository while a staging
+dir exists logs ``Poll failed for model directory '.aitune-staging-…'`` for it and serves the
+other models; ``serve`` loads the model directories by name, so it never sees one.
 """
 
 from __future__ import annotations
@@ -25,54 +31,96 @@ from aitune_triton.errors import UserError
 log = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".aitune-staging-"
+LOCK_NAME = ".aitune.lock"
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# characters that mean nothing to a POSIX shell in an unquoted word (plus any non-ASCII letter/digit)
+_SHELL_SAFE = frozenset("_-./+,:@%=")
 
 
-def _side_path(repo: Path, suffix: str) -> Path:
-    return repo.parent / (".%s%s" % (repo.name, suffix))
+def shell_unsafe_chars(text: str) -> list[str]:
+    """The characters of ``text`` a shell would interpret if the text were pasted unquoted."""
+    return sorted({c for c in text if not (c.isalnum() or c in _SHELL_SAFE)}, key=text.index)
 
 
 def check_repository_path(repo: Path) -> Path:
     repo = Path(repo).absolute()
     if repo.exists() and not repo.is_dir():
         raise UserError("%s is a file, not a directory; pass --out a directory for the model repository" % repo)
+    if repo.is_symlink() and not repo.exists():
+        raise UserError("%s is a symlink to %s, which does not exist; create the target or pass another --out"
+                        % (repo, os.readlink(repo)))
     parent = repo.parent
     if not parent.exists():
         raise UserError("%s does not exist; create it or pass another --out" % parent)
     probe = repo if repo.exists() else parent
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UserError("%s is not writable; pass --out a directory you can write to" % probe)
+    bad = shell_unsafe_chars(str(repo.resolve()))
+    if bad:
+        log.warning("%s contains shell metacharacters (%s): Triton's Python backend passes the model path "
+                    "unquoted to a shell, so `validate` and `serve` will refuse it; prefer a plain path",
+                    repo, " ".join(bad))
     return repo
+
+
+def _open_lock(lock_path: Path) -> int:
+    try:
+        return os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError("lock file %s is a symlink; remove it (aitune-triton never creates one)"
+                            % lock_path) from None
+        raise UserError("cannot create lock file %s: %s" % (lock_path, exc.strerror)) from None
 
 
 @contextlib.contextmanager
 def repository_lock(repo: Path, wait_s: float = 0.0) -> Iterator[None]:
-    """An exclusive lock on the repository (a lock file beside it, so the repository itself stays untouched)."""
-    lock_path = _side_path(repo, ".aitune.lock")
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise UserError("cannot create lock file %s: %s" % (lock_path, exc.strerror)) from None
+    """An exclusive lock on the repository directory (which must exist), keyed on its real path.
+
+    The lock file is unlinked on release; a run that opened it just before that re-opens the new
+    one (the inode check), so two runs never hold locks on different files.
+    """
+    lock_path = Path(repo).resolve() / LOCK_NAME
     deadline = time.monotonic() + wait_s
-    try:
-        while True:
+    while True:
+        fd = _open_lock(lock_path)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    if time.monotonic() >= deadline:
+                        raise UserError("another aitune-triton run is writing to %s; wait for it to finish"
+                                        % repo) from None
+                    time.sleep(0.2)
+            held = os.fstat(fd)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise UserError("another aitune-triton run is writing to %s; wait for it to finish" % repo) from None
-                time.sleep(0.2)
+                now = os.lstat(lock_path)
+            except FileNotFoundError:
+                now = None
+        except BaseException:
+            os.close(fd)
+            raise
+        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            break
+        os.close(fd)  # the previous holder removed this file while we waited: lock the new one
+    try:
         yield
     finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path)
         os.close(fd)
 
 
 def _remove_stale_staging(repo: Path) -> None:
-    for stale in repo.parent.glob(".%s%s*" % (repo.name, STAGING_PREFIX)):
-        log.info("removing staging dir %s left by an interrupted run", stale)
-        shutil.rmtree(stale, ignore_errors=True)
+    """Staging dirs present while we hold the lock belong to killed runs (exact prefix, no glob)."""
+    for entry in repo.iterdir():
+        if entry.name.startswith(STAGING_PREFIX) and entry.is_dir() and not entry.is_symlink():
+            log.info("removing staging dir %s left by an interrupted run", entry)
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 class StagedModels:
@@ -96,9 +144,17 @@ class StagedModels:
         return self.repo / Path(path).relative_to(self.root)
 
 
+def _remove_replaced(backup: Path, name: str) -> None:
+    failures: list[str] = []
+    shutil.rmtree(backup, onerror=lambda fn, path, info: failures.append("%s: %s" % (path, info[1])))
+    if failures:
+        log.warning("the replaced model %s could not be deleted completely (%s%s); it is left in %s and the "
+                    "next generate into this repository removes it", name, failures[0],
+                    " and %d more" % (len(failures) - 1) if len(failures) > 1 else "", backup.parent)
+
+
 def _commit(staged: StagedModels, force: bool) -> None:
     repo = staged.repo
-    repo.mkdir(exist_ok=True)
     backups = []
     for name in staged.names:
         target = repo / name
@@ -107,36 +163,80 @@ def _commit(staged: StagedModels, force: bool) -> None:
                 raise UserError("model %s already exists in %s; pass --force to replace it" % (name, repo))
             backup = staged.root / (".old-" + name)
             os.rename(target, backup)
-            backups.append(backup)
+            backups.append((backup, name))
         os.rename(staged.root / name, target)
-    for backup in backups:
-        shutil.rmtree(backup, ignore_errors=True)
+    for backup, name in backups:
+        _remove_replaced(backup, name)
+
+
+def _disk_full(exc: BaseException, where: Path) -> bool:
+    """An error caused by a full filesystem: ENOSPC/EDQUOT itself, or a library's error (torch
+    raises RuntimeError) while the filesystem has (almost) no space left."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+        return True
+    try:
+        st = os.statvfs(where)
+    except OSError:
+        return False
+    return isinstance(exc, Exception) and st.f_bavail * st.f_frsize < 64 * 1024
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path) and path.parent != path:
+        path = path.parent
+    return path
 
 
 @contextlib.contextmanager
 def stage_models(repo: Path, names: list[str], force: bool = False) -> Iterator[StagedModels]:
     """Yield a staging area; on normal exit move every staged model dir into ``repo`` at once.
 
-    Existing models are refused up front (before any work) unless ``force``; other models in the
-    repository are never touched. On any exception (Ctrl-C included) the staging area is removed.
+    Existing models (dangling symlinks included) are refused up front, before any work, unless
+    ``force``; other models in the repository are never touched. On any exception (Ctrl-C
+    included) the staging area is removed, and a repository this call created is removed again.
     """
     repo = check_repository_path(repo)
     for name in names:
         validate_model_name(name)
-        if (repo / name).exists() and not force:
+        target = repo / name
+        if target.is_symlink() and not target.exists() and not force:
+            raise UserError("%s is a dangling symlink (to %s); remove it or pass --force to replace it"
+                            % (target, os.readlink(target)))
+        if target.exists() and not force:
             raise UserError("model %s already exists in %s; pass --force to replace it" % (name, repo))
-    with repository_lock(repo):
-        _remove_stale_staging(repo)
-        try:
-            root = Path(tempfile.mkdtemp(prefix=".%s%s" % (repo.name, STAGING_PREFIX), dir=repo.parent))
-        except OSError as exc:
-            raise UserError("cannot write beside %s: %s" % (repo, exc.strerror)) from None
-        staged = StagedModels(repo, root)
-        try:
-            yield staged
-            _commit(staged, force)
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
+    created = not repo.exists()
+    try:
+        repo.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise UserError("cannot create %s: %s" % (repo, exc.strerror)) from None
+    real = repo.resolve()
+    committed = False
+    try:
+        with repository_lock(real):
+            _remove_stale_staging(real)
+            try:
+                root = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=real))
+            except OSError as exc:
+                raise UserError("cannot write into %s: %s" % (repo, exc.strerror)) from None
+            staged = StagedModels(real, root)
+            try:
+                yield staged
+                _commit(staged, force)
+                committed = True
+            except Exception as exc:
+                if _disk_full(exc, root):
+                    free = shutil.disk_usage(root).free
+                    raise UserError("no space left on the filesystem of %s (%s, %d KiB free); free some space or "
+                                    "pass --out on another filesystem; the repository is unchanged"
+                                    % (repo, _mount_point(real), free // 1024)) from exc
+                raise
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
+    finally:
+        if created and not committed:
+            with contextlib.suppress(OSError):
+                repo.rmdir()
 
 
 def replace_file_atomically(path: Path, text: str) -> None:

@@ -1,7 +1,9 @@
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -11,9 +13,17 @@ from aitune_triton.errors import UserError
 from aitune_triton.triton import repository
 
 
-def _tree(path):
+def _tree(path, hidden=True):
+    """Every entry under ``path`` with its bytes; ``hidden=False`` leaves out what Triton never
+    serves (the repository's own dot-entries: staging dirs, the lock)."""
     return sorted((str(p.relative_to(path)), p.read_bytes() if p.is_file() else b"")
-                  for p in path.rglob("*")) if path.exists() else None
+                  for p in path.rglob("*")
+                  if hidden or not p.relative_to(path).parts[0].startswith(".")) if path.exists() else None
+
+
+def _leftovers(tmp_path):
+    """Lock or staging entries anywhere under tmp_path (beside or inside repositories)."""
+    return [p for p in tmp_path.rglob(".*") if p.name.startswith((".aitune", ".repo"))]
 
 
 def test_commit_moves_complete_dirs(tmp_path):
@@ -21,9 +31,10 @@ def test_commit_moves_complete_dirs(tmp_path):
     with repository.stage_models(repo, ["a", "b"]) as staged:
         (staged.dir("a") / "config.pbtxt").write_text("a")
         (staged.dir("b") / "config.pbtxt").write_text("b")
-        assert not repo.exists()
+        assert staged.root.parent == repo and staged.root.name.startswith(".aitune-staging-")
+        assert not (repo / "a").exists()
     assert (repo / "a" / "config.pbtxt").read_text() == "a" and (repo / "b").is_dir()
-    assert not list(tmp_path.glob(".repo.aitune-staging-*"))
+    assert sorted(os.listdir(repo)) == ["a", "b"] and not _leftovers(tmp_path)
 
 
 def test_exception_leaves_repository_untouched(tmp_path):
@@ -36,7 +47,7 @@ def test_exception_leaves_repository_untouched(tmp_path):
             (staged.dir("new") / "x").write_text("half")
             raise KeyboardInterrupt
     assert _tree(repo) == before
-    assert not list(tmp_path.glob(".repo.aitune-staging-*"))
+    assert not _leftovers(tmp_path)
 
 
 def test_no_clobber_without_force(tmp_path):
@@ -56,7 +67,7 @@ def test_hostile_names_rejected(tmp_path, name):
     with pytest.raises(UserError):
         with repository.stage_models(tmp_path / "repo", [name]):
             pass
-    assert not (tmp_path / "repo").exists() and sorted(os.listdir(tmp_path)) in ([], [".repo.aitune.lock"])
+    assert not (tmp_path / "repo").exists() and os.listdir(tmp_path) == []
 
 
 def test_output_is_a_file(tmp_path):
@@ -105,9 +116,130 @@ def test_killed_writer_leaves_repository_as_it_was(tmp_path, sig):
         time.sleep(0.1)
     proc.send_signal(sig)
     proc.wait(timeout=30)
-    assert _tree(repo) == before
+    # SIGINT cleans up; SIGKILL can leave only a hidden staging dir inside the repository
+    assert _tree(repo, hidden=sig != signal.SIGKILL) == _tree(repo, hidden=False) == before
     # a later run succeeds and sweeps what a SIGKILL left beside the repository
     with repository.stage_models(repo, ["m"]) as staged:
         (staged.dir("m") / "config.pbtxt").write_text("full")
     assert (repo / "m" / "config.pbtxt").read_text() == "full"
-    assert not list(tmp_path.glob(".repo.aitune-staging-*"))
+    assert not _leftovers(tmp_path)
+
+
+# ---------------------------------------------------------------- filesystems, locks, symlinks (issue 14)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 1 MiB tmpfs mounted at a fresh directory: another filesystem that also fills up.
+    Mounting needs root (CI runs as root); elsewhere the test is skipped."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here: %s" % proc.stderr.strip())
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_repository_that_is_a_mount_point(small_fs):
+    """--out a mount point (a Docker volume, a PVC): the rename never leaves that filesystem."""
+    with repository.stage_models(small_fs, ["m"]) as staged:
+        (staged.dir("m") / "config.pbtxt").write_text("x")
+    assert (small_fs / "m" / "config.pbtxt").read_text() == "x" and os.listdir(small_fs) == ["m"]
+
+
+def test_repository_through_a_symlink_to_another_filesystem(tmp_path):
+    other = tempfile.mkdtemp(dir="/dev/shm")  # tmpfs: another filesystem than pytest's tmp dir
+    try:
+        if os.stat(other).st_dev == os.stat(tmp_path).st_dev:
+            pytest.skip("/dev/shm is on the same filesystem as %s here" % tmp_path)
+        (tmp_path / "repo").symlink_to(other)
+        with repository.stage_models(tmp_path / "repo", ["m"]) as staged:
+            (staged.dir("m") / "config.pbtxt").write_text("x")
+        assert os.listdir(other) == ["m"] and not _leftovers(tmp_path)
+    finally:
+        shutil.rmtree(other)
+
+
+def test_disk_full_is_one_line_naming_the_filesystem(small_fs):
+    (small_fs / "other").mkdir()
+    before = _tree(small_fs)
+    with pytest.raises(UserError, match=r"no space left on the filesystem of .*%s.*repository is unchanged"
+                       % small_fs.name):
+        with repository.stage_models(small_fs, ["m"]) as staged:
+            (staged.dir("m") / "model.bin").write_bytes(b"\0" * (2 << 20))
+    assert _tree(small_fs) == before
+
+
+def test_stale_staging_sweep_does_not_glob_other_repositories(tmp_path):
+    """A repository named with glob characters must not match another run's live staging dir."""
+    other = tmp_path / "r-live"
+    other.mkdir()
+    live = other / ".aitune-staging-abc"
+    live.mkdir()
+    (tmp_path / ".r-live.aitune-staging-xyz").mkdir()  # old-layout dir of someone else
+    with repository.stage_models(tmp_path / "r*", ["m"]) as staged:
+        staged.dir("m")
+    assert live.is_dir() and (tmp_path / ".r-live.aitune-staging-xyz").is_dir()
+    assert (tmp_path / "r*" / "m").is_dir()
+
+
+def test_lock_is_keyed_on_the_real_directory(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (tmp_path / "alias").symlink_to(repo)
+    with repository.stage_models(repo, ["a"]) as staged:
+        staged.dir("a")
+        with pytest.raises(UserError, match="another aitune-triton run"):
+            with repository.stage_models(tmp_path / "alias", ["b"]):
+                pass
+    assert os.listdir(repo) == ["a"]
+
+
+def test_planted_symlink_at_the_lock_path_is_not_followed(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    victim = tmp_path / "victim"
+    (repo / repository.LOCK_NAME).symlink_to(victim)
+    with pytest.raises(UserError, match="lock file .* is a symlink"):
+        with repository.stage_models(repo, ["m"]):
+            pass
+    assert not victim.exists() and not victim.is_symlink()
+
+
+def test_dangling_symlink_with_the_model_name_is_refused_up_front(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "m").symlink_to(tmp_path / "gone")
+    with pytest.raises(UserError, match="dangling symlink"):
+        with repository.stage_models(repo, ["m"]):
+            raise AssertionError("the body must not run")
+    with repository.stage_models(repo, ["m"], force=True) as staged:
+        (staged.dir("m") / "config.pbtxt").write_text("x")
+    assert (repo / "m" / "config.pbtxt").read_text() == "x" and not (repo / "m").is_symlink()
+
+
+def test_force_over_an_undeletable_file_warns(tmp_path, caplog):
+    repo = tmp_path / "repo"
+    (repo / "m" / "1").mkdir(parents=True)
+    stuck = repo / "m" / "1" / "model.pt2"
+    stuck.write_text("old")
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(stuck)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not supported on this filesystem")
+        undo = ["chattr", "-i"]
+    else:
+        (repo / "m" / "1").chmod(0o555)
+        undo = None
+    try:
+        with repository.stage_models(repo, ["m"], force=True) as staged:
+            (staged.dir("m") / "config.pbtxt").write_text("new")
+        assert (repo / "m" / "config.pbtxt").read_text() == "new"
+        assert "could not be deleted completely" in caplog.text and "model.pt2" in caplog.text
+    finally:
+        for p in repo.rglob("model.pt2"):
+            if undo:
+                subprocess.run(undo + [str(p)], check=False)
+            else:
+                p.parent.chmod(0o755)
