@@ -36,6 +36,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from aitune_triton.deploy.storage import is_s3_url, server_repository_arg
 from aitune_triton.triton import tools
 from aitune_triton.errors import ServerError  # noqa: F401  (re-exported)
 
@@ -165,7 +166,7 @@ def build_command(
 
     cmd = [
         str(binary),
-        "--model-repository=%s" % Path(repo).resolve(),
+        "--model-repository=%s" % server_repository_arg(repo),
         "--http-address=%s" % options.host,
         "--http-port=%d" % ports.http,
         "--grpc-address=%s" % options.host,
@@ -391,7 +392,7 @@ class TritonServer(_ServerAPI):
         env: dict[str, str] | None = None,
         stop_grace_s: float = 30.0,
     ):
-        self.repo = Path(repo)
+        self.repo = repo if is_s3_url(repo) else Path(repo)  # Path() would fold the s3:// double slash
         self.options = options
         self.stop_grace_s = stop_grace_s
         self._env = env

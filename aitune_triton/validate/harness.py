@@ -62,6 +62,9 @@ class ValidateOptions:
     perf_stability_pct: int = 20
     perf_max_trials: int = 10
     batching_in_flight: int = 16
+    # what tritonserver gets as --model-repository when it differs from the local folder the tool
+    # reads (an s3:// URL whose manifests were downloaded; see aitune_triton.deploy.storage)
+    server_repository: str | None = None
 
     def __post_init__(self) -> None:
         if self.url and self.tritonserver:
@@ -208,10 +211,11 @@ class _Run:
             Path(opts.report_dir).mkdir(parents=True, exist_ok=True)
             log_path = Path(opts.report_dir) / SERVER_LOG
             log_path.unlink(missing_ok=True)
-        self.server = TritonServer(self.repo, ServerOptions(tritonserver=opts.tritonserver,
-                                                            startup_timeout_s=opts.startup_timeout_s),
+        self.server = TritonServer(opts.server_repository or self.repo,
+                                   ServerOptions(tritonserver=opts.tritonserver,
+                                                 startup_timeout_s=opts.startup_timeout_s),
                                    log_path=log_path)
-        self.say("starting tritonserver on %s" % self.repo)
+        self.say("starting tritonserver on %s" % (opts.server_repository or self.repo))
         self.server.start()
         return ServerInfo("embedded", self.server.http_url, self.server.grpc_url, self.server.version(),
                           str(self.server.command[0]) if self.server.command else None, server_backends(opts),
@@ -438,8 +442,8 @@ def validate_repository(repo: Path, options: ValidateOptions = ValidateOptions()
         if isinstance(run.server, TritonServer):
             run.say("stopping tritonserver")
             run.server.stop()
-    report = ValidationReport(str(repo.resolve()), info, tuple(reports), started, time.monotonic() - t0,
-                              options.to_dict())
+    report = ValidationReport(options.server_repository or str(repo.resolve()), info, tuple(reports), started,
+                              time.monotonic() - t0, options.to_dict())
     if options.report_dir:
         report.write(Path(options.report_dir))
     return report
