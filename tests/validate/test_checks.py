@@ -44,6 +44,29 @@ class Tokens(torch.nn.Module):
         return {"hidden": (ids * mask).float().unsqueeze(-1).repeat(1, 1, 2), "flag": mask.sum(1) > 3}
 
 
+class Tagger(torch.nn.Module):
+    """An LSTM tagger over padded ``tokens`` with their ``lengths`` (which must not exceed the sequence)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.lstm, self.out = torch.nn.Embedding(20, 8), torch.nn.LSTM(8, 8, batch_first=True), \
+            torch.nn.Linear(8, 5)
+
+    def forward(self, tokens, lengths):
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+        packed = pack_padded_sequence(self.emb(tokens), lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=tokens.shape[1])
+        return self.out(out)
+
+
+def tagger_samples():
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randint(1, 20, (b, s), generator=g), torch.randint(1, s + 1, (b,), generator=g))
+            for b, s in ((1, 6), (2, 15), (4, 10))]
+
+
 def affine_samples():
     g = torch.Generator().manual_seed(0)
     return [(torch.randn(b, 2, 4, generator=g), torch.randint(3, 9, (b, 5), generator=g)) for b in (1, 3, 4)]
@@ -78,6 +101,11 @@ def repo(tmp_path_factory) -> Path:
     make_model_dir(root, "affine", Affine(), affine_samples())
     make_model_dir(root, "tokens", Tokens(), token_samples())
     return root
+
+
+@pytest.fixture(scope="module")
+def tagger(tmp_path_factory) -> ModelTarget:
+    return ModelTarget.load(make_model_dir(tmp_path_factory.mktemp("tagger"), "tagger", Tagger(), tagger_samples()))
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +171,29 @@ def test_edge_shapes_cover_profile_corners_and_batches(tokens, affine):
     # static non-batch dims: min == max, so only the two batch sizes remain, each named once
     labels = [label for label, _ in ck.edge_shapes(affine)]
     assert len(labels) == 2 and all(" = " in label for label in labels)
+
+
+def test_edge_inputs_are_cut_from_the_samples_and_keep_lengths_valid(tagger):
+    model = Tagger()
+    recorded = {int(v) for c in tagger.reference for v in np.asarray(c.inputs["tokens"]).ravel()}
+    seen = set()
+    for label, shapes in ck.edge_shapes(tagger):
+        arrays = ck.sample_inputs(tagger, shapes)
+        tokens, lengths = arrays["tokens"], arrays["lengths"]
+        assert tokens.shape == shapes["tokens"] and lengths.shape == shapes["lengths"] + (1,)  # dims [1] + reshape
+        assert lengths.max() <= tokens.shape[1], label
+        assert set(np.unique(tokens).tolist()) <= recorded
+        model(torch.from_numpy(tokens), torch.from_numpy(lengths.reshape(-1)))  # the model accepts every one
+        seen.add(shapes["tokens"])
+    assert seen == {(1, 6), (1, 15), (tagger.max_batch_size, 6), (tagger.max_batch_size, 15)}
+
+
+def test_edge_inputs_tile_rows_and_clip_to_declared_ranges(affine):
+    arrays = ck.sample_inputs(affine, {"x": (8, 2, 4), "ids": (8, 5)}, {"ids": (4, 6)})
+    assert arrays["x"].shape == (8, 2, 4) and arrays["ids"].shape == (8, 5)
+    case = next(c for c in affine.reference if np.asarray(c.inputs["x"]).shape[0] == 4)  # the closest case
+    np.testing.assert_array_equal(arrays["x"][4:], case.inputs["x"])  # its rows, repeated in order
+    assert arrays["ids"].min() >= 4 and arrays["ids"].max() <= 6
 
 
 def test_random_inputs_stay_in_the_reference_ranges(tokens, affine):
