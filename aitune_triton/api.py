@@ -164,7 +164,9 @@ def _mapping(prep: Prepared, name: str, backend: str, warmup_dims, **extra) -> M
     kind = "KIND_GPU" if prep.device == "cuda" else "KIND_CPU"
     return plan_model_config(prep.spec, prep.profiles, MappingOptions(
         name=name, backend=backend, max_batch_size=prep.profiles.max_batch_size, instances=prep.config.instances,
-        kind=kind, queue_delay_us=prep.config.queue_delay_us, use_cuda_graphs=prep.config.tensorrt.use_cuda_graphs,
+        kind=kind, gpus=(prep.config.gpus or ()) if "GPU" in kind or backend == "tensorrt" else (),
+        visible_gpus=torch.cuda.device_count(), queue_delay_us=prep.config.queue_delay_us,
+        use_cuda_graphs=prep.config.tensorrt.use_cuda_graphs,
         warmup_dims=warmup_dims if prep.config.warmup else None, description=prep.config.description, **extra))
 
 
@@ -371,7 +373,8 @@ def build_plans(repo: Path, model: str | None = None, force: bool = False,
             io_dtypes = {t.name: t.dtype for t in plan_artifact.engine_io.tensors}
             plan = plan_model_config(manifest.spec, manifest.profiles, MappingOptions(
                 name=trt_name, backend="tensorrt", max_batch_size=manifest.max_batch_size,
-                instances=config.instances, kind="KIND_GPU", queue_delay_us=config.queue_delay_us,
+                instances=config.instances, kind="KIND_GPU", gpus=config.gpus or (),
+                visible_gpus=torch.cuda.device_count(), queue_delay_us=config.queue_delay_us,
                 use_cuda_graphs=config.tensorrt.use_cuda_graphs, io_dtypes=io_dtypes))
             (model_dir / "config.pbtxt").write_text(render_config(plan))
             for extra in ("reference.npz",):

@@ -75,6 +75,7 @@ def main(debug: bool) -> None:
               help="Backends to generate (repeatable; default python + tensorrt).")
 @click.option("--max-batch-size", type=int, help="Largest batch to serve (default: from the samples).")
 @click.option("--instances", type=int, help="Model instances per device.")
+@click.option("--gpus", help="GPU instances: comma-separated GPU indices to place them on (default: every visible GPU).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where the fallback runs.")
 @click.option("--max-queue-delay-us", type=int, help="Dynamic batching queue delay in microseconds.")
 @click.option("--fallback-format", type=click.Choice(["auto", "aoti", "export", "eager"]),
@@ -87,14 +88,15 @@ def main(debug: bool) -> None:
 @click.option("--budget-ms", type=float, help="Latency budget for --strategy latency-budget.")
 @click.option("--force", is_flag=True, help="Replace models of the same name.")
 @_handle_errors
-def generate(model_py, out, name, backends, max_batch_size, instances, device, max_queue_delay_us,
+def generate(model_py, out, name, backends, max_batch_size, instances, gpus, device, max_queue_delay_us,
              fallback_format, precision, cuda_graphs, strategy, budget_ms, force):
     """Generate Triton model directories for MODEL_PY (defines get_model() and get_samples())."""
     from aitune_triton.api import generate as run
 
     trt = {k: v for k, v in {"precision": precision, "use_cuda_graphs": cuda_graphs}.items() if v is not None}
     overrides = {"name": name, "backends": tuple(backends) or None, "max_batch_size": max_batch_size,
-                 "instances": instances, "device": device, "max_queue_delay_us": max_queue_delay_us,
+                 "instances": instances, "gpus": _ints(gpus) if gpus else None, "device": device,
+                 "max_queue_delay_us": max_queue_delay_us,
                  "fallback_format": fallback_format, "strategy": strategy, "budget_ms": budget_ms, "tensorrt": trt}
     with console.status("generating") as status:
         result = run(model_py, out, overrides, force=force, progress=lambda m: status.update(m))

@@ -97,7 +97,10 @@ class GenerateConfig:
     backends: tuple[str, ...] = ("python", "tensorrt")
     max_batch_size: int | None = None
     batch_axis: bool | None = None
-    instances: int = 1
+    instances: int = 1  # per GPU for GPU instances (Triton's count is per listed GPU)
+    # GPU instances: the GPUs to place them on, written out as instance_group gpus; None: every GPU
+    # visible at generate time
+    gpus: tuple[int, ...] | None = None
     device: str = "auto"
     max_queue_delay_us: int | None = None
     fallback_format: str = "auto"
@@ -130,6 +133,12 @@ class GenerateConfig:
                             % (self.max_batch_size,))
         if not isinstance(self.instances, int) or not 1 <= self.instances <= 64:
             raise UserError("instances must be 1..64, got %r" % (self.instances,))
+        if self.gpus is not None:
+            gpus = (self.gpus,) if isinstance(self.gpus, int) else tuple(self.gpus)
+            if not gpus or any(not isinstance(g, int) or isinstance(g, bool) or g < 0 for g in gpus) \
+                    or len(set(gpus)) != len(gpus):
+                raise UserError("gpus must be distinct GPU indices >= 0 (e.g. 0,1), got %r" % (self.gpus,))
+            object.__setattr__(self, "gpus", gpus)
         if self.device not in DEVICES:
             raise UserError("device must be one of %s, got %r" % (", ".join(DEVICES), self.device))
         if self.fallback_format not in FALLBACK_FORMATS:

@@ -6,12 +6,15 @@ the same invariants again in ``render.py``. See ``../shared/reference/triton.md`
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
 from aitune_triton.errors import UserError
 from aitune_triton.spec import IOSpec, TensorSpec
 from aitune_triton.tensorrt.profiles import ProfileSet
+
+log = logging.getLogger(__name__)
 
 TRITON_DTYPES = {
     "float32": "TYPE_FP32",
@@ -169,6 +172,29 @@ def instance_groups(count: int, kind: str, num_profiles: int = 0, gpus: Sequence
     return (InstanceGroup(count, kind, tuple(gpus), profiles),)
 
 
+def gpu_placement(kind: str, requested: Sequence[int] = (), visible: int = 0) -> tuple[int, ...]:
+    """The GPUs an instance group is placed on, written into the config as ``gpus: [...]``.
+
+    ``count`` instances go on *each* listed GPU. Default: every GPU visible where the repository is
+    generated, so the config states the placement instead of relying on Triton's implicit "all GPUs"
+    (which silently changes with the serving host). Nothing visible and nothing requested: no list
+    (Triton's default), since a guess would pin instances to a GPU the serving host may not have.
+    """
+    if kind != "KIND_GPU":
+        if requested:
+            raise UserError("gpus can only be given for GPU instances (device cuda or a TensorRT plan)")
+        return ()
+    gpus = tuple(int(g) for g in requested)
+    if not gpus:
+        return tuple(range(visible))
+    if len(set(gpus)) != len(gpus) or min(gpus) < 0:
+        raise UserError("gpus must be distinct GPU indices >= 0, got %s" % ",".join(str(g) for g in gpus))
+    if visible and max(gpus) >= visible:  # the serving host may have more GPUs than this one: say so, go on
+        log.warning("gpus %s: this machine sees %d GPU(s); Triton will refuse to load the model on a host "
+                    "without GPU %d", ",".join(str(g) for g in gpus), visible, max(gpus))
+    return gpus
+
+
 def dynamic_batching(spec: IOSpec, max_batch: int, delay_us: int, profile_set: ProfileSet | None,
                      multi_profile_plan: bool) -> DynamicBatching | None:
     """On for batching models whose rows were found independent (merging requests into one batch
@@ -216,7 +242,8 @@ class MappingOptions:
     max_batch_size: int
     instances: int = 1
     kind: str = "KIND_CPU"
-    gpus: tuple[int, ...] = ()
+    gpus: tuple[int, ...] = ()  # GPU instances: which GPUs (each gets ``instances``); () = every visible one
+    visible_gpus: int = 0  # GPUs seen where the repository is generated (torch.cuda.device_count())
     queue_delay_us: int = 500
     use_cuda_graphs: bool = False
     warmup_dims: dict[str, tuple[int, ...]] | None = None
@@ -233,7 +260,7 @@ def plan_model_config(spec: IOSpec, profile_set: ProfileSet | None, opts: Mappin
     is_trt = opts.backend == "tensorrt"
     num_profiles = len(profile_set.profiles) if (is_trt and profile_set) else 0
     kind = "KIND_GPU" if is_trt else opts.kind
-    groups = instance_groups(opts.instances, kind, num_profiles, opts.gpus)
+    groups = instance_groups(opts.instances, kind, num_profiles, gpu_placement(kind, opts.gpus, opts.visible_gpus))
     mbs = max_batch_size(spec, opts.max_batch_size, profile_set if is_trt else None, groups)
     batching = dynamic_batching(spec, mbs, opts.queue_delay_us, profile_set, num_profiles > 1)
     graphs: tuple[GraphSpec, ...] = ()

@@ -71,6 +71,40 @@ def test_gpus_only_for_gpu_instances():
         m.instance_groups(1, "KIND_CPU", gpus=(0,))
 
 
+def test_gpu_placement_defaults_to_every_visible_gpu():
+    assert m.gpu_placement("KIND_GPU", (), visible=2) == (0, 1)
+    assert m.gpu_placement("KIND_GPU", (), visible=0) == ()  # nothing seen: Triton's default, no guess
+    assert m.gpu_placement("KIND_GPU", (1,), visible=2) == (1,)
+    assert m.gpu_placement("KIND_CPU", (), visible=2) == ()
+
+
+def test_gpu_placement_refuses_bad_lists():
+    with pytest.raises(UserError, match="distinct GPU indices"):
+        m.gpu_placement("KIND_GPU", (0, 0), visible=2)
+    with pytest.raises(UserError, match="distinct GPU indices"):
+        m.gpu_placement("KIND_GPU", (-1,), visible=2)
+    with pytest.raises(UserError, match="only be given for GPU instances"):
+        m.gpu_placement("KIND_CPU", (0,), visible=2)
+
+
+def test_gpu_placement_beyond_this_machine_warns(caplog):
+    assert m.gpu_placement("KIND_GPU", (0, 3), visible=2) == (0, 3)
+    assert "Triton will refuse to load the model on a host without GPU 3" in caplog.text
+
+
+@pytest.mark.parametrize("backend,kind,visible,gpus,expected", [
+    ("python", "KIND_GPU", 2, (), (0, 1)),
+    ("python", "KIND_GPU", 2, (1,), (1,)),
+    ("python", "KIND_CPU", 2, (), ()),
+    ("tensorrt", "KIND_CPU", 4, (), (0, 1, 2, 3)),  # a plan always runs on GPU instances
+])
+def test_plan_places_instances(backend, kind, visible, gpus, expected):
+    plan = m.plan_model_config(SPEC, None, m.MappingOptions(name="x", backend=backend, max_batch_size=8, instances=2,
+                                                            kind=kind, gpus=gpus, visible_gpus=visible))
+    (group,) = plan.instance_groups
+    assert group.gpus == expected and group.count == 2
+
+
 def test_preferred_sizes_only_for_multi_profile_plans():
     ps = _profiles((2, 8), (8, 8))
     assert m.dynamic_batching(SPEC, 8, 100, ps, multi_profile_plan=True).preferred_batch_sizes == (2, 8)
@@ -103,3 +137,13 @@ def test_python_gpu_keeps_tensors_on_gpu():
                                                             kind="KIND_GPU"))
     assert ("FORCE_CPU_ONLY_INPUT_TENSORS", "no") in plan.parameters and plan.backend_name == "python"
     assert plan.platform is None and not plan.cuda_graphs
+
+
+def test_generate_config_gpus():
+    from aitune_triton.config import GenerateConfig
+
+    assert GenerateConfig(gpus=[1, 0]).gpus == (1, 0)
+    assert GenerateConfig.from_dict(GenerateConfig(gpus=(0, 1)).to_dict()).gpus == (0, 1)
+    for bad in ([0, 0], [-1], [], ["0"]):
+        with pytest.raises(UserError, match="gpus must be distinct GPU indices"):
+            GenerateConfig(gpus=bad)

@@ -33,6 +33,8 @@ def _profiles(n):
 CASES = {
     "python_cpu": dict(backend="python", profiles=1, kind="KIND_CPU"),
     "python_gpu": dict(backend="python", profiles=1, kind="KIND_GPU"),
+    # two GPUs visible at generate time: the placement is written out, 2 instances on each
+    "python_gpu_placed": dict(backend="python", profiles=1, kind="KIND_GPU", visible_gpus=2),
     "onnxruntime_trt": dict(backend="onnxruntime", profiles=1, kind="KIND_GPU",
                             ort_tensorrt=(("precision_mode", "FP16"), ("trt_engine_cache_enable", "1"))),
     "tensorrt_single": dict(backend="tensorrt", profiles=1),
@@ -45,7 +47,8 @@ def _render(case):
     plan = m.plan_model_config(SPEC, _profiles(c.pop("profiles")), m.MappingOptions(
         name="demo", backend=c.pop("backend"), max_batch_size=16, instances=2, kind=c.pop("kind", "KIND_GPU"),
         queue_delay_us=250, use_cuda_graphs=c.pop("cuda_graphs", False),
-        warmup_dims={"image": (3, 32), "ids": (1,)}, ort_tensorrt=c.pop("ort_tensorrt", ())))
+        warmup_dims={"image": (3, 32), "ids": (1,)}, ort_tensorrt=c.pop("ort_tensorrt", ()),
+        visible_gpus=c.pop("visible_gpus", 0)))
     return render_config(plan)
 
 
