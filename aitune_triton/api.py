@@ -286,7 +286,11 @@ def _stage_tensorrt(prep: Prepared, home_dir: Path, trt_name: str, repo: Path, p
 
 def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bool = False,
              progress: Progress = lambda msg: None) -> GenerateResult:
-    """Generate the model directories for ``model_py`` into the repository ``out``."""
+    """Generate the model directories for ``model_py`` into the repository ``out``.
+
+    ``progress(message)`` is called as each stage starts (spec, fallback compile + check or
+    stage-1 timing, ONNX export + check, write); the CLI prints each stage's duration."""
+    progress("spec: loading %s, recording and probing its inputs and outputs" % Path(model_py).name)
     prep = prepare(model_py, dict(overrides or {}))
     names = model_names(prep)
     results, notes, selection = [], list(prep.notes), None
@@ -328,6 +332,7 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
                       "check": onnx.check.to_dict()}).save(onnx_dir)
             results.append(GeneratedModel(names["onnxruntime"], "onnxruntime", out / names["onnxruntime"], "ready",
                                           "ONNX opset %s" % onnx.opset))
+        progress("writing %s into %s" % (", ".join(names.values()), out))
     return GenerateResult(Path(out), tuple(results), tuple(notes), selection)
 
 

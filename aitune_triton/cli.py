@@ -16,6 +16,7 @@ from rich.console import Console
 
 from aitune_triton.version import __version__
 from aitune_triton.errors import AituneError
+from aitune_triton.progress import stage_progress
 
 console = Console(stderr=True, highlight=False)
 
@@ -98,8 +99,8 @@ def generate(model_py, out, name, backends, max_batch_size, instances, gpus, dev
                  "instances": instances, "gpus": _ints(gpus) if gpus else None, "device": device,
                  "max_queue_delay_us": max_queue_delay_us,
                  "fallback_format": fallback_format, "strategy": strategy, "budget_ms": budget_ms, "tensorrt": trt}
-    with console.status("generating") as status:
-        result = run(model_py, out, overrides, force=force, progress=lambda m: status.update(m))
+    with stage_progress(console, "generating") as progress:
+        result = run(model_py, out, overrides, force=force, progress=progress)
     if result.selection is not None:
         Console(stderr=True, width=max(console.width, 140)).print(result.selection.to_table())
     for model in result.models:
@@ -118,8 +119,8 @@ def build_plan(repo, model, force):
     """Build staged TensorRT plans in REPO (run inside a TensorRT or Triton container)."""
     from aitune_triton.api import build_plans
 
-    with console.status("building TensorRT plans") as status:
-        built = build_plans(repo, model, force=force, progress=lambda m: status.update(m))
+    with stage_progress(console, "building TensorRT plans") as progress:
+        built = build_plans(repo, model, force=force, progress=progress)
     for m in built:
         console.print("[green]✓[/] %s: %s" % (m.name, m.detail))
 
@@ -137,8 +138,9 @@ def build_plan(repo, model, force):
               help="Requests per perf_analyzer measurement window.")
 @click.option("--perf-stability", type=float, default=20.0, show_default=True,
               help="perf_analyzer stability percentage (raise it on noisy machines).")
-@click.option("--report", "report_dir", type=click.Path(path_type=Path), default=Path("validation_report"),
-              show_default=True, help="Where report.json, report.md and latency_throughput.png go.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path),
+              help="Where report.json, report.md and latency_throughput.png go (default: REPO_validation_report "
+                   "next to REPO, so validating one repository never overwrites another's report).")
 @click.option("--timeout", "request_timeout_s", type=float, default=30.0, show_default=True, help="Seconds per request.")
 @click.option("--startup-timeout", "startup_timeout_s", type=float, default=120.0, show_default=True,
               help="Seconds for the server to start and for each model to load.")
@@ -146,16 +148,18 @@ def build_plan(repo, model, force):
 def validate(repo, url, grpc_url, tritonserver, models, perf, concurrency, shared_memory, perf_request_count,
              perf_stability, report_dir, request_timeout_s, startup_timeout_s):
     """Serve REPO on a real Triton and check every generated model (exit 0 only if all checks pass)."""
-    from aitune_triton.validate.harness import ValidateOptions, parse_concurrency, validate_repository
+    from aitune_triton.validate.harness import ValidateOptions, default_report_dir, parse_concurrency, \
+        validate_repository
     from aitune_triton.validate.report import print_summary
 
+    report_dir = report_dir or default_report_dir(repo)
     options = ValidateOptions(url=url, grpc_url=grpc_url, tritonserver=tritonserver, models=tuple(models), perf=perf,
                               concurrency=parse_concurrency(concurrency), shared_memory=shared_memory,
                               report_dir=report_dir, request_timeout_s=request_timeout_s,
                               startup_timeout_s=startup_timeout_s, perf_request_count=perf_request_count,
                               perf_stability_pct=perf_stability)
-    with console.status("validating") as status:
-        report = validate_repository(repo, options, progress=lambda m: status.update(m))
+    with stage_progress(console, "validating") as progress:
+        report = validate_repository(repo, options, progress=progress)
     print_summary(report, Console(), report_dir=report_dir)
     sys.exit(report.exit_code)
 

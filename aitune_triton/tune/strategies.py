@@ -1,8 +1,8 @@
 """Stage-1 selection: pick the artifact (backend and precision) to serve, by measurement.
 
 Every candidate is first checked for accuracy against the eager outputs (a fast but wrong
-artifact is never chosen), then timed in-process at batch 1, the profiles' opt batches and the
-max batch. A strategy turns the timings into one score per candidate:
+artifact is never chosen), then warmed up at every batch size, then timed in-process at batch 1,
+the profiles' opt batches and the max batch. A strategy turns the timings into one score per candidate:
 
 * ``min-latency``: the median latency at the smallest batch (lower is better);
 * ``max-throughput``: the best items/s over the measured batches;
@@ -19,9 +19,11 @@ from __future__ import annotations
 import io
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -31,6 +33,7 @@ from aitune_triton.tune.candidates import (
     Candidate,
     Feed,
     MakeBatch,
+    RunFn,
     Timing,
     check_accuracy,
     measure_candidates,
@@ -230,18 +233,48 @@ def select_from_measurements(candidates: Sequence[Candidate], accuracy: Mapping[
     return SelectionResult(strategy, budget_ms, margin, rows, chosen.name if chosen else None, reason)
 
 
+def warm_up(runs: Mapping[str, RunFn], make_batch: MakeBatch, batch_sizes: Sequence[int], *, calls: int = 3,
+            min_seconds: float = 0.25, max_calls: int = 200) -> dict[str, dict[int, int]]:
+    """Run every candidate at every batch size before anything is timed: at least ``calls`` calls
+    and ``min_seconds`` per pair (at most ``max_calls``). Without it the first batch measured paid
+    for first calls and for what the process was still doing (compile workers, thread pools,
+    allocator growth): export and eager timed batch 1 at ~30x the batch-8 time. Failures are left
+    for the measurement to report. Returns the calls made per candidate and batch."""
+    made: dict[str, dict[int, int]] = {name: {} for name in runs}
+    with torch.inference_mode():
+        for batch in sorted(set(int(b) for b in batch_sizes)):
+            try:
+                feed = make_batch(batch)
+            except Exception as exc:  # noqa: BLE001 - measure_candidates reports it
+                log.info("warm-up: no batch %d: %s", batch, exc)
+                continue
+            for name, run in runs.items():
+                n, t0 = 0, time.monotonic()
+                try:
+                    while n < max_calls and (n < calls or time.monotonic() - t0 < min_seconds):
+                        run(feed)
+                        n += 1
+                except Exception as exc:  # noqa: BLE001 - measure_candidates reports it
+                    log.info("warm-up: %s failed at batch %d: %s", name, batch, exc)
+                made[name][batch] = n
+            del feed
+    return made
+
+
 def select_candidate(candidates: Sequence[Candidate], samples_feed: Sequence[Feed],
                      reference_outputs: Sequence[Mapping[str, Any]], strategy: str,
                      budget_ms: float | None = None, margin: float = DEFAULT_MARGIN, *,
                      batch_sizes: Sequence[int] | None = None, make_batch: MakeBatch | None = None,
-                     warmup: int = 3, rounds: int = 7, per_round: int = 3) -> SelectionResult:
+                     warmup: int = 3, rounds: int = 7, per_round: int = 3,
+                     warmup_s: float = 0.25) -> SelectionResult:
     """Check accuracy, time the accurate candidates, and apply ``strategy``.
 
     ``samples_feed[i]`` (input name -> tensor) gave the eager outputs ``reference_outputs[i]``
     (output name -> tensor or array). ``batch_sizes`` should be 1, the profiles' opt batches and
     the max batch (default: 1 and the largest sample batch); ``make_batch(b)`` builds a feed of
     batch ``b`` (default: the first sample's items cycled along axis 0). Candidates that fail
-    accuracy are not timed.
+    accuracy are not timed; the others are all warmed up at every batch size (``warm_up``: at
+    least ``warmup`` calls and ``warmup_s`` seconds each) before the first timing.
     """
     validate_strategy(strategy, budget_ms, margin)
     if not candidates:
@@ -260,8 +293,10 @@ def select_candidate(candidates: Sequence[Candidate], samples_feed: Sequence[Fee
         def make_batch(b: int) -> Feed:
             return tile_batch(first, b)
     accurate = {c.name: c.run for c in candidates if accuracy[c.name].ok}
-    timings = measure_candidates(accurate, make_batch, batch_sizes, warmup=warmup, rounds=rounds,
-                                 per_round=per_round) if accurate else {}
+    timings = {}
+    if accurate:
+        warm_up(accurate, make_batch, batch_sizes, calls=warmup, min_seconds=warmup_s)
+        timings = measure_candidates(accurate, make_batch, batch_sizes, warmup=1, rounds=rounds, per_round=per_round)
     result = select_from_measurements(candidates, accuracy, timings, strategy, budget_ms, margin)
     log.info("stage-1 selection: %s (%s)", result.chosen, result.reason)
     return result

@@ -12,6 +12,7 @@ the server log, and the launched server's process group is reaped before returni
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import tempfile
@@ -26,7 +27,7 @@ import numpy as np
 from aitune_triton.errors import AituneError, UserError
 from aitune_triton.triton import tools
 from aitune_triton.triton.manifest import MANIFEST, Manifest
-from aitune_triton.triton.perf import PerfError, PerfOptions, run_perf, write_input_data_json
+from aitune_triton.triton.perf import PerfError, PerfOptions, PerfResult, run_perf, write_input_data_json
 from aitune_triton.triton.server import RemoteServer, ServerError, ServerOptions, TritonServer
 from aitune_triton.validate import checks as ck
 from aitune_triton.validate.checks import FAIL, PASS, SKIP, CheckResult, Endpoint, ModelTarget, Session
@@ -83,6 +84,13 @@ class ValidateOptions:
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
                 for k, v in self.__dict__.items()}
+
+
+def default_report_dir(repo: Path) -> Path:
+    """``<repo>_validation_report`` next to the repository: each repository keeps its own report,
+    and nothing is added inside the repository (Triton would see a new entry there)."""
+    repo = Path(repo).resolve()
+    return repo.parent / ("%s_validation_report" % (repo.name or "repository"))
 
 
 def parse_concurrency(text: str) -> tuple[int, ...]:
@@ -345,15 +353,19 @@ class _Run:
         if tools.find_perf_analyzer() is None:
             why = "perf_analyzer not found (python -m aitune_triton.triton.tools install)"
             return CheckResult("perf", SKIP, why), (), ()
-        self.say("%s: perf_analyzer at concurrency %s" % (target.name, ", ".join(map(str, opts.concurrency))))
         with tempfile.TemporaryDirectory(prefix="aitune-perf-") as tmp:
             workdir = Path(opts.report_dir) / "perf" if opts.report_dir else Path(tmp)
             workdir.mkdir(parents=True, exist_ok=True)
+            result = PerfResult(target.name, ())
             try:
                 perf_opts = perf_options(target, opts, workdir)
-                result = run_perf(target.name, self.server.grpc_url, perf_opts, workdir=workdir)
+                for level in opts.concurrency:  # one progress line (with its duration) per point
+                    self.say("%s: perf_analyzer at concurrency %d" % (target.name, level))
+                    point = run_perf(target.name, self.server.grpc_url,
+                                     dataclasses.replace(perf_opts, concurrency=(level,)), workdir=workdir)
+                    result = _merged(result, point)
             except PerfError as exc:
-                rows = exc.partial.rows if exc.partial else ()
+                rows = result.rows + (exc.partial.rows if exc.partial else ())
                 return CheckResult("perf", FAIL, str(exc), time.monotonic() - t0), rows, ()
             except (OSError, ValueError) as exc:
                 return CheckResult("perf", FAIL, "%s: %s" % (type(exc).__name__, exc), time.monotonic() - t0), (), ()
@@ -367,6 +379,11 @@ class _Run:
         detail = "%d point(s), best %.1f infer/s at concurrency %d (p99 %.2f ms)%s" % (
             len(result.rows), best.throughput, best.concurrency, best.p99_ms, unstable)
         return CheckResult("perf", PASS, detail, time.monotonic() - t0), result.rows, result.unstable
+
+
+def _merged(a: PerfResult, b: PerfResult) -> PerfResult:
+    return PerfResult(a.model, a.rows + b.rows, a.unstable + b.unstable, "\n".join(filter(None, (a.stdout_tail,
+                      b.stdout_tail))), a.csv_paths + b.csv_paths)
 
 
 def perf_options(target: ModelTarget, options: ValidateOptions, workdir: Path) -> PerfOptions:

@@ -27,6 +27,12 @@ def repo(tmp_path_factory):
     # the no-TensorRT path says what happened and what to do, in two lines
     assert re.search(r"TensorRT is not installed here: .* staged in .*multi_io/tensorrt", proc.stderr)
     assert "aitune-triton build-plan" in proc.stderr
+    # not a terminal: still one line per stage with its duration
+    for stage in (r"spec: loading model\.py, recording and probing", r"building the PyTorch fallback",
+                  r"exporting ONNX and checking it", r"writing multi_io, multi_io_trt into"):
+        assert re.search(r"^%s.* \(\d+\.\d s\)$" % stage, proc.stderr, re.M), (stage, proc.stderr)
+    assert "output 'output_1' is served as dims [1] with reshape []" in proc.stderr
+    assert "clients receive shape [batch, 1] where eager PyTorch returns [batch]" in proc.stderr
     return out
 
 
@@ -49,10 +55,10 @@ def test_build_plan_without_tensorrt_is_a_clear_usage_error(repo):
 
 
 def test_validate_passes_and_skips_the_pending_plan(repo, tmp_path):
-    report = tmp_path / "report"
-    proc = subprocess.run(CLI + ["validate", str(repo), "--no-perf", "--report", str(report)],
-                          capture_output=True, text=True, timeout=600)
+    report = repo.parent / "model_repository_validation_report"  # the default: this repository's own
+    proc = subprocess.run(CLI + ["validate", str(repo), "--no-perf"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"^multi_io: accuracy grpc \(\d+\.\d s\)$", proc.stderr, re.M), proc.stderr
     data = json.loads((report / "report.json").read_text())
     status = {m["name"]: m for m in data["models"]}
     assert all(c["status"] in ("pass", "skip") for c in status["multi_io"]["checks"])

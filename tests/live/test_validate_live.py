@@ -99,6 +99,7 @@ def test_embedded_run_passes_and_writes_the_report(generated, tmp_path):
     assert report.server.mode == "embedded" and report.server.version == "2.51.0"
     assert report.server.backends == ("python",)
     assert "cnn: dynamic batching" in messages and messages[-1] == "stopping tritonserver"
+    assert "cnn: perf_analyzer at concurrency 1" in messages and "cnn: perf_analyzer at concurrency 2" in messages
     batching = cnn.check("dynamic_batching").detail
     assert "64 requests (16 in flight)" in batching and "every response matched its request" in batching
     assert [r.concurrency for r in cnn.perf] == [1, 2] and all(r.throughput > 0 for r in cnn.perf)
