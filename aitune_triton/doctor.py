@@ -102,6 +102,8 @@ def _tensorrt() -> DoctorRow:
         import tensorrt
     except Exception as exc:  # a broken install (missing libnvinfer, wrong CUDA) is common
         return DoctorRow("tensorrt", False, "import failed: %s" % exc, hint, False)
+    if getattr(tensorrt, "__file__", None) is None and hasattr(tensorrt, "__path__"):  # a namespace package: only tensorrt-stubs (a dev tool)
+        return DoctorRow("tensorrt", False, "not installed (only its type stubs)", hint, False)
     return DoctorRow("tensorrt", True, tensorrt.__version__, "", False)
 
 

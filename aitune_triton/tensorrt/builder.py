@@ -86,6 +86,11 @@ def _import_tensorrt():
         raise TensorRTUnavailable("TensorRT is not installed in this Python environment (import tensorrt failed: %s); "
                                   "%s, or run the generated build_plan.sh inside a TensorRT/Triton container"
                                   % (reason, INSTALL_HINT)) from None
+    if getattr(trt, "__file__", None) is None and hasattr(trt, "__path__"):
+        # a namespace package: only the type stubs (tensorrt-stubs, a dev tool) are installed
+        raise TensorRTUnavailable("TensorRT is not installed in this Python environment (only its type stubs are); "
+                                  "%s, or run the generated build_plan.sh inside a TensorRT/Triton container"
+                                  % INSTALL_HINT)
     version = getattr(trt, "__version__", "unknown")
     if not hasattr(trt, "Builder"):
         raise TensorRTUnavailable("the installed tensorrt %s has no Builder (a runtime-only package); %s"

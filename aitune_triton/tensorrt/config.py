@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -18,6 +19,26 @@ from aitune_triton.errors import UserError
 from aitune_triton.tensorrt.profiles import ProfileMode, TensorRTProfile, profiles_from_dict
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "fp8")
+
+
+# ModelOpt ONNX PTQ's calibration methods per precision. "max" is the seed's default and also
+# stands for ModelOpt's own default where "max" does not apply (fp16 has no calibration; int4
+# then uses awq_clip), so the default config is valid for every precision.
+CALIBRATION_METHODS = {"int8": ("max", "entropy"), "fp8": ("max", "entropy"), "fp16": ("max",),
+                       "int4": ("max", "awq_clip", "awq_lite", "awq_full", "rtn_dq")}
+
+
+def _check_patterns(qconfig: Any) -> None:
+    """``nodes_to_exclude`` are regular expressions matched against node names (as ModelOpt does)."""
+    if isinstance(qconfig.nodes_to_exclude, (str, list)):
+        items = [qconfig.nodes_to_exclude] if isinstance(qconfig.nodes_to_exclude, str) else qconfig.nodes_to_exclude
+        object.__setattr__(qconfig, "nodes_to_exclude", tuple(items))
+    for pattern in qconfig.nodes_to_exclude:
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as exc:
+            raise UserError("%s.nodes_to_exclude entry %r is not a regular expression: %s"
+                            % (type(qconfig).__name__, pattern, exc)) from None
 
 
 @dataclass(frozen=True)
@@ -33,6 +54,12 @@ class ONNXAutoCastConfig:
     def __post_init__(self) -> None:
         if self.precision not in ("fp16", "bf16"):
             raise UserError("ONNXAutoCastConfig.precision must be 'fp16' or 'bf16', got %r" % self.precision)
+        if self.low_precision_type not in (None, self.precision):
+            raise UserError("ONNXAutoCastConfig.low_precision_type=%r contradicts precision=%r; set only precision"
+                            % (self.low_precision_type, self.precision))
+        if not self.data_max > 0:
+            raise UserError("ONNXAutoCastConfig.data_max must be > 0, got %r" % (self.data_max,))
+        _check_patterns(self)
 
 
 @dataclass(frozen=True)
@@ -44,8 +71,16 @@ class ONNXQuantizationConfig:
     nodes_to_exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.precision not in ("int8", "fp8", "fp16", "int4"):
+        if self.precision not in CALIBRATION_METHODS:
             raise UserError("ONNXQuantizationConfig.precision must be int8, fp8, fp16 or int4, got %r" % self.precision)
+        methods = CALIBRATION_METHODS[self.precision]
+        if self.calibration_method not in methods:
+            raise UserError("ONNXQuantizationConfig(precision=%r) cannot use calibration_method=%r; use %s"
+                            % (self.precision, self.calibration_method, " or ".join(methods)))
+        if self.precision == "fp16" and self.nodes_to_exclude:
+            raise UserError("ONNXQuantizationConfig(precision='fp16') converts the whole graph and cannot exclude "
+                            "nodes; use ONNXAutoCastConfig(precision='fp16', nodes_to_exclude=...)")
+        _check_patterns(self)
 
 
 @dataclass(frozen=True)
@@ -55,6 +90,11 @@ class TorchQuantizationConfig:
 
     quantization_config: str = "INT8_DEFAULT_CFG"
     calibration_steps: int = 8
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.calibration_steps, int) or self.calibration_steps < 1:
+            raise UserError("TorchQuantizationConfig.calibration_steps must be a positive integer, got %r"
+                            % (self.calibration_steps,))
 
 
 QuantizationConfig = Union[ONNXAutoCastConfig, ONNXQuantizationConfig, TorchQuantizationConfig]
@@ -124,6 +164,13 @@ class TensorRTBackendConfig:
             raise UserError("opset_version must be between 9 and 23, got %r" % self.opset_version)
         if self.precision not in PRECISIONS:
             raise UserError("precision must be one of %s, got %r" % (", ".join(PRECISIONS), self.precision))
+        q = self.quantization_config
+        if q is not None and not isinstance(q, tuple(_QUANT_TYPES.values())):
+            raise UserError("quantization_config must be one of %s or None, got %s"
+                            % (", ".join(_QUANT_TYPES), type(q).__name__))
+        if q is not None and self.precision not in ("fp32", "tf32"):
+            raise UserError("precision=%r and quantization_config=%s both choose the precision; drop precision "
+                            "(the quantization config decides it)" % (self.precision, type(q).__name__))
 
     @property
     def strongly_typed(self) -> bool:

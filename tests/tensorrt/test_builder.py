@@ -56,9 +56,11 @@ def _plain(profiles):
 
 def _trt_import_error():
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt
     except Exception as exc:
         return "%s: %s" % (type(exc).__name__, exc)
+    if getattr(tensorrt, "__file__", None) is None:  # a namespace package: only tensorrt-stubs
+        return "only the TensorRT type stubs are installed"
     return None
 
 
@@ -126,8 +128,8 @@ def test_default_kwargs(single):
     (TensorRTBackendConfig(compatibility_level="same_compute_capability"),
      {"hardware_compatibility_level": TrtSymbol("HardwareCompatibilityLevel", "SAME_COMPUTE_CAPABILITY")}),
     (TensorRTBackendConfig(version_compatible=True), {"version_compatible": True}),
-    # strongly typed: the graph carries the precision, no builder precision flag even if precision is set
-    (TensorRTBackendConfig(precision="fp16", quantization_config=ONNXAutoCastConfig()), {}),
+    # strongly typed: the graph carries the precision, no builder precision flag
+    (TensorRTBackendConfig(quantization_config=ONNXAutoCastConfig()), {}),
     (TensorRTBackendConfig(quantization_config=ONNXQuantizationConfig(precision="fp8")), {}),
     # weakly typed Q/DQ from torch quantization: the matching flag
     (TensorRTBackendConfig(quantization_config=TorchQuantizationConfig()), {"int8": True}),
@@ -312,7 +314,7 @@ CONFIGS = [
     TensorRTBackendConfig(precision="bf16", optimization_level=5, compatibility_level="ampere_plus"),
     TensorRTBackendConfig(precision="int8", version_compatible=True, timing_cache=Path("/caches/tc.bin")),
     TensorRTBackendConfig(compatibility_level="same_compute_capability", workspace_size=(1 << 20) + 512),
-    TensorRTBackendConfig(quantization_config=ONNXAutoCastConfig(), precision="fp16", optimization_level=1),
+    TensorRTBackendConfig(quantization_config=ONNXAutoCastConfig(), optimization_level=1),
     TensorRTBackendConfig(quantization_config=ONNXQuantizationConfig(precision="fp8"), enable_tf32=False),
     TensorRTBackendConfig(quantization_config=TorchQuantizationConfig("FP8_DEFAULT_CFG")),
 ]

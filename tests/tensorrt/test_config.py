@@ -57,7 +57,7 @@ def test_key_differs_when_a_field_changes(change):
 
 
 def test_key_is_stable_across_processes():
-    cfg = TensorRTBackendConfig(precision="fp16", profiles=_custom_profiles(),
+    cfg = TensorRTBackendConfig(enable_tf32=False, profiles=_custom_profiles(),
                                 quantization_config=ONNXQuantizationConfig(nodes_to_exclude=("a", "b")))
     code = ("import json, sys; from aitune_triton.tensorrt.config import TensorRTBackendConfig as C; "
             "print(C.from_dict(json.loads(sys.argv[1])).key())")
