@@ -341,6 +341,28 @@ def current_variant(cfg: model_config_pb2.ModelConfig) -> Variant:
     return Variant(count, db.max_queue_delay_microseconds, tuple(db.preferred_batch_size))
 
 
+TRANSPORTS = {"none": "plain messages", "system": "system shared memory", "cuda": "CUDA shared memory"}
+
+
+def placement(cfg: model_config_pb2.ModelConfig, instances: int, perf: PerfOptions) -> dict:
+    """Where the chosen instances run and how the client fed them: on GPU, throughput depends on both
+    (host inputs pay a gather and a host-to-device copy per batch; one instance per GPU on two GPUs is
+    not two instances on one)."""
+    gpu = model_config_pb2.ModelInstanceGroup.KIND_GPU
+    groups = list(cfg.instance_group) or [model_config_pb2.ModelInstanceGroup(kind=gpu)]
+    on_gpu = any(g.kind in (gpu, model_config_pb2.ModelInstanceGroup.KIND_AUTO) for g in groups)
+    gpus = sorted({int(i) for g in groups for i in g.gpus})
+    total = instances * len(gpus) if on_gpu and gpus else None
+    if on_gpu:
+        where = ("%d instance(s) on each of GPU %s (%d in all)" % (instances, ", ".join(map(str, gpus)), total)
+                 if gpus else "%d instance(s) on every GPU the server sees" % instances)
+    else:
+        where = "%d CPU instance(s)" % instances
+    transport = "%s, %s" % ("gRPC" if perf.protocol == "grpc" else "HTTP", TRANSPORTS[perf.shared_memory])
+    return {"kind": "KIND_GPU" if on_gpu else "KIND_CPU", "gpus": gpus, "instances_per_device": instances,
+            "total_instances": total, "transport": transport, "text": "%s; client transport: %s" % (where, transport)}
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -535,6 +557,7 @@ class TuneResult:
     config_path: Path
     backup_path: Path | None = None
     reports: dict[str, Path] = field(default_factory=dict)
+    placement: dict = field(default_factory=dict)  # placement() of the chosen (or previous) instance count
 
     @property
     def measured(self) -> int:
@@ -552,6 +575,7 @@ class TuneResult:
                 "written": self.written, "reason": self.reason, "elapsed_s": round(self.elapsed_s, 1),
                 "config_path": str(self.config_path),
                 "backup_path": str(self.backup_path) if self.backup_path else None,
+                "placement": self.placement,
                 "measurements": [m.to_dict() for m in self.measurements], "tool_version": __version__}
 
 
@@ -657,7 +681,9 @@ def tune_model(repo: Path, model: str, server, options: TuneOptions = TuneOption
         baseline = next((m for m in measurements if chosen and m.ok and m.point.variant == previous
                          and m.point.concurrency == chosen.point.concurrency), None)
         result = TuneResult(model, objective, space, "brute" if options.brute else "quick", tuple(measurements),
-                            chosen, baseline, previous, runner.loads, False, "", 0.0, config_path)
+                            chosen, baseline, previous, runner.loads, False, "", 0.0, config_path,
+                            placement=placement(base, (chosen.point.variant if chosen else previous).instances,
+                                                options.perf))
         if chosen is None:
             _restore(server, model)
             result = dataclasses.replace(result, reason="no measured variant met the constraint (%s); config.pbtxt "
@@ -711,6 +737,8 @@ def to_markdown(result: TuneResult) -> str:
                  "brute force" if result.mode == "brute" else "quick (coordinate descent)", result.measured,
                  result.grid_size, 100.0 * result.measured / result.grid_size, result.loads, result.elapsed_s),
              "- previous config: %s" % result.previous.label()]
+    if result.placement:
+        lines.append("- placement: %s" % result.placement["text"])
     c, b = result.chosen, result.baseline
     if c is not None:
         lines.append("- chosen: %s at client concurrency %d: %.1f infer/s, p50 %.2f ms, p99 %.2f ms"

@@ -274,3 +274,21 @@ def test_choose_keeps_the_current_config_unless_clearly_beaten():
     ms.append(Measurement(Point(other, 24), 3400, 5, 12, 19))
     assert choose(ms, objective, current, min_gain=0.03).point == Point(other, 24)
     assert choose(ms[:1], Objective("max-throughput", budget_ms=1.0), current, 0.03) is None
+
+
+def test_placement_names_gpus_and_transport(tmp_path):
+    from aitune_triton.triton.perf import PerfOptions
+    from aitune_triton.tune.search import placement
+
+    cfg = parse_config('name: "m"\nbackend: "python"\nmax_batch_size: 8\n'
+                       'instance_group { count: 1 kind: KIND_GPU gpus: [ 0, 1 ] }\n')
+    p = placement(cfg, 2, PerfOptions(shared_memory="cuda"))
+    assert p["gpus"] == [0, 1] and p["total_instances"] == 4 and p["kind"] == "KIND_GPU"
+    assert p["text"] == "2 instance(s) on each of GPU 0, 1 (4 in all); client transport: gRPC, CUDA shared memory"
+    cpu = parse_config('name: "m"\nbackend: "python"\nmax_batch_size: 8\ninstance_group { count: 2 kind: KIND_CPU }\n')
+    assert placement(cpu, 3, PerfOptions())["text"] == "3 CPU instance(s); client transport: gRPC, plain messages"
+    objective = Objective("max-throughput")
+    result = TuneResult("m", objective, SearchSpace((1,), (0,), (1,)), "quick", (), None, None, Variant(1, 0), 0,
+                        False, "none", 1.0, tmp_path / "config.pbtxt", placement=p)
+    assert "- placement: 2 instance(s) on each of GPU 0, 1" in to_markdown(result)
+    assert json.loads(write_reports(result, tmp_path / "r")["json"].read_text())["placement"]["total_instances"] == 4
