@@ -260,5 +260,130 @@ def doctor():
     sys.exit(doc.exit_code(rows))
 
 
+# ---------------------------------------------------------------- scale-out: push, plan, deploy
+
+
+@main.command()
+@click.argument("repo", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("destination", metavar="s3://[host:port/]bucket/prefix")
+@_handle_errors
+def push(repo, destination):
+    """Upload REPO to object storage atomically: a new version prefix, then the pointer switches.
+
+    Credentials come only from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_DEFAULT_REGION).
+    """
+    from aitune_triton.deploy.storage import S3Location, push as run
+
+    base = S3Location.parse(destination)
+    with console.status("pushing %s" % repo) as status:
+        result = run(repo, base, progress=lambda m: status.update(m))
+    console.print("[green]✓[/] pushed %d files (%d bytes) as version %s%s"
+                  % (result.files, result.bytes, result.version,
+                     " (previous: %s)" % result.previous if result.previous else ""))
+    console.print("pointer: %s" % result.pointer.url, markup=False, soft_wrap=True)
+    console.print("serve it: tritonserver --model-repository=%s" % result.repository.url, markup=False,
+                  soft_wrap=True)
+    click.echo(result.repository.url)
+
+
+@main.command()
+@click.argument("repo", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--model", required=True, help="Model to plan for.")
+@click.option("--target-rps", type=float, required=True, help="Requests per second to serve (batch-1 requests).")
+@click.option("--p99-ms", type=float, required=True, help="p99 latency budget in milliseconds.")
+@click.option("--headroom", type=float, default=0.3, show_default=True,
+              help="Fraction of each replica's measured capacity kept free.")
+@click.option("--gpus-per-replica", type=int, help="GPUs per replica (default: 1 if measured on GPU, else 0).")
+@click.option("--min-replicas", type=int, default=1, show_default=True)
+@click.option("--report", type=click.Path(path_type=Path, exists=True),
+              help="validate report.json / tune_report.json (default: the newest of the model's tune report and "
+                   "REPO's validation report).")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the plan as JSON (for deploy k8s --plan).")
+@_handle_errors
+def plan(repo, model, target_rps, p99_ms, headroom, gpus_per_replica, min_replicas, report, out):
+    """Replicas and GPUs to serve --target-rps within --p99-ms, from the measured curve of MODEL."""
+    import json
+
+    from aitune_triton.deploy import capacity
+    from aitune_triton.triton.repository import replace_file_atomically
+
+    request = capacity.PlanRequest(target_rps, p99_ms, headroom, gpus_per_replica, min_replicas)
+    source = capacity.find_report(repo, model, report)
+    result = capacity.plan(capacity.read_curve(source, model, Path(repo) / model), request)
+    click.echo(result.to_text())
+    if out:
+        replace_file_atomically(out, json.dumps(result.to_dict(), indent=2) + "\n")
+        console.print("wrote %s" % out, markup=False)
+
+
+@main.group()
+def deploy():
+    """Deployment manifests for a repository."""
+
+
+@deploy.command("k8s")
+@click.argument("repo")
+@click.option("--replicas", default="1", show_default=True, help="Replica count, or 'auto' to take it from --plan.")
+@click.option("--plan", "plan_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="A plan written by `aitune-triton plan --out` (replicas, GPUs, queue-time target).")
+@click.option("--gpus-per-replica", type=int, help="GPUs per replica (default: the plan's, else 1).")
+@click.option("--max-replicas", type=int, help="Autoscaling ceiling (default: 2 x replicas).")
+@click.option("--kserve", is_flag=True, help="A KServe InferenceService instead of Deployment + Service + HPA.")
+@click.option("--pvc", help="PersistentVolumeClaim holding REPO (a local REPO is then only read for its manifests).")
+@click.option("--secret", default="aitune-s3-credentials", show_default=True,
+              help="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for an s3:// repository (you create it).")
+@click.option("--name", help="Kubernetes name (default: the first model's name).")
+@click.option("--image", help="Triton image (default: matched to the plans' TensorRT / the validated Triton release).")
+@click.option("--cpu", default="4", show_default=True)
+@click.option("--memory", default="16Gi", show_default=True)
+@click.option("--shm-size", default="1Gi", show_default=True, help="In-memory /dev/shm size.")
+@click.option("--queue-target-us", type=int, help="HPA target: average queue time per request (default: plan p99/10, "
+                                                   "else 5000).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for the YAML files.")
+@_handle_errors
+def deploy_k8s(repo, replicas, plan_file, gpus_per_replica, max_replicas, kserve, pvc, secret, name, image, cpu,
+               memory, shm_size, queue_target_us, out):
+    """Kubernetes manifests serving REPO (an s3:// URL pushed by `push`, or a local REPO with --pvc),
+    each checked against the Kubernetes OpenAPI schema before it is written."""
+    from aitune_triton.deploy import k8s
+    from aitune_triton.deploy.storage import is_s3_url, open_repository
+    from aitune_triton.errors import UserError
+    from aitune_triton.triton.server import server_version
+
+    planned = k8s.plan_values(plan_file) if plan_file else {}
+    if replicas == "auto":
+        if not planned:
+            raise UserError("--replicas auto takes the count from --plan; pass --plan PLAN.json (aitune-triton plan "
+                            "--out) or a number")
+        count = planned["replicas"]
+    elif replicas.isdigit():
+        count = int(replicas)
+    else:
+        raise UserError("--replicas must be a number or 'auto', got %r" % replicas)
+    if not is_s3_url(repo) and not pvc:
+        raise UserError("the replicas need the repository in object storage or on a volume: push it (aitune-triton "
+                        "push %s s3://bucket/prefix) and pass the s3:// URL, or pass --pvc CLAIM" % repo)
+    if is_s3_url(repo) and pvc:
+        raise UserError("give either an s3:// repository or --pvc, not both")
+    if not is_s3_url(repo) and not Path(repo).is_dir():
+        raise UserError("model repository %s does not exist (or is not a directory)" % repo)
+    with open_repository(repo) as view:
+        manifests = k8s.manifests_of(view.local)
+        chosen_image, reason = (image, "given with --image") if image else k8s.choose_image(manifests, server_version())
+        spec = k8s.DeploySpec(
+            name=name or manifests[0]["name"].replace("_", "-").lower(), repository=str(repo),
+            server_repository=str(view.server) if view.remote else "/models", image=chosen_image,
+            image_reason=reason, replicas=count,
+            gpus=gpus_per_replica if gpus_per_replica is not None else planned.get("gpus", 1),
+            max_replicas=max_replicas, pvc=pvc, secret=secret, cpu=cpu, memory=memory, shm_size=shm_size,
+            queue_target_us=queue_target_us or planned.get("queue_target_us", 5000), kserve=kserve)
+    files = k8s.render(spec)
+    checked = k8s.check(files)
+    for path in k8s.write(files, out):
+        console.print("wrote %s" % path, markup=False)
+    console.print("[green]✓[/] schema-checked against Kubernetes %s: %s" % (k8s.K8S_VERSION, "; ".join(checked)))
+
+
 if __name__ == "__main__":
     main()

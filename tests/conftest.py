@@ -42,3 +42,54 @@ def triton_server_factory(tmp_path_factory):
     yield start
     for server in reversed(started):
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """``host:port`` of an S3 server on 127.0.0.1 with test credentials in the environment.
+
+    moto's standalone server (``moto[server]``) stands in for a production S3 server such as MinIO
+    or Ceph, none of which installs from the package registries here; it speaks the S3 REST API
+    that boto3 and tritonserver's S3 client use. It is started on a free loopback port and
+    stopped at session end.
+    """
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from aitune_triton.triton.server import free_port
+
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto_server.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ACCESS_KEY_ID="aitune-test-key", AWS_SECRET_ACCESS_KEY="aitune-test-secret-0f3c9",
+                      AWS_DEFAULT_REGION="us-east-1")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                opener.open("http://127.0.0.1:%d/" % port, timeout=2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("moto_server did not start on port %d (log: %s)" % (port, log.name))
+                time.sleep(0.2)
+        yield "127.0.0.1:%d" % port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -201,7 +201,7 @@ class PushResult:
 
 def repository_files(repo: Path) -> dict[str, Path]:
     """Relative POSIX path -> file for everything Triton may read: hidden entries (locks, staging
-    dirs) are left out; a symlink must stay inside the repository."""
+    dirs) and the Python stub's ``__pycache__`` are left out; a symlink must stay inside the repository."""
     repo = Path(repo)
     if not repo.is_dir():
         raise UserError("model repository %s does not exist (or is not a directory)" % repo)
@@ -209,7 +209,7 @@ def repository_files(repo: Path) -> dict[str, Path]:
     files = {}
     for path in sorted(repo.rglob("*")):
         rel = path.relative_to(repo)
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+        if any(part.startswith(".") or part == "__pycache__" for part in rel.parts) or not path.is_file():
             continue
         if path.is_symlink() and not path.resolve().is_relative_to(root):
             raise UserError("%s links outside the repository (%s); copy the file in instead" % (path, path.resolve()))

@@ -434,7 +434,17 @@ def validate_repository(repo: Path, options: ValidateOptions = ValidateOptions()
     Raises UserError for usage errors (no repository, no models, unknown model); everything the
     server or a model does wrong ends up in the report, whose ``exit_code`` is 0 only when no
     check failed.
+
+    An ``s3://`` repository is served from object storage as Triton reads it, while the files the
+    checks read (manifests, references, and the artifacts whose hashes are checked) are downloaded.
     """
+    from dataclasses import replace
+
+    from aitune_triton.deploy.storage import is_s3_url, open_repository
+
+    if is_s3_url(repo):
+        with open_repository(str(repo), full=True, progress=progress) as view:
+            return validate_repository(view.local, replace(options, server_repository=str(view.server)), progress)
     repo = Path(repo)
     planned = plan_models(repo, options.models)
     run = _Run(repo, options, progress or (lambda msg: None))

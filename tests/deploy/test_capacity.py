@@ -1,0 +1,115 @@
+"""The capacity plan: curves read from validate and tune reports, the replica arithmetic, the
+stated assumption and the warnings. ``data/validate_report.json`` is a real report: ``validate``
+of the committed model_repository on the embedded Triton 2.51 (2 shared CPU cores, 2026-11-30)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from aitune_triton.cli import main
+from aitune_triton.deploy import capacity as cap
+from aitune_triton.errors import UserError
+from aitune_triton.triton.perf import PerfRow
+from aitune_triton.validate.report import ModelReport, ServerInfo, ValidationReport
+
+ROOT = Path(__file__).resolve().parents[2]
+REAL = Path(__file__).parent / "data" / "validate_report.json"
+
+
+def _row(concurrency: int, throughput: float, p99: float) -> PerfRow:
+    return PerfRow(concurrency, throughput, p99 / 2, p99 * 0.8, p99 * 0.9, p99, p99 / 2, 10.0, 1.0, 100.0, 1.0, 1.0,
+                   1.0)
+
+
+def _validate_report(tmp_path: Path, rows) -> Path:
+    report = ValidationReport("/repo", ServerInfo("embedded", version="2.51.0"),
+                              (ModelReport("cnn", "python", perf=tuple(rows)),))
+    return report.write(tmp_path)["json"]
+
+
+def test_plan_from_the_real_report():
+    curve = cap.read_curve(REAL, "cnn", ROOT / "model_repository" / "cnn")
+    assert curve.kind == "validate" and [p.concurrency for p in curve.points] == [4, 8]
+    plan = cap.plan(curve, cap.PlanRequest(target_rps=2000, p99_ms=30))
+    # only concurrency 8 (p99 26.9 ms) is within 30 ms: 1205.06 x 0.7 = 843.5 usable -> ceil(2.37) = 3
+    assert plan.operating_point.concurrency == 8 and plan.replicas == 3
+    assert plan.gpus_per_replica == 0 and plan.device == "cpu"
+    text = plan.to_text()
+    assert "3 replica(s)" in text and "linear scaling per replica" in text and "highest concurrency" in text
+
+
+def test_replicas_follow_capacity_headroom_and_minimum(tmp_path):
+    path = _validate_report(tmp_path, [_row(1, 100, 5), _row(4, 400, 9), _row(8, 500, 40)])
+    curve = cap.read_curve(path, "cnn")
+    plan = cap.plan(curve, cap.PlanRequest(target_rps=1000, p99_ms=10, headroom=0.3, gpus_per_replica=2))
+    assert plan.operating_point.concurrency == 4 and plan.replica_capacity == 400
+    assert plan.replicas == 4 and plan.gpus == 8  # ceil(1000 / 280)
+    assert not any("highest concurrency" in w for w in plan.warnings)
+    assert cap.plan(curve, cap.PlanRequest(target_rps=10, p99_ms=10, min_replicas=2)).replicas == 2
+    exact = cap.plan(curve, cap.PlanRequest(target_rps=800, p99_ms=10, headroom=0.0))
+    assert exact.replicas == 2
+    d = plan.to_dict()
+    assert d["capacity_per_gpu_rps"] == 200 and d["assumption"] == cap.ASSUMPTION
+
+
+def test_a_budget_no_point_meets_is_refused(tmp_path):
+    curve = cap.read_curve(_validate_report(tmp_path, [_row(1, 100, 12), _row(2, 150, 20)]), "cnn")
+    with pytest.raises(UserError, match="no measured point of cnn meets p99 <= 5.00 ms .* 12.00 ms at concurrency 1"):
+        cap.plan(curve, cap.PlanRequest(target_rps=100, p99_ms=5))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(target_rps=0, p99_ms=5), "--target-rps must be > 0"),
+    (dict(target_rps=1, p99_ms=-1), "--p99-ms must be > 0"),
+    (dict(target_rps=1, p99_ms=5, headroom=1.0), "--headroom must be in"),
+    (dict(target_rps=1, p99_ms=5, gpus_per_replica=-1), "--gpus-per-replica must be >= 0"),
+])
+def test_bad_requests_are_user_errors(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        cap.PlanRequest(**kwargs)
+
+
+def test_tune_report_uses_the_chosen_variant_and_reports_instance_scaling(tmp_path):
+    def m(inst, conc, thr, p99, status="ok"):
+        return {"instances": inst, "max_queue_delay_us": 100, "preferred": [], "concurrency": conc,
+                "throughput": thr, "p50_ms": p99 / 2, "p95_ms": p99, "p99_ms": p99, "status": status, "detail": "",
+                "index": 0}
+
+    data = {"model": "cnn", "objective": {"kind": "max-throughput"}, "mode": "quick",
+            "chosen": m(2, 8, 900, 8), "previous": {"instances": 1, "max_queue_delay_us": 100, "preferred": []},
+            "measurements": [m(1, 8, 500, 9), m(2, 4, 700, 5), m(2, 8, 900, 8), m(2, 16, 0, 0, "unstable")]}
+    path = tmp_path / cap.TUNE_REPORT
+    path.write_text(json.dumps(data))
+    curve = cap.read_curve(path, "cnn")
+    assert curve.kind == "tune" and curve.instances == 2
+    assert [(p.concurrency, p.throughput) for p in curve.points] == [(4, 700), (8, 900)]
+    assert any("1 -> 2 instances gave 500.0 -> 900.0 infer/s (90 % of linear)" in n for n in curve.notes)
+    with pytest.raises(UserError, match="tune report of 'cnn', not 'other'"):
+        cap.read_curve(path, "other")
+
+
+def test_reports_without_measurements_or_of_another_kind(tmp_path):
+    with pytest.raises(UserError, match="no throughput measurements"):
+        cap.read_curve(_validate_report(tmp_path, []), "cnn")
+    with pytest.raises(UserError, match="has no model 'nope'"):
+        cap.read_curve(REAL, "nope")
+    other = tmp_path / "x.json"
+    other.write_text("{}")
+    with pytest.raises(UserError, match="neither a validate report.json nor a tune_report.json"):
+        cap.read_curve(other, "cnn")
+
+
+def test_plan_cli_writes_a_plan_deploy_can_read(tmp_path):
+    out = tmp_path / "plan.json"
+    result = CliRunner().invoke(main, ["plan", str(ROOT / "model_repository"), "--model", "cnn", "--target-rps",
+                                       "2000", "--p99-ms", "30", "--report", str(REAL), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "3 replica(s)" in result.output
+    assert cap.load_plan(out)["replicas"] == 3
+    bad = CliRunner().invoke(main, ["plan", str(ROOT / "model_repository"), "--model", "cnn", "--target-rps", "10",
+                                    "--p99-ms", "1", "--report", str(REAL)])
+    assert bad.exit_code == 2 and "no measured point" in bad.output
