@@ -182,6 +182,11 @@ def _manifest(prep: Prepared, name: str, backend: str, **sections) -> Manifest:
 
 def _write_common(prep: Prepared, model_dir: Path) -> dict:
     save_reference(model_dir / REFERENCE, reference_cases(prep.spec, prep.source.samples, prep.source.outputs))
+    if prep.config.make_inputs is not None:  # validate has no model.py: its edge inputs are made now
+        from aitune_triton.validate.edge_inputs import EDGE_INPUTS, save_edge_inputs
+
+        save_edge_inputs(model_dir / EDGE_INPUTS, prep.config.make_inputs, prep.spec, prep.profiles,
+                         prep.profiles.max_batch_size)
     return write_warmup(prep.spec, prep.source.samples[0], model_dir / "warmup")
 
 
@@ -382,8 +387,9 @@ def build_plans(repo: Path, model: str | None = None, force: bool = False,
                 visible_gpus=torch.cuda.device_count(), queue_delay_us=config.queue_delay_us,
                 use_cuda_graphs=config.tensorrt.use_cuda_graphs, io_dtypes=io_dtypes))
             (model_dir / "config.pbtxt").write_text(render_config(plan))
-            for extra in ("reference.npz",):
-                shutil.copy2(home / extra, model_dir / extra)
+            for extra in ("reference.npz", "edge_inputs.npz"):
+                if (home / extra).exists():
+                    shutil.copy2(home / extra, model_dir / extra)
             stamp = plan_artifact.stamp_dict()
             Manifest(**{**manifest.__dict__, "name": trt_name, "backend": "tensorrt",
                         "tensorrt": {**info, "status": "built", "stamp": stamp}}).save(model_dir)

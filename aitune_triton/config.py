@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from aitune_triton.errors import UserError
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
@@ -118,6 +118,10 @@ class GenerateConfig:
     # (low, high) of the values valid for an input; validate draws values outside the samples'
     # own ones only within these (e.g. {"lengths": (1, 16)})
     input_ranges: dict[str, tuple[float, float]] | None = None
+    # fn({input name: full shape}) -> {input name: tensor}: valid inputs of any shape, for the edge
+    # shapes validate sends where cutting the samples cannot make valid ones (called by generate,
+    # stored in edge_inputs.npz; the manifest records its name only)
+    make_inputs: Callable[[dict[str, tuple[int, ...]]], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.name is not None:
@@ -160,6 +164,11 @@ class GenerateConfig:
             object.__setattr__(self, "output_dims", _output_dims(self.output_dims))
         if self.input_ranges is not None:
             object.__setattr__(self, "input_ranges", _input_ranges(self.input_ranges))
+        if isinstance(self.make_inputs, str):  # the name a manifest recorded: the function itself is not kept
+            object.__setattr__(self, "make_inputs", None)
+        if self.make_inputs is not None and not callable(self.make_inputs):
+            raise UserError("make_inputs must be a function {input name: shape} -> {input name: tensor}, got a %s"
+                            % type(self.make_inputs).__name__)
 
     @property
     def tolerance_override(self) -> Tolerance | None:
@@ -181,6 +190,8 @@ class GenerateConfig:
         for key in ("output_dims", "input_ranges"):
             if d[key] is not None:
                 d[key] = {k: list(v) for k, v in d[key].items()}
+        if self.make_inputs is not None:
+            d["make_inputs"] = getattr(self.make_inputs, "__qualname__", repr(self.make_inputs))
         return d
 
     @classmethod

@@ -24,6 +24,7 @@ from tritonclient.grpc import model_config_pb2
 
 from aitune_triton.triton.manifest import REFERENCE, Manifest, ReferenceCase, load_reference
 from aitune_triton.triton.mapping import tensor_config, triton_dtype
+from aitune_triton.validate.edge_inputs import EDGE_INPUTS, edge_shapes_for, load_edge_inputs, stored_for
 from aitune_triton.triton.render import parse_config
 
 log = logging.getLogger(__name__)
@@ -476,24 +477,18 @@ def sample_inputs(target: ModelTarget, shapes: dict[str, tuple[int, ...]],
     return out
 
 
+def edge_inputs(target: ModelTarget, shapes: dict[str, tuple[int, ...]], stored=(),
+                ranges: dict[str, tuple[float, float]] | None = None) -> dict[str, np.ndarray]:
+    """Request inputs for ``shapes``: the model's own (``GenerateConfig.make_inputs``, stored by
+    generate in edge_inputs.npz) where they exist, else cut from the recorded samples."""
+    case = stored_for(stored, shapes)
+    return request_arrays(target, case) if case is not None else sample_inputs(target, shapes, ranges)
+
+
 def edge_shapes(target: ModelTarget) -> list[tuple[str, dict[str, tuple[int, ...]]]]:
     """(label, model shapes) at the min and max of every profile, at batch 1 and max batch;
     a shape several corners share is tried once, with all their names."""
-    batches = sorted({1, target.max_batch_size}) if target.batching else [None]
-    found: dict[tuple, tuple[list[str], dict]] = {}
-    for p, profile in enumerate(target.manifest.profiles.profiles or (None,)):
-        for which, idx in (("min", 0), ("max", 2)):
-            for batch in batches:
-                shapes = {}
-                for t in target.manifest.spec.inputs:
-                    shape = list(profile.shapes(t.name)[idx]) if profile and t.name in profile.names() \
-                        else list(t.shape(which))
-                    if batch is not None and t.has_batch:
-                        shape[0] = batch
-                    shapes[t.name] = tuple(shape)
-                label = "profile %d %s%s" % (p, which, "" if batch is None else " batch %d" % batch)
-                found.setdefault(tuple(sorted(shapes.items())), ([], shapes))[0].append(label)
-    return [(" = ".join(labels), shapes) for labels, shapes in found.values()]
+    return edge_shapes_for(target.manifest.spec, target.manifest.profiles, target.max_batch_size)
 
 
 def _output_shape_problem(target: ModelTarget, got: dict[str, np.ndarray], batch: int | None) -> str | None:
@@ -514,11 +509,12 @@ def _output_shape_problem(target: ModelTarget, got: dict[str, np.ndarray], batch
 def check_edge_shapes(target: ModelTarget, session: Session) -> CheckResult:
     t0 = time.monotonic()
     ranges = target.manifest.config.get("input_ranges") or {}
+    stored = load_edge_inputs(target.model_dir / EDGE_INPUTS)
     done = []
     for label, shapes in edge_shapes(target):
         batch = shapes[target.manifest.spec.inputs[0].name][0] if target.batching else None
         try:
-            got = infer(session, target, sample_inputs(target, shapes, ranges))
+            got = infer(session, target, edge_inputs(target, shapes, stored, ranges))
         except Exception as exc:  # noqa: BLE001 - the server's message is the result
             return _result("edge_shapes", FAIL, "%s (%s) failed: %s"
                            % (label, ", ".join("%s %s" % (n, list(s)) for n, s in shapes.items()), short(exc)), t0)
