@@ -213,7 +213,24 @@ def derive_variant(repo: Path, base: str, name: str, instances: int, gpus: tuple
     if n != 1:
         raise RuntimeError("no instance_group in %s" % cfg)
     text = re.sub(r"instance_group \{[^}]*\}\n", "", text)  # drop any further groups
+    # the stub logs where execute() spends its time (read by stage_times(); older runtimes ignore it)
+    text += 'parameters { key: "AITUNE_STAGE_TIMES" value { string_value: "1" } }\n'
     cfg.write_text(text)
+
+
+STAGE_LINE = re.compile(r"aitune stage times \((?P<model>[^)]*)\) over (?P<n>\d+) executes: (?P<req>[\d.]+) requests each; "
+                        r"read (?P<read>\d+) us, launch (?P<launch>\d+) us, gpu wait (?P<wait>\d+) us, "
+                        r"respond (?P<respond>\d+) us")
+
+
+def stage_times(log_text: str, model: str) -> dict | None:
+    """The last stage-time line the stub logged for ``model`` in ``log_text``."""
+    found = [m for m in STAGE_LINE.finditer(log_text) if m.group("model") == model]
+    if not found:
+        return None
+    m = found[-1]
+    return {"executes": int(m.group("n")), "requests_per_execute": float(m.group("req")),
+            **{k: int(m.group(k)) for k in ("read", "launch", "wait", "respond")}}
 
 
 # --------------------------------------------------------------------------------------------- in-process
@@ -328,6 +345,8 @@ def measure(points: list[dict], repo: Path, work: Path, args, summary: dict, sav
                                 measurement_interval_ms=args.window_ms, max_trials=5, stability_percentage=1000,
                                 input_data=data[name], timeout_s=90)
             t1 = time.time()
+            log_path = args.out / "tritonserver.log"
+            offset = log_path.stat().st_size if log_path.exists() else 0
             try:
                 res = run_perf(name, server.grpc_url, popts, workdir=work / "perf" / ("%03d" % i))
                 row = res.rows[0].__dict__ if res.rows else None
@@ -335,6 +354,10 @@ def measure(points: list[dict], repo: Path, work: Path, args, summary: dict, sav
             except PerfError as exc:
                 row, p["error"] = None, str(exc).splitlines()[0][:300]
             p["seconds"] = round(time.time() - t1, 1)
+            if log_path.exists():
+                with open(log_path, errors="replace") as f:
+                    f.seek(offset)
+                    p["stub_stage_us"] = stage_times(f.read(), name)
             if row:
                 p.update({k: v for k, v in row.items() if k != "concurrency"})
             summary["points"].append(p)
@@ -343,6 +366,8 @@ def measure(points: list[dict], repo: Path, work: Path, args, summary: dict, sav
                 "%.0f/s p50 %.2f p99 %.2f ms | queue %.0f in %.0f infer %.0f out %.0f us" % (
                     p["throughput"], p["p50_ms"], p["p99_ms"], p["queue_us"], p["compute_input_us"],
                     p["compute_infer_us"], p["compute_output_us"]) if row else p["error"]))
+            if p.get("stub_stage_us"):
+                log("    stub per execute: %s" % json.dumps(p["stub_stage_us"]))
 
 
 def run(args) -> int:
@@ -409,6 +434,7 @@ def run(args) -> int:
         summary["wall_s"], sum(1 for p in summary["points"] if p.get("throughput")),
         sum(1 for p in summary["points"] if p.get("skipped"))))
     print(render_table([summary]))
+    print(targets([summary]))
     return 0
 
 
@@ -425,6 +451,79 @@ def render_table(summaries: list[dict]) -> str:
                 p["transport"], p["batch"], p["concurrency"], p["throughput"], p["p50_ms"], p["p99_ms"],
                 p["queue_us"], p["compute_input_us"], p["compute_infer_us"], p["compute_output_us"]))
     return "\n".join(lines)
+
+
+def _pick(s: dict, **want) -> dict | None:
+    """The measured point of ``s`` matching ``want`` (gpus as a tuple), else None."""
+    for p in s["points"]:
+        if p.get("throughput") and all((tuple(p[k]) if k == "gpus" else p[k]) == v for k, v in want.items()):
+            return p
+    return None
+
+
+def targets(summaries: list[dict]) -> str:
+    """The issue's same-run ratios, per model and machine kind, as a markdown table."""
+    rows = ["| kind | model | target | measured | ratio | goal | met |", "|---|---|---|---|---|---|---|"]
+
+    def add(kind, model, what, measured, ratio, goal, met):
+        rows.append("| %s | %s | %s | %s | %s | %s | %s |" % (kind, model, what, measured,
+                                                                "-" if ratio is None else "%.2f" % ratio, goal,
+                                                                "-" if met is None else ("yes" if met else "**no**")))
+
+    for s in summaries:
+        kind = s["kind"]
+        for model, inproc in s.get("inprocess", {}).items():
+            peaks = inproc["peaks"]
+            g0 = (0,)
+            if kind == "h200":
+                best = max((p for p in s["points"] if p.get("throughput") and p["model"] == model and p["code"] == "new"
+                            and p["transport"] == "system_shm" and p["batch"] == 1 and p["concurrency"] >= 64
+                            and tuple(p["gpus"]) == g0), key=lambda p: p["throughput"], default=None)
+                if best:
+                    r = best["throughput"] / peaks["graph_h2d"]
+                    add(kind, model, "b1 system shm c>=64 / in-process graph+H2D peak",
+                        "%.0f (i%d) / %.0f" % (best["throughput"], best["instances"], peaks["graph_h2d"]), r, ">= 0.5",
+                        r >= 0.5)
+                best = max((p for p in s["points"] if p.get("throughput") and p["model"] == model and p["code"] == "new"
+                            and p["transport"] == "cuda_shm" and p["batch"] == 16 and tuple(p["gpus"]) == g0),
+                           key=lambda p: p["throughput"], default=None)
+                if best:
+                    r = best["throughput"] / peaks["graph"]
+                    add(kind, model, "b16 CUDA shm / in-process CUDA-graph peak",
+                        "%.0f (i%d c%d) / %.0f" % (best["throughput"], best["instances"], best["concurrency"],
+                                                   peaks["graph"]), r, ">= 0.9", r >= 0.9)
+                p = _pick(s, model=model, code="new", instances=1, gpus=g0, transport="cuda_shm", batch=1, concurrency=1)
+                g1 = next((r for r in inproc["rows"]["graph"] if r["batch"] == 1), None)
+                if p and g1:
+                    add(kind, model, "p50 c=1 b1 CUDA shm vs in-process graph b1 + 0.3 ms",
+                        "%.2f vs %.2f ms" % (p["p50_ms"], g1["latency_ms"] + 0.3), None, "<=",
+                        p["p50_ms"] <= g1["latency_ms"] + 0.3)
+            for transport, batch, conc, goal in (("system_shm", 1, 64, 1.5), ("system_shm", 8, 16, 1.5),
+                                                 ("cuda_shm", 1, 64, 1.0), ("cuda_shm", 16, 8, 1.0),
+                                                 ("cuda_shm", 16, 16, 1.0)):
+                for code in ("new", "before"):
+                    one = _pick(s, model=model, code=code, instances=1, gpus=g0, transport=transport, batch=batch,
+                                concurrency=conc)
+                    two = _pick(s, model=model, code=code, instances=2, gpus=g0, transport=transport, batch=batch,
+                                concurrency=conc)
+                    if one and two:
+                        r = two["throughput"] / one["throughput"]
+                        add(kind, model, "%s: 2 instances / 1 on GPU 0, %s b%d c%d" % (code, transport, batch, conc),
+                            "%.0f / %.0f" % (two["throughput"], one["throughput"]), r, ">= %.1f" % goal,
+                            r >= goal if code == "new" else None)
+            if kind == "h200x2":
+                for p1 in s["points"]:
+                    if not (p1.get("throughput") and p1["model"] == model and tuple(p1["gpus"]) == g0):
+                        continue
+                    p2 = _pick(s, model=model, code=p1["code"], instances=p1["instances"], gpus=(0, 1),
+                               transport=p1["transport"], batch=p1["batch"], concurrency=p1["concurrency"])
+                    if p2:
+                        r = p2["throughput"] / p1["throughput"]
+                        add(kind, model, "%s i%d: 2 GPUs / 1, %s b%d c%d" % (
+                            p1["code"], p1["instances"], p1["transport"], p1["batch"], p1["concurrency"]),
+                            "%.0f / %.0f" % (p2["throughput"], p1["throughput"]), r, ">= 1.9",
+                            r >= 1.9 if p1["code"] == "new" else None)
+    return "\n".join(rows)
 
 
 def plot(summaries: list[dict], path: Path) -> None:
@@ -484,6 +583,8 @@ def main() -> int:
     if args.report:
         summaries = [json.loads(p.read_text()) for p in args.report]
         print(render_table(summaries))
+        print()
+        print(targets(summaries))
         if args.plot:
             plot(summaries, args.plot)
         return 0
