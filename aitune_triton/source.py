@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils import _pytree as pytree
 
 from aitune_triton.config import GenerateConfig
 from aitune_triton.errors import UserError
@@ -74,6 +75,33 @@ def _call(module, path: Path, fn: str) -> Any:
         raise _fail(path, "%s() raised at %s: %s: %s" % (fn, _user_frame(exc, path), type(exc).__name__, exc)) from exc
 
 
+def _structure_hint(raw: list) -> str:
+    """For a sample that nests tensors in a list/tuple/dict argument (torchvision detectors take
+    ``images: list[Tensor]``): how to make the model take tensors."""
+    for sample in raw:
+        values = list(sample.values()) if isinstance(sample, dict) else list(sample) \
+            if isinstance(sample, (tuple, list)) else []
+        if isinstance(sample, (tuple, list)) and len(sample) == 2 and isinstance(sample[1], dict):
+            values = list(sample[0]) + list(sample[1].values())
+        if any(isinstance(v, (list, tuple, dict)) for v in values):
+            return ("; forward() takes a list/dict of tensors: wrap the model in an nn.Module whose forward takes "
+                    "tensors (e.g. one batched image tensor) and builds the list inside, and return that from "
+                    "get_model()")
+    return ""
+
+
+def _refuse_cache(path: Path, output: Any) -> None:
+    """A generation cache (transformers' ``DynamicCache``, ``past_key_values``) cannot be served as
+    tensors; the fix is a flag on the model, which the generic "not a tensor" error does not say."""
+    leaves = pytree.tree_leaves(output, is_leaf=lambda x: type(x).__name__.endswith("Cache"))
+    cache = next((leaf for leaf in leaves if type(leaf).__name__.endswith("Cache")), None)
+    if cache is not None:
+        raise _fail(path, "forward() returns a %s (a generation cache, past_key_values), which cannot be served; "
+                          "set use_cache=False in get_model() (e.g. GPT2Config(use_cache=False) or "
+                          "model.config.use_cache = False), or wrap the model to return only the tensors you need"
+                    % type(cache).__name__)
+
+
 def load_model_source(path: Path) -> ModelSource:
     """Import model.py, fetch model/samples/config and run the model once per sample."""
     path = Path(path).resolve()
@@ -95,7 +123,7 @@ def load_model_source(path: Path) -> ModelSource:
     try:
         samples = tuple(normalize_sample(r, i) for i, r in enumerate(raw))
     except UserError as exc:
-        raise _fail(path, str(exc)) from None
+        raise _fail(path, str(exc) + _structure_hint(raw)) from None
     config = None
     if hasattr(module, "get_config"):
         config = _call(module, path, "get_config")
@@ -113,4 +141,5 @@ def load_model_source(path: Path) -> ModelSource:
             except Exception as exc:
                 raise _fail(path, "forward() raised on sample %d at %s: %s: %s"
                             % (i, _user_frame(exc, path), type(exc).__name__, exc)) from exc
+        _refuse_cache(path, outputs[0])
     return ModelSource(path, model, samples, tuple(outputs), config)
