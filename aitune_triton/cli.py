@@ -59,6 +59,56 @@ def _handle_errors(fn):
     return wrapper
 
 
+class _Repository(click.ParamType):
+    """A model repository: a local directory, or an ``s3://[host:port/]bucket/prefix`` URL (kept
+    as text: a Path would fold the double slash) for the commands that read object storage."""
+
+    name = "repository"
+
+    def __init__(self, exists: bool = False):
+        self.path = click.Path(path_type=Path, exists=exists, file_okay=False)
+
+    def convert(self, value, param, ctx):
+        from aitune_triton.deploy.storage import S3Location, is_s3_url
+        from aitune_triton.errors import UserError
+
+        if is_s3_url(value):
+            try:
+                S3Location.parse(value)
+            except UserError as exc:
+                self.fail(str(exc), param, ctx)
+            return value
+        return self.path.convert(value, param, ctx)
+
+
+def _tune_through_object_storage(fn):
+    """``tune`` on an s3:// REPO (a prefix written by ``push``): the version its pointer names is
+    downloaded whole, tuned locally (the embedded server loads that copy, so the write-back reload
+    proves the tuned config), and written back through the same atomic push: a new version, then
+    the pointer moves. A prefix without a pointer is refused rather than rewritten in place."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, repo, **kwargs):
+        from aitune_triton.deploy.storage import is_s3_url, open_repository, push as push_version
+
+        if not is_s3_url(repo):
+            return fn(*args, repo=repo, **kwargs)
+        with open_repository(repo, full=True, require_pointer=True) as view:
+            try:
+                fn(*args, repo=view.local, **kwargs)
+                code = 0
+            except SystemExit as exc:
+                code = exc.code
+            if code == 0:
+                with console.status("pushing the tuned repository"):
+                    pushed = push_version(view.local, view.base)
+                console.print("pushed the tuned repository as version %s (previous: %s); the tuning report is in it"
+                              % (pushed.version, pushed.previous), markup=False, soft_wrap=True)
+                click.echo(pushed.repository.url)
+        sys.exit(code)
+    return wrapper
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="aitune-triton")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
@@ -126,7 +176,7 @@ def build_plan(repo, model, force):
 
 
 @main.command()
-@click.argument("repo", type=click.Path(path_type=Path))
+@click.argument("repo", type=_Repository())
 @click.option("--url", help="HTTP endpoint (host:port) of a running Triton to use instead of launching the embedded one.")
 @click.option("--grpc-url", help="gRPC endpoint of that server (default: the HTTP port + 1).")
 @click.option("--tritonserver", type=click.Path(path_type=Path), help="Launch this tritonserver binary instead.")
@@ -208,7 +258,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 @main.command()
-@click.argument("repo", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("repo", type=_Repository(exists=True))
 @click.option("--model", required=True, help="Model to tune.")
 @click.option("--objective", type=click.Choice(["max-throughput", "min-latency"]), default="max-throughput",
               show_default=True)
@@ -222,6 +272,7 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--tritonserver", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Use this tritonserver binary instead of the bundled one.")
 @_handle_errors
+@_tune_through_object_storage
 def tune(repo, model, objective, budget_ms, min_throughput, instances, delays_us, concurrency, brute, report_dir,
          tritonserver):
     """Search instances / queue delay for MODEL on a live server and write the best config back."""

@@ -379,16 +379,22 @@ def download(s3, location: S3Location, dest: Path, full: bool = False, progress:
 
 
 @contextlib.contextmanager
-def open_repository(repo: "str | Path", full: bool = False, progress: Progress | None = None
-                    ) -> Iterator[RepositoryView]:
+def open_repository(repo: "str | Path", full: bool = False, progress: Progress | None = None,
+                    require_pointer: bool = False) -> Iterator[RepositoryView]:
     """A local path as it is; an s3:// URL resolved through its pointer and downloaded (``full``:
-    every file, else only what the tool reads) into a temporary folder removed afterwards."""
+    every file, else only what the tool reads) into a temporary folder removed afterwards.
+    ``require_pointer``: refuse (before downloading) a prefix that ``push`` did not write, for
+    callers that write back as a new version."""
     if not is_s3_url(repo):
         yield RepositoryView(Path(repo), Path(repo))
         return
     location = S3Location.parse(str(repo))
     s3 = client(location)
     repository, base, version = resolve(s3, location)
+    if require_pointer and base is None:
+        raise UserError("%s has no %s: results are written back as a new version behind that pointer, so the "
+                        "repository must have been pushed there with `aitune-triton push` (a plain prefix is never "
+                        "rewritten in place)" % (location.url, POINTER))
     tmp = Path(tempfile.mkdtemp(prefix="aitune-s3-"))
     try:
         local = tmp / "repo"
