@@ -25,7 +25,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -273,11 +273,14 @@ def _check_graph(proto: onnx.ModelProto, spec: IOSpec, groups: dict, exporter: s
 
 def export_onnx(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample], profiles: ProfileSet, path: Path,
                 use_dynamo: bool = True, opset_version: int | None = None,
-                tolerance: Tolerance | None = None) -> OnnxArtifact:
+                tolerance: "Tolerance | Mapping[str, Tolerance] | None" = None,
+                postprocess: Callable[[Path], None] | None = None) -> OnnxArtifact:
     """Export ``model`` to ``path`` and check it against eager on ONNX Runtime CPU.
 
     The file appears at ``path`` only once it has exported, passed ``onnx.checker`` and matched eager:
-    later stages never see a half-written or wrong model. Raises ``ModelError`` otherwise."""
+    later stages never see a half-written or wrong model. Raises ``ModelError`` otherwise.
+    ``postprocess(staged_path)`` may rewrite the exported file before it is checked (ModelOpt's
+    quantized exports need that, see ``tensorrt/quantized_onnx.py``)."""
     path = Path(path)
     exporter = "dynamo" if use_dynamo else "torchscript"
     device = _device(model)
@@ -301,6 +304,8 @@ def export_onnx(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample],
                              details=out.getvalue()) from failure
         log.debug("%s exporter output:\n%s", exporter, out.getvalue())
         log.info("exported %s with the %s exporter in %.1f s", path.name, exporter, time.monotonic() - start)
+        if postprocess is not None:
+            postprocess(target)
         try:
             onnx.checker.check_model(str(target))
         except onnx.checker.ValidationError as exc:
@@ -383,13 +388,18 @@ def _errors(actual: np.ndarray, expected: np.ndarray, tol: Tolerance) -> tuple[f
 
 
 def compare_outputs(spec: IOSpec, cases: Sequence[tuple[str, Sequence[np.ndarray], Sequence[np.ndarray]]],
-                    runtime: str = "onnxruntime", tolerance: Tolerance | None = None,
+                    runtime: str = "onnxruntime", tolerance: "Tolerance | Mapping[str, Tolerance] | None" = None,
                     strict_dtypes: bool = True) -> OnnxCheck:
     """Per output, the worst error over ``cases`` of ``(label, eager outputs, onnx outputs)`` in spec order.
-    A shape (or, with ``strict_dtypes``, dtype) difference fails the output outright."""
+    A shape (or, with ``strict_dtypes``, dtype) difference fails the output outright. ``tolerance``
+    overrides the dtype tolerances for every float output, or per output name when it is a mapping
+    (a quantized graph's tolerance scales with each output's magnitude)."""
     rows = []
     for k, t in enumerate(spec.outputs):
-        tol = tolerance_for(t.dtype, tolerance)
+        if isinstance(tolerance, Mapping):
+            tol = tolerance.get(t.name) or tolerance_for(t.dtype)
+        else:
+            tol = tolerance_for(t.dtype, tolerance)
         worst, abs_max, rel_max, ok, note = "", 0.0, 0.0, True, ""
         for label, expected, actual in cases:
             e, a = np.asarray(expected[k]), np.asarray(actual[k])
@@ -482,12 +492,17 @@ def _open(path: Path, spec: IOSpec) -> tuple[Any, bool, str]:
 
 
 def check_onnx(model: torch.nn.Module, spec: IOSpec, path: Path, samples: Sequence[Sample], profiles: ProfileSet,
-               tolerance: Tolerance | None = None, exporter: str | None = None) -> OnnxCheck:
+               tolerance: "Tolerance | Mapping[str, Tolerance] | None" = None,
+               exporter: str | None = None, profile_edges: bool = True) -> OnnxCheck:
     """Run ``path`` on ORT CPU and ``model`` eagerly on the same inputs (see ``check_feeds``).
 
     A kernel ORT CPU lacks skips the check with the reason recorded (TensorRT may still build the
-    graph); any other ORT failure is a ``ModelError``."""
+    graph); any other ORT failure is a ``ModelError``. ``profile_edges=False`` keeps to the samples:
+    a quantized graph is accurate only on data like its calibration data, which random inputs at
+    the profile edges are not."""
     feeds = check_feeds(spec, samples, profiles)
+    if not profile_edges:
+        feeds = feeds[:len(samples)]
     advice = hint(exporter) if exporter else _FALLBACK
     try:
         session, as_float32, runtime = _open(Path(path), spec)

@@ -310,12 +310,13 @@ def _comment_safe(text: str) -> str:
 
 def render_build_script(onnx_path: Path | str, plan_path: Path | str, trt_config: TensorRTBackendConfig,
                         profile_set: ProfileSet, model_name: str, repository: str = "REPO",
-                        home_model: str | None = None) -> str:
+                        home_model: str | None = None, quantization: str | None = None) -> str:
     """A bash script that builds the plan with trtexec inside a TensorRT/Triton container.
 
     ``onnx_path``/``plan_path`` are taken relative to the script's directory (the script ``cd``s
     there). A timing cache is referred to by its file name only: the host path rarely exists inside
-    the container, and trtexec creates the file when it is missing.
+    the container, and trtexec creates the file when it is missing. ``quantization`` is the one-line
+    summary of what was applied to the ONNX (``QuantizationRecord.summary``), written as a comment.
     """
     from aitune_triton import __version__
     from aitune_triton.templating import render
@@ -337,6 +338,7 @@ def render_build_script(onnx_path: Path | str, plan_path: Path | str, trt_config
                   onnx_comment=_comment_safe(onnx_path), alternative=alternative,
                   alternative_comment=_comment_safe(alternative), compat_comments=[compat, version],
                   settings_comment=_comment_safe(trt_config.describe() or "defaults"),
+                  quantization_comment=_comment_safe(quantization) if quantization else None,
                   args=args)
 
 
@@ -498,7 +500,7 @@ def _cuda_version(value: int) -> str:
     return "%d.%d" % (value // 1000, (value % 1000) // 10)
 
 
-def _gpu_facts() -> dict:
+def gpu_facts() -> dict:
     """GPU 0 of the build process (the parent sets CUDA_VISIBLE_DEVICES) through the CUDA driver API.
 
     Best effort, for the record only: ``cuda_runtime_version`` is the libcudart Polygraphy finds in
@@ -579,7 +581,7 @@ def build_in_process(onnx_path: Path, plan_path: Path, trt_config: TensorRTBacke
         if tmp.exists():
             tmp.unlink()
     level = getattr(getattr(engine, "hardware_compatibility_level", None), "name", None)
-    facts = _gpu_facts()
+    facts = gpu_facts()
     stamp = PlanStamp(tensorrt_version=trt.__version__, cuda_runtime_version=facts["cuda_runtime_version"],
                       cuda_driver_version=facts["cuda_driver_version"], gpu_name=facts["gpu_name"],
                       compute_capability=facts["compute_capability"],

@@ -34,6 +34,8 @@ from aitune_triton.tensorrt.config import (
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'aitune-triton[tensorrt]'"
+# what ModelOpt's PTQ leaves the unquantized ops in (its default, stated so the manifest can say it)
+HIGH_PRECISION_DTYPE = "fp16"
 
 
 def _modelopt(module: str, qconfig: QuantizationConfig) -> Any:
@@ -115,6 +117,14 @@ def _fp16(onnx_in: Path, onnx_out: Path, qconfig: ONNXQuantizationConfig) -> Non
     _save(model, onnx_out)
 
 
+def ptq_calibration_method(qconfig: ONNXQuantizationConfig) -> str:
+    """The calibration method ModelOpt runs: int4 has its own methods (awq_clip, rtn_dq, ...), and
+    the seed's default "max", an int8/fp8 method, stands for ModelOpt's int4 default there."""
+    if qconfig.precision == "int4" and qconfig.calibration_method == "max":
+        return "awq_clip"
+    return qconfig.calibration_method
+
+
 def _ptq(onnx_in: Path, onnx_out: Path, qconfig: ONNXQuantizationConfig,
          calibration: Sequence[dict[str, np.ndarray]], calibration_eps: Sequence[str]) -> None:
     _check_calibration(calibration, "ONNXQuantizationConfig(precision=%r)" % qconfig.precision)
@@ -122,12 +132,11 @@ def _ptq(onnx_in: Path, onnx_out: Path, qconfig: ONNXQuantizationConfig,
     if not str(onnx_in).endswith(".onnx"):
         raise UserError("ModelOpt needs an input file ending in .onnx, got %s" % onnx_in)
     onnx_out.parent.mkdir(parents=True, exist_ok=True)
-    # int4 has its own methods (awq_clip, rtn_dq, ...); the seed's default "max" is an int8/fp8 method
-    method = qconfig.calibration_method if qconfig.precision in ("int8", "fp8") else None
     quantization.quantize(
-        onnx_path=str(onnx_in), quantize_mode=qconfig.precision, calibration_method=method,
+        onnx_path=str(onnx_in), quantize_mode=qconfig.precision, calibration_method=ptq_calibration_method(qconfig),
         calibration_data_reader=_calibration_reader(calibration), calibration_eps=list(calibration_eps),
-        nodes_to_exclude=list(qconfig.nodes_to_exclude) or None, output_path=str(onnx_out), log_level="WARNING")
+        nodes_to_exclude=list(qconfig.nodes_to_exclude) or None, output_path=str(onnx_out), log_level="WARNING",
+        high_precision_dtype=HIGH_PRECISION_DTYPE)
     if not onnx_out.is_file():
         raise ModelError("ModelOpt %s quantization wrote no model to %s" % (qconfig.precision, onnx_out))
 

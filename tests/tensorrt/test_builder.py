@@ -452,7 +452,7 @@ def test_engine_io_refuses_io_triton_cannot_serve():
 
 
 def test_gpu_facts_never_raise():
-    facts = builder._gpu_facts()
+    facts = builder.gpu_facts()
     assert set(facts) == {"gpu_name", "compute_capability", "cuda_driver_version", "cuda_runtime_version"}
 
 
@@ -492,7 +492,7 @@ def _fake_pipeline(monkeypatch, outputs=(("output_0", "FLOAT", (-1, 5)),)):
     monkeypatch.setattr(ptrt, "NetworkFromOnnxPath", network_from_onnx_path)
     monkeypatch.setattr(ptrt, "EngineBytesFromNetwork", engine_bytes_from_network)
     monkeypatch.setattr(ptrt, "EngineFromBytes", engine_from_bytes)
-    monkeypatch.setattr(builder, "_gpu_facts", lambda: {"gpu_name": "Fake GPU", "compute_capability": "8.6",
+    monkeypatch.setattr(builder, "gpu_facts", lambda: {"gpu_name": "Fake GPU", "compute_capability": "8.6",
                                                         "cuda_driver_version": "12.8", "cuda_runtime_version": "12.8"})
     return fake, seen
 
