@@ -1,0 +1,49 @@
+"""torch's output goes to the log file, the console gets the cause in plain words with the model's line."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from aitune_triton.export.diagnostics import capture_torch_output, export_failure
+
+
+class Branchy(torch.nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:  # a branch on tensor values
+            return x * 2
+        return x - 1
+
+
+def test_data_dependent_branch_is_named_in_plain_words_and_torch_output_goes_to_the_log(tmp_path, capfd):
+    log_path = tmp_path / "logs" / "fallback.log"
+    torch_logger = logging.getLogger("torch")
+    handlers_before = list(torch_logger.handlers)
+    with pytest.raises(Exception) as info:
+        with capture_torch_output(log_path):
+            torch.export.export(Branchy(), (torch.randn(3, 4),),
+                                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=8)},))
+    line = export_failure(info.value)
+    assert line == ("control flow depends on input values (`if x.sum() > 0` at test_diagnostics.py:15); "
+                    "torch.export cannot trace it")
+    out, err = capfd.readouterr()
+    assert "def forward(" not in out + err and "Unable to find user code" not in out + err
+    text = log_path.read_text()
+    assert "def forward(" in text  # the graph torch prints on failure
+    assert torch_logger.handlers == handlers_before
+
+
+def test_other_failures_keep_their_first_line_and_the_model_line():
+    class Bad(torch.nn.Module):
+        def forward(self, x):
+            return x.view(-1, 7)  # not every batch size divides
+
+    try:
+        Bad()(torch.randn(2, 4))
+    except RuntimeError as exc:
+        line = export_failure(exc)
+    assert line.startswith("RuntimeError: shape '[-1, 7]' is invalid for input of size 8")
+    assert line.endswith("(`return x.view(-1, 7)` at test_diagnostics.py:41)")
+    assert "\n" not in line
