@@ -108,6 +108,24 @@ def _tune_through_object_storage(fn):
         sys.exit(code)
     return wrapper
 
+def _follow_pointer(fn):
+    """``serve`` on an s3:// REPO written by ``push``: Triton cannot follow the pointer object, so
+    the command resolves it and the server gets the version it names (every server started from
+    the same pointer loads the same files). A plain prefix is passed on as it is."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, repo, **kwargs):
+        from aitune_triton.deploy.storage import S3Location, client, is_s3_url, resolve
+
+        if is_s3_url(repo):
+            location = S3Location.parse(repo)
+            repository, base, version = resolve(client(location), location)
+            if version:
+                console.print("%s: version %s" % (repo, version), markup=False, soft_wrap=True)
+            repo = repository.url
+        return fn(*args, repo=repo, **kwargs)
+    return wrapper
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="aitune-triton")
@@ -215,7 +233,7 @@ def validate(repo, url, grpc_url, tritonserver, models, perf, concurrency, share
 
 
 @main.command()
-@click.argument("repo", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("repo", type=_Repository(exists=True))
 @click.option("--http-port", type=int, default=8000, show_default=True)
 @click.option("--grpc-port", type=int, default=8001, show_default=True)
 @click.option("--metrics-port", type=int, default=8002, show_default=True)
@@ -223,6 +241,7 @@ def validate(repo, url, grpc_url, tritonserver, models, perf, concurrency, share
 @click.option("--tritonserver", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Use this tritonserver binary instead of the bundled one.")
 @_handle_errors
+@_follow_pointer
 def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver):
     """Run the embedded Triton server on REPO in the foreground (Ctrl-C stops it)."""
     import time

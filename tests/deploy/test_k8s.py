@@ -121,3 +121,23 @@ def test_deploy_cli_from_a_local_repository_on_a_pvc(tmp_path):
         assert bad.exit_code == 2, bad.output
         assert len(bad.output.strip().splitlines()) == 1 and __import__("re").search(message, bad.output)
     assert not (tmp_path / "b").exists()
+
+
+def test_deploy_cli_from_object_storage_pins_the_pushed_version(tmp_path, s3_endpoint):
+    from aitune_triton.deploy import storage as st
+
+    base = st.S3Location.parse("s3://%s/deploy-test/team/cnn" % s3_endpoint)
+    st.client(base).create_bucket(Bucket=base.bucket)
+    pushed = st.push(ROOT / "model_repository", base)
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"model": "cnn", "replicas": 4, "gpus_per_replica": 1, "p99_ms": 25.0}')
+    out = tmp_path / "k8s"
+    result = CliRunner().invoke(main, ["deploy", "k8s", base.url, "--replicas", "auto", "--plan", str(plan),
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    deployment = yaml.safe_load((out / "deployment.yaml").read_text())
+    assert deployment["spec"]["replicas"] == 4
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--model-repository=%s" % pushed.repository.url in args
+    hpa = yaml.safe_load((out / "hpa.yaml").read_text())
+    assert hpa["spec"]["minReplicas"] == 4 and hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"] == "2500"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,40 @@ def test_tune_on_s3_writes_back_as_a_new_version(pushed):
     assert any(k.endswith("cnn/tuning/tune_report.json") for k in st.list_objects(s3, new))
     # the version servers were started on is untouched
     assert s3.get_object(Bucket=old.bucket, Key=old.key("cnn/config.pbtxt"))["Body"].read() == old_config
+
+
+def test_serve_follows_the_pointer_and_serves_from_s3(pushed):
+    import signal
+    import time
+    import urllib.request
+
+    from aitune_triton.triton.server import free_ports
+
+    base, _, work = pushed
+    current = st.read_pointer(st.client(base), base)["repository"]
+    http, grpc, metrics = free_ports(3)
+    env = dict(os.environ, COLUMNS="300")
+    proc = subprocess.Popen(CLI + ["serve", base.url, "--http-port", str(http), "--grpc-port", str(grpc),
+                                   "--metrics-port", str(metrics)], cwd=work, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Triton is ready" in line:
+                break
+        assert any("Triton is ready" in l for l in lines), "".join(lines)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open("http://127.0.0.1:%d/v2/models/cnn/ready" % http, timeout=10) as resp:
+            assert resp.status == 200
+        text = "".join(lines)
+        assert "version %s" % current.rsplit("/", 1)[-1] in text
+        log = re.search(r"\(log: (\S+)\)", text).group(1)
+        assert current in Path(log).read_text()  # the server was given the version the pointer names
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(120) == 0
