@@ -147,3 +147,20 @@ def test_generate_config_gpus():
     for bad in ([0, 0], [-1], [], ["0"]):
         with pytest.raises(UserError, match="gpus must be distinct GPU indices"):
             GenerateConfig(gpus=bad)
+
+
+def test_rows_found_dependent_keep_max_batch_but_get_no_dynamic_batching():
+    import dataclasses
+
+    dependent = dataclasses.replace(SPEC, rows_independent=False, row_dependence="output 'y' differs")
+    assert not dependent.dynamic_batching_ok and m.dynamic_batching(dependent, 8, 100, None, False) is None
+    assert m.max_batch_size(dependent, 8, None) == 8
+    assert m.dynamic_batching(dataclasses.replace(SPEC, rows_independent=None), 8, 100, None, False) is not None
+
+
+def test_client_shape_notes_name_each_batch_only_output():
+    (note,) = m.client_shape_notes(SPEC)  # 'score' has only the batch axis, 'y' has more
+    assert note.startswith("output 'score' is served as dims [1] with reshape []")
+    assert "clients receive shape [batch, 1] where eager PyTorch returns [batch]" in note
+    scalar = IOSpec((_t("x", "float32", S(2)),), (_t("total", "float32"),), False)
+    assert "receive shape [1] where eager PyTorch returns [] (a scalar)" in m.client_shape_notes(scalar)[0]
