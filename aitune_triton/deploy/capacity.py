@@ -230,15 +230,19 @@ def _instance_scaling(measurements: list[dict], chosen: dict) -> list[str]:
 
 
 def find_report(repo: Path, model: str, report: Path | None = None) -> Path:
-    """``report`` if given; else the newer of the model's tune report and ./validation_report/report.json."""
+    """``report`` if given; else the newest of the model's tune report, validate's default report
+    (``REPO_validation_report`` beside REPO) and ./validation_report."""
+    from aitune_triton.validate.harness import default_report_dir
+
     if report is not None:
         report = Path(report)
         return report / VALIDATE_REPORT if report.is_dir() else report
-    candidates = [p for p in (Path(repo) / model / "tuning" / TUNE_REPORT, Path("validation_report") / VALIDATE_REPORT)
-                  if p.is_file()]
+    looked = [Path(repo) / model / "tuning" / TUNE_REPORT, default_report_dir(repo) / VALIDATE_REPORT,
+              Path("validation_report") / VALIDATE_REPORT]
+    candidates = [p for p in looked if p.is_file()]
     if not candidates:
-        raise UserError("no report found for %s (looked for %s/%s/tuning/%s and validation_report/%s); run validate "
-                        "or tune first, or pass --report" % (model, repo, model, TUNE_REPORT, VALIDATE_REPORT))
+        raise UserError("no report found for %s (looked for %s); run validate (with perf) or tune first, or pass "
+                        "--report" % (model, ", ".join(map(str, looked))))
     return max(candidates, key=lambda p: p.stat().st_mtime)
 
 

@@ -113,3 +113,22 @@ def test_plan_cli_writes_a_plan_deploy_can_read(tmp_path):
     bad = CliRunner().invoke(main, ["plan", str(ROOT / "model_repository"), "--model", "cnn", "--target-rps", "10",
                                     "--p99-ms", "1", "--report", str(REAL)])
     assert bad.exit_code == 2 and "no measured point" in bad.output
+
+
+def test_find_report_takes_the_newest_of_tune_and_validate(tmp_path):
+    import os
+
+    repo = tmp_path / "repo"
+    (repo / "cnn" / "tuning").mkdir(parents=True)
+    with pytest.raises(UserError, match="no report found for cnn"):
+        cap.find_report(repo, "cnn")
+    validate = tmp_path / "repo_validation_report" / cap.VALIDATE_REPORT
+    validate.parent.mkdir()
+    validate.write_text("{}")
+    tune = repo / "cnn" / "tuning" / cap.TUNE_REPORT
+    tune.write_text("{}")
+    os.utime(validate, (1, 1))
+    assert cap.find_report(repo, "cnn") == tune
+    os.utime(tune, (0, 0))
+    assert cap.find_report(repo, "cnn") == validate
+    assert cap.find_report(repo, "cnn", validate.parent) == validate
