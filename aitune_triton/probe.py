@@ -65,12 +65,12 @@ def _perturbations(feed: Feed, spec: IOSpec) -> list[tuple[str, Feed]]:
     floats = [t.name for t in spec.inputs if feed[t.name].is_floating_point()]
     if not floats:
         return []
-    return [(label, {k: (v * factor if k in floats else v) for k, v in feed.items()})
+    return [(label, {k: (v * factor if k in floats else v.clone()) for k, v in feed.items()})
             for label, factor in (("negated", -1.0), ("scaled x2", 2.0))]
 
 
 def _row(feed: Feed, i: int) -> Feed:
-    return {k: v[i:i + 1] for k, v in feed.items()}
+    return {k: v[i:i + 1].clone() for k, v in feed.items()}  # a copy: a forward that writes in place keeps the samples
 
 
 def _probe_rows(spec: IOSpec, feeds: Sequence[Feed], limit: int = MAX_PROBE_ROWS) -> list[tuple[str, Feed]]:
