@@ -151,3 +151,20 @@ def test_download_refuses_keys_that_escape_the_folder(base, tmp_path):
     with pytest.raises(UserError, match="outside the download folder"):
         st.download(s3, base, tmp_path / "dest", full=True)
     assert not (tmp_path / "escape").exists()
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["push", "{repo}", "s3://{ep}/no-such-bucket/x"], 2, "NoSuchBucket"),
+    (["push", "{repo}", "s3://{ep}/models//x"], 2, "empty path segment"),
+    (["push", "{repo}", "models/x"], 2, "not an s3:// URL"),
+    (["validate", "s3://{ep}/Bad_Bucket/x"], 2, "not a valid S3 bucket name"),
+    (["tune", "s3://{ep}/no-such-bucket/x", "--model", "cnn"], 2, "NoSuchBucket"),
+])
+def test_cli_storage_errors_exit_2_without_a_traceback(repo, s3_endpoint, args, code, message):
+    from click.testing import CliRunner
+
+    from aitune_triton.cli import main
+
+    result = CliRunner().invoke(main, [a.format(repo=repo, ep=s3_endpoint) for a in args])
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output and message in result.output
