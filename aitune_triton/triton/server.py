@@ -13,7 +13,14 @@ Facts about the bundled 2.51 binary this module relies on (checked, not assumed)
   but not ready (strict readiness), and ``POST /v2/repository/index`` then carries the reason;
 * in explicit mode with nothing loaded ``/v2/health/ready`` is true, so one readiness check fits all;
 * the Python backend names its shared memory ``<prefix><uuid>``: each server gets its own prefix so
-  that leftovers after a crash can be removed without touching any other server's regions.
+  that leftovers after a crash can be removed without touching any other server's regions;
+* the Python backend starts its stub through a shell with the model path unquoted, so a repository
+  path or model name with shell syntax would run code: such paths are refused before launch;
+* ``--id`` sets the name ``GET /v2`` reports: each launch gets its own, so a readiness answer from
+  another server on the same port is never mistaken for ours.
+
+Lifetime: the server gets a parent-death signal and a ``procs.Watchdog`` that kills its process
+group (stubs included) and removes its shared memory if the CLI dies without stopping it.
 """
 
 from __future__ import annotations
@@ -36,9 +43,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from aitune_triton import procs
 from aitune_triton.deploy.storage import is_s3_url, server_repository_arg
 from aitune_triton.triton import tools
-from aitune_triton.errors import ServerError  # noqa: F401  (re-exported)
+from aitune_triton.triton.repository import shell_unsafe_chars
+from aitune_triton.errors import ServerError, UserError  # noqa: F401  (ServerError re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +155,7 @@ def build_command(
     backend_directory: Path | None = None,
     flags: frozenset[str] | None = None,
     shm_prefix: str | None = None,
+    server_id: str | None = None,
 ) -> list[str]:
     """The tritonserver argv. Launches nothing.
 
@@ -187,6 +197,8 @@ def build_command(
         cmd.append("--allow-client-shm=true")
     if backend_directory is not None:
         cmd.append("--backend-directory=%s" % backend_directory)
+    if server_id and knows("--id", True):
+        cmd.append("--id=%s" % server_id)
     if shm_prefix and not any(_SHM_PREFIX_FLAG in a for a in options.extra_args):
         cmd.append("--backend-config=%s%s" % (_SHM_PREFIX_FLAG, shm_prefix))
     cmd += list(options.extra_args)
@@ -306,8 +318,11 @@ class _ServerAPI:
             client.load_model(name, config=config_json)
         except InferenceServerException as exc:
             raise ServerError("loading model %r failed: %s%s" % (name, exc.message(), self._context())) from exc
+        except Exception as exc:  # noqa: BLE001 - a timeout or a dropped connection (gevent raises several kinds)
+            raise ServerError("loading model %r did not finish within %.0f s (%s: %s)%s"
+                              % (name, timeout_s, type(exc).__name__, exc, self._context())) from exc
         finally:
-            client.close()
+            _close_quietly(client)
 
     def unload_model(self, name: str, timeout_s: float = 120.0) -> None:
         from tritonclient.utils import InferenceServerException
@@ -317,8 +332,63 @@ class _ServerAPI:
             client.unload_model(name)
         except InferenceServerException as exc:
             raise ServerError("unloading model %r failed: %s%s" % (name, exc.message(), self._context())) from exc
+        except Exception as exc:  # noqa: BLE001 - see load_model
+            raise ServerError("unloading model %r did not finish within %.0f s (%s: %s)"
+                              % (name, timeout_s, type(exc).__name__, exc)) from exc
         finally:
-            client.close()
+            _close_quietly(client)
+
+
+def _close_quietly(client) -> None:
+    try:
+        client.close()
+    except Exception:  # noqa: BLE001 - closing a client of a wedged server may raise anything
+        pass
+
+
+def describe_exit(code: int | None) -> str:
+    """"exited with code 1" or "crashed (SIGSEGV)" for a Popen return code."""
+    if code is not None and code < 0:
+        try:
+            return "crashed (%s)" % signal.Signals(-code).name
+        except ValueError:
+            return "was killed by signal %d" % -code
+    return "exited with code %s" % code
+
+
+def served_model_names(repo: Path) -> tuple[str, ...]:
+    """Model directories to load by name (hidden ones, such as a generate's staging dir, left out);
+    ``("*",)`` when the repository is not a local directory."""
+    repo = Path(repo)
+    if not repo.is_dir():
+        return ("*",)
+    return tuple(sorted(p.name for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")))
+
+
+def check_shell_safe(repo: Path, model_names: tuple[str, ...] = ()) -> None:
+    """Refuse a repository path or model name the Python backend would pass through a shell unquoted.
+
+    Triton's Python backend (2.51 at least) launches its stub with ``bash -c`` and the model path
+    unquoted, so ``$(...)``, backticks, quotes or spaces in it run code or break the launch.
+    """
+    for what, text in [("repository path", str(Path(repo).resolve()))] + [("model name", n) for n in model_names]:
+        bad = shell_unsafe_chars(text)
+        if bad:
+            raise UserError("refusing to serve %r: its %s contains shell metacharacters (%s), which Triton's Python "
+                            "backend passes unquoted to a shell; move or rename it to plain letters, digits and ._-/"
+                            % (text, what, " ".join(bad)))
+
+
+def check_ports_free(host: str, ports: dict[str, int]) -> None:
+    """Fixed ports must be free before launch: otherwise another server would answer our probes."""
+    for what, port in ports.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are not "in use"
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                raise UserError("%s port %d on %s is not free (%s); stop what uses it or pass another --%s-port"
+                                % (what, port, host, exc.strerror, what)) from None
 
 
 class RemoteServer(_ServerAPI):
@@ -398,6 +468,8 @@ class TritonServer(_ServerAPI):
         self._env = env
         self.log_path: Path | None = Path(log_path) if log_path else None
         self.shm_prefix = "%s%s_" % (SHM_PREFIX, uuid.uuid4().hex[:12])
+        self.server_id = "aitune-%s" % uuid.uuid4().hex[:16]
+        self._watchdog: procs.Watchdog | None = None
         self.ports: Ports | None = None
         self.command: list[str] = []
         self._proc: subprocess.Popen | None = None
@@ -495,13 +567,21 @@ class TritonServer(_ServerAPI):
         binary = server_binary(self.options)
         if not binary.exists():
             raise ServerError("tritonserver not found at %s" % binary)
+        names = tuple(n for n in self.options.load_models if n != "*")
+        if "*" in self.options.load_models and isinstance(self.repo, Path) and self.repo.is_dir():
+            names = tuple(p.name for p in self.repo.iterdir() if p.is_dir())
+        check_shell_safe(self.repo, names)
+        opts = self.options
+        check_ports_free(opts.host, {k: v for k, v in (("http", opts.http_port), ("grpc", opts.grpc_port),
+                                                       ("metrics", opts.metrics_port)) if v})
         if self.log_path is None:
             fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
             os.close(fd)
             self.log_path = Path(name)  # kept after stop: it is the only record of a failure
         self.ports = resolve_ports(self.options)
         self.command = build_command(
-            self.repo, self.options, self.ports, binary=binary, flags=supported_flags(binary), shm_prefix=self.shm_prefix
+            self.repo, self.options, self.ports, binary=binary, flags=supported_flags(binary),
+            shm_prefix=self.shm_prefix, server_id=self.server_id,
         )
         log.info("starting tritonserver: %s", " ".join(self.command))
         log.info("tritonserver log: %s", self.log_path)
@@ -513,9 +593,12 @@ class TritonServer(_ServerAPI):
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             env=build_environment(self._env),
-            start_new_session=True,
+            start_new_session=True,  # its own group: stop() and the watchdog signal it with its stubs
+            preexec_fn=procs.die_with_parent,
         )
         try:
+            self._watchdog = procs.Watchdog()
+            self._watchdog.arm(self._proc.pid, self.shm_prefix + "*")
             self._wait_ready()
         except BaseException:
             self.stop()
@@ -530,6 +613,8 @@ class TritonServer(_ServerAPI):
             if code is not None:
                 raise ServerError("tritonserver exited with code %d during start-up%s" % (code, self._context()))
             status, _ = _http_get(self.http_url, "/v2/health/ready")
+            if status is not None and not self._answer_is_ours():
+                status = None  # another server on this port: ours will fail to bind and exit
             if status is not None:
                 # ready can be true although a start-up load failed (a config that does not parse
                 # never becomes a model state), so the requested models are checked by name
@@ -544,6 +629,16 @@ class TritonServer(_ServerAPI):
                     "tritonserver not ready within %.0f s%s" % (self.options.startup_timeout_s, self._context())
                 )
             time.sleep(0.25)
+
+    def _answer_is_ours(self) -> bool:
+        """The server answering on our HTTP port reports our ``--id`` (unknown ids count as ours)."""
+        if not any(a.startswith("--id=") for a in self.command):
+            return True
+        status, body = _http_get(self.http_url, "/v2")
+        try:
+            return status == 200 and json.loads(body).get("name") == self.server_id
+        except ValueError:
+            return False
 
     def _confirm_endpoints(self, wait_s: float = 2.0) -> None:
         """Metrics start after HTTP, and a metrics port clash makes tritonserver exit just after
@@ -595,6 +690,7 @@ class TritonServer(_ServerAPI):
             return None
         if proc.poll() is None:
             _signal_group(proc.pid, signal.SIGTERM)
+            _signal_group(proc.pid, signal.SIGCONT)  # a stopped server only sees SIGTERM once continued
             try:
                 proc.wait(self.stop_grace_s)
             except subprocess.TimeoutExpired:
@@ -614,6 +710,9 @@ class TritonServer(_ServerAPI):
                 time.sleep(0.05)
         if self._unclean:
             self._remove_own_shm()
+        if self._watchdog is not None:
+            self._watchdog.disarm()
+            self._watchdog = None
         if self._log_file:
             self._log_file.close()
             self._log_file = None
