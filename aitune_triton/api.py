@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from aitune_triton import __version__
 from aitune_triton.config import GenerateConfig, tolerance_for
 from aitune_triton.errors import ModelError, UserError
+from aitune_triton.integrity import verify_artifacts
 from aitune_triton.source import ModelSource, load_model_source
 from aitune_triton.spec import IOSpec, Sample, call_with_feed, flatten_outputs, record_spec, sample_feed
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
@@ -311,20 +313,20 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
                     trt_info = {"status": "export_failed", "reason": str(exc)}
                     notes.append("TensorRT skipped: %s" % exc)
             manifest = Manifest(**{**manifest.__dict__, "tensorrt": trt_info})
-            manifest.save(home)
+            manifest.sealed(home).save(home)
             results.append(GeneratedModel(names["python"], "python", out / names["python"], "ready", detail))
         elif "tensorrt" in names:
             home = staged.dir(names["tensorrt"])
             _write_common(prep, home)
             trt_info = _stage_tensorrt(prep, home, names["tensorrt"], out, progress)
-            _manifest(prep, names["tensorrt"], "tensorrt", tensorrt=trt_info).save(home)
+            _manifest(prep, names["tensorrt"], "tensorrt", tensorrt=trt_info).sealed(home).save(home)
         if trt_info.get("status") == "pending":
             stage_dir = out / (names.get("python") or names["tensorrt"]) / TRT_STAGE_DIR
             notes.append("TensorRT is not installed here: the checked ONNX, the TensorRT config and build_plan.sh "
                          "are staged in %s (not loaded by Triton)." % stage_dir)
             notes.append("Build the plan inside a TensorRT/Triton container with `aitune-triton build-plan %s "
                          "--model %s` (or %s/build_plan.sh); the Python fallback serves meanwhile."
-                         % (out, names.get("python") or names["tensorrt"], stage_dir))
+                         % (shlex.quote(str(out)), names.get("python") or names["tensorrt"], stage_dir))
             results.append(GeneratedModel(names["tensorrt"], "tensorrt", stage_dir, "pending", "plan not built"))
         if "onnxruntime" in names:
             onnx_dir = staged.dir(names["onnxruntime"])
@@ -334,7 +336,7 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
             plan = _mapping(prep, names["onnxruntime"], "onnxruntime", warmup_dims)
             (onnx_dir / "config.pbtxt").write_text(render_config(plan))
             _manifest(prep, names["onnxruntime"], "onnxruntime", artifact={"format": "onnx", "opset": onnx.opset,
-                      "check": onnx.check.to_dict()}).save(onnx_dir)
+                      "check": onnx.check.to_dict()}).sealed(onnx_dir).save(onnx_dir)
             results.append(GeneratedModel(names["onnxruntime"], "onnxruntime", out / names["onnxruntime"], "ready",
                                           "ONNX opset %s" % onnx.opset))
         progress("writing %s into %s" % (", ".join(names.values()), out))
@@ -371,6 +373,7 @@ def build_plans(repo: Path, model: str | None = None, force: bool = False,
                         "staged build_plan.sh there" % status.reason)
     built = []
     for home, manifest in pending_plans(repo, model):
+        verify_artifacts(home, manifest.files)  # the ONNX and build script are about to be used
         info = manifest.tensorrt
         trt_name = info["model_name"]
         config = GenerateConfig.from_dict(manifest.config)
@@ -392,7 +395,7 @@ def build_plans(repo: Path, model: str | None = None, force: bool = False,
                     shutil.copy2(home / extra, model_dir / extra)
             stamp = plan_artifact.stamp_dict()
             Manifest(**{**manifest.__dict__, "name": trt_name, "backend": "tensorrt",
-                        "tensorrt": {**info, "status": "built", "stamp": stamp}}).save(model_dir)
+                        "tensorrt": {**info, "status": "built", "stamp": stamp}}).sealed(model_dir).save(model_dir)
         Manifest(**{**manifest.__dict__, "tensorrt": {**info, "status": "built", "stamp": stamp}}).save(home)
         built.append(GeneratedModel(trt_name, "tensorrt", Path(repo) / trt_name, "ready",
                                     "TensorRT %s" % stamp.get("tensorrt_version")))

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from aitune_triton.version import __version__
 from aitune_triton.errors import AituneError
+from aitune_triton.procs import Terminated, handle_termination
 from aitune_triton.progress import stage_progress
 
 console = Console(stderr=True, highlight=False)
@@ -44,9 +45,10 @@ def _handle_errors(fn):
                 console.print_exception()
             _print_error(exc)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            console.print("interrupted; nothing was written")
-            sys.exit(130)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (procs.Terminated)
+            console.print("interrupted%s; nothing was written"
+                          % (" by %s" % exc.args[0] if isinstance(exc, Terminated) else ""))
+            sys.exit(128 + getattr(exc, "signum", 2))
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as exc:  # a bug: one line without --debug, the traceback with it
@@ -133,6 +135,7 @@ def _follow_pointer(fn):
 def main(debug: bool) -> None:
     """Put a PyTorch model behind NVIDIA Triton Inference Server."""
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    handle_termination()  # TERM and HUP unwind like Ctrl-C: servers stopped, staging removed
 
 
 @main.command()
@@ -246,10 +249,13 @@ def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver):
     """Run the embedded Triton server on REPO in the foreground (Ctrl-C stops it)."""
     import time
 
-    from aitune_triton.triton.server import ServerOptions, TritonServer
+    from aitune_triton.errors import ServerError
+    from aitune_triton.triton.server import ServerOptions, TritonServer, describe_exit, served_model_names
 
+    # by name, not "*": Triton would also try to load hidden dirs (a generate's staging dir)
     options = ServerOptions(tritonserver=tritonserver, host=host, http_port=http_port, grpc_port=grpc_port,
-                            metrics_port=metrics_port, model_control_mode="explicit", load_models=("*",))
+                            metrics_port=metrics_port, model_control_mode="explicit",
+                            load_models=served_model_names(repo))
     server = TritonServer(repo, options)
     try:
         with console.status("starting tritonserver on %s" % repo):
@@ -259,14 +265,26 @@ def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver):
         console.print("try: curl -s %s/v2/models/<name>/config   or   tritonclient.http.InferenceServerClient(%r)"
                       % ("http://" + server.http_url, server.http_url), markup=False)
         console.print("Ctrl-C to stop")
-        while server.is_alive():
-            time.sleep(1.0)
-        console.print("tritonserver exited:\n%s" % server.log_tail(), markup=False)
-        sys.exit(1)
+        while server.returncode is None:
+            time.sleep(0.5)
+        code = server.stop()
+        raise ServerError("tritonserver %s while serving %s" % (describe_exit(code), repo), log_path=server.log_path,
+                          details="last lines of the server log:\n%s" % server.log_tail(30))
     except KeyboardInterrupt:
         console.print("stopping tritonserver")
     finally:
         server.stop()
+
+
+def _check_model_files(repo: Path, model: str) -> None:
+    """A readable manifest and artifacts matching its SHA-256s, else one line (UserError/ModelError)."""
+    from aitune_triton.config import validate_model_name
+    from aitune_triton.integrity import verify_artifacts
+    from aitune_triton.triton.manifest import Manifest
+
+    validate_model_name(model)
+    manifest = Manifest.load(Path(repo) / model)
+    verify_artifacts(Path(repo) / model, manifest.files)
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -301,6 +319,7 @@ def tune(repo, model, objective, budget_ms, min_throughput, instances, delays_us
     options = TuneOptions(objective=objective, budget_ms=budget_ms, min_throughput=min_throughput,
                           instances=_ints(instances), delays_us=_ints(delays_us), concurrency=_ints(concurrency),
                           brute=brute, report_dir=report_dir)
+    _check_model_files(repo, model)  # before the server loads (deserialises) anything
     server = TritonServer(repo, ServerOptions(tritonserver=tritonserver, load_models=(model,)))
     try:
         with console.status("starting tritonserver"):

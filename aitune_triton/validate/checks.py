@@ -10,6 +10,8 @@ timeout (HTTP ``network_timeout``, gRPC ``client_timeout``) so a wedged server c
 from __future__ import annotations
 
 import functools
+import http.client
+import json
 import logging
 import re
 import threading
@@ -20,16 +22,23 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from aitune_triton.errors import UserError
 from aitune_triton.triton.manifest import REFERENCE, Manifest, ReferenceCase, load_reference
 from aitune_triton.triton.mapping import tensor_config, triton_dtype
 from aitune_triton.validate.edge_inputs import EDGE_INPUTS, edge_shapes_for, load_edge_inputs, stored_for
-from aitune_triton.triton.render import parse_config
 
 log = logging.getLogger(__name__)
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
+WARN = "warn"  # a problem of the server, not of the model: reported, does not fail the run
+# what one check request may allocate: a hand-edited max_batch_size of 2**31-1 must not make the
+# checks build tens of GiB of input; shapes above this are reported as not sent
+MAX_REQUEST_BYTES = 256 << 20
+# a shape whose byte size overflows 64 bits; Triton 2.51 segfaults on it (upstream)
+OVERSIZED_SHAPE = (2147483648, 2147483648)
 _PLATFORM_BACKENDS = {"tensorrt_plan": "tensorrt", "onnxruntime_onnx": "onnxruntime", "pytorch_libtorch": "pytorch"}
 # Triton releases whose TensorRT is corroborated in ../shared/reference/triton.md §9; others are unknown.
 KNOWN_TRT_FOR_TRITON = {"2.44": "8.6.3", "2.45": "8.6.3", "2.49": "10.3.0", "2.52": "10.6.0", "2.56": "10.9.0",
@@ -68,7 +77,7 @@ class ModelTarget:
         """Raises UserError/ModelError/OSError with the file named when something is missing or broken."""
         model_dir = Path(model_dir)
         manifest = Manifest.load(model_dir)
-        config = parse_config((model_dir / "config.pbtxt").read_text())
+        config = parse_config_file(model_dir / "config.pbtxt")
         reference = tuple(load_reference(model_dir / REFERENCE))
         return cls(model_dir.name, model_dir, manifest, config, reference)
 
@@ -513,6 +522,11 @@ def check_edge_shapes(target: ModelTarget, session: Session) -> CheckResult:
     done = []
     for label, shapes in edge_shapes(target):
         batch = shapes[target.manifest.spec.inputs[0].name][0] if target.batching else None
+        size = request_bytes(target, shapes)
+        if size > MAX_REQUEST_BYTES:
+            done.append("%s not sent (%.1f GiB, over the %d MiB cap)"
+                        % (label, size / (1 << 30), MAX_REQUEST_BYTES >> 20))
+            continue
         try:
             got = infer(session, target, edge_inputs(target, shapes, stored, ranges))
         except Exception as exc:  # noqa: BLE001 - the server's message is the result
@@ -554,8 +568,10 @@ def bad_requests(target: ModelTarget) -> list[tuple[str, dict[str, np.ndarray], 
             break
     if target.batching:
         big = target.max_batch_size + 1
-        cases.append(("batch %d > max_batch_size %d" % (big, target.max_batch_size),
-                      {n: np.repeat(a, big, axis=0) for n, a in good.items()}, {}))
+        # not sent when too large to build (a hand-edited max_batch_size near 2**31)
+        if big * sum(a.nbytes for a in good.values()) <= MAX_REQUEST_BYTES:
+            cases.append(("batch %d > max_batch_size %d" % (big, target.max_batch_size),
+                          {n: np.repeat(a, big, axis=0) for n, a in good.items()}, {}))
     missing = list(target.inputs)[-1]
     cases.append(("missing input %r" % missing, {n: a for n, a in good.items() if n != missing}, {}))
     return cases
@@ -737,6 +753,74 @@ def check_version_stamp(target: ModelTarget, session: Session) -> CheckResult:
         return _result("version_stamp", *version_verdict(target.manifest, None), t0)
     server = session.http.get_server_metadata().get("version")
     return _result("version_stamp", *version_verdict(target.manifest, server), t0)
+
+
+def parse_config_file(path: Path) -> model_config_pb2.ModelConfig:
+    """A config.pbtxt as Triton's ModelConfig; UserError naming the file, line and column otherwise."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError("cannot read %s: %s" % (path, exc)) from None
+    try:
+        return text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        where = "line %s, column %s" % (exc.GetLine(), exc.GetColumn()) if exc.GetLine() else "somewhere"
+        reason = re.sub(r"^\d+:\d+ : ", "", str(exc))
+        raise UserError("%s does not parse as a Triton ModelConfig at %s: %s" % (path, where, reason)) from None
+
+
+def request_bytes(target: ModelTarget, shapes: dict[str, tuple[int, ...]]) -> int:
+    """Bytes of the inputs a request of ``shapes`` (model shapes) carries."""
+    total = 0
+    for name, tensor in target.inputs.items():
+        itemsize = {"BOOL": 1, "INT8": 1, "UINT8": 1, "FP16": 2, "BF16": 2, "INT16": 2}.get(
+            wire_dtype(tensor.data_type), 8)
+        total += int(np.prod([max(int(d), 1) for d in shapes.get(name, ())], dtype=np.float64)) * itemsize
+    return total
+
+
+def _http(url: str, method: str, path: str, body: bytes | None, timeout: float) -> tuple[int | None, str]:
+    host, _, port = url.rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers={"Content-Type": "application/json"} if body else {})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(errors="replace")
+    except (OSError, http.client.HTTPException):
+        return None, ""
+    finally:
+        conn.close()
+
+
+def check_oversized_shape(target: ModelTarget, session: Session, server_version: str | None = None) -> CheckResult:
+    """A request declaring a shape whose byte size overflows must be refused and leave the server up.
+
+    Triton 2.51 segfaults on it (upstream; we cannot patch the server), so this runs last in a run,
+    on a server the run started, and a crash is a WARN naming the version rather than a model failure.
+    """
+    t0 = time.monotonic()
+    first = next(iter(target.inputs))
+    body = json.dumps({"inputs": [{"name": first, "shape": list(OVERSIZED_SHAPE), "data": [0],
+                                   "datatype": wire_dtype(target.inputs[first].data_type)}]}).encode()
+    url = session.endpoint.http_url
+    status, text = _http(url, "POST", "/v2/models/%s/infer" % target.name, body, session.timeout_s)
+    alive = False
+    for attempt in range(4):
+        if _http(url, "GET", "/v2/health/live", None, 2.0)[0] == 200:
+            alive = True
+            break
+        time.sleep(0.5 * (attempt + 1))
+    shape = "x".join(map(str, OVERSIZED_SHAPE))
+    if not alive:
+        return _result("oversized_shape", WARN, "this Triton version (%s) dies on oversized shapes: a request for %r "
+                       "with shape %s crashed the server (an upstream bug); keep such a server behind a proxy that "
+                       "rejects huge shapes, or use a release that refuses them" % (server_version or "unknown",
+                                                                                   first, shape), t0)
+    if status is not None and 400 <= status < 500:
+        return _result("oversized_shape", PASS, "shape %s refused with HTTP %d (%s); server still live"
+                       % (shape, status, short(Exception(text), 120)), t0)
+    return _result("oversized_shape", FAIL, "shape %s for %r was answered with HTTP %s instead of a 4xx"
+                   % (shape, first, status), t0)
 
 
 CheckFn = Callable[[ModelTarget, Session], CheckResult]
