@@ -1,19 +1,29 @@
 # Two entry points for a fresh machine (Debian 12, Python 3.11): `make demo` and `make test`.
 # Each one creates .venv and installs everything it needs (scripts/bootstrap.sh, idempotent).
+# Neither leaves anything for git to report: the demo writes under demo/ (ignored), and the
+# committed model_repository/ (the reference the tests compare with) changes only by `make reference`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/aitune-triton
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 
-.PHONY: setup demo test
+.PHONY: setup demo test reference dist
 
 setup:
 	@bash scripts/bootstrap.sh
 
 demo: setup
 	$(CLI) doctor || true
-	$(CLI) generate examples/cnn/model.py --out model_repository --force
-	$(CLI) validate model_repository --report validation_report --concurrency 1,4 --perf-stability 50
+	$(CLI) generate examples/cnn/model.py --out demo/model_repository --force
+	$(CLI) validate demo/model_repository --report demo/validation_report --concurrency 1,4 --perf-stability 50
 
 test: setup
 	@bash scripts/run-tests.sh
+
+# regenerate the committed reference repository after a change to what generate writes
+reference: setup
+	$(CLI) generate examples/cnn/model.py --out model_repository --force
+
+# a wheel of this checkout (dist/aitune_triton-*.whl), e.g. to install the tool in a Triton container
+dist: setup
+	$(PY) -m pip wheel --no-deps --no-build-isolation . -w dist

@@ -249,7 +249,7 @@ def _select_fallback(prep: Prepared, version_dir: Path, progress: Progress):
 
 
 def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress) -> tuple[Manifest, str, Any]:
-    from aitune_triton.export.torch_export import render_python_model
+    from aitune_triton.triton.python_model import write_python_model
 
     warmup_dims = _write_common(prep, model_dir)
     version_dir = model_dir / "1"
@@ -259,7 +259,7 @@ def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress
     else:
         progress("building the PyTorch fallback (AOTInductor, ExportedProgram or eager)")
         artifact, selection = _build_fallback(prep, version_dir, prep.config.fallback_format), None
-    (version_dir / "model.py").write_text(render_python_model(prep.spec, artifact, prep.profiles.max_batch_size))
+    write_python_model(version_dir, prep.spec, artifact, prep.profiles.max_batch_size)
     plan = _mapping(prep, name, "python", warmup_dims)
     (model_dir / "config.pbtxt").write_text(render_config(plan))
     manifest = _manifest(prep, name, "python", artifact=artifact.to_dict(),

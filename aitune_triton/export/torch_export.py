@@ -38,7 +38,6 @@ from aitune_triton.errors import ModelError, UserError
 from aitune_triton.procs import die_with_parent
 from aitune_triton.spec import AxisKind, IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed, split_feed
 from aitune_triton.tensorrt.profiles import ProfileSet
-from aitune_triton.triton.python_model import render_python_model  # noqa: F401  (re-exported for the API)
 from aitune_triton.errors import CandidateFailed  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)

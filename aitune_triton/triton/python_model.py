@@ -1,28 +1,46 @@
-"""Render the Triton ``model.py`` that serves a ``FallbackArtifact`` (``templates/python_model.py.j2``).
+"""Write the Python-backend model that serves a ``FallbackArtifact``.
 
-The generated file is self-contained (torch and ``triton_python_backend_utils`` only): the
-serving environment need not have aitune-triton installed, so the spec it needs (names, dtypes,
-how inputs bind to ``forward``, accepted axis ranges) is written into it as Python literals.
+The served code is the static package ``aitune_triton.runtime``, copied verbatim into the version
+directory (as PyTriton copies its fixed model scripts); what differs per model (names, dtypes, how
+inputs bind to ``forward``, accepted axis ranges, artifact hashes, what the serving side needs) goes
+into ``aitune_model.json`` next to it. The serving environment need not have aitune-triton installed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import platform
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aitune_triton import __version__
 from aitune_triton.errors import UserError
+from aitune_triton.runtime import RUNTIME_FILES, runtime_source
+from aitune_triton.runtime.aitune_runtime import (
+    DATA_FILE,
+    TORCH_EXACT,
+    TORCH_MIN,
+    TORCH_SCHEMA,
+    InputBinding,
+    ModelData,
+    Requirements,
+    release,
+    sha256_file,
+)
 from aitune_triton.spec import AxisKind, IOSpec
-from aitune_triton.templating import render
+from aitune_triton.version import __version__
 
 if TYPE_CHECKING:
     from aitune_triton.export.torch_export import FallbackArtifact
 
 log = logging.getLogger(__name__)
 
-TEMPLATE = "python_model.py.j2"
 FILE_ROLES = {"aoti": ("aoti",), "export": ("export",), "eager": ("source", "state_dict")}
 DEFAULT_MAX_GRAPHS = 32
+# the python backend release the runtime is validated on (the embedded server of nvidia-pytriton 0.7);
+# it uses DLPack tensors, TritonError codes and pb_utils.Logger, all older than that release
+TRITON_MIN = "2.51"
+TORCH_FLOOR = "2.4.0"  # the oldest torch aitune-triton supports (weights_only loading, torch.export)
 
 
 def graph_batch_sizes(max_batch_size: int) -> list[int]:
@@ -33,6 +51,24 @@ def graph_batch_sizes(max_batch_size: int) -> list[int]:
         sizes.append(b)
         b *= 2
     return sizes + [max_batch_size] if max_batch_size > 0 else []
+
+
+def runtime_requirements(fmt: str, device: str) -> Requirements:
+    """What the serving side needs for an artifact of ``fmt`` built here on ``device``."""
+    import torch
+
+    version = torch.__version__
+    rule = {"aoti": TORCH_EXACT, "export": TORCH_SCHEMA}.get(fmt, TORCH_MIN)
+    schema = None
+    if fmt == "export":
+        from torch._export.serde.schema import SCHEMA_VERSION
+
+        schema = int(SCHEMA_VERSION[0])
+    torch_min = "%d.%d.%d" % release(version) if rule != TORCH_MIN else TORCH_FLOOR
+    return Requirements(python="%d.%d" % tuple(map(int, platform.python_version_tuple()[:2])), torch=version,
+                        torch_rule=rule, torch_min=torch_min,
+                        cuda=(torch.version.cuda or "unknown") if device == "cuda" else None,
+                        triton_min=TRITON_MIN, export_schema_major=schema)
 
 
 def _ranges(spec: IOSpec, artifact: "FallbackArtifact", max_batch_size: int) -> dict[str, tuple]:
@@ -49,11 +85,14 @@ def _ranges(spec: IOSpec, artifact: "FallbackArtifact", max_batch_size: int) -> 
     return out
 
 
-def render_python_model(spec: IOSpec, artifact: "FallbackArtifact", max_batch_size: int, *,
-                        pad_to_buckets: bool | None = None, cuda_graphs: bool = True,
-                        graph_batches: list[int] | None = None, max_graphs: int = DEFAULT_MAX_GRAPHS) -> str:
-    """The model.py text. ``pad_to_buckets`` None pads on CUDA instances only, and only when the
-    artifact's rows were found independent; ``cuda_graphs`` applies to GPU instances only."""
+def python_model_data(spec: IOSpec, artifact: "FallbackArtifact", max_batch_size: int, version_dir: Path, *,
+                      pad_to_buckets: bool | None = None, cuda_graphs: bool = True,
+                      graph_batches: list[int] | None = None, max_graphs: int = DEFAULT_MAX_GRAPHS,
+                      requirements: Requirements | None = None, flat_io: bool = False) -> ModelData:
+    """The data of the served model. ``pad_to_buckets`` None pads on CUDA instances only, and only when
+    the artifact's rows were found independent; ``cuda_graphs`` applies to GPU instances only;
+    ``flat_io``: the exported artifact takes the inputs in spec order and returns a flat tuple. The
+    artifact files must already be in ``version_dir``: their SHA-256 is recorded."""
     if spec.batching and max_batch_size < 0:
         raise UserError("max_batch_size must be >= 0, got %d" % max_batch_size)
     batches = sorted(set(graph_batches)) if graph_batches else graph_batch_sizes(max_batch_size)
@@ -69,19 +108,35 @@ def render_python_model(spec: IOSpec, artifact: "FallbackArtifact", max_batch_si
     inputs = []
     for t in spec.inputs:
         kind, _, key = t.binding.partition(":")
-        inputs.append((t.name, t.dtype, kind, int(key) if kind == "arg" else key, batched and t.has_batch,
-                       ranges[t.name]))
-    return render(
-        TEMPLATE,
-        version=__version__,
-        fmt=artifact.format,
+        inputs.append(InputBinding(t.name, t.dtype, kind, int(key) if kind == "arg" else key,
+                                   bool(batched and t.has_batch), ranges[t.name]))
+    missing = [f for f in artifact.files if not (Path(version_dir) / f).is_file()]
+    if missing:
+        raise UserError("artifact file(s) %s are not in %s" % (", ".join(missing), version_dir))
+    return ModelData(
+        generator="aitune-triton %s" % __version__,
+        format=artifact.format,
         artifact_device=artifact.device,
         files=dict(zip(FILE_ROLES[artifact.format], artifact.files)),
+        sha256={f: sha256_file(str(Path(version_dir) / f)) for f in artifact.files},
         max_batch_size=max_batch_size if batched else 0,
-        inputs=inputs,
-        outputs=[(t.name, t.dtype) for t in spec.outputs],
+        inputs=tuple(inputs),
+        outputs=tuple((t.name, t.dtype) for t in spec.outputs),
         pad_to_buckets=pad_to_buckets,
         cuda_graphs=bool(cuda_graphs),
-        graph_batches=batches if batched else [],
+        graph_batches=tuple(batches) if batched else (),
         max_graphs=int(max_graphs),
+        requirements=requirements or runtime_requirements(artifact.format, artifact.device),
+        flat_io=bool(flat_io or getattr(artifact, "flat_io", False)) and artifact.format != "eager",
     )
+
+
+def write_python_model(version_dir: Path, spec: IOSpec, artifact: "FallbackArtifact", max_batch_size: int,
+                       **options) -> ModelData:
+    """Copy the runtime into ``version_dir`` and write its data file (``options``: see ``python_model_data``)."""
+    version_dir = Path(version_dir)
+    data = python_model_data(spec, artifact, max_batch_size, version_dir, **options)
+    for name in RUNTIME_FILES:
+        (version_dir / name).write_bytes(runtime_source(name))
+    (version_dir / DATA_FILE).write_text(json.dumps(data.to_dict(), indent=2, sort_keys=True) + "\n")
+    return data

@@ -19,19 +19,18 @@ import torch
 import torch.utils.dlpack
 
 from aitune_triton.config import tolerance_for
-from aitune_triton.errors import ModelError
+from aitune_triton.errors import ModelError, UserError
 from aitune_triton.export.torch_export import (
     FallbackArtifact,
     build_fallback,
     compare,
     dynamic_dims,
     reference_cases,
-    render_python_model,
 )
 from aitune_triton.source import load_model_source
 from aitune_triton.spec import record_spec
 from aitune_triton.tensorrt.profiles import ProfileMode, derive_profiles
-from aitune_triton.triton.python_model import graph_batch_sizes
+from aitune_triton.triton.python_model import graph_batch_sizes, python_model_data, write_python_model
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -111,16 +110,18 @@ def fake_pb_utils() -> types.ModuleType:
     return mod
 
 
-def serve(monkeypatch, version_dir: Path, text: str, max_batch_size: int, params: dict | None = None,
-          kind: str = "CPU"):
-    """Import the rendered model.py as the stub would and initialize one instance."""
+def serve(monkeypatch, version_dir: Path, spec, art, max_batch_size: int, params: dict | None = None,
+          kind: str = "CPU", **options):
+    """Write the runtime for ``art`` into ``version_dir``, import its model.py as the stub would and
+    initialize one instance (the stub puts the version directory on sys.path)."""
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_pb_utils())
-    path = version_dir / "model.py"
-    path.write_text(text)
+    monkeypatch.syspath_prepend(str(version_dir))
+    monkeypatch.delitem(sys.modules, "aitune_runtime", raising=False)
+    write_python_model(version_dir, spec, art, max_batch_size, **options)
     name = "generated_model_%s" % uuid.uuid4().hex[:8]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module_spec = importlib.util.spec_from_file_location(name, version_dir / "model.py")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
     model = module.TritonPythonModel()
     config = {"max_batch_size": max_batch_size,
               "parameters": {k: {"string_value": v} for k, v in (params or {}).items()}}
@@ -163,7 +164,7 @@ def test_aoti_tiny_mlp_on_cpu(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "1").iterdir()) == ["model.aoti.pt2"]
     assert art.axis_ranges == {"input": ((1, 8), (8, 8))}
     assert art.max_errors["output_0"] < 1e-4
-    model = serve(monkeypatch, tmp_path / "1", render_python_model(spec, art, 8), 8)
+    model = serve(monkeypatch, tmp_path / "1", spec, art, 8)
     feeds = [{"input": torch.randn(b, 8)} for b in (1, 5, 2)]
     for response, feed in zip(model.execute(feeds), feeds):
         assert_matches(spec, response, eager(src, spec, feed))
@@ -183,8 +184,7 @@ def test_forced_export_encoder_serves_grouped_requests(tmp_path, monkeypatch):
     assert art.skipped == (("aoti", "not requested (fallback format 'export')"),)
     assert art.axis_ranges["input_ids"] == art.axis_ranges["attention_mask"] == ((1, 4), (8, 16))
     assert art.row_independent
-    model = serve(monkeypatch, tmp_path / "1", render_python_model(spec, art, profiles.max_batch_size),
-                  profiles.max_batch_size)
+    model = serve(monkeypatch, tmp_path / "1", spec, art, profiles.max_batch_size)
     g = torch.Generator().manual_seed(5)
 
     def request(batch, seq, vocab=1000):
@@ -227,8 +227,7 @@ def test_data_dependent_model_falls_back_to_eager(tmp_path, monkeypatch):
     assert [f for f, _ in art.skipped] == ["aoti", "export"]
     assert all("torch.export failed" in reason for _, reason in art.skipped)
     assert sorted(p.name for p in (tmp_path / "1").iterdir()) == ["state_dict.pt", "user_model.py"]
-    model = serve(monkeypatch, tmp_path / "1", render_python_model(spec, art, profiles.max_batch_size),
-                  profiles.max_batch_size, params={"TORCH_NUM_THREADS": str(torch.get_num_threads())})
+    model = serve(monkeypatch, tmp_path / "1", spec, art, profiles.max_batch_size, params={"TORCH_NUM_THREADS": str(torch.get_num_threads())})
     feeds = [{"x": torch.ones(2, 4)}, {"x": -torch.ones(1, 4)}]
     for response, feed in zip(model.execute(feeds), feeds):
         # one forward for the batch: the branch is taken once for the concatenated inputs
@@ -276,8 +275,7 @@ def test_multi_io_export_mixed_dtypes(tmp_path, monkeypatch):
     src, spec, profiles = prepare(EXAMPLES / "multi_io" / "model.py")
     art = build(src, spec, profiles, tmp_path / "1", "export")
     assert art.max_errors == {"output_0": 0.0, "output_1": 0.0, "output_2": 0.0}
-    model = serve(monkeypatch, tmp_path / "1", render_python_model(spec, art, profiles.max_batch_size),
-                  profiles.max_batch_size)
+    model = serve(monkeypatch, tmp_path / "1", spec, art, profiles.max_batch_size)
     g = torch.Generator().manual_seed(9)
     feeds = [{"features": torch.randn(b, 4, generator=g),
               "category": torch.randint(0, 16, (b,), generator=g, dtype=torch.int32),
@@ -324,21 +322,26 @@ def test_compare_tolerances():
     assert compare(nan, nan, tolerance_for("float32")) is None
 
 
-def test_render_defaults_and_device_mismatch(tmp_path, monkeypatch):
+def test_model_data_defaults_and_device_mismatch(tmp_path, monkeypatch):
     src, spec, profiles = prepare(EXAMPLES / "cnn" / "model.py")
     assert graph_batch_sizes(8) == [1, 2, 4, 8] and graph_batch_sizes(12) == [1, 2, 4, 8, 12]
     assert graph_batch_sizes(0) == []
+    version = tmp_path / "1"
+    version.mkdir()
+    (version / "model.aoti.pt2").write_bytes(b"not a package")
     art = FallbackArtifact("aoti", "cpu", ("model.aoti.pt2",), axis_ranges={}, row_independent=False)
-    text = render_python_model(spec, art, 8)
-    compile(text, "model.py", "exec")
-    assert "PAD_TO_BUCKETS = False" in text  # rows not known independent: never pad
-    assert "PAD_TO_BUCKETS = None" in render_python_model(spec, FallbackArtifact(
-        "aoti", "cpu", ("model.aoti.pt2",), row_independent=True), 8)
-    assert "GRAPH_BATCHES = [1, 2, 4, 8]" in text
-    assert "weights_only=True" in text and "pickle" not in text and "as_numpy" not in text
-    (tmp_path / "1").mkdir()
+    data = python_model_data(spec, art, 8, version)
+    assert data.pad_to_buckets is False  # rows not known independent: never pad
+    assert python_model_data(spec, FallbackArtifact("aoti", "cpu", ("model.aoti.pt2",), row_independent=True),
+                             8, version).pad_to_buckets is None
+    assert data.graph_batches == (1, 2, 4, 8)
+    assert data.requirements.torch_rule == "exact" and data.requirements.torch == torch.__version__
+    runtime = (ROOT / "aitune_triton" / "runtime" / "model.py").read_text()
+    assert "weights_only=True" in runtime and "pickle" not in runtime and "as_numpy" not in runtime
     with pytest.raises(FakeModelException, match="compiled for cpu but instance m_0 is KIND_GPU"):
-        serve(monkeypatch, tmp_path / "1", text, 8, kind="GPU")
+        serve(monkeypatch, version, spec, art, 8, kind="GPU")
     gpu_art = FallbackArtifact("aoti", "cuda", ("model.aoti.pt2",))
     with pytest.raises(FakeModelException, match="compiled for cuda but instance m_0 is KIND_CPU"):
-        serve(monkeypatch, tmp_path / "1", render_python_model(spec, gpu_art, 8), 8)
+        serve(monkeypatch, version, spec, gpu_art, 8)
+    with pytest.raises(UserError, match=r"artifact file\(s\) model.export.pt2 are not in"):
+        python_model_data(spec, FallbackArtifact("export", "cpu", ("model.export.pt2",)), 8, version)

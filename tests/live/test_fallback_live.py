@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import queue
+import shutil
 import textwrap
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -21,10 +22,12 @@ import pytest
 import torch
 
 from aitune_triton.config import tolerance_for
-from aitune_triton.export.torch_export import FallbackArtifact, build_fallback, compare, render_python_model
+from aitune_triton.errors import ServerError
+from aitune_triton.export.torch_export import FallbackArtifact, build_fallback, compare
 from aitune_triton.source import ModelSource, load_model_source
 from aitune_triton.spec import IOSpec, TensorSpec, call_with_feed, flatten_outputs, record_spec
 from aitune_triton.tensorrt.profiles import ProfileMode, derive_profiles
+from aitune_triton.triton.python_model import write_python_model
 
 pytestmark = pytest.mark.live
 
@@ -92,7 +95,7 @@ def build_model(repo: Path, name: str, path: Path, fmt: str) -> Served:
     art = build_fallback(src.path, src.model, spec, src.samples, src.outputs, profiles, version, preferred=fmt,
                          timeout_s=300)
     assert art.format == fmt, art.skipped
-    (version / "model.py").write_text(render_python_model(spec, art, profiles.max_batch_size))
+    write_python_model(version, spec, art, profiles.max_batch_size)
     (repo / name / "config.pbtxt").write_text(minimal_config(name, spec, profiles.max_batch_size,
                                                              ragged=name == "encoder"))
     return Served(src, spec, profiles.max_batch_size, art)
@@ -302,3 +305,30 @@ def test_bad_requests_get_errors_and_the_next_one_succeeds(models, clients):
         feed = make_feed(name, 2, seed=8)
         result = http.infer(name, inputs_for(httpclient, served, feed), outputs=outputs_for(httpclient, served))
         check_result(served, result, eager(served, feed))
+
+
+def _copy_model(server, src: str, dst: str) -> Path:
+    repo = Path(server.repo)
+    shutil.copytree(repo / src, repo / dst, ignore=shutil.ignore_patterns("__pycache__"))
+    config = repo / dst / "config.pbtxt"
+    config.write_text(config.read_text().replace('name: "%s"' % src, 'name: "%s"' % dst))
+    return repo / dst / "1"
+
+
+def test_a_tampered_artifact_or_a_wrong_torch_is_refused_before_loading(server):
+    """The runtime checks the artifact's SHA-256 and the stub's torch before deserialising anything,
+    and fails the load with one line naming the problem and the fix."""
+    version = _copy_model(server, "cnn", "cnn_tampered")
+    artifact = version / "model.export.pt2"
+    artifact.write_bytes(artifact.read_bytes()[:-16])
+    with pytest.raises(ServerError, match=r"artifact model.export.pt2 in \S+ does not match its recorded SHA-256 "
+                                          r"\(expected [0-9a-f]{12}\.\.\., found [0-9a-f]{12}\.\.\.\)"):
+        server.load_model("cnn_tampered", timeout_s=240)
+    version = _copy_model(server, "multi_io", "multi_io_other_torch")
+    data = json.loads((version / "aitune_model.json").read_text())
+    data["requirements"].update(torch="9.9.0", torch_min="9.9.0")
+    (version / "aitune_model.json").write_text(json.dumps(data))
+    with pytest.raises(ServerError, match=r"model multi_io_other_torch needs torch 9\.9\.0 \(its AOTInductor package "
+                                          r"loads only with the torch that compiled it\) but the stub has torch "
+                                          r"\S+: serve it from a Triton `-pyt-python-py3` image .* pack-env"):
+        server.load_model("multi_io_other_torch", timeout_s=240)

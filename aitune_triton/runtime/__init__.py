@@ -1,0 +1,20 @@
+"""The Python-backend runtime that serves a PyTorch fallback inside Triton.
+
+Its modules are not imported by aitune-triton: they are copied verbatim into each generated version
+directory (``aitune_triton.triton.python_model.write_python_model``), next to the per-model data
+file ``aitune_model.json``. ``model.py`` runs in Triton's stub, where only the model directory and
+the stub's own Python environment exist; ``aitune_runtime.py`` holds its pure, unit-tested parts.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+RUNTIME_FILES = ("model.py", "aitune_runtime.py")
+
+
+def runtime_source(name: str) -> bytes:
+    """The bytes of one runtime file, as shipped in the package."""
+    if name not in RUNTIME_FILES:
+        raise ValueError("not a runtime file: %r" % name)
+    return resources.files(__name__).joinpath(name).read_bytes()
