@@ -129,7 +129,7 @@ class DeploySpec:
                "selector": {k: labels[k] for k in ("app.kubernetes.io/name", "app.kubernetes.io/instance")},
                "runtime_version": self.image.rsplit(":", 1)[-1], "service_account": "%s-s3" % self.name}
         if self.pvc:
-            ctx["storage_uri"] = "pvc://%s/%s" % (self.pvc, self.pvc_subpath.strip("/"))
+            ctx["storage_uri"] = "/".join(p for p in ("pvc://" + self.pvc, self.pvc_subpath.strip("/")) if p)
             ctx.update(s3_endpoint=None, s3_https=False)
         else:
             from aitune_triton.deploy.storage import S3Location
