@@ -31,12 +31,15 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from aitune_triton.errors import AituneError, ModelError, UserError
 from aitune_triton.procs import die_with_parent
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
 from aitune_triton.tensorrt.profiles import ProfileSet, TensorRTProfile
+
+if TYPE_CHECKING:  # the type checker reads TensorRT's API from tensorrt-stubs; at run time it is imported lazily
+    import tensorrt
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +306,7 @@ def trtexec_command(onnx_path: Path | str, plan_path: Path | str, trt_config: Te
     return args
 
 
-def _comment_safe(text: str) -> str:
+def _comment_safe(text: object) -> str:
     """Values in ``#`` comments must stay on one line (a newline would end the comment)."""
     return re.sub(r"[\x00-\x1f\x7f]", "?", str(text))
 
@@ -366,7 +369,7 @@ class EngineTensor:
     @classmethod
     def from_dict(cls, d: dict) -> "EngineTensor":
         return cls(d["name"], d["mode"], d["dtype"], tuple(d["shape"]),
-                   tuple(tuple(tuple(s) for s in p) for p in d.get("profile_shapes", ())),
+                   tuple((tuple(p[0]), tuple(p[1]), tuple(p[2])) for p in d.get("profile_shapes", ())),
                    bool(d.get("is_shape_tensor", False)))
 
 
@@ -403,7 +406,7 @@ def _dims_tuple(dims: Any) -> tuple[int, ...]:
     return tuple(int(d) for d in dims)
 
 
-def engine_io_of(engine: Any, trt: Any) -> EngineIO:
+def engine_io_of(engine: "tensorrt.ICudaEngine", trt: Any) -> EngineIO:
     """Read the I/O of a deserialized ``ICudaEngine`` (TensorRT 10 name-based API)."""
     tensors = []
     num_profiles = int(engine.num_optimization_profiles)
@@ -432,7 +435,7 @@ def engine_io_of(engine: Any, trt: Any) -> EngineIO:
     return EngineIO(tuple(tensors), num_profiles)
 
 
-def _deserialize(plan_path: Path) -> Any:
+def _deserialize(plan_path: Path) -> "tensorrt.ICudaEngine":
     from polygraphy.backend.trt import EngineFromBytes
 
     if not Path(plan_path).is_file():
@@ -580,12 +583,12 @@ def build_in_process(onnx_path: Path, plan_path: Path, trt_config: TensorRTBacke
     finally:
         if tmp.exists():
             tmp.unlink()
-    level = getattr(getattr(engine, "hardware_compatibility_level", None), "name", None)
+    level = engine.hardware_compatibility_level.name
     facts = gpu_facts()
     stamp = PlanStamp(tensorrt_version=trt.__version__, cuda_runtime_version=facts["cuda_runtime_version"],
                       cuda_driver_version=facts["cuda_driver_version"], gpu_name=facts["gpu_name"],
                       compute_capability=facts["compute_capability"],
-                      hardware_compatibility_level=None if level in (None, "NONE") else level.lower(),
+                      hardware_compatibility_level=None if level == "NONE" else level.lower(),
                       version_compatible=trt_config.version_compatible, strongly_typed=trt_config.strongly_typed,
                       build_seconds=round(seconds, 3))
     return PlanArtifact(Path(plan_path), io, stamp, trt_config.key())
@@ -724,7 +727,7 @@ def build_plan(onnx_path: Path | str, plan_path: Path | str, trt_config: TensorR
             result = None
     if rc is None:
         raise ModelError("TensorRT build timed out after %.0f s and was stopped; raise build_timeout_s or lower "
-                         "optimization_level" % timeout, log_path=log_path)
+                         "optimization_level" % timeout, log_path=str(log_path))
     if result is not None and result.get("ok"):
         shutil.rmtree(work, ignore_errors=True)
         artifact = PlanArtifact.from_dict(result["artifact"])
@@ -739,16 +742,16 @@ def build_plan(onnx_path: Path | str, plan_path: Path | str, trt_config: TensorR
         message = _one_line(result.get("error") or "unknown error")
         if detail and detail not in message:
             message += " (TensorRT: %s)" % detail
-        raise ModelError(message, log_path=log_path)
+        raise ModelError(message, log_path=str(log_path))
     if rc < 0:
         try:
             signame = signal.Signals(-rc).name
         except ValueError:
             signame = "signal %d" % -rc
         raise ModelError("TensorRT build crashed with %s%s" % (signame, "; last error: %s" % detail if detail else ""),
-                         log_path=log_path)
+                         log_path=str(log_path))
     raise ModelError("TensorRT build process exited with code %d without a result%s"
-                     % (rc, "; last error: %s" % detail if detail else ""), log_path=log_path)
+                     % (rc, "; last error: %s" % detail if detail else ""), log_path=str(log_path))
 
 
 def _child_main(request_path: Path) -> int:

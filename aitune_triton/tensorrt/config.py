@@ -112,10 +112,12 @@ def quantization_from_dict(d: dict | None) -> QuantizationConfig | None:
     if d is None:
         return None
     d = dict(d)
-    kind = _QUANT_TYPES.get(d.pop("type", ""))
+    name = d.pop("type", "")
+    kind = _QUANT_TYPES.get(name)
     if kind is None:
-        raise UserError("unknown quantization config type %r; use one of %s" % (d.get("type"), ", ".join(_QUANT_TYPES)))
-    return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        raise UserError("unknown quantization config type %r; use one of %s" % (name, ", ".join(_QUANT_TYPES)))
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    return kind(**fields)
 
 
 @dataclass(frozen=True)
