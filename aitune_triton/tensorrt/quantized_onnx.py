@@ -171,9 +171,10 @@ def _require_applied(qconfig: object, precision: str, graph: dict[str, int], nam
                             "data_max or drop the quantization_config" % (type(qconfig).__name__, precision))
         return
     if not graph["QuantizeLinear"] and not graph["DequantizeLinear"]:
+        other = "use int8, or " if precision != "int8" else "use "
         raise UserError("%s(precision=%r) quantized no node of this model: ModelOpt quantizes none of its ops (%s) "
-                        "at %s; use int8, or ONNXAutoCastConfig for fp16/bf16"
-                        % (type(qconfig).__name__, precision, names, precision))
+                        "at %s (it skips layers too small to gain); %sONNXAutoCastConfig for fp16/bf16, or drop "
+                        "quantization_config" % (type(qconfig).__name__, precision, names, precision, other))
 
 
 def _check(model: torch.nn.Module, spec: IOSpec, path: Path, samples: Sequence[Sample], profiles: ProfileSet,
