@@ -25,6 +25,8 @@ from aitune_triton.source import ModelSource, load_model_source
 from aitune_triton.spec import IOSpec, Sample, call_with_feed, flatten_outputs, record_spec, sample_feed
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
 from aitune_triton.tensorrt.profiles import ProfileSet, derive_profiles
+from aitune_triton.tensorrt.section import PlanStatus, TensorRTSection
+from aitune_triton.tensorrt.stamp import LoaderFacts
 from aitune_triton.triton import repository
 from aitune_triton.triton.manifest import REFERENCE, Manifest, ReferenceCase, save_reference, to_numpy
 from aitune_triton.probe import ProbeResult, probe
@@ -138,6 +140,9 @@ def prepare(model_py: Path, overrides: dict | None = None) -> Prepared:
         config = config.replace(**overrides)
         if trt_over:
             config = config.replace(tensorrt=config.tensorrt.replace(**trt_over))
+    from aitune_triton.tensorrt.quantized_onnx import check_applicable
+
+    check_applicable(config.backends, config.tensorrt)
     spec = record_spec(source.model, source.samples, source.outputs, config.batch_axis)
     check_outputs_finite(spec, source.outputs)
     unknown = sorted(set(config.input_ranges or {}) - {t.name for t in spec.inputs})
@@ -269,26 +274,41 @@ def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress
         selection
 
 
-def _stage_tensorrt(prep: Prepared, home_dir: Path, trt_name: str, repo: Path, progress: Progress) -> dict:
+def _stage_tensorrt(prep: Prepared, home_dir: Path, trt_name: str, repo: Path, progress: Progress) -> TensorRTSection:
     """No TensorRT here: keep the checked ONNX, the TensorRT config and a build script under the
-    fallback model's ``tensorrt/`` dir (not a version dir, so Triton never loads it)."""
+    fallback model's ``tensorrt/`` dir (not a version dir, so Triton never loads it). A
+    ``quantization_config`` is applied to that ONNX here (``tensorrt/quantized_onnx.py``)."""
     from aitune_triton.tensorrt.builder import render_build_script, tensorrt_status
+    from aitune_triton.tensorrt.quantized_onnx import stage_onnx
 
     stage = home_dir / TRT_STAGE_DIR
     stage.mkdir()
-    onnx = _export_onnx(prep, stage / "model.onnx", progress)
+    quantization = None
+    try:
+        if prep.config.tensorrt.quantization_config is None:
+            onnx = _export_onnx(prep, stage / "model.onnx", progress)
+        else:
+            staged_onnx = stage_onnx(prep.source.model, prep.spec, prep.source.samples, prep.source.outputs,
+                                     prep.profiles, stage / "model.onnx", prep.config.tensorrt,
+                                     tolerance=prep.config.tolerance_override, progress=progress)
+            onnx, quantization = staged_onnx.artifact, staged_onnx.quantization
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)  # no half-staged TensorRT model next to the fallback
+        raise
     status = tensorrt_status()
     plan = _mapping(prep, trt_name, "tensorrt", None)
     (stage / "config.pbtxt").write_text(render_config(plan))
     script = stage / "build_plan.sh"
     script.write_text(render_build_script(onnx_path=Path("model.onnx"), plan_path=Path("model.plan"),
                                           trt_config=prep.config.tensorrt, profile_set=prep.profiles,
-                                          model_name=trt_name, repository=str(repo), home_model=home_dir.name))
+                                          model_name=trt_name, repository=str(repo), home_model=home_dir.name,
+                                          quantization=quantization.summary() if quantization else None))
     script.chmod(0o755)
-    return {"status": "pending", "model_name": trt_name, "onnx": "%s/model.onnx" % TRT_STAGE_DIR,
-            "build_script": "%s/build_plan.sh" % TRT_STAGE_DIR, "config": "%s/config.pbtxt" % TRT_STAGE_DIR,
-            "reason": status.reason, "onnx_check": onnx.check.to_dict(), "opset": onnx.opset,
-            "exporter": onnx.exporter, "settings": prep.config.tensorrt.to_dict()}
+    return TensorRTSection(
+        status=PlanStatus.PENDING, model_name=trt_name, onnx="%s/model.onnx" % TRT_STAGE_DIR,
+        build_script="%s/build_plan.sh" % TRT_STAGE_DIR, config="%s/config.pbtxt" % TRT_STAGE_DIR,
+        reason=status.reason, onnx_check=onnx.check.to_dict(), opset=onnx.opset, exporter=onnx.exporter,
+        settings=prep.config.tensorrt.to_dict(), quantization=quantization)
 
 
 def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bool = False,
@@ -302,7 +322,7 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
     names = model_names(prep)
     results, notes, selection = [], list(prep.notes), None
     with repository.stage_models(out, list(names.values()), force=force) as staged:
-        trt_info: dict = {}
+        trt_info: TensorRTSection | None = None
         if "python" in names:
             home = staged.dir(names["python"])
             manifest, detail, selection = _write_python(prep, home, names["python"], progress)
@@ -310,7 +330,7 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
                 try:
                     trt_info = _stage_tensorrt(prep, home, names["tensorrt"], out, progress)
                 except ModelError as exc:
-                    trt_info = {"status": "export_failed", "reason": str(exc)}
+                    trt_info = TensorRTSection(status=PlanStatus.EXPORT_FAILED, reason=str(exc))
                     notes.append("TensorRT skipped: %s" % exc)
             manifest = Manifest(**{**manifest.__dict__, "tensorrt": trt_info})
             manifest.sealed(home).save(home)
@@ -320,13 +340,16 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
             _write_common(prep, home)
             trt_info = _stage_tensorrt(prep, home, names["tensorrt"], out, progress)
             _manifest(prep, names["tensorrt"], "tensorrt", tensorrt=trt_info).sealed(home).save(home)
-        if trt_info.get("status") == "pending":
+        if trt_info is not None and trt_info.status is PlanStatus.PENDING:
             stage_dir = out / (names.get("python") or names["tensorrt"]) / TRT_STAGE_DIR
             notes.append("TensorRT is not installed here: the checked ONNX, the TensorRT config and build_plan.sh "
                          "are staged in %s (not loaded by Triton)." % stage_dir)
             notes.append("Build the plan inside a TensorRT/Triton container with `aitune-triton build-plan %s "
                          "--model %s` (or %s/build_plan.sh); the Python fallback serves meanwhile."
                          % (shlex.quote(str(out)), names.get("python") or names["tensorrt"], stage_dir))
+            if trt_info.quantization is not None:
+                notes.append("TensorRT ONNX quantized: %s" % trt_info.quantization.summary())
+                notes.extend(trt_info.quantization.notes)
             results.append(GeneratedModel(names["tensorrt"], "tensorrt", stage_dir, "pending", "plan not built"))
         if "onnxruntime" in names:
             onnx_dir = staged.dir(names["onnxruntime"])
@@ -344,16 +367,20 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
 
 
 
-def pending_plans(repo: Path, model: str | None = None) -> list[tuple[Path, Manifest]]:
-    """Model dirs whose manifest has a staged (not yet built) TensorRT plan."""
+def pending_plans(repo: Path, model: str | None = None,
+                  include_built: bool = False) -> list[tuple[Path, Manifest]]:
+    """Model dirs whose manifest has a staged TensorRT model not yet built (or, with
+    ``include_built``, already built from its staged ONNX)."""
     repo = Path(repo)
     if not repo.is_dir():
         raise UserError("%s is not a model repository directory" % repo)
     found = []
     for model_dir in sorted(p for p in repo.iterdir() if (p / "manifest.json").exists()):
         manifest = Manifest.load(model_dir)
-        if manifest.tensorrt.get("status") == "pending" and model in (None, model_dir.name,
-                                                                     manifest.tensorrt.get("model_name")):
+        trt = manifest.tensorrt
+        wanted = (PlanStatus.PENDING, PlanStatus.BUILT) if include_built else (PlanStatus.PENDING,)
+        if trt and trt.status in wanted and trt.onnx and (model_dir / trt.onnx).is_file() \
+                and model in (None, model_dir.name, trt.model_name):
             found.append((model_dir, manifest))
     if not found:
         raise UserError("no staged TensorRT model%s in %s; generate with the tensorrt backend first"
@@ -365,6 +392,7 @@ def build_plans(repo: Path, model: str | None = None, force: bool = False,
                 progress: Progress = lambda msg: None) -> list[GeneratedModel]:
     """Build each staged plan from its checked ONNX and activate the TensorRT model atomically."""
     from aitune_triton.tensorrt.builder import build_plan, tensorrt_status
+    from aitune_triton.tensorrt.stamp import this_machine
 
     status = tensorrt_status()
     if not status.available:
@@ -372,16 +400,22 @@ def build_plans(repo: Path, model: str | None = None, force: bool = False,
                         "container that will serve the plan (nvcr.io/nvidia/tensorrt:YY.MM-py3), or run the "
                         "staged build_plan.sh there" % status.reason)
     built = []
-    for home, manifest in pending_plans(repo, model):
-        verify_artifacts(home, manifest.files)  # the ONNX and build script are about to be used
+    machine = None
+    for home, manifest in pending_plans(repo, model, include_built=True):
         info = manifest.tensorrt
-        trt_name = info["model_name"]
+        assert info is not None and info.model_name
+        trt_name = info.model_name
+        if info.status is PlanStatus.BUILT and not force:
+            machine = machine or this_machine()
+            built.append(existing_plan(Path(repo), home, info, machine))
+            continue
+        verify_artifacts(home, manifest.files)  # the ONNX and build script are about to be used
         config = GenerateConfig.from_dict(manifest.config)
         with repository.stage_models(Path(repo), [trt_name], force=force) as staged:
             model_dir = staged.dir(trt_name)
             (model_dir / "1").mkdir()
             progress("building TensorRT plan for %s" % trt_name)
-            plan_artifact = build_plan(home / info["onnx"], model_dir / "1" / "model.plan", config.tensorrt,
+            plan_artifact = build_plan(home / str(info.onnx), model_dir / "1" / "model.plan", config.tensorrt,
                                        manifest.profiles, timeout_s=config.tensorrt.build_timeout_s)
             io_dtypes = {t.name: t.dtype for t in plan_artifact.engine_io.tensors}
             plan = plan_model_config(manifest.spec, manifest.profiles, MappingOptions(
@@ -394,9 +428,23 @@ def build_plans(repo: Path, model: str | None = None, force: bool = False,
                 if (home / extra).exists():
                     shutil.copy2(home / extra, model_dir / extra)
             stamp = plan_artifact.stamp_dict()
+            section = info.replace(status=PlanStatus.BUILT, stamp=stamp)
             Manifest(**{**manifest.__dict__, "name": trt_name, "backend": "tensorrt",
-                        "tensorrt": {**info, "status": "built", "stamp": stamp}}).sealed(model_dir).save(model_dir)
-        Manifest(**{**manifest.__dict__, "tensorrt": {**info, "status": "built", "stamp": stamp}}).save(home)
+                        "tensorrt": section}).sealed(model_dir).save(model_dir)
+        Manifest(**{**manifest.__dict__, "tensorrt": section}).save(home)
         built.append(GeneratedModel(trt_name, "tensorrt", Path(repo) / trt_name, "ready",
                                     "TensorRT %s" % stamp.get("tensorrt_version")))
     return built
+
+
+def existing_plan(repo: Path, home: Path, info: TensorRTSection, machine: "LoaderFacts") -> GeneratedModel:
+    """A plan ``build-plan`` built before: kept when its stamp matches ``machine``, refused with the
+    rebuild command otherwise (Triton would only fail to load it, with an opaque error)."""
+    from aitune_triton.tensorrt.stamp import describe_stamp, require_loadable
+
+    plan = repo / str(info.model_name) / "1" / "model.plan"
+    stamp = info.stamp or {}
+    require_loadable(stamp, machine, plan, "aitune-triton build-plan %s --model %s --force"
+                     % (shlex.quote(str(repo)), home.name))
+    return GeneratedModel(str(info.model_name), "tensorrt", repo / str(info.model_name), "ready",
+                          "already built, matches %s (%s); --force rebuilds it" % (machine.where, describe_stamp(stamp)))

@@ -26,6 +26,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from aitune_triton.errors import UserError
+from aitune_triton.tensorrt.stamp import describe_stamp, tensorrt_problem
 from aitune_triton.triton.manifest import REFERENCE, Manifest, ReferenceCase, load_reference
 from aitune_triton.triton.mapping import tensor_config, triton_dtype
 from aitune_triton.validate.edge_inputs import EDGE_INPUTS, edge_shapes_for, load_edge_inputs, stored_for
@@ -715,35 +716,43 @@ def _release(version: str | None) -> str | None:
 
 
 def version_verdict(manifest: Manifest, server_version: str | None) -> tuple[str, str]:
-    """(status, detail) for a plan's stamp against the server's Triton version.
+    """(status, detail) for a plan's stamp against the serving container's Triton version.
 
-    Reads ``manifest.tensorrt["stamp"]`` (as ``build-plan`` writes it: ``tensorrt_version``,
-    ``version_compatible``; a ``triton_version`` when known) or the section itself. A plan only loads on the TensorRT it was built with; the
-    Triton release pins that, so the release is compared first, then TensorRT where the pairing is known.
+    Reads the stamp ``build-plan`` writes (``tensorrt_version``, ``compute_capability``,
+    ``version_compatible``, ``hardware_compatibility_level``; a ``triton_version`` when known). A plan
+    only loads on the TensorRT it was built with (or a newer one of the same major when version
+    compatible); the Triton release pins that, so the release is compared first, then TensorRT where
+    the pairing is known (``tensorrt/stamp.py`` holds the rules). A staged model's quantization is
+    reported alongside.
     """
+    trt = manifest.tensorrt
+    quantized = "; quantization: %s" % trt.quantization.summary() if trt and trt.quantization else ""
     if manifest.backend != "tensorrt":
-        return SKIP, "not a TensorRT plan (%s backend)" % manifest.backend
-    trt = manifest.tensorrt or {}
-    stamp = trt.get("stamp") if isinstance(trt.get("stamp"), dict) else trt
-    built_triton = stamp.get("triton_version") or stamp.get("triton")
-    built_trt = stamp.get("tensorrt_version") or stamp.get("tensorrt")
+        return SKIP, "not a TensorRT plan (%s backend)%s" % (manifest.backend, quantized)
+    if trt and not trt.stamp:
+        return SKIP, "no plan built yet (TensorRT model %s)%s" % (trt.status.value, quantized)
+    stamp = dict(trt.stamp or {}) if trt else {}
+    built_triton = stamp.get("triton_version")
+    built_trt = stamp.get("tensorrt_version")
     if not server_version:
         return SKIP, "the server does not report its version"
     if _release(built_triton):
         if _release(built_triton) != _release(server_version):
             return FAIL, ("plan built for Triton %s but the server is %s: rebuild the plan in the matching container"
                           % (built_triton, server_version))
-        return PASS, "plan built for Triton %s, server %s" % (built_triton, server_version)
+        return PASS, "plan built for Triton %s, server %s%s" % (built_triton, server_version, quantized)
     expected = KNOWN_TRT_FOR_TRITON.get(_release(server_version) or "")
     if built_trt and expected:
-        if stamp.get("version_compatible") and str(built_trt).split(".")[0] == expected.split(".")[0]:
-            return PASS, ("version-compatible plan built with TensorRT %s, Triton %s ships %s (same major; start the "
-                          "server with --backend-config=tensorrt,version-compatible=true)"
-                          % (built_trt, server_version, expected))
-        if not str(built_trt).startswith(expected):
-            return FAIL, ("plan built with TensorRT %s but Triton %s ships TensorRT %s: rebuild the plan there"
-                          % (built_trt, server_version, expected))
-        return PASS, "plan built with TensorRT %s, Triton %s ships %s" % (built_trt, server_version, expected)
+        problem = tensorrt_problem(built_trt, bool(stamp.get("version_compatible")), expected)
+        where = "Triton %s (TensorRT %s)" % (server_version, expected)
+        if problem:
+            return FAIL, ("%s: rebuild the plan there (aitune-triton build-plan inside the Triton %s container)"
+                          % (problem.format(where=where), server_version))
+        loads = ("version-compatible plan built with TensorRT %s, Triton %s ships %s (same major; start the server "
+                 "with --backend-config=tensorrt,version-compatible=true)" % (built_trt, server_version, expected)
+                 if stamp.get("version_compatible") and not str(built_trt).startswith(expected)
+                 else "plan built with TensorRT %s, Triton %s ships %s" % (built_trt, server_version, expected))
+        return PASS, "%s; stamp: %s%s" % (loads, describe_stamp(stamp), quantized)
     return SKIP, "no usable version stamp (TensorRT %s) for Triton %s" % (built_trt or "unknown", server_version)
 
 

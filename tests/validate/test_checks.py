@@ -267,7 +267,7 @@ def test_version_verdicts(affine):
     assert ck.version_verdict(built, "2.51.0")[0] == PASS
     status, detail = ck.version_verdict(built, "2.49.0")
     assert status == FAIL and "built for Triton 2.51.0 but the server is 2.49.0" in detail
-    trt_only = _with_trt(affine, {"tensorrt_version": "10.3.0.26"})
+    trt_only = _with_trt(affine, {"status": "built", "stamp": {"tensorrt_version": "10.3.0.26"}})
     assert ck.version_verdict(trt_only, "2.49.0")[0] == PASS
     assert ck.version_verdict(trt_only, "2.52.0")[0] == FAIL
     assert ck.version_verdict(trt_only, "2.51.0")[0] == SKIP  # no corroborated pairing for 2.51
