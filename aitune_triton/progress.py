@@ -4,7 +4,8 @@ A spinner shows the current stage on a terminal but prints nothing into a CI log
 job's output, where ``generate`` then looked hung for minutes. The API reports a stage by
 calling ``progress(message)`` when it starts; ``StageLog`` prints the previous stage's line
 (``message (12.3 s)``) at that moment and the last one when the command ends, so a log shows
-where the time went and, if the run stops, after which stage.
+where the time went and, if the run is interrupted, in which stage. A run that ends in an
+``AituneError`` prints only the error (bad input stays one line).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import time
 from typing import Callable, Iterator
 
 from rich.console import Console
+
+from aitune_triton.errors import AituneError
 
 
 class StageLog:
@@ -50,7 +53,9 @@ def stage_progress(console: Console, title: str) -> Iterator[StageLog]:
         stages = StageLog(console, on_start=status.update)
         try:
             yield stages
+        except AituneError:
+            raise  # the error's own line says what went wrong; bad input stays one line
         except BaseException:
-            stages.finish("stopped")
+            stages.finish("stopped")  # Ctrl-C, a signal or a bug: say where it happened
             raise
         stages.finish()

@@ -33,3 +33,14 @@ def test_a_failing_command_names_the_stage_it_stopped_in():
             raise RuntimeError("boom")
     lines = buf.getvalue().splitlines()
     assert lines[0].startswith("spec (") and lines[1].startswith("exporting ONNX (stopped after ")
+
+
+def test_an_aitune_error_prints_only_itself():
+    from aitune_triton.errors import UserError
+
+    console, buf = _console()
+    with pytest.raises(UserError):
+        with stage_progress(console, "generating") as progress:
+            progress("spec")
+            raise UserError("bad model.py")
+    assert buf.getvalue() == ""
