@@ -59,7 +59,7 @@ def check_repository_path(repo: Path) -> Path:
     if bad:
         log.warning("%s contains shell metacharacters (%s): Triton's Python backend passes the model path "
                     "unquoted to a shell, so `validate` and `serve` will refuse it; prefer a plain path",
-                    repo, " ".join(bad))
+                    repo, " ".join(repr(c) for c in bad))
     return repo
 
 

@@ -376,7 +376,7 @@ def check_shell_safe(repo: Path, model_names: tuple[str, ...] = ()) -> None:
         if bad:
             raise UserError("refusing to serve %r: its %s contains shell metacharacters (%s), which Triton's Python "
                             "backend passes unquoted to a shell; move or rename it to plain letters, digits and ._-/"
-                            % (text, what, " ".join(bad)))
+                            % (text, what, " ".join(repr(c) for c in bad)))
 
 
 def check_ports_free(host: str, ports: dict[str, int]) -> None:

@@ -184,8 +184,9 @@ def test_repository_path_with_shell_syntax_is_refused(repo, tmp_path, dirname):
     t0 = time.monotonic()
     proc = subprocess.run(CLI + ["validate", str(hostile), "--no-perf", "--report", str(tmp_path / "r")],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    assert "shell metacharacters" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "contains shell metacharacters" in errors[0] and "passes unquoted to a shell" in errors[0]
     assert not list(tmp_path.rglob("PWNED")) and time.monotonic() - t0 < 60
     assert server_of(hostile) is None
 

@@ -19,7 +19,7 @@ import pytest
 
 from aitune_triton.triton import server as srv
 from aitune_triton.triton.manifest import REFERENCE, load_reference, save_reference
-from aitune_triton.validate.checks import FAIL, PASS, SKIP, CheckResult
+from aitune_triton.validate.checks import FAIL, PASS, SKIP, WARN, CheckResult
 from aitune_triton.validate.harness import ValidateOptions, validate_repository
 from aitune_triton.validate.report import PLOT_PNG, REPORT_JSON, REPORT_MD
 
@@ -94,8 +94,10 @@ def test_embedded_run_passes_and_writes_the_report(generated, tmp_path):
     report = validate_repository(generated, ValidateOptions(report_dir=report_dir, **FAST_PERF), messages.append)
     cnn = report.model("cnn")
     assert report.exit_code == 0, [(c.name, c.detail) for c in cnn.checks if c.status == FAIL]
-    assert [c.name for c in cnn.checks] == CHECKS
-    assert statuses(cnn) == {**{name: PASS for name in CHECKS}, "version_stamp": SKIP}, cnn.checks
+    # the last model of an embedded run also gets the oversized-shape request, which crashes 2.51 (a warning)
+    assert [c.name for c in cnn.checks] == CHECKS + ["oversized_shape"]
+    assert statuses(cnn) == {**{name: PASS for name in CHECKS}, "version_stamp": SKIP, "oversized_shape": WARN}, \
+        cnn.checks
     assert report.server.mode == "embedded" and report.server.version == "2.51.0"
     assert report.server.backends == ("python",)
     assert "cnn: dynamic batching" in messages and messages[-1] == "stopping tritonserver"

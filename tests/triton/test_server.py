@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from aitune_triton.errors import UserError
 from aitune_triton.triton import server as srv
 from aitune_triton.triton import tools
 from aitune_triton.triton.perf import PerfOptions, parse_csv, run_perf, write_input_data_json
@@ -353,5 +354,50 @@ def test_busy_fixed_port_raises(triton_server_factory, tmp_path, which):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        with pytest.raises(ServerError, match="already in use"):
+        # refused before launch: a server started anyway would have its probes answered by the port's owner
+        with pytest.raises(UserError, match=r"%s port %d on 127.0.0.1 is not free \(Address already in use\)"
+                           % (which.split("_")[0], port)):
             triton_server_factory(tmp_path, startup_timeout_s=30, **{which: port})
+
+
+# ---------------------------------------------------------------- launch guards (issue 14)
+
+
+@pytest.mark.parametrize("path", ["inj$(touch PWNED)/repo", "it's/repo", "back`tick`/repo", "a b/repo", "x;y/repo"])
+def test_shell_syntax_in_the_repository_path_is_refused(tmp_path, path):
+    with pytest.raises(UserError, match="contains shell metacharacters .* passes unquoted to a shell"):
+        srv.check_shell_safe(tmp_path / path)
+    with pytest.raises(UserError, match="shell metacharacters"):
+        srv.TritonServer(tmp_path / path).start()  # before anything is launched
+    assert not list(tmp_path.rglob("PWNED"))
+
+
+def test_plain_paths_and_names_pass(tmp_path):
+    srv.check_shell_safe(tmp_path / "models-1.0" / "r_e+p@x", ("cnn", "cnn_trt", "a.b-c"))
+    with pytest.raises(UserError, match="model name"):
+        srv.check_shell_safe(tmp_path, ("ok", "bad$(x)"))
+
+
+def test_command_carries_a_per_launch_id(tmp_path):
+    ports = srv.Ports(1, 2, 3)
+    cmd = srv.build_command(tmp_path, srv.ServerOptions(), ports, binary=Path("/bin/true"),
+                            backend_directory=tmp_path, flags=frozenset({"--id"}), server_id="aitune-x")
+    assert "--id=aitune-x" in cmd
+    assert srv.TritonServer(tmp_path).server_id != srv.TritonServer(tmp_path).server_id
+
+
+def test_ports_check_accepts_free_ports():
+    srv.check_ports_free("127.0.0.1", dict(zip(("http", "grpc"), srv.free_ports(2))))
+
+
+def test_describe_exit():
+    assert srv.describe_exit(-signal.SIGSEGV) == "crashed (SIGSEGV)"
+    assert srv.describe_exit(1) == "exited with code 1"
+
+
+def test_served_model_names_leave_out_hidden_dirs(tmp_path):
+    for d in ("b", "a", ".aitune-staging-x", ".git"):
+        (tmp_path / d).mkdir()
+    (tmp_path / ".aitune.lock").write_text("")
+    assert srv.served_model_names(tmp_path) == ("a", "b")
+    assert srv.served_model_names(tmp_path / "missing") == ("*",)
