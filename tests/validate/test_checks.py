@@ -401,3 +401,63 @@ def test_nothing_answers_at_the_url(repo):
                                                                         models=("affine",)))
     assert report.exit_code == 1 and "no Triton server answers at 127.0.0.1:" in report.server.error
     assert report.server.mode == "url" and report.models[0].checks[0].status == FAIL
+
+
+# ---------------------------------------------------------------- hand-edited and broken files (issue 14)
+
+
+def test_hand_edited_config_that_does_not_parse_names_file_and_line(repo, tmp_path):
+    model_dir = tmp_path / "affine"
+    shutil.copytree(repo / "affine", model_dir)
+    config = model_dir / "config.pbtxt"
+    lines = config.read_text().splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith("max_batch_size"))
+    lines[row] = "max_batch_size: eight"
+    config.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=r"affine/config.pbtxt does not parse as a Triton ModelConfig at line %d, "
+                       r"column \d+: .*eight" % (row + 1)):
+        ModelTarget.load(model_dir)
+
+
+def test_huge_max_batch_size_caps_what_the_checks_allocate(affine):
+    huge = affine.config.__class__()
+    huge.CopyFrom(affine.config)
+    huge.max_batch_size = 2147483647
+    target = ModelTarget(affine.name, affine.model_dir, affine.manifest, huge, affine.reference)
+    labels = [label for label, _, _ in ck.bad_requests(target)]
+    assert labels and not any("max_batch_size" in label for label in labels)  # the 2**31 batch is not built
+    shapes = {n: (2147483647,) + tuple(max(d, 1) for d in t.dims) for n, t in target.inputs.items()}
+    assert ck.request_bytes(target, shapes) > ck.MAX_REQUEST_BYTES
+    small = {n: (1,) + tuple(max(d, 1) for d in t.dims) for n, t in target.inputs.items()}
+    assert 0 < ck.request_bytes(target, small) < ck.MAX_REQUEST_BYTES
+
+
+@pytest.mark.parametrize("content,why", [(b"", "EOFError"), (b"PK\x03\x04 truncated", "BadZipFile")])
+def test_unreadable_reference_is_one_named_error(repo, tmp_path, content, why):
+    model_dir = tmp_path / "affine"
+    shutil.copytree(repo / "affine", model_dir)
+    (model_dir / REFERENCE).write_bytes(content)
+    with pytest.raises(UserError, match=r"reference.npz is not a readable reference file \(%s" % why):
+        ModelTarget.load(model_dir)
+
+
+@pytest.mark.parametrize("text,why", [("[1, 2]", "AttributeError"), ('{"schema_version": 1, "spec": 5}', "KeyError"),
+                                      ("[" * 100000 + "]" * 100000, "RecursionError")])
+def test_manifest_of_wrong_types_is_one_named_error(repo, tmp_path, text, why):
+    model_dir = tmp_path / "affine"
+    shutil.copytree(repo / "affine", model_dir)
+    (model_dir / "manifest.json").write_text(text)
+    with pytest.raises(UserError, match=r"manifest.json is not a valid manifest \(%s" % why):
+        Manifest.load(model_dir)
+
+
+@pytest.mark.parametrize("field,value", [("spec", 5), ("max_batch_size", "abc"), ("tolerances", [1])])
+def test_manifest_field_of_wrong_type(repo, tmp_path, field, value):
+    model_dir = tmp_path / "affine"
+    shutil.copytree(repo / "affine", model_dir)
+    data = json.loads((model_dir / "manifest.json").read_text())
+    (model_dir / "manifest.json").write_text(json.dumps({**data, field: value}))
+    with pytest.raises(UserError, match="is not a valid manifest"):
+        Manifest.load(model_dir)
+    planned = {p.name: p for p in harness.plan_models(model_dir.parent)}
+    assert planned["affine"].failure.status == FAIL and "not a valid manifest" in planned["affine"].failure.detail
