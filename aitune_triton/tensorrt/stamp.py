@@ -103,3 +103,15 @@ def this_machine() -> LoaderFacts:
 
     status = tensorrt_status()
     return LoaderFacts(status.version if status.available else None, gpu_facts()["compute_capability"])
+
+
+def refusal_here(stamp: Mapping[str, Any] | None, plan: Path | str, rebuild: str) -> str | None:
+    """The one-line refusal when this machine cannot load the plan (None: it can, or facts are
+    unknown). For the embedded server, which runs here: the plan is refused before Triton tries."""
+    if not stamp:
+        return None
+    try:
+        require_loadable(stamp, this_machine(), plan, rebuild)
+    except UserError as exc:
+        return str(exc)
+    return None

@@ -29,6 +29,7 @@ from aitune_triton.integrity import verify_artifacts
 from aitune_triton.triton import tools
 from aitune_triton.triton.manifest import MANIFEST, Manifest
 from aitune_triton.tensorrt.section import TensorRTSection
+from aitune_triton.tensorrt.stamp import refusal_here
 from aitune_triton.triton.perf import PerfError, PerfOptions, PerfResult, run_perf, write_input_data_json
 from aitune_triton.triton.server import RemoteServer, ServerError, ServerOptions, TritonServer
 from aitune_triton.validate import checks as ck
@@ -279,6 +280,13 @@ class _Run:
                 % ("embedded" if self.options.tritonserver is None else "launched", item.backend,
                    ", ".join(backends) or "none")))
         checks: list[CheckResult] = []
+        trt = target.manifest.tensorrt
+        if isinstance(self.server, TritonServer) and item.backend == "tensorrt" and trt is not None:
+            # the embedded server runs here: a plan stamped for another TensorRT or GPU is refused up front
+            refusal = refusal_here(trt.stamp, item.model_dir / "1" / "model.plan",
+                                   "aitune-triton build-plan %s --force" % self.repo)
+            if refusal:
+                return ModelReport(item.name, item.backend, (CheckResult("version_stamp", FAIL, refusal),))
         if isinstance(self.server, TritonServer):
             load = self._load(item)
             if isinstance(load, ModelReport):
