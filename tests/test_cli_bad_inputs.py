@@ -50,6 +50,12 @@ CASES = [
     ("name_too_long", "good_model.py", ["--name", "x" * 300], 2, "is not allowed"),
     ("name_newline", "good_model.py", ["--name", "a\nb"], 2, "is not allowed"),
     ("instances_zero", "good_model.py", ["--instances", "0"], 2, "instances must be 1..64"),
+    ("quantization_without_tensorrt", "quantization_without_tensorrt.py", [], 2,
+     "quantization_config \\(ONNXQuantizationConfig\\) applies to the TensorRT backend only"),
+    ("quantization_bad_method", "quantization_bad_method.py", [], 2,
+     "ONNXQuantizationConfig\\(precision='fp8'\\) cannot use calibration_method='awq_clip'; use max or entropy"),
+    ("quantization_and_precision", "quantization_int8.py", ["--precision", "fp16"], 2,
+     "precision='fp16' and quantization_config=ONNXQuantizationConfig both choose the precision"),
 ]
 
 
