@@ -130,7 +130,9 @@ def check_rows(model: torch.nn.Module, spec: IOSpec, rows: Sequence[tuple[str, F
         for n, t in out.items():
             observed.setdefault(n, []).append(tuple(t.shape))
         for t in spec.outputs:
-            got = out[t.name]
+            got = out.get(t.name)
+            if got is None or any(t.name not in a for a in alone):
+                return "output %r is not returned for every batch (the outputs depend on the values)" % t.name
             if got.dim() == 0 or got.shape[0] != len(order):
                 return "output %r has %s rows for a batch of %d" % (t.name, list(got.shape[:1]), len(order))
             for pos, i in enumerate(order):
