@@ -114,10 +114,12 @@ class TensorRTSection:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
+        """Fields that are unset (None, empty settings) are left out: a plain staged model's section
+        reads as it did before quantization and stamps were recorded."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["status"] = self.status.value
         d["quantization"] = self.quantization.to_dict() if self.quantization else None
-        return d
+        return {k: v for k, v in d.items() if v is not None and v != {}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TensorRTSection":
