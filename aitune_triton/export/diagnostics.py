@@ -17,7 +17,7 @@ import sysconfig
 import traceback
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 
@@ -99,17 +99,35 @@ def _where(exc: BaseException) -> str:
 _DATA_DEPENDENT = re.compile(r"GuardOnDataDependentSymNode|data-dependent|data dependent|DataDependentOutputException")
 
 
-def export_failure(exc: BaseException) -> str:
-    """One line: what in the model stops torch.export, in plain words, with the model's line."""
+def plain_cause(exc: BaseException, names: Sequence[str] = ()) -> str | None:
+    """What in the model stops torch.export, in plain words with the model's line, for the causes
+    recognised (value-dependent control flow or sizes, size specialisation); else None.
+    ``names``: the input names in FlatIO order (torch names inputs by position)."""
     text = str(exc)
     kind = type(exc).__name__
     if _DATA_DEPENDENT.search(kind + " " + text):
         return "control flow depends on input values%s; torch.export cannot trace it" % _where(exc)
-    if "Constraints violated" in text:
-        flat = " ".join(l.strip() for l in text.splitlines() if l.strip())
-        return "the model accepts only some sizes of a dynamic axis: %s" % flat[:400]
-    first = next((l.strip() for l in text.splitlines() if l.strip()), "")
-    return "%s: %s%s" % (kind, first[:300], _where(exc))
+    if "Constraints violated" in text:  # Dims are named <input>_<axis>; inputs are FlatIO's *inputs
+        dim = re.search(r"Constraints violated \(([^)]*)\)", text)
+        guard = re.search(r"satisfy the generated guard (.+?)\.?(?: \||\n|$)", text)
+        fails = re.search(r"with runtime asserts (size \d+ of \w+ fails)", text)
+        guard_text = re.sub(r"L\['inputs'\]\[(\d+)\]", lambda m: names[int(m.group(1))] if int(m.group(1)) < len(names)
+                            else m.group(0), guard.group(1)) if guard else ""
+        return "Constraints violated (%s): the model accepts only some sizes of that axis%s%s; torch.export cannot " \
+               "make it dynamic" % (dim.group(1) if dim else "?", " (it needs %s)" % guard_text if guard_text else "",
+                                    "; with runtime asserts %s" % fails.group(1) if fails else "")
+    if "FakeTensor" in text:  # a size or a Python value taken from tensor values (lengths, counts)
+        return "sizes depend on input values%s; torch.export cannot trace it" % _where(exc)
+    return None
+
+
+def export_failure(exc: BaseException, names: Sequence[str] = ()) -> str:
+    """One line for any export failure: the plain cause, else the exception's first line, with the model's line."""
+    plain = plain_cause(exc, names)
+    if plain:
+        return plain
+    first = next((l.strip() for l in str(exc).splitlines() if l.strip()), "")
+    return "%s: %s%s" % (type(exc).__name__, first[:300], _where(exc))
 
 
 def child_failure(output: str) -> str | None:

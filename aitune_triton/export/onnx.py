@@ -300,7 +300,10 @@ def export_onnx(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample],
                 failure = exc
         if failure is not None:
             log.debug("%s exporter output:\n%s", exporter, out.getvalue())
-            raise ModelError("ONNX export failed (%s): %s; %s" % (exporter, _first_line(failure), hint(exporter)),
+            from aitune_triton.export.diagnostics import plain_cause  # e.g. control flow on values, with the line
+
+            raise ModelError("ONNX export failed (%s): %s; %s" % (exporter, plain_cause(failure) or _first_line(failure),
+                                                                  hint(exporter)),
                              details=out.getvalue()) from failure
         log.debug("%s exporter output:\n%s", exporter, out.getvalue())
         log.info("exported %s with the %s exporter in %.1f s", path.name, exporter, time.monotonic() - start)
