@@ -243,3 +243,38 @@ def test_force_over_an_undeletable_file_warns(tmp_path, caplog):
                 subprocess.run(undo + [str(p)], check=False)
             else:
                 p.parent.chmod(0o755)
+
+
+BIG_MODEL = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+
+    class Big(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(1024, 1024)  # 4 MiB of weights: more than the 1 MiB filesystem holds
+
+        def forward(self, x):
+            return self.fc(x)
+
+
+    def get_model():
+        return Big().eval()
+
+
+    def get_samples():
+        return [torch.randn(b, 1024) for b in (1, 2)]
+""")
+
+
+def test_generate_onto_a_full_filesystem_is_one_line(small_fs, tmp_path):
+    (tmp_path / "big").mkdir()
+    (tmp_path / "big" / "model.py").write_text(BIG_MODEL)
+    proc = subprocess.run([sys.executable, "-m", "aitune_triton.cli", "generate", str(tmp_path / "big" / "model.py"),
+                           "--out", str(small_fs / "repo"), "--backend", "python", "--fallback-format", "eager"],
+                          capture_output=True, text=True, timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(errors) == 1 and "no space left on the filesystem of %s" % (small_fs / "repo") in errors[0]
+    assert os.listdir(small_fs) == []  # not even the repository directory is left
