@@ -232,7 +232,7 @@ def _select_fallback(prep: Prepared, version_dir: Path, progress: Progress):
         except ModelError as exc:
             log.info("fallback format %s is not a candidate: %s", fmt, exc)
             continue
-        runner = load_runner(trial, fmt, prep.device)
+        runner = load_runner(trial, fmt, prep.device, prep.spec)
         candidates.append(Candidate(fmt, "eager" if fmt == "eager" else fmt, "fp32",
                                     lambda feed, r=runner: call_with_feed(r, prep.spec, feed)))
     if not candidates:
@@ -253,7 +253,9 @@ def _select_fallback(prep: Prepared, version_dir: Path, progress: Progress):
     return artifact, selection
 
 
-def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress) -> tuple[Manifest, str, Any]:
+def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress,
+                  final_dir: Path | None = None) -> tuple[Manifest, str, Any]:
+    from aitune_triton.export.torch_export import FALLBACK_LOG, skipped_summary
     from aitune_triton.triton.python_model import write_python_model
 
     warmup_dims = _write_common(prep, model_dir)
@@ -269,7 +271,9 @@ def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress
     (model_dir / "config.pbtxt").write_text(render_config(plan))
     manifest = _manifest(prep, name, "python", artifact=artifact.to_dict(),
                          tuning={"stage1": selection.to_dict()} if selection else {})
-    skipped = "; ".join("%s skipped: %s" % (f, r) for f, r in artifact.skipped)
+    skipped = skipped_summary(artifact.skipped)
+    if skipped:  # one line per cause; torch's full output is in the log
+        skipped += "; log: %s" % ((final_dir or model_dir) / FALLBACK_LOG)
     return manifest, "fallback %s on %s%s" % (artifact.format, artifact.device, " (%s)" % skipped if skipped else ""), \
         selection
 
@@ -325,7 +329,7 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
         trt_info: TensorRTSection | None = None
         if "python" in names:
             home = staged.dir(names["python"])
-            manifest, detail, selection = _write_python(prep, home, names["python"], progress)
+            manifest, detail, selection = _write_python(prep, home, names["python"], progress, out / names["python"])
             if "tensorrt" in names:
                 try:
                     trt_info = _stage_tensorrt(prep, home, names["tensorrt"], out, progress)

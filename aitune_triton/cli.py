@@ -175,7 +175,8 @@ def generate(model_py, out, name, backends, max_batch_size, instances, gpus, dev
     if result.selection is not None:
         Console(stderr=True, width=max(console.width, 140)).print(result.selection.to_table())
     for model in result.models:
-        console.print("[green]✓[/] %s (%s, %s): %s" % (model.name, model.backend, model.status, model.detail))
+        console.print("[green]✓[/] %s (%s, %s): %s" % (model.name, model.backend, model.status, model.detail),
+                      soft_wrap=True)  # one line even when not a terminal: a skipped format's cause and log
     for note in result.notes:
         console.print(note, markup=False, soft_wrap=True)
     console.print("wrote %s" % result.repository)

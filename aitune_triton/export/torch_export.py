@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
-import inspect
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +35,10 @@ from torch.utils import _pytree as pytree
 
 from aitune_triton.config import Tolerance, tolerance_for
 from aitune_triton.errors import ModelError, UserError
+from aitune_triton.export.diagnostics import append_text, capture_torch_output, child_failure, export_failure
+from aitune_triton.export.flat_io import flat_inputs, flat_model, forward_caller
 from aitune_triton.procs import die_with_parent
-from aitune_triton.spec import AxisKind, IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed, split_feed
+from aitune_triton.spec import AxisKind, IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed
 from aitune_triton.tensorrt.profiles import ProfileSet
 from aitune_triton.errors import CandidateFailed  # noqa: F401  (re-exported)
 
@@ -47,6 +49,7 @@ AOTI_FILE = "model.aoti.pt2"
 EXPORT_FILE = "model.export.pt2"
 SOURCE_FILE = "user_model.py"  # not model.py: that name belongs to the Triton model in the same dir
 STATE_FILE = "state_dict.pt"
+FALLBACK_LOG = Path("logs") / "fallback.log"  # in the model dir, beside the version dir (Triton ignores it)
 FILES = {"aoti": (AOTI_FILE,), "export": (EXPORT_FILE,), "eager": (SOURCE_FILE, STATE_FILE)}
 
 
@@ -56,7 +59,8 @@ class FallbackArtifact:
 
     ``axis_ranges`` holds, per input and axis, the sizes the artifact accepts (``None`` as the
     upper bound: unbounded). AOTInductor does not check input shapes or dtypes at run time, so the
-    model.py validates requests against these before calling it.
+    model.py validates requests against these before calling it. ``flat_io``: the artifact is a
+    ``FlatIO`` export (flat tensors in spec input order in, a flat tuple in spec output order out).
     """
 
     format: str
@@ -66,12 +70,13 @@ class FallbackArtifact:
     max_errors: dict[str, float] = field(default_factory=dict)
     axis_ranges: dict[str, tuple[tuple[int, int | None], ...]] = field(default_factory=dict)
     row_independent: bool = False
+    flat_io: bool = False
 
     def to_dict(self) -> dict:
         return {"format": self.format, "device": self.device, "files": list(self.files),
                 "skipped": [list(s) for s in self.skipped], "max_errors": dict(self.max_errors),
                 "axis_ranges": {k: [list(r) for r in v] for k, v in self.axis_ranges.items()},
-                "row_independent": self.row_independent}
+                "row_independent": self.row_independent, "flat_io": self.flat_io}
 
     @classmethod
     def from_dict(cls, d: dict) -> "FallbackArtifact":
@@ -79,7 +84,7 @@ class FallbackArtifact:
                    {k: float(v) for k, v in d.get("max_errors", {}).items()},
                    {k: tuple((int(lo), None if hi is None else int(hi)) for lo, hi in v)
                     for k, v in d.get("axis_ranges", {}).items()},
-                   bool(d.get("row_independent", False)))
+                   bool(d.get("row_independent", False)), bool(d.get("flat_io", False)))
 
 
 # ----------------------------------------------------------------------------- reference cases
@@ -103,8 +108,6 @@ def _batch_of(feed: dict[str, torch.Tensor], spec: IOSpec) -> int:
 
 
 def _run_eager(model: torch.nn.Module, spec: IOSpec, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    from aitune_triton.spec import call_with_feed
-
     with torch.inference_mode():
         return {n: t.detach() for n, t in flatten_outputs(call_with_feed(model, spec, feed))}
 
@@ -251,17 +254,6 @@ def dynamic_dims(spec: IOSpec, samples: Sequence[Sample], profiles: ProfileSet |
     return dims, {k: tuple(v) for k, v in ranges.items()}
 
 
-def _bind_dynamic_shapes(model: torch.nn.Module, spec: IOSpec, feed: dict[str, torch.Tensor],
-                         dims: dict[str, dict[int, Any]]) -> tuple[tuple, dict, dict]:
-    """args, kwargs and ``dynamic_shapes`` keyed the way torch.export binds ``forward``'s signature
-    (``*args`` and ``**kwargs`` parameters take a tuple / dict of per-tensor specs)."""
-    args, kwargs = split_feed(spec, feed)
-    by_id = {id(feed[t.name]): dims[t.name] or None for t in spec.inputs}
-    bound = inspect.signature(model.forward).bind(*args, **kwargs)
-    shapes = {name: pytree.tree_map(lambda v: by_id.get(id(v)), value) for name, value in bound.arguments.items()}
-    return args, kwargs, shapes
-
-
 def _on_device(model: torch.nn.Module, device: str) -> torch.nn.Module:
     tensors = list(model.parameters()) + list(model.buffers())
     if all(t.device.type == device for t in tensors):
@@ -271,14 +263,17 @@ def _on_device(model: torch.nn.Module, device: str) -> torch.nn.Module:
 
 def export_program(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample], profiles: ProfileSet | None,
                    device: str = "cpu"):
-    """``torch.export.export`` with symbolic batch / dynamic axes; returns (program, axis ranges)."""
+    """``torch.export.export`` of ``FlatIO(model)`` (flat tensors in and out, in spec order: the
+    artifact loads without the user's libraries) with symbolic batch / dynamic axes; returns
+    (program, axis ranges)."""
     max_batch = profiles.max_batch_size if profiles else spec.max_sample_batch
     dims, ranges = dynamic_dims(spec, samples, profiles, max_batch)
     feed = {k: v.to(device) for k, v in _example(spec, samples, max_batch).items()}
-    target = _on_device(model, device).eval()
-    args, kwargs, shapes = _bind_dynamic_shapes(target, spec, feed, dims)
+    target = flat_model(_on_device(model, device).eval(), spec)
+    args = flat_inputs(spec, feed)
+    shapes = {"inputs": tuple(dims[t.name] or None for t in spec.inputs)}
     try:
-        program = torch.export.export(target, args, kwargs, dynamic_shapes=shapes)
+        program = torch.export.export(target, args, dynamic_shapes=shapes)
     except Exception as exc:
         if "Constraints violated" not in str(exc):
             raise
@@ -286,7 +281,7 @@ def export_program(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sampl
         # "min(s, 2*s) == s" from attention) may be deferred to a runtime assert; a real
         # specialisation (s % 2 == 0) may not, so every axis is probed across its range
         log.info("torch.export: %s; retrying with runtime asserts instead of guards", _export_reason(exc))
-        program = torch.export.export(target, args, kwargs, dynamic_shapes=shapes,
+        program = torch.export.export(target, args, dynamic_shapes=shapes,
                                       prefer_deferred_runtime_asserts_over_guards=True)
         failure = _probe_ranges(program, spec, feed, dims)
         if failure:
@@ -315,7 +310,7 @@ def _probe_ranges(program, spec: IOSpec, feed: dict[str, torch.Tensor], dims: di
                 probe[name] = _resize_axis(feed[name], axis, size)
             try:
                 with torch.inference_mode():
-                    call_with_feed(module, spec, probe)
+                    module(*flat_inputs(spec, probe))
             except Exception as exc:
                 return "size %d of %s fails: %s" % (size, dim.__name__, _first_line(exc))
     return None
@@ -324,15 +319,18 @@ def _probe_ranges(program, spec: IOSpec, feed: dict[str, torch.Tensor], dims: di
 # ----------------------------------------------------------------------------- loading (child side)
 
 
-def load_runner(version_dir: Path, fmt: str, device: str) -> Callable[..., Any]:
-    """The artifact as a callable taking ``forward``'s arguments (what the generated model.py does too)."""
+def load_runner(version_dir: Path, fmt: str, device: str, spec: IOSpec) -> Callable[..., Any]:
+    """The artifact as a callable taking ``forward``'s arguments. The exported formats take flat
+    tensors in spec input order and return a flat tuple (``FlatIO``); the generated model.py
+    calls them that way, here they are adapted to ``forward``'s arguments."""
     version_dir = Path(version_dir)
     dev = torch.device(device)
     if fmt == "aoti":
         index = dev.index if dev.index is not None else (0 if dev.type == "cuda" else -1)
-        return torch._inductor.aoti_load_package(str(version_dir / AOTI_FILE), device_index=index)
+        return forward_caller(torch._inductor.aoti_load_package(str(version_dir / AOTI_FILE), device_index=index),
+                              spec)
     if fmt == "export":
-        return torch.export.load(str(version_dir / EXPORT_FILE)).module().to(dev)
+        return forward_caller(torch.export.load(str(version_dir / EXPORT_FILE)).module().to(dev), spec)
     if fmt == "eager":
         name = "aitune_user_model_%s" % uuid.uuid4().hex[:8]
         mod_spec = importlib.util.spec_from_file_location(name, version_dir / SOURCE_FILE)
@@ -382,8 +380,9 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _run_child(argv: list[str], timeout_s: float, what: str) -> None:
-    """Run ``python -m aitune_triton.export.torch_export ARGV`` in its own session; raise CandidateFailed."""
+def _run_child(argv: list[str], timeout_s: float, what: str, log_path: Path) -> None:
+    """Run ``python -m aitune_triton.export.torch_export ARGV`` in its own session, its whole output
+    appended to ``log_path``; raise CandidateFailed with one line."""
     cmd = [sys.executable, "-X", "faulthandler", "-m", "aitune_triton.export.torch_export", *argv]
     log.debug("child: %s", " ".join(cmd))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -392,13 +391,14 @@ def _run_child(argv: list[str], timeout_s: float, what: str) -> None:
         out, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # the compiler's own children (g++) go too
-        proc.communicate()
+        out, _ = proc.communicate()
+        append_text(log_path, "%s (timed out)" % what, out or "")
         raise CandidateFailed("%s timed out after %.0f s" % (what, timeout_s)) from None
     except BaseException:  # Ctrl-C: the child is in its own session and would not see it
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         raise
-    log.debug("child output (%s):\n%s", what, out)
+    append_text(log_path, "%s (exit %s)" % (what, proc.returncode), out)
     if proc.returncode < 0:
         frames = [l.strip() for l in out.splitlines() if l.strip().startswith("File ")]
         raise CandidateFailed("%s crashed (signal %s%s)" % (what, signal.Signals(-proc.returncode).name,
@@ -406,7 +406,11 @@ def _run_child(argv: list[str], timeout_s: float, what: str) -> None:
     if proc.returncode != 0:
         lines = [l for l in out.strip().splitlines() if l.strip()]
         marked = [l[len("FAILED: "):] for l in lines if l.startswith("FAILED: ")]
-        raise CandidateFailed(marked[-1] if marked else "%s failed: %s" % (what, lines[-1] if lines else "no output"))
+        plain = child_failure(out)
+        if plain:
+            raise CandidateFailed("%s failed: %s" % (what, plain))
+        reason = marked[-1] if marked else "%s failed: %s" % (what, lines[-1] if lines else "no output")
+        raise CandidateFailed(reason.replace(" Please check the warnings above.", ""))
 
 
 def _child_main(argv: list[str] | None = None) -> int:
@@ -429,7 +433,7 @@ def _child_main(argv: list[str] | None = None) -> int:
         cases = list(zip(data["labels"], data["inputs"], data["outputs"]))
         tol = Tolerance(*job["tolerance"]) if job.get("tolerance") else None
         try:
-            runner = load_runner(Path(job["version_dir"]), job["format"], job["device"])
+            runner = load_runner(Path(job["version_dir"]), job["format"], job["device"], spec)
         except Exception as exc:
             raise CandidateFailed("loading failed: %s" % _first_line(exc)) from exc
         errors = check_runner(runner, spec, cases, job["device"], tol)
@@ -455,6 +459,7 @@ class _Job:
     device: str
     tolerance: Tolerance | None
     timeout_s: float
+    log_path: Path
 
 
 def _check(job: _Job, fmt: str) -> dict[str, float]:
@@ -464,7 +469,7 @@ def _check(job: _Job, fmt: str) -> dict[str, float]:
         "spec": job.spec.to_dict(), "cases": str(job.cases_path), "version_dir": str(job.version_dir),
         "format": fmt, "device": job.device, "result": str(result),
         "tolerance": [job.tolerance.atol, job.tolerance.rtol] if job.tolerance else None}))
-    _run_child(["check", str(spec_file)], job.timeout_s, "%s check" % fmt)
+    _run_child(["check", str(spec_file)], job.timeout_s, "%s check" % fmt, job.log_path)
     return json.loads(result.read_text())["max_errors"]
 
 
@@ -475,14 +480,16 @@ def _remove(version_dir: Path, fmt: str) -> None:
 
 def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample],
                    outputs: Sequence[Any], profiles: ProfileSet | None, version_dir: Path, device: str = "cpu",
-                   preferred: str = "auto", timeout_s: float = 600, tolerance: Tolerance | None = None
-                   ) -> FallbackArtifact:
+                   preferred: str = "auto", timeout_s: float = 600, tolerance: Tolerance | None = None,
+                   log_path: Path | None = None) -> FallbackArtifact:
     """Write the best fallback artifact that matches eager into ``version_dir`` and describe it.
 
     ``preferred`` forces one format ("aoti", "export", "eager"); "auto" tries them best first.
     ``timeout_s`` bounds each child process (the compile, each check). ``tolerance`` overrides the
-    float tolerances of ``tolerance_for``. Raises ModelError when no candidate (or the forced one)
-    passes, with every reason.
+    float tolerances of ``tolerance_for``. torch's output (export warnings, the children's output,
+    tracebacks) is appended to ``log_path`` (default ``version_dir/../logs/fallback.log``), the
+    reasons in ``skipped`` are one plain line each. Raises ModelError when no candidate (or the
+    forced one) passes, with every reason and a copy of the log that outlives the model directory.
     """
     if preferred not in ("auto",) + FORMATS:
         raise UserError("fallback format must be one of auto, %s; got %r" % (", ".join(FORMATS), preferred))
@@ -493,6 +500,8 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
                         "or use --device cpu")
     version_dir = Path(version_dir)
     version_dir.mkdir(parents=True, exist_ok=True)
+    log_path = Path(log_path) if log_path else version_dir.parent / FALLBACK_LOG
+    append_text(log_path, "fallback build (format %s, device %s)" % (preferred, device), str(version_dir))
     max_batch = profiles.max_batch_size if profiles else spec.max_sample_batch
     cases = reference_cases(model, spec, samples, outputs, max_batch)
     independent = rows_independent(model, spec, cases, tolerance)
@@ -506,23 +515,24 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
         cases_path = work / "cases.pt"
         torch.save({"labels": [c[0] for c in cases], "inputs": [{k: v.cpu() for k, v in c[1].items()} for c in cases],
                     "outputs": [{k: v.cpu() for k, v in c[2].items()} for c in cases]}, cases_path)
-        job = _Job(spec, cases_path, version_dir, work, device, tolerance, timeout_s)
+        job = _Job(spec, cases_path, version_dir, work, device, tolerance, timeout_s, log_path)
         ranges = export_error = None
         if {"aoti", "export"} & set(wanted):
             try:
-                program, ranges = export_program(model, spec, samples, profiles, device)
-                torch.export.save(program, work / EXPORT_FILE)
+                with capture_torch_output(log_path):
+                    program, ranges = export_program(model, spec, samples, profiles, device)
+                    torch.export.save(program, work / EXPORT_FILE)
             except Exception as exc:
-                export_error = "torch.export failed: %s" % _export_reason(exc)
+                append_text(log_path, "torch.export failed", traceback.format_exc())
+                export_error = "torch.export failed: %s" % export_failure(exc, [t.name for t in spec.inputs])
                 log.info("%s", export_error)
-                log.debug("torch.export failed", exc_info=True)
         for fmt in wanted:
             try:
                 if fmt in ("aoti", "export") and export_error:
                     raise CandidateFailed(export_error)
                 if fmt == "aoti":
                     _run_child(["compile", str(work / EXPORT_FILE), str(version_dir / AOTI_FILE)], timeout_s,
-                               "AOTInductor compile")
+                               "AOTInductor compile", log_path)
                 elif fmt == "export":
                     shutil.copyfile(work / EXPORT_FILE, version_dir / EXPORT_FILE)
                 else:
@@ -535,13 +545,23 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
                 log.info("fallback %s rejected: %s", fmt, exc)
                 continue
             artifact = FallbackArtifact(fmt, device, FILES[fmt], tuple(skipped), errors,
-                                        ranges if fmt != "eager" else eager_ranges, independent)
+                                        ranges if fmt != "eager" else eager_ranges, independent, fmt != "eager")
             log.info("fallback: %s on %s, max |err| vs eager %s", fmt, device,
                      ", ".join("%s %.3g" % kv for kv in errors.items()))
             return artifact
+    kept = Path(tempfile.mkstemp(prefix="aitune-fallback-", suffix=".log")[1])  # the model dir is not kept
+    shutil.copyfile(log_path, kept)
     if preferred != "auto":
-        raise ModelError("fallback format %r failed: %s" % (preferred, skipped[-1][1]))
-    raise ModelError("no PyTorch fallback matched eager: %s" % "; ".join("%s: %s" % s for s in skipped))
+        raise ModelError("fallback format %r failed: %s" % (preferred, skipped[-1][1]), log_path=kept)
+    raise ModelError("no PyTorch fallback matched eager: %s" % skipped_summary(skipped), log_path=kept)
+
+
+def skipped_summary(skipped: Sequence[tuple[str, str]]) -> str:
+    """``aoti, export skipped: REASON; ...``: formats that failed for one reason share one clause."""
+    by_reason: dict[str, list[str]] = {}
+    for fmt, reason in skipped:
+        by_reason.setdefault(reason, []).append(fmt)
+    return "; ".join("%s skipped: %s" % (", ".join(fmts), reason) for reason, fmts in by_reason.items())
 
 
 if __name__ == "__main__":
