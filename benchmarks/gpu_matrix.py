@@ -156,6 +156,11 @@ def plan_points(kind: str, models: list[str], before: bool) -> list[dict]:
                     add("new", 2, (0, 1), transport, batch, c)
             add("new", 1, (0,), "grpc", 8, 16)
             add("new", 1, (0, 1), "grpc", 8, 16)
+            # one torch thread per stub (is the host path CPU-bound?) and no queue delay (latency at c=1)
+            add("new+t1", 1, (0,), "system_shm", 1, 64)
+            add("new+t1", 2, (0,), "system_shm", 1, 64)
+            add("new+d0", 1, (0,), "cuda_shm", 1, 1)
+            add("new+d0", 1, (0,), "system_shm", 1, 1)
             if before:
                 add("before", 1, (0, 1), "system_shm", 1, 64)
                 add("before", 2, (0,), "system_shm", 1, 64)
@@ -168,7 +173,11 @@ def plan_points(kind: str, models: list[str], before: bool) -> list[dict]:
 
 
 def variant_name(p: dict) -> str:
-    return "%s_%s_i%d_g%s" % (p["model"], p["code"], p["instances"], "".join(str(g) for g in p["gpus"]))
+    return "%s_%s_i%d_g%s" % (p["model"], p["code"].replace("+", ""), p["instances"], "".join(str(g) for g in p["gpus"]))
+
+
+# modifiers after "+" in a point's code: settings changed in the derived config
+MODS = {"t1": "TORCH_NUM_THREADS=1", "d0": "max_queue_delay_microseconds 0"}
 
 
 # --------------------------------------------------------------------------------------------- build
@@ -180,26 +189,38 @@ def write_source(work: Path, model: str, name: str, max_batch: int, delay_us: in
     return d / "model.py"
 
 
-def generate_with(code_root: Path | None, model_py: Path, repo: Path, log) -> None:
-    """Generate with this checkout (code_root None) or an older one, in a child process so that the two
-    never share imported modules."""
-    env = dict(os.environ)
-    if code_root is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(code_root)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
-                                                                 if p and Path(p).resolve() != ROOT])
-    else:
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    cmd = [sys.executable, "-c", "import sys; from aitune_triton.cli import main; sys.exit(main())",
-           "generate", str(model_py), "--out", str(repo)]
-    t0 = time.time()
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(code_root or ROOT))
-    log("generate %s (%s): exit %d in %.0fs\n%s" % (model_py.parent.name, code_root or "this checkout",
-                                                     out.returncode, time.time() - t0, (out.stdout + out.stderr)[-1500:]))
-    if out.returncode != 0:
-        raise RuntimeError("generate failed for %s" % model_py)
+def generate_all(jobs: list[tuple[Path | None, Path]], repo: Path, work: Path, log) -> None:
+    """Generate every (code root, model.py) at once, each in its own child process and scratch repository
+    (this checkout when the root is None; the children never share imported modules), then move the
+    model directories into ``repo``."""
+    procs = []
+    for code_root, model_py in jobs:
+        env = dict(os.environ)
+        rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != ROOT]
+        env["PYTHONPATH"] = os.pathsep.join([str(code_root or ROOT)] + rest)
+        scratch = work / "gen" / model_py.parent.name
+        scratch.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-c", "import sys; from aitune_triton.cli import main; sys.exit(main())",
+               "generate", str(model_py), "--out", str(scratch)]
+        procs.append((model_py, code_root, scratch, time.time(),
+                      subprocess.Popen(cmd, env=env, cwd=str(code_root or ROOT), stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True)))
+    failed = []
+    for model_py, code_root, scratch, t0, proc in procs:
+        out, _ = proc.communicate()
+        log("generate %s (%s): exit %d in %.0fs\n%s" % (model_py.parent.name, code_root or "this checkout",
+                                                         proc.returncode, time.time() - t0, out[-1500:]))
+        if proc.returncode != 0:
+            failed.append(model_py.parent.name)
+        else:
+            repo.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(scratch / model_py.parent.name), str(repo / model_py.parent.name))
+    if failed:
+        raise RuntimeError("generate failed for %s" % ", ".join(failed))
 
 
-def derive_variant(repo: Path, base: str, name: str, instances: int, gpus: tuple[int, ...], cpu: bool = False) -> None:
+def derive_variant(repo: Path, base: str, name: str, instances: int, gpus: tuple[int, ...], cpu: bool = False,
+                   mods: tuple[str, ...] = ()) -> None:
     """Copy ``base`` to ``name`` with one explicit instance group: ``instances`` per GPU on ``gpus``
     (``cpu``: that many CPU instances, for --smoke)."""
     shutil.copytree(repo / base, repo / name)
@@ -215,6 +236,10 @@ def derive_variant(repo: Path, base: str, name: str, instances: int, gpus: tuple
     text = re.sub(r"instance_group \{[^}]*\}\n", "", text)  # drop any further groups
     # the stub logs where execute() spends its time (read by stage_times(); older runtimes ignore it)
     text += 'parameters { key: "AITUNE_STAGE_TIMES" value { string_value: "1" } }\n'
+    if "t1" in mods:
+        text += 'parameters { key: "TORCH_NUM_THREADS" value { string_value: "1" } }\n'
+    if "d0" in mods:
+        text = re.sub(r"max_queue_delay_microseconds: \d+", "max_queue_delay_microseconds: 0", text)
     cfg.write_text(text)
 
 
@@ -407,12 +432,17 @@ def run(args) -> int:
 
     repo = work / "repo"
     device = "cpu" if args.smoke else "cuda"
+    jobs = []
     for model in models:
-        new = write_source(work, model, "%s_new" % model, args.max_batch, args.delay_us, device)
-        generate_with(None, new, repo, log)
+        jobs.append((None, write_source(work, model, "%s_new" % model, args.max_batch, args.delay_us, device)))
         if args.before is not None and any(p["model"] == model and p["code"] == "before" for p in points):
-            old = write_source(work, model, "%s_before" % model, args.max_batch, args.delay_us, device)
-            generate_with(args.before.resolve(), old, repo, log)
+            jobs.append((args.before.resolve(),
+                         write_source(work, model, "%s_before" % model, args.max_batch, args.delay_us, device)))
+    t0 = time.time()
+    generate_all(jobs, repo, work, log)
+    summary["generate_s"] = round(time.time() - t0)
+    for model in models:
+        new = work / "src" / ("%s_new" % model) / "model.py"
         if args.smoke:
             continue
         t0 = time.time()
@@ -423,8 +453,10 @@ def run(args) -> int:
     for p in points:
         name = variant_name(p)
         if not (repo / name).exists():
-            derive_variant(repo, "%s_%s" % (p["model"], p["code"]), name, p["instances"], p["gpus"], cpu=args.smoke)
-    for base in {"%s_%s" % (p["model"], p["code"]) for p in points}:
+            code, *mods = p["code"].split("+")
+            derive_variant(repo, "%s_%s" % (p["model"], code), name, p["instances"], p["gpus"], cpu=args.smoke,
+                           mods=tuple(mods))
+    for base in {"%s_%s" % (p["model"], p["code"].split("+")[0]) for p in points}:
         shutil.rmtree(repo / base)  # serve only the derived variants
     (args.out / "config_example.pbtxt").write_text((repo / variant_name(points[0]) / "config.pbtxt").read_text())
     measure(points, repo, work, args, summary, save, log, t_start)
