@@ -647,7 +647,9 @@ def check_dynamic_batching(target: ModelTarget, session: Session, in_flight: int
     if not target.batching:
         return _result("dynamic_batching", SKIP, "max_batch_size is 0: the model does not batch", t0)
     if not target.config.HasField("dynamic_batching"):
-        return _result("dynamic_batching", SKIP, "config.pbtxt has no dynamic_batching", t0)
+        why = target.manifest.spec.row_dependence
+        return _result("dynamic_batching", SKIP, "config.pbtxt has no dynamic_batching%s"
+                       % ("; generate left it off: rows are not independent (%s)" % why if why else ""), t0)
     if session.grpc is None:
         return _result("dynamic_batching", SKIP, "no gRPC endpoint", t0)
     items = _batch_items(target)
@@ -704,6 +706,9 @@ def check_dynamic_batching(target: ModelTarget, session: Session, in_flight: int
                            + (["%d responses do not match their request, first: %s" % (len(mismatches),
                                                                                        mismatches[0])]
                               if mismatches else []))
+        if mismatches and target.manifest.spec.row_dependence:  # dynamic batching enabled by hand
+            detail += "; generate found the rows not independent (%s): remove dynamic_batching" \
+                % target.manifest.spec.row_dependence
         return _result("dynamic_batching", FAIL, "%s; %s" % (detail, summary), t0)
     if not 0 < executions < inferences:
         return _result("dynamic_batching", FAIL, "no batches formed: %s" % summary, t0)

@@ -8,13 +8,14 @@ One repository (eager fallbacks: the decision under test is the config, not the 
 from __future__ import annotations
 
 import json
+import shutil
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from aitune_triton.api import generate
-from aitune_triton.validate.checks import PASS, SKIP
+from aitune_triton.validate.checks import FAIL, PASS, SKIP
 from aitune_triton.validate.harness import ValidateOptions, validate_repository
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
@@ -77,6 +78,10 @@ def report(tmp_path_factory):
         (root / name).mkdir()
         (root / name / "model.py").write_text(textwrap.dedent(source))
         generate(root / name / "model.py", repo, {"backends": ("python",), "fallback_format": "eager"})
+    # the same batch-dependent model with dynamic batching switched on by hand
+    shutil.copytree(repo / "branchy", repo / "forced")
+    config = (repo / "forced" / "config.pbtxt").read_text().replace('name: "branchy"', 'name: "forced"')
+    (repo / "forced" / "config.pbtxt").write_text(config + "\ndynamic_batching {\n  max_queue_delay_microseconds: 2000\n}\n")
     return repo, validate_repository(repo, ValidateOptions(perf=False))
 
 
@@ -90,7 +95,7 @@ def test_batch_dependent_model_is_served_without_dynamic_batching(report):
     assert any(n.startswith("dynamic batching is off: rows are not independent") for n in manifest["checks"]["notes"])
     checks = {c.name: c for c in result.model("branchy").checks}
     assert checks["accuracy_grpc"].status == PASS and checks["edge_shapes"].status == PASS
-    assert checks["dynamic_batching"].status == SKIP
+    assert checks["dynamic_batching"].status == SKIP and "rows are not independent" in checks["dynamic_batching"].detail
 
 
 def test_lstm_tagger_with_lengths_passes_validate(report):
@@ -99,3 +104,10 @@ def test_lstm_tagger_with_lengths_passes_validate(report):
     assert all(c.status in (PASS, SKIP) for c in tagger.checks), [(c.name, c.detail) for c in tagger.checks]
     assert {c.name: c.status for c in tagger.checks}["edge_shapes"] == PASS
     assert {c.name: c.status for c in tagger.checks}["dynamic_batching"] == PASS  # rows are independent
+
+
+def test_dynamic_batching_switched_on_by_hand_fails_naming_the_cause(report):
+    _, result = report
+    batching = next(c for c in result.model("forced").checks if c.name == "dynamic_batching")
+    assert batching.status == FAIL and "do not match their request" in batching.detail
+    assert "generate found the rows not independent (output 'output_0' of sample" in batching.detail
