@@ -180,8 +180,21 @@ def _require_applied(qconfig: object, precision: str, graph: dict[str, int], nam
 def _check(model: torch.nn.Module, spec: IOSpec, path: Path, samples: Sequence[Sample], profiles: ProfileSet,
            outputs: Sequence[object], qconfig: object, precision: str) -> dict:
     """ONNX Runtime CPU vs the unquantized eager model with the precision's tolerance; the table on a miss."""
-    check = check_onnx(model, spec, path, samples, profiles, quantized_tolerances(spec, outputs, precision),
-                       profile_edges=False)
+    try:
+        check = check_onnx(model, spec, path, samples, profiles, quantized_tolerances(spec, outputs, precision),
+                           profile_edges=False)
+    except ModelError as exc:
+        if not str(exc).startswith("ONNX Runtime CPU"):
+            raise
+        reason = str(exc).split(": ", 1)[-1].rsplit("; ", 1)[0]
+        check = None
+    else:
+        reason = check.skipped
+    if reason or check is None:
+        # the check is what makes a quantized graph trustworthy: one that cannot be run is refused
+        raise UserError("%s(precision=%r): ONNX Runtime CPU cannot run the graph ModelOpt produced (%s), so it cannot "
+                        "be checked against eager; use int8, or ONNXAutoCastConfig for fp16/bf16"
+                        % (type(qconfig).__name__, precision, reason))
     if not check.ok:
         raise ModelError("the %s-quantized ONNX (%s) does not match eager PyTorch within the %s tolerance (%s):\n%s\n"
                          "exclude the sensitive nodes (nodes_to_exclude), calibrate with more representative samples, "

@@ -196,3 +196,18 @@ def test_generate_refuses_before_writing(tmp_path, overrides, words):
     with pytest.raises(UserError, match=words):
         api.generate(EXAMPLES / "cnn" / "model.py", out, overrides=overrides)
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_quantized_graph_onnx_runtime_cannot_run_is_refused(tmp_path):
+    # ModelOpt's fp8 PTQ of the encoder puts float8 tensors through Transpose, which ONNX Runtime rejects:
+    # the graph cannot be checked against eager, so it is not staged
+    from aitune_triton.source import load_model_source
+
+    source = load_model_source(EXAMPLES / "encoder" / "model.py")
+    spec = record_spec(source.model, source.samples, source.outputs, None)
+    profiles = derive_profiles(spec, source.samples, ProfileMode.SINGLE)
+    with pytest.raises(UserError, match=r"^ONNXQuantizationConfig\(precision='fp8'\): ONNX Runtime CPU cannot run the "
+                                        r"graph ModelOpt produced \(.*float8.*\), so it cannot be checked against eager"):
+        stage_onnx(source.model, spec, source.samples, source.outputs, profiles, tmp_path / "tensorrt" / "model.onnx",
+                   TensorRTBackendConfig(quantization_config=ONNXQuantizationConfig(precision="fp8")))
+    assert not (tmp_path / "tensorrt" / "model.onnx").exists()
