@@ -27,3 +27,24 @@ def test_stage1_measures_every_format_and_keeps_only_the_chosen_one(tmp_path):
 def test_latency_budget_needs_a_budget(tmp_path):
     with pytest.raises(UserError, match="budget_ms"):
         generate(ROOT / "examples" / "cnn" / "model.py", tmp_path / "repo", {"strategy": "latency-budget"})
+
+
+def test_prepare_probes_and_checks_declared_input_names(tmp_path):
+    from aitune_triton.api import prepare
+
+    model_py = tmp_path / "model.py"
+    model_py.write_text(
+        "import torch\n"
+        "from aitune_triton import GenerateConfig\n"
+        "class M(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return x * 2 if x.sum() > 0 else x\n"
+        "def get_model():\n    return M()\n"
+        "def get_samples():\n    return [torch.randn(b, 3, generator=torch.Generator().manual_seed(b)) for b in (1, 2)]\n"
+        "def get_config():\n    return GenerateConfig(input_ranges=RANGES)\n"
+        "RANGES = {'x': (-5, 5)}\n")
+    prep = prepare(model_py)
+    assert prep.spec.rows_independent is False and prep.notes[0].startswith("dynamic batching is off")
+    model_py.write_text(model_py.read_text().replace("{'x': (-5, 5)}", "{'nope': (0, 1)}"))
+    with pytest.raises(UserError, match=r"input_ranges names unknown input\(s\) \['nope'\]; the inputs are \['x'\]"):
+        prepare(model_py)
