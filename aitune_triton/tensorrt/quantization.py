@@ -14,8 +14,10 @@ ModelOpt takes 8-15 s to import, so it is imported only here and only when a con
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
+import io
 import logging
 import tempfile
 from pathlib import Path
@@ -135,7 +137,7 @@ def _ptq(onnx_in: Path, onnx_out: Path, qconfig: ONNXQuantizationConfig,
     quantization.quantize(
         onnx_path=str(onnx_in), quantize_mode=qconfig.precision, calibration_method=ptq_calibration_method(qconfig),
         calibration_data_reader=_calibration_reader(calibration), calibration_eps=list(calibration_eps),
-        nodes_to_exclude=list(qconfig.nodes_to_exclude) or None, output_path=str(onnx_out), log_level="WARNING",
+        nodes_to_exclude=list(qconfig.nodes_to_exclude) or None, output_path=str(onnx_out), log_level="CRITICAL",
         high_precision_dtype=HIGH_PRECISION_DTYPE)
     if not onnx_out.is_file():
         raise ModelError("ModelOpt %s quantization wrote no model to %s" % (qconfig.precision, onnx_out))
@@ -157,17 +159,8 @@ def apply_onnx_quantization(onnx_in: Path | str, onnx_out: Path | str,
     if onnx_in.resolve() == onnx_out.resolve():
         raise UserError("quantization must write a new file, not overwrite its input %s" % onnx_in)
     try:
-        if isinstance(qconfig, ONNXAutoCastConfig):
-            _autocast(onnx_in, onnx_out, qconfig, calibration)
-        elif isinstance(qconfig, ONNXQuantizationConfig):
-            if qconfig.precision == "fp16":
-                _fp16(onnx_in, onnx_out, qconfig)
-            else:
-                _ptq(onnx_in, onnx_out, qconfig, calibration, calibration_eps)
-        else:
-            raise UserError("apply_onnx_quantization takes ONNXAutoCastConfig or ONNXQuantizationConfig, got %s; "
-                            "TorchQuantizationConfig is applied to the module before export"
-                            % type(qconfig).__name__)
+        with _quiet():
+            _dispatch(onnx_in, onnx_out, qconfig, calibration, calibration_eps)
     except (UserError, ModelError):
         raise
     except Exception as exc:
@@ -175,6 +168,40 @@ def apply_onnx_quantization(onnx_in: Path | str, onnx_out: Path | str,
         raise ModelError("ModelOpt %s failed: %s: %s" % (type(qconfig).__name__, type(exc).__name__, first)) from exc
     log.info("%s wrote %s", type(qconfig).__name__, onnx_out)
     return onnx_out
+
+
+def _dispatch(onnx_in: Path, onnx_out: Path, qconfig: ONNXAutoCastConfig | ONNXQuantizationConfig,
+              calibration: Sequence[dict[str, np.ndarray]], calibration_eps: Sequence[str]) -> None:
+    if isinstance(qconfig, ONNXAutoCastConfig):
+        _autocast(onnx_in, onnx_out, qconfig, calibration)
+    elif isinstance(qconfig, ONNXQuantizationConfig):
+        if qconfig.precision == "fp16":
+            _fp16(onnx_in, onnx_out, qconfig)
+        else:
+            _ptq(onnx_in, onnx_out, qconfig, calibration, calibration_eps)
+    else:
+        raise UserError("apply_onnx_quantization takes ONNXAutoCastConfig or ONNXQuantizationConfig, got %s; "
+                        "TorchQuantizationConfig is applied to the module before export" % type(qconfig).__name__)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ModelOpt prints progress to stdout and logs through its own stdout handler (on a machine
+    without a GPU it logs an NVML *error* that is harmless): keep that off the user's console and
+    in the debug log. Real failures come back as exceptions."""
+    names = ["modelopt"] + [n for n in logging.root.manager.loggerDict if n.startswith("modelopt")]
+    levels = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.CRITICAL)
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            yield
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
+        if out.getvalue().strip():
+            log.debug("ModelOpt output:\n%s", out.getvalue())
 
 
 def torch_quantization_config(qconfig: TorchQuantizationConfig) -> dict:
@@ -195,7 +222,8 @@ def apply_torch_quantization(model: Any, qconfig: TorchQuantizationConfig,
     cfg = torch_quantization_config(qconfig)
     mtq = _modelopt("modelopt.torch.quantization", qconfig)
     try:
-        return mtq.quantize(model, cfg, forward_loop)
+        with _quiet():
+            return mtq.quantize(model, cfg, forward_loop)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError("ModelOpt torch quantization (%s) failed: %s: %s"
