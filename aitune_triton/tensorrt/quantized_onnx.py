@@ -186,15 +186,14 @@ def _check(model: torch.nn.Module, spec: IOSpec, path: Path, samples: Sequence[S
     except ModelError as exc:
         if not str(exc).startswith("ONNX Runtime CPU"):
             raise
-        reason = str(exc).split(": ", 1)[-1].rsplit("; ", 1)[0]
-        check = None
+        unrunnable: str | None = str(exc).split(": ", 1)[-1].rsplit("; ", 1)[0] or type(exc).__name__
     else:
-        reason = check.skipped
-    if reason or check is None:
+        unrunnable = check.skipped
+    if unrunnable:
         # the check is what makes a quantized graph trustworthy: one that cannot be run is refused
         raise UserError("%s(precision=%r): ONNX Runtime CPU cannot run the graph ModelOpt produced (%s), so it cannot "
                         "be checked against eager; use int8, or ONNXAutoCastConfig for fp16/bf16"
-                        % (type(qconfig).__name__, precision, reason))
+                        % (type(qconfig).__name__, precision, unrunnable))
     if not check.ok:
         raise ModelError("the %s-quantized ONNX (%s) does not match eager PyTorch within the %s tolerance (%s):\n%s\n"
                          "exclude the sensitive nodes (nodes_to_exclude), calibrate with more representative samples, "
