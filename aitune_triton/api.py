@@ -266,11 +266,12 @@ def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress
     else:
         progress("building the PyTorch fallback (AOTInductor, ExportedProgram or eager)")
         artifact, selection = _build_fallback(prep, version_dir, prep.config.fallback_format), None
-    write_python_model(version_dir, prep.spec, artifact, prep.profiles.max_batch_size)
+    served = write_python_model(version_dir, prep.spec, artifact, prep.profiles.max_batch_size, model_name=name)
     plan = _mapping(prep, name, "python", warmup_dims)
     (model_dir / "config.pbtxt").write_text(render_config(plan))
     manifest = _manifest(prep, name, "python", artifact=artifact.to_dict(),
-                         tuning={"stage1": selection.to_dict()} if selection else {})
+                         tuning={"stage1": selection.to_dict()} if selection else {},
+                         runtime_requirements=served.requirements.to_dict())
     skipped = skipped_summary(artifact.skipped)
     if skipped:  # one line per cause; torch's full output is in the log
         skipped += "; log: %s" % ((final_dir or model_dir) / FALLBACK_LOG)

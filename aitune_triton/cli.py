@@ -12,14 +12,14 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
+from aitune_triton.console import make_console
 
 from aitune_triton.version import __version__
 from aitune_triton.errors import AituneError
-from aitune_triton.procs import Terminated, handle_termination
 from aitune_triton.progress import stage_progress
+from aitune_triton.procs import Terminated, handle_termination
 
-console = Console(stderr=True, highlight=False)
+console = make_console(stderr=True, highlight=False)
 
 
 def _print_error(exc: AituneError) -> None:
@@ -173,7 +173,7 @@ def generate(model_py, out, name, backends, max_batch_size, instances, gpus, dev
     with stage_progress(console, "generating") as progress:
         result = run(model_py, out, overrides, force=force, progress=progress)
     if result.selection is not None:
-        Console(stderr=True, width=max(console.width, 140)).print(result.selection.to_table())
+        make_console(stderr=True, width=max(console.width, 140)).print(result.selection.to_table())
     for model in result.models:
         console.print("[green]✓[/] %s (%s, %s): %s" % (model.name, model.backend, model.status, model.detail),
                       soft_wrap=True)  # one line even when not a terminal: a skipped format's cause and log
@@ -232,7 +232,7 @@ def validate(repo, url, grpc_url, tritonserver, models, perf, concurrency, share
                               perf_stability_pct=perf_stability)
     with stage_progress(console, "validating") as progress:
         report = validate_repository(repo, options, progress=progress)
-    print_summary(report, Console(), report_dir=report_dir)
+    print_summary(report, make_console(), report_dir=report_dir)
     sys.exit(report.exit_code)
 
 
@@ -339,6 +339,23 @@ def tune(repo, model, objective, budget_ms, min_throughput, instances, delays_us
     sys.exit(0 if chosen is not None else 1)
 
 
+@main.command("pack-env")
+@click.argument("repo", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--model", required=True, help="The Python-backend model to pack an environment for.")
+@click.option("--python", "python_version", metavar="X.Y",
+              help="The serving stub's Python; must be this interpreter's (the default).")
+@_handle_errors
+def pack_env(repo, model, python_version):
+    """Pack torch and what MODEL imports into REPO/MODEL/python_env.tar.gz (Triton's EXECUTION_ENV_PATH)."""
+    from aitune_triton.triton.pack_env import pack_env as pack
+
+    console.print("packing the Python environment of %s (a few hundred MB; a minute or two)" % model, markup=False)
+    packed = pack(repo, model, python_version)
+    console.print("[green]✓[/] %s: %.0f MB in %.0f s (%s); config.pbtxt points EXECUTION_ENV_PATH at it"
+                  % (packed.path, packed.size_bytes / 1e6, packed.seconds, ", ".join(packed.distributions)),
+                  soft_wrap=True)
+
+
 @main.command()
 @_handle_errors
 def doctor():
@@ -346,7 +363,7 @@ def doctor():
     from aitune_triton import doctor as doc
 
     rows = doc.collect()
-    doc.render(rows, Console())
+    doc.render(rows, make_console())
     sys.exit(doc.exit_code(rows))
 
 

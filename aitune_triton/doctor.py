@@ -225,10 +225,10 @@ def exit_code(rows: list[DoctorRow]) -> int:
 
 
 def render(rows: list[DoctorRow], console=None) -> None:
-    from rich.console import Console
+    from aitune_triton.console import make_console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or make_console()
     table = Table(title="aitune-triton doctor")
     table.add_column("component")
     table.add_column("status")

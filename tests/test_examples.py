@@ -16,6 +16,7 @@ VOLATILE = {("versions",), ("artifact", "max_errors"), ("tensorrt", "onnx_check"
 
 def _normalise_manifest(d: dict) -> dict:
     d = json.loads(json.dumps(d))
+    d["files"] = sorted(d.get("files", {}))  # which artifacts are sealed; their hashes vary with the compile
     for path in VOLATILE:
         node = d
         for key in path[:-1]:
@@ -29,8 +30,9 @@ def _text(path: Path, repo: Path) -> str:
 
 
 def _files(repo: Path) -> list[Path]:
-    """The repository's files; bytecode a server's stub may leave is not part of it."""
-    return sorted(p.relative_to(repo) for p in repo.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    """The repository's files; bytecode a server's stub may leave and generate's logs are not part of it."""
+    return sorted(rel for rel in (p.relative_to(repo) for p in repo.rglob("*") if p.is_file())
+                  if "__pycache__" not in rel.parts and rel.parts[1:2] != ("logs",))
 
 
 def _runtime_data(path: Path) -> dict:

@@ -46,6 +46,8 @@ class Manifest:
     tuning: dict[str, Any] = field(default_factory=dict)
     history: tuple[dict, ...] = ()
     files: dict[str, str] = field(default_factory=dict)  # artifact path -> SHA-256 (aitune_triton.integrity)
+    # what the serving side needs for a Python-backend model (aitune_triton.runtime.aitune_runtime.Requirements)
+    runtime_requirements: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.tensorrt, dict):  # as read from JSON, or built by callers as a dict
@@ -74,6 +76,7 @@ class Manifest:
             "tuning": self.tuning,
             "history": list(self.history),
             "files": dict(self.files),
+            "runtime_requirements": dict(self.runtime_requirements),
         }
 
     @classmethod
@@ -88,6 +91,7 @@ class Manifest:
             versions=d.get("versions", {}), artifact=d.get("artifact", {}), config=d.get("config", {}),
             tensorrt=d.get("tensorrt") or None, checks=d.get("checks", {}), tuning=d.get("tuning", {}),
             history=tuple(d.get("history", ())), files=dict(d.get("files", {})),
+            runtime_requirements=dict(d.get("runtime_requirements", {})),
         )
 
     def save(self, model_dir: Path) -> None:

@@ -131,12 +131,33 @@ def python_model_data(spec: IOSpec, artifact: "FallbackArtifact", max_batch_size
     )
 
 
+def serving_readme(name: str, data: ModelData) -> str:
+    """``README.md`` for the model directory: what the serving side needs (the manifest's
+    ``runtime_requirements`` in words) and how to get it."""
+    from aitune_triton.templating import render
+
+    reqs = data.requirements
+    what = {"aoti": "an AOTInductor package", "export": "a torch.export ExportedProgram",
+            "eager": "your module and its state_dict"}[data.format]
+    torch_line = {TORCH_EXACT: "exactly %s (an AOTInductor package loads only with the torch that compiled it)"
+                  % "%d.%d.%d" % release(reqs.torch),
+                  TORCH_SCHEMA: "a release whose torch.export schema major is %s: %s or newer within it "
+                  "(generated with %s)" % (reqs.export_schema_major, reqs.torch_min, reqs.torch),
+                  TORCH_MIN: "%s or newer (generated with %s)" % (reqs.torch_min, reqs.torch)}[reqs.torch_rule]
+    cuda_line = ("a torch build for CUDA %s and a GPU (the artifact runs on cuda)" % reqs.cuda if reqs.cuda
+                 else "none (the artifact runs on the CPU)")
+    return render("model_readme.md.j2", name=name, version=__version__, what=what, files=sorted(data.sha256),
+                  reqs=reqs, torch_line=torch_line, cuda_line=cuda_line)
+
+
 def write_python_model(version_dir: Path, spec: IOSpec, artifact: "FallbackArtifact", max_batch_size: int,
-                       **options) -> ModelData:
-    """Copy the runtime into ``version_dir`` and write its data file (``options``: see ``python_model_data``)."""
+                       model_name: str | None = None, **options) -> ModelData:
+    """Copy the runtime into ``version_dir``, write its data file and the model directory's README.md
+    (``options``: see ``python_model_data``)."""
     version_dir = Path(version_dir)
     data = python_model_data(spec, artifact, max_batch_size, version_dir, **options)
     for name in RUNTIME_FILES:
         (version_dir / name).write_bytes(runtime_source(name))
     (version_dir / DATA_FILE).write_text(json.dumps(data.to_dict(), indent=2, sort_keys=True) + "\n")
+    (version_dir.parent / "README.md").write_text(serving_readme(model_name or version_dir.parent.name, data))
     return data

@@ -217,10 +217,12 @@ def build_environment(base_env: dict[str, str] | None = None) -> dict[str, str]:
 
     The Python-backend stub ignores PYTHONPATH: it finds site-packages through the ``python3``
     first on PATH (whose ``pyvenv.cfg`` names the venv), and embeds whichever libpython the loader
-    finds first, hence this interpreter's LIBDIR on LD_LIBRARY_PATH.
+    finds first, hence this interpreter's LIBDIR on LD_LIBRARY_PATH. The stubs write no bytecode
+    into the model repository (``PYTHONDONTWRITEBYTECODE``): it may be a committed directory.
     """
     env = dict(os.environ if base_env is None else base_env)
     env["PATH"] = _prepend(str(Path(sys.prefix) / "bin"), env.get("PATH")) or ""
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     ld = _prepend(tools.libpython_dir(), env.get("LD_LIBRARY_PATH"))
     if ld:
         env["LD_LIBRARY_PATH"] = ld

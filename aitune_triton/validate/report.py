@@ -234,11 +234,11 @@ _STYLE = {PASS: "green", FAIL: "bold red", SKIP: "yellow"}
 
 def print_summary(report: ValidationReport, console=None, report_dir: Path | None = None) -> None:
     """Checks per model (first line of each detail), the perf points, and the verdict."""
-    from rich.console import Console
+    from aitune_triton.console import make_console
     from rich.table import Table
     from rich.text import Text
 
-    console = console or Console()
+    console = console or make_console()
     table = Table(title="Validation of %s" % report.repository, show_lines=False)
     for col in ("model", "check", "status", "s", "detail"):
         table.add_column(col, overflow="fold", no_wrap=col != "detail")

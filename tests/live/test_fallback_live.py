@@ -332,3 +332,8 @@ def test_a_tampered_artifact_or_a_wrong_torch_is_refused_before_loading(server):
                                           r"loads only with the torch that compiled it\) but the stub has torch "
                                           r"\S+: serve it from a Triton `-pyt-python-py3` image .* pack-env"):
         server.load_model("multi_io_other_torch", timeout_s=240)
+
+
+def test_stubs_leave_no_bytecode_in_the_repository(server, models):
+    """The repository may be a committed directory: the server's stubs run with PYTHONDONTWRITEBYTECODE."""
+    assert not sorted(Path(server.repo).rglob("__pycache__"))
