@@ -211,3 +211,30 @@ def test_quantized_graph_onnx_runtime_cannot_run_is_refused(tmp_path):
         stage_onnx(source.model, spec, source.samples, source.outputs, profiles, tmp_path / "tensorrt" / "model.onnx",
                    TensorRTBackendConfig(quantization_config=ONNXQuantizationConfig(precision="fp8")))
     assert not (tmp_path / "tensorrt" / "model.onnx").exists()
+
+
+class Tokens(nn.Module):
+    """Linear layers on (batch, tokens, features): exported as MatMul, which ModelOpt's fp8 PTQ quantizes."""
+
+    def __init__(self):
+        super().__init__()
+        self.up, self.down = nn.Linear(256, 256), nn.Linear(256, 64)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x)))
+
+
+def test_fp8_where_modelopt_supports_it(tmp_path):
+    torch.manual_seed(0)
+    model = Tokens().eval()
+    samples = [normalize_sample(torch.randn(b, 16, 256), i) for i, b in enumerate((1, 2, 4))]
+    with torch.no_grad():
+        outputs = [model(*s.args) for s in samples]
+    staged = _stage((model, record_spec(model, samples, outputs), samples, outputs), tmp_path,
+                    ONNXQuantizationConfig(precision="fp8"))
+    record = staged.quantization
+    assert record.precision == "fp8" and record.graph["QuantizeLinear"] >= 2 and record.check_ok
+    initializers = onnx.load(str(staged.artifact.path)).graph.initializer
+    assert any(t.data_type == onnx.TensorProto.FLOAT8E4M3FN for t in initializers)  # real fp8 weights/zero points
+    fraction, rtol = QUANTIZED_TOLERANCES["fp8"]
+    assert all(o["ok"] and o["rtol"] == rtol for o in record.check["outputs"])
