@@ -14,6 +14,7 @@ setup:
 
 demo: setup
 	$(CLI) doctor || true
+	@mkdir -p demo
 	$(CLI) generate examples/cnn/model.py --out demo/model_repository --force
 	$(CLI) validate demo/model_repository --report demo/validation_report --concurrency 1,4 --perf-stability 50
 
