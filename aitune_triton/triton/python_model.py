@@ -131,9 +131,10 @@ def python_model_data(spec: IOSpec, artifact: "FallbackArtifact", max_batch_size
     )
 
 
-def serving_readme(name: str, data: ModelData) -> str:
+def serving_readme(name: str, data: ModelData, client_notes: tuple[str, ...] = ()) -> str:
     """``README.md`` for the model directory: what the serving side needs (the manifest's
-    ``runtime_requirements`` in words) and how to get it."""
+    ``runtime_requirements`` in words) and how to get it; ``client_notes``: where the shapes
+    clients receive differ from eager PyTorch (``mapping.client_shape_notes``)."""
     from aitune_triton.templating import render
 
     reqs = data.requirements
@@ -147,7 +148,7 @@ def serving_readme(name: str, data: ModelData) -> str:
     cuda_line = ("a torch build for CUDA %s and a GPU (the artifact runs on cuda)" % reqs.cuda if reqs.cuda
                  else "none (the artifact runs on the CPU)")
     return render("model_readme.md.j2", name=name, version=__version__, what=what, files=sorted(data.sha256),
-                  reqs=reqs, torch_line=torch_line, cuda_line=cuda_line)
+                  reqs=reqs, torch_line=torch_line, cuda_line=cuda_line, client_notes=client_notes)
 
 
 def write_python_model(version_dir: Path, spec: IOSpec, artifact: "FallbackArtifact", max_batch_size: int,
@@ -159,5 +160,8 @@ def write_python_model(version_dir: Path, spec: IOSpec, artifact: "FallbackArtif
     for name in RUNTIME_FILES:
         (version_dir / name).write_bytes(runtime_source(name))
     (version_dir / DATA_FILE).write_text(json.dumps(data.to_dict(), indent=2, sort_keys=True) + "\n")
-    (version_dir.parent / "README.md").write_text(serving_readme(model_name or version_dir.parent.name, data))
+    from aitune_triton.triton.mapping import client_shape_notes
+
+    (version_dir.parent / "README.md").write_text(serving_readme(model_name or version_dir.parent.name, data,
+                                                                 client_shape_notes(spec)))
     return data
