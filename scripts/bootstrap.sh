@@ -21,7 +21,7 @@ echo "### bootstrap: creating $VENV (first run takes ~3 minutes)"
 "$VENV/bin/pip" install -q hypothesis pytest-timeout
 # TensorRT's type stubs for the type check, outside site-packages: they depend on the full TensorRT wheel,
 # and in site-packages their tensorrt/ directory makes `import tensorrt` an empty namespace package
-"$VENV/bin/pip" install -q --no-deps --target "$VENV/typestubs" tensorrt-stubs==10.13.0.35.1
+"$VENV/bin/pip" install -q --no-deps --upgrade --target "$VENV/typestubs" tensorrt-stubs==10.13.0.35.1
 # perf_analyzer (+ libb64, libcudart) into the venv; the Python-backend dir bound to this venv
 "$VENV/bin/python" -m aitune_triton.triton.tools install
 echo "$want" > "$STAMP"
