@@ -8,15 +8,18 @@ manifest's (what the plan's profiles allow), so every variant loads.
 Each variant is loaded into the running server with the load API's config override (Triton
 2.51 accepts ``{"parameters":{"config":"<json>"}}``): nothing on disk changes while searching,
 and an interrupted search leaves the repository as it was. perf_analyzer then measures one
-concurrency per call. Only the winner is written, atomically, to ``config.pbtxt`` (the previous
-text kept as ``config.pbtxt.bak`` and in the manifest's history) and reloaded from disk to
-prove it loads.
+concurrency per call, keeping its windows (``tune.measure``): every point has a median and a
+spread, and one point beats another only when their spreads do not overlap (and the median gains
+``min_gain``), because on a shared machine smaller differences are noise.
 
-The default search is a coordinate descent with early stop: walk one dimension while a
-neighbour beats the current point by ``min_gain`` (3 %), cycle through the dimensions, stop
-when a full cycle finds no move. Reloads cost seconds each, so measurements are cached, and
-concurrency (no reload) is walked first and may look one step past a plateau. ``brute=True``
-measures the whole grid.
+The default search is a coordinate descent capped at 10 % of the grid (``quick_budget``):
+concurrency first (no reload; upwards only while the point meets the constraint), then instance
+count, queue delay and preferred sizes; a full cycle without a move ends it. ``brute=True``
+measures the whole grid. Either way the top few configs (``finalists``) and the current config
+are then re-measured back to back, interleaved, ``rounds`` times; only those figures choose, and
+the current config is kept unless a finalist beats it beyond both spreads. Only the winner is
+written, atomically, to ``config.pbtxt`` (the previous text kept as ``config.pbtxt.bak`` and in
+the manifest's history) and reloaded from disk to prove it loads.
 """
 
 from __future__ import annotations
@@ -29,92 +32,48 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
-from google.protobuf import json_format, text_format
+from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from aitune_triton.version import __version__
 from aitune_triton.errors import ModelError, UserError
 from aitune_triton.triton.manifest import MANIFEST, REFERENCE, Manifest, load_reference
-from aitune_triton.triton.perf import PerfError, PerfOptions, run_perf, write_input_data_json
+from aitune_triton.triton.perf import PerfOptions, write_input_data_json
 from aitune_triton.triton.render import check_config, parse_config
 from aitune_triton.triton.repository import replace_file_atomically, repository_lock
 from aitune_triton.triton.server import ServerError
+from aitune_triton.tune.measure import (  # noqa: F401  (Variant, Point, Measurement, LiveRunner re-exported)
+    LiveRunner,
+    Measure,
+    Measurement,
+    Point,
+    Remeasured,
+    Status,
+    Variant,
+    perf_flags,
+    remeasure,
+)
+from aitune_triton.tune.model_analyzer import write_model_analyzer_config
+from aitune_triton.tune.report import (  # noqa: F401  (report names re-exported)
+    BACKUP,
+    REPORT_JSON,
+    REPORT_MD,
+    REPORT_PNG,
+    to_markdown,
+    write_plot,
+    write_reports,
+)
 
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("max-throughput", "min-latency")
-DIMENSIONS = ("concurrency", "delay_us", "instances", "preferred")
+DIMENSIONS = ("concurrency", "instances", "delay_us", "preferred")  # the quick search's order
 CONFIG = "config.pbtxt"
-BACKUP = "config.pbtxt.bak"
-REPORT_JSON, REPORT_MD, REPORT_PNG = "tune_report.json", "tune_report.md", "tune_variants.png"
 
 
-# ---------------------------------------------------------------- points, measurements, objective
-
-
-@dataclass(frozen=True)
-class Variant:
-    """The config.pbtxt part of a point. ``delay_us`` None: the model does not batch."""
-
-    instances: int
-    delay_us: int | None
-    preferred: tuple[int, ...] = ()
-
-    def label(self) -> str:
-        parts = ["%d inst" % self.instances]
-        if self.delay_us is not None:
-            parts.append("delay %d us" % self.delay_us)
-        if self.preferred:
-            parts.append("preferred %s" % list(self.preferred))
-        return ", ".join(parts)
-
-    def to_dict(self) -> dict:
-        return {"instances": self.instances, "max_queue_delay_us": self.delay_us, "preferred": list(self.preferred)}
-
-
-@dataclass(frozen=True)
-class Point:
-    variant: Variant
-    concurrency: int
-
-    def value(self, dim: str):
-        return self.concurrency if dim == "concurrency" else getattr(self.variant, dim)
-
-    def replace(self, dim: str, value) -> "Point":
-        if dim == "concurrency":
-            return Point(self.variant, value)
-        return Point(dataclasses.replace(self.variant, **{dim: value}), self.concurrency)
-
-    def label(self) -> str:
-        return "%s @ c=%d" % (self.variant.label(), self.concurrency)
-
-    def to_dict(self) -> dict:
-        return {**self.variant.to_dict(), "concurrency": self.concurrency}
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """One point measured; ``status`` is ok, unstable (perf_analyzer never settled) or failed."""
-
-    point: Point
-    throughput: float = 0.0
-    p50_ms: float = 0.0
-    p95_ms: float = 0.0
-    p99_ms: float = 0.0
-    status: str = "ok"
-    detail: str = ""
-    index: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def to_dict(self) -> dict:
-        return {**self.point.to_dict(), "throughput": self.throughput, "p50_ms": self.p50_ms,
-                "p95_ms": self.p95_ms, "p99_ms": self.p99_ms, "status": self.status, "detail": self.detail,
-                "index": self.index}
+# ---------------------------------------------------------------- objective, grid, search
 
 
 @dataclass(frozen=True)
@@ -147,8 +106,10 @@ class Objective:
         return m.ok and self.violation(m) == 0.0
 
     def better(self, a: Measurement, b: Measurement, min_gain: float = 0.0) -> bool:
-        """Is ``a`` better than ``b`` by more than ``min_gain`` (relative)? Feasibility first, then
-        the smaller violation, then the objective."""
+        """Is ``a`` measurably better than ``b``? Feasibility first, then the smaller violation,
+        then the objective, where "better" means the spreads do not overlap (``a``'s worst window
+        or round beats ``b``'s best) and the median gains more than ``min_gain`` (relative). A
+        measurement without a spread counts as a single value."""
         if not a.ok:
             return False
         if not b.ok:
@@ -159,14 +120,19 @@ class Objective:
         if not fa:
             return self.violation(a) < self.violation(b) * (1.0 - min_gain)
         if self.kind == "max-throughput":
-            return a.throughput > b.throughput * (1.0 + min_gain)
-        return a.p99_ms < b.p99_ms * (1.0 - min_gain)
+            return a.lo > b.hi and a.throughput > b.throughput * (1.0 + min_gain)
+        return a.p99_hi < b.p99_lo and a.p99_ms < b.p99_ms * (1.0 - min_gain)
+
+    def key(self, m: Measurement) -> float:
+        """Sort key of a feasible measurement by its median, larger is better."""
+        return m.throughput if self.kind == "max-throughput" else -m.p99_ms
 
     def best(self, measurements: Iterable[Measurement]) -> Measurement | None:
-        """The best feasible measurement, or None when none is feasible."""
+        """The feasible measurement with the best median, or None when none is feasible (the
+        first of equal ones)."""
         best = None
         for m in measurements:
-            if self.feasible(m) and (best is None or self.better(m, best)):
+            if self.feasible(m) and (best is None or self.key(m) > self.key(best)):
                 best = m
         return best
 
@@ -231,19 +197,75 @@ class SearchSpace:
                 "size": self.size}
 
 
-Measure = Callable[[Point], Measurement]
 
 
-def choose(measurements: Iterable[Measurement], objective: Objective, previous: Variant | None = None,
-           min_gain: float = 0.0) -> Measurement | None:
-    """The best feasible point, unless the current config's own best is within ``min_gain`` of
-    it: then the current config stays, as a noise-sized win is not worth a config change."""
-    measurements = list(measurements)
-    best = objective.best(measurements)
-    incumbent = objective.best(m for m in measurements if m.point.variant == previous)
-    if best is not None and incumbent is not None and not objective.better(best, incumbent, min_gain):
-        return incumbent
-    return best
+def quick_budget(grid_size: int) -> int:
+    """Points the quick search may measure: 10 % of the grid, at least 3 (a concurrency step and
+    one neighbour per config dimension need that many on a tiny grid)."""
+    return max(3, grid_size // 10)
+
+
+def pick_finalists(measurements: Iterable[Measurement], objective: Objective, previous: Variant | None,
+                   count: int) -> list[Point]:
+    """The points to re-measure before choosing: the best point of each of the top ``count``
+    configs (by median), and the current config at the best one's concurrency (the baseline any
+    claim of improvement is made against). Empty when nothing measured is feasible."""
+    best_of: dict[Variant, Measurement] = {}
+    for m in measurements:
+        if objective.feasible(m):
+            held = best_of.get(m.point.variant)
+            if held is None or objective.key(m) > objective.key(held):
+                best_of[m.point.variant] = m
+    ranked = sorted(best_of.values(), key=objective.key, reverse=True)[:max(1, count)]
+    points = [m.point for m in ranked]
+    if points and previous is not None and all(p.variant != previous for p in points):
+        points.append(Point(previous, points[0].concurrency))
+    return points
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the interleaved re-measurement decided: the chosen finalist (its summary over rounds),
+    the current config's summary, and the claim of improvement that the figures support (None:
+    no claim)."""
+
+    chosen: Measurement | None
+    incumbent: Measurement | None
+    kept: bool
+    improvement: float | None
+    ties: tuple[Point, ...]
+    reason: str
+
+
+def decide(finalists: Iterable[Remeasured], objective: Objective, previous: Variant | None,
+           min_gain: float = 0.0) -> Decision:
+    """The best finalist by median over rounds, unless the current config is not measurably worse
+    (spreads overlap): then it stays. An improvement is claimed only when the chosen config beats
+    the current one beyond both spreads in the same rounds."""
+    summaries = [f.summary() for f in finalists]
+    best = objective.best(summaries)
+    incumbent = next((m for m in summaries if m.point.variant == previous), None)
+    if best is None:
+        return Decision(None, incumbent, False, None, (), "no finalist met the constraint (%s) when re-measured"
+                        % objective.describe())
+    ties = tuple(m.point for m in summaries if m is not best and objective.feasible(m)
+                 and not objective.better(best, m, min_gain))
+    if incumbent is not None and objective.feasible(incumbent) and not objective.better(best, incumbent, min_gain):
+        return Decision(incumbent, incumbent, incumbent is not best, None,
+                        tuple(p for p in ties if p != incumbent.point) + ((best.point,) if best is not incumbent
+                                                                            else ()),
+                        "current config kept: no finalist beats it beyond the re-measured spread")
+    improvement = None
+    if incumbent is not None and objective.feasible(incumbent) and incumbent is not best:
+        improvement = (best.throughput / incumbent.throughput if objective.kind == "max-throughput"
+                       else incumbent.p99_ms / best.p99_ms)
+        reason = "best of %d finalists, measurably better than the current config" % len(summaries)
+    elif incumbent is not None and incumbent is not best:
+        reason = "best of %d finalists; the current config %s when re-measured, so no improvement is claimed" % (
+            len(summaries), "was " + incumbent.status if not incumbent.ok else "missed the constraint")
+    else:
+        reason = "best of %d finalists" % len(summaries)
+    return Decision(best, incumbent, False, improvement, ties, reason)
 
 
 def brute_force(space: SearchSpace, measure: Measure) -> list[Measurement]:
@@ -255,8 +277,11 @@ def hill_climb(space: SearchSpace, measure: Measure, objective: Objective, start
                lookahead: tuple[str, ...] = ("concurrency",)) -> list[Measurement]:
     """Coordinate descent with line search and early stop; returns every measurement made.
 
-    A neighbour replaces the current point only when it is better by ``min_gain``: on a noisy
-    machine smaller "wins" are mostly noise and chasing them costs reloads. Along ``lookahead``
+    A neighbour replaces the current point only when it is measurably better
+    (``Objective.better``: beyond both spreads and by ``min_gain``): on a noisy machine smaller
+    "wins" are noise and chasing them costs reloads. For max throughput, concurrency is walked
+    down only from a point that misses the constraint, and walked again right after any other
+    dimension moved (a new config has its own best load). Along ``lookahead``
     dimensions (concurrency: no reload) a flat or unmeasurable neighbour does not end the walk
     at once: the point one step further is tried too, because throughput over concurrency rises
     in steps (the batcher forms larger batches only past some queue depth).
@@ -279,7 +304,7 @@ def hill_climb(space: SearchSpace, measure: Measure, objective: Objective, start
             return None
         if objective.better(m(nb), best, min_gain):
             return nb
-        if dim in lookahead and (not m(nb).ok or objective.feasible(m(nb))):
+        if dim in lookahead and step > 0 and (not m(nb).ok or objective.feasible(m(nb))):
             far = space.shift(nb, dim, step)
             if far is not None and objective.better(m(far), best, min_gain):
                 return far
@@ -297,6 +322,9 @@ def hill_climb(space: SearchSpace, measure: Measure, objective: Objective, start
             i += 1
             moved = False
             for step in (direction[dim], -direction[dim]):
+                if (dim == "concurrency" and step < 0 and objective.kind == "max-throughput"
+                        and objective.feasible(best)):
+                    continue  # less load does not serve more where more load met the constraint
                 nxt = advance(current, best, dim, step)
                 while nxt is not None:
                     current, best, moved, direction[dim] = nxt, m(nxt), True, step
@@ -304,6 +332,8 @@ def hill_climb(space: SearchSpace, measure: Measure, objective: Objective, start
                 if moved:
                     break
             stale = 0 if moved else stale + 1
+            if moved and dim != "concurrency" and "concurrency" in dims:
+                i = dims.index("concurrency")  # a new config has its own best load: walk concurrency next
     except Budget:
         log.info("search stopped at the measurement budget (%d)", max_measurements)
     return list(cache.values())
@@ -423,10 +453,13 @@ class TuneOptions:
     search_preferred: bool = True
     brute: bool = False
     min_gain: float = 0.03
-    max_measurements: int | None = None
+    max_measurements: int | None = None  # the quick search's cap; None: quick_budget(grid size)
+    finalists: int = 2  # configs re-measured before choosing (plus the current config)
+    rounds: int = 3  # interleaved re-measurement rounds of the finalists
     perf: PerfOptions = field(default_factory=_tune_perf_defaults)
     report_dir: Path | None = None
     lock_wait_s: float = 0.0
+    export_model_analyzer: Path | None = None  # also write a Model Analyzer profile config here
 
     def __post_init__(self) -> None:
         for name in ("instances", "delays_us", "concurrency"):
@@ -437,83 +470,14 @@ class TuneOptions:
             raise UserError("queue delays must be >= 0 us")
         if not 0 <= self.min_gain < 1:
             raise UserError("min_gain must be in [0, 1), got %r" % self.min_gain)
+        if self.finalists < 1 or self.rounds < 1:
+            raise UserError("finalists and rounds must be >= 1, got %r and %r" % (self.finalists, self.rounds))
+        if self.max_measurements is not None and self.max_measurements < 1:
+            raise UserError("max_measurements must be >= 1, got %r" % self.max_measurements)
         self.objective_spec()
 
     def objective_spec(self) -> Objective:
         return Objective(self.objective, self.budget_ms, self.min_throughput)
-
-
-class LiveRunner:
-    """Measures points on the server: reloads the model only when the variant changes."""
-
-    def __init__(self, server, model: str, base: model_config_pb2.ModelConfig, max_batch_size: int,
-                 num_profiles: int, perf: PerfOptions, workdir: Path):
-        self.server, self.model, self.base = server, model, base
-        self.max_batch_size, self.num_profiles = max_batch_size, num_profiles
-        self.perf, self.workdir = perf, workdir
-        self.loaded: Variant | None = None
-        self.loads = 0
-        self.count = 0
-        self.serving = 0
-        if server.model_ready(model):
-            self.serving = _effective_variant(server, model).instances
-        grpc = getattr(server, "grpc_url", None)
-        if perf.protocol == "grpc" and grpc:
-            self.url = grpc
-        else:
-            self.url, self.perf = server.http_url, dataclasses.replace(perf, protocol="http")
-
-    def _stubs(self) -> int | None:
-        children = getattr(self.server, "children", None)
-        return len(children()) if children else None
-
-    def _settle(self, expected: int | None, timeout_s: float = 10.0) -> None:
-        """Wait for the replaced instances' stub processes to exit: Triton unloads the old
-        version after the load call returns, and its teardown would be measured as noise."""
-        deadline = time.monotonic() + timeout_s
-        while expected is not None and time.monotonic() < deadline and (self._stubs() or 0) > expected:
-            time.sleep(0.1)
-
-    def load(self, variant: Variant) -> None:
-        cfg = apply_variant(self.base, variant, self.max_batch_size)
-        check_config(cfg, self.num_profiles)
-        self.loaded = None
-        before = self._stubs()
-        t0 = time.monotonic()
-        self.server.load_model(self.model, config_json=json_format.MessageToJson(cfg, preserving_proto_field_name=True))
-        self.loads += 1
-        self.loaded = variant
-        self._settle(None if before is None else before - self.serving + variant.instances)
-        self.serving = variant.instances
-        log.info("loaded %s with %s in %.1f s", self.model, variant.label(), time.monotonic() - t0)
-
-    def __call__(self, point: Point) -> Measurement:
-        self.count += 1
-        if self.loaded != point.variant:
-            try:
-                self.load(point.variant)
-            except ServerError as exc:
-                log.warning("variant %s failed to load: %s", point.variant.label(), exc)
-                return Measurement(point, status="failed", detail="load: %s" % str(exc)[:400], index=self.count)
-        workdir = self.workdir / ("%03d" % self.count)
-        perf = dataclasses.replace(self.perf, concurrency=(point.concurrency,))
-        result = None
-        for attempt in range(2):
-            try:
-                result = run_perf(self.model, self.url, perf, workdir=workdir)
-            except PerfError as exc:
-                return Measurement(point, status="failed", detail=str(exc)[:400], index=self.count)
-            if result.rows:
-                break
-            perf = dataclasses.replace(perf, measurement_request_count=2 * perf.measurement_request_count,
-                                       measurement_interval_ms=2 * perf.measurement_interval_ms,
-                                       stability_percentage=min(100, 2 * perf.stability_percentage))
-        if not result.rows:
-            return Measurement(point, status="unstable", detail=result.stdout_tail[-400:], index=self.count)
-        row = result.rows[0]
-        m = Measurement(point, row.throughput, row.p50_ms, row.p95_ms, row.p99_ms, index=self.count)
-        log.info("measured %s: %.1f infer/s, p99 %.2f ms", point.label(), m.throughput, m.p99_ms)
-        return m
 
 
 def perf_inputs(model_dir: Path, manifest: Manifest, perf: PerfOptions, workdir: Path) -> PerfOptions:
@@ -558,10 +522,26 @@ class TuneResult:
     backup_path: Path | None = None
     reports: dict[str, Path] = field(default_factory=dict)
     placement: dict = field(default_factory=dict)  # placement() of the chosen (or previous) instance count
+    finalists: tuple[Remeasured, ...] = ()  # the interleaved re-measurement that chose
+    improvement: float | None = None  # chosen vs current config in those rounds; None: no claim
+    ties: tuple[Point, ...] = ()  # finalists within the chosen one's spread
+    perf_flags: dict = field(default_factory=dict)  # perf_analyzer settings that made points settle here
+    load_avg: tuple[float, ...] = ()  # 1-minute load average at the start and the end (the noise's cause)
 
     @property
     def measured(self) -> int:
         return len(self.measurements)
+
+    @property
+    def remeasured(self) -> int:
+        return sum(len(f.runs) for f in self.finalists)
+
+    @property
+    def status_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for m in self.measurements:
+            counts[m.status] = counts.get(m.status, 0) + 1
+        return counts
 
     @property
     def grid_size(self) -> int:
@@ -575,7 +555,11 @@ class TuneResult:
                 "written": self.written, "reason": self.reason, "elapsed_s": round(self.elapsed_s, 1),
                 "config_path": str(self.config_path),
                 "backup_path": str(self.backup_path) if self.backup_path else None,
-                "placement": self.placement,
+                "placement": self.placement, "statuses": self.status_counts,
+                "finalists": [f.to_dict() for f in self.finalists], "remeasured": self.remeasured,
+                "improvement": None if self.improvement is None else round(self.improvement, 3),
+                "ties": [p.to_dict() for p in self.ties], "perf_analyzer_flags": self.perf_flags,
+                "load_avg": [round(v, 2) for v in self.load_avg],
                 "measurements": [m.to_dict() for m in self.measurements], "tool_version": __version__}
 
 
@@ -597,6 +581,13 @@ def _effective_variant(server, model: str) -> Variant:
     return Variant(count, int((cfg.get("dynamic_batching") or {}).get("max_queue_delay_microseconds", 0)))
 
 
+def _load_avg() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
 def _restore(server, model: str) -> None:
     """Put the on-disk config back into the server after an interrupted or failed search."""
     try:
@@ -616,10 +607,12 @@ def _write_back(server, result: TuneResult, base: model_config_pb2.ModelConfig, 
     m = result.chosen
     cfg = apply_variant(base, m.point.variant, max_batch_size)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    header = ("Tuned by aitune-triton %s on %s: %s; %d of %d grid points measured.\n"
-              "Chosen: %s at client concurrency %d: %.1f infer/s, p99 %.2f ms. Previous config: %s"
+    header = ("Tuned by aitune-triton %s on %s: %s; %d of %d grid points measured, %d finalists re-measured.\n"
+              "Chosen: %s at client concurrency %d: median %.1f infer/s (%.1f-%.1f over %d rounds), p99 %.2f ms. "
+              "Previous config: %s"
               % (__version__, stamp, result.objective.describe(), result.measured, result.grid_size,
-                 m.point.variant.label(), m.point.concurrency, m.throughput, m.p99_ms, BACKUP))
+                 len(result.finalists), m.point.variant.label(), m.point.concurrency, m.throughput, m.lo, m.hi,
+                 len(m.windows), m.p99_ms, BACKUP))
     text = config_text(cfg, header)
     check_config(parse_config(text), num_profiles)
     path, backup = result.config_path, result.config_path.with_name(BACKUP)
@@ -667,38 +660,47 @@ def tune_model(repo: Path, model: str, server, options: TuneOptions = TuneOption
         start = Point(Variant(space.snap("instances", previous.instances), space.snap("delay_us", previous.delay_us),
                               space.snap("preferred", previous.preferred)),
                       space.concurrency[len(space.concurrency) // 2])
+        budget = options.max_measurements or quick_budget(space.size)
         log.info("tuning %s: %s over %d grid points (%s)", model, objective.describe(), space.size,
-                 "brute force" if options.brute else "quick search")
+                 "brute force" if options.brute else "quick search, at most %d points" % budget)
+        load_start = _load_avg()
         try:
             if options.brute:
                 measurements = brute_force(space, runner)
             else:
-                measurements = hill_climb(space, runner, objective, start, options.min_gain, options.max_measurements)
+                measurements = hill_climb(space, runner, objective, start, options.min_gain, budget)
+            points = pick_finalists(measurements, objective, previous, options.finalists)
+            log.info("re-measuring %d finalists, %d interleaved rounds", len(points), options.rounds)
+            finalists = remeasure(runner, points, options.rounds) if points else []
         except BaseException:
             _restore(server, model)
             raise
-        chosen = choose(measurements, objective, previous, options.min_gain)
-        baseline = next((m for m in measurements if chosen and m.ok and m.point.variant == previous
-                         and m.point.concurrency == chosen.point.concurrency), None)
+        decision = decide(finalists, objective, previous, options.min_gain)
+        chosen = decision.chosen
         result = TuneResult(model, objective, space, "brute" if options.brute else "quick", tuple(measurements),
-                            chosen, baseline, previous, runner.loads, False, "", 0.0, config_path,
+                            chosen, decision.incumbent, previous, runner.loads, False, "", 0.0, config_path,
                             placement=placement(base, (chosen.point.variant if chosen else previous).instances,
-                                                options.perf))
+                                                options.perf),
+                            finalists=tuple(finalists), improvement=decision.improvement, ties=decision.ties,
+                            perf_flags=perf_flags(runner.stable_perf()))
         if chosen is None:
             _restore(server, model)
-            result = dataclasses.replace(result, reason="no measured variant met the constraint (%s); config.pbtxt "
-                                                        "left unchanged" % objective.describe())
+            why = decision.reason if finalists else "no measured variant met the constraint (%s)" % objective.describe()
+            result = dataclasses.replace(result, reason=why + "; config.pbtxt left unchanged")
         else:
+            result = dataclasses.replace(result, reason=decision.reason)
             backup = _write_back(server, result, base, original, limit, num_profiles)
-            kept = chosen.point.variant == previous and chosen is not objective.best(measurements)
-            reason = ("current config kept: no variant beats it by %.0f %%" % (100 * options.min_gain) if kept
-                      else "best of %d measured points" % sum(1 for m in measurements if m.ok))
-            result = dataclasses.replace(result, written=True, backup_path=backup, reason=reason)
+            result = dataclasses.replace(result, written=True, backup_path=backup)
+        result = dataclasses.replace(result, load_avg=(load_start, _load_avg()))
         result = dataclasses.replace(result, elapsed_s=time.monotonic() - t0)
         reports = write_reports(result, report_dir)
+        if options.export_model_analyzer is not None:
+            reports["model_analyzer"] = write_model_analyzer_config(
+                options.export_model_analyzer, repo, model, base, space, objective, result.perf_flags,
+                runner.perf)
         result = dataclasses.replace(result, reports=reports)
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        summary = {k: v for k, v in result.to_dict().items() if k != "measurements"}
+        summary = {k: v for k, v in result.to_dict().items() if k not in ("measurements", "finalists")}
         # relative paths: the repository may be moved or mounted elsewhere (e.g. into a container)
         where = report_dir.resolve()
         summary.update(time=stamp, config_path=CONFIG, backup_path=BACKUP if result.written else None,
@@ -715,87 +717,3 @@ def tune_model(repo: Path, model: str, server, options: TuneOptions = TuneOption
     return result
 
 
-def _md_row(m: Measurement, result: TuneResult) -> str:
-    v = m.point.variant
-    if result.chosen is not None and m.point == result.chosen.point:
-        note = "**chosen**"
-    elif not m.ok:
-        note = "%s: %s" % (m.status, m.detail.splitlines()[-1][:80] if m.detail else "")
-    elif not result.objective.feasible(m):
-        note = "violates the constraint"
-    else:
-        note = ""
-    return "| %d | %d | %s | %s | %d | %.1f | %.2f | %.2f | %s |" % (
-        m.index, v.instances, "-" if v.delay_us is None else v.delay_us, list(v.preferred) or "-",
-        m.point.concurrency, m.throughput, m.p50_ms, m.p99_ms, note.replace("|", "/"))
-
-
-def to_markdown(result: TuneResult) -> str:
-    lines = ["# Tuning report: %s" % result.model, "",
-             "- objective: %s" % result.objective.describe(),
-             "- search: %s, %d of %d grid points measured (%.0f %%), %d model loads, %.0f s" % (
-                 "brute force" if result.mode == "brute" else "quick (coordinate descent)", result.measured,
-                 result.grid_size, 100.0 * result.measured / result.grid_size, result.loads, result.elapsed_s),
-             "- previous config: %s" % result.previous.label()]
-    if result.placement:
-        lines.append("- placement: %s" % result.placement["text"])
-    c, b = result.chosen, result.baseline
-    if c is not None:
-        lines.append("- chosen: %s at client concurrency %d: %.1f infer/s, p50 %.2f ms, p99 %.2f ms"
-                     % (c.point.variant.label(), c.point.concurrency, c.throughput, c.p50_ms, c.p99_ms))
-    if b is not None and c is not None and b.point != c.point and b.throughput > 0:
-        lines.append("- previous config at the same concurrency: %.1f infer/s, p99 %.2f ms (%.2fx throughput)"
-                     % (b.throughput, b.p99_ms, c.throughput / b.throughput))
-    lines.append("- result: %s%s" % (result.reason, "; written to %s (previous kept as %s)" % (
-        result.config_path.name, BACKUP) if result.written else ""))
-    lines += ["", "| # | instances | delay us | preferred | concurrency | infer/s | p50 ms | p99 ms | note |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    lines += [_md_row(m, result) for m in sorted(result.measurements, key=lambda m: m.index)]
-    lines += ["", "![variants](%s)" % REPORT_PNG, ""]
-    return "\n".join(lines)
-
-
-def write_plot(result: TuneResult, path: Path) -> Path:
-    """Every measured point on throughput vs p99; the chosen one starred, the constraint drawn."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.5, 5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ok = [m for m in result.measurements if m.ok]
-    for inst in sorted({m.point.variant.instances for m in ok}):
-        pts = [m for m in ok if m.point.variant.instances == inst]
-        ax.scatter([m.p99_ms for m in pts], [m.throughput for m in pts], s=[18 + 4 * m.point.concurrency ** 0.5
-                   for m in pts], alpha=0.7, label="%d instance(s)" % inst)
-    if result.chosen is not None:
-        c = result.chosen
-        ax.scatter([c.p99_ms], [c.throughput], marker="*", s=320, facecolors="none", edgecolors="red", linewidths=1.5,
-                   label="chosen: %s @ c=%d" % (c.point.variant.label(), c.point.concurrency))
-    if result.objective.budget_ms:
-        ax.axvline(result.objective.budget_ms, color="grey", linestyle="--", label="p99 budget")
-    if result.objective.min_throughput:
-        ax.axhline(result.objective.min_throughput, color="grey", linestyle=":", label="min throughput")
-    ax.set_xlabel("p99 latency (ms)")
-    ax.set_ylabel("throughput (infer/s)")
-    ax.set_title("%s: %d of %d grid points measured (%s)" % (result.model, result.measured, result.grid_size,
-                                                               result.mode))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def write_reports(result: TuneResult, report_dir: Path) -> dict[str, Path]:
-    report_dir = Path(report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": report_dir / REPORT_JSON, "markdown": report_dir / REPORT_MD, "plot": report_dir / REPORT_PNG}
-    replace_file_atomically(paths["json"], json.dumps(result.to_dict(), indent=2) + "\n")
-    replace_file_atomically(paths["markdown"], to_markdown(result))
-    try:
-        write_plot(result, paths["plot"])
-    except Exception as exc:  # a broken matplotlib must not lose the measurements
-        log.warning("could not draw %s: %s", paths["plot"], exc)
-        paths.pop("plot")
-    return paths

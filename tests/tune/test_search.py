@@ -3,6 +3,7 @@ search against brute force on synthetic grids, constraints, configs and reports.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,13 +25,16 @@ from aitune_triton.tune.search import (
     apply_variant,
     brute_force,
     build_space,
-    choose,
     config_text,
     current_variant,
+    decide,
     hill_climb,
+    pick_finalists,
+    quick_budget,
     to_markdown,
     write_reports,
 )
+from aitune_triton.tune.measure import Remeasured
 
 SPACE = SearchSpace(instances=(1, 2, 4), delays_us=(0, 100, 250, 500, 1000, 2000, 4000),
                     concurrency=(1, 2, 4, 8, 16, 32, 64))
@@ -229,24 +233,6 @@ def test_tune_options_validation():
         TuneOptions(delays_us=(-1,))
 
 
-def test_reports_from_a_synthetic_result(tmp_path):
-    objective = Objective("max-throughput", budget_ms=20.0)
-    space = SearchSpace((1, 2), (0, 500, 2000), (2, 8, 32))
-    measured = hill_climb(space, Table(), objective)
-    measured.append(Measurement(Point(Variant(2, 2000), 2), status="unstable", detail="no\nstable measurement"))
-    chosen = objective.best(measured)
-    result = TuneResult("m", objective, space, "quick", tuple(measured), chosen, None, Variant(1, 500), 3,
-                        True, "best", 12.0, tmp_path / "config.pbtxt")
-    paths = write_reports(result, tmp_path / "report")
-    assert set(paths) == {"json", "markdown", "plot"}
-    data = json.loads(paths["json"].read_text())
-    assert data["grid_size"] == 18 and data["measured"] == len(measured) and data["chosen"] == chosen.to_dict()
-    md = to_markdown(result)
-    assert "**chosen**" in md and "unstable: stable measurement" in md
-    assert "%d of 18 grid points" % len(measured) in md
-    assert paths["plot"].read_bytes()[:4] == b"\x89PNG" and os.path.getsize(paths["plot"]) > 10_000
-
-
 def test_lookahead_walks_over_a_concurrency_plateau():
     # measured shape of the CPU example: flat from 6 to 8, a step up at 12 (the batcher fills batches)
     thr = {1: 800, 2: 1200, 4: 1500, 6: 2200, 8: 2200, 12: 2750, 16: 2780, 24: 2350, 32: 2300}
@@ -264,16 +250,92 @@ def test_lookahead_walks_over_a_concurrency_plateau():
     assert best.point.concurrency == 16 and best.p99_ms <= 20.0
 
 
-def test_choose_keeps_the_current_config_unless_clearly_beaten():
+def spread(point: Point, median: float, half: float, p99: float = 10.0) -> Measurement:
+    """A measurement with a min-max spread of +-``half`` (relative) around ``median``."""
+    return Measurement(point, median, p99 / 2, p99 / 1.2, p99, throughput_low=median * (1 - half),
+                       throughput_high=median * (1 + half))
+
+
+def test_better_needs_the_spreads_apart():
+    o = Objective("max-throughput", budget_ms=20.0)
+    a, b = Point(Variant(1, 0), 8), Point(Variant(2, 0), 8)
+    assert not o.better(spread(a, 1200, 0.15), spread(b, 1000, 0.15))  # 1020 < 1150: overlap, noise
+    assert o.better(spread(a, 1400, 0.05), spread(b, 1000, 0.15))  # 1330 > 1150
+    assert not o.better(spread(a, 1400, 0.05), spread(b, 1000, 0.15, p99=25.0)) is False  # b infeasible
+    assert o.best([spread(a, 1200, 0.15), spread(b, 1000, 0.01)]).point == a  # best is by median
+    latency = Objective("min-latency")
+    fast, slow = Measurement(a, 900, 3, 4, 5.0, p99_low=4.5, p99_high=5.5), Measurement(b, 900, 3, 4, 6.0,
+                                                                                        p99_low=5.2, p99_high=6.8)
+    assert not latency.better(fast, slow)  # 5.5 > 5.2: overlap
+    assert latency.better(dataclasses.replace(fast, p99_high=5.1), slow)
+
+
+def noisy(point: Point, seed: int, noise: float = 0.06) -> Measurement:
+    """``synthetic`` with a window spread of +-``noise`` and a run-to-run wobble of the same size."""
+    base = synthetic(point)
+    digest = hashlib.sha256(repr((point, seed)).encode()).digest()
+    median = base.throughput * (1.0 + noise * (digest[0] / 127.5 - 1.0))
+    return dataclasses.replace(base, throughput=median, throughput_low=median * (1 - noise),
+                               throughput_high=median * (1 + noise))
+
+
+ISSUE_GRID = SearchSpace(instances=(1, 2), delays_us=(0, 500, 1000, 2000, 4000), concurrency=(1, 2, 4, 8, 16, 32))
+DEFAULT_CPU_GRID = SearchSpace(instances=(1, 2), delays_us=(0, 100, 250, 500, 1000, 2000),
+                               concurrency=(1, 2, 4, 8, 16, 32))
+
+
+@pytest.mark.parametrize("space", [ISSUE_GRID, DEFAULT_CPU_GRID, SPACE], ids=["issue-60", "default-72", "147"])
+def test_quick_search_measures_at_most_a_tenth_of_the_grid(space):
+    objective = Objective("max-throughput", budget_ms=25.0)
+    assert quick_budget(space.size) == space.size // 10
+    brute = objective.best(brute_force(space, synthetic))
+    for seed in range(4):
+        table = []
+        measured = hill_climb(space, lambda p: table.append(p) or noisy(p, seed), objective,
+                              start=Point(Variant(1, space.delays_us[1]), space.concurrency[len(space.concurrency) // 2]),
+                              max_measurements=quick_budget(space.size))
+        assert len(table) == len(measured) <= space.size // 10
+        best = objective.best(measured)
+        assert best is not None and objective.feasible(best)
+        assert best.throughput >= 0.85 * brute.throughput, (seed, best, brute)
+
+
+def rounds(point: Point, values: list[float], p99: float = 10.0) -> Remeasured:
+    return Remeasured(point, tuple(Measurement(point, v, p99 / 2, p99 / 1.2, p99) for v in values))
+
+
+def test_finalists_are_the_top_configs_and_the_current_one():
     objective = Objective("max-throughput", budget_ms=20.0)
-    current, other = Variant(1, 500), Variant(1, 1000)
-    ms = [Measurement(Point(current, 16), 3059, 4, 10, 18), Measurement(Point(other, 16), 3064, 4, 10, 19),
-          Measurement(Point(current, 32), 3300, 8, 20, 35)]  # over budget: never chosen
-    assert choose(ms, objective).point.variant == other  # plain best
-    assert choose(ms, objective, current, min_gain=0.03).point == Point(current, 16)
-    ms.append(Measurement(Point(other, 24), 3400, 5, 12, 19))
-    assert choose(ms, objective, current, min_gain=0.03).point == Point(other, 24)
-    assert choose(ms[:1], Objective("max-throughput", budget_ms=1.0), current, 0.03) is None
+    current = Variant(1, 500)
+    ms = [Measurement(Point(Variant(2, 0), 8), 1500, 4, 8, 12), Measurement(Point(Variant(2, 0), 16), 1800, 6, 9, 15),
+          Measurement(Point(Variant(2, 1000), 16), 1700, 6, 9, 16), Measurement(Point(current, 8), 1000, 4, 8, 9),
+          Measurement(Point(Variant(1, 0), 32), 2500, 9, 20, 30),  # over budget: never a finalist
+          Measurement(Point(Variant(1, 2000), 16), 2600, status="unstable", throughput_low=1000,
+                      throughput_high=4000)]  # unstable: never a finalist
+    points = pick_finalists(ms, objective, current, 2)
+    assert points == [Point(Variant(2, 0), 16), Point(Variant(2, 1000), 16), Point(current, 16)]
+    assert pick_finalists(ms, objective, Variant(2, 0), 2) == points[:2]  # current config already in
+    assert pick_finalists(ms[-2:], objective, current, 2) == []
+
+
+def test_decide_keeps_the_current_config_within_the_spread_and_claims_only_measured_gains():
+    objective = Objective("max-throughput", budget_ms=20.0)
+    current, other, third = Variant(1, 500), Variant(2, 0), Variant(2, 1000)
+    tie = decide([rounds(Point(other, 16), [1500, 1900, 1700]), rounds(Point(current, 16), [1400, 1800, 1600])],
+                 objective, current)
+    assert tie.chosen.point == Point(current, 16) and tie.kept and tie.improvement is None
+    assert tie.ties == (Point(other, 16),)
+    win = decide([rounds(Point(other, 16), [2500, 2700, 2600]), rounds(Point(third, 16), [2400, 2650, 2500]),
+                  rounds(Point(current, 16), [1400, 1800, 1600])], objective, current)
+    assert win.chosen.point == Point(other, 16) and not win.kept
+    assert win.improvement == pytest.approx(2600 / 1600) and win.ties == (Point(third, 16),)
+    assert (win.chosen.throughput_low, win.chosen.throughput_high) == (2500, 2700)
+    # the current config stalled in the re-measurement: a choice, but no claim against it
+    stalled = Remeasured(Point(current, 16), (Measurement(Point(current, 16), status="stalled"),) * 3)
+    noclaim = decide([rounds(Point(other, 16), [2500, 2700, 2600]), stalled], objective, current)
+    assert noclaim.chosen.point == Point(other, 16) and noclaim.improvement is None
+    assert "no improvement is claimed" in noclaim.reason
+    assert decide([rounds(Point(other, 16), [2500], p99=30.0)], objective, current).chosen is None
 
 
 def test_placement_names_gpus_and_transport(tmp_path):

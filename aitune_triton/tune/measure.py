@@ -1,0 +1,360 @@
+"""Measuring tuning points with their uncertainty, on the live server.
+
+A point (a config variant at one client concurrency) is one perf_analyzer run. perf_analyzer
+measures in windows and calls a point stable when its last three windows agree within the
+stability band; with ``-v`` it prints every window ("Pass [n] throughput: ..."). The windows are
+kept: a point's throughput is their median and its spread their min-max, so the search can tell a
+real difference from noise (``Objective.better`` compares intervals, not single numbers). A point
+perf_analyzer could not stabilise keeps the median and spread of its last windows and is marked
+``unstable``; one that served nothing (or timed out) is ``stalled`` and has no number at all. Neither
+is ever chosen, and neither is reported as 0 infer/s.
+
+The windows of one run underestimate the noise between runs on a shared machine (other jobs come
+and go over minutes), so the finalists are re-measured back to back, interleaved (A B C A B C ...):
+``remeasure`` returns each point's median over rounds and its min-max over rounds, and only those
+figures decide the choice and any claim of improvement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Callable, Sequence
+
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2
+
+from aitune_triton.triton import tools
+from aitune_triton.triton.perf import EXIT_UNSTABLE, PerfError, PerfOptions, build_perf_command, parse_csv
+from aitune_triton.triton.render import check_config
+from aitune_triton.triton.server import ServerError
+
+log = logging.getLogger(__name__)
+
+STABLE_WINDOWS = 3  # perf_analyzer's stability test looks at the last three windows
+PASS_RE = re.compile(r"Pass \[(\d+)\] throughput: ([0-9.eE+-]+) infer/sec\. Avg latency: ([0-9.eE+-]+) usec")
+
+
+class Status(str, Enum):
+    """How a point's measurement ended."""
+
+    OK = "ok"  # perf_analyzer settled: median and spread of its stable windows
+    UNSTABLE = "unstable"  # never settled: median and spread of its last windows, not comparable
+    STALLED = "stalled"  # nothing served (no window with throughput, or a timeout): no figures
+    FAILED = "failed"  # the variant did not load or perf_analyzer failed
+
+
+@dataclass(frozen=True)
+class Variant:
+    """The config.pbtxt part of a point. ``delay_us`` None: the model does not batch."""
+
+    instances: int
+    delay_us: int | None
+    preferred: tuple[int, ...] = ()
+
+    def label(self) -> str:
+        parts = ["%d inst" % self.instances]
+        if self.delay_us is not None:
+            parts.append("delay %d us" % self.delay_us)
+        if self.preferred:
+            parts.append("preferred %s" % list(self.preferred))
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {"instances": self.instances, "max_queue_delay_us": self.delay_us, "preferred": list(self.preferred)}
+
+
+@dataclass(frozen=True)
+class Point:
+    variant: Variant
+    concurrency: int
+
+    def value(self, dim: str):
+        return self.concurrency if dim == "concurrency" else getattr(self.variant, dim)
+
+    def replace(self, dim: str, value) -> "Point":
+        if dim == "concurrency":
+            return Point(self.variant, value)
+        return Point(dataclasses.replace(self.variant, **{dim: value}), self.concurrency)
+
+    def label(self) -> str:
+        return "%s @ c=%d" % (self.variant.label(), self.concurrency)
+
+    def to_dict(self) -> dict:
+        return {**self.variant.to_dict(), "concurrency": self.concurrency}
+
+
+def _r(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One point measured. ``throughput`` is the median over windows (or over re-measurement
+    rounds), ``throughput_low``/``_high`` its spread (min-max; None: a single value). Figures are
+    None when nothing was measured (stalled, failed)."""
+
+    point: Point
+    throughput: float | None = None
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    status: str = Status.OK.value
+    detail: str = ""
+    index: int = 0
+    throughput_low: float | None = None
+    throughput_high: float | None = None
+    p99_low: float | None = None
+    p99_high: float | None = None
+    windows: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", Status(self.status).value)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == Status.OK.value
+
+    @property
+    def lo(self) -> float:
+        return self.throughput_low if self.throughput_low is not None else (self.throughput or 0.0)
+
+    @property
+    def hi(self) -> float:
+        return self.throughput_high if self.throughput_high is not None else (self.throughput or 0.0)
+
+    @property
+    def p99_lo(self) -> float:
+        return self.p99_low if self.p99_low is not None else (self.p99_ms or 0.0)
+
+    @property
+    def p99_hi(self) -> float:
+        return self.p99_high if self.p99_high is not None else (self.p99_ms or 0.0)
+
+    def spread_pct(self) -> float | None:
+        """(max - min) / median over the windows or rounds, in percent."""
+        if not self.throughput or self.throughput_low is None or self.throughput_high is None:
+            return None
+        return 100.0 * (self.throughput_high - self.throughput_low) / self.throughput
+
+    def to_dict(self) -> dict:
+        return {**self.point.to_dict(), "throughput": _r(self.throughput, 1), "throughput_low": _r(self.throughput_low, 1),
+                "throughput_high": _r(self.throughput_high, 1), "spread_pct": _r(self.spread_pct(), 1),
+                "p50_ms": _r(self.p50_ms, 3), "p95_ms": _r(self.p95_ms, 3), "p99_ms": _r(self.p99_ms, 3),
+                "p99_low": _r(self.p99_low, 3), "p99_high": _r(self.p99_high, 3),
+                "windows": [round(w, 1) for w in self.windows], "status": self.status, "detail": self.detail,
+                "index": self.index}
+
+
+Measure = Callable[[Point], Measurement]
+
+
+def parse_passes(text: str) -> list[tuple[float, float]]:
+    """(throughput infer/s, average latency ms) of every window perf_analyzer ``-v`` printed."""
+    return [(float(m.group(2)), float(m.group(3)) / 1000.0) for m in PASS_RE.finditer(text)]
+
+
+def from_run(point: Point, returncode: int, text: str, csv_path: Path, index: int = 0) -> Measurement:
+    """The measurement of one perf_analyzer run: its last ``STABLE_WINDOWS`` windows give the
+    median and the spread; the CSV (written only when it settled) gives the latency percentiles."""
+    windows = parse_passes(text)[-STABLE_WINDOWS:]
+    thr = [w[0] for w in windows]
+    median = statistics.median(thr) if thr else None
+    unstable = returncode == EXIT_UNSTABLE or (returncode != 0 and "stable measurement" in text)
+    if not median:
+        status = Status.STALLED if unstable or returncode == 0 else Status.FAILED
+        return Measurement(point, status=status.value, detail=_last_line(text), index=index,
+                           windows=tuple(thr))
+    common = dict(throughput=median, throughput_low=min(thr), throughput_high=max(thr), windows=tuple(thr),
+                  index=index)
+    if unstable:
+        return Measurement(point, status=Status.UNSTABLE.value, detail=_last_line(text), **common)
+    if returncode != 0 or not csv_path.exists():
+        return Measurement(point, status=Status.FAILED.value, detail=_last_line(text), index=index)
+    rows = parse_csv(csv_path)
+    if not rows:
+        return Measurement(point, status=Status.FAILED.value, detail="empty CSV %s" % csv_path, index=index)
+    row = rows[0]
+    # perf_analyzer prints no per-window p99: its spread is taken as the windows' average-latency spread
+    lat = [w[1] for w in windows]
+    mid = statistics.median(lat)
+    p99_low = row.p99_ms * min(lat) / mid if mid else None
+    p99_high = row.p99_ms * max(lat) / mid if mid else None
+    return Measurement(point, p50_ms=row.p50_ms, p95_ms=row.p95_ms, p99_ms=row.p99_ms, p99_low=p99_low,
+                       p99_high=p99_high, **common)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def perf_flags(perf: PerfOptions) -> dict[str, object]:
+    """The perf_analyzer flags of ``perf`` that decide stability, as ``--name: value`` pairs."""
+    flags: dict[str, object] = {"measurement-mode": perf.measurement_mode,
+                                "stability-percentage": perf.stability_percentage, "max-trials": perf.max_trials}
+    if perf.measurement_mode == "count_windows":
+        flags["measurement-request-count"] = perf.measurement_request_count
+    else:
+        flags["measurement-interval"] = perf.measurement_interval_ms
+    return flags
+
+
+def looser(perf: PerfOptions) -> PerfOptions:
+    """The retry settings for a point that did not settle: windows twice as long, a band twice as wide."""
+    return dataclasses.replace(perf, measurement_request_count=2 * perf.measurement_request_count,
+                               measurement_interval_ms=2 * perf.measurement_interval_ms,
+                               stability_percentage=min(100, 2 * perf.stability_percentage))
+
+
+class LiveRunner:
+    """Measures points on the server: reloads the model only when the variant changes, retries
+    a point that did not settle once with looser settings, and remembers which settings made the
+    points stable (for the Model Analyzer hand-off)."""
+
+    def __init__(self, server, model: str, base: model_config_pb2.ModelConfig, max_batch_size: int,
+                 num_profiles: int, perf: PerfOptions, workdir: Path):
+        from aitune_triton.tune.search import _effective_variant
+
+        self.server, self.model, self.base = server, model, base
+        self.max_batch_size, self.num_profiles = max_batch_size, num_profiles
+        self.perf, self.workdir = perf, workdir
+        self.loaded: Variant | None = None
+        self.loads = 0
+        self.count = 0
+        self.serving = 0
+        self.stable_at: list[int] = []  # per settled point: 0 = the first settings, 1 = the looser retry
+        if server.model_ready(model):
+            self.serving = _effective_variant(server, model).instances
+        grpc = getattr(server, "grpc_url", None)
+        if perf.protocol == "grpc" and grpc:
+            self.url = grpc
+        else:
+            self.url, self.perf = server.http_url, dataclasses.replace(perf, protocol="http")
+
+    def _stubs(self) -> int | None:
+        children = getattr(self.server, "children", None)
+        return len(children()) if children else None
+
+    def _settle(self, expected: int | None, timeout_s: float = 10.0) -> None:
+        """Wait for the replaced instances' stub processes to exit: Triton unloads the old
+        version after the load call returns, and its teardown would be measured as noise."""
+        deadline = time.monotonic() + timeout_s
+        while expected is not None and time.monotonic() < deadline and (self._stubs() or 0) > expected:
+            time.sleep(0.1)
+
+    def load(self, variant: Variant) -> None:
+        from aitune_triton.tune.search import apply_variant
+
+        cfg = apply_variant(self.base, variant, self.max_batch_size)
+        check_config(cfg, self.num_profiles)
+        self.loaded = None
+        before = self._stubs()
+        t0 = time.monotonic()
+        self.server.load_model(self.model, config_json=json_format.MessageToJson(cfg, preserving_proto_field_name=True))
+        self.loads += 1
+        self.loaded = variant
+        self._settle(None if before is None else before - self.serving + variant.instances)
+        self.serving = variant.instances
+        log.info("loaded %s with %s in %.1f s", self.model, variant.label(), time.monotonic() - t0)
+
+    def stable_perf(self) -> PerfOptions:
+        """The settings that made the points settle here: the looser retry if any point needed it."""
+        return looser(self.perf) if any(self.stable_at) else self.perf
+
+    def _run(self, point: Point, perf: PerfOptions, workdir: Path) -> Measurement:
+        binary = tools.find_perf_analyzer()
+        if binary is None:
+            raise PerfError("perf_analyzer not found: run `python -m aitune_triton.triton.tools install`")
+        workdir.mkdir(parents=True, exist_ok=True)
+        csv_path = workdir / ("%s_c%d.csv" % (self.model, point.concurrency))
+        csv_path.unlink(missing_ok=True)
+        cmd = build_perf_command(self.model, self.url, perf, csv_path, concurrency=(point.concurrency,),
+                                 perf_analyzer=binary) + ["-v"]
+        log.debug("perf_analyzer: %s", " ".join(cmd))
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=perf.timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            text = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            stalled = from_run(point, EXIT_UNSTABLE, text, csv_path, self.count)
+            return dataclasses.replace(stalled, status=Status.STALLED.value if not stalled.throughput
+                                       else Status.UNSTABLE.value,
+                                       detail="perf_analyzer timed out after %.0f s" % perf.timeout_s)
+        text = out.stdout + out.stderr
+        (workdir / "perf_analyzer.log").write_text(" ".join(cmd) + "\n" + text)
+        return from_run(point, out.returncode, text, csv_path, self.count)
+
+    def __call__(self, point: Point) -> Measurement:
+        self.count += 1
+        if self.loaded != point.variant:
+            try:
+                self.load(point.variant)
+            except ServerError as exc:
+                log.warning("variant %s failed to load: %s", point.variant.label(), exc)
+                return Measurement(point, status=Status.FAILED.value, detail="load: %s" % str(exc)[:400],
+                                   index=self.count)
+        perf = dataclasses.replace(self.perf, concurrency=(point.concurrency,))
+        m = self._run(point, perf, self.workdir / ("%03d" % self.count))
+        if m.status in (Status.UNSTABLE.value, Status.STALLED.value):
+            m = self._run(point, looser(perf), self.workdir / ("%03d_retry" % self.count))
+            if m.ok:
+                self.stable_at.append(1)
+        elif m.ok:
+            self.stable_at.append(0)
+        if m.ok:
+            log.info("measured %s: %.1f infer/s (windows %.1f-%.1f), p99 %.2f ms", point.label(), m.throughput,
+                     m.lo, m.hi, m.p99_ms)
+        else:
+            log.info("measured %s: %s", point.label(), m.status)
+        return m
+
+
+# ---------------------------------------------------------------- interleaved re-measurement
+
+
+@dataclass(frozen=True)
+class Remeasured:
+    """One finalist measured in several interleaved rounds."""
+
+    point: Point
+    runs: tuple[Measurement, ...] = field(default_factory=tuple)
+
+    def summary(self) -> Measurement:
+        """Median over the rounds that settled, min-max over them as the spread; ok only when at
+        least half the rounds settled."""
+        ok = [r for r in self.runs if r.ok]
+        if not ok:
+            unstable = [r for r in self.runs if r.throughput]
+            status = Status.UNSTABLE if unstable else Status.STALLED
+            thr = [r.throughput for r in unstable]
+            return Measurement(self.point, statistics.median(thr) if thr else None, status=status.value,
+                               detail="no round settled", throughput_low=min(thr) if thr else None,
+                               throughput_high=max(thr) if thr else None, windows=tuple(thr))
+        thr = [r.throughput for r in ok]
+        p99 = [r.p99_ms for r in ok]
+        status = Status.OK if 2 * len(ok) >= len(self.runs) else Status.UNSTABLE
+        return Measurement(self.point, statistics.median(thr), statistics.median(r.p50_ms for r in ok),
+                           statistics.median(r.p95_ms for r in ok), statistics.median(p99), status=status.value,
+                           detail="%d of %d rounds settled" % (len(ok), len(self.runs)),
+                           throughput_low=min(thr), throughput_high=max(thr), p99_low=min(p99), p99_high=max(p99),
+                           windows=tuple(thr))
+
+    def to_dict(self) -> dict:
+        return {**self.summary().to_dict(), "rounds": [r.to_dict() for r in self.runs]}
+
+
+def remeasure(measure: Measure, points: Sequence[Point], rounds: int) -> list[Remeasured]:
+    """Each point measured ``rounds`` times, interleaved (A B C A B C ...), so that a slow phase of
+    the machine hits every point alike."""
+    runs: list[list[Measurement]] = [[] for _ in points]
+    for _ in range(rounds):
+        for i, point in enumerate(points):
+            runs[i].append(measure(point))
+    return [Remeasured(p, tuple(r)) for p, r in zip(points, runs)]
