@@ -307,19 +307,22 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--concurrency", default="1,2,4,8,16,32", show_default=True, help="Client concurrency to try.")
 @click.option("--brute", is_flag=True, help="Measure the whole grid instead of the quick search.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), help="Where the tune report goes.")
+@click.option("--export-model-analyzer", "ma_config", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write a Model Analyzer `profile` config (YAML) for the same grid, objective and "
+                   "perf_analyzer settings.")
 @click.option("--tritonserver", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Use this tritonserver binary instead of the bundled one.")
 @_handle_errors
 @_tune_through_object_storage
 def tune(repo, model, objective, budget_ms, min_throughput, instances, delays_us, concurrency, brute, report_dir,
-         tritonserver):
+         ma_config, tritonserver):
     """Search instances / queue delay for MODEL on a live server and write the best config back."""
     from aitune_triton.triton.server import ServerOptions, TritonServer
     from aitune_triton.tune.search import TuneOptions, tune_model
 
     options = TuneOptions(objective=objective, budget_ms=budget_ms, min_throughput=min_throughput,
                           instances=_ints(instances), delays_us=_ints(delays_us), concurrency=_ints(concurrency),
-                          brute=brute, report_dir=report_dir)
+                          brute=brute, report_dir=report_dir, export_model_analyzer=ma_config)
     _check_model_files(repo, model)  # before the server loads (deserialises) anything
     server = TritonServer(repo, ServerOptions(tritonserver=tritonserver, load_models=(model,)))
     try:
@@ -330,10 +333,15 @@ def tune(repo, model, objective, budget_ms, min_throughput, instances, delays_us
     finally:
         server.stop()
     chosen = result.chosen
-    console.print("measured %d of %d grid points (%s search) in %.0f s; %s"
-                  % (result.measured, result.grid_size, result.mode, result.elapsed_s, result.reason), markup=False)
+    console.print("measured %d of %d grid points (%s search) and re-measured %d finalists interleaved (%d runs) "
+                  "in %.0f s; %s" % (result.measured, result.grid_size, result.mode, len(result.finalists),
+                                     result.remeasured, result.elapsed_s, result.reason), markup=False, soft_wrap=True)
     if chosen is not None:
-        console.print("[green]chosen:[/] %s" % chosen.to_dict(), soft_wrap=True)
+        console.print("[green]chosen:[/] %s @ concurrency %d: median %.1f infer/s (%.1f-%.1f over the rounds), "
+                      "p99 %.2f ms" % (chosen.point.variant.label(), chosen.point.concurrency, chosen.throughput,
+                                       chosen.lo, chosen.hi, chosen.p99_ms), soft_wrap=True)
+        if result.improvement is not None:
+            console.print("%.2fx over the current config in the same rounds" % result.improvement, markup=False)
     for kind, path in result.reports.items():
         console.print("wrote %s" % path, markup=False)
     sys.exit(0 if chosen is not None else 1)
