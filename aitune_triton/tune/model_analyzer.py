@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 from tritonclient.grpc import model_config_pb2
 
+from aitune_triton.triton import tools
 from aitune_triton.triton.perf import PerfOptions
 from aitune_triton.triton.repository import replace_file_atomically
 
@@ -63,7 +64,7 @@ def model_analyzer_config(repo: Path, model: str, base: model_config_pb2.ModelCo
         entry["constraints"] = constraints
     if cpu_only:
         entry["cpu_only"] = True
-    return {
+    config: dict = {
         "model_repository": str(Path(repo).resolve()),
         "run_config_search_disable": True,
         "triton_launch_mode": "local",
@@ -74,6 +75,10 @@ def model_analyzer_config(repo: Path, model: str, base: model_config_pb2.ModelCo
         "export_path": str(Path(output_dir).resolve() / "ma_results"),
         "profile_models": {model: entry},
     }
+    binary = tools.find_perf_analyzer()
+    if binary is not None:  # the one that measured here; Model Analyzer looks on PATH otherwise
+        config["perf_analyzer_path"] = str(binary)
+    return config
 
 
 def write_model_analyzer_config(path: Path, repo: Path, model: str, base: model_config_pb2.ModelConfig, space,
@@ -83,7 +88,8 @@ def write_model_analyzer_config(path: Path, repo: Path, model: str, base: model_
     path.parent.mkdir(parents=True, exist_ok=True)
     config = model_analyzer_config(repo, model, base, space, objective, flags, perf, path.parent)
     header = ("# Model Analyzer profile config written by aitune-triton tune for %s: %s;\n"
-              "# %d x %d configs x %d concurrencies. Run: model-analyzer profile -f %s\n"
+              "# %d instance counts x %d queue delays x %d client concurrencies. Run: model-analyzer profile -f %s\n"
+              "# (paths are this machine's; Model Analyzer's local launch mode needs tritonserver on PATH)\n"
               % (model, objective.describe(), len(space.instances), len(space.delays_us), len(space.concurrency),
                  path.name))
     replace_file_atomically(path, header + yaml.safe_dump(config, sort_keys=False))
