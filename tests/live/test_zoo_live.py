@@ -120,7 +120,12 @@ def test_data_dependent_branch_is_eager_without_dynamic_batching_and_says_why_in
 
 def test_lstm_tagger_with_lengths_passes_validate(zoo):
     repo, details, _, report = zoo
-    assert manifest(repo, "lstm_tagger")["artifact"]["format"] in ("aoti", "export", "eager")
+    art = manifest(repo, "lstm_tagger")["artifact"]
+    assert art["format"] == "eager"  # pad_packed_sequence sizes its output from the lengths' values
+    assert details["lstm_tagger"].startswith(
+        "fallback eager on cpu (aoti, export skipped: torch.export failed: sizes depend on input values "
+        "(`out, _ = pad_packed_sequence(") and "at lstm_tagger.py:15); torch.export cannot trace it; log: " in \
+        details["lstm_tagger"]
     assert output_dims(repo, "lstm_tagger") == {"output_0": [-1, 5]}
     assert config(repo, "lstm_tagger").HasField("dynamic_batching")
     assert_validated(report, "lstm_tagger")
