@@ -316,6 +316,17 @@ def _stage_tensorrt(prep: Prepared, home_dir: Path, trt_name: str, repo: Path, p
         settings=prep.config.tensorrt.to_dict(), quantization=quantization)
 
 
+def _keep_log(exc: ModelError, model_dir: Path, final_dir: Path) -> str:
+    """Write the failed exporter's whole output (``exc.details``) to the model's ``logs/onnx_export.log``
+    and return ``; log: PATH`` for the one-line note, or "" when there is none."""
+    if not exc.details:
+        return ""
+    path = model_dir / "logs" / "onnx_export.log"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(exc.details)
+    return "; log: %s" % (final_dir / "logs" / "onnx_export.log")
+
+
 def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bool = False,
              progress: Progress = lambda msg: None) -> GenerateResult:
     """Generate the model directories for ``model_py`` into the repository ``out``.
@@ -336,7 +347,7 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
                     trt_info = _stage_tensorrt(prep, home, names["tensorrt"], out, progress)
                 except ModelError as exc:
                     trt_info = TensorRTSection(status=PlanStatus.EXPORT_FAILED, reason=str(exc))
-                    notes.append("TensorRT skipped: %s" % exc)
+                    notes.append("TensorRT skipped: %s%s" % (exc, _keep_log(exc, home, out / names["python"])))
             manifest = Manifest(**{**manifest.__dict__, "tensorrt": trt_info})
             manifest.sealed(home).save(home)
             results.append(GeneratedModel(names["python"], "python", out / names["python"], "ready", detail))
