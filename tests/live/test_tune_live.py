@@ -1,5 +1,6 @@
 """Stage-2 tuning on the real embedded tritonserver 2.51 with real perf_analyzer: a tiny grid
-(2 instance counts x 2 queue delays at concurrency 4) over the generated CPU example."""
+(2 instance counts at one queue delay and concurrency 4) over the generated CPU example, its
+finalists re-measured interleaved, and the Model Analyzer hand-off written."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from aitune_triton.triton import tools
 from aitune_triton.triton.manifest import Manifest, load_reference
 from aitune_triton.triton.perf import PerfOptions
 from aitune_triton.triton.render import check_config, parse_config
-from aitune_triton.tune.search import TuneOptions, current_variant, tune_model
+from aitune_triton.tune.search import Point, TuneOptions, current_variant, tune_model
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cnn" / "model.py"
 
@@ -56,17 +58,34 @@ def test_tune_writes_the_measured_best_and_it_loads(triton_server_factory, repo,
     history_before = Manifest.load(model_dir).history
     server = triton_server_factory(repo)
     t0 = time.monotonic()
-    # min_gain 0: no "keep the current config" margin, so the written config is the measured maximum
-    options = TuneOptions(instances=(1, 2), delays_us=(0, 500), concurrency=(4,), brute=True, min_gain=0.0,
-                          perf=FAST_PERF, report_dir=tmp_path / "report")
+    # min_gain 0: the spreads alone decide; the best config and the current one in two interleaved rounds
+    options = TuneOptions(instances=(1, 2), delays_us=(500,), concurrency=(4,), brute=True, min_gain=0.0,
+                          finalists=1, rounds=2, perf=FAST_PERF, report_dir=tmp_path / "report",
+                          export_model_analyzer=tmp_path / "ma" / "profile.yaml")
     result = tune_model(repo, "cnn", server, options)
     elapsed = time.monotonic() - t0
 
-    assert result.grid_size == 4 and result.measured == 4 and result.loads == 4
+    assert result.grid_size == 2 and result.measured == 2
     assert result.written and result.chosen is not None, result.to_dict()
-    # the chosen point is the best feasible measurement
-    ok = [m for m in result.measurements if m.ok]
-    assert result.chosen.throughput == max(m.throughput for m in ok)
+    # every settled point has a median inside its windows' spread; nothing unsettled carries a number 0
+    for m in result.measurements:
+        if m.ok:
+            assert m.lo <= m.throughput <= m.hi and len(m.windows) == 3 and m.p99_ms > 0
+        else:
+            assert m.throughput is None or m.throughput > 0
+    # the finalists were re-measured interleaved, and the choice is the best median among them (or the
+    # current config, kept because no finalist beat it beyond the spread)
+    assert 1 <= len(result.finalists) <= 2 and all(len(f.runs) == 2 for f in result.finalists)
+    assert sorted(m.index for f in result.finalists for m in f.runs) == list(range(3, 3 + result.remeasured))
+    round_one = [f.runs[0].index for f in result.finalists]
+    assert round_one == sorted(round_one) and max(round_one) < min(f.runs[1].index for f in result.finalists)
+    summaries = [f.summary() for f in result.finalists]
+    feasible = [m for m in summaries if m.ok]
+    best = max(feasible, key=lambda m: m.throughput)
+    assert result.chosen.point in (best.point, Point(result.previous, best.point.concurrency))
+    assert result.chosen.lo <= result.chosen.throughput <= result.chosen.hi
+    if result.improvement is not None:
+        assert result.baseline is not None and result.chosen.lo > result.baseline.hi
     # the written config is valid, says what was chosen, and is what the server now runs
     text = (model_dir / "config.pbtxt").read_text()
     cfg = parse_config(text)
@@ -96,9 +115,19 @@ def test_tune_writes_the_measured_best_and_it_loads(triton_server_factory, repo,
     assert entry["event"] == "tune" and entry["previous_config"] == original
     assert entry["chosen"]["instances"] == result.chosen.point.variant.instances
     assert manifest.tuning["chosen"] == result.chosen.to_dict()
-    assert manifest.tuning["grid_size"] == 4 and manifest.tuning["config_path"] == "config.pbtxt"
+    assert manifest.tuning["grid_size"] == 2 and manifest.tuning["config_path"] == "config.pbtxt"
     report = json.loads((tmp_path / "report" / "tune_report.json").read_text())
-    assert report["measured"] == 4 and len(report["measurements"]) == 4
+    assert report["measured"] == 2 and len(report["measurements"]) == 2
+    assert report["remeasured"] == result.remeasured and report["perf_analyzer_flags"]["measurement-interval"] in (
+        500, 1000)
+    assert all(m["throughput"] != 0 for m in report["measurements"])
+    ma = yaml.safe_load((tmp_path / "ma" / "profile.yaml").read_text())
+    entry = ma["profile_models"]["cnn"]
+    assert ma["model_repository"] == str(repo.resolve())
+    assert entry["model_config_parameters"]["instance_group"][0]["count"] == [1, 2]
+    assert entry["perf_analyzer_flags"]["input-data"] == str((tmp_path / "report" / "input_data.json").resolve())
+    assert Path(entry["perf_analyzer_flags"]["input-data"]).exists()
     assert (tmp_path / "report" / "tune_variants.png").stat().st_size > 10_000
     assert "**chosen**" in (tmp_path / "report" / "tune_report.md").read_text()
-    print("tune live: %.1f s for 4 variants, chosen %s" % (elapsed, result.chosen.point.label()))
+    print("tune live: %.1f s for 2 variants + %d re-measurements, chosen %s" % (
+        elapsed, result.remeasured, result.chosen.point.label()))
