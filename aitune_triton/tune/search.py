@@ -246,8 +246,8 @@ def decide(finalists: Iterable[Remeasured], objective: Objective, previous: Vari
     best = objective.best(summaries)
     incumbent = next((m for m in summaries if m.point.variant == previous), None)
     if best is None:
-        return Decision(None, incumbent, False, None, (), "no finalist met the constraint (%s) when re-measured"
-                        % objective.describe())
+        return Decision(None, incumbent, False, None, (), "no measured variant met the constraint (%s) when the "
+                        "finalists were re-measured" % objective.describe())
     ties = tuple(m.point for m in summaries if m is not best and objective.feasible(m)
                  and not objective.better(best, m, min_gain))
     if incumbent is not None and objective.feasible(incumbent) and not objective.better(best, incumbent, min_gain):
