@@ -1,19 +1,20 @@
-"""Benchmark (not a test): quick search vs brute force for stage-2 tuning on the CPU example.
+"""Benchmark (not a test): does the tuner's choice survive noise? Quick search twice vs brute force.
 
 Generates ``examples/cnn/model.py`` (ExportedProgram fallback, Python backend only), starts the
-embedded tritonserver, then tunes the model twice over the same grid with real perf_analyzer
-measurements: the default quick search (coordinate descent) and the full grid (``brute=True``),
-the original config restored in between. The grid includes client concurrency, which costs no
-reload, so that "10 % of the grid" is a meaningful number of points.
+embedded tritonserver, and tunes the model over issue 18's grid (instances {1, 2} x queue delay
+{0, 500, 1000, 2000, 4000} us x concurrency {1, 2, 4, 8, 16, 32} = 60 points; max throughput with
+p99 <= 25 ms) with real perf_analyzer measurements, each run starting from the generated config:
 
-How close the quick search came is reported three ways, because a brute-force maximum over ~150
-noisy points is biased upwards (the luckiest measurement wins):
+1. quick search, run 1; 2. quick search, run 2; 3. brute force (unless ``--skip-brute``).
 
-* raw: quick's best measurement / brute force's best measurement;
-* in-sweep: brute force's own measurement of quick's chosen point / brute force's best;
-* re-measured: both chosen points measured again, alternating, ``--repeats`` times each; ratio of medians.
+Each run ends with its own interleaved re-measurement of its finalists (that is how ``tune``
+chooses). Then the runs' choices are re-measured together, interleaved (A B C A B C ...),
+``--rounds`` times: the choices are "within each other's spread" when their min-max intervals
+over those rounds overlap. The 1-minute load average is recorded before and after each phase,
+because the machine's other load is the noise in question. Figures go to stdout (Markdown) and
+``--json``, written after every phase so an interrupted run keeps what it measured.
 
-Usage: ``.venv/bin/python benchmarks/tune_search.py [--budget-ms 25] [--repeats 5] [--json out.json]``
+Usage: ``.venv/bin/python benchmarks/tune_search.py [--budget-ms 25] [--rounds 5] [--skip-brute] [--json out.json]``
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
+import os
 import sys
 import tempfile
 import time
@@ -34,76 +35,94 @@ from aitune_triton.api import generate  # noqa: E402
 from aitune_triton.triton.manifest import Manifest  # noqa: E402
 from aitune_triton.triton.render import parse_config  # noqa: E402
 from aitune_triton.triton.server import ServerOptions, TritonServer  # noqa: E402
-from aitune_triton.tune.search import (  # noqa: E402
-    LiveRunner,
-    Measurement,
-    Point,
-    TuneOptions,
-    TuneResult,
-    hill_climb,
-    perf_inputs,
-    tune_model,
-)
+from aitune_triton.tune.measure import LiveRunner, Measurement, remeasure  # noqa: E402
+from aitune_triton.tune.search import TuneOptions, TuneResult, perf_inputs, tune_model  # noqa: E402
 
 MODEL = "cnn"
 INSTANCES = (1, 2)
-DELAYS_US = (0, 100, 250, 500, 1000, 2000, 4000, 8000)
-CONCURRENCY = (1, 2, 4, 6, 8, 12, 16, 24, 32)
+DELAYS_US = (0, 500, 1000, 2000, 4000)
+CONCURRENCY = (1, 2, 4, 8, 16, 32)
 
 
-def remeasure(server, repo: Path, points, repeats: int, workdir: Path) -> list[list[Measurement]]:
-    """Each point measured ``repeats`` times, alternating between points (each switch reloads)."""
-    workdir.mkdir(parents=True, exist_ok=True)
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def spread(m: Measurement) -> str:
+    if m.throughput is None:
+        return "—"
+    return "%.0f (%.0f–%.0f)" % (m.throughput, m.lo, m.hi)
+
+
+def summary(name: str, r: TuneResult, wall: float, loads: tuple[float, float]) -> dict:
+    c = r.chosen
+    return {"run": name, "wall_s": round(wall, 1), "measured": r.measured, "grid": r.grid_size,
+            "remeasured": r.remeasured, "loads": r.loads, "statuses": r.status_counts,
+            "chosen": c.to_dict() if c else None, "chosen_label": c.point.label() if c else None,
+            "reason": r.reason, "improvement": r.improvement, "ties": [p.label() for p in r.ties],
+            "load_avg": list(loads), "finalists": [f.to_dict() for f in r.finalists]}
+
+
+def overlap(a: Measurement, b: Measurement) -> bool:
+    return a.ok and b.ok and a.lo <= b.hi and b.lo <= a.hi
+
+
+def cross(server, repo: Path, original: str, results: dict, rounds: int, work: Path) -> dict:
+    """The runs' choices re-measured together, interleaved, from the generated config."""
+    points = list(dict.fromkeys(r.chosen.point for r in results.values() if r.chosen is not None))
+    if not points:
+        return {}
     model_dir = repo / MODEL
     manifest = Manifest.load(model_dir)
-    base = parse_config((model_dir / "config.pbtxt.bak").read_text())
-    perf = perf_inputs(model_dir, manifest, TuneOptions().perf, workdir)
-    runner = LiveRunner(server, MODEL, base, manifest.max_batch_size, 0, perf, workdir / "perf")
-    runs: list[list[Measurement]] = [[] for _ in points]
-    for _ in range(repeats):
-        for i, point in enumerate(points):
-            runs[i].append(runner(point))
-    return runs
+    base = parse_config(original)
+    perf = perf_inputs(model_dir, manifest, TuneOptions().perf, work)
+    runner = LiveRunner(server, MODEL, base, manifest.max_batch_size, 0, perf, work / "perf")
+    before = load()
+    summaries = [f.summary() for f in remeasure(runner, points, rounds)]
+    pairs = {"%s vs %s" % (a.point.label(), b.point.label()): overlap(a, b)
+             for i, a in enumerate(summaries) for b in summaries[i + 1:]}
+    return {"rounds": rounds, "load_avg": [before, load()], "points": [m.to_dict() for m in summaries],
+            "labels": [m.point.label() for m in summaries], "within_each_others_spread": pairs}
 
 
-def replay(brute: TuneResult, min_gain: float) -> dict:
-    """The quick search re-run offline over brute force's measured table, from every config of
-    the grid as the start (at the middle concurrency): no new measurements, same noise."""
-    table = {m.point: m for m in brute.measurements}
-    best = brute.objective.best(table.values())
-    space = brute.space
-    fractions, counts = [], []
-    for variant in space.variants():
-        start = Point(variant, space.concurrency[len(space.concurrency) // 2])
-        measured = hill_climb(space, table.__getitem__, brute.objective, start, min_gain)
-        found = brute.objective.best(measured)
-        fractions.append(found.throughput / best.throughput if found else 0.0)
-        counts.append(len(measured))
-    return {"starts": len(fractions), "fraction_median": statistics.median(fractions), "fraction_min": min(fractions),
-            "at_least_97": sum(f >= 0.97 for f in fractions), "points_median": statistics.median(counts),
-            "points_max": max(counts)}
-
-
-def median_throughput(ms: list[Measurement]) -> float:
-    ok = [m.throughput for m in ms if m.ok]
-    return statistics.median(ok) if ok else 0.0
-
-
-def row(name: str, r: TuneResult, wall: float) -> str:
-    c = r.objective.best(r.measurements) if r.mode == "brute" else r.chosen
-    chosen = "%s @ c=%d" % (c.point.variant.label(), c.point.concurrency) if c else "none feasible"
-    return "| %s | %d | %d | %.1f %% | %d of %d | %.0f | %s | %.1f | %.2f |" % (
-        name, r.measured, r.grid_size, 100.0 * r.measured / r.grid_size, r.loads, len(r.space.variants()), wall,
-        chosen, c.throughput if c else 0.0, c.p99_ms if c else 0.0)
+def print_tables(figures: dict) -> None:
+    print("\nCPU example `examples/cnn` (ExportedProgram in the Python backend), objective max throughput with "
+          "p99 <= %g ms; grid %d instance counts x %d queue delays x %d client concurrencies = %d points." % (
+              figures["budget_ms"], len(INSTANCES), len(DELAYS_US), len(CONCURRENCY), figures["grid"]))
+    print("\n| run | points measured / grid | unsettled | finalist re-measurements | loads | wall s | load avg "
+          "start→end | choice | median infer/s (min–max over rounds) | p99 ms | claim |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for s in figures["runs"]:
+        c = s["chosen"]
+        unsettled = ", ".join("%d %s" % (n, k) for k, n in s["statuses"].items() if k != "ok") or "none"
+        claim = ("%.2fx over the current config" % s["improvement"]) if s["improvement"] else "none"
+        print("| %s | %d / %d (%.0f %%) | %s | %d | %d | %.0f | %.1f→%.1f | %s | %s | %s | %s |" % (
+            s["run"], s["measured"], s["grid"], 100.0 * s["measured"] / s["grid"], unsettled, s["remeasured"],
+            s["loads"], s["wall_s"], s["load_avg"][0], s["load_avg"][1], s["chosen_label"] or "none",
+            "%.0f (%.0f–%.0f)" % (c["throughput"], c["throughput_low"], c["throughput_high"]) if c else "—",
+            "%.2f" % c["p99_ms"] if c else "—", claim))
+    for key in ("cross_quick", "cross_all"):
+        x = figures.get(key)
+        if not x:
+            continue
+        print("\nChoices re-measured together, interleaved, %d rounds (load avg %.1f→%.1f):\n" % (
+            x["rounds"], x["load_avg"][0], x["load_avg"][1]))
+        print("| choice | median infer/s | min–max | median p99 ms | status |")
+        print("|---|---|---|---|---|")
+        for label, p in zip(x["labels"], x["points"]):
+            print("| %s | %s | %s–%s | %s | %s |" % (label, p["throughput"], p["throughput_low"],
+                                                     p["throughput_high"], p["p99_ms"], p["detail"] or p["status"]))
+        for pair, ok in x["within_each_others_spread"].items():
+            print("- %s: %s" % (pair, "within each other's spread" if ok else "spreads apart"))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget-ms", type=float, default=25.0, help="p99 budget (max-throughput objective)")
-    ap.add_argument("--repeats", type=int, default=5, help="re-measurements of each chosen point")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds when re-measuring the runs' choices")
     ap.add_argument("--out", type=Path, default=None, help="work dir (default: a temp dir)")
-    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    ap.add_argument("--quick-only", action="store_true", help="skip brute force (a fast smoke run)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here (after every phase)")
+    ap.add_argument("--skip-brute", action="store_true", help="only the two quick runs")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("aitune_triton.triton.perf").setLevel(logging.WARNING)
@@ -113,67 +132,37 @@ def main(argv: list[str] | None = None) -> int:
     repo = work / "repo"
     generate(ROOT / "examples" / "cnn" / "model.py", repo, force=True,
              overrides={"fallback_format": "export", "backends": ("python",)})
-    original = (repo / MODEL / "config.pbtxt").read_text()
+    config = repo / MODEL / "config.pbtxt"
+    original = config.read_text()
     grid = dict(instances=INSTANCES, delays_us=DELAYS_US, concurrency=CONCURRENCY, budget_ms=args.budget_ms)
-    results: dict[str, tuple[TuneResult, float]] = {}
-    with TritonServer(repo, ServerOptions(), log_path=work / "tritonserver.log") as server:
-        for mode in ("quick",) if args.quick_only else ("quick", "brute"):
-            (repo / MODEL / "config.pbtxt").write_text(original)
-            t0 = time.monotonic()
-            r = tune_model(repo, MODEL, server, TuneOptions(brute=mode == "brute", report_dir=work / mode, **grid))
-            results[mode] = (r, time.monotonic() - t0)
-        quick = results["quick"][0]
-        brute = results.get("brute", (None,))[0]
-        figures = {"budget_ms": args.budget_ms, "grid_size": quick.grid_size}
-        # brute force's best measurement, not its written choice (which keeps the current config
-        # when nothing beats it by min_gain): the reference is the grid's maximum as measured
-        best = brute.objective.best(brute.measurements) if brute is not None else None
-        if best is not None and quick.chosen:
-            in_sweep = next((m for m in brute.measurements if m.point == quick.chosen.point), None)
-            figures["brute_best"] = best.to_dict()
-            figures["raw"] = quick.chosen.throughput / best.throughput
-            figures["in_sweep"] = in_sweep.throughput / best.throughput if in_sweep else None
-            figures["in_sweep_feasible"] = bool(in_sweep and brute.objective.feasible(in_sweep))
-            figures["replay"] = replay(brute, TuneOptions().min_gain)
-            figures["same_point"] = quick.chosen.point == best.point
-            if figures["same_point"]:
-                figures["remeasured"] = 1.0
-            else:
-                runs = remeasure(server, repo, [quick.chosen.point, best.point], args.repeats, work / "again")
-                q, b = median_throughput(runs[0]), median_throughput(runs[1])
-                figures["remeasured"] = q / b if b else None
-                figures["remeasured_runs"] = [[m.to_dict() for m in rs] for rs in runs]
+    figures: dict = {"budget_ms": args.budget_ms, "grid": len(INSTANCES) * len(DELAYS_US) * len(CONCURRENCY),
+                     "machine": "%d usable cores, %s" % (len(os.sched_getaffinity(0)), os.uname().release),
+                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": []}
 
-    print()
-    print("CPU example `examples/cnn` (ExportedProgram in the Python backend), objective: max throughput with "
-          "p99 <= %g ms; grid %d instance counts x %d queue delays x %d client concurrencies = %d points "
-          "(%d configs)." % (args.budget_ms, len(INSTANCES), len(DELAYS_US), len(CONCURRENCY), quick.grid_size,
-                             len(quick.space.variants())))
-    print()
-    print("| search | points measured | grid | fraction | loads (of configs) | wall s | chosen | infer/s | p99 ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, (r, wall) in results.items():
-        print(row(name, r, wall))
-    if "raw" in figures:
-        print()
-        print("| quick vs brute force best | fraction |")
-        print("|---|---|")
-        print("| raw (each search's own best measurement) | %.1f %% |" % (100 * figures["raw"]))
-        if figures["in_sweep"] is not None:
-            print("| in-sweep (brute force's measurement of quick's point) | %.1f %%%s |" % (
-                100 * figures["in_sweep"], "" if figures["in_sweep_feasible"] else " (over budget there)"))
-        if figures.get("remeasured") is not None:
-            print("| re-measured, median of %d alternating runs each | %.1f %%%s |" % (
-                args.repeats, 100 * figures["remeasured"], " (same point)" if figures["same_point"] else ""))
-        rp = figures["replay"]
-        print("| offline replay over brute force's table, %d start configs: median (min) | %.1f %% (%.1f %%); "
-              "%d of %d starts >= 97 %%; %g (max %d) points |" % (
-                  rp["starts"], 100 * rp["fraction_median"], 100 * rp["fraction_min"], rp["at_least_97"],
-                  rp["starts"], rp["points_median"], rp["points_max"]))
-    figures["results"] = {name: {**{k: v for k, v in r.to_dict().items() if k != "measurements"}, "wall_s": wall}
-                          for name, (r, wall) in results.items()}
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    def save() -> None:
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+    results: dict[str, TuneResult] = {}
+    runs = ["quick 1", "quick 2"] + ([] if args.skip_brute else ["brute"])
+    with TritonServer(repo, ServerOptions(), log_path=work / "tritonserver.log") as server:
+        for name in runs:
+            config.write_text(original)  # every run starts from the generated config
+            server.load_model(MODEL)
+            before, t0 = load(), time.monotonic()
+            options = TuneOptions(brute=name == "brute", report_dir=work / name.replace(" ", "_"), **grid)
+            r = tune_model(repo, MODEL, server, options)
+            results[name] = r
+            figures["runs"].append(summary(name, r, time.monotonic() - t0, (before, load())))
+            save()
+            if name == "quick 2":
+                figures["cross_quick"] = cross(server, repo, original, {k: results[k] for k in ("quick 1", "quick 2")},
+                                               args.rounds, work / "cross_quick")
+                save()
+        if "brute" in results:
+            figures["cross_all"] = cross(server, repo, original, results, args.rounds, work / "cross_all")
+            save()
+    print_tables(figures)
     print("\nwork dir: %s" % work)
     return 0
 
