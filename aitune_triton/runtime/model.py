@@ -20,6 +20,22 @@ import sys
 import time
 import uuid
 
+# The repository may be a committed directory and the stub's interpreter ignores PYTHONDONTWRITEBYTECODE:
+# nothing imported from here writes bytecode, and the cache the stub wrote for this file is removed.
+sys.dont_write_bytecode = True
+
+
+def _forget_own_bytecode():
+    try:
+        cached = importlib.util.cache_from_source(os.path.abspath(__file__))
+        os.remove(cached)
+        os.rmdir(os.path.dirname(cached))  # only when nothing else is cached there
+    except (OSError, NotImplementedError, ValueError):  # nothing cached, read-only repository, or not empty
+        pass
+
+
+_forget_own_bytecode()
+
 try:
     import torch
     import torch.utils.dlpack

@@ -116,6 +116,7 @@ def serve(monkeypatch, version_dir: Path, spec, art, max_batch_size: int, params
     initialize one instance (the stub puts the version directory on sys.path)."""
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_pb_utils())
     monkeypatch.syspath_prepend(str(version_dir))
+    monkeypatch.setattr(sys, "dont_write_bytecode", sys.dont_write_bytecode)  # the runtime sets it
     monkeypatch.delitem(sys.modules, "aitune_runtime", raising=False)
     write_python_model(version_dir, spec, art, max_batch_size, **options)
     name = "generated_model_%s" % uuid.uuid4().hex[:8]

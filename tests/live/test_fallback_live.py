@@ -120,10 +120,13 @@ def live(tmp_path_factory, triton_server_factory, monkeypatch_module):
     for name, (path, fmt) in MODELS.items():
         if fmt != "aoti":
             models[name] = build_model(repo, name, path or bf16_src, fmt)
+    # the server starts in this thread: its parent-death signal fires when the thread that started it
+    # exits, so the compile (whose children finish before their thread does) is the one in the pool
     with ThreadPoolExecutor(1) as pool:
-        starting = pool.submit(triton_server_factory, repo, load_models=tuple(models), startup_timeout_s=240)
-        late = {name: build_model(repo, name, path, fmt) for name, (path, fmt) in MODELS.items() if fmt == "aoti"}
-        server = starting.result()
+        compiling = pool.submit(lambda: {name: build_model(repo, name, path, fmt)
+                                         for name, (path, fmt) in MODELS.items() if fmt == "aoti"})
+        server = triton_server_factory(repo, load_models=tuple(models), startup_timeout_s=240)
+        late = compiling.result()
     for name, served in late.items():
         server.load_model(name)
         models[name] = served

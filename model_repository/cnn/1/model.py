@@ -17,7 +17,24 @@ import json
 import os
 import platform
 import sys
+import time
 import uuid
+
+# The repository may be a committed directory and the stub's interpreter ignores PYTHONDONTWRITEBYTECODE:
+# nothing imported from here writes bytecode, and the cache the stub wrote for this file is removed.
+sys.dont_write_bytecode = True
+
+
+def _forget_own_bytecode():
+    try:
+        cached = importlib.util.cache_from_source(os.path.abspath(__file__))
+        os.remove(cached)
+        os.rmdir(os.path.dirname(cached))  # only when nothing else is cached there
+    except (OSError, NotImplementedError, ValueError):  # nothing cached, read-only repository, or not empty
+        pass
+
+
+_forget_own_bytecode()
 
 try:
     import torch
@@ -32,7 +49,13 @@ try:
     from . import aitune_runtime as rt  # the stub imports this file as "<version>.model"
 except ImportError:  # loaded as a top-level module with the version directory on sys.path
     import aitune_runtime as rt
+if torch is not None:  # host staging for GPU instances (imports torch)
+    try:
+        from . import aitune_staging as staging
+    except ImportError:
+        import aitune_staging as staging
 
+STAGE_TIMES_PERIOD_S = 1.0  # AITUNE_STAGE_TIMES=1: how often the stub logs its per-execute stage times
 DTYPE_NAMES = ("float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool")
 
 
@@ -67,6 +90,13 @@ def _rows(x, n):
     return x.repeat(reps, *([1] * (x.dim() - 1)))[:n] if reps > 1 else x[:n]
 
 
+def _usable_cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _export_schema_major():
     try:
         from torch._export.serde.schema import SCHEMA_VERSION
@@ -75,13 +105,27 @@ def _export_schema_major():
         return None
 
 
+def _to_device(program, device):
+    """``program`` with its parameters, buffers and the device arguments baked into its graph (e.g. a
+    ``torch.arange(..., device=x.device)`` records the export device) on ``device``: without this an
+    instance on GPU 1 fails with "index is on cuda:0, different from other tensors on cuda:1"."""
+    try:
+        from torch.export.passes import move_to_device_pass
+    except ImportError:  # older torch: parameters move with .to(); device constants stay
+        return program
+    return move_to_device_pass(program, device)
+
+
 def _load(data, version_dir, device):
     files = data.files
     if data.format == "aoti":
         index = device.index if device.type == "cuda" else -1
         return torch._inductor.aoti_load_package(os.path.join(version_dir, files["aoti"]), device_index=index)
     if data.format == "export":
-        return torch.export.load(os.path.join(version_dir, files["export"])).module().to(device)
+        program = torch.export.load(os.path.join(version_dir, files["export"]))
+        if device.type == "cuda" and device.index:  # exported on cuda:0; its device constants move too
+            program = _to_device(program, device)
+        return program.module().to(device)
     name = "aitune_user_model_%s" % uuid.uuid4().hex[:8]
     spec = importlib.util.spec_from_file_location(name, os.path.join(version_dir, files["source"]))
     module = importlib.util.module_from_spec(spec)
@@ -128,6 +172,8 @@ class TritonPythonModel:
             torch.set_num_threads(int(params["TORCH_NUM_THREADS"]))
         elif not on_gpu:
             torch.set_num_threads(rt.instance_threads(config, os.cpu_count() or 1))
+        else:  # gathering inputs with every core, per stub, made two GPU instances 4-18x slower than one
+            torch.set_num_threads(staging.gpu_instance_threads(config, _usable_cpus(), torch.cuda.device_count()))
         if on_gpu:
             self.device = torch.device("cuda", int(args["model_instance_device_id"]))
             torch.cuda.set_device(self.device)
@@ -147,11 +193,17 @@ class TritonPythonModel:
         self.graphs = {}
         self.pinned = {}
         self.pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        self.staging = staging.HostStaging(self.device, data.max_batch_size or 1) if on_gpu else None
+        self.name = name
+        self.stage_times = {} if params.get("AITUNE_STAGE_TIMES") == "1" else None
 
     def execute(self, requests):
+        t0 = time.perf_counter()
         responses = [None] * len(requests)
         groups = {}
         batched = bool(self.data.max_batch_size)
+        if self.staging is not None:
+            self.staging.begin()
         for i, request in enumerate(requests):
             try:
                 feed, batch = self._read(request)
@@ -160,15 +212,25 @@ class TritonPythonModel:
                 continue
             key = tuple(tuple(feed[n].shape[1:]) for n in self.names) if batched else i
             groups.setdefault(key, []).append((i, feed, batch))
+        t1 = time.perf_counter()
+        done = []
         with torch.inference_mode():
             for members in groups.values():
-                self._run_group(members, responses)
+                self._run_group(members, done)
+            t2 = time.perf_counter()
             if self.device.type == "cuda":
+                # one wait per execute(): the forwards, and the output copies to host, of every group
                 torch.cuda.current_stream(self.device).synchronize()
+        t3 = time.perf_counter()
+        for members, outs in done:
+            self._respond(members, outs, responses)
+        if self.stage_times is not None:
+            self._account(len(requests), t0, t1, t2, t3, time.perf_counter())
         return responses
 
     def finalize(self):
         self.graphs.clear()
+        self.staging = None
         self.model = None
 
     def _read(self, request):
@@ -194,31 +256,79 @@ class TritonPythonModel:
             feed[name] = x
         return feed, batch
 
-    def _run_group(self, members, responses):
+    def _run_group(self, members, done):
+        """Queue one group's forward; appends ``(members, per-request outputs or the exception)`` to ``done``."""
         try:
             outs = self._forward_group([m[1] for m in members], [m[2] for m in members])
-            built = [[pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(y.contiguous()))
-                      for (name, _), y in zip(self.data.outputs, per)] for per in outs]
         except Exception as exc:
             if len(members) > 1:  # find the request(s) at fault; the others still get answers
                 for member in members:
-                    self._run_group([member], responses)
+                    self._run_group([member], done)
                 return
-            responses[members[0][0]] = _error_response("forward failed: %s" % _short(exc), "INTERNAL")
+            done.append((members, exc))
             return
-        for (i, _, _), tensors in zip(members, built):
-            responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+        done.append((members, outs))
+
+    def _respond(self, members, outs, responses):
+        if not isinstance(outs, Exception):
+            try:
+                built = [[pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(y))
+                          for (name, _), y in zip(self.data.outputs, per)] for per in outs]
+            except Exception as exc:
+                outs = exc
+            else:
+                for (i, _, _), tensors in zip(members, built):
+                    responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+                return
+        for i, _, _ in members:
+            responses[i] = _error_response("forward failed: %s" % _short(outs), "INTERNAL")
 
     def _forward_group(self, feeds, sizes):
+        """One forward over the requests of a group. On a GPU instance with a batching model, the batch is
+        assembled straight into the forward's input buffers (a captured graph's static inputs when one
+        fits): host inputs through the pinned staging, GPU inputs by one concatenation; outputs of host
+        requests come back in one device-to-host copy per output, split into per-request views."""
+        data = self.data
+        if self.staging is None or not data.max_batch_size or not all(b.batched for b in data.inputs):
+            return self._forward_plain(feeds, sizes)
+        total = sum(sizes)
+        target = rt.pad_target(data.graph_batches, total) if self.pad else total
+        host = all(f[n].device.type == "cpu" for f in feeds for n in self.names)
+        shapes = tuple((target,) + tuple(feeds[0][n].shape[1:]) for n in self.names)
+        entry = self.graphs.get(shapes) if self.use_graphs else None
+        if entry is not None:
+            dst = entry[0]
+        else:
+            dst = {n: torch.empty(s, dtype=feeds[0][n].dtype, device=self.device) for n, s in zip(self.names, shapes)}
+        for name in self.names:
+            parts = [f[name] for f in feeds]
+            if host:
+                self.staging.upload(name, parts, dst[name])
+            elif len(parts) == 1:
+                dst[name][:total].copy_(parts[0])
+            else:
+                torch.cat([p.to(self.device) for p in parts], out=dst[name][:total])
+            if target > total:
+                staging.fill_padding(dst[name], total)
+        if entry is not None:
+            entry[2].replay()
+            flat, static = entry[1], True
+        else:
+            flat, static = self._forward(dst)
+        if len(flat) != len(data.outputs):
+            raise RuntimeError("the model returned %d outputs, expected %d" % (len(flat), len(data.outputs)))
+        if host:
+            flat = [self.staging.download(name, y[:total]) for (name, _), y in zip(data.outputs, flat)]
+        else:  # static outputs are overwritten by the next replay
+            flat = [y[:total].clone() if static else y[:total] for y in flat]
+        return list(zip(*[y.split(sizes) for y in flat]))
+
+    def _forward_plain(self, feeds, sizes):
+        """CPU instances, models without a batch axis and models with unbatched inputs."""
         batch = {}
         for name in self.names:
             parts = [f[name] for f in feeds]
-            if self.device.type == "cuda" and all(p.device.type == "cpu" for p in parts):
-                batch[name] = self._upload(name, parts)
-            elif len(parts) > 1:
-                batch[name] = torch.cat([p.to(self.device) for p in parts])
-            else:
-                batch[name] = parts[0].to(self.device)
+            batch[name] = torch.cat([p.to(self.device) for p in parts]) if len(parts) > 1 else parts[0].to(self.device)
         batched = bool(self.data.max_batch_size)
         total = sum(sizes) if batched else None
         if self.pad:
@@ -226,33 +336,13 @@ class TritonPythonModel:
             if target > total:
                 batch = {b.name: _rows(batch[b.name], target) if b.batched else batch[b.name]
                          for b in self.data.inputs}
-        flat = self._forward(batch)
+        flat, static = self._forward(batch)
         if len(flat) != len(self.data.outputs):
             raise RuntimeError("the model returned %d outputs, expected %d" % (len(flat), len(self.data.outputs)))
+        flat = [y.clone() if static else y for y in flat]  # the next replay overwrites the static outputs
         if not batched:
             return [flat]
         return list(zip(*[y[:total].split(sizes) for y in flat]))
-
-    def _upload(self, name, parts):
-        """Gather CPU request tensors into one pinned buffer and copy it to the GPU in one
-        asynchronous transfer (execute() synchronises before the buffer is reused)."""
-        max_batch = self.data.max_batch_size
-        if not max_batch:
-            return parts[0].to(self.device)
-        rows = sum(p.shape[0] for p in parts)
-        key = (name, tuple(parts[0].shape[1:]), parts[0].dtype)
-        buf = self.pinned.get(key)
-        if buf is None or buf.shape[0] < rows:
-            if len(self.pinned) >= 64:
-                self.pinned.clear()
-            capacity = max(rows, max_batch)
-            buf = torch.empty((capacity,) + key[1], dtype=key[2]).pin_memory()
-            self.pinned[key] = buf
-        if len(parts) > 1:
-            torch.cat(parts, out=buf[:rows])
-        else:
-            buf[:rows].copy_(parts[0])
-        return buf[:rows].to(self.device, non_blocking=True)
 
     def _call(self, batch):
         if self.data.flat_io:
@@ -266,19 +356,24 @@ class TritonPythonModel:
         return pytree.tree_leaves(self.model(*args, **kwargs))
 
     def _forward(self, batch):
+        """``(outputs, static)``: static outputs belong to a captured graph and change at its next replay."""
         if not self.use_graphs:
-            return self._call(batch)
+            return self._call(batch), False
         key = tuple(tuple(batch[n].shape) for n in self.names)
         entry = self.graphs.get(key)
         if entry is None and len(self.graphs) < self.data.max_graphs:
             entry = self._capture(key, batch)
+            if entry is not None:  # its static inputs were cloned from this batch
+                entry[2].replay()
+                return entry[1], True
         if entry is None:
-            return self._call(batch)
+            return self._call(batch), False
         static_in, static_out, graph = entry
         for name in self.names:
-            static_in[name].copy_(batch[name])
+            if static_in[name].data_ptr() != batch[name].data_ptr():
+                static_in[name].copy_(batch[name])
         graph.replay()
-        return [y.clone() for y in static_out]  # the next replay overwrites the static outputs
+        return static_out, True
 
     def _capture(self, key, batch):
         static_in = {n: batch[n].clone() for n in self.names}
@@ -299,3 +394,21 @@ class TritonPythonModel:
         self.graphs[key] = (static_in, static_out, graph)
         _log("info", "captured a CUDA graph for input shapes %s" % (key,))
         return self.graphs[key]
+
+    def _account(self, requests, t0, t1, t2, t3, t4):
+        """AITUNE_STAGE_TIMES=1: where execute() spends its time, logged as per-call averages about once a
+        second (read: requests to tensors; launch: gathers, copies and forwards queued; gpu wait: what the
+        GPU still had to do; respond: response objects)."""
+        s = self.stage_times
+        for k, v in (("read", t1 - t0), ("launch", t2 - t1), ("gpu_wait", t3 - t2), ("respond", t4 - t3)):
+            s[k] = s.get(k, 0.0) + v
+        s["calls"] = s.get("calls", 0) + 1
+        s["requests"] = s.get("requests", 0) + requests
+        s.setdefault("since", t0)
+        if s["calls"] >= 20 and t4 - s["since"] >= STAGE_TIMES_PERIOD_S:
+            n = s["calls"]
+            _log("info", "aitune stage times (%s) over %d executes: %.1f requests each; read %.0f us, launch %.0f us, "
+                 "gpu wait %.0f us, respond %.0f us" % (self.name, n, s["requests"] / n, 1e6 * s["read"] / n,
+                                                        1e6 * s["launch"] / n, 1e6 * s["gpu_wait"] / n,
+                                                        1e6 * s["respond"] / n))
+            s.clear()
