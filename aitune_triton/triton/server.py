@@ -217,8 +217,9 @@ def build_environment(base_env: dict[str, str] | None = None) -> dict[str, str]:
 
     The Python-backend stub ignores PYTHONPATH: it finds site-packages through the ``python3``
     first on PATH (whose ``pyvenv.cfg`` names the venv), and embeds whichever libpython the loader
-    finds first, hence this interpreter's LIBDIR on LD_LIBRARY_PATH. The stubs write no bytecode
-    into the model repository (``PYTHONDONTWRITEBYTECODE``): it may be a committed directory.
+    finds first, hence this interpreter's LIBDIR on LD_LIBRARY_PATH. ``PYTHONDONTWRITEBYTECODE`` keeps
+    what honours it from writing bytecode into the repository (it may be a committed directory); the
+    stub's embedded interpreter ignores it, so the served runtime sets ``sys.dont_write_bytecode``.
     """
     env = dict(os.environ if base_env is None else base_env)
     env["PATH"] = _prepend(str(Path(sys.prefix) / "bin"), env.get("PATH")) or ""
