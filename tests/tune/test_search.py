@@ -229,8 +229,12 @@ def test_tune_options_validation():
     assert TuneOptions(instances=[1, 2]).instances == (1, 2)
     with pytest.raises(UserError):
         TuneOptions(objective="fastest")
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="queue delays must be >= 0"):
         TuneOptions(delays_us=(-1,))
+    with pytest.raises(UserError, match="finalists and rounds must be >= 1"):
+        TuneOptions(rounds=0)
+    with pytest.raises(UserError, match="max_measurements must be >= 1"):
+        TuneOptions(max_measurements=0)
 
 
 def test_lookahead_walks_over_a_concurrency_plateau():
