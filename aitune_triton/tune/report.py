@@ -158,7 +158,8 @@ def write_plot(result, path: Path) -> Path:
     ax.set_title("%s: %d of %d grid points measured (%s)" % (result.model, result.measured, result.grid_size,
                                                                result.mode))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
