@@ -145,6 +145,14 @@ def plan_points(kind: str, models: list[str], before: bool) -> list[dict]:
                 add("before", 1, (0,), "cuda_shm", 16, 8)
                 add("before", 2, (0,), "system_shm", 1, 64)
                 add("before", 2, (0,), "system_shm", 8, 16)
+        elif kind == "h200i":  # one GPU, instances only: 1 vs 2 per GPU with the committed thread default
+            for transport, batch, c in (("system_shm", 1, 64), ("system_shm", 8, 16), ("cuda_shm", 1, 64),
+                                        ("cuda_shm", 16, 8)):
+                add("new", 1, (0,), transport, batch, c)
+                add("new", 2, (0,), transport, batch, c)
+            if before:
+                add("before", 1, (0,), "system_shm", 1, 64)
+                add("before", 2, (0,), "system_shm", 1, 64)
         else:  # h200x2
             for transport in ("system_shm", "cuda_shm"):
                 for batch, c in ((1, 64), (1, 128), (16, 8), (16, 16)):
@@ -508,7 +516,7 @@ def targets(summaries: list[dict]) -> str:
         for model, inproc in s.get("inprocess", {}).items():
             peaks = inproc["peaks"]
             g0 = (0,)
-            if kind == "h200":
+            if kind in ("h200", "h200i"):
                 best = max((p for p in s["points"] if p.get("throughput") and not p.get("invalid") and p["model"] == model
                             and p["code"] == "new" and p["transport"] == "system_shm" and p["batch"] == 1 and p["concurrency"] >= 64
                             and tuple(p["gpus"]) == g0), key=lambda p: p["throughput"], default=None)
@@ -608,7 +616,7 @@ def plot(summaries: list[dict], path: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--kind", choices=("h200", "h200x2"), default="h200")
+    ap.add_argument("--kind", choices=("h200", "h200i", "h200x2"), default="h200")
     ap.add_argument("--models", default="resnet50,bert")
     ap.add_argument("--out", type=Path, default=Path("bench_out"))
     ap.add_argument("--before", type=Path, help="an older checkout's root (aitune_triton + templates) to compare with")

@@ -3,9 +3,9 @@
 # Carry: .devbundle (Triton + perf_analyzer: ../shared/tools/make-device-bundle.sh .venv .devbundle), .whl (Python
 # 3.12 wheels of tritonclient and its deps, polygraphy) and, for the before/after comparison, .bench_before
 # (`git archive <commit> aitune_triton templates | tar -x -C .bench_before`).
-#   run: bash benchmarks/run_gpu_matrix.sh h200|h200x2 [gpu_matrix.py options]
+#   run: bash benchmarks/run_gpu_matrix.sh h200|h200i|h200x2 [gpu_matrix.py options]
 set -eo pipefail
-KIND=${1:?kind: h200 or h200x2}; shift
+KIND=${1:?kind: h200, h200i (instances only) or h200x2}; shift
 OUT=${OUT:-bench_out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
