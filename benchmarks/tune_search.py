@@ -14,7 +14,7 @@ over those rounds overlap. The 1-minute load average is recorded before and afte
 because the machine's other load is the noise in question. Figures go to stdout (Markdown) and
 ``--json``, written after every phase so an interrupted run keeps what it measured.
 
-Usage: ``.venv/bin/python benchmarks/tune_search.py [--budget-ms 25] [--rounds 5] [--skip-brute] [--json out.json]``
+Usage: ``.venv/bin/python benchmarks/tune_search.py [--budget-ms 25] [--rounds 4] [--skip-brute] [--json out.json]``
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ def cross(server, repo: Path, original: str, results: dict, rounds: int, work: P
     model_dir = repo / MODEL
     manifest = Manifest.load(model_dir)
     base = parse_config(original)
+    work.mkdir(parents=True, exist_ok=True)
     perf = perf_inputs(model_dir, manifest, TuneOptions().perf, work)
     runner = LiveRunner(server, MODEL, base, manifest.max_batch_size, 0, perf, work / "perf")
     before = load()
@@ -119,7 +120,7 @@ def print_tables(figures: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget-ms", type=float, default=25.0, help="p99 budget (max-throughput objective)")
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds when re-measuring the runs' choices")
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds when re-measuring the runs' choices")
     ap.add_argument("--out", type=Path, default=None, help="work dir (default: a temp dir)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here (after every phase)")
     ap.add_argument("--skip-brute", action="store_true", help="only the two quick runs")
