@@ -64,7 +64,19 @@ def test_the_model_serves_from_its_packed_environment(packed, triton_server_fact
     shutil.copytree(repo / "cnn", repo / "cnn_bare", ignore=shutil.ignore_patterns(ENV_FILE, "__pycache__"))
     config = repo / "cnn_bare" / "config.pbtxt"
     config.write_text(config.read_text().replace('name: "cnn"', 'name: "cnn_bare"').replace(ENV_VALUE, str(bare)))
+    extracted_before = set(Path("/tmp").glob("python_env_*"))  # where the python backend extracts the tarball
     server = triton_server_factory(repo, load_models=("cnn",), startup_timeout_s=300)
+    try:
+        _serve_and_refuse(server, repo)
+    finally:
+        server.stop()
+        # the 2.51 backend leaves its ~900 MB extraction behind: remove ours
+        for path in set(Path("/tmp").glob("python_env_*")) - extracted_before:
+            if any("aitune-triton pack-env" in a.read_text()[:200] for a in path.glob("*/bin/activate")):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _serve_and_refuse(server, repo: Path) -> None:
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(server.http_url, network_timeout=120)
