@@ -103,12 +103,16 @@ class Watchdog:
         self._proc: subprocess.Popen | None = None
         self._write_fd: int | None = None
 
-    def arm(self, pgid: int, shm_glob: str | None = None) -> None:
+    def arm(self, pgid: int | None = None, shm_glob: str | None = None, remove: tuple[Path, ...] = (),
+            lock_file: Path | None = None) -> None:
+        """Start watching. On this process's death the watchdog kills group ``pgid`` (if given) and its
+        ``/dev/shm/<shm_glob>`` regions, deletes the ``remove`` trees (a killed writer's staging dir) and
+        releases ``lock_file`` the way a clean release does (lock it, unlink it), if nobody holds it."""
         read_fd, write_fd = os.pipe()
+        args = [str(pgid or 0), shm_glob or "", str(lock_file or ""), *(str(p) for p in remove)]
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", _WATCHDOG_MAIN, str(Path(__file__).resolve().parents[1]), str(pgid),
-                 shm_glob or ""],
+                [sys.executable, "-I", "-c", _WATCHDOG_MAIN, str(Path(__file__).resolve().parents[1]), *args],
                 stdin=read_fd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True,  # a Ctrl-C or a kill of the CLI's group does not reach it
             )
@@ -134,16 +138,49 @@ class Watchdog:
             self._proc = None
 
 
-def _watch(pgid: int, shm_glob: str) -> None:
+def _release_stale_lock(lock_file: Path) -> None:
+    """Unlink a lock file nobody holds, under the lock itself (as a clean release does)."""
+    import fcntl
+
+    try:
+        fd = os.open(lock_file, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        for _ in range(40):  # the dead owner's descriptors close while we wake: allow them 2 s
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.05)
+        else:
+            return  # held by a live run: leave it
+        if os.fstat(fd).st_ino == os.lstat(lock_file).st_ino:
+            os.unlink(lock_file)
+    except OSError:
+        pass  # already gone
+    finally:
+        os.close(fd)
+
+
+def _watch(pgid: int, shm_glob: str, lock_file: str = "", *remove: str) -> None:
     """Watchdog main: block until the pipe closes; EOF without the "disarm" byte means the owner died."""
+    import shutil
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     data = os.read(0, 1)
-    if data:  # disarmed: the owner stopped the group itself
+    if data:  # disarmed: the owner cleaned up itself
         return
-    reap_group(pgid, shm_glob or None)
+    if pgid:
+        reap_group(pgid, shm_glob or None)
+    for path in remove:
+        shutil.rmtree(path, ignore_errors=True)
+    if lock_file:
+        _release_stale_lock(Path(lock_file))
 
 
 # -I: no user site, no PYTHON* variables; the package's own root goes first on sys.path
 _WATCHDOG_MAIN = ("import sys; sys.path.insert(0, sys.argv[1]); from aitune_triton.procs import _watch; "
-                  "_watch(int(sys.argv[2]), sys.argv[3])")
+                  "_watch(int(sys.argv[2]), *sys.argv[3:])")

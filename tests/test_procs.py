@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -99,3 +100,34 @@ def test_sigterm_and_sighup_unwind_like_ctrl_c():
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def test_watchdog_removes_a_killed_writers_staging_dir_and_lock(tmp_path):
+    """SIGKILL of a writer: its staging dir goes and its lock file is released (locked, then unlinked)."""
+    staging, lock = tmp_path / ".aitune-staging-x", tmp_path / ".aitune.lock"
+    staging.mkdir()
+    (staging / "model.pt2").write_bytes(b"partial")
+    code = ("import fcntl, os, signal, sys; from pathlib import Path; from aitune_triton import procs; "
+            "fd = os.open(sys.argv[2], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); "
+            "procs.Watchdog().arm(remove=(Path(sys.argv[1]),), lock_file=Path(sys.argv[2])); "
+            "os.kill(os.getpid(), signal.SIGKILL)")
+    proc = subprocess.run([sys.executable, "-c", code, str(staging), str(lock)], timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 10
+    while (staging.exists() or lock.exists()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not staging.exists() and not lock.exists()
+
+
+def test_watchdog_leaves_a_lock_held_by_a_live_run(tmp_path):
+    lock = tmp_path / ".aitune.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        code = ("import os, signal, sys; from pathlib import Path; from aitune_triton import procs; "
+                "procs.Watchdog().arm(lock_file=Path(sys.argv[1])); os.kill(os.getpid(), signal.SIGKILL)")
+        subprocess.run([sys.executable, "-c", code, str(lock)], timeout=60)
+        time.sleep(3)  # longer than the watchdog's 2 s wait for the lock
+        assert lock.exists()
+    finally:
+        os.close(fd)

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from aitune_triton import procs
 from aitune_triton.config import validate_model_name
 from aitune_triton.errors import UserError
 
@@ -220,6 +221,9 @@ def stage_models(repo: Path, names: list[str], force: bool = False) -> Iterator[
             except OSError as exc:
                 raise UserError("cannot write into %s: %s" % (repo, exc.strerror)) from None
             staged = StagedModels(real, root)
+            # a SIGKILL leaves no chance to clean up: a watchdog removes the staging dir and the lock then
+            watchdog = procs.Watchdog()
+            watchdog.arm(remove=(root,), lock_file=real / LOCK_NAME)
             try:
                 yield staged
                 _commit(staged, force)
@@ -233,6 +237,7 @@ def stage_models(repo: Path, names: list[str], force: bool = False) -> Iterator[
                 raise
             finally:
                 shutil.rmtree(root, ignore_errors=True)
+                watchdog.disarm()
     finally:
         if created and not committed:
             with contextlib.suppress(OSError):
