@@ -238,31 +238,36 @@ class Decision:
 
 
 def decide(finalists: Iterable[Remeasured], objective: Objective, previous: Variant | None,
-           min_gain: float = 0.0) -> Decision:
+           min_gain: float = 0.0, keep_current: bool = True) -> Decision:
     """The best finalist by median over rounds, unless the current config is not measurably worse
     (spreads overlap): then it stays. An improvement is claimed only when the chosen config beats
-    the current one beyond both spreads in the same rounds."""
+    the current one beyond both spreads in the same rounds. ``keep_current`` False (the current
+    config is outside the searched grid): it is only the baseline of the claim, never chosen."""
     summaries = [f.summary() for f in finalists]
-    best = objective.best(summaries)
     incumbent = next((m for m in summaries if m.point.variant == previous), None)
+    best = objective.best(m for m in summaries if keep_current or m is not incumbent)
     if best is None:
         return Decision(None, incumbent, False, None, (), "no measured variant met the constraint (%s) when the "
                         "finalists were re-measured" % objective.describe())
     ties = tuple(m.point for m in summaries if m is not best and objective.feasible(m)
                  and not objective.better(best, m, min_gain))
-    if incumbent is not None and objective.feasible(incumbent) and not objective.better(best, incumbent, min_gain):
+    if (keep_current and incumbent is not None and objective.feasible(incumbent)
+            and not objective.better(best, incumbent, min_gain)):
         return Decision(incumbent, incumbent, incumbent is not best, None,
                         tuple(p for p in ties if p != incumbent.point) + ((best.point,) if best is not incumbent
                                                                             else ()),
                         "current config kept: no finalist beats it beyond the re-measured spread")
     improvement = None
-    if incumbent is not None and objective.feasible(incumbent) and incumbent is not best:
+    if (incumbent is not None and objective.feasible(incumbent) and incumbent is not best
+            and objective.better(best, incumbent, min_gain)):
         improvement = (best.throughput / incumbent.throughput if objective.kind == "max-throughput"
                        else incumbent.p99_ms / best.p99_ms)
         reason = "best of %d finalists, measurably better than the current config" % len(summaries)
     elif incumbent is not None and incumbent is not best:
-        reason = "best of %d finalists; the current config %s when re-measured, so no improvement is claimed" % (
-            len(summaries), "was " + incumbent.status if not incumbent.ok else "missed the constraint")
+        why = ("was %s when re-measured" % incumbent.status if not incumbent.ok
+               else "missed the constraint when re-measured" if not objective.feasible(incumbent)
+               else "(outside the searched grid) is within the chosen one's spread")
+        reason = "best of %d finalists; the current config %s, so no improvement is claimed" % (len(summaries), why)
     else:
         reason = "best of %d finalists" % len(summaries)
     return Decision(best, incumbent, False, improvement, ties, reason)
@@ -675,7 +680,7 @@ def tune_model(repo: Path, model: str, server, options: TuneOptions = TuneOption
         except BaseException:
             _restore(server, model)
             raise
-        decision = decide(finalists, objective, previous, options.min_gain)
+        decision = decide(finalists, objective, previous, options.min_gain, previous in space.variants())
         chosen = decision.chosen
         result = TuneResult(model, objective, space, "brute" if options.brute else "quick", tuple(measurements),
                             chosen, decision.incumbent, previous, runner.loads, False, "", 0.0, config_path,

@@ -358,3 +358,13 @@ def test_placement_names_gpus_and_transport(tmp_path):
                         False, "none", 1.0, tmp_path / "config.pbtxt", placement=p)
     assert "- placement: 2 instance(s) on each of GPU 0, 1" in to_markdown(result)
     assert json.loads(write_reports(result, tmp_path / "r")["json"].read_text())["placement"]["total_instances"] == 4
+
+
+def test_decide_never_keeps_a_current_config_outside_the_grid():
+    objective = Objective("max-throughput", budget_ms=20.0)
+    current, other = Variant(1, 500), Variant(1, 0)
+    finalists = [rounds(Point(other, 4), [1500, 1900, 1700]), rounds(Point(current, 4), [1400, 1800, 1600])]
+    assert decide(finalists, objective, current).chosen.point == Point(current, 4)  # in the grid: kept
+    outside = decide(finalists, objective, current, keep_current=False)
+    assert outside.chosen.point == Point(other, 4) and outside.improvement is None and not outside.kept
+    assert "outside the searched grid" in outside.reason
