@@ -6,6 +6,7 @@ import pytest
 
 from aitune_triton.api import generate
 from aitune_triton.errors import UserError
+from aitune_triton.runtime import RUNTIME_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +21,7 @@ def test_stage1_measures_every_format_and_keeps_only_the_chosen_one(tmp_path):
     chosen = manifest["tuning"]["stage1"]["chosen"] or "eager"
     assert manifest["artifact"]["format"] == chosen
     files = sorted(p.name for p in (tmp_path / "repo" / "multi_io" / "1").iterdir())
-    assert files == sorted(["model.py", *manifest["artifact"]["files"]])
+    assert files == sorted([*RUNTIME_FILES, "aitune_model.json", *manifest["artifact"]["files"]])
     assert not list((tmp_path / "repo" / "multi_io").glob(".trial-*"))
 
 

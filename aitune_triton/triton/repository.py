@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -213,17 +214,19 @@ def stage_models(repo: Path, names: list[str], force: bool = False) -> Iterator[
         raise UserError("cannot create %s: %s" % (repo, exc.strerror)) from None
     real = repo.resolve()
     committed = False
+    # armed before the lock file or the staging dir exist, so a SIGKILL at any point (which leaves no
+    # chance to clean up) is followed by the watchdog removing the staging dir and releasing the lock
+    root = real / ("%s%s" % (STAGING_PREFIX, uuid.uuid4().hex[:12]))
+    watchdog = procs.Watchdog()
+    watchdog.arm(remove=(root,), lock_file=real / LOCK_NAME)
     try:
         with repository_lock(real):
             _remove_stale_staging(real)
             try:
-                root = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=real))
+                root.mkdir(mode=0o755)
             except OSError as exc:
                 raise UserError("cannot write into %s: %s" % (repo, exc.strerror)) from None
             staged = StagedModels(real, root)
-            # a SIGKILL leaves no chance to clean up: a watchdog removes the staging dir and the lock then
-            watchdog = procs.Watchdog()
-            watchdog.arm(remove=(root,), lock_file=real / LOCK_NAME)
             try:
                 yield staged
                 _commit(staged, force)
@@ -237,8 +240,8 @@ def stage_models(repo: Path, names: list[str], force: bool = False) -> Iterator[
                 raise
             finally:
                 shutil.rmtree(root, ignore_errors=True)
-                watchdog.disarm()
     finally:
+        watchdog.disarm()
         if created and not committed:
             with contextlib.suppress(OSError):
                 repo.rmdir()
