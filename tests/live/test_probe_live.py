@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -20,54 +19,8 @@ from aitune_triton.validate.harness import ValidateOptions, validate_repository
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
-MODELS = {
-    "branchy": '''
-        import torch
-        from torch import nn
-
-        class Branchy(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.lin = nn.Linear(4, 3)
-
-            def forward(self, x):
-                if x.sum() > 0:  # one branch for the whole batch
-                    return self.lin(x) * 2
-                return self.lin(x) - 1
-
-        def get_model():
-            torch.manual_seed(0)
-            return Branchy().eval()
-
-        def get_samples():
-            g = torch.Generator().manual_seed(0)
-            return [torch.randn(b, 4, generator=g) for b in (1, 2, 4)]
-    ''',
-    "tagger": '''
-        import torch
-        from torch import nn
-        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-
-        class Tagger(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.emb, self.lstm, self.out = nn.Embedding(20, 8), nn.LSTM(8, 8, batch_first=True), nn.Linear(8, 5)
-
-            def forward(self, tokens, lengths):
-                packed = pack_padded_sequence(self.emb(tokens), lengths.cpu(), batch_first=True, enforce_sorted=False)
-                out, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=tokens.shape[1])
-                return self.out(out)
-
-        def get_model():
-            torch.manual_seed(0)
-            return Tagger().eval()
-
-        def get_samples():
-            g = torch.Generator().manual_seed(0)
-            return [(torch.randint(1, 20, (b, s), generator=g), torch.randint(1, s + 1, (b,), generator=g))
-                    for b, s in ((1, 6), (2, 15), (4, 10))]
-    ''',
-}
+ZOO = Path(__file__).resolve().parents[1] / "zoo"
+MODELS = {"branchy": ZOO / "branchy.py", "tagger": ZOO / "lstm_tagger.py"}  # the zoo's models, served as eager
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +29,7 @@ def report(tmp_path_factory):
     repo = root / "repo"
     for name, source in MODELS.items():
         (root / name).mkdir()
-        (root / name / "model.py").write_text(textwrap.dedent(source))
+        shutil.copy(source, root / name / "model.py")
         generate(root / name / "model.py", repo, {"backends": ("python",), "fallback_format": "eager"})
     # the same batch-dependent model with dynamic batching switched on by hand
     shutil.copytree(repo / "branchy", repo / "forced")
