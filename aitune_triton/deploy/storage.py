@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ TOOL_FILES = ("manifest.json", "config.pbtxt", "reference.npz")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9._=+@-]+$")
-_VERSION_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+_VERSION_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}(-[0-9a-f]{6})?$")
 Progress = Callable[[str], None]
 
 
@@ -226,7 +227,8 @@ def _version_id(files: dict[str, Path]) -> str:
     for rel, path in files.items():
         digest.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return "%s-%s" % (stamp, digest.hexdigest()[:8])
+    # time (sortable) + content + a random tail: two pushes of the same files in one second stay apart
+    return "%s-%s-%s" % (stamp, digest.hexdigest()[:8], secrets.token_hex(3))
 
 
 def read_pointer(s3, base: S3Location) -> dict | None:
