@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from aitune_triton.errors import UserError
+from aitune_triton.numerics import DEFAULT_TOLERANCES, EXACT, Tolerance, tolerance_for  # noqa: F401 (re-exported)
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
 
 BACKENDS = ("python", "tensorrt", "onnxruntime")
@@ -35,30 +36,6 @@ def validate_model_name(name: str) -> str:
     if not _MODEL_NAME.match(name):
         raise UserError("model name %r is not allowed; use 1-128 letters, digits, '_', '-' or '.'" % name[:140])
     return name
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    atol: float
-    rtol: float
-
-    def to_dict(self) -> dict:
-        return {"atol": self.atol, "rtol": self.rtol}
-
-
-# Per dtype: float16/bfloat16 carry ~3 significant digits; fp32 paths (ORT, AOTI) reorder sums.
-DEFAULT_TOLERANCES = {
-    "float32": Tolerance(1e-4, 1e-3),
-    "float16": Tolerance(1e-2, 1e-2),
-    "bfloat16": Tolerance(5e-2, 5e-2),
-}
-EXACT = Tolerance(0.0, 0.0)
-
-
-def tolerance_for(dtype: str, override: Tolerance | None = None) -> Tolerance:
-    if override is not None and dtype in DEFAULT_TOLERANCES:
-        return override
-    return DEFAULT_TOLERANCES.get(dtype, EXACT)
 
 
 def _output_dims(value: Any) -> dict[str, tuple[int, ...]]:
