@@ -164,12 +164,16 @@ def generate(model_py, out, name, backends, max_batch_size, instances, gpus, dev
              fallback_format, precision, cuda_graphs, strategy, budget_ms, force):
     """Generate Triton model directories for MODEL_PY (defines get_model() and get_samples())."""
     from aitune_triton.api import generate as run
+    from aitune_triton.config import NOT_GIVEN
 
     trt = {k: v for k, v in {"precision": precision, "use_cuda_graphs": cuda_graphs}.items() if v is not None}
-    overrides = {"name": name, "backends": tuple(backends) or None, "max_batch_size": max_batch_size,
-                 "instances": instances, "gpus": _ints(gpus) if gpus else None, "device": device,
-                 "max_queue_delay_us": max_queue_delay_us,
-                 "fallback_format": fallback_format, "strategy": strategy, "budget_ms": budget_ms, "tensorrt": trt}
+    given = {"name": name, "backends": tuple(backends) or None, "max_batch_size": max_batch_size,
+             "instances": instances, "gpus": _ints(gpus) if gpus else None, "device": device,
+             "max_queue_delay_us": max_queue_delay_us,
+             "fallback_format": fallback_format, "strategy": strategy, "budget_ms": budget_ms}
+    # click gives None for an option left out: that is "not given", never "set it to None"
+    overrides = {k: NOT_GIVEN if v is None else v for k, v in given.items()}
+    overrides["tensorrt"] = trt
     with stage_progress(console, "generating") as progress:
         result = run(model_py, out, overrides, force=force, progress=progress)
     if result.selection is not None:
@@ -306,6 +310,12 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--delays-us", default="0,100,250,500,1000,2000", show_default=True, help="Queue delays to try.")
 @click.option("--concurrency", default="1,2,4,8,16,32", show_default=True, help="Client concurrency to try.")
 @click.option("--brute", is_flag=True, help="Measure the whole grid instead of the quick search.")
+@click.option("--transports", default="auto", show_default=True,
+              help="Client transports to search (perf_analyzer --shared-memory): comma-separated none,system,cuda; "
+                   "auto: all three when the model's instances are on visible GPUs, else none.")
+@click.option("--visible-gpus", default="auto", show_default=True, metavar="auto|N",
+              help="GPUs the server sees (instance counts are then per GPU); auto: nvidia-smi -L narrowed by "
+                   "CUDA_VISIBLE_DEVICES; 0 searches as on CPU.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), help="Where the tune report goes.")
 @click.option("--export-model-analyzer", "ma_config", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write a Model Analyzer `profile` config (YAML) for the same grid, objective and "
@@ -314,15 +324,16 @@ def _ints(text: str) -> tuple[int, ...]:
               help="Use this tritonserver binary instead of the bundled one.")
 @_handle_errors
 @_tune_through_object_storage
-def tune(repo, model, objective, budget_ms, min_throughput, instances, delays_us, concurrency, brute, report_dir,
-         ma_config, tritonserver):
+def tune(repo, model, objective, budget_ms, min_throughput, instances, delays_us, concurrency, brute, transports,
+         visible_gpus, report_dir, ma_config, tritonserver):
     """Search instances / queue delay for MODEL on a live server and write the best config back."""
     from aitune_triton.triton.server import ServerOptions, TritonServer
-    from aitune_triton.tune.search import TuneOptions, tune_model
+    from aitune_triton.tune.search import TuneOptions, parse_transports, parse_visible_gpus, tune_model
 
     options = TuneOptions(objective=objective, budget_ms=budget_ms, min_throughput=min_throughput,
                           instances=_ints(instances), delays_us=_ints(delays_us), concurrency=_ints(concurrency),
-                          brute=brute, report_dir=report_dir, export_model_analyzer=ma_config)
+                          brute=brute, report_dir=report_dir, export_model_analyzer=ma_config,
+                          transports=parse_transports(transports), visible_gpus=parse_visible_gpus(visible_gpus))
     _check_model_files(repo, model)  # before the server loads (deserialises) anything
     server = TritonServer(repo, ServerOptions(tritonserver=tritonserver, load_models=(model,)))
     try:
@@ -338,8 +349,9 @@ def tune(repo, model, objective, budget_ms, min_throughput, instances, delays_us
                                      result.remeasured, result.elapsed_s, result.reason), markup=False, soft_wrap=True)
     if chosen is not None:
         console.print("[green]chosen:[/] %s @ concurrency %d: median %.1f infer/s (%.1f-%.1f over the rounds), "
-                      "p99 %.2f ms" % (chosen.point.variant.label(), chosen.point.concurrency, chosen.throughput,
-                                       chosen.lo, chosen.hi, chosen.p99_ms), soft_wrap=True)
+                      "p99 %.2f ms, client transport %s" % (
+                          chosen.point.variant.label(), chosen.point.concurrency, chosen.throughput, chosen.lo,
+                          chosen.hi, chosen.p99_ms, chosen.point.transport), soft_wrap=True)
         if result.improvement is not None:
             console.print("%.2fx over the current config in the same rounds" % result.improvement, markup=False)
     for kind, path in result.reports.items():

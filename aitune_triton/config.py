@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from aitune_triton.defaults import QUEUE_DELAY_US
 from aitune_triton.errors import UserError
 from aitune_triton.numerics import DEFAULT_TOLERANCES, EXACT, Tolerance, tolerance_for  # noqa: F401 (re-exported)
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
@@ -21,9 +22,31 @@ FALLBACK_FORMATS = ("auto", "aoti", "export", "eager")
 DEVICES = ("auto", "cpu", "cuda")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
-# Default dynamic-batching queue delay: short enough to be invisible at low load, long enough
-# to form batches under concurrency (stack.md measured 500-2000 us as the useful range on CPU).
-DEFAULT_QUEUE_DELAY_US = 500
+
+class NotGiven:
+    """The type of :data:`NOT_GIVEN`: an override the caller did not give, as opposed to ``None``
+    (which is a value: "derive it from the samples"). Falsy, one instance."""
+
+    _instance: "NotGiven | None" = None
+
+    def __new__(cls) -> "NotGiven":
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __reduce__(self) -> str:
+        return "NOT_GIVEN"  # pickles (and deep-copies) as the same instance
+
+
+# ``GenerateConfig.replace(x=NOT_GIVEN)`` keeps ``x``; ``replace(x=None)`` sets it to None. The CLI
+# passes NOT_GIVEN for every option the user left out, so get_config()'s values stay.
+NOT_GIVEN = NotGiven()
 
 
 def validate_model_name(name: str) -> str:
@@ -103,6 +126,8 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         if self.name is not None:
             validate_model_name(self.name)
+        if self.backends is None:
+            object.__setattr__(self, "backends", ())
         if isinstance(self.backends, (list, str)):
             object.__setattr__(self, "backends", tuple([self.backends] if isinstance(self.backends, str)
                                                        else self.backends))
@@ -137,6 +162,9 @@ class GenerateConfig:
             raise UserError("strategy latency-budget needs budget_ms > 0 (--budget-ms)")
         if isinstance(self.tensorrt, dict):
             object.__setattr__(self, "tensorrt", TensorRTBackendConfig.from_dict(self.tensorrt))
+        if not isinstance(self.tensorrt, TensorRTBackendConfig):
+            raise UserError("tensorrt must be a TensorRTBackendConfig (or a dict of its fields), got %r"
+                            % (self.tensorrt,))
         if self.output_dims is not None:
             object.__setattr__(self, "output_dims", _output_dims(self.output_dims))
         if self.input_ranges is not None:
@@ -151,14 +179,16 @@ class GenerateConfig:
     def tolerance_override(self) -> Tolerance | None:
         if self.atol is None and self.rtol is None:
             return None
-        return Tolerance(self.atol if self.atol is not None else 1e-4, self.rtol if self.rtol is not None else 1e-3)
+        base = DEFAULT_TOLERANCES["float32"]  # the half the user left out
+        return Tolerance(base.atol if self.atol is None else self.atol, base.rtol if self.rtol is None else self.rtol)
 
     @property
     def queue_delay_us(self) -> int:
-        return DEFAULT_QUEUE_DELAY_US if self.max_queue_delay_us is None else self.max_queue_delay_us
+        return QUEUE_DELAY_US if self.max_queue_delay_us is None else self.max_queue_delay_us
 
     def replace(self, **changes: Any) -> "GenerateConfig":
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """A copy with ``changes`` applied; a change of :data:`NOT_GIVEN` is skipped (``None`` is a value)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not NOT_GIVEN})
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -1,7 +1,22 @@
 """Pure rules from (IOSpec, ProfileSet, backend choice) to a typed ``ModelConfigPlan``.
 
 Every rule is a small function with its own test; the rendered protobuf is checked against
-the same invariants again in ``render.py``. See ``../shared/reference/triton.md`` §2-§8.
+the same invariants again in ``render.py``. The Triton facts they rest on:
+
+* with ``max_batch_size > 0`` the served shape is ``[-1] + dims``: ``dims`` never hold the batch
+  axis, ``-1`` marks a size that varies, and ``dims: []`` is illegal (an output with only the batch
+  axis is ``dims: [1]`` + ``reshape: { shape: [] }``);
+* the dynamic batcher sends any batch from 1 to ``max_batch_size`` to any instance and is not
+  profile-aware, so every instance group's TensorRT profiles together cover batch 1..max, and an
+  instance uses only profile 0 unless ``instance_group.profile`` lists them (TensorRT plans only);
+  ``preferred_batch_size`` is set only for plans with several profiles (their opt batches);
+* ``KIND_GPU`` ``count`` is per listed GPU (no ``gpus``: every GPU); the TensorRT backend accepts
+  GPU instances only; ``gpus`` is rejected for ``KIND_CPU``;
+* CUDA graphs (TensorRT only) are captured per ``graph_spec`` batch size, non-batch dims from each
+  profile's opt;
+* ``model_warmup`` dims exclude the batch axis and must be concrete; raw row-major files live in
+  ``<model>/warmup/``; a model is not ready until its warmup passes;
+* the Python backend gets GPU-resident inputs only with ``FORCE_CPU_ONLY_INPUT_TENSORS: "no"``.
 """
 
 from __future__ import annotations
@@ -10,6 +25,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from aitune_triton.defaults import QUEUE_DELAY_US
 from aitune_triton.errors import UserError
 from aitune_triton.spec import IOSpec, TensorSpec
 from aitune_triton.tensorrt.profiles import ProfileSet
@@ -161,7 +177,8 @@ def max_batch_size(spec: IOSpec, requested: int, profile_set: ProfileSet | None,
     return requested
 
 
-def instance_groups(count: int, kind: str, num_profiles: int = 0, gpus: Sequence[int] = ()) -> tuple[InstanceGroup, ...]:
+def instance_groups(count: int, kind: str, num_profiles: int = 0,
+                    gpus: Sequence[int] = ()) -> tuple[InstanceGroup, ...]:
     """One group; a multi-profile plan lists every profile so the group covers batch 1..max
     (omitting ``profile`` would make Triton use profile 0 only)."""
     if kind not in ("KIND_GPU", "KIND_CPU"):
@@ -244,7 +261,7 @@ class MappingOptions:
     kind: str = "KIND_CPU"
     gpus: tuple[int, ...] = ()  # GPU instances: which GPUs (each gets ``instances``); () = every visible one
     visible_gpus: int = 0  # GPUs seen where the repository is generated (torch.cuda.device_count())
-    queue_delay_us: int = 500
+    queue_delay_us: int = QUEUE_DELAY_US
     use_cuda_graphs: bool = False
     warmup_dims: dict[str, tuple[int, ...]] | None = None
     io_dtypes: dict[str, str] = field(default_factory=dict)

@@ -1,4 +1,4 @@
-"""One test per mapping rule (../shared/reference/triton.md §2-§6)."""
+"""One test per mapping rule (the Triton facts in aitune_triton/triton/mapping.py's docstring)."""
 import pytest
 
 from aitune_triton.errors import UserError
