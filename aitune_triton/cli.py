@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 from aitune_triton.console import make_console
 
+from aitune_triton import defaults
 from aitune_triton.version import __version__
 from aitune_triton.errors import AituneError
 from aitune_triton.progress import stage_progress
@@ -208,17 +209,20 @@ def build_plan(repo, model, force):
 @click.option("--tritonserver", type=click.Path(path_type=Path), help="Launch this tritonserver binary instead.")
 @click.option("--model", "models", multiple=True, help="Validate only this model (repeatable).")
 @click.option("--perf/--no-perf", default=True, show_default=True, help="Measure with perf_analyzer.")
-@click.option("--concurrency", default="1,2,4,8", show_default=True, help="perf_analyzer concurrency: 1,2,4 or 1:8:1.")
+@click.option("--concurrency", default=defaults.csv(defaults.VALIDATE_CONCURRENCY), show_default=True,
+              help="perf_analyzer concurrency: 1,2,4 or 1:8:1.")
 @click.option("--shared-memory", type=click.Choice(["none", "system"]), default="none", show_default=True)
-@click.option("--perf-request-count", type=int, default=200, show_default=True,
+@click.option("--perf-request-count", type=int, default=defaults.PERF_REQUEST_COUNT, show_default=True,
               help="Requests per perf_analyzer measurement window.")
-@click.option("--perf-stability", type=float, default=20.0, show_default=True,
+@click.option("--perf-stability", type=float, default=defaults.PERF_STABILITY_PCT, show_default=True,
               help="perf_analyzer stability percentage (raise it on noisy machines).")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path),
               help="Where report.json, report.md and latency_throughput.png go (default: REPO_validation_report "
                    "next to REPO, so validating one repository never overwrites another's report).")
-@click.option("--timeout", "request_timeout_s", type=float, default=30.0, show_default=True, help="Seconds per request.")
-@click.option("--startup-timeout", "startup_timeout_s", type=float, default=120.0, show_default=True,
+@click.option("--timeout", "request_timeout_s", type=float, default=defaults.REQUEST_TIMEOUT_S, show_default=True,
+              help="Seconds per request.")
+@click.option("--startup-timeout", "startup_timeout_s", type=float, default=defaults.STARTUP_TIMEOUT_S,
+              show_default=True,
               help="Seconds for the server to start and for each model to load.")
 @_handle_errors
 def validate(repo, url, grpc_url, tritonserver, models, perf, concurrency, shared_memory, perf_request_count,
@@ -242,10 +246,10 @@ def validate(repo, url, grpc_url, tritonserver, models, perf, concurrency, share
 
 @main.command()
 @click.argument("repo", type=_Repository(exists=True))
-@click.option("--http-port", type=int, default=8000, show_default=True)
-@click.option("--grpc-port", type=int, default=8001, show_default=True)
-@click.option("--metrics-port", type=int, default=8002, show_default=True)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (127.0.0.1 keeps it local).")
+@click.option("--http-port", type=int, default=defaults.HTTP_PORT, show_default=True)
+@click.option("--grpc-port", type=int, default=defaults.GRPC_PORT, show_default=True)
+@click.option("--metrics-port", type=int, default=defaults.METRICS_PORT, show_default=True)
+@click.option("--host", default=defaults.LOOPBACK, show_default=True, help="Address to bind (127.0.0.1 keeps it local).")
 @click.option("--tritonserver", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Use this tritonserver binary instead of the bundled one.")
 @_handle_errors
@@ -306,9 +310,12 @@ def _ints(text: str) -> tuple[int, ...]:
               show_default=True)
 @click.option("--budget-ms", type=float, help="p99 budget for max-throughput.")
 @click.option("--min-throughput", type=float, help="Throughput floor (infer/s) for min-latency.")
-@click.option("--instances", default="1,2,4", show_default=True, help="Instance counts to try.")
-@click.option("--delays-us", default="0,100,250,500,1000,2000", show_default=True, help="Queue delays to try.")
-@click.option("--concurrency", default="1,2,4,8,16,32", show_default=True, help="Client concurrency to try.")
+@click.option("--instances", default=defaults.csv(defaults.TUNE_INSTANCES), show_default=True,
+              help="Instance counts to try.")
+@click.option("--delays-us", default=defaults.csv(defaults.TUNE_DELAYS_US), show_default=True,
+              help="Queue delays to try.")
+@click.option("--concurrency", default=defaults.csv(defaults.TUNE_CONCURRENCY), show_default=True,
+              help="Client concurrency to try.")
 @click.option("--brute", is_flag=True, help="Measure the whole grid instead of the quick search.")
 @click.option("--transports", default="auto", show_default=True,
               help="Client transports to search (perf_analyzer --shared-memory): comma-separated none,system,cuda; "
@@ -418,7 +425,7 @@ def push(repo, destination):
 @click.option("--model", required=True, help="Model to plan for.")
 @click.option("--target-rps", type=float, required=True, help="Requests per second to serve (batch-1 requests).")
 @click.option("--p99-ms", type=float, required=True, help="p99 latency budget in milliseconds.")
-@click.option("--headroom", type=float, default=0.3, show_default=True,
+@click.option("--headroom", type=float, default=defaults.PLAN_HEADROOM, show_default=True,
               help="Fraction of each replica's measured capacity kept free.")
 @click.option("--gpus-per-replica", type=int, help="GPUs per replica (default: 1 if measured on GPU, else 0).")
 @click.option("--min-replicas", type=int, default=1, show_default=True)
@@ -458,15 +465,15 @@ def deploy():
 @click.option("--max-replicas", type=int, help="Autoscaling ceiling (default: 2 x replicas).")
 @click.option("--kserve", is_flag=True, help="A KServe InferenceService instead of Deployment + Service + HPA.")
 @click.option("--pvc", help="PersistentVolumeClaim holding REPO (a local REPO is then only read for its manifests).")
-@click.option("--secret", default="aitune-s3-credentials", show_default=True,
+@click.option("--secret", default=defaults.K8S_SECRET, show_default=True,
               help="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for an s3:// repository (you create it).")
 @click.option("--name", help="Kubernetes name (default: the first model's name).")
 @click.option("--image", help="Triton image (default: matched to the plans' TensorRT / the validated Triton release).")
-@click.option("--cpu", default="4", show_default=True)
-@click.option("--memory", default="16Gi", show_default=True)
-@click.option("--shm-size", default="1Gi", show_default=True, help="In-memory /dev/shm size.")
+@click.option("--cpu", default=defaults.K8S_CPU, show_default=True)
+@click.option("--memory", default=defaults.K8S_MEMORY, show_default=True)
+@click.option("--shm-size", default=defaults.K8S_SHM_SIZE, show_default=True, help="In-memory /dev/shm size.")
 @click.option("--queue-target-us", type=int, help="HPA target: average queue time per request (default: plan p99/10, "
-                                                   "else 5000).")
+                                                   "else %d)." % defaults.K8S_QUEUE_TARGET_US)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for the YAML files.")
 @_handle_errors
 def deploy_k8s(repo, replicas, plan_file, gpus_per_replica, max_replicas, kserve, pvc, secret, name, image, cpu,
@@ -504,7 +511,8 @@ def deploy_k8s(repo, replicas, plan_file, gpus_per_replica, max_replicas, kserve
             image_reason=reason, replicas=count,
             gpus=gpus_per_replica if gpus_per_replica is not None else planned.get("gpus", 1),
             max_replicas=max_replicas, pvc=pvc, secret=secret, cpu=cpu, memory=memory, shm_size=shm_size,
-            queue_target_us=queue_target_us or planned.get("queue_target_us", 5000), kserve=kserve)
+            queue_target_us=queue_target_us or planned.get("queue_target_us", defaults.K8S_QUEUE_TARGET_US),
+            kserve=kserve)
     files = k8s.render(spec)
     checked = k8s.check(files)
     for path in k8s.write(files, out):

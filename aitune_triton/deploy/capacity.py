@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aitune_triton import defaults
 from aitune_triton.errors import UserError
 
 VALIDATE_REPORT = "report.json"
@@ -63,7 +64,7 @@ class PlanRequest:
 
     target_rps: float
     p99_ms: float
-    headroom: float = 0.3
+    headroom: float = defaults.PLAN_HEADROOM
     gpus_per_replica: int | None = None
     min_replicas: int = 1
 

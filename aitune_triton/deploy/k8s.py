@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from aitune_triton import defaults
 from aitune_triton.errors import UserError
 from aitune_triton.templating import template_env
 from aitune_triton.version import __version__
@@ -89,11 +90,11 @@ class DeploySpec:
     max_replicas: int | None = None
     pvc: str | None = None
     pvc_subpath: str = ""
-    secret: str = "aitune-s3-credentials"
-    cpu: str = "4"
-    memory: str = "16Gi"
-    shm_size: str = "1Gi"
-    queue_target_us: int = 5000
+    secret: str = defaults.K8S_SECRET
+    cpu: str = defaults.K8S_CPU
+    memory: str = defaults.K8S_MEMORY
+    shm_size: str = defaults.K8S_SHM_SIZE
+    queue_target_us: int = defaults.K8S_QUEUE_TARGET_US
     startup_seconds: int = 600
     kserve: bool = False
     extra_args: tuple[str, ...] = ()
