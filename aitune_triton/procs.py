@@ -10,17 +10,29 @@ in their own session, so a timeout can kill the whole group. How each way of dyi
   of a pipe only the CLI writes to) sees the pipe close, kills the child's whole process group
   (tritonserver's Python stubs included, which the parent-death signal does not reach) and
   removes the shared-memory regions the group leaves in ``/dev/shm``.
+
+``run_child`` is the one way to run a Python function in such a child: the request goes over as a
+pickle, the function's return value (or the exception it raised, re-created in the parent) comes
+back the same way, and every other ending (a timeout, a crash by signal, an exit without a result)
+is a ``ChildFailed`` that names the outcome and carries the child's output.
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib
 import os
+import pickle
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
+from enum import Enum
 from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
 
 _PR_SET_PDEATHSIG = 1
 TERMINATING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -46,7 +58,7 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
-def _raise_terminated(signum, frame) -> None:
+def _raise_terminated(signum: int, frame: object) -> None:
     # tritonclient.http runs on gevent: a signal that lands in gevent's hub is re-raised in the main
     # greenlet (KeyboardInterrupt is a "system error" there) but printed first with a traceback
     gevent = sys.modules.get("gevent")
@@ -100,7 +112,7 @@ class Watchdog:
     """
 
     def __init__(self) -> None:
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._write_fd: int | None = None
 
     def arm(self, pgid: int | None = None, shm_glob: str | None = None, remove: tuple[Path, ...] = (),
@@ -184,3 +196,202 @@ def _watch(pgid: int, shm_glob: str, lock_file: str = "", *remove: str) -> None:
 # -I: no user site, no PYTHON* variables; the package's own root goes first on sys.path
 _WATCHDOG_MAIN = ("import sys; sys.path.insert(0, sys.argv[1]); from aitune_triton.procs import _watch; "
                   "_watch(int(sys.argv[2]), *sys.argv[3:])")
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a Python function in a child process
+# ---------------------------------------------------------------------------------------------
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+class ChildOutcome(str, Enum):
+    """How a child of ``run_child`` ended without returning a value."""
+
+    RAISED = "raised"  # the function raised: ``ChildFailed.exception`` / ``error_type`` say what
+    TIMEOUT = "timeout"  # it ran past its timeout and its process group was killed
+    SIGNAL = "signal"  # a signal ended it (a crash in native code: SIGSEGV, SIGABRT)
+    EXITED = "exited"  # it exited without writing a result (os._exit, sys.exit inside a library)
+
+
+class ChildFailed(Exception):
+    """A ``run_child`` child ended without a value. Callers turn it into their own error of the
+    package's tree (with their own words); it never reaches the user as it is.
+
+    ``output`` is everything the child printed (also in ``log_path``); for ``RAISED``,
+    ``exception`` is the exception re-created in the parent (None when it could not be pickled
+    across), ``error_type`` its qualified class name and ``error_message`` its text.
+    """
+
+    def __init__(self, outcome: ChildOutcome, target: str, *, log_path: Path, output: str,
+                 returncode: int | None = None, timeout_s: float | None = None,
+                 exception: BaseException | None = None, error_type: str = "", error_message: str = ""):
+        self.outcome = outcome
+        self.target = target
+        self.log_path = Path(log_path)
+        self.output = output
+        self.returncode = returncode
+        self.timeout_s = timeout_s
+        self.exception = exception
+        self.error_type = error_type
+        self.error_message = error_message
+        super().__init__(self._describe())
+
+    @property
+    def signal_name(self) -> str | None:
+        """``SIGSEGV`` etc. when a signal ended the child."""
+        if self.outcome is not ChildOutcome.SIGNAL or self.returncode is None:
+            return None
+        try:
+            return signal.Signals(-self.returncode).name
+        except ValueError:
+            return "signal %d" % -self.returncode
+
+    def tail(self, lines: int = 20) -> list[str]:
+        """The child's last non-empty output lines."""
+        return [line for line in self.output.splitlines() if line.strip()][-lines:]
+
+    def _describe(self) -> str:
+        if self.outcome is ChildOutcome.RAISED:
+            first = self.error_message.strip().splitlines()
+            return "%s raised %s: %s" % (self.target, self.error_type, first[0] if first else "")
+        if self.outcome is ChildOutcome.TIMEOUT:
+            return "%s timed out after %.0f s" % (self.target, self.timeout_s or 0)
+        if self.outcome is ChildOutcome.SIGNAL:
+            return "%s crashed with %s" % (self.target, self.signal_name)
+        return "%s exited with code %s without a result" % (self.target, self.returncode)
+
+
+def child_env(set_vars: Mapping[str, str] | None = None, unset: Iterable[str] = ()) -> dict[str, str]:
+    """This process's environment for a child: the package importable as here (its root first on
+    PYTHONPATH), output unbuffered (the log keeps the order of events up to a crash), plus
+    ``set_vars`` and minus ``unset``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([_PACKAGE_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                                           if p and p != _PACKAGE_ROOT])
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(set_vars or {})
+    for name in unset:
+        env.pop(name, None)
+    return env
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def run_child(target: str, request: Any, *, log_path: Path, timeout_s: float,
+              env: Mapping[str, str] | None = None, tick: Callable[[float], None] | None = None) -> Any:
+    """Run ``module:function`` on ``request`` in a fresh interpreter and return what it returns.
+
+    The child runs in its own session (a timeout kills its whole process group: compilers and
+    other grandchildren included) with a parent-death signal and a ``Watchdog`` (a SIGKILL of
+    this process still ends the group); its stdout and stderr go to ``log_path``, and Python's
+    faulthandler prints the stack of a crash there. ``env`` is its whole environment (default
+    ``child_env()``). ``tick(elapsed_s)`` is called about twice a second while it runs. A Ctrl-C
+    or SIGTERM here kills the group and propagates. Raises ``ChildFailed`` for every ending
+    without a value; request and result must pickle.
+    """
+    work = Path(tempfile.mkdtemp(prefix="aitune-child-"))
+    try:
+        job_path, result_path = work / "job.pkl", work / "result.pkl"
+        with open(job_path, "wb") as f:
+            pickle.dump({"target": target, "request": request, "result": str(result_path)}, f)
+        log_path = Path(log_path)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-X", "faulthandler", "-c", _CHILD_MAIN, _PACKAGE_ROOT, str(job_path)]
+        with open(log_path, "wb") as out:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    env=dict(env) if env is not None else child_env(), start_new_session=True,
+                                    preexec_fn=die_with_parent)
+        watchdog = Watchdog()
+        try:
+            watchdog.arm(proc.pid)
+            returncode = _wait_child(proc, timeout_s, tick)
+        except BaseException:  # Ctrl-C, SIGTERM: the child is in its own session and would not see them
+            reap_group(proc.pid)
+            proc.wait()
+            raise
+        finally:
+            watchdog.disarm()
+        if returncode is None:
+            raise ChildFailed(ChildOutcome.TIMEOUT, target, log_path=log_path, output=_read_text(log_path),
+                              timeout_s=timeout_s)
+        reap_group(proc.pid, wait_s=2.0)  # what the child left running (a compiler's worker) goes with it
+        result = None
+        if result_path.is_file():
+            with open(result_path, "rb") as f:
+                result = pickle.load(f)
+        if result is not None and result["ok"]:
+            return result["value"]
+        output = _read_text(log_path)
+        if result is not None:
+            raise ChildFailed(ChildOutcome.RAISED, target, log_path=log_path, output=output, returncode=returncode,
+                              exception=_unpickle_exception(result["exception"]), error_type=result["type"],
+                              error_message=result["message"])
+        outcome = ChildOutcome.SIGNAL if returncode < 0 else ChildOutcome.EXITED
+        raise ChildFailed(outcome, target, log_path=log_path, output=output, returncode=returncode)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _wait_child(proc: subprocess.Popen[bytes], timeout_s: float, tick: Callable[[float], None] | None) -> int | None:
+    """The child's return code, or None when ``timeout_s`` passed (its group is then killed)."""
+    start = time.monotonic()
+    while True:
+        try:
+            return proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            elapsed = time.monotonic() - start
+            if elapsed > timeout_s:
+                reap_group(proc.pid)
+                proc.wait()
+                return None
+            if tick is not None:
+                tick(elapsed)
+
+
+def _unpickle_exception(data: bytes | None) -> BaseException | None:
+    if data is None:
+        return None
+    try:
+        exc = pickle.loads(data)
+    except Exception:  # noqa: BLE001 - a class this side cannot import or re-create
+        return None
+    return exc if isinstance(exc, BaseException) else None
+
+
+def _child_main(job_path: str) -> int:
+    """The child's side of ``run_child``: call the function, write its value or its exception."""
+    with open(job_path, "rb") as f:
+        job = pickle.load(f)
+    target: str = job["target"]
+    result: dict[str, Any]
+    try:
+        module_name, _, function_name = target.partition(":")
+        function = getattr(importlib.import_module(module_name), function_name)
+        result = {"ok": True, "value": function(job["request"])}
+        payload = pickle.dumps(result)
+    except Exception as exc:  # the parent decides what it means; the traceback goes to the log
+        traceback.print_exc()
+        try:
+            pickled: bytes | None = pickle.dumps(exc)
+        except Exception:  # noqa: BLE001 - an exception that does not pickle still has a type and a message
+            pickled = None
+        result = {"ok": False, "type": "%s.%s" % (type(exc).__module__, type(exc).__qualname__),
+                  "message": str(exc), "exception": pickled}
+        payload = pickle.dumps(result)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    tmp = Path(job["result"] + ".tmp")
+    tmp.write_bytes(payload)
+    os.replace(tmp, job["result"])
+    return 0 if result["ok"] else 1
+
+
+# no -I (the child needs this environment's site-packages and variables); the package root first
+_CHILD_MAIN = ("import sys; sys.path.insert(0, sys.argv[1]); from aitune_triton.procs import _child_main; "
+               "sys.exit(_child_main(sys.argv[2]))")

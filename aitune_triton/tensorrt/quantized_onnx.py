@@ -38,12 +38,11 @@ import numpy as np
 import onnx
 import torch
 
-from aitune_triton.config import Tolerance
 from aitune_triton.errors import ModelError, UserError
 from aitune_triton.export.onnx import OnnxArtifact, check_onnx, export_onnx
+from aitune_triton.numerics import Tolerance
 from aitune_triton.spec import IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed
 from aitune_triton.tensorrt import quantization
-from aitune_triton.tensorrt.builder import precision_flags
 from aitune_triton.tensorrt.config import (
     ONNXAutoCastConfig,
     ONNXQuantizationConfig,
@@ -53,6 +52,7 @@ from aitune_triton.tensorrt.config import (
 )
 from aitune_triton.tensorrt.profiles import ProfileSet
 from aitune_triton.tensorrt.section import QuantizationRecord, QuantMethod
+from aitune_triton.tensorrt.settings import precision_flags
 
 log = logging.getLogger(__name__)
 

@@ -99,7 +99,8 @@ def require_loadable(stamp: Mapping[str, Any], loader: LoaderFacts, plan: Path |
 
 def this_machine() -> LoaderFacts:
     """This Python environment's TensorRT (None when it cannot build) and GPU 0's compute capability."""
-    from aitune_triton.tensorrt.builder import gpu_facts, tensorrt_status
+    from aitune_triton.tensorrt.availability import tensorrt_status
+    from aitune_triton.tensorrt.plan import gpu_facts
 
     status = tensorrt_status()
     return LoaderFacts(status.version if status.available else None, gpu_facts()["compute_capability"])

@@ -12,7 +12,9 @@ import shutil
 import stat
 import subprocess
 import sys
+import textwrap
 import types
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -23,23 +25,12 @@ from torch import nn
 
 from aitune_triton.errors import ModelError, UserError
 from aitune_triton.spec import normalize_sample, record_spec
-from aitune_triton.tensorrt import builder
-from aitune_triton.tensorrt.builder import (
-    EngineIO,
-    PlanArtifact,
-    PlanStamp,
-    TensorRTUnavailable,
-    TrtSymbol,
-    build_plan,
-    create_config,
-    create_config_kwargs,
-    engine_io_of,
-    read_engine_io,
-    render_build_script,
-    resolve_symbols,
-    tensorrt_status,
-    trtexec_command,
-)
+from aitune_triton.tensorrt import build_child, builder, plan, settings, trtexec
+from aitune_triton.tensorrt.availability import TensorRTUnavailable, tensorrt_status
+from aitune_triton.tensorrt.builder import build_plan
+from aitune_triton.tensorrt.plan import EngineIO, PlanArtifact, PlanStamp, engine_io_of, read_engine_io
+from aitune_triton.tensorrt.settings import TrtSymbol, create_config, create_config_kwargs, resolve_symbols
+from aitune_triton.tensorrt.trtexec import render_build_script, trtexec_command
 from aitune_triton.tensorrt.config import (
     ONNXAutoCastConfig,
     ONNXQuantizationConfig,
@@ -109,7 +100,7 @@ def test_default_kwargs(single):
     kw = create_config_kwargs(TensorRTBackendConfig(), single)
     assert set(kw) == {"profiles", "tf32", "fp16", "bf16", "int8", "fp8"}
     assert kw["tf32"] is True and not any(kw[f] for f in ("fp16", "bf16", "int8", "fp8"))
-    assert _plain(kw["profiles"]) == _plain(builder.polygraphy_profiles(single))
+    assert _plain(kw["profiles"]) == _plain(settings.polygraphy_profiles(single))
 
 
 @pytest.mark.parametrize("cfg, expected", [
@@ -146,18 +137,18 @@ def test_timing_cache_loaded_only_when_present(single, tmp_path):
     cache = tmp_path / "caches" / "tc.bin"
     cfg = TensorRTBackendConfig(timing_cache=cache)
     assert "load_timing_cache" not in create_config_kwargs(cfg, single)
-    assert builder.timing_cache_save_path(cfg) == str(cache)
+    assert settings.timing_cache_save_path(cfg) == str(cache)
     cache.parent.mkdir()
     cache.write_bytes(b"cache")
     assert create_config_kwargs(cfg, single)["load_timing_cache"] == str(cache)
-    assert builder.timing_cache_save_path(TensorRTBackendConfig()) is None
+    assert settings.timing_cache_save_path(TensorRTBackendConfig()) is None
 
 
 def test_kwargs_are_inspectable_without_tensorrt(single):
     kw = create_config_kwargs(TensorRTBackendConfig(workspace_size=1 << 20, compatibility_level="ampere_plus"),
                               single)
     assert str(kw["hardware_compatibility_level"]) == "trt.HardwareCompatibilityLevel.AMPERE_PLUS"
-    assert builder._has_symbols(kw) and not builder._has_symbols(create_config_kwargs(TensorRTBackendConfig(), single))
+    assert settings._has_symbols(kw) and not settings._has_symbols(create_config_kwargs(TensorRTBackendConfig(), single))
 
 
 def test_create_config_without_enums_needs_no_tensorrt(single, tmp_path):
@@ -169,7 +160,7 @@ def test_create_config_without_enums_needs_no_tensorrt(single, tmp_path):
     assert (loader.tf32, loader.bf16, loader.fp16, loader.int8, loader.fp8) == (True, True, False, False, False)
     assert loader.builder_optimization_level == 2 and loader.version_compatible is True
     assert loader.timing_cache_path == str(cache) and loader.memory_pool_limits is None
-    assert _plain(loader.profiles) == _plain(builder.polygraphy_profiles(single))
+    assert _plain(loader.profiles) == _plain(settings.polygraphy_profiles(single))
 
 
 @needs_no_trt
@@ -335,7 +326,7 @@ def test_trtexec_shapes_spelling(single):
     assert "--maxShapes=image:8x3x16x16,scale:8x1" in args
     assert "--memPoolSize=workspace:1536" in args
     assert args[:3] == ["trtexec", "--onnx=model.onnx", "--saveEngine=model.plan"]
-    assert builder._mib((1 << 20) + (1 << 19)) == "1.5" and builder._dims(()) == "scalar"
+    assert trtexec._mib((1 << 20) + (1 << 19)) == "1.5" and trtexec._dims(()) == "scalar"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,12 +443,12 @@ def test_engine_io_refuses_io_triton_cannot_serve():
 
 
 def test_gpu_facts_never_raise():
-    facts = builder.gpu_facts()
+    facts = plan.gpu_facts()
     assert set(facts) == {"gpu_name", "compute_capability", "cuda_driver_version", "cuda_runtime_version"}
 
 
 def test_plan_artifact_round_trip(tmp_path):
-    io = EngineIO((builder.EngineTensor("x", "input", "float32", (-1, 4), (((1, 4), (2, 4), (8, 4)),)),), 1)
+    io = EngineIO((plan.EngineTensor("x", "input", "float32", (-1, 4), (((1, 4), (2, 4), (8, 4)),)),), 1)
     stamp = PlanStamp("10.9.0.34", "12.8", "12.8", "NVIDIA H100", "9.0", "ampere_plus", True, True, 12.5)
     art = PlanArtifact(tmp_path / "model.plan", io, stamp, "abc")
     assert PlanArtifact.from_dict(json.loads(json.dumps(art.to_dict()))) == art
@@ -492,7 +483,7 @@ def _fake_pipeline(monkeypatch, outputs=(("output_0", "FLOAT", (-1, 5)),)):
     monkeypatch.setattr(ptrt, "NetworkFromOnnxPath", network_from_onnx_path)
     monkeypatch.setattr(ptrt, "EngineBytesFromNetwork", engine_bytes_from_network)
     monkeypatch.setattr(ptrt, "EngineFromBytes", engine_from_bytes)
-    monkeypatch.setattr(builder, "gpu_facts", lambda: {"gpu_name": "Fake GPU", "compute_capability": "8.6",
+    monkeypatch.setattr(build_child, "gpu_facts", lambda: {"gpu_name": "Fake GPU", "compute_capability": "8.6",
                                                         "cuda_driver_version": "12.8", "cuda_runtime_version": "12.8"})
     return fake, seen
 
@@ -503,7 +494,7 @@ def test_build_in_process_pipeline(monkeypatch, single, tmp_path):
     cfg = TensorRTBackendConfig(quantization_config=ONNXAutoCastConfig(), workspace_size=1 << 30,
                                 compatibility_level="ampere_plus", timing_cache=cache)
     plan = tmp_path / "1" / "model.plan"
-    art = builder.build_in_process(tmp_path / "model.onnx", plan, cfg, single)
+    art = build_child.build_in_process(tmp_path / "model.onnx", plan, cfg, single)
     assert seen["network"] == (str(tmp_path / "model.onnx"), True)
     network, config, save_cache = seen["engine"]
     assert network == "network-loader" and save_cache == str(cache) and cache.parent.is_dir()
@@ -522,7 +513,7 @@ def test_build_in_process_keeps_the_old_plan_when_the_new_one_is_unservable(monk
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"OLD")
     with pytest.raises(ModelError, match="FP8"):
-        builder.build_in_process(tmp_path / "model.onnx", plan, TensorRTBackendConfig(), single)
+        build_child.build_in_process(tmp_path / "model.onnx", plan, TensorRTBackendConfig(), single)
     assert plan.read_bytes() == b"OLD" and list(tmp_path.iterdir()) == [plan]
 
 
@@ -544,7 +535,7 @@ def onnx_file(recorded, tmp_path_factory):
 def test_build_plan_reports_missing_tensorrt(onnx_file, single, tmp_path):
     plan = tmp_path / "1" / "model.plan"
     seen = []
-    with pytest.raises(TensorRTUnavailable) as info:
+    with pytest.raises(TensorRTUnavailable, match="TensorRT is not installed") as info:
         build_plan(onnx_file, plan, TensorRTBackendConfig(), single, progress=seen.append)
     message = str(info.value)
     assert "\n" not in message and "TensorRT is not installed" in message and "build_plan.sh" in message
@@ -553,18 +544,27 @@ def test_build_plan_reports_missing_tensorrt(onnx_file, single, tmp_path):
 
 @needs_no_trt
 def test_read_engine_io_needs_tensorrt(tmp_path):
-    with pytest.raises(TensorRTUnavailable):
+    with pytest.raises(TensorRTUnavailable, match="TensorRT is not installed"):
         read_engine_io(tmp_path / "model.plan")
 
 
-def _fake_child(monkeypatch, code):
-    monkeypatch.setattr(builder, "_child_command", lambda request: [sys.executable, "-c", code, str(request)])
+def _fake_child(monkeypatch, tmp_path, body):
+    """Make the build child run ``build(request)`` with ``body`` instead of TensorRT."""
+    module = "fake_build_child_%s" % uuid.uuid4().hex[:8]
+    (tmp_path / (module + ".py")).write_text(
+        "import json, os, signal, time\nfrom aitune_triton.errors import ModelError\n"
+        "from aitune_triton.tensorrt.plan import PlanArtifact\n\n\ndef build(request):\n"
+        + textwrap.indent(textwrap.dedent(body), "    "))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setattr(builder, "BUILD_TARGET", module + ":build")
 
 
 def test_build_plan_reports_a_crash(onnx_file, single, tmp_path, monkeypatch):
-    _fake_child(monkeypatch, "import os, signal; print('[E] [TRT] tactic blew up', flush=True); "
-                             "os.kill(os.getpid(), signal.SIGSEGV)")
-    with pytest.raises(ModelError) as info:
+    _fake_child(monkeypatch, tmp_path, """
+        print('[E] [TRT] tactic blew up', flush=True)
+        os.kill(os.getpid(), signal.SIGSEGV)
+    """)
+    with pytest.raises(ModelError, match="crashed with SIGSEGV") as info:
         build_plan(onnx_file, tmp_path / "m.plan", TensorRTBackendConfig(), single, progress=lambda m: None)
     message = str(info.value)
     assert "crashed with SIGSEGV" in message and "tactic blew up" in message and "\n" not in message
@@ -574,19 +574,18 @@ def test_build_plan_reports_a_crash(onnx_file, single, tmp_path, monkeypatch):
 
 
 def test_build_plan_reports_a_timeout(onnx_file, single, tmp_path, monkeypatch):
-    _fake_child(monkeypatch, "import time; time.sleep(120)")
+    _fake_child(monkeypatch, tmp_path, "time.sleep(120)")
     with pytest.raises(ModelError, match=r"timed out after 1 s") as info:
         build_plan(onnx_file, tmp_path / "m.plan", TensorRTBackendConfig(), single, timeout_s=1.0)
     shutil.rmtree(Path(info.value.log_path).parent)
 
 
 def test_build_plan_reports_the_builder_error(onnx_file, single, tmp_path, monkeypatch):
-    code = ("import json, sys; req = json.load(open(sys.argv[1])); "
-            "print('[E] [TRT] IBuilder::buildSerializedNetwork: Error Code 4: Internal Error (no tactic)'); "
-            "open(req['result_path'], 'w').write(json.dumps({'ok': False, 'kind': 'build', "
-            "'error': 'TensorRT could not build the plan: Invalid Engine.'})); sys.exit(1)")
-    _fake_child(monkeypatch, code)
-    with pytest.raises(ModelError) as info:
+    _fake_child(monkeypatch, tmp_path, """
+        print('[E] [TRT] IBuilder::buildSerializedNetwork: Error Code 4: Internal Error (no tactic)')
+        raise ModelError('TensorRT could not build the plan: Invalid Engine.')
+    """)
+    with pytest.raises(ModelError, match="could not build the plan") as info:
         build_plan(onnx_file, tmp_path / "m.plan", TensorRTBackendConfig(), single, progress=lambda m: None)
     message = str(info.value)
     assert message.startswith("TensorRT could not build the plan: Invalid Engine. (TensorRT: [E] [TRT] IBuilder")
@@ -594,13 +593,13 @@ def test_build_plan_reports_the_builder_error(onnx_file, single, tmp_path, monke
 
 
 def test_build_plan_reads_the_childs_result(onnx_file, single, tmp_path, monkeypatch):
-    io = EngineIO((builder.EngineTensor("image", "input", "float32", (-1, 3, 16, 16)),), 1)
+    io = EngineIO((plan.EngineTensor("image", "input", "float32", (-1, 3, 16, 16)),), 1)
     stamp = PlanStamp("10.9.0.34", None, None, None, None, None, False, False, 1.0)
-    payload = {"ok": True, "artifact": PlanArtifact(tmp_path / "m.plan", io, stamp, "k").to_dict()}
-    code = ("import json, sys; req = json.load(open(sys.argv[1])); "
-            "assert req['trt_config']['precision'] == 'fp16' and len(req['profile_set']['profiles']) == 1; "
-            "open(req['result_path'], 'w').write(%r)" % json.dumps(payload))
-    _fake_child(monkeypatch, code)
+    payload = {"artifact": PlanArtifact(tmp_path / "m.plan", io, stamp, "k").to_dict()}
+    _fake_child(monkeypatch, tmp_path, """
+        assert request.trt_config.precision == 'fp16' and len(request.profile_set.profiles) == 1
+        return PlanArtifact.from_dict(json.loads(%r))
+    """ % json.dumps(payload["artifact"]))
     art = build_plan(onnx_file, tmp_path / "m.plan", TensorRTBackendConfig(precision="fp16"), single)
     assert art.engine_io == io and art.stamp == stamp
 
@@ -620,9 +619,9 @@ def test_child_env_maps_the_device(monkeypatch):
     assert "CUDA_VISIBLE_DEVICES" not in builder._child_env("cuda")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
     assert builder._child_env("cuda:1")["CUDA_VISIBLE_DEVICES"] == "6"
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="has only 2 device"):
         builder._child_env("cuda:2")
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="must be 'cuda' or 'cuda:<index>'"):
         builder._child_env("gpu0")
 
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from aitune_triton.errors import UserError
 from aitune_triton.spec import normalize_sample, record_spec
-from aitune_triton.tensorrt.builder import polygraphy_profiles
+from aitune_triton.tensorrt.settings import polygraphy_profiles
 from aitune_triton.tensorrt.profiles import (
     ProfileMode,
     ProfileSet,

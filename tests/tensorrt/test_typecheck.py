@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from aitune_triton.tensorrt import builder
-from aitune_triton.tensorrt.builder import TrtSymbol, create_config_kwargs
+from aitune_triton.tensorrt.plan import TRT_DTYPES
+from aitune_triton.tensorrt.settings import HARDWARE_LEVELS, TrtSymbol, create_config_kwargs
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
 from aitune_triton.tensorrt.profiles import ProfileSet, TensorRTProfile
 
@@ -75,7 +75,7 @@ def _config_kwargs() -> list[dict]:
     return [create_config_kwargs(TensorRTBackendConfig(workspace_size=1 << 20, compatibility_level=level,
                                                        optimization_level=3, version_compatible=True,
                                                        timing_cache=timing_cache), profiles)
-            for level in builder._HARDWARE_LEVELS]
+            for level in HARDWARE_LEVELS]
 
 
 def _create_config_calls() -> str:
@@ -105,7 +105,7 @@ def _symbols() -> set[tuple[str, str]]:
 
     for kwargs in _config_kwargs():
         walk(kwargs)
-    found |= {("DataType", member) for member in builder._TRT_DTYPES}
+    found |= {("DataType", member) for member in TRT_DTYPES}
     found |= {("TensorIOMode", "INPUT"), ("TensorIOMode", "OUTPUT")}  # engine_io_of compares modes with these
     return found
 
