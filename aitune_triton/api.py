@@ -283,7 +283,8 @@ def _stage_tensorrt(prep: Prepared, home_dir: Path, trt_name: str, repo: Path, p
     """No TensorRT here: keep the checked ONNX, the TensorRT config and a build script under the
     fallback model's ``tensorrt/`` dir (not a version dir, so Triton never loads it). A
     ``quantization_config`` is applied to that ONNX here (``tensorrt/quantized_onnx.py``)."""
-    from aitune_triton.tensorrt.builder import render_build_script, tensorrt_status
+    from aitune_triton.tensorrt.availability import tensorrt_status
+    from aitune_triton.tensorrt.trtexec import render_build_script
     from aitune_triton.tensorrt.quantized_onnx import stage_onnx
 
     stage = home_dir / TRT_STAGE_DIR
@@ -407,7 +408,8 @@ def pending_plans(repo: Path, model: str | None = None,
 def build_plans(repo: Path, model: str | None = None, force: bool = False,
                 progress: Progress = lambda msg: None) -> list[GeneratedModel]:
     """Build each staged plan from its checked ONNX and activate the TensorRT model atomically."""
-    from aitune_triton.tensorrt.builder import build_plan, tensorrt_status
+    from aitune_triton.tensorrt.availability import tensorrt_status
+    from aitune_triton.tensorrt.builder import build_plan
     from aitune_triton.tensorrt.stamp import this_machine
 
     status = tensorrt_status()
