@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
@@ -71,24 +71,35 @@ class Variant:
         return {"instances": self.instances, "max_queue_delay_us": self.delay_us, "preferred": list(self.preferred)}
 
 
+TRANSPORTS = {"none": "plain messages", "system": "system shared memory", "cuda": "CUDA shared memory"}
+
+
 @dataclass(frozen=True)
 class Point:
+    """A variant measured at one client concurrency over one client transport (perf_analyzer's
+    ``--shared-memory``). Concurrency and transport are how the client loads the server, not part
+    of the config: changing them needs no reload, and the written config never depends on them."""
+
     variant: Variant
     concurrency: int
+    transport: str = "none"
 
-    def value(self, dim: str):
-        return self.concurrency if dim == "concurrency" else getattr(self.variant, dim)
+    def value(self, dim: str) -> Any:
+        if dim in ("concurrency", "transport"):
+            return getattr(self, dim)
+        return getattr(self.variant, dim)
 
-    def replace(self, dim: str, value) -> "Point":
-        if dim == "concurrency":
-            return Point(self.variant, value)
-        return Point(dataclasses.replace(self.variant, **{dim: value}), self.concurrency)
+    def replace(self, dim: str, value: Any) -> "Point":
+        if dim in ("concurrency", "transport"):
+            return dataclasses.replace(self, **{dim: value})
+        return dataclasses.replace(self, variant=dataclasses.replace(self.variant, **{dim: value}))
 
     def label(self) -> str:
-        return "%s @ c=%d" % (self.variant.label(), self.concurrency)
+        shm = "" if self.transport == "none" else ", %s" % TRANSPORTS[self.transport]
+        return "%s @ c=%d%s" % (self.variant.label(), self.concurrency, shm)
 
     def to_dict(self) -> dict:
-        return {**self.variant.to_dict(), "concurrency": self.concurrency}
+        return {**self.variant.to_dict(), "concurrency": self.concurrency, "transport": self.transport}
 
 
 def _r(value: float | None, digits: int = 2) -> float | None:
@@ -220,12 +231,15 @@ class LiveRunner:
     points stable (for the Model Analyzer hand-off)."""
 
     def __init__(self, server, model: str, base: model_config_pb2.ModelConfig, max_batch_size: int,
-                 num_profiles: int, perf: PerfOptions, workdir: Path):
+                 num_profiles: int, perf: PerfOptions, workdir: Path, output_bytes: int | None = None):
         from aitune_triton.tune.search import _effective_variant
 
         self.server, self.model, self.base = server, model, base
         self.max_batch_size, self.num_profiles = max_batch_size, num_profiles
         self.perf, self.workdir = perf, workdir
+        # the largest output of one request, in bytes: perf_analyzer's shared-memory output regions
+        # default to 100 KB, too small for e.g. an encoder's hidden states
+        self.output_bytes = output_bytes
         self.loaded: Variant | None = None
         self.loads = 0
         self.count = 0
@@ -300,7 +314,10 @@ class LiveRunner:
                 log.warning("variant %s failed to load: %s", point.variant.label(), exc)
                 return Measurement(point, status=Status.FAILED.value, detail="load: %s" % str(exc)[:400],
                                    index=self.count)
-        perf = dataclasses.replace(self.perf, concurrency=(point.concurrency,))
+        perf = dataclasses.replace(self.perf, concurrency=(point.concurrency,), shared_memory=point.transport)
+        if point.transport != "none" and self.output_bytes:
+            perf = dataclasses.replace(perf, extra_args=perf.extra_args + (
+                "--output-shared-memory-size", str(max(self.output_bytes, 102400))))
         m = self._run(point, perf, self.workdir / ("%03d" % self.count))
         if m.status in (Status.UNSTABLE.value, Status.STALLED.value):
             m = self._run(point, looser(perf), self.workdir / ("%03d_retry" % self.count))

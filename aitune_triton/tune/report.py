@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from aitune_triton.triton.repository import replace_file_atomically
-from aitune_triton.tune.measure import Measurement
+from aitune_triton.tune.measure import TRANSPORTS, Measurement
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,11 @@ def _spread(m: Measurement) -> str:
     return "%.1f–%.1f (±%.0f %%)" % (m.throughput_low, m.throughput_high, (m.spread_pct() or 0.0) / 2)
 
 
+def _transports(result) -> bool:
+    """Whether the client transport was searched (a column of its own then)."""
+    return len(getattr(result.space, "transports", ())) > 1
+
+
 def _md_row(m: Measurement, result) -> str:
     v = m.point.variant
     if result.chosen is not None and m.point == result.chosen.point:
@@ -43,10 +48,11 @@ def _md_row(m: Measurement, result) -> str:
         note = "violates the constraint"
     else:
         note = ""
-    return "| %d | %d | %s | %s | %d | %s | %s | %s | %s | %s |" % (
+    transport = " %s |" % m.point.transport if _transports(result) else ""
+    return "| %d | %d | %s | %s | %d |%s %s | %s | %s | %s | %s |" % (
         m.index, v.instances, "-" if v.delay_us is None else v.delay_us, list(v.preferred) or "-",
-        m.point.concurrency, _num(m.throughput), _spread(m), _num(m.p50_ms, "%.2f"), _num(m.p99_ms, "%.2f"),
-        note.replace("|", "/"))
+        m.point.concurrency, transport, _num(m.throughput), _spread(m), _num(m.p50_ms, "%.2f"),
+        _num(m.p99_ms, "%.2f"), note.replace("|", "/"))
 
 
 def _finalist_rows(result) -> list[str]:
@@ -67,8 +73,9 @@ def _finalist_rows(result) -> list[str]:
             note = "measurably worse"
         if s.point.variant == result.previous:
             note += " (current config)"
-        rows.append("| %s | %d | %s | %s | %s | %s | %s |" % (
-            s.point.variant.label(), s.point.concurrency, rounds, _num(s.throughput), _spread(s),
+        rows.append("| %s | %s | %s | %s | %s | %s | %s |" % (
+            s.point.variant.label(), "%d%s" % (s.point.concurrency, "" if s.point.transport == "none"
+                                                else " (%s shm)" % s.point.transport), rounds, _num(s.throughput), _spread(s),
             _num(s.p99_ms, "%.2f"), note))
     return rows
 
@@ -93,8 +100,9 @@ def to_markdown(result) -> str:
     c, b = result.chosen, result.baseline
     if c is not None:
         lines.append("- chosen: %s at client concurrency %d: median %.1f infer/s (%s over %d rounds), "
-                     "p50 %.2f ms, p99 %.2f ms" % (c.point.variant.label(), c.point.concurrency, c.throughput,
-                                                   _spread(c), len(c.windows), c.p50_ms, c.p99_ms))
+                     "p50 %.2f ms, p99 %.2f ms, measured with client transport %s (the written config does "
+                     "not depend on it)" % (c.point.variant.label(), c.point.concurrency, c.throughput, _spread(c),
+                                            len(c.windows), c.p50_ms, c.p99_ms, TRANSPORTS[c.point.transport]))
     if result.improvement is not None and b is not None:
         lines.append("- improvement over the current config (same rounds, spreads apart): %.2fx %s "
                      "(current: median %.1f infer/s, %s)" % (
@@ -117,8 +125,10 @@ def to_markdown(result) -> str:
               "infer/s is the median of perf_analyzer's last windows and the spread their min–max; unstable "
               "points never settled (their windows are shown, they are never chosen); stalled points served "
               "nothing measurable.", "",
-              "| # | instances | delay us | preferred | concurrency | infer/s | spread | p50 ms | p99 ms | note |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| # | %s | delay us | preferred | concurrency |%s infer/s | spread | p50 ms | p99 ms | note |" % (
+                  "instances per GPU" if getattr(result.space, "gpus", 0) else "instances",
+                  " transport |" if _transports(result) else ""),
+              "|---|---|---|---|---|%s---|---|---|---|---|" % ("---|" if _transports(result) else "")]
     lines += [_md_row(m, result) for m in sorted(result.measurements, key=lambda m: m.index)]
     lines += ["", "![variants](%s)" % REPORT_PNG, ""]
     return "\n".join(lines)

@@ -29,6 +29,8 @@ import datetime
 import json
 import logging
 import os
+import shutil
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +51,7 @@ from aitune_triton.tune.measure import (  # noqa: F401  (Variant, Point, Measure
     Measure,
     Measurement,
     Point,
+    TRANSPORTS,
     Remeasured,
     Status,
     Variant,
@@ -69,7 +72,7 @@ from aitune_triton.tune.report import (  # noqa: F401  (report names re-exported
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("max-throughput", "min-latency")
-DIMENSIONS = ("concurrency", "instances", "delay_us", "preferred")  # the quick search's order
+DIMENSIONS = ("concurrency", "transport", "instances", "delay_us", "preferred")  # the quick search's order
 CONFIG = "config.pbtxt"
 
 
@@ -147,12 +150,20 @@ class Objective:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """The grid. Values are kept in the given order; neighbours are adjacent values."""
+    """The grid. Values are kept in the given order; neighbours are adjacent values.
+
+    ``instances`` is the instance_group ``count``: per listed GPU (or per visible GPU when the group
+    lists none) for GPU instances, so ``gpus`` (the devices they are placed on; 0 for CPU) times it
+    is the total. ``transports`` are the client's perf_analyzer ``--shared-memory`` modes: a
+    measurement dimension (no reload, nothing in the config), searched where the model serves from
+    GPUs or when asked for."""
 
     instances: tuple[int, ...]
     delays_us: tuple[int | None, ...]
     concurrency: tuple[int, ...]
     preferred: tuple[tuple[int, ...], ...] = ((),)
+    transports: tuple[str, ...] = ("none",)
+    gpus: int = 0
 
     def __post_init__(self) -> None:
         for dim in DIMENSIONS:
@@ -161,21 +172,23 @@ class SearchSpace:
                 raise UserError("search dimension %s needs distinct values, got %s" % (dim, list(values)))
         if min(self.instances) < 1 or min(self.concurrency) < 1:
             raise UserError("instances and concurrency values must be >= 1")
+        check_transports(self.transports, self.gpus)
 
     def values(self, dim: str) -> tuple:
         return {"concurrency": self.concurrency, "delay_us": self.delays_us, "instances": self.instances,
-                "preferred": self.preferred}[dim]
+                "preferred": self.preferred, "transport": self.transports}[dim]
 
     @property
     def size(self) -> int:
-        return len(self.instances) * len(self.delays_us) * len(self.concurrency) * len(self.preferred)
+        return (len(self.instances) * len(self.delays_us) * len(self.concurrency) * len(self.preferred)
+                * len(self.transports))
 
     def variants(self) -> list[Variant]:
         return [Variant(i, d, p) for i in self.instances for d in self.delays_us for p in self.preferred]
 
     def points(self) -> list[Point]:
         """Variant-major, so a full sweep reloads each variant once."""
-        return [Point(v, c) for v in self.variants() for c in self.concurrency]
+        return [Point(v, c, t) for v in self.variants() for t in self.transports for c in self.concurrency]
 
     def shift(self, point: Point, dim: str, step: int) -> Point | None:
         values = self.values(dim)
@@ -194,7 +207,41 @@ class SearchSpace:
     def to_dict(self) -> dict:
         return {"instances": list(self.instances), "max_queue_delay_us": list(self.delays_us),
                 "concurrency": list(self.concurrency), "preferred": [list(p) for p in self.preferred],
-                "size": self.size}
+                "transports": list(self.transports), "gpus": self.gpus,
+                "instances_are": "per GPU" if self.gpus else "in all", "size": self.size}
+
+
+def parse_transports(text: str) -> tuple[str, ...] | None:
+    """``--transports``: ``auto`` (None: decided by ``build_space``) or comma-separated modes."""
+    if text.strip() == "auto":
+        return None
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    check_transports(values, 1)  # cuda is checked against the GPUs once they are known
+    return values
+
+
+def parse_visible_gpus(text: str) -> int | None:
+    """``--visible-gpus``: ``auto`` (None: detected) or a count >= 0."""
+    if text.strip() == "auto":
+        return None
+    try:
+        count = int(text)
+    except ValueError:
+        raise UserError("--visible-gpus takes auto or a GPU count, got %r" % text) from None
+    if count < 0:
+        raise UserError("--visible-gpus must be >= 0, got %d" % count)
+    return count
+
+
+def check_transports(transports: tuple[str, ...], gpus: int) -> None:
+    """Known, distinct perf_analyzer shared-memory modes; ``cuda`` only where a GPU is visible."""
+    unknown = [t for t in transports if t not in TRANSPORTS]
+    if unknown or not transports or len(set(transports)) != len(transports):
+        raise UserError("transports must be distinct values of %s, got %s" % (", ".join(TRANSPORTS),
+                                                                              ",".join(transports) or "nothing"))
+    if "cuda" in transports and gpus < 1:
+        raise UserError("transport cuda (CUDA shared memory) needs a GPU visible to the server; none is "
+                        "(pass --visible-gpus N if detection is wrong, or use --transports none,system)")
 
 
 
@@ -219,7 +266,7 @@ def pick_finalists(measurements: Iterable[Measurement], objective: Objective, pr
     ranked = sorted(best_of.values(), key=objective.key, reverse=True)[:max(1, count)]
     points = [m.point for m in ranked]
     if points and previous is not None and all(p.variant != previous for p in points):
-        points.append(Point(previous, points[0].concurrency))
+        points.append(Point(previous, points[0].concurrency, points[0].transport))
     return points
 
 
@@ -279,7 +326,7 @@ def brute_force(space: SearchSpace, measure: Measure) -> list[Measurement]:
 
 def hill_climb(space: SearchSpace, measure: Measure, objective: Objective, start: Point | None = None,
                min_gain: float = 0.03, max_measurements: int | None = None,
-               lookahead: tuple[str, ...] = ("concurrency",)) -> list[Measurement]:
+               lookahead: tuple[str, ...] = ("concurrency", "transport")) -> list[Measurement]:
     """Coordinate descent with line search and early stop; returns every measurement made.
 
     A neighbour replaces the current point only when it is measurably better
@@ -287,9 +334,10 @@ def hill_climb(space: SearchSpace, measure: Measure, objective: Objective, start
     "wins" are noise and chasing them costs reloads. For max throughput, concurrency is walked
     down only from a point that misses the constraint, and walked again right after any other
     dimension moved (a new config has its own best load). Along ``lookahead``
-    dimensions (concurrency: no reload) a flat or unmeasurable neighbour does not end the walk
-    at once: the point one step further is tried too, because throughput over concurrency rises
-    in steps (the batcher forms larger batches only past some queue depth).
+    dimensions (concurrency and transport: no reload) a flat or unmeasurable neighbour does not end
+    the walk at once: the point one step further is tried too, because throughput over concurrency
+    rises in steps (the batcher forms larger batches only past some queue depth), and system shared
+    memory may gain nothing where CUDA shared memory does.
     """
     cache: dict[Point, Measurement] = {}
 
@@ -317,7 +365,8 @@ def hill_climb(space: SearchSpace, measure: Measure, objective: Objective, start
 
     dims = [d for d in DIMENSIONS if len(space.values(d)) > 1]
     current = start or Point(Variant(space.instances[0], space.delays_us[len(space.delays_us) // 2],
-                                     space.preferred[0]), space.concurrency[len(space.concurrency) // 2])
+                                     space.preferred[0]), space.concurrency[len(space.concurrency) // 2],
+                             space.transports[0])
     direction = {d: 1 for d in dims}
     try:
         best = m(current)
@@ -376,26 +425,64 @@ def current_variant(cfg: model_config_pb2.ModelConfig) -> Variant:
     return Variant(count, db.max_queue_delay_microseconds, tuple(db.preferred_batch_size))
 
 
-TRANSPORTS = {"none": "plain messages", "system": "system shared memory", "cuda": "CUDA shared memory"}
-
-
-def placement(cfg: model_config_pb2.ModelConfig, instances: int, perf: PerfOptions) -> dict:
-    """Where the chosen instances run and how the client fed them: on GPU, throughput depends on both
-    (host inputs pay a gather and a host-to-device copy per batch; one instance per GPU on two GPUs is
-    not two instances on one)."""
+def placement(cfg: model_config_pb2.ModelConfig, instances: int, perf: PerfOptions, transport: str | None = None,
+              visible_gpus: int = 0) -> dict:
+    """Where the chosen instances run and which client transport measured them (``transport``:
+    the chosen point's; default ``perf.shared_memory``): on GPU, throughput depends on both (host
+    inputs pay a gather and a host-to-device copy per batch; one instance per GPU on two GPUs is
+    not two instances on one). The transport is the measurement's, not the config's."""
     gpu = model_config_pb2.ModelInstanceGroup.KIND_GPU
     groups = list(cfg.instance_group) or [model_config_pb2.ModelInstanceGroup(kind=gpu)]
     on_gpu = any(g.kind in (gpu, model_config_pb2.ModelInstanceGroup.KIND_AUTO) for g in groups)
     gpus = sorted({int(i) for g in groups for i in g.gpus})
-    total = instances * len(gpus) if on_gpu and gpus else None
+    devices = len(gpus) or visible_gpus
+    total = instances * devices if on_gpu and devices else None
     if on_gpu:
-        where = ("%d instance(s) on each of GPU %s (%d in all)" % (instances, ", ".join(map(str, gpus)), total)
-                 if gpus else "%d instance(s) on every GPU the server sees" % instances)
+        if gpus:
+            where = "%d instance(s) on each of GPU %s (%d in all)" % (instances, ", ".join(map(str, gpus)), total)
+        elif visible_gpus:
+            where = "%d instance(s) on each of the %d GPU(s) the server sees (%d in all)" % (
+                instances, visible_gpus, total)
+        else:
+            where = "%d instance(s) on every GPU the server sees" % instances
     else:
         where = "%d CPU instance(s)" % instances
-    transport = "%s, %s" % ("gRPC" if perf.protocol == "grpc" else "HTTP", TRANSPORTS[perf.shared_memory])
+    shm = transport or perf.shared_memory
+    text = "%s, %s" % ("gRPC" if perf.protocol == "grpc" else "HTTP", TRANSPORTS[shm])
     return {"kind": "KIND_GPU" if on_gpu else "KIND_CPU", "gpus": gpus, "instances_per_device": instances,
-            "total_instances": total, "transport": transport, "text": "%s; client transport: %s" % (where, transport)}
+            "total_instances": total, "transport": text, "shared_memory": shm,
+            "text": "%s; client transport: %s" % (where, text)}
+
+
+def visible_gpus() -> int:
+    """GPUs the server this process starts will see: ``nvidia-smi -L``'s GPUs, narrowed by
+    ``CUDA_VISIBLE_DEVICES`` (which the embedded server inherits). nvidia-smi rather than
+    torch.cuda, because a CPU build of torch on a GPU machine sees none. 0 without nvidia-smi."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return 0
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.info("nvidia-smi -L failed (%s): searching as without a GPU", exc)
+        return 0
+    count = sum(1 for line in out.stdout.splitlines() if line.startswith("GPU ")) if out.returncode == 0 else 0
+    mask = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if mask is not None:
+        entries = [e.strip() for e in mask.split(",")]
+        listed = 0
+        for e in entries:  # CUDA stops at the first entry that names no device
+            if not e or e.startswith("-"):
+                break
+            listed += 1
+        count = min(count, listed)
+    return count
+
+
+def instances_on_gpu(cfg: model_config_pb2.ModelConfig) -> bool:
+    """The model's instances run on GPUs where GPUs are visible (KIND_GPU, or KIND_AUTO)."""
+    kinds = {g.kind for g in cfg.instance_group} or {model_config_pb2.ModelInstanceGroup.KIND_AUTO}
+    return bool(kinds & {model_config_pb2.ModelInstanceGroup.KIND_GPU, model_config_pb2.ModelInstanceGroup.KIND_AUTO})
 
 
 def usable_cores() -> int:
@@ -405,9 +492,27 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def build_space(cfg: model_config_pb2.ModelConfig, manifest: Manifest, options: "TuneOptions") -> SearchSpace:
+def build_space(cfg: model_config_pb2.ModelConfig, manifest: Manifest, options: "TuneOptions",
+                gpus: int | None = None) -> SearchSpace:
     """The grid for this model: instance counts above the usable cores are dropped for CPU
-    instances (they only add contention); preferred sizes are searched only for multi-profile plans."""
+    instances (they only add contention); preferred sizes are searched only for multi-profile plans.
+
+    ``gpus`` is how many GPUs the server sees (default ``options.visible_gpus``, else detected by
+    ``visible_gpus``). Where the instance group is on GPU and GPUs are visible, the instance counts
+    are per GPU (the listed GPUs, or every visible one) and the client transports default to all
+    three (none, system, cuda); elsewhere the transports default to ``options.perf.shared_memory``
+    alone, so the CPU grid is unchanged unless ``options.transports`` asks for more."""
+    if gpus is None:
+        gpus = options.visible_gpus if options.visible_gpus is not None else visible_gpus()
+    listed = sorted({int(i) for g in cfg.instance_group for i in g.gpus})
+    devices = (len(listed) or gpus) if gpus and instances_on_gpu(cfg) else 0
+    if options.transports is not None:
+        transports = tuple(options.transports)
+    elif devices:
+        transports = tuple(TRANSPORTS)
+    else:
+        transports = (options.perf.shared_memory,)
+    check_transports(transports, gpus)
     instances = tuple(sorted(set(options.instances)))
     cpu = model_config_pb2.ModelInstanceGroup.KIND_CPU
     if cfg.instance_group and all(g.kind == cpu for g in cfg.instance_group):
@@ -423,7 +528,10 @@ def build_space(cfg: model_config_pb2.ModelConfig, manifest: Manifest, options: 
         limit = min(cfg.max_batch_size, manifest.max_batch_size or cfg.max_batch_size)
         opts = tuple(b for b in manifest.profiles.opt_batches() if 1 <= b <= limit)
         preferred = tuple(dict.fromkeys(((), opts)))
-    return SearchSpace(instances, delays, tuple(options.concurrency), preferred)
+    if devices:
+        log.info("instances on %d GPU(s): searching %s instance(s) per GPU over client transports %s", devices,
+                 instances, ", ".join(transports))
+    return SearchSpace(instances, delays, tuple(options.concurrency), preferred, transports, devices)
 
 
 def config_text(cfg: model_config_pb2.ModelConfig, header: str) -> str:
@@ -465,6 +573,10 @@ class TuneOptions:
     report_dir: Path | None = None
     lock_wait_s: float = 0.0
     export_model_analyzer: Path | None = None  # also write a Model Analyzer profile config here
+    # client transports (perf_analyzer --shared-memory) to search; None: none/system/cuda where the
+    # instances are on visible GPUs, else perf.shared_memory alone
+    transports: tuple[str, ...] | None = None
+    visible_gpus: int | None = None  # GPUs the server sees; None: detect (nvidia-smi -L, CUDA_VISIBLE_DEVICES)
 
     def __post_init__(self) -> None:
         for name in ("instances", "delays_us", "concurrency"):
@@ -479,10 +591,33 @@ class TuneOptions:
             raise UserError("finalists and rounds must be >= 1, got %r and %r" % (self.finalists, self.rounds))
         if self.max_measurements is not None and self.max_measurements < 1:
             raise UserError("max_measurements must be >= 1, got %r" % self.max_measurements)
+        if self.visible_gpus is not None and self.visible_gpus < 0:
+            raise UserError("visible GPUs must be >= 0, got %r" % self.visible_gpus)
+        if self.transports is not None:
+            object.__setattr__(self, "transports", tuple(self.transports))
+            check_transports(self.transports, 1 if self.visible_gpus is None else self.visible_gpus)
         self.objective_spec()
 
     def objective_spec(self) -> Objective:
         return Objective(self.objective, self.budget_ms, self.min_throughput)
+
+
+def output_bytes(manifest: Manifest, batch_size: int = 1) -> int | None:
+    """The largest output of one request at the largest recorded sizes, in bytes (for
+    perf_analyzer's shared-memory output regions); None when a dtype is unknown."""
+    import numpy as np
+
+    sizes = []
+    for t in manifest.spec.outputs:
+        try:
+            itemsize = 2 if t.dtype == "bfloat16" else np.dtype(t.dtype).itemsize
+        except TypeError:
+            return None
+        count = 1
+        for d in t.shape("max", batch=batch_size):
+            count *= max(int(d), 1)
+        sizes.append(count * itemsize)
+    return max(sizes, default=None)
 
 
 def perf_inputs(model_dir: Path, manifest: Manifest, perf: PerfOptions, workdir: Path) -> PerfOptions:
@@ -613,11 +748,11 @@ def _write_back(server, result: TuneResult, base: model_config_pb2.ModelConfig, 
     cfg = apply_variant(base, m.point.variant, max_batch_size)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     header = ("Tuned by aitune-triton %s on %s: %s; %d of %d grid points measured, %d finalists re-measured.\n"
-              "Chosen: %s at client concurrency %d: median %.1f infer/s (%.1f-%.1f over %d rounds), p99 %.2f ms. "
-              "Previous config: %s"
+              "Chosen: %s at client concurrency %d: median %.1f infer/s (%.1f-%.1f over %d rounds), p99 %.2f ms "
+              "(client transport: %s). Previous config: %s"
               % (__version__, stamp, result.objective.describe(), result.measured, result.grid_size,
                  len(result.finalists), m.point.variant.label(), m.point.concurrency, m.throughput, m.lo, m.hi,
-                 len(m.windows), m.p99_ms, BACKUP))
+                 len(m.windows), m.p99_ms, TRANSPORTS[m.point.transport], BACKUP))
     text = config_text(cfg, header)
     check_config(parse_config(text), num_profiles)
     path, backup = result.config_path, result.config_path.with_name(BACKUP)
@@ -661,10 +796,11 @@ def tune_model(repo: Path, model: str, server, options: TuneOptions = TuneOption
     t0 = time.monotonic()
     with repository_lock(repo, options.lock_wait_s):
         runner = LiveRunner(server, model, base, limit, num_profiles,
-                            perf_inputs(model_dir, manifest, options.perf, report_dir), report_dir / "perf")
+                            perf_inputs(model_dir, manifest, options.perf, report_dir), report_dir / "perf",
+                            output_bytes=output_bytes(manifest, options.perf.batch_size))
         start = Point(Variant(space.snap("instances", previous.instances), space.snap("delay_us", previous.delay_us),
                               space.snap("preferred", previous.preferred)),
-                      space.concurrency[len(space.concurrency) // 2])
+                      space.concurrency[len(space.concurrency) // 2], space.transports[0])
         budget = options.max_measurements or quick_budget(space.size)
         log.info("tuning %s: %s over %d grid points (%s)", model, objective.describe(), space.size,
                  "brute force" if options.brute else "quick search, at most %d points" % budget)
@@ -685,7 +821,8 @@ def tune_model(repo: Path, model: str, server, options: TuneOptions = TuneOption
         result = TuneResult(model, objective, space, "brute" if options.brute else "quick", tuple(measurements),
                             chosen, decision.incumbent, previous, runner.loads, False, "", 0.0, config_path,
                             placement=placement(base, (chosen.point.variant if chosen else previous).instances,
-                                                options.perf),
+                                                runner.perf, chosen.point.transport if chosen else None,
+                                                space.gpus),
                             finalists=tuple(finalists), improvement=decision.improvement, ties=decision.ties,
                             perf_flags=perf_flags(runner.stable_perf()))
         if chosen is None:
@@ -700,9 +837,10 @@ def tune_model(repo: Path, model: str, server, options: TuneOptions = TuneOption
         result = dataclasses.replace(result, elapsed_s=time.monotonic() - t0)
         reports = write_reports(result, report_dir)
         if options.export_model_analyzer is not None:
+            # Model Analyzer cannot sweep the client transport: it gets the chosen point's
+            ma_perf = dataclasses.replace(runner.perf, shared_memory=chosen.point.transport) if chosen else runner.perf
             reports["model_analyzer"] = write_model_analyzer_config(
-                options.export_model_analyzer, repo, model, base, space, objective, result.perf_flags,
-                runner.perf)
+                options.export_model_analyzer, repo, model, base, space, objective, result.perf_flags, ma_perf)
         result = dataclasses.replace(result, reports=reports)
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         summary = {k: v for k, v in result.to_dict().items() if k not in ("measurements", "finalists")}

@@ -368,3 +368,117 @@ def test_decide_never_keeps_a_current_config_outside_the_grid():
     outside = decide(finalists, objective, current, keep_current=False)
     assert outside.chosen.point == Point(other, 4) and outside.improvement is None and not outside.kept
     assert "outside the searched grid" in outside.reason
+
+
+# ---------------------------------------------------------------- GPU-aware search: instances per GPU, transports
+
+GPU_PY_CONFIG = PY_CONFIG.replace("kind: KIND_CPU", "kind: KIND_GPU")
+
+
+def test_gpu_space_searches_instances_per_gpu_and_the_client_transport(monkeypatch):
+    monkeypatch.setattr("aitune_triton.tune.search.usable_cores", lambda: 2)
+    opts = TuneOptions(instances=(1, 2, 4), delays_us=(0, 500), concurrency=(2, 8))
+    gpu = build_space(parse_config(GPU_PY_CONFIG), manifest("python", profiles(8)), opts, gpus=2)
+    assert gpu.instances == (1, 2, 4) and gpu.gpus == 2  # per GPU, not bounded by CPU cores
+    assert gpu.transports == ("none", "system", "cuda")
+    assert gpu.size == 3 * 2 * 2 * 3 and len(set(gpu.points())) == gpu.size
+    assert gpu.to_dict()["instances_are"] == "per GPU" and gpu.to_dict()["transports"] == ["none", "system", "cuda"]
+    listed = parse_config(GPU_PY_CONFIG.replace("kind: KIND_GPU", "kind: KIND_GPU gpus: [ 1 ]"))
+    assert build_space(listed, manifest("python", profiles(8)), opts, gpus=4).gpus == 1  # count is per listed GPU
+    # the transport is a measurement dimension: every point of one variant loads the same config
+    configs = {p.variant: apply_variant(parse_config(GPU_PY_CONFIG), p.variant, 16) for p in gpu.points()}
+    assert len(configs) == len(gpu.variants())
+    # no GPU visible, or CPU instances: the grid is the CPU one unless transports are asked for
+    assert build_space(parse_config(GPU_PY_CONFIG), manifest("python", profiles(8)), opts, gpus=0).transports == (
+        "none",)
+    cpu = build_space(parse_config(PY_CONFIG), manifest("python", profiles(8)), opts, gpus=2)
+    assert cpu.transports == ("none",) and cpu.gpus == 0 and cpu.instances == (1, 2) and cpu.size == 8
+    asked = TuneOptions(instances=(1, 2), delays_us=(0,), concurrency=(4,), transports=("none", "system"))
+    assert build_space(parse_config(PY_CONFIG), manifest("python", profiles(8)), asked, gpus=0).transports == (
+        "none", "system")
+    with pytest.raises(UserError, match="transport cuda .* needs a GPU visible to the server"):
+        build_space(parse_config(PY_CONFIG), manifest("python", profiles(8)),
+                    TuneOptions(transports=("none", "cuda")), gpus=0)
+
+
+def test_quick_search_over_transports_finds_cuda_within_a_tenth_of_the_grid():
+    space = SearchSpace((1, 2, 4), (0, 500, 1000, 2000), (1, 2, 4, 8, 16, 32), transports=("none", "system", "cuda"),
+                        gpus=1)
+    gain = {"none": 1.0, "system": 1.02, "cuda": 1.5}  # system shm alone gains nothing measurable
+
+    def table(p: Point) -> Measurement:
+        base = synthetic(dataclasses.replace(p, transport="none"))
+        thr = base.throughput * gain[p.transport]
+        return dataclasses.replace(base, point=p, throughput=thr, throughput_low=0.97 * thr, throughput_high=1.03 * thr)
+
+    objective = Objective("max-throughput", budget_ms=25.0)
+    brute = objective.best(brute_force(space, table))
+    asked: list[Point] = []
+    quick = hill_climb(space, lambda p: asked.append(p) or table(p), objective,
+                       max_measurements=quick_budget(space.size))
+    best = objective.best(quick)
+    assert len(asked) <= space.size // 10
+    assert brute.point.transport == "cuda" and best.point.transport == "cuda"
+    assert best.throughput >= 0.85 * brute.throughput
+    # the current config re-measured as a finalist uses the best point's transport too
+    assert pick_finalists(quick, objective, Variant(4, 2000), 1)[-1].transport == "cuda"
+
+
+def test_transport_and_gpu_options_parse_and_bad_values_are_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from aitune_triton.cli import main
+    from aitune_triton.tune.search import parse_transports, parse_visible_gpus
+
+    assert parse_transports("auto") is None and parse_transports("none, system") == ("none", "system")
+    assert parse_visible_gpus("auto") is None and parse_visible_gpus("2") == 2
+    assert TuneOptions(transports=["system"]).transports == ("system",)
+    with pytest.raises(UserError, match="transports must be distinct values of none, system, cuda"):
+        parse_transports("none,nvlink")
+    with pytest.raises(UserError, match="transports must be distinct"):
+        TuneOptions(transports=("none", "none"))
+    with pytest.raises(UserError, match="needs a GPU visible"):
+        TuneOptions(transports=("cuda",), visible_gpus=0)
+    (tmp_path / "repo").mkdir()
+    for args, message in ((["--transports", "tcp"], "transports must be distinct values of none, system, cuda"),
+                          (["--visible-gpus", "two"], "--visible-gpus takes auto or a GPU count, got 'two'"),
+                          (["--visible-gpus", "-1"], "--visible-gpus must be >= 0"),
+                          (["--transports", "cuda", "--visible-gpus", "0"], "needs a GPU visible to the server")):
+        out = CliRunner().invoke(main, ["tune", str(tmp_path / "repo"), "--model", "m"] + args)
+        assert out.exit_code == 2, out.output
+        assert len(out.output.strip().splitlines()) == 1 and message in out.output, out.output
+
+
+def test_visible_gpus_follows_cuda_visible_devices(monkeypatch, tmp_path):
+    from aitune_triton.tune.search import visible_gpus
+
+    smi = tmp_path / "nvidia-smi"  # a stand-in that lists what `nvidia-smi -L` lists on a 4-GPU host
+    smi.write_text("#!/bin/sh\nfor i in 0 1 2 3; do echo \"GPU $i: NVIDIA H200 (UUID: GPU-$i)\"; done\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", "%s:%s" % (tmp_path, os.environ["PATH"]))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert visible_gpus() == 4
+    for mask, count in (("1,3", 2), ("", 0), ("-1", 0), ("0,1,2,3,4,5", 4), ("2,-1,3", 1)):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", mask)
+        assert visible_gpus() == count, mask
+
+
+def test_report_says_which_transport_measured_the_chosen_point(tmp_path):
+    from aitune_triton.triton.perf import PerfOptions
+    from aitune_triton.tune.search import placement
+
+    cfg = parse_config(GPU_PY_CONFIG)
+    p = placement(cfg, 2, PerfOptions(), "system", visible_gpus=2)
+    assert p["total_instances"] == 4 and p["shared_memory"] == "system"
+    assert p["text"] == ("2 instance(s) on each of the 2 GPU(s) the server sees (4 in all); "
+                         "client transport: gRPC, system shared memory")
+    space = SearchSpace((1, 2), (0,), (4,), transports=("none", "system"), gpus=2)
+    chosen = Measurement(Point(Variant(2, 0), 4, "system"), 900.0, 2.0, 3.0, 4.0, throughput_low=880.0,
+                         throughput_high=920.0, windows=(880.0, 900.0, 920.0))
+    result = TuneResult("m", Objective("max-throughput"), space, "brute", (chosen,), chosen, None, Variant(1, 0), 2,
+                        True, "best", 1.0, tmp_path / "config.pbtxt", placement=p)
+    md = to_markdown(result)
+    assert "measured with client transport system shared memory (the written config does not depend on it)" in md
+    assert "| # | instances per GPU | delay us | preferred | concurrency | transport | infer/s |" in md
+    assert "| 0 | 2 | 0 | - | 4 | system | 900.0 |" in md
+    assert json.loads(write_reports(result, tmp_path / "r")["json"].read_text())["chosen"]["transport"] == "system"
