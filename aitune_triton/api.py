@@ -7,11 +7,14 @@ model.py ─load─▶ ModelSource ─record─▶ IOSpec ─profiles─▶ Prof
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import platform
 import shlex
 import shutil
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,7 +31,9 @@ from aitune_triton.tensorrt.profiles import ProfileSet, derive_profiles
 from aitune_triton.tensorrt.section import PlanStatus, TensorRTSection
 from aitune_triton.tensorrt.stamp import LoaderFacts
 from aitune_triton.triton import repository
-from aitune_triton.triton.manifest import REFERENCE, Manifest, ReferenceCase, save_reference, to_numpy
+from aitune_triton.numerics import to_numpy
+from aitune_triton.triton.manifest import (REFERENCE, ChecksSection, FallbackSection, Manifest, OnnxSection,
+                                           ReferenceCase, Versions, save_reference)
 from aitune_triton.probe import ProbeResult, probe
 from aitune_triton.triton.mapping import MappingOptions, ModelConfigPlan, client_shape_notes, plan_model_config
 from aitune_triton.triton.render import render_config
@@ -39,12 +44,22 @@ Progress = Callable[[str], None]
 TRT_STAGE_DIR = "tensorrt"
 
 
+class ModelStatus(str, Enum):
+    """A generated model: ``ready`` to serve, or ``pending`` (a staged TensorRT plan not built yet)."""
+
+    READY = "ready"
+    PENDING = "pending"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class GeneratedModel:
     name: str
     backend: str
     path: Path
-    status: str
+    status: ModelStatus
     detail: str = ""
 
 
@@ -64,18 +79,18 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def versions(device: str) -> dict:
-    info = {"aitune_triton": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "cuda": torch.version.cuda, "device": device}
+def versions(device: str) -> Versions:
+    exporters: dict[str, str | None] = {}
     for mod in ("onnx", "onnxruntime"):
         try:
-            info[mod] = __import__(mod).__version__
+            exporters[mod] = __import__(mod).__version__
         except ImportError:
-            info[mod] = None
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["compute_capability"] = "%d.%d" % torch.cuda.get_device_capability(0)
-    return info
+            exporters[mod] = None
+    gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
+    capability = "%d.%d" % torch.cuda.get_device_capability(0) if device == "cuda" else None
+    return Versions(aitune_triton=__version__, python=platform.python_version(), torch=torch.__version__,
+                    cuda=torch.version.cuda, device=device, onnx=exporters["onnx"],
+                    onnxruntime=exporters["onnxruntime"], gpu=gpu, compute_capability=capability)
 
 
 def default_model_name(path: Path) -> str:
@@ -95,7 +110,7 @@ def check_outputs_finite(spec: IOSpec, outputs: tuple) -> None:
 def reference_cases(spec: IOSpec, samples: tuple[Sample, ...], outputs: tuple) -> list[ReferenceCase]:
     return [ReferenceCase({k: to_numpy(v) for k, v in sample_feed(spec, s).items()},
                           {k: to_numpy(v) for k, v in flatten_outputs(o)})
-            for s, o in zip(samples, outputs)]
+            for s, o in zip(samples, outputs, strict=True)]
 
 
 def write_warmup(spec: IOSpec, sample: Sample, warmup_dir: Path) -> dict[str, tuple[int, ...]]:
@@ -184,7 +199,8 @@ def _manifest(prep: Prepared, name: str, backend: str, **sections) -> Manifest:
         max_batch_size=prep.profiles.max_batch_size,
         tolerances={t.name: tolerance_for(t.dtype, override) for t in prep.spec.outputs},
         versions=versions(prep.device), config=prep.config.to_dict(),
-        checks={**(prep.probe.to_dict() if prep.probe else {}), "notes": list(prep.notes)}, **sections)
+        checks=dataclasses.replace(prep.probe.checks if prep.probe else ChecksSection(), notes=prep.notes),
+        **sections)
 
 
 def _write_common(prep: Prepared, model_dir: Path) -> dict:
@@ -215,7 +231,7 @@ def _build_fallback(prep: Prepared, version_dir: Path, fmt: str):
                           tolerance=prep.config.tolerance_override)
 
 
-def _select_fallback(prep: Prepared, version_dir: Path, progress: Progress):
+def _select_fallback(prep: Prepared, version_dir: Path, strategy: str, progress: Progress):
     """Stage-1 tuning: build every fallback format, measure each against eager in-process and keep
     the one the strategy picks (eager when nothing beats it by the margin)."""
     from aitune_triton.export.torch_export import load_runner
@@ -234,7 +250,7 @@ def _select_fallback(prep: Prepared, version_dir: Path, progress: Progress):
             continue
         runner = load_runner(trial, fmt, prep.device, prep.spec)
         candidates.append(Candidate(fmt, "eager" if fmt == "eager" else fmt, "fp32",
-                                    lambda feed, r=runner: call_with_feed(r, prep.spec, feed)))
+                                    functools.partial(call_with_feed, runner, prep.spec)))
     if not candidates:
         raise ModelError("no fallback format reproduces eager PyTorch; see --debug for each format's reason")
     progress("stage-1 tuning: measuring %s" % ", ".join(c.name for c in candidates))
@@ -242,7 +258,7 @@ def _select_fallback(prep: Prepared, version_dir: Path, progress: Progress):
     refs = [dict(flatten_outputs(o)) for o in prep.source.outputs]
     batches = sorted({1, *prep.profiles.opt_batches(), max(prep.profiles.max_batch_size, 1)}) \
         if prep.spec.batching else None
-    selection = select_candidate(candidates, feeds, refs, prep.config.strategy, prep.config.budget_ms,
+    selection = select_candidate(candidates, feeds, refs, strategy, prep.config.budget_ms,
                                  batch_sizes=batches)
     chosen = selection.chosen or "eager"
     trial, artifact = built[chosen]
@@ -262,16 +278,16 @@ def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress
     version_dir = model_dir / "1"
     version_dir.mkdir()
     if prep.config.strategy:
-        artifact, selection = _select_fallback(prep, version_dir, progress)
+        artifact, selection = _select_fallback(prep, version_dir, prep.config.strategy, progress)
     else:
         progress("building the PyTorch fallback (AOTInductor, ExportedProgram or eager)")
         artifact, selection = _build_fallback(prep, version_dir, prep.config.fallback_format), None
     served = write_python_model(version_dir, prep.spec, artifact, prep.profiles.max_batch_size, model_name=name)
     plan = _mapping(prep, name, "python", warmup_dims)
     (model_dir / "config.pbtxt").write_text(render_config(plan))
-    manifest = _manifest(prep, name, "python", artifact=artifact.to_dict(),
+    manifest = _manifest(prep, name, "python", artifact=FallbackSection.from_dict(artifact.to_dict()),
                          tuning={"stage1": selection.to_dict()} if selection else {},
-                         runtime_requirements=served.requirements.to_dict())
+                         runtime_requirements=served.requirements)
     skipped = skipped_summary(artifact.skipped)
     if skipped:  # one line per cause; torch's full output is in the log
         skipped += "; log: %s" % ((final_dir or model_dir) / FALLBACK_LOG)
@@ -349,9 +365,10 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
                 except ModelError as exc:
                     trt_info = TensorRTSection(status=PlanStatus.EXPORT_FAILED, reason=str(exc))
                     notes.append("TensorRT skipped: %s%s" % (exc, _keep_log(exc, home, out / names["python"])))
-            manifest = Manifest(**{**manifest.__dict__, "tensorrt": trt_info})
+            manifest = dataclasses.replace(manifest, tensorrt=trt_info)
             manifest.sealed(home).save(home)
-            results.append(GeneratedModel(names["python"], "python", out / names["python"], "ready", detail))
+            results.append(GeneratedModel(names["python"], "python", out / names["python"], ModelStatus.READY,
+                                          detail))
         elif "tensorrt" in names:
             home = staged.dir(names["tensorrt"])
             _write_common(prep, home)
@@ -367,7 +384,8 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
             if trt_info.quantization is not None:
                 notes.append("TensorRT ONNX quantized: %s" % trt_info.quantization.summary())
                 notes.extend(trt_info.quantization.notes)
-            results.append(GeneratedModel(names["tensorrt"], "tensorrt", stage_dir, "pending", "plan not built"))
+            results.append(GeneratedModel(names["tensorrt"], "tensorrt", stage_dir, ModelStatus.PENDING,
+                                          "plan not built"))
         if "onnxruntime" in names:
             onnx_dir = staged.dir(names["onnxruntime"])
             (onnx_dir / "1").mkdir()
@@ -375,10 +393,11 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
             onnx = _export_onnx(prep, onnx_dir / "1" / "model.onnx", progress)
             plan = _mapping(prep, names["onnxruntime"], "onnxruntime", warmup_dims)
             (onnx_dir / "config.pbtxt").write_text(render_config(plan))
-            _manifest(prep, names["onnxruntime"], "onnxruntime", artifact={"format": "onnx", "opset": onnx.opset,
-                      "check": onnx.check.to_dict()}).sealed(onnx_dir).save(onnx_dir)
-            results.append(GeneratedModel(names["onnxruntime"], "onnxruntime", out / names["onnxruntime"], "ready",
-                                          "ONNX opset %s" % onnx.opset))
+            onnx_manifest = _manifest(prep, names["onnxruntime"], "onnxruntime",
+                                      artifact=OnnxSection(opset=onnx.opset, check=onnx.check.to_dict()))
+            onnx_manifest.sealed(onnx_dir).save(onnx_dir)
+            results.append(GeneratedModel(names["onnxruntime"], "onnxruntime", out / names["onnxruntime"],
+                                          ModelStatus.READY, "ONNX opset %s" % onnx.opset))
         progress("writing %s into %s" % (", ".join(names.values()), out))
     return GenerateResult(Path(out), tuple(results), tuple(notes), selection)
 
@@ -447,10 +466,10 @@ def build_plans(repo: Path, model: str | None = None, force: bool = False,
                     shutil.copy2(home / extra, model_dir / extra)
             stamp = plan_artifact.stamp_dict()
             section = info.replace(status=PlanStatus.BUILT, stamp=stamp)
-            Manifest(**{**manifest.__dict__, "name": trt_name, "backend": "tensorrt",
-                        "tensorrt": section}).sealed(model_dir).save(model_dir)
-        Manifest(**{**manifest.__dict__, "tensorrt": section}).save(home)
-        built.append(GeneratedModel(trt_name, "tensorrt", Path(repo) / trt_name, "ready",
+            dataclasses.replace(manifest, name=trt_name, backend="tensorrt",
+                                tensorrt=section).sealed(model_dir).save(model_dir)
+        dataclasses.replace(manifest, tensorrt=section).save(home)
+        built.append(GeneratedModel(trt_name, "tensorrt", Path(repo) / trt_name, ModelStatus.READY,
                                     "TensorRT %s" % stamp.get("tensorrt_version")))
     return built
 
@@ -464,5 +483,6 @@ def existing_plan(repo: Path, home: Path, info: TensorRTSection, machine: "Loade
     stamp = info.stamp or {}
     require_loadable(stamp, machine, plan, "aitune-triton build-plan %s --model %s --force"
                      % (shlex.quote(str(repo)), home.name))
-    return GeneratedModel(str(info.model_name), "tensorrt", repo / str(info.model_name), "ready",
-                          "already built, matches %s (%s); --force rebuilds it" % (machine.where, describe_stamp(stamp)))
+    return GeneratedModel(str(info.model_name), "tensorrt", repo / str(info.model_name), ModelStatus.READY,
+                          "already built, matches %s (%s); --force rebuilds it"
+                          % (machine.where, describe_stamp(stamp)))

@@ -148,7 +148,8 @@ def main(debug: bool) -> None:
               help="Backends to generate (repeatable; default python + tensorrt).")
 @click.option("--max-batch-size", type=int, help="Largest batch to serve (default: from the samples).")
 @click.option("--instances", type=int, help="Model instances per device.")
-@click.option("--gpus", help="GPU instances: comma-separated GPU indices to place them on (default: every visible GPU).")
+@click.option("--gpus",
+              help="GPU instances: comma-separated GPU indices to place them on (default: every visible GPU).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where the fallback runs.")
 @click.option("--max-queue-delay-us", type=int, help="Dynamic batching queue delay in microseconds.")
 @click.option("--fallback-format", type=click.Choice(["auto", "aoti", "export", "eager"]),
@@ -204,7 +205,8 @@ def build_plan(repo, model, force):
 
 @main.command()
 @click.argument("repo", type=_Repository())
-@click.option("--url", help="HTTP endpoint (host:port) of a running Triton to use instead of launching the embedded one.")
+@click.option("--url",
+              help="HTTP endpoint (host:port) of a running Triton to use instead of launching the embedded one.")
 @click.option("--grpc-url", help="gRPC endpoint of that server (default: the HTTP port + 1).")
 @click.option("--tritonserver", type=click.Path(path_type=Path), help="Launch this tritonserver binary instead.")
 @click.option("--model", "models", multiple=True, help="Validate only this model (repeatable).")
@@ -249,7 +251,8 @@ def validate(repo, url, grpc_url, tritonserver, models, perf, concurrency, share
 @click.option("--http-port", type=int, default=defaults.HTTP_PORT, show_default=True)
 @click.option("--grpc-port", type=int, default=defaults.GRPC_PORT, show_default=True)
 @click.option("--metrics-port", type=int, default=defaults.METRICS_PORT, show_default=True)
-@click.option("--host", default=defaults.LOOPBACK, show_default=True, help="Address to bind (127.0.0.1 keeps it local).")
+@click.option("--host", default=defaults.LOOPBACK, show_default=True,
+              help="Address to bind (127.0.0.1 keeps it local).")
 @click.option("--tritonserver", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Use this tritonserver binary instead of the bundled one.")
 @_handle_errors
@@ -361,7 +364,7 @@ def tune(repo, model, objective, budget_ms, min_throughput, instances, delays_us
                           chosen.hi, chosen.p99_ms, chosen.point.transport), soft_wrap=True)
         if result.improvement is not None:
             console.print("%.2fx over the current config in the same rounds" % result.improvement, markup=False)
-    for kind, path in result.reports.items():
+    for path in result.reports.values():
         console.print("wrote %s" % path, markup=False)
     sys.exit(0 if chosen is not None else 1)
 

@@ -102,7 +102,8 @@ def _tensorrt() -> DoctorRow:
         import tensorrt
     except Exception as exc:  # a broken install (missing libnvinfer, wrong CUDA) is common
         return DoctorRow("tensorrt", False, "import failed: %s" % exc, hint, False)
-    if getattr(tensorrt, "__file__", None) is None and hasattr(tensorrt, "__path__"):  # a namespace package: only tensorrt-stubs (a dev tool)
+    # a namespace package: only tensorrt-stubs (a dev tool) is installed
+    if getattr(tensorrt, "__file__", None) is None and hasattr(tensorrt, "__path__"):
         return DoctorRow("tensorrt", False, "not installed (only its type stubs)", hint, False)
     return DoctorRow("tensorrt", True, tensorrt.__version__, "", False)
 
@@ -163,7 +164,8 @@ def _stub() -> DoctorRow:
     missing = _unresolved_libs(stub)
     if missing:
         return DoctorRow(name, False, "%s cannot load %s" % (stub, ", ".join(missing)),
-                         "install the shared libpython of this Python (e.g. libpython%s)" % tools.python_version(), True)
+                         "install the shared libpython of this Python (e.g. libpython%s)" % tools.python_version(),
+                         True)
     detail = "Python %s, %s; libpython %s" % (tools.python_version(), stub, libdir or "static (system libpython used)")
     return DoctorRow(name, True, detail, "", True)
 

@@ -22,13 +22,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 
-from aitune_triton.config import Tolerance, tolerance_for
 from aitune_triton.errors import UserError
-from aitune_triton.spec import AxisKind, AxisSpec, IOSpec, Sample, TensorSpec, call_with_feed, flatten_outputs, sample_feed
+from aitune_triton.numerics import Tolerance, compare, tolerance_for
+from aitune_triton.spec import (AxisKind, AxisSpec, IOSpec, Sample, TensorSpec, call_with_feed, flatten_outputs,
+                                sample_feed)
+from aitune_triton.triton.manifest import BatchingProbe, ChecksSection
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +44,7 @@ class ProbeResult:
 
     spec: IOSpec
     notes: tuple[str, ...]
-    record: dict  # for the manifest: the batching verdict and the output axes changed
-
-    def to_dict(self) -> dict:
-        return dict(self.record)
+    checks: ChecksSection  # for the manifest: the batching verdict and the output axes changed (no notes yet)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -109,8 +108,6 @@ def check_rows(model: torch.nn.Module, spec: IOSpec, rows: Sequence[tuple[str, F
                tolerance: Tolerance | None, observed: dict[str, list[tuple[int, ...]]]) -> str | None:
     """None when each row's outputs inside mixed batches equal the row run alone, else why not.
     Every output shape seen is added to ``observed`` (for the output-size probe)."""
-    from aitune_triton.export.torch_export import compare  # the one comparator, shared with the fallback check
-
     alone = []
     for label, feed in rows:
         try:
@@ -118,8 +115,8 @@ def check_rows(model: torch.nn.Module, spec: IOSpec, rows: Sequence[tuple[str, F
         except Exception as exc:  # noqa: BLE001 - the model itself fails on one row
             return "%s alone (batch 1) raised %s" % (label, _first_line(exc))
         alone.append(out)
-        for n, t in out.items():
-            observed.setdefault(n, []).append(tuple(t.shape))
+        for n, tensor in out.items():
+            observed.setdefault(n, []).append(tuple(tensor.shape))
     orders = [list(range(len(rows))), list(reversed(range(len(rows))))]
     for order in orders:
         batch = _cat([rows[i][1] for i in order])
@@ -127,8 +124,8 @@ def check_rows(model: torch.nn.Module, spec: IOSpec, rows: Sequence[tuple[str, F
             out = _run(model, spec, batch)
         except Exception as exc:  # noqa: BLE001 - a merged batch the model cannot take
             return "a batch of %d rows mixing samples raised %s" % (len(order), _first_line(exc))
-        for n, t in out.items():
-            observed.setdefault(n, []).append(tuple(t.shape))
+        for n, tensor in out.items():
+            observed.setdefault(n, []).append(tuple(tensor.shape))
         for t in spec.outputs:
             got = out.get(t.name)
             if got is None or any(t.name not in a for a in alone):
@@ -136,10 +133,11 @@ def check_rows(model: torch.nn.Module, spec: IOSpec, rows: Sequence[tuple[str, F
             if got.dim() == 0 or got.shape[0] != len(order):
                 return "output %r has %s rows for a batch of %d" % (t.name, list(got.shape[:1]), len(order))
             for pos, i in enumerate(order):
-                why = compare(got[pos:pos + 1], alone[i][t.name], tolerance_for(t.dtype, tolerance))
-                if why:
+                same = compare(got[pos:pos + 1], alone[i][t.name], tolerance_for(t.dtype, tolerance),
+                               strict_dtype=True)
+                if not same.ok:
                     return ("output %r of %s differs inside a batch of %d mixed rows from the row run alone (%s)"
-                            % (t.name, rows[i][0], len(order), why))
+                            % (t.name, rows[i][0], len(order), same.reason))
     return None
 
 
@@ -195,14 +193,13 @@ def probe(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample], toler
     feeds = [sample_feed(spec, s) for s in samples]
     observed: dict[str, list[tuple[int, ...]]] = {}
     notes: list[str] = []
-    record: dict[str, Any] = {}
+    batching = None
     if spec.batching:
         rows = _probe_rows(spec, feeds)
         why = check_rows(model, spec, rows, tolerance, observed)
         spec = dataclasses.replace(spec, rows_independent=why is None, row_dependence=why or "")
-        record["batching"] = {"rows_independent": why is None, "dynamic_batching": why is None,
-                              "probe_rows": [label for label, _ in rows], "reason": why or
-                              "each of %d mixed and perturbed rows matched the row run alone" % len(rows)}
+        batching = BatchingProbe(why is None, tuple(label for label, _ in rows),
+                                 why or "each of %d mixed and perturbed rows matched the row run alone" % len(rows))
         if why:
             notes.append("dynamic batching is off: rows are not independent (%s); max_batch_size stays, so a "
                          "client's own batch is served as sent, but requests are never merged" % why)
@@ -214,21 +211,22 @@ def probe(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample], toler
                 except Exception as exc:  # noqa: BLE001 - only sizes are wanted; an illegal variant tells nothing
                     log.info("output-size probe (sample %d %s) raised %s", i, label, _first_line(exc))
                     continue
-                for n, t in out.items():
-                    observed.setdefault(n, []).append(tuple(t.shape))
-    outs, widened = [], {}
+                for n, tensor in out.items():
+                    observed.setdefault(n, []).append(tuple(tensor.shape))
+    outs: list[TensorSpec] = []
+    widened: dict[str, tuple[int, ...]] = {}
     for t in spec.outputs:
         new, changed = _widen(t, observed.get(t.name, ()))
         outs.append(new)
         if changed:
-            widened[t.name] = changed
+            widened[t.name] = tuple(changed)
             notes.append("output %r: axis %s changes size with the input values (%s), so it is declared -1; "
                          "get_config() can pin it with output_dims" % (
                              t.name, ", ".join(map(str, changed)),
                              ", ".join("%d..%d" % (new.axes[i].min, new.axes[i].max) for i in changed)))
     spec = dataclasses.replace(spec, outputs=tuple(outs))
-    record["data_dependent_axes"] = widened
+    declared = None
     if output_dims:
         spec = apply_output_dims(spec, output_dims)
-        record["declared_output_dims"] = {k: list(v) for k, v in output_dims.items()}
-    return ProbeResult(spec, tuple(notes), record)
+        declared = {k: tuple(v) for k, v in output_dims.items()}
+    return ProbeResult(spec, tuple(notes), ChecksSection(batching, widened, declared))

@@ -36,7 +36,8 @@ def _user_frame(exc: BaseException, path: Path) -> str:
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename) == path]
     if isinstance(exc, SyntaxError) and exc.lineno:
         return "line %d" % exc.lineno
-    return "line %d" % frames[-1].lineno if frames else "import"
+    line = frames[-1].lineno if frames else None
+    return "import" if line is None else "line %d" % line
 
 
 def _fail(path: Path, problem: str) -> UserError:

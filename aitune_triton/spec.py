@@ -156,6 +156,8 @@ class Sample:
 
 def normalize_sample(raw: Any, index: int) -> Sample:
     """Accept a tensor, a tuple/list of tensors, a dict of tensors, or ``(args, kwargs)``."""
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
     if isinstance(raw, torch.Tensor):
         args, kwargs = (raw,), {}
     elif isinstance(raw, dict):
@@ -261,7 +263,7 @@ def infer_batching(inputs: list[list[torch.Tensor]], outputs: list[list[torch.Te
     across samples; ``declared`` (from the user's config) overrides the guess or confirms it."""
     leads = []
     consistent = True
-    for ins, outs in zip(inputs, outputs):
+    for ins, outs in zip(inputs, outputs, strict=True):
         sizes = {_leading(t) for t in ins + outs}
         if len(sizes) != 1 or None in sizes:
             consistent = False
@@ -292,7 +294,7 @@ def record_spec(model: torch.nn.Module, samples: Sequence[Sample], outputs: Sequ
         if s.structure() != first.structure():
             raise UserError("sample %d has structure %s but sample 0 has %s; every sample must pass the same "
                             "arguments" % (i, s.structure(), first.structure()))
-        for a, b in zip(_ordered(s, first), first.flat()):
+        for a, b in zip(_ordered(s, first), first.flat(), strict=True):
             if a.dim() != b.dim() or a.dtype != b.dtype:
                 raise UserError("sample %d: a tensor has rank %d/%s but sample 0 has rank %d/%s; ranks and dtypes "
                                 "must agree across samples" % (i, a.dim(), a.dtype, b.dim(), b.dtype))

@@ -53,7 +53,7 @@ def test_data_dependent_branch_gets_no_dynamic_batching():
     assert result.spec.batching and result.spec.rows_independent is False
     assert "differs inside a batch" in result.spec.row_dependence
     assert any(n.startswith("dynamic batching is off") for n in result.notes)
-    assert result.record["batching"]["dynamic_batching"] is False
+    assert result.checks.to_dict()["batching"]["dynamic_batching"] is False
     plan = _plan(result.spec)
     assert plan.max_batch_size == 8 and plan.dynamic_batching is None
 
@@ -62,7 +62,7 @@ def test_branch_per_row_keeps_dynamic_batching():
     result = _probe(RowWise(), _batches(1, 2, 4))
     assert result.spec.rows_independent is True and result.notes == ()
     assert _plan(result.spec).dynamic_batching is not None
-    assert len(result.record["batching"]["probe_rows"]) == 8
+    assert len(result.checks.to_dict()["batching"]["probe_rows"]) == 8
 
 
 def test_statistics_over_the_batch_are_batch_dependent():
@@ -107,7 +107,7 @@ def test_output_size_that_follows_the_values_is_minus_one():
     result = _probe(Detector(), _images())
     scores = next(t for t in result.spec.outputs if t.name == "scores")
     assert scores.axes[0].kind is AxisKind.DYNAMIC and scores.triton_dims() == (-1,)
-    assert result.record["data_dependent_axes"] == {"scores": [0]}
+    assert result.checks.to_dict()["data_dependent_axes"] == {"scores": [0]}
     assert any("'scores': axis 0 changes size" in n for n in result.notes)
 
 

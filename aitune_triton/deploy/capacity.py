@@ -130,9 +130,10 @@ class CapacityPlan:
                 self.request.target_rps, self.request.p99_ms, 100 * self.request.headroom),
             "  measured (%s): one replica (%d instance(s) on %s) serves %.1f infer/s at concurrency %d with "
             "p99 %.2f ms" % (self.source, self.instances, self.device, op.throughput, op.concurrency, op.p99_ms),
-            "  per instance %.1f infer/s%s" % (self.replica_capacity / max(self.instances, 1),
-                                                ", per GPU %.1f infer/s" % (self.replica_capacity / self.gpus_per_replica)
-                                                if self.gpus_per_replica else ""),
+            "  per instance %.1f infer/s%s" % (
+                self.replica_capacity / max(self.instances, 1),
+                ", per GPU %.1f infer/s" % (self.replica_capacity / self.gpus_per_replica)
+                if self.gpus_per_replica else ""),
             "  usable per replica %.1f infer/s (capacity x %.2f); load per replica %.1f requests/s" % (
                 self.usable_per_replica, 1 - self.request.headroom, self.load_per_replica),
             "  replicas = max(%d, ceil(%.1f / %.1f)) = %d" % (self.request.min_replicas, self.request.target_rps,
@@ -150,7 +151,8 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise UserError("report %s not found; run `aitune-triton validate` (with perf) or `tune` first" % path) from None
+        raise UserError("report %s not found; run `aitune-triton validate` (with perf) or `tune` first"
+                        % path) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError("%s is not a JSON report (%s)" % (path, exc)) from None
 

@@ -52,14 +52,16 @@ def choose_image(manifests: list[dict], server_version: str | None) -> tuple[str
     built = {}
     for m in manifests:
         trt = m.get("tensorrt") or {}
-        stamp = trt.get("stamp") if isinstance(trt.get("stamp"), dict) else {}
+        raw_stamp = trt.get("stamp")
+        stamp = raw_stamp if isinstance(raw_stamp, dict) else {}
         if trt.get("status") == "built" and stamp.get("tensorrt_version"):
             built[m.get("name")] = str(stamp["tensorrt_version"])
     if built:
         versions = {".".join(v.split(".")[:2]) for v in built.values()}
         if len(versions) > 1:
             raise UserError("the plans were built with different TensorRT versions (%s); one Triton image cannot load "
-                            "them all: rebuild them in one container" % ", ".join("%s: %s" % kv for kv in built.items()))
+                            "them all: rebuild them in one container"
+                            % ", ".join("%s: %s" % kv for kv in built.items()))
         trt = versions.pop()
         for server, shipped in sorted(KNOWN_TRT_FOR_TRITON.items()):
             if ".".join(shipped.split(".")[:2]) == trt and server in CONTAINER_FOR_SERVER:

@@ -278,8 +278,9 @@ def push(repo: Path, base: S3Location, progress: Progress | None = None) -> Push
                 missing = sorted(set(wanted) - set(listed)) or sorted(k for k in wanted if listed.get(k) != wanted[k])
                 raise UserError("the upload to %s does not list back as sent (first difference: %s)"
                                 % (target.url, missing[0] if missing else "extra objects"))
+            size, previous_version = sum(wanted.values()), previous.get("version") if previous else None
             record = {"version": version, "repository": target.url, "files": len(files),
-                      "bytes": sum(wanted.values()), "previous": previous.get("version") if previous else None,
+                      "bytes": size, "previous": previous_version,
                       "pushed": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                       "tool_version": __version__}
             s3.put_object(Bucket=base.bucket, Key=base.key(POINTER), Body=json.dumps(record, indent=2).encode(),
@@ -290,7 +291,7 @@ def push(repo: Path, base: S3Location, progress: Progress | None = None) -> Push
                 raise _fail("uploading to", target, exc) from None
             raise
     log.info("pushed %s as %s (%d files)", repo, target.url, len(files))
-    return PushResult(version, target, base.child(POINTER), len(files), record["bytes"], record["previous"])
+    return PushResult(version, target, base.child(POINTER), len(files), size, previous_version)
 
 
 def _remove_keys(s3, bucket: str, keys: list[str]) -> None:
@@ -323,10 +324,11 @@ class RepositoryView:
         return self.location is not None
 
     def describe(self) -> str:
-        if not self.remote:
+        if self.location is None:
             return str(self.local)
-        return self.location.url + (" (version %s via %s)" % (self.version, self.base.child(POINTER).url)
-                                    if self.version else "")
+        via = " (version %s via %s)" % (self.version, self.base.child(POINTER).url) if self.version and self.base \
+            else ""
+        return self.location.url + via
 
 
 def resolve(s3, location: S3Location) -> tuple[S3Location, S3Location | None, str | None]:

@@ -3,22 +3,28 @@
 Each generated model directory holds a manifest (versions, spec, profiles, tolerances, the
 artifact chosen and why, TensorRT status) and the reference inputs/outputs recorded from eager
 PyTorch, so ``validate`` can check a served model without the user's model.py.
+
+Every section is a frozen dataclass whose ``to_dict``/``from_dict`` read and write the JSON
+``manifest.json`` holds; wrong types anywhere make :meth:`Manifest.load` raise one ``UserError``
+line naming the file. ``config`` stays the dict of ``GenerateConfig.to_dict()`` (read back with
+``GenerateConfig.from_dict``: the manifest does not import the user-facing config).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
-import torch
 
-from aitune_triton.config import Tolerance
 from aitune_triton.errors import UserError
-from aitune_triton.spec import IOSpec, TORCH_DTYPES
+from aitune_triton.numerics import Tolerance
+from aitune_triton.runtime.aitune_runtime import Requirements
+from aitune_triton.spec import IOSpec
 from aitune_triton.triton.repository import replace_file_atomically
 from aitune_triton.tensorrt.profiles import ProfileSet
 from aitune_triton.tensorrt.section import TensorRTSection
@@ -26,6 +32,179 @@ from aitune_triton.tensorrt.section import TensorRTSection
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 REFERENCE = "reference.npz"
+
+
+_KIND_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list", dict: "an object",
+               (int, float): "a number"}
+
+
+def _typed(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    """``value`` when it is a ``kind`` (JSON's true/false is no number), else TypeError naming the
+    key (``Manifest.load`` turns it into its one-line UserError)."""
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise TypeError("%s must be %s, got %s" % (what, _KIND_NAMES.get(kind, kind), json.dumps(value)[:80]))
+    return value
+
+
+def _strings(value: Any, what: str) -> tuple[str, ...]:
+    return tuple(_typed(v, str, what) for v in _typed(value, list, what))
+
+
+def _ints(value: Any, what: str) -> tuple[int, ...]:
+    return tuple(_typed(v, int, what) for v in _typed(value, list, what))
+
+
+@dataclass(frozen=True)
+class Versions:
+    """What generated the model: this package, Python, torch and the exporters, where it ran."""
+
+    aitune_triton: str | None = None
+    python: str | None = None
+    torch: str | None = None
+    cuda: str | None = None
+    device: str | None = None
+    onnx: str | None = None
+    onnxruntime: str | None = None
+    gpu: str | None = None  # only when generated on a GPU
+    compute_capability: str | None = None  # "8.0"; only when generated on a GPU
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {k: v for k, v in d.items() if v is not None or k not in ("gpu", "compute_capability")}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Versions":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: None if v is None else _typed(v, str, "versions.%s" % k)
+                      for k, v in _typed(d, dict, "versions").items() if k in known})
+
+
+@dataclass(frozen=True)
+class FallbackSection:
+    """The Python backend's artifact as ``generate`` kept it (``FallbackArtifact.to_dict()``):
+    the format, the files in the version dir, the formats skipped and why, the worst error against
+    eager per output, the input sizes it accepts (``None``: unbounded) and how it is called."""
+
+    format: str  # aoti | export | eager
+    device: str
+    files: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...] = ()
+    max_errors: dict[str, float] = field(default_factory=dict)
+    axis_ranges: dict[str, tuple[tuple[int, int | None], ...]] = field(default_factory=dict)
+    row_independent: bool = False
+    flat_io: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.format, "device": self.device, "files": list(self.files),
+                "skipped": [list(s) for s in self.skipped], "max_errors": dict(self.max_errors),
+                "axis_ranges": {k: [list(r) for r in v] for k, v in self.axis_ranges.items()},
+                "row_independent": self.row_independent, "flat_io": self.flat_io}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FallbackSection":
+        skipped = []
+        for s in _typed(d.get("skipped", []), list, "artifact.skipped"):
+            fmt, reason = _strings(s, "artifact.skipped[]")
+            skipped.append((fmt, reason))
+        ranges = {}
+        for name, axes in _typed(d.get("axis_ranges", {}), dict, "artifact.axis_ranges").items():
+            pairs = []
+            where = "artifact.axis_ranges.%s" % name
+            for lo, hi in _typed(axes, list, where):
+                pairs.append((_typed(lo, int, where), None if hi is None else _typed(hi, int, where)))
+            ranges[name] = tuple(pairs)
+        return cls(format=_typed(d["format"], str, "artifact.format"),
+                   device=_typed(d["device"], str, "artifact.device"),
+                   files=_strings(d["files"], "artifact.files"), skipped=tuple(skipped),
+                   max_errors={k: float(_typed(v, (int, float), "artifact.max_errors.%s" % k))
+                               for k, v in _typed(d.get("max_errors", {}), dict, "artifact.max_errors").items()},
+                   axis_ranges=ranges,
+                   row_independent=_typed(d.get("row_independent", False), bool, "artifact.row_independent"),
+                   flat_io=_typed(d.get("flat_io", False), bool, "artifact.flat_io"))
+
+
+@dataclass(frozen=True)
+class OnnxSection:
+    """The ONNX Runtime model's artifact: the opset and the ONNX Runtime check against eager
+    (``export.onnx``'s check report, as its ``to_dict`` wrote it)."""
+
+    opset: int
+    check: dict[str, Any] = field(default_factory=dict)
+    format: str = "onnx"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.format, "opset": self.opset, "check": dict(self.check)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "OnnxSection":
+        return cls(opset=_typed(d["opset"], int, "artifact.opset"),
+                   check=_typed(d.get("check", {}), dict, "artifact.check"))
+
+
+ArtifactSection = Union[FallbackSection, OnnxSection]
+
+
+def artifact_from_dict(d: dict[str, Any]) -> ArtifactSection | None:
+    """The ``artifact`` section: ``{}`` (a TensorRT-only model has none), an ONNX or a fallback one."""
+    if not _typed(d, dict, "artifact"):
+        return None
+    return OnnxSection.from_dict(d) if d.get("format") == "onnx" else FallbackSection.from_dict(d)
+
+
+@dataclass(frozen=True)
+class BatchingProbe:
+    """Whether each row's outputs inside mixed batches equal the row run alone
+    (``aitune_triton.probe``): dynamic batching is enabled only then."""
+
+    rows_independent: bool
+    probe_rows: tuple[str, ...]
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows_independent": self.rows_independent, "dynamic_batching": self.rows_independent,
+                "probe_rows": list(self.probe_rows), "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "BatchingProbe":
+        return cls(_typed(d["rows_independent"], bool, "checks.batching.rows_independent"),
+                   _strings(d.get("probe_rows", []), "checks.batching.probe_rows"),
+                   _typed(d.get("reason", ""), str, "checks.batching.reason"))
+
+
+@dataclass(frozen=True)
+class ChecksSection:
+    """What probing found and what the user was told: the batching verdict (batching models only),
+    output axes found to change size with the values, the output dims ``get_config()`` declared,
+    and the notes printed at generate time."""
+
+    batching: BatchingProbe | None = None
+    data_dependent_axes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    declared_output_dims: dict[str, tuple[int, ...]] | None = None
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        if self.batching is not None:
+            d["batching"] = self.batching.to_dict()
+        d["data_dependent_axes"] = {k: list(v) for k, v in self.data_dependent_axes.items()}
+        if self.declared_output_dims is not None:
+            d["declared_output_dims"] = {k: list(v) for k, v in self.declared_output_dims.items()}
+        d["notes"] = list(self.notes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ChecksSection":
+        _typed(d, dict, "checks")
+        declared = d.get("declared_output_dims")
+        return cls(
+            batching=BatchingProbe.from_dict(_typed(d["batching"], dict, "checks.batching")) if d.get("batching")
+            else None,
+            data_dependent_axes={k: _ints(v, "checks.data_dependent_axes.%s" % k) for k, v in
+                                 _typed(d.get("data_dependent_axes", {}), dict, "checks.data_dependent_axes").items()},
+            declared_output_dims=None if declared is None else {
+                k: _ints(v, "checks.declared_output_dims.%s" % k)
+                for k, v in _typed(declared, dict, "checks.declared_output_dims").items()},
+            notes=_strings(d.get("notes", []), "checks.notes"))
 
 
 @dataclass(frozen=True)
@@ -38,26 +217,37 @@ class Manifest:
     profiles: ProfileSet
     max_batch_size: int
     tolerances: dict[str, Tolerance]
-    versions: dict[str, Any]
-    artifact: dict[str, Any] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)
+    versions: Versions
+    artifact: ArtifactSection | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # GenerateConfig.to_dict()
     tensorrt: TensorRTSection | None = None
-    checks: dict[str, Any] = field(default_factory=dict)
+    checks: ChecksSection = field(default_factory=ChecksSection)
     tuning: dict[str, Any] = field(default_factory=dict)
     history: tuple[dict, ...] = ()
     files: dict[str, str] = field(default_factory=dict)  # artifact path -> SHA-256 (aitune_triton.integrity)
-    # what the serving side needs for a Python-backend model (aitune_triton.runtime.aitune_runtime.Requirements)
-    runtime_requirements: dict[str, Any] = field(default_factory=dict)
+    # what the serving side needs for a Python-backend model; None for the other backends
+    runtime_requirements: Requirements | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.tensorrt, dict):  # as read from JSON, or built by callers as a dict
+        # sections given as their JSON dicts (from_dict, or callers building a manifest by hand)
+        # become their types here, the one place
+        if isinstance(self.versions, dict):
+            object.__setattr__(self, "versions", Versions.from_dict(self.versions))
+        if isinstance(self.artifact, dict):
+            object.__setattr__(self, "artifact", artifact_from_dict(self.artifact))
+        if isinstance(self.tensorrt, dict):
             object.__setattr__(self, "tensorrt", TensorRTSection.from_dict(self.tensorrt) if self.tensorrt else None)
+        if isinstance(self.checks, dict):
+            object.__setattr__(self, "checks", ChecksSection.from_dict(self.checks))
+        if isinstance(self.runtime_requirements, dict):
+            object.__setattr__(self, "runtime_requirements", Requirements.from_dict(self.runtime_requirements)
+                               if self.runtime_requirements else None)
 
     def sealed(self, model_dir: Path) -> "Manifest":
         """This manifest with the SHA-256 of every artifact now in ``model_dir`` (call once the files are final)."""
         from aitune_triton.integrity import artifact_hashes
 
-        return Manifest(**{**self.__dict__, "files": artifact_hashes(model_dir)})
+        return dataclasses.replace(self, files=artifact_hashes(model_dir))
 
     def to_dict(self) -> dict:
         return {
@@ -68,15 +258,15 @@ class Manifest:
             "spec": self.spec.to_dict(),
             "profiles": self.profiles.to_dict(),
             "tolerances": {k: v.to_dict() for k, v in self.tolerances.items()},
-            "versions": self.versions,
-            "artifact": self.artifact,
+            "versions": self.versions.to_dict(),
+            "artifact": self.artifact.to_dict() if self.artifact else {},
             "config": self.config,
             "tensorrt": self.tensorrt.to_dict() if self.tensorrt else {},
-            "checks": self.checks,
+            "checks": self.checks.to_dict(),
             "tuning": self.tuning,
             "history": list(self.history),
             "files": dict(self.files),
-            "runtime_requirements": dict(self.runtime_requirements),
+            "runtime_requirements": self.runtime_requirements.to_dict() if self.runtime_requirements else {},
         }
 
     @classmethod
@@ -87,11 +277,16 @@ class Manifest:
         return cls(
             name=d["name"], backend=d["backend"], spec=IOSpec.from_dict(d["spec"]),
             profiles=ProfileSet.from_dict(d["profiles"]), max_batch_size=int(d["max_batch_size"]),
-            tolerances={k: Tolerance(v["atol"], v["rtol"]) for k, v in d["tolerances"].items()},
-            versions=d.get("versions", {}), artifact=d.get("artifact", {}), config=d.get("config", {}),
-            tensorrt=d.get("tensorrt") or None, checks=d.get("checks", {}), tuning=d.get("tuning", {}),
+            tolerances={k: Tolerance(_typed(v["atol"], (int, float), "tolerances.%s.atol" % k),
+                                     _typed(v["rtol"], (int, float), "tolerances.%s.rtol" % k))
+                        for k, v in d["tolerances"].items()},
+            versions=Versions.from_dict(d.get("versions", {})), artifact=artifact_from_dict(d.get("artifact", {})),
+            config=_typed(d.get("config", {}), dict, "config"),
+            tensorrt=TensorRTSection.from_dict(d["tensorrt"]) if d.get("tensorrt") else None,
+            checks=ChecksSection.from_dict(d.get("checks", {})), tuning=d.get("tuning", {}),
             history=tuple(d.get("history", ())), files=dict(d.get("files", {})),
-            runtime_requirements=dict(d.get("runtime_requirements", {})),
+            runtime_requirements=Requirements.from_dict(d["runtime_requirements"])
+            if d.get("runtime_requirements") else None,
         )
 
     def save(self, model_dir: Path) -> None:
@@ -110,18 +305,6 @@ class Manifest:
                             % (path, type(exc).__name__, str(exc)[:200])) from None
         except OSError as exc:
             raise UserError("cannot read %s: %s" % (path, exc.strerror)) from None
-
-
-def to_numpy(t: torch.Tensor) -> np.ndarray:
-    """numpy has no bfloat16: store it as float32 (exact), the spec keeps the real dtype."""
-    t = t.detach().cpu()
-    if t.dtype == torch.bfloat16:
-        t = t.float()
-    return t.contiguous().numpy()
-
-
-def from_numpy(a: np.ndarray, dtype: str) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a)).to(TORCH_DTYPES[dtype])
 
 
 @dataclass(frozen=True)
