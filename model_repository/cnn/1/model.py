@@ -19,6 +19,7 @@ import platform
 import sys
 import time
 import uuid
+from typing import TYPE_CHECKING, Optional
 
 # The repository may be a committed directory and the stub's interpreter ignores PYTHONDONTWRITEBYTECODE:
 # nothing imported from here writes bytecode, and the cache the stub wrote for this file is removed.
@@ -40,20 +41,26 @@ try:
     import torch
     import torch.utils.dlpack
     from torch.utils import _pytree as pytree
+
+    TORCH_VERSION: Optional[str] = torch.__version__
 except ImportError:  # reported by initialize() with what to install
-    torch = None
+    TORCH_VERSION = None
 
-import triton_python_backend_utils as pb_utils
+import triton_python_backend_utils as pb_utils  # noqa: E402 - after sys.dont_write_bytecode on purpose
 
-try:
-    from . import aitune_runtime as rt  # the stub imports this file as "<version>.model"
-except ImportError:  # loaded as a top-level module with the version directory on sys.path
-    import aitune_runtime as rt
-if torch is not None:  # host staging for GPU instances (imports torch)
+if TYPE_CHECKING:  # the type checker sees the package; the stub imports the files either way below
+    from . import aitune_runtime as rt
+    from . import aitune_staging as staging
+else:
     try:
-        from . import aitune_staging as staging
-    except ImportError:
-        import aitune_staging as staging
+        from . import aitune_runtime as rt  # the stub imports this file as "<version>.model"
+    except ImportError:  # loaded as a top-level module with the version directory on sys.path
+        import aitune_runtime as rt
+    if TORCH_VERSION is not None:  # host staging for GPU instances (imports torch)
+        try:
+            from . import aitune_staging as staging
+        except ImportError:
+            import aitune_staging as staging
 
 STAGE_TIMES_PERIOD_S = 1.0  # AITUNE_STAGE_TIMES=1: how often the stub logs its per-execute stage times
 DTYPE_NAMES = ("float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool")
@@ -157,9 +164,9 @@ class TritonPythonModel:
             _log("warn", "the %s artifact was checked on %s; moving it to %s"
                  % (data.format, data.artifact_device, "cuda" if on_gpu else "cpu"))
         reqs = data.requirements
-        problem = reqs.problem(name, platform.python_version(), torch.__version__ if torch else None,
-                               _export_schema_major() if torch else None,
-                               bool(torch) and torch.cuda.is_available(), on_gpu)
+        problem = reqs.problem(name, platform.python_version(), TORCH_VERSION,
+                               _export_schema_major() if TORCH_VERSION else None,
+                               TORCH_VERSION is not None and torch.cuda.is_available(), on_gpu)
         if problem:
             raise pb_utils.TritonModelException(problem)
         note = reqs.python_note(platform.python_version())
