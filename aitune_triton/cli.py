@@ -440,17 +440,14 @@ def push(repo, destination):
 @_handle_errors
 def plan(repo, model, target_rps, p99_ms, headroom, gpus_per_replica, min_replicas, report, out):
     """Replicas and GPUs to serve --target-rps within --p99-ms, from the measured curve of MODEL."""
-    import json
-
     from aitune_triton.deploy import capacity
-    from aitune_triton.triton.repository import replace_file_atomically
 
     request = capacity.PlanRequest(target_rps, p99_ms, headroom, gpus_per_replica, min_replicas)
     source = capacity.find_report(repo, model, report)
     result = capacity.plan(capacity.read_curve(source, model, Path(repo) / model), request)
     click.echo(result.to_text())
     if out:
-        replace_file_atomically(out, json.dumps(result.to_dict(), indent=2) + "\n")
+        capacity.save_plan(out, result)
         console.print("wrote %s" % out, markup=False)
 
 

@@ -27,3 +27,39 @@ def test_version_and_help_do_not_import_torch(flag):
         assert "aitune-triton, version" in run.stdout
     else:
         assert "pack-env" in run.stdout
+
+
+MODEL_WITH_CONFIG = """
+import torch
+from aitune_triton import GenerateConfig
+
+def get_model():
+    return torch.nn.Linear(3, 2).eval()
+
+def get_samples():
+    return [torch.randn(b, 3) for b in (1, 2)]
+
+def get_config():
+    return GenerateConfig(instances=2, max_batch_size=4, max_queue_delay_us=100)
+"""
+
+
+def test_options_not_given_keep_get_config_values(tmp_path):
+    """The CLI passes NOT_GIVEN for options left out: get_config()'s max_batch_size and delay stay,
+    --instances (given) wins."""
+    import json
+
+    from click.testing import CliRunner
+
+    from aitune_triton.cli import main
+
+    model_py = tmp_path / "model.py"
+    model_py.write_text(MODEL_WITH_CONFIG)
+    result = CliRunner().invoke(main, ["generate", str(model_py), "--out", str(tmp_path / "repo"), "--name", "m",
+                                       "--backend", "python", "--fallback-format", "eager", "--device", "cpu",
+                                       "--instances", "3"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "repo" / "m" / "manifest.json").read_text())["config"]
+    assert (config["instances"], config["max_batch_size"], config["max_queue_delay_us"]) == (3, 4, 100)
+    pbtxt = (tmp_path / "repo" / "m" / "config.pbtxt").read_text()
+    assert "max_batch_size: 4" in pbtxt and "count: 3" in pbtxt and "max_queue_delay_microseconds: 100" in pbtxt

@@ -20,3 +20,35 @@ def test_config_fields_round_trip():
     cfg = GenerateConfig(output_dims={"boxes": [-1, 4]}, input_ranges={"lengths": (1, 16)})
     assert cfg.output_dims == {"boxes": (-1, 4)} and cfg.input_ranges == {"lengths": (1.0, 16.0)}
     assert GenerateConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_replace_sets_none_and_skips_not_given():
+    import copy
+    import pickle
+
+    from aitune_triton.config import NOT_GIVEN, NotGiven
+
+    cfg = GenerateConfig(max_batch_size=8, max_queue_delay_us=100, strategy="min-latency")
+    assert cfg.replace(max_batch_size=None).max_batch_size is None  # None is a value: derive from the samples
+    assert cfg.replace(max_queue_delay_us=None).queue_delay_us == 500  # back to the default delay
+    kept = cfg.replace(max_batch_size=NOT_GIVEN, strategy=NOT_GIVEN, instances=3)
+    assert (kept.max_batch_size, kept.strategy, kept.instances) == (8, "min-latency", 3)
+    assert repr(NOT_GIVEN) == "NOT_GIVEN" and not NOT_GIVEN and NotGiven() is NOT_GIVEN
+    assert pickle.loads(pickle.dumps(NOT_GIVEN)) is NOT_GIVEN and copy.deepcopy(NOT_GIVEN) is NOT_GIVEN
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("backends", None, r"unknown backend\(s\) \(none\)"),
+    ("tensorrt", None, "tensorrt must be a TensorRTBackendConfig"),
+])
+def test_none_where_a_value_is_required_is_a_user_error(field, value, match):
+    with pytest.raises(UserError, match=match):
+        GenerateConfig().replace(**{field: value})
+
+
+def test_tolerance_override_fills_the_missing_half_from_the_float32_default():
+    from aitune_triton.numerics import DEFAULT_TOLERANCES, Tolerance
+
+    assert GenerateConfig().tolerance_override is None
+    assert GenerateConfig(atol=0.5).tolerance_override == Tolerance(0.5, DEFAULT_TOLERANCES["float32"].rtol)
+    assert GenerateConfig(rtol=0.5).tolerance_override == Tolerance(DEFAULT_TOLERANCES["float32"].atol, 0.5)

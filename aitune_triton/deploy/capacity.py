@@ -277,6 +277,16 @@ def plan(curve: Curve, request: PlanRequest) -> CapacityPlan:
                         curve.instances, curve.device, curve.points, warnings=tuple(warnings))
 
 
+def save_plan(path: Path, plan: CapacityPlan) -> None:
+    """Write ``plan`` as JSON for ``deploy k8s --plan``; an unwritable path is one UserError line."""
+    from aitune_triton.triton.repository import replace_file_atomically
+
+    try:
+        replace_file_atomically(Path(path), json.dumps(plan.to_dict(), indent=2) + "\n")
+    except OSError as exc:
+        raise UserError("cannot write the plan to %s: %s" % (path, exc.strerror or exc)) from None
+
+
 def load_plan(path: Path) -> dict:
     """A plan written by ``plan --out`` (for ``deploy k8s --plan``)."""
     data = _read_json(path)

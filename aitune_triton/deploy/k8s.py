@@ -195,11 +195,14 @@ def write(files: dict[str, str], out: Path) -> list[Path]:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError("--out %s is a file; pass a directory" % out)
-    out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, text in files.items():
-        replace_file_atomically(out / name, text)
-        paths.append(out / name)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            replace_file_atomically(out / name, text)
+            paths.append(out / name)
+    except OSError as exc:
+        raise UserError("cannot write the manifests into %s: %s" % (out, exc.strerror or exc)) from None
     return paths
 
 

@@ -132,3 +132,12 @@ def test_find_report_takes_the_newest_of_tune_and_validate(tmp_path):
     os.utime(tune, (0, 0))
     assert cap.find_report(repo, "cnn") == validate
     assert cap.find_report(repo, "cnn", validate.parent) == validate
+
+
+def test_plan_cli_unwritable_out_is_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["plan", str(ROOT / "model_repository"), "--model", "cnn", "--target-rps",
+                                       "2000", "--p99-ms", "30", "--report", str(REAL),
+                                       "--out", str(tmp_path / "missing" / "plan.json")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1].startswith("error: cannot write the plan to ")
+    assert "No such file or directory" in result.output and "Traceback" not in result.output

@@ -141,3 +141,12 @@ def test_deploy_cli_from_object_storage_pins_the_pushed_version(tmp_path, s3_end
     assert "--model-repository=%s" % pushed.repository.url in args
     hpa = yaml.safe_load((out / "hpa.yaml").read_text())
     assert hpa["spec"]["minReplicas"] == 4 and hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"] == "2500"
+
+
+def test_deploy_cli_unwritable_out_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    result = CliRunner().invoke(main, ["deploy", "k8s", str(ROOT / "model_repository"), "--pvc", "triton-models",
+                                       "--out", str(tmp_path / "file" / "k8s")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        "error: cannot write the manifests into %s: Not a directory" % (tmp_path / "file" / "k8s")]
