@@ -30,10 +30,15 @@ from aitune_triton.triton import tools
 from aitune_triton.triton.manifest import MANIFEST, Manifest
 from aitune_triton.tensorrt.section import TensorRTSection
 from aitune_triton.tensorrt.stamp import refusal_here
-from aitune_triton.triton.perf import PerfError, PerfOptions, PerfResult, run_perf, write_input_data_json
-from aitune_triton.triton.server import RemoteServer, ServerError, ServerOptions, TritonServer
-from aitune_triton.validate import checks as ck
-from aitune_triton.validate.checks import FAIL, PASS, SKIP, WARN, CheckResult, Endpoint, ModelTarget, Session
+from aitune_triton.triton.perf import PerfError, PerfOptions, PerfResult, PerfRow, run_perf, write_input_data_json
+from aitune_triton.triton.server import ServerError, ServerOptions, TritonServer
+from aitune_triton.triton.server_api import RemoteServer, Server
+from aitune_triton.validate.checks import registry
+from aitune_triton.validate.checks.batching import batch_histogram, model_stats
+from aitune_triton.validate.checks.registry import Check, CheckContext
+from aitune_triton.validate.result import CheckResult, CheckStatus
+from aitune_triton.validate.checks.target import Endpoint, ModelTarget, Session
+from aitune_triton.validate.checks.wire import request_arrays, short, wire_dtype
 from aitune_triton.validate.report import ModelReport, ServerInfo, ValidationReport
 
 log = logging.getLogger(__name__)
@@ -146,7 +151,7 @@ def plan_models(repo: Path, only: tuple[str, ...] = ()) -> list[Planned]:
         try:
             manifest = Manifest.load(model_dir)
         except AituneError as exc:
-            failure = CheckResult("manifest", FAIL, str(exc))
+            failure = CheckResult("manifest", CheckStatus.FAIL, str(exc))
             planned[model_dir.name] = Planned(model_dir.name, "unknown", failure=failure)
             continue
         trt = manifest.tensorrt
@@ -206,55 +211,82 @@ class _Run:
         self.repo = repo
         self.options = options
         self.progress = progress
-        self.server = None
+        self._server: Server | None = None
         self.dead: str | None = None
 
     def say(self, msg: str) -> None:
         log.info("%s", msg)
         self.progress(msg)
 
+    @property
+    def server(self) -> Server:
+        if self._server is None:
+            raise ServerError("no server has been set up for this run")
+        return self._server
+
     # ------------------------------------------------------------ server
 
     def start(self) -> ServerInfo:
         opts = self.options
         if opts.url:
-            self.server = RemoteServer(opts.url, opts.grpc_url or _grpc_for(opts.url))
-            self.say("attaching to the Triton server at %s" % self.server.http_url)
-            self.server.start()
-            return ServerInfo("url", self.server.http_url, self.server.grpc_url, self.server.version())
+            remote = RemoteServer(opts.url, opts.grpc_url or _grpc_for(opts.url))
+            self._server = remote
+            self.say("attaching to %s" % remote.describe())
+            remote.start()
+            return ServerInfo("url", remote.http_url, remote.grpc_url, remote.version())
         log_path = None
         if opts.report_dir:
             Path(opts.report_dir).mkdir(parents=True, exist_ok=True)
             log_path = Path(opts.report_dir) / SERVER_LOG
             log_path.unlink(missing_ok=True)
-        self.server = TritonServer(opts.server_repository or self.repo,
-                                   ServerOptions(tritonserver=opts.tritonserver,
-                                                 startup_timeout_s=opts.startup_timeout_s),
-                                   log_path=log_path)
-        self.say("starting tritonserver on %s" % (opts.server_repository or self.repo))
-        self.server.start()
-        return ServerInfo("embedded", self.server.http_url, self.server.grpc_url, self.server.version(),
-                          str(self.server.command[0]) if self.server.command else None, server_backends(opts),
-                          str(self.server.log_path))
+        launched = TritonServer(opts.server_repository or self.repo,
+                                ServerOptions(tritonserver=opts.tritonserver, startup_timeout_s=opts.startup_timeout_s),
+                                log_path=log_path)
+        self._server = launched
+        self.say("starting %s" % launched.describe())
+        launched.start()
+        return ServerInfo("embedded", launched.http_url, launched.grpc_url, launched.version(),
+                          str(launched.command[0]) if launched.command else None, server_backends(opts),
+                          str(launched.log_path))
+
+    def stop(self) -> None:
+        """Stop the server if the run started it; a server someone else runs is left as it is."""
+        if self._server is not None and self._server.owns_process:
+            self.say("stopping tritonserver")
+            self._server.stop()
+
+    def unusable(self, planned: list[Planned], exc: Exception) -> tuple[ServerInfo, list[ModelReport]]:
+        """The server never came up: every model that needed it fails; skips stay skips. A launched
+        server's address is not reported (it may never have had ports), an attached one's is."""
+        server = self._server
+        error = "the server could not be used: %s" % exc
+        info = ServerInfo("url" if self.options.url else "embedded",
+                          server.http_url if server is not None and not server.owns_process else None,
+                          log_path=str(server.log_path) if server is not None and server.log_path else None,
+                          error=error)
+        self.say(error.splitlines()[0])
+        reports = [self.validate(p, None) if p.model_dir is None else
+                   ModelReport(p.name, p.backend, (CheckResult("server", CheckStatus.FAIL, "not validated: the "
+                                                               "server could not be used"),)) for p in planned]
+        return info, reports
 
     def check_alive(self, during: str) -> bool:
         """False (and ``self.dead`` set, with the log tail) once the server is gone."""
         if self.dead:
             return False
         server = self.server
-        code = server.returncode if isinstance(server, TritonServer) else None
+        code = server.returncode
         if code is None:
             for attempt in range(3):
                 if server.is_live():
                     return True
                 time.sleep(0.5 * (attempt + 1))
-            if isinstance(server, TritonServer):
-                code = server.returncode
+            code = server.returncode
         tail = server.log_tail(30)
         self.dead = "tritonserver %s during %s%s%s" % (
             "exited with code %s" % code if code is not None else "stopped answering", during,
             "; last lines of %s:\n%s" % (server.log_path, tail) if tail else "",
-            "" if isinstance(server, TritonServer) else " (%s)" % server.http_url)
+            "" if server.owns_process else " (%s)" % server.http_url)
         self.say(self.dead.splitlines()[0])
         return False
 
@@ -262,19 +294,20 @@ class _Run:
 
     def validate(self, item: Planned, backends: tuple[str, ...] | None, last: bool = False) -> ModelReport:
         """Load, check, measure and unload one model. ``last``: the final model of the run, which
-        also gets the oversized-shape request (it crashes some Triton releases, so nothing follows it)."""
+        also gets the final checks (they may crash some Triton releases, so nothing follows them)."""
         if item.failure:
             return ModelReport(item.name, item.backend, (item.failure,))
-        if item.skipped:
+        if item.skipped or item.model_dir is None:
             return ModelReport(item.name, item.backend, skipped=item.skipped)
         try:
             target = ModelTarget.load(item.model_dir)
         except (AituneError, OSError, ValueError, KeyError) as exc:
-            return ModelReport(item.name, item.backend, (CheckResult("model_files", FAIL, ck.short(exc, 400)),))
+            return ModelReport(item.name, item.backend, (CheckResult("model_files", CheckStatus.FAIL,
+                                                                     short(exc, 400)),))
         try:  # before anything loads them: a replaced artifact can run code when deserialised
             hashed = verify_artifacts(item.model_dir, target.manifest.files)
         except AituneError as exc:
-            return ModelReport(item.name, item.backend, (CheckResult("integrity", FAIL, str(exc)),))
+            return ModelReport(item.name, item.backend, (CheckResult("integrity", CheckStatus.FAIL, str(exc)),))
         if not hashed:
             log.warning("%s: the manifest records no artifact hashes (generated by an older version); "
                         "regenerate the model to have its files checked before loading", item.name)
@@ -284,55 +317,52 @@ class _Run:
                 % ("embedded" if self.options.tritonserver is None else "launched", item.backend,
                    ", ".join(backends) or "none")))
         checks: list[CheckResult] = []
+        server = self.server
         trt = target.manifest.tensorrt
-        if isinstance(self.server, TritonServer) and item.backend == "tensorrt" and trt is not None:
-            # the embedded server runs here: a plan stamped for another TensorRT or GPU is refused up front
+        if server.owns_process and item.backend == "tensorrt" and trt is not None:
+            # the launched server runs here: a plan stamped for another TensorRT or GPU is refused up front
             refusal = refusal_here(trt.stamp, item.model_dir / "1" / "model.plan",
                                    "aitune-triton build-plan %s --force" % self.repo)
             if refusal:
-                return ModelReport(item.name, item.backend, (CheckResult("version_stamp", FAIL, refusal),))
-        if isinstance(self.server, TritonServer):
+                return ModelReport(item.name, item.backend, (CheckResult("version_stamp", CheckStatus.FAIL,
+                                                                         refusal),))
+        if server.owns_process:  # a server someone else runs serves what it has loaded
             load = self._load(item)
             if isinstance(load, ModelReport):
                 return load
             checks.append(load)
-            if load.status == FAIL:
+            if load.status == CheckStatus.FAIL:
                 return ModelReport(item.name, item.backend, tuple(checks))
-        rows, unstable, hist = (), (), {}
-        endpoint = Endpoint(self.server.http_url, self.server.grpc_url, self.options.request_timeout_s)
+        rows: tuple[PerfRow, ...] = ()
+        unstable: tuple[int, ...] = ()
+        hist: dict[int, int] = {}
+        endpoint = Endpoint(server.http_url, server.grpc_url, self.options.request_timeout_s)
         with Session(endpoint) as session:
-            checks += self._checks(target, session)
-            ready = any(c.name == "ready" and c.status == PASS for c in checks)
+            ctx = CheckContext(target, session, batching_in_flight=self.options.batching_in_flight)
+            results, ready = self._checks(ctx, registry.registered(final=False))
+            checks += results
             if self.options.perf and ready and not self.dead:
                 perf_check, rows, unstable = self.perf(target)
                 checks.append(perf_check)
-                if perf_check.status == FAIL:
+                if perf_check.status == CheckStatus.FAIL:
                     self.check_alive("perf_analyzer on %s" % item.name)
             if ready and not self.dead:
                 try:
-                    hist = ck.batch_histogram(ck.model_stats(session, item.name))
+                    hist = batch_histogram(model_stats(session, item.name))
                 except Exception as exc:  # noqa: BLE001 - statistics are informative only
-                    log.warning("no statistics for %s: %s", item.name, ck.short(exc))
+                    log.warning("no statistics for %s: %s", item.name, short(exc))
             if last and ready and not self.dead:
-                checks.append(self._oversized(target, session))
+                checks += self._checks(ctx, registry.registered(final=True))[0]
         if self.dead:
-            checks.append(CheckResult("server", FAIL, self.dead))
-        elif checks and checks[-1].status == WARN:
+            checks.append(CheckResult("server", CheckStatus.FAIL, self.dead))
+        elif checks and checks[-1].status == CheckStatus.WARN:
             self.say(checks[-1].detail.split(":")[0])  # the server crashed: nothing to unload
-        elif isinstance(self.server, TritonServer):
+        elif server.owns_process:
             try:
-                self.server.unload_model(item.name, timeout_s=self.options.startup_timeout_s)
+                server.unload_model(item.name, timeout_s=self.options.startup_timeout_s)
             except ServerError as exc:
                 log.warning("unloading %s failed: %s", item.name, exc)
-        return ModelReport(item.name, item.backend, tuple(checks), tuple(rows), tuple(unstable), hist)
-
-    def _oversized(self, target: ModelTarget, session: Session) -> CheckResult:
-        if not isinstance(self.server, TritonServer):
-            return CheckResult("oversized_shape", SKIP, "not sent to a server this run did not start (Triton 2.51 "
-                               "crashes on it; see Troubleshooting in the README)")
-        self.say("%s: oversized shape" % target.name)
-        return ck.run_check("oversized_shape", lambda t, s: ck.check_oversized_shape(t, s, self.server.version()),
-                            target, session)
+        return ModelReport(item.name, item.backend, tuple(checks), rows, unstable, hist)
 
     def _load(self, item: Planned) -> CheckResult | ModelReport:
         """The load as a check, or a skipped report when the server lacks the model's backend."""
@@ -346,29 +376,35 @@ class _Run:
                 return ModelReport(item.name, item.backend, skipped="the server cannot load %s backend models: %s"
                                    % (item.backend, message.splitlines()[0]))
             self.check_alive("the load of %s" % item.name)
-            return CheckResult("load", FAIL, message, time.monotonic() - t0)
-        return CheckResult("load", PASS, "loaded in %.1f s" % (time.monotonic() - t0), time.monotonic() - t0)
+            return CheckResult("load", CheckStatus.FAIL, message, time.monotonic() - t0)
+        return CheckResult("load", CheckStatus.PASS, "loaded in %.1f s" % (time.monotonic() - t0),
+                           time.monotonic() - t0)
 
-    def _checks(self, target: ModelTarget, session: Session) -> list[CheckResult]:
-        """ck.CHECKS in order; after a failed readiness the rest are skipped, after a death none run."""
+    def _checks(self, ctx: CheckContext, checks: tuple[Check, ...]) -> tuple[list[CheckResult], bool]:
+        """``checks`` in order, and whether every gate among them passed. After a failed gate the
+        rest are skipped; after a death none run; a check needing a server the run started is
+        skipped (with its reason) on one it did not."""
         results: list[CheckResult] = []
-        for name, fn in ck.CHECKS:
+        ready = True
+        for check in checks:
             if self.dead:
                 break
-            if results and results[0].status == FAIL:
-                results.append(CheckResult(name, SKIP, "model not ready"))
+            if not ready:
+                results.append(CheckResult(check.name, CheckStatus.SKIP, "model not ready"))
                 continue
-            if name == "dynamic_batching":
-                in_flight = self.options.batching_in_flight
-                fn = lambda t, s: ck.check_dynamic_batching(t, s, in_flight=in_flight)  # noqa: E731
-            self.say("%s: %s" % (target.name, name.replace("_", " ")))
-            result = ck.run_check(name, fn, target, session)
-            if name == "ready" and result.status == FAIL:
-                result = CheckResult(name, FAIL, result.detail + self._index_reason(target.name), result.seconds)
+            if check.needs_own_server and not self.server.owns_process:
+                results.append(CheckResult(check.name, CheckStatus.SKIP, check.why))
+                continue
+            self.say("%s: %s" % (ctx.target.name, check.name.replace("_", " ")))
+            result = registry.run_check(check, ctx)
+            if check.gate and result.status == CheckStatus.FAIL:
+                ready = False
+                result = dataclasses.replace(result, detail=result.detail + self._index_reason(ctx.target.name))
             results.append(result)
-            if result.status == FAIL and not self.check_alive("check %r of %s" % (name, target.name)):
+            if result.status == CheckStatus.FAIL and not self.check_alive("check %r of %s"
+                                                                          % (check.name, ctx.target.name)):
                 break
-        return results
+        return results, ready and not self.dead and bool(results)
 
     def _index_reason(self, name: str) -> str:
         try:
@@ -381,14 +417,14 @@ class _Run:
             return " (state: never loaded; load it on that server first)"
         return " (state %s%s)" % (entry["state"], ": %s" % entry["reason"] if entry.get("reason") else "")
 
-    def perf(self, target: ModelTarget) -> tuple[CheckResult, tuple, tuple[int, ...]]:
+    def perf(self, target: ModelTarget) -> tuple[CheckResult, tuple[PerfRow, ...], tuple[int, ...]]:
         t0 = time.monotonic()
         opts = self.options
         if not self.server.grpc_url:
-            return CheckResult("perf", SKIP, "no gRPC endpoint"), (), ()
+            return CheckResult("perf", CheckStatus.SKIP, "no gRPC endpoint"), (), ()
         if tools.find_perf_analyzer() is None:
             why = "perf_analyzer not found (python -m aitune_triton.triton.tools install)"
-            return CheckResult("perf", SKIP, why), (), ()
+            return CheckResult("perf", CheckStatus.SKIP, why), (), ()
         with tempfile.TemporaryDirectory(prefix="aitune-perf-") as tmp:
             workdir = Path(opts.report_dir) / "perf" if opts.report_dir else Path(tmp)
             workdir.mkdir(parents=True, exist_ok=True)
@@ -401,20 +437,21 @@ class _Run:
                                      dataclasses.replace(perf_opts, concurrency=(level,)), workdir=workdir)
                     result = _merged(result, point)
             except PerfError as exc:
-                rows = result.rows + (exc.partial.rows if exc.partial else ())
-                return CheckResult("perf", FAIL, str(exc), time.monotonic() - t0), rows, ()
+                rows = result.rows + (exc.partial.rows if isinstance(exc.partial, PerfResult) else ())
+                return CheckResult("perf", CheckStatus.FAIL, str(exc), time.monotonic() - t0), rows, ()
             except (OSError, ValueError) as exc:
-                return CheckResult("perf", FAIL, "%s: %s" % (type(exc).__name__, exc), time.monotonic() - t0), (), ()
+                return (CheckResult("perf", CheckStatus.FAIL, "%s: %s" % (type(exc).__name__, exc),
+                                    time.monotonic() - t0), (), ())
         unstable = " (no stable measurement at concurrency %s)" % ", ".join(map(str, result.unstable)) \
             if result.unstable else ""
-        if not result.rows:
-            return CheckResult("perf", SKIP, "perf_analyzer measured nothing%s; a busy machine? retry with a larger "
-                               "request count or stability percentage\n%s" % (unstable, result.stdout_tail[-1500:]),
-                               time.monotonic() - t0), (), result.unstable
         best = result.best()
+        if best is None:
+            return CheckResult("perf", CheckStatus.SKIP, "perf_analyzer measured nothing%s; a busy machine? retry with "
+                               "a larger request count or stability percentage\n%s"
+                               % (unstable, result.stdout_tail[-1500:]), time.monotonic() - t0), (), result.unstable
         detail = "%d point(s), best %.1f infer/s at concurrency %d (p99 %.2f ms)%s" % (
             len(result.rows), best.throughput, best.concurrency, best.p99_ms, unstable)
-        return CheckResult("perf", PASS, detail, time.monotonic() - t0), result.rows, result.unstable
+        return CheckResult("perf", CheckStatus.PASS, detail, time.monotonic() - t0), result.rows, result.unstable
 
 
 def _merged(a: PerfResult, b: PerfResult) -> PerfResult:
@@ -427,43 +464,29 @@ def perf_options(target: ModelTarget, options: ValidateOptions, workdir: Path) -
     and --shape for every dynamic dim. perf_analyzer refuses entries whose shape differs from
     --shape, and the batcher would not merge them anyway, so only cases of the first case's shapes
     are used. BF16 inputs get random data: perf_analyzer's JSON has no bf16."""
-    samples = []
+    samples: list[dict[str, np.ndarray]] = []
     for case in target.reference:
-        sample = ck.request_arrays(target, case.inputs, 0, 1)  # (a non-batching case is taken whole)
+        sample = request_arrays(target, case.inputs, 0, 1)  # (a non-batching case is taken whole)
         shapes = {n: np.asarray(a).shape for n, a in sample.items()}
         if not samples or shapes == {n: np.asarray(a).shape for n, a in samples[0].items()}:
             samples.append(sample)
     samples = samples[:16]
-    shapes = {}
+    dynamic_shapes: dict[str, tuple[int, ...]] = {}
     for name, tensor in target.inputs.items():
         if samples and any(d < 0 for d in tensor.dims):
             shape = np.asarray(samples[0][name]).shape
-            shapes[name] = tuple(shape[1:] if target.batching else shape)
-    bf16 = any(ck.wire_dtype(t.data_type) == "BF16" for t in target.inputs.values())
+            dynamic_shapes[name] = tuple(shape[1:] if target.batching else shape)
+    bf16 = any(wire_dtype(t.data_type) == "BF16" for t in target.inputs.values())
     data = None
     if samples and not bf16:
         data = write_input_data_json(samples, workdir / ("%s_input.json" % target.name), has_batch_dim=target.batching)
     return PerfOptions(concurrency=options.concurrency, protocol="grpc", shared_memory=options.shared_memory,
                        measurement_request_count=options.perf_request_count,
                        stability_percentage=options.perf_stability_pct, max_trials=options.perf_max_trials,
-                       shapes=shapes, input_data=data)
+                       shapes=dynamic_shapes, input_data=data)
 
 
-def _server_unusable(run: _Run, planned: list[Planned], exc: Exception) -> tuple[ServerInfo, list[ModelReport]]:
-    """The server never came up: every model that needed it fails; skips stay skips."""
-    server = run.server
-    info = ServerInfo("url" if run.options.url else "embedded",
-                      server.http_url if isinstance(server, RemoteServer) else None,
-                      log_path=str(server.log_path) if isinstance(server, TritonServer) else None,
-                      error="the server could not be used: %s" % exc)
-    run.say(info.error.splitlines()[0])
-    reports = [run.validate(p, None) if p.model_dir is None else
-               ModelReport(p.name, p.backend, (CheckResult("server", FAIL, "not validated: the server could not be "
-                                                           "used"),)) for p in planned]
-    return info, reports
-
-
-def validate_repository(repo: Path, options: ValidateOptions = ValidateOptions(),
+def validate_repository(repo: Path, options: ValidateOptions | None = None,
                         progress: Progress | None = None) -> ValidationReport:
     """Validate every generated model of ``repo`` (or ``options.models``) on a live Triton.
 
@@ -474,13 +497,13 @@ def validate_repository(repo: Path, options: ValidateOptions = ValidateOptions()
     An ``s3://`` repository is served from object storage as Triton reads it, while the files the
     checks read (manifests, references, and the artifacts whose hashes are checked) are downloaded.
     """
-    from dataclasses import replace
-
     from aitune_triton.deploy.storage import is_s3_url, open_repository
 
+    options = options if options is not None else ValidateOptions()
     if is_s3_url(repo):
         with open_repository(str(repo), full=True, progress=progress) as view:
-            return validate_repository(view.local, replace(options, server_repository=str(view.server)), progress)
+            return validate_repository(view.local, dataclasses.replace(options, server_repository=str(view.server)),
+                                       progress)
     repo = Path(repo)
     planned = plan_models(repo, options.models)
     run = _Run(repo, options, progress or (lambda msg: None))
@@ -491,21 +514,19 @@ def validate_repository(repo: Path, options: ValidateOptions = ValidateOptions()
         try:
             info = run.start()
         except (ServerError, tools.ToolMissing, OSError) as exc:
-            info, reports = _server_unusable(run, planned, exc)
+            info, reports = run.unusable(planned, exc)
         else:
             last = next((p for p in reversed(planned) if p.model_dir), None)
             for item in planned:
                 if run.dead and item.model_dir:
                     reports.append(ModelReport(item.name, item.backend, (CheckResult(
-                        "server", FAIL, "not validated: the server died earlier in the run"),)))
+                        "server", CheckStatus.FAIL, "not validated: the server died earlier in the run"),)))
                     continue
                 reports.append(run.validate(item, info.backends, last=item is last))
             if run.dead:
-                info = ServerInfo(**{**info.__dict__, "error": run.dead})
+                info = dataclasses.replace(info, error=run.dead)
     finally:
-        if isinstance(run.server, TritonServer):
-            run.say("stopping tritonserver")
-            run.server.stop()
+        run.stop()
     report = ValidationReport(options.server_repository or str(repo.resolve()), info, tuple(reports), started,
                               time.monotonic() - t0, options.to_dict())
     if options.report_dir:

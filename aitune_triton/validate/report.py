@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aitune_triton.triton.perf import PerfRow
-from aitune_triton.validate.checks import FAIL, PASS, SKIP, CheckResult
+from aitune_triton.validate.result import CheckResult, CheckStatus
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class ModelReport:
 
     @property
     def status(self) -> str:
-        if any(c.status == FAIL for c in self.checks):
+        if any(c.status == CheckStatus.FAIL for c in self.checks):
             return "failed"
         return "skipped" if self.skipped else "passed"
 
@@ -94,19 +94,19 @@ class ValidationReport:
     schema_version: int = SCHEMA_VERSION
 
     @property
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> dict[CheckStatus, int]:
         """Checks per status; a model skipped as a whole counts as one skip."""
-        counts = {PASS: 0, FAIL: 0, SKIP: 0}
+        counts = {CheckStatus.PASS: 0, CheckStatus.FAIL: 0, CheckStatus.SKIP: 0}
         for model in self.models:
             if model.skipped and not model.checks:
-                counts[SKIP] += 1
+                counts[CheckStatus.SKIP] += 1
             for c in model.checks:
                 counts[c.status] = counts.get(c.status, 0) + 1
         return counts
 
     @property
     def passed(self) -> bool:
-        return self.server.error is None and self.counts[FAIL] == 0
+        return self.server.error is None and self.counts[CheckStatus.FAIL] == 0
 
     @property
     def exit_code(self) -> int:
@@ -122,7 +122,8 @@ class ValidationReport:
     def to_dict(self) -> dict:
         return {"schema_version": self.schema_version, "repository": self.repository, "started": self.started,
                 "seconds": round(self.seconds, 2), "passed": self.passed, "exit_code": self.exit_code,
-                "counts": self.counts, "options": self.options, "server": self.server.to_dict(),
+                "counts": {k.value: v for k, v in self.counts.items()}, "options": self.options,
+                "server": self.server.to_dict(),
                 "models": [m.to_dict() for m in self.models]}
 
     @classmethod
@@ -150,7 +151,7 @@ def _cell(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-_ICON = {PASS: "✅ pass", FAIL: "❌ fail", SKIP: "⏭ skip"}
+_ICON = {CheckStatus.PASS: "✅ pass", CheckStatus.FAIL: "❌ fail", CheckStatus.SKIP: "⏭ skip"}
 
 
 def to_markdown(report: ValidationReport, plot_name: str | None = None) -> str:
@@ -161,7 +162,8 @@ def to_markdown(report: ValidationReport, plot_name: str | None = None) -> str:
         "- repository: `%s`" % report.repository,
         "- server: %s, Triton %s (http %s, grpc %s)" % (s.mode, s.version or "unknown", s.http_url, s.grpc_url),
         "- result: **%s** — %d passed, %d failed, %d skipped checks in %.0f s"
-        % ("PASSED" if report.passed else "FAILED", counts[PASS], counts[FAIL], counts[SKIP], report.seconds),
+        % ("PASSED" if report.passed else "FAILED", counts[CheckStatus.PASS], counts[CheckStatus.FAIL],
+           counts[CheckStatus.SKIP], report.seconds),
     ]
     if s.log_path:
         lines.append("- server log: `%s`" % s.log_path)
@@ -170,7 +172,7 @@ def to_markdown(report: ValidationReport, plot_name: str | None = None) -> str:
     lines += ["", "## Checks", "", "| model | check | status | seconds | detail |", "|---|---|---|---|---|"]
     for m in report.models:
         if m.skipped and not m.checks:
-            lines.append("| %s | — | %s | | %s |" % (m.name, _ICON[SKIP], _cell(m.skipped)))
+            lines.append("| %s | — | %s | | %s |" % (m.name, _ICON[CheckStatus.SKIP], _cell(m.skipped)))
         for c in m.checks:
             lines.append("| %s | %s | %s | %.2f | %s |" % (m.name, c.name, _ICON.get(c.status, c.status), c.seconds,
                                                             _cell(c.detail)))
@@ -229,7 +231,7 @@ def write_plot(report: ValidationReport, path: Path) -> Path:
     return Path(path)
 
 
-_STYLE = {PASS: "green", FAIL: "bold red", SKIP: "yellow"}
+_STYLE = {CheckStatus.PASS: "green", CheckStatus.FAIL: "bold red", CheckStatus.SKIP: "yellow"}
 
 
 def print_summary(report: ValidationReport, console=None, report_dir: Path | None = None) -> None:
@@ -244,10 +246,11 @@ def print_summary(report: ValidationReport, console=None, report_dir: Path | Non
         table.add_column(col, overflow="fold", no_wrap=col != "detail")
     for m in report.models:
         if m.skipped and not m.checks:
-            table.add_row(m.name, "—", Text(SKIP, style=_STYLE[SKIP]), "", Text(m.skipped))
+            table.add_row(m.name, "—", Text(CheckStatus.SKIP.value, style=_STYLE[CheckStatus.SKIP]), "",
+                          Text(m.skipped))
         for c in m.checks:
             first = (c.detail.splitlines() or [""])[0]
-            table.add_row(m.name, c.name, Text(c.status, style=_STYLE.get(c.status, "")), "%.1f" % c.seconds,
+            table.add_row(m.name, c.name, Text(c.status.value, style=_STYLE.get(c.status, "")), "%.1f" % c.seconds,
                           Text(first[:240]))
     console.print(table)
     perf = [(m, r) for m in report.models for r in m.perf]
@@ -264,8 +267,8 @@ def print_summary(report: ValidationReport, console=None, report_dir: Path | Non
     counts = report.counts
     verdict = Text("PASSED" if report.passed else "FAILED", style="bold green" if report.passed else "bold red")
     console.print(Text.assemble(verdict, " — %d passed, %d failed, %d skipped checks (Triton %s, %s)"
-                                % (counts[PASS], counts[FAIL], counts[SKIP], report.server.version or "unknown",
-                                   report.server.mode)))
+                                % (counts[CheckStatus.PASS], counts[CheckStatus.FAIL], counts[CheckStatus.SKIP],
+                                   report.server.version or "unknown", report.server.mode)))
     if report_dir is not None:
         for name in (REPORT_JSON, REPORT_MD, PLOT_PNG, "tritonserver.log"):
             if (Path(report_dir) / name).exists():

@@ -11,8 +11,8 @@ from tritonclient.utils import InferenceServerException
 
 from aitune_triton.api import generate
 from aitune_triton.triton.manifest import load_reference
-from aitune_triton.validate.checks import (Endpoint, ModelTarget, Session, build_inputs, infer, request_arrays,
-                                          wire_dtype)
+from aitune_triton.validate.checks.target import Endpoint, ModelTarget, Session
+from aitune_triton.validate.checks.wire import build_inputs, infer, request_arrays, wire_dtype
 
 pytestmark = pytest.mark.live
 MODEL = "multi_io"
@@ -68,8 +68,10 @@ def _malformed(rng: random.Random, good: dict[str, np.ndarray], types: dict[str,
 
 
 def _send(protocol, url, req):
-    mod = grpcclient if protocol == "grpc" else httpclient
-    client = mod.InferenceServerClient(url) if protocol == "grpc" else mod.InferenceServerClient(url, network_timeout=30)
+    if protocol == "grpc":
+        client = grpcclient.InferenceServerClient(url)
+    else:
+        client = httpclient.InferenceServerClient(url, network_timeout=30)
     inputs = build_inputs(protocol, {n: a for n, (a, _) in req.items()}, {n: d for n, (_, d) in req.items()})
     return client.infer(MODEL, inputs, client_timeout=30) if protocol == "grpc" else client.infer(MODEL, inputs)
 

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from aitune_triton.api import generate
-from aitune_triton.validate.checks import FAIL, PASS, SKIP
+from aitune_triton.validate.checks import CheckStatus
 from aitune_triton.validate.harness import ValidateOptions, validate_repository
+
+PASS, FAIL, SKIP = CheckStatus.PASS, CheckStatus.FAIL, CheckStatus.SKIP
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 

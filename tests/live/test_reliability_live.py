@@ -23,8 +23,10 @@ from pathlib import Path
 import pytest
 
 from aitune_triton.triton.server import free_ports
-from aitune_triton.validate.checks import FAIL, WARN
+from aitune_triton.validate.checks import CheckStatus
 from aitune_triton.validate.harness import ValidateOptions, validate_repository
+
+FAIL, WARN = CheckStatus.FAIL, CheckStatus.WARN
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]

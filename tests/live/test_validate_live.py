@@ -19,9 +19,11 @@ import pytest
 
 from aitune_triton.triton import server as srv
 from aitune_triton.triton.manifest import REFERENCE, load_reference, save_reference
-from aitune_triton.validate.checks import FAIL, PASS, SKIP, WARN, CheckResult
+from aitune_triton.validate.checks import CheckResult, CheckStatus, registered
 from aitune_triton.validate.harness import ValidateOptions, validate_repository
 from aitune_triton.validate.report import PLOT_PNG, REPORT_JSON, REPORT_MD
+
+PASS, FAIL, SKIP, WARN = CheckStatus.PASS, CheckStatus.FAIL, CheckStatus.SKIP, CheckStatus.WARN
 
 pytestmark = pytest.mark.live
 
@@ -96,6 +98,7 @@ def test_embedded_run_passes_and_writes_the_report(generated, tmp_path):
     assert report.exit_code == 0, [(c.name, c.detail) for c in cnn.checks if c.status == FAIL]
     # the last model of an embedded run also gets the oversized-shape request, which crashes 2.51 (a warning)
     assert [c.name for c in cnn.checks] == CHECKS + ["oversized_shape"]
+    assert CHECKS[1:-1] == [c.name for c in registered(final=False)]  # the harness runs the registry, in order
     assert statuses(cnn) == {**{name: PASS for name in CHECKS}, "version_stamp": SKIP, "oversized_shape": WARN}, \
         cnn.checks
     assert report.server.mode == "embedded" and report.server.version == "2.51.0"

@@ -22,8 +22,10 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from aitune_triton.api import generate
-from aitune_triton.validate.checks import PASS, SKIP
+from aitune_triton.validate.checks import CheckStatus
 from aitune_triton.validate.harness import ValidateOptions, validate_repository
+
+PASS, SKIP = CheckStatus.PASS, CheckStatus.SKIP
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 

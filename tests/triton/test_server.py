@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
+import inspect
 import json
 import os
 import signal
@@ -30,6 +32,7 @@ from aitune_triton.triton.server import (
     free_ports,
     resolve_ports,
 )
+from aitune_triton.triton.server_api import Server, http_get
 
 PORTS = Ports(http=18000, grpc=18001, metrics=18002)
 FAKE = Path("/opt/triton/bin/tritonserver")
@@ -147,7 +150,7 @@ def test_bundled_binary_flags_and_version():
 
 def test_server_version_is_honest(monkeypatch, tmp_path):
     assert srv.server_version(Path("/bin/false")) is None  # not the bundled binary, no --version
-    monkeypatch.setattr(srv.importlib.metadata, "version", lambda name: "9.9.9")
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "9.9.9")
     monkeypatch.setattr(tools, "bundled_tritonserver", lambda: Path("/bin/false"))
     assert srv.server_version() is None  # unknown wheel: no guess
 
@@ -157,11 +160,28 @@ def test_remote_server_interface():
     remote = RemoteServer("http://127.0.0.1:%d/" % port, grpc_url="127.0.0.1:%d" % (port + 1))
     assert remote.http_url == "127.0.0.1:%d" % port
     assert remote.grpc_url == "127.0.0.1:%d" % (port + 1)
-    assert remote.pid is None and remote.log_tail() == ""
-    remote.stop()  # a no-op
+    assert remote.log_tail() == "" and remote.log_path is None and remote.returncode is None
+    assert not remote.owns_process and remote.describe() == "the Triton server at 127.0.0.1:%d" % port
+    assert remote.stop() is None  # a no-op
     assert not remote.is_alive()
     with pytest.raises(ServerError, match="no Triton server"):
         remote.start()
+
+
+def test_both_servers_satisfy_the_server_protocol(tmp_path):
+    launched: Server = srv.TritonServer(tmp_path)  # mypy checks these assignments against the protocol
+    remote: Server = RemoteServer("127.0.0.1:%d" % free_port())
+    members = [name for name in vars(Server) if not name.startswith("_")]
+    assert {"http_url", "owns_process", "returncode", "log_path", "load_model", "describe"} <= set(members)
+    for server in (launched, remote):  # looked up without calling: an unstarted server has no address yet
+        missing = [name for name in members if inspect.getattr_static(server, name, KeyError) is KeyError]
+        assert not missing, (server, missing)
+    assert isinstance(remote, Server) and not isinstance(object(), Server)
+    assert launched.owns_process and not remote.owns_process
+    # a launched server that has not started: no exit code yet, its address not known
+    assert launched.returncode is None and launched.describe() == "tritonserver on %s" % tmp_path
+    with pytest.raises(ServerError, match="has not been started"):
+        print(launched.http_url)
 
 
 def test_group_members_sees_this_process():
@@ -294,7 +314,7 @@ def test_perf_analyzer_concurrency_1(server, tmp_path):
 @pytest.mark.live
 def test_load_with_config_override_then_unload(server):
     server.load_model("add_cfg", config_json=json.dumps(add_config("add_cfg", max_batch_size=4)))
-    status, body = srv._http_get(server.http_url, "/v2/models/add_cfg/config")
+    status, body = http_get(server.http_url, "/v2/models/add_cfg/config")
     assert status == 200 and json.loads(body)["max_batch_size"] == 4
     server.unload_model("add_cfg")
     deadline = time.monotonic() + 30
@@ -387,7 +407,7 @@ def test_command_carries_a_per_launch_id(tmp_path):
 
 
 def test_ports_check_accepts_free_ports():
-    srv.check_ports_free("127.0.0.1", dict(zip(("http", "grpc"), srv.free_ports(2))))
+    srv.check_ports_free("127.0.0.1", dict(zip(("http", "grpc"), srv.free_ports(2), strict=True)))
 
 
 def test_describe_exit():

@@ -24,9 +24,17 @@ from aitune_triton.tensorrt.profiles import ProfileMode, derive_profiles
 from aitune_triton.triton.manifest import REFERENCE, Manifest, save_reference
 from aitune_triton.triton.mapping import MappingOptions, plan_model_config
 from aitune_triton.triton.render import render_config
-from aitune_triton.validate import checks as ck
+from aitune_triton.numerics import Tolerance
 from aitune_triton.validate import harness
-from aitune_triton.validate.checks import FAIL, PASS, SKIP, ModelTarget
+from aitune_triton.validate.checks import bad_requests as br
+from aitune_triton.validate.checks import batching, registry, wire
+from aitune_triton.validate.checks import edge_shapes as es
+from aitune_triton.validate.checks import metadata as md
+from aitune_triton.validate.checks import version_stamp as vs
+from aitune_triton.validate.result import CheckStatus
+from aitune_triton.validate.checks.target import ModelTarget
+
+PASS, FAIL, SKIP = CheckStatus.PASS, CheckStatus.FAIL, CheckStatus.SKIP
 
 
 class Affine(torch.nn.Module):
@@ -121,55 +129,64 @@ def tokens(repo) -> ModelTarget:
 # ---------------------------------------------------------------- comparisons and requests
 
 
+def why(got, expected, atol: float, rtol: float) -> str | None:
+    """The failure message validate reports for an output, None when it matches."""
+    return wire.compare_output(np.asarray(got), expected, Tolerance(atol, rtol)).reason
+
+
 def test_compare_within_and_outside_tolerance():
     ref = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
-    assert ck.compare(ref + 1e-5, ref, 1e-4, 1e-3) is None
-    why = ck.compare(ref + np.array([[0, 0], [0, 0.5]], np.float32), ref, 1e-4, 1e-3)
-    assert why.startswith("1/4 elements outside atol=0.0001 rtol=0.001, max |diff| 0.5 at [1, 1]")
-    assert ck.compare(np.array([np.nan, 1.0]), np.array([np.nan, 1.0]), 0, 0) is None
-    assert "outside" in ck.compare(np.array([np.nan, 1.0]), np.array([0.0, 1.0]), 1, 1)
+    assert why(ref + 1e-5, ref, 1e-4, 1e-3) is None
+    reason = why(ref + np.array([[0, 0], [0, 0.5]], np.float32), ref, 1e-4, 1e-3)
+    assert reason.startswith("1/4 elements outside atol=0.0001 rtol=0.001, max |diff| 0.5 at [1, 1]")
+    assert why(np.array([np.nan, 1.0]), np.array([np.nan, 1.0]), 0, 0) is None
+    assert "outside" in why(np.array([np.nan, 1.0]), np.array([0.0, 1.0]), 1, 1)
+    # no tolerance in the manifest: exact
+    assert not wire.compare_output(ref + 1e-5, ref, None).ok
 
 
 def test_compare_ints_exact_and_shapes():
-    assert ck.compare(np.array([1, 2, 3]), np.array([1, 2, 3]), 0, 0) is None
-    assert "1/3 elements" in ck.compare(np.array([1, 2, 4]), np.array([1, 2, 3]), 0, 0)
-    assert ck.compare(np.array([True, False]), np.array([True, False]), 0, 0) is None
+    assert why(np.array([1, 2, 3]), np.array([1, 2, 3]), 0, 0) is None
+    assert why(np.array([1, 2, 4]), np.array([1, 2, 3]), 0.5, 0.5).startswith("1/3 values differ")
+    assert why(np.array([True, False]), np.array([True, False]), 0, 0) is None
     # a reshape'd output comes back as [batch, 1]
-    assert ck.compare(np.array([[1], [2]]), np.array([1, 2]), 0, 0) is None
-    assert ck.compare(np.zeros((2, 3)), np.zeros((2, 4)), 0, 0) == "shape [2, 3], expected [2, 4]"
+    assert why(np.array([[1], [2]]), np.array([1, 2]), 0, 0) is None
+    assert why(np.zeros((2, 3)), np.zeros((2, 4)), 0, 0) == "shape [2, 3], expected [2, 4]"
+    # the worst |diff| of a match is what the accuracy check reports
+    assert wire.compare_output(np.array([1.0, 2.5]), np.array([1.0, 2.0]), Tolerance(1.0, 0.0)).max_abs == 0.5
 
 
 def test_wire_dtypes():
-    assert ck.wire_dtype("TYPE_FP32") == "FP32"
-    assert ck.wire_dtype("TYPE_STRING") == "BYTES"
-    assert ck.wire_dtype(ck.model_config_pb2.TYPE_BF16) == "BF16"
+    assert wire.wire_dtype("TYPE_FP32") == "FP32"
+    assert wire.wire_dtype("TYPE_STRING") == "BYTES"
+    assert wire.wire_dtype(wire.model_config_pb2.TYPE_BF16) == "BF16"
 
 
 def test_request_arrays_follow_config_dims_and_dtypes(affine):
     case = affine.reference[1]
-    arrays = ck.request_arrays(affine, case.inputs, 0, 2)
+    arrays = wire.request_arrays(affine, case.inputs, 0, 2)
     assert arrays["x"].shape == (2, 2, 4) and arrays["x"].dtype == np.float32
     assert arrays["ids"].shape == (2, 5) and arrays["ids"].dtype == np.int64
 
 
 def test_batch_only_tensor_is_sent_as_batch_by_one():
-    cfg = ck.model_config_pb2.ModelInput(name="c", data_type=ck.model_config_pb2.TYPE_INT32, dims=[1])
+    cfg = wire.model_config_pb2.ModelInput(name="c", data_type=wire.model_config_pb2.TYPE_INT32, dims=[1])
     cfg.reshape.SetInParent()
-    assert ck.to_request(np.arange(3), cfg, batching=True).shape == (3, 1)
-    plain = ck.model_config_pb2.ModelInput(name="c", data_type=ck.model_config_pb2.TYPE_INT32, dims=[-1])
-    assert ck.to_request(np.arange(3).reshape(1, 3), plain, batching=True).shape == (1, 3)
+    assert wire.to_request(np.arange(3), cfg, batching=True).shape == (3, 1)
+    plain = wire.model_config_pb2.ModelInput(name="c", data_type=wire.model_config_pb2.TYPE_INT32, dims=[-1])
+    assert wire.to_request(np.arange(3).reshape(1, 3), plain, batching=True).shape == (1, 3)
 
 
 # ---------------------------------------------------------------- edge shapes, bad requests
 
 
 def test_edge_shapes_cover_profile_corners_and_batches(tokens, affine):
-    shapes = dict(ck.edge_shapes(tokens))
+    shapes = dict(es.edge_shapes(tokens))
     mbs = tokens.max_batch_size
     assert sorted({s["ids"] for s in shapes.values()}) == sorted({(1, 6), (1, 10), (mbs, 6), (mbs, 10)})
     assert all(s["ids"] == s["mask"] for s in shapes.values())  # one profile corner for all inputs
     # static non-batch dims: min == max, so only the two batch sizes remain, each named once
-    labels = [label for label, _ in ck.edge_shapes(affine)]
+    labels = [label for label, _ in es.edge_shapes(affine)]
     assert len(labels) == 2 and all(" = " in label for label in labels)
 
 
@@ -177,8 +194,8 @@ def test_edge_inputs_are_cut_from_the_samples_and_keep_lengths_valid(tagger):
     model = Tagger()
     recorded = {int(v) for c in tagger.reference for v in np.asarray(c.inputs["tokens"]).ravel()}
     seen = set()
-    for label, shapes in ck.edge_shapes(tagger):
-        arrays = ck.sample_inputs(tagger, shapes)
+    for label, shapes in es.edge_shapes(tagger):
+        arrays = es.sample_inputs(tagger, shapes)
         tokens, lengths = arrays["tokens"], arrays["lengths"]
         assert tokens.shape == shapes["tokens"] and lengths.shape == shapes["lengths"] + (1,)  # dims [1] + reshape
         assert lengths.max() <= tokens.shape[1], label
@@ -189,7 +206,7 @@ def test_edge_inputs_are_cut_from_the_samples_and_keep_lengths_valid(tagger):
 
 
 def test_edge_inputs_tile_rows_and_clip_to_declared_ranges(affine):
-    arrays = ck.sample_inputs(affine, {"x": (8, 2, 4), "ids": (8, 5)}, {"ids": (4, 6)})
+    arrays = es.sample_inputs(affine, {"x": (8, 2, 4), "ids": (8, 5)}, {"ids": (4, 6)})
     assert arrays["x"].shape == (8, 2, 4) and arrays["ids"].shape == (8, 5)
     case = next(c for c in affine.reference if np.asarray(c.inputs["x"]).shape[0] == 4)  # the closest case
     np.testing.assert_array_equal(arrays["x"][4:], case.inputs["x"])  # its rows, repeated in order
@@ -198,27 +215,27 @@ def test_edge_inputs_tile_rows_and_clip_to_declared_ranges(affine):
 
 def test_random_inputs_stay_in_the_reference_ranges(tokens, affine):
     rng = np.random.default_rng(1)
-    lo, hi = ck.value_ranges(tokens)["ids"]
-    arrays = ck.random_inputs(tokens, {"ids": (4, 9), "mask": (4, 9)}, rng)
+    lo, hi = es.value_ranges(tokens)["ids"]
+    arrays = es.random_inputs(tokens, {"ids": (4, 9), "mask": (4, 9)}, rng)
     assert arrays["ids"].dtype == np.int64 and arrays["ids"].shape == (4, 9)
     assert lo <= arrays["ids"].min() and arrays["ids"].max() <= hi
-    ids = ck.random_inputs(affine, {"x": (2, 2, 4), "ids": (2, 5)}, rng)["ids"]
+    ids = es.random_inputs(affine, {"x": (2, 2, 4), "ids": (2, 5)}, rng)["ids"]
     assert 3 <= ids.min() and ids.max() <= 8  # the samples' randint(3, 9)
 
 
 def test_bad_requests_cases(affine, tokens):
-    labels = [label for label, _, _ in ck.bad_requests(affine)]
+    labels = [label for label, _, _ in br.bad_requests(affine)]
     assert labels[0] == "wrong dtype (INT32 for FP32 'x')"
     assert labels[1].startswith("wrong rank")
     assert any(label.startswith("dim outside the config ('x' axis 2 = 5, fixed at 4)") for label in labels)
     assert "batch %d > max_batch_size %d" % (affine.max_batch_size + 1, affine.max_batch_size) in labels
     assert labels[-1] == "missing input 'ids'"
-    cases = {label: (arrays, types) for label, arrays, types in ck.bad_requests(affine)}
+    cases = {label: (arrays, types) for label, arrays, types in br.bad_requests(affine)}
     arrays, types = cases["wrong dtype (INT32 for FP32 'x')"]
     assert types == {"x": "INT32"} and arrays["x"].dtype == np.int32
     assert set(cases["missing input 'ids'"][0]) == {"x"}
     # every non-batch dim of the token model is -1: the python backend accepts any size there
-    token_labels = [label for label, _, _ in ck.bad_requests(tokens)]
+    token_labels = [label for label, _, _ in br.bad_requests(tokens)]
     assert not any("dim outside" in label for label in token_labels)
     assert token_labels[0] == "wrong dtype (FP32 for INT64 'ids')"
 
@@ -230,18 +247,18 @@ def _server_view(target: ModelTarget) -> tuple[dict, dict]:
     """What Triton reports for a config it loaded unchanged."""
     cfg = json_format.MessageToDict(target.config, preserving_proto_field_name=True)
     lead = [-1] if target.batching else []
-    meta = {kind + "s": [{"name": t.name, "datatype": ck.wire_dtype(t.data_type), "shape": lead + list(t.dims)}
+    meta = {kind + "s": [{"name": t.name, "datatype": wire.wire_dtype(t.data_type), "shape": lead + list(t.dims)}
                          for t in getattr(target.config, kind)] for kind in ("input", "output")}
     return cfg, meta
 
 
 def test_metadata_agrees_and_names_differences(affine):
     cfg, meta = _server_view(affine)
-    assert ck.metadata_problems(affine, cfg, meta) == []
+    assert md.metadata_problems(affine, cfg, meta) == []
     cfg["input"][0]["dims"] = ["2", "5"]
     cfg["max_batch_size"] = 2
     meta["outputs"][0]["datatype"] = "FP16"
-    problems = ck.metadata_problems(affine, cfg, meta)
+    problems = md.metadata_problems(affine, cfg, meta)
     assert "max_batch_size %d in config.pbtxt but 2 in the server's config" % affine.max_batch_size in problems
     assert "input 'x': dims [2, 4] in config.pbtxt but [2, 5] in the server's config" in problems
     assert "metadata output 'output_0': datatype FP16, config.pbtxt says FP32" in problems
@@ -253,7 +270,7 @@ def test_config_against_manifest(repo, tmp_path):
     (tmp_path / "affine" / "config.pbtxt").write_text(text)
     target = ModelTarget.load(tmp_path / "affine")
     cfg, meta = _server_view(target)
-    assert ck.metadata_problems(target, cfg, meta) == ["input 'x': dims [2, 4] in manifest.json but [2, 8] in "
+    assert md.metadata_problems(target, cfg, meta) == ["input 'x': dims [2, 4] in manifest.json but [2, 8] in "
                                                        "config.pbtxt"]
 
 
@@ -262,35 +279,36 @@ def _with_trt(target: ModelTarget, tensorrt: dict) -> Manifest:
 
 
 def test_version_verdicts(affine):
-    assert ck.version_verdict(affine.manifest, "2.51.0")[0] == SKIP
+    assert vs.version_verdict(affine.manifest, "2.51.0")[0] == SKIP
     built = _with_trt(affine, {"status": "built", "stamp": {"triton_version": "2.51.0", "tensorrt_version": "10.5"}})
-    assert ck.version_verdict(built, "2.51.0")[0] == PASS
-    status, detail = ck.version_verdict(built, "2.49.0")
+    assert vs.version_verdict(built, "2.51.0")[0] == PASS
+    status, detail = vs.version_verdict(built, "2.49.0")
     assert status == FAIL and "built for Triton 2.51.0 but the server is 2.49.0" in detail
     trt_only = _with_trt(affine, {"status": "built", "stamp": {"tensorrt_version": "10.3.0.26"}})
-    assert ck.version_verdict(trt_only, "2.49.0")[0] == PASS
-    assert ck.version_verdict(trt_only, "2.52.0")[0] == FAIL
-    assert ck.version_verdict(trt_only, "2.51.0")[0] == SKIP  # no corroborated pairing for 2.51
-    assert ck.version_verdict(built, None)[0] == SKIP
+    assert vs.version_verdict(trt_only, "2.49.0")[0] == PASS
+    assert vs.version_verdict(trt_only, "2.52.0")[0] == FAIL
+    assert vs.version_verdict(trt_only, "2.51.0")[0] == SKIP  # no corroborated pairing for 2.51
+    assert vs.version_verdict(built, None)[0] == SKIP
     # as build-plan writes it: the stamp has the TensorRT version and whether the plan is version compatible
     stamp = {"tensorrt_version": "10.6.0.26", "version_compatible": True, "compute_capability": "9.0"}
     compatible = _with_trt(affine, {"status": "built", "stamp": stamp})
-    assert ck.version_verdict(compatible, "2.56.0")[0] == PASS
-    assert ck.version_verdict(compatible, "2.44.0")[0] == FAIL
+    assert vs.version_verdict(compatible, "2.56.0")[0] == PASS
+    assert vs.version_verdict(compatible, "2.44.0")[0] == FAIL
 
 
 def test_batch_histogram():
     stats = {"batch_stats": [{"batch_size": 1, "compute_infer": {"count": 5, "ns": 10}},
                              {"batch_size": 8, "compute_infer": {"count": "2", "ns": 10}}]}
-    assert ck.batch_histogram(stats) == {1: 5, 8: 2}
-    assert ck.batch_histogram({}) == {}
+    assert batching.batch_histogram(stats) == {1: 5, 8: 2}
+    assert batching.batch_histogram({}) == {}
 
 
 def test_run_check_turns_exceptions_into_failures(affine):
-    def boom(target, session):
+    def boom(ctx):
         raise ConnectionRefusedError("[Errno 111] Connection refused")
 
-    result = ck.run_check("ready", boom, affine, session=None)
+    check = registry.Check("ready", 10, boom)
+    result = registry.run_check(check, registry.CheckContext(affine, session=None))
     assert result.status == FAIL and result.detail == "ConnectionRefusedError: [Errno 111] Connection refused"
 
 
@@ -424,12 +442,12 @@ def test_huge_max_batch_size_caps_what_the_checks_allocate(affine):
     huge.CopyFrom(affine.config)
     huge.max_batch_size = 2147483647
     target = ModelTarget(affine.name, affine.model_dir, affine.manifest, huge, affine.reference)
-    labels = [label for label, _, _ in ck.bad_requests(target)]
+    labels = [label for label, _, _ in br.bad_requests(target)]
     assert labels and not any("max_batch_size" in label for label in labels)  # the 2**31 batch is not built
     shapes = {n: (2147483647,) + tuple(max(d, 1) for d in t.dims) for n, t in target.inputs.items()}
-    assert ck.request_bytes(target, shapes) > ck.MAX_REQUEST_BYTES
+    assert wire.request_bytes(target, shapes) > wire.MAX_REQUEST_BYTES
     small = {n: (1,) + tuple(max(d, 1) for d in t.dims) for n, t in target.inputs.items()}
-    assert 0 < ck.request_bytes(target, small) < ck.MAX_REQUEST_BYTES
+    assert 0 < wire.request_bytes(target, small) < wire.MAX_REQUEST_BYTES
 
 
 @pytest.mark.parametrize("content,why", [(b"", "EOFError"), (b"PK\x03\x04 truncated", "BadZipFile")])

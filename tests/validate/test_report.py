@@ -7,7 +7,7 @@ import json
 from rich.console import Console
 
 from aitune_triton.triton.perf import PerfRow
-from aitune_triton.validate.checks import FAIL, PASS, SKIP, CheckResult
+from aitune_triton.validate.result import CheckResult, CheckStatus
 from aitune_triton.validate.report import (
     PLOT_PNG,
     REPORT_JSON,
@@ -18,6 +18,8 @@ from aitune_triton.validate.report import (
     print_summary,
     to_markdown,
 )
+
+PASS, FAIL, SKIP = CheckStatus.PASS, CheckStatus.FAIL, CheckStatus.SKIP
 
 
 def row(c: int, tput: float, p99: float) -> PerfRow:
@@ -65,6 +67,17 @@ def test_json_round_trip(tmp_path):
     assert data["models"][1] == {"name": "cnn_trt", "backend": "tensorrt", "status": "skipped", "skipped": "pending",
                                  "checks": [], "perf": [], "perf_unstable": [], "batch_histogram": {}}
     assert ValidationReport.from_dict(data) == original
+    # statuses are str Enums in memory and plain strings on disk, as before
+    assert data["counts"] == {"pass": 2, "fail": 0, "skip": 2}
+    assert [c["status"] for c in cnn["checks"]] == ["pass", "pass", "skip"]
+    assert '"status": "pass"' in paths["json"].read_text()
+    assert ValidationReport.from_dict(data).models[0].checks[0].status is CheckStatus.PASS
+
+
+def test_warn_status_is_shown_as_its_value():
+    warned = ModelReport("cnn", "python", (CheckResult("oversized_shape", "warn", "crashed 2.51", 0.1),))
+    assert warned.checks[0].status is CheckStatus.WARN and "%s" % CheckStatus.WARN == "warn"
+    assert "| cnn | oversized_shape | warn | 0.10 | crashed 2.51 |" in to_markdown(report(warned))
 
 
 def test_files_markdown_and_plot(tmp_path):

@@ -1,0 +1,273 @@
+"""What a tritonserver launch is made of, before anything runs: options, ports, the argv, the
+environment, and the refusals that must happen before launch (shell syntax in paths, busy ports).
+
+Facts about the bundled 2.51 binary this module relies on (checked, not assumed):
+
+* it has no ``--version`` (``unrecognized option``, exit 1) and no ``--allow-client-shm``; the
+  flags a binary accepts are read from its ``--help`` so that unknown flags are never passed;
+* the Python backend names its shared memory ``<prefix><uuid>``: each server gets its own prefix
+  (``--backend-config=python,shm-region-prefix-name=``) so leftovers can be removed safely;
+* the Python backend starts its stub through a shell with the model path unquoted, so a repository
+  path or model name with shell syntax would run code: such paths are refused before launch;
+* ``--id`` sets the name ``GET /v2`` reports: each launch gets its own, so a readiness answer from
+  another server on the same port is never mistaken for ours.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from aitune_triton.deploy.storage import server_repository_arg
+from aitune_triton.errors import UserError
+from aitune_triton.triton import tools
+from aitune_triton.triton.repository import shell_unsafe_chars
+
+log = logging.getLogger(__name__)
+
+_SHM_PREFIX_FLAG = "python,shm-region-prefix-name="
+
+# Triton release inside each nvidia-pytriton wheel, from pytriton's CHANGELOG (0.5.x) and from
+# GET /v2 of the bundled binary (0.7.0). Unknown wheels give None rather than a guess.
+PYTRITON_TRITON_VERSIONS = {
+    "0.5.0": "2.41.0",
+    "0.5.1": "2.42.0",
+    "0.5.2": "2.42.0",
+    "0.5.3": "2.43.0",
+    "0.5.4": "2.44.0",
+    "0.5.5": "2.44.0",
+    "0.5.6": "2.44.0",
+    "0.7.0": "2.51.0",
+}
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How to launch tritonserver. Ports left as None are picked free at start."""
+
+    tritonserver: Path | None = None
+    host: str = "127.0.0.1"
+    http_port: int | None = None
+    grpc_port: int | None = None
+    metrics_port: int | None = None
+    model_control_mode: str = "explicit"
+    load_models: tuple[str, ...] = ()
+    log_verbose: int = 0
+    startup_timeout_s: float = 120.0
+    extra_args: tuple[str, ...] = ()
+    allow_client_shm: bool = True
+    exit_on_error: bool = False
+    disable_auto_complete: bool = True
+
+
+@dataclass(frozen=True)
+class Ports:
+    http: int
+    grpc: int
+    metrics: int
+
+
+def free_ports(n: int = 3, host: str = "127.0.0.1") -> tuple[int, ...]:
+    """``n`` distinct ports that are free now; all sockets are held together so none repeats."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return tuple(s.getsockname()[1] for s in socks)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    return free_ports(1, host)[0]
+
+
+def resolve_ports(options: ServerOptions) -> Ports:
+    """Fill the ports the options leave open with free ones distinct from the fixed ones."""
+    fixed = [p for p in (options.http_port, options.grpc_port, options.metrics_port) if p]
+    picked = [p for p in free_ports(3 + len(fixed), options.host) if p not in fixed]
+    it = iter(picked)
+    return Ports(
+        http=options.http_port or next(it),
+        grpc=options.grpc_port or next(it),
+        metrics=options.metrics_port or next(it),
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _flags_cached(binary: str, mtime: float) -> frozenset[str]:
+    try:
+        out = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("cannot read the flags of %s: %s", binary, exc)
+        return frozenset()
+    return frozenset(re.findall(r"^\s*(--[a-z0-9][a-z0-9-]*)", out.stdout + out.stderr, re.M))
+
+
+def supported_flags(binary: Path) -> frozenset[str]:
+    """Flags listed by ``tritonserver --help`` (exit code 1 there, but the usage is complete)."""
+    return _flags_cached(str(binary), binary.stat().st_mtime)
+
+
+def server_binary(options: ServerOptions) -> Path:
+    return Path(options.tritonserver) if options.tritonserver else tools.bundled_tritonserver()
+
+
+def build_command(
+    repo: Path | str,
+    options: ServerOptions,
+    ports: Ports,
+    *,
+    binary: Path | None = None,
+    backend_directory: Path | None = None,
+    flags: frozenset[str] | None = None,
+    shm_prefix: str | None = None,
+    server_id: str | None = None,
+) -> list[str]:
+    """The tritonserver argv. Launches nothing.
+
+    ``flags`` is what the binary accepts (None: unknown); flags newer than 2.51, such as
+    ``--allow-client-shm``, are only passed when listed. The bundled server gets the venv's
+    backends dir unless ``backend_directory`` says otherwise.
+    """
+    if options.load_models and options.model_control_mode != "explicit":
+        raise ValueError("load_models needs model_control_mode='explicit'")
+    if "*" in options.load_models and len(options.load_models) > 1:
+        raise ValueError("load_models=('*',) must be the only entry")
+    binary = binary or server_binary(options)
+    if backend_directory is None and options.tritonserver is None:
+        backend_directory = tools.backends_dir()
+
+    def knows(flag: str, default: bool) -> bool:
+        return default if flags is None else flag in flags
+
+    cmd = [
+        str(binary),
+        "--model-repository=%s" % server_repository_arg(repo),
+        "--http-address=%s" % options.host,
+        "--http-port=%d" % ports.http,
+        "--grpc-address=%s" % options.host,
+        "--grpc-port=%d" % ports.grpc,
+        "--metrics-port=%d" % ports.metrics,
+    ]
+    if knows("--metrics-address", True):
+        cmd.append("--metrics-address=%s" % options.host)
+    cmd += [
+        "--model-control-mode=%s" % options.model_control_mode,
+        "--exit-on-error=%s" % str(options.exit_on_error).lower(),
+        "--log-verbose=%d" % options.log_verbose,
+    ]
+    cmd += ["--load-model=%s" % name for name in options.load_models]
+    if options.disable_auto_complete:
+        cmd.append("--disable-auto-complete-config")
+    if options.allow_client_shm and knows("--allow-client-shm", False):
+        cmd.append("--allow-client-shm=true")
+    if backend_directory is not None:
+        cmd.append("--backend-directory=%s" % backend_directory)
+    if server_id and knows("--id", True):
+        cmd.append("--id=%s" % server_id)
+    if shm_prefix and not any(_SHM_PREFIX_FLAG in a for a in options.extra_args):
+        cmd.append("--backend-config=%s%s" % (_SHM_PREFIX_FLAG, shm_prefix))
+    cmd += list(options.extra_args)
+    return cmd
+
+
+def _prepend(value: str | None, current: str | None) -> str | None:
+    parts = [p for p in (current or "").split(os.pathsep) if p]
+    if value:
+        parts = [value] + [p for p in parts if p != value]
+    return os.pathsep.join(parts) if parts else None
+
+
+def build_environment(base_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The server's environment, bound to this venv.
+
+    The Python-backend stub ignores PYTHONPATH: it finds site-packages through the ``python3``
+    first on PATH (whose ``pyvenv.cfg`` names the venv), and embeds whichever libpython the loader
+    finds first, hence this interpreter's LIBDIR on LD_LIBRARY_PATH. ``PYTHONDONTWRITEBYTECODE`` keeps
+    what honours it from writing bytecode into the repository (it may be a committed directory); the
+    stub's embedded interpreter ignores it, so the served runtime sets ``sys.dont_write_bytecode``.
+    """
+    env = dict(os.environ if base_env is None else base_env)
+    env["PATH"] = _prepend(str(Path(sys.prefix) / "bin"), env.get("PATH")) or ""
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    ld = _prepend(tools.libpython_dir(), env.get("LD_LIBRARY_PATH"))
+    if ld:
+        env["LD_LIBRARY_PATH"] = ld
+    return env
+
+
+def server_version(path: Path | None = None) -> str | None:
+    """The Triton release of a binary without starting it, or None when that cannot be known.
+
+    2.51 rejects ``--version``; it is still tried for other builds. For the bundled binary the
+    nvidia-pytriton wheel version is mapped through ``PYTRITON_TRITON_VERSIONS``. A running
+    server reports its exact version through ``TritonServer.version()``.
+    """
+    try:
+        binary = Path(path) if path else tools.bundled_tritonserver()
+    except tools.ToolMissing:
+        return None
+    try:
+        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
+        match = re.search(r"(\d+\.\d+\.\d+)", out.stdout)
+        if out.returncode == 0 and match:
+            return match.group(1)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    try:
+        bundled = tools.bundled_tritonserver().resolve() == binary.resolve()
+    except (tools.ToolMissing, OSError):
+        bundled = False
+    if not bundled:
+        return None
+    try:
+        return PYTRITON_TRITON_VERSIONS.get(importlib.metadata.version("nvidia-pytriton"))
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def served_model_names(repo: Path) -> tuple[str, ...]:
+    """Model directories to load by name (hidden ones, such as a generate's staging dir, left out);
+    ``("*",)`` when the repository is not a local directory."""
+    repo = Path(repo)
+    if not repo.is_dir():
+        return ("*",)
+    return tuple(sorted(p.name for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")))
+
+
+def check_shell_safe(repo: Path | str, model_names: tuple[str, ...] = ()) -> None:
+    """Refuse a repository path or model name the Python backend would pass through a shell unquoted.
+
+    Triton's Python backend (2.51 at least) launches its stub with ``bash -c`` and the model path
+    unquoted, so ``$(...)``, backticks, quotes or spaces in it run code or break the launch.
+    """
+    for what, text in [("repository path", str(Path(repo).resolve()))] + [("model name", n) for n in model_names]:
+        bad = shell_unsafe_chars(text)
+        if bad:
+            raise UserError("refusing to serve %r: its %s contains shell metacharacters (%s), which Triton's Python "
+                            "backend passes unquoted to a shell; move or rename it to plain letters, digits and ._-/"
+                            % (text, what, " ".join(repr(c) for c in bad)))
+
+
+def check_ports_free(host: str, ports: dict[str, int]) -> None:
+    """Fixed ports must be free before launch: otherwise another server would answer our probes."""
+    for what, port in ports.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are not "in use"
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                raise UserError("%s port %d on %s is not free (%s); stop what uses it or pass another --%s-port"
+                                % (what, port, host, exc.strerror, what)) from None

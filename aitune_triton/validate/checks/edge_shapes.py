@@ -1,0 +1,166 @@
+"""``edge_shapes``: requests at the min and max of every profile, at batch 1 and max batch, are
+served with outputs of the declared shapes.
+
+Inputs are the model's own (``GenerateConfig.make_inputs``, stored in edge_inputs.npz) where
+generate stored them, else cut from the recorded samples so paired inputs stay valid.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+
+from aitune_triton.triton.manifest import ReferenceCase
+from aitune_triton.validate.checks.registry import Check, register
+from aitune_triton.validate.result import CheckResult, CheckStatus, finished
+from aitune_triton.validate.checks.target import ModelTarget, Session
+from aitune_triton.validate.checks.wire import (
+    MAX_REQUEST_BYTES,
+    client_dtype,
+    infer,
+    request_arrays,
+    request_bytes,
+    short,
+    to_request,
+    wire_dtype,
+)
+from aitune_triton.validate.edge_inputs import EDGE_INPUTS, edge_shapes_for, load_edge_inputs, stored_for
+
+Shapes = dict[str, tuple[int, ...]]
+Ranges = dict[str, tuple[float, float]]
+
+
+def value_ranges(target: ModelTarget) -> Ranges:
+    """Per input, the smallest and largest value in the reference inputs."""
+    ranges = {}
+    for name in target.inputs:
+        values = [np.asarray(c.inputs[name]) for c in target.reference if name in c.inputs]
+        flat = np.concatenate([v.ravel().astype(np.float64) for v in values]) if values else np.zeros(1)
+        ranges[name] = (float(flat.min()), float(flat.max())) if flat.size else (0.0, 1.0)
+    return ranges
+
+
+def random_inputs(target: ModelTarget, shapes: Shapes, rng: np.random.Generator,
+                  ranges: Ranges | None = None) -> dict[str, np.ndarray]:
+    """Random inputs of ``shapes`` (model shapes) within the reference value ranges; ints stay
+    within the reference min..max so token ids stay inside the vocabulary."""
+    ranges = ranges or value_ranges(target)
+    out = {}
+    for name, tensor in target.inputs.items():
+        lo, hi = ranges[name]
+        dtype = wire_dtype(tensor.data_type)
+        shape = shapes[name]
+        if dtype == "BOOL":
+            arr = rng.integers(int(lo), int(hi) + 1, size=shape).astype(bool)
+        elif dtype in ("FP32", "FP16", "FP64", "BF16"):
+            arr = rng.uniform(lo, hi, size=shape).astype(np.float32)
+        else:
+            arr = rng.integers(int(lo), int(hi) + 1, size=shape)
+        arr = to_request(np.asarray(arr), tensor, target.batching)
+        out[name] = arr if dtype == "BF16" else arr.astype(client_dtype(dtype), copy=False)
+    return out
+
+
+def _crops_and_distance(case: ReferenceCase, shapes: Shapes, lead: int) -> tuple[int, int, int]:
+    """How badly ``case`` fits ``shapes``: non-batch axes to crop, total size difference, then
+    fewer rows (more distinct rows make a more varied batch)."""
+    crops = distance = 0
+    for name, shape in shapes.items():
+        have = np.asarray(case.inputs[name]).shape
+        for axis in range(lead, min(len(have), len(shape))):
+            crops += int(have[axis] > shape[axis])
+            distance += abs(have[axis] - shape[axis])
+    rows = max((np.asarray(v).shape[0] for v in case.inputs.values() if np.asarray(v).ndim), default=0) if lead else 0
+    return crops, distance, -rows
+
+
+def _fit(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``arr`` cropped or tiled (its items repeated in order) to ``shape``, axis by axis."""
+    for axis, size in enumerate(shape):
+        if arr.shape[axis] == size:
+            continue
+        if arr.shape[axis] == 0:
+            return np.zeros(shape, arr.dtype)
+        arr = np.take(arr, np.arange(size) % arr.shape[axis], axis=axis)
+    return arr
+
+
+def sample_inputs(target: ModelTarget, shapes: Shapes, ranges: Ranges | None = None) -> dict[str, np.ndarray]:
+    """Inputs of ``shapes`` (model shapes) cut from one recorded reference case, in request shape.
+
+    Every axis is cropped or tiled, so the values are real ones and inputs that describe each
+    other (tokens and their ``lengths``, ids and their mask) stay paired: drawing each input at
+    random broke an LSTM whose lengths exceeded the drawn sequence. The case needing the fewest
+    crops of non-batch axes is taken (tiling a sequence keeps its lengths valid, cropping may
+    not). ``ranges`` (``GenerateConfig.input_ranges``) clip values the model declared valid.
+    """
+    lead = 1 if target.batching else 0
+    case = min(target.reference, key=lambda c: _crops_and_distance(c, shapes, lead))
+    ranges = ranges or {}
+    out = {}
+    for name, tensor in target.inputs.items():
+        arr = _fit(np.asarray(case.inputs[name]), tuple(shapes[name]))
+        if name in ranges:
+            arr = np.clip(arr, *ranges[name]).astype(arr.dtype, copy=False)
+        arr = to_request(arr, tensor, target.batching)
+        dtype = wire_dtype(tensor.data_type)
+        out[name] = arr if dtype == "BF16" else arr.astype(client_dtype(dtype), copy=False)
+    return out
+
+
+def edge_inputs(target: ModelTarget, shapes: Shapes, stored: Sequence[dict[str, np.ndarray]] = (),
+                ranges: Ranges | None = None) -> dict[str, np.ndarray]:
+    """Request inputs for ``shapes``: the model's own (``GenerateConfig.make_inputs``, stored by
+    generate in edge_inputs.npz) where they exist, else cut from the recorded samples."""
+    case = stored_for(stored, shapes)
+    return request_arrays(target, case) if case is not None else sample_inputs(target, shapes, ranges)
+
+
+def edge_shapes(target: ModelTarget) -> list[tuple[str, Shapes]]:
+    """(label, model shapes) at the min and max of every profile, at batch 1 and max batch;
+    a shape several corners share is tried once, with all their names."""
+    return edge_shapes_for(target.manifest.spec, target.manifest.profiles, target.max_batch_size)
+
+
+def _output_shape_problem(target: ModelTarget, got: dict[str, np.ndarray], batch: int | None) -> str | None:
+    for name, tensor in target.outputs.items():
+        shape = list(got[name].shape)
+        dims = [int(d) for d in tensor.dims]
+        expected_rank = len(dims) + (1 if target.batching else 0)
+        if len(shape) != expected_rank:
+            return "output %r has shape %s, expected rank %d" % (name, shape, expected_rank)
+        rest = shape[1:] if target.batching else shape
+        if target.batching and batch is not None and shape[0] != batch:
+            return "output %r has batch %d for a request of batch %d" % (name, shape[0], batch)
+        if any(d > 0 and d != s for d, s in zip(dims, rest, strict=True)):
+            return "output %r has shape %s but config.pbtxt declares dims %s" % (name, shape, dims)
+    return None
+
+
+def check_edge_shapes(target: ModelTarget, session: Session) -> CheckResult:
+    t0 = time.monotonic()
+    ranges = target.manifest.config.get("input_ranges") or {}
+    stored = load_edge_inputs(target.model_dir / EDGE_INPUTS)
+    done = []
+    for label, shapes in edge_shapes(target):
+        batch = shapes[target.manifest.spec.inputs[0].name][0] if target.batching else None
+        size = request_bytes(target, shapes)
+        if size > MAX_REQUEST_BYTES:
+            done.append("%s not sent (%.1f GiB, over the %d MiB cap)"
+                        % (label, size / (1 << 30), MAX_REQUEST_BYTES >> 20))
+            continue
+        try:
+            got = infer(session, target, edge_inputs(target, shapes, stored, ranges))
+        except Exception as exc:  # noqa: BLE001 - the server's message is the result
+            return finished("edge_shapes", CheckStatus.FAIL, "%s (%s) failed: %s"
+                            % (label, ", ".join("%s %s" % (n, list(s)) for n, s in shapes.items()), short(exc)), t0)
+        problem = _output_shape_problem(target, got, batch)
+        if problem:
+            return finished("edge_shapes", CheckStatus.FAIL, "%s: %s" % (label, problem), t0)
+        done.append("%s (%s)" % (label, ", ".join("%s %s" % (n, "x".join(map(str, s))) for n, s in shapes.items())))
+    return finished("edge_shapes", CheckStatus.PASS, "%d shapes served: %s" % (len(done), "; ".join(done)), t0)
+
+
+register(Check("edge_shapes", 50, lambda ctx: check_edge_shapes(ctx.target, ctx.session)))
