@@ -8,7 +8,6 @@ Validation lives here, in ``__post_init__``, and only here.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -16,11 +15,11 @@ from aitune_triton.defaults import QUEUE_DELAY_US
 from aitune_triton.errors import UserError
 from aitune_triton.numerics import DEFAULT_TOLERANCES, EXACT, Tolerance, tolerance_for  # noqa: F401 (re-exported)
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
+from aitune_triton.triton.model_name import validate_model_name  # noqa: F401 (re-exported: cli.py imports it here)
 
 BACKENDS = ("python", "tensorrt", "onnxruntime")
 FALLBACK_FORMATS = ("auto", "aoti", "export", "eager")
 DEVICES = ("auto", "cpu", "cuda")
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
 class NotGiven:
@@ -47,18 +46,6 @@ class NotGiven:
 # ``GenerateConfig.replace(x=NOT_GIVEN)`` keeps ``x``; ``replace(x=None)`` sets it to None. The CLI
 # passes NOT_GIVEN for every option the user left out, so get_config()'s values stay.
 NOT_GIVEN = NotGiven()
-
-
-def validate_model_name(name: str) -> str:
-    """Model names become directory names: no separators, no ``..``, no leading dot, Triton-legal."""
-    if not isinstance(name, str) or not name:
-        raise UserError("model name is empty; pass --name with letters, digits, '_', '-' or '.'")
-    if name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name or "\0" in name:
-        raise UserError("model name %r is not a plain directory name; use letters, digits, '_', '-' or '.', "
-                        "not starting with '.'" % name)
-    if not _MODEL_NAME.match(name):
-        raise UserError("model name %r is not allowed; use 1-128 letters, digits, '_', '-' or '.'" % name[:140])
-    return name
 
 
 def _output_dims(value: Any) -> dict[str, tuple[int, ...]]:

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 _PR_SET_PDEATHSIG = 1
-TERMINATING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def die_with_parent() -> None:

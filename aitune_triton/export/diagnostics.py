@@ -72,12 +72,13 @@ def _shown_path(filename: str) -> str:
 def _model_frame(exc: BaseException) -> tuple[str, int, str] | None:
     """The innermost frame of the model's own code (the user's file or a model library such as
     transformers), not torch's, aitune-triton's or the standard library's."""
-    frames = []
+    frames: list[traceback.FrameSummary] = []
     seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        frames = traceback.extract_tb(exc.__traceback__) + frames
-        exc = exc.__cause__ or exc.__context__
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        frames = list(traceback.extract_tb(current.__traceback__)) + frames
+        current = current.__cause__ or current.__context__
     stdlib = sysconfig.get_paths()["stdlib"]
     for f in reversed(frames):
         name = f.filename
@@ -126,7 +127,7 @@ def export_failure(exc: BaseException, names: Sequence[str] = ()) -> str:
     plain = plain_cause(exc, names)
     if plain:
         return plain
-    first = next((l.strip() for l in str(exc).splitlines() if l.strip()), "")
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
     return "%s: %s%s" % (type(exc).__name__, first[:300], _where(exc))
 
 

@@ -28,7 +28,7 @@ class FlatIO(torch.nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         args, kwargs = [], {}
-        for binding, value in zip(self.bindings, inputs):
+        for binding, value in zip(self.bindings, inputs, strict=True):
             kind, _, key = binding.partition(":")
             if kind == "arg":
                 args.append(value)

@@ -31,10 +31,11 @@ import numpy as np
 import onnx
 import torch
 
-from aitune_triton.config import Tolerance, tolerance_for
+from aitune_triton import numerics
 from aitune_triton.errors import ModelError
+from aitune_triton.numerics import Tolerance, tolerance_for
 from aitune_triton.spec import AxisKind, IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed
-from aitune_triton.tensorrt.profiles import ProfileSet
+from aitune_triton.tensorrt.profile_set import ProfileSet
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class OnnxCheck:
                   o.worst_case or "-", ("ok" if o.ok else "FAIL") + (" (%s)" % o.note if o.note else ""))
                  for o in self.outputs]
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+        return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
     def to_dict(self) -> dict:
         return {"outputs": [o.to_dict() for o in self.outputs], "cases": list(self.cases), "runtime": self.runtime,
@@ -130,7 +131,7 @@ class _FlatModule(torch.nn.Module):
         self.training = model.training
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        feed = dict(zip([t.name for t in self.spec.inputs], inputs))
+        feed = dict(zip([t.name for t in self.spec.inputs], inputs, strict=True))
         return tuple(leaf for _, leaf in flatten_outputs(call_with_feed(self.model, self.spec, feed)))
 
 
@@ -211,10 +212,10 @@ def _captured() -> Iterator[io.StringIO]:
                 buf.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno))
             with contextlib.suppress(Exception):
                 ctypes.CDLL(None).fflush(None)
-            for fd, dup in zip((1, 2), saved):
+            for fd, dup in zip((1, 2), saved, strict=True):
                 os.dup2(dup, fd)
                 os.close(dup)
-            for lg, prop in zip(loggers, propagate):
+            for lg, prop in zip(loggers, propagate, strict=True):
                 lg.removeHandler(handler)
                 lg.propagate = prop
             native.seek(0)
@@ -241,6 +242,8 @@ def _export(wrapper: _FlatModule, spec: IOSpec, example: tuple[torch.Tensor, ...
                        for j, t in enumerate(spec.inputs))
         program = torch.onnx.export(wrapper, example, dynamo=True, dynamic_shapes=(shapes,), input_names=in_names,
                                     output_names=out_names, opset_version=opset_version)
+        if program is None:  # only the TorchScript exporter returns nothing
+            raise ModelError("the dynamo ONNX exporter returned no program; %s" % hint("dynamo"))
         program.save(str(target))
         return
     axes: dict[str, dict[int, str]] = {}
@@ -302,8 +305,8 @@ def export_onnx(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample],
             log.debug("%s exporter output:\n%s", exporter, out.getvalue())
             from aitune_triton.export.diagnostics import plain_cause  # e.g. control flow on values, with the line
 
-            raise ModelError("ONNX export failed (%s): %s; %s" % (exporter, plain_cause(failure) or _first_line(failure),
-                                                                  hint(exporter)),
+            cause = plain_cause(failure) or _first_line(failure)
+            raise ModelError("ONNX export failed (%s): %s; %s" % (exporter, cause, hint(exporter)),
                              details=out.getvalue()) from failure
         log.debug("%s exporter output:\n%s", exporter, out.getvalue())
         log.info("exported %s with the %s exporter in %.1f s", path.name, exporter, time.monotonic() - start)
@@ -370,26 +373,6 @@ def check_feeds(spec: IOSpec, samples: Sequence[Sample], profiles: ProfileSet,
     return cases
 
 
-def _to_numpy(t: torch.Tensor) -> np.ndarray:
-    t = t.detach().cpu()
-    return (t.float() if t.dtype is torch.bfloat16 else t).numpy()
-
-
-def _errors(actual: np.ndarray, expected: np.ndarray, tol: Tolerance) -> tuple[float, float, bool]:
-    """Max abs and rel error and the ``allclose`` verdict. NaN where eager has NaN counts as equal;
-    rel error is relative to ``|eager|`` floored at ``atol`` (or 1 for exact dtypes) so zeros don't explode it."""
-    a, e = actual.astype(np.float64), expected.astype(np.float64)
-    with np.errstate(invalid="ignore"):
-        diff = np.abs(a - e)
-        diff[(a == e) | (np.isnan(a) & np.isnan(e))] = 0.0
-        diff[np.isnan(a) != np.isnan(e)] = np.inf
-    if not diff.size:
-        return 0.0, 0.0, True
-    rel = diff / np.maximum(np.abs(np.nan_to_num(e)), tol.atol or 1.0)
-    ok = bool(np.all(diff <= tol.atol + tol.rtol * np.abs(np.nan_to_num(e))))
-    return float(diff.max()), float(rel.max()), ok
-
-
 def compare_outputs(spec: IOSpec, cases: Sequence[tuple[str, Sequence[np.ndarray], Sequence[np.ndarray]]],
                     runtime: str = "onnxruntime", tolerance: "Tolerance | Mapping[str, Tolerance] | None" = None,
                     strict_dtypes: bool = True) -> OnnxCheck:
@@ -406,13 +389,12 @@ def compare_outputs(spec: IOSpec, cases: Sequence[tuple[str, Sequence[np.ndarray
         worst, abs_max, rel_max, ok, note = "", 0.0, 0.0, True, ""
         for label, expected, actual in cases:
             e, a = np.asarray(expected[k]), np.asarray(actual[k])
+            comparison = numerics.compare(a, e, tol)
+            case_abs, case_rel, case_ok = comparison.max_abs, comparison.max_rel, comparison.ok
             if e.shape != a.shape:
-                case_abs, case_rel, case_ok = np.inf, np.inf, False
                 note = note or "shape %s vs eager %s" % (a.shape, e.shape)
-            else:
-                case_abs, case_rel, case_ok = _errors(a, e, tol)
-                if strict_dtypes and a.dtype != e.dtype:
-                    case_ok, note = False, note or "dtype %s vs eager %s" % (a.dtype, e.dtype)
+            elif strict_dtypes and a.dtype != e.dtype:  # the errors are still measured, as values
+                case_ok, note = False, note or "dtype %s vs eager %s" % (a.dtype, e.dtype)
             if case_abs > abs_max or (not case_ok and ok):
                 worst = label
             abs_max, rel_max, ok = max(abs_max, case_abs), max(rel_max, case_rel), ok and case_ok
@@ -479,7 +461,7 @@ def _open(path: Path, spec: IOSpec) -> tuple[Any, bool, str]:
             missing = exc
     proto = onnx.load(str(path))
     if not _float32_graph(proto.graph):
-        raise _NoKernel(_first_line(missing)) from missing
+        raise _NoKernel(_first_line(missing) if missing else "a kernel of the graph is missing") from missing
     if proto.ByteSize() > _MAX_PROTO_BYTES:
         raise _NoKernel("the float32 copy of the float16/bfloat16 graph is too large to check in memory")
     if missing is not None:
@@ -522,12 +504,13 @@ def check_onnx(model: torch.nn.Module, spec: IOSpec, path: Path, samples: Sequen
         shapes = ", ".join("%s%s" % (k, list(v.shape)) for k, v in feed.items())
         try:
             with torch.inference_mode():
-                expected = [_to_numpy(leaf) for _, leaf in flatten_outputs(
+                expected = [numerics.to_numpy(leaf) for _, leaf in flatten_outputs(
                     call_with_feed(model, spec, {k: v.to(device) for k, v in feed.items()}))]
         except Exception as exc:
             raise ModelError("eager PyTorch fails on %s (%s), shapes the profiles cover: %s; fix the model or narrow "
                              "the profiles (max_batch_size, batch_axis)" % (label, shapes, _first_line(exc))) from exc
-        ort_feed = {k: _to_numpy(v.float() if as_float32 and v.is_floating_point() else v) for k, v in feed.items()}
+        ort_feed = {k: numerics.to_numpy(v.float() if as_float32 and v.is_floating_point() else v)
+                    for k, v in feed.items()}
         try:
             actual = session.run([t.name for t in spec.outputs], ort_feed)
         except Exception as exc:

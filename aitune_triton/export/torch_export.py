@@ -6,91 +6,61 @@
 3. ``eager``: the user's own model file next to a ``state_dict`` (``torch.load(weights_only=True)``).
 
 Every candidate is compiled and checked against the eager outputs in a fresh child process with a
-timeout: AOTInductor compiles are slow and can crash, and loading a package in the process that
-compiled it segfaulted on CUDA. A candidate is kept only when every output of every reference case
-is within ``tolerance_for(dtype)``; the reasons for the formats skipped travel with the result.
+timeout (``export_child.py`` through ``procs.run_child``): AOTInductor compiles are slow and can
+crash, and loading a package in the process that compiled it segfaulted on CUDA. A candidate is
+kept only when every output of every reference case is within ``tolerance_for(dtype)``
+(``numerics.compare``); the reasons for the formats skipped travel with the result.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import importlib.util
-import json
 import logging
-import os
+import re
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from torch.utils import _pytree as pytree
 
-from aitune_triton.config import Tolerance, tolerance_for
-from aitune_triton.errors import ModelError, UserError
+from aitune_triton import numerics, procs
+from aitune_triton.errors import CandidateFailed, ModelError, UserError
 from aitune_triton.export.diagnostics import append_text, capture_torch_output, child_failure, export_failure
+from aitune_triton.export.fallback_artifact import (
+    AOTI_FILE,
+    EXPORT_FILE,
+    FALLBACK_LOG,
+    FILES,
+    FORMATS,
+    SOURCE_FILE,
+    STATE_FILE,
+    FallbackArtifact,
+)
 from aitune_triton.export.flat_io import flat_inputs, flat_model, forward_caller
-from aitune_triton.procs import die_with_parent
+from aitune_triton.numerics import Tolerance, tolerance_for
 from aitune_triton.spec import AxisKind, IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed
-from aitune_triton.tensorrt.profiles import ProfileSet
-from aitune_triton.errors import CandidateFailed  # noqa: F401  (re-exported)
+from aitune_triton.tensorrt.profile_set import ProfileSet
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("aoti", "export", "eager")
-AOTI_FILE = "model.aoti.pt2"
-EXPORT_FILE = "model.export.pt2"
-SOURCE_FILE = "user_model.py"  # not model.py: that name belongs to the Triton model in the same dir
-STATE_FILE = "state_dict.pt"
-FALLBACK_LOG = Path("logs") / "fallback.log"  # in the model dir, beside the version dir (Triton ignores it)
-FILES = {"aoti": (AOTI_FILE,), "export": (EXPORT_FILE,), "eager": (SOURCE_FILE, STATE_FILE)}
+__all__ = ["FALLBACK_LOG", "FallbackArtifact", "build_fallback", "check_runner", "compare", "load_runner",
+           "skipped_summary"]
 
-
-@dataclass(frozen=True)
-class FallbackArtifact:
-    """The artifact kept in the version dir and what the generated model.py needs to serve it.
-
-    ``axis_ranges`` holds, per input and axis, the sizes the artifact accepts (``None`` as the
-    upper bound: unbounded). AOTInductor does not check input shapes or dtypes at run time, so the
-    model.py validates requests against these before calling it. ``flat_io``: the artifact is a
-    ``FlatIO`` export (flat tensors in spec input order in, a flat tuple in spec output order out).
-    """
-
-    format: str
-    device: str
-    files: tuple[str, ...]
-    skipped: tuple[tuple[str, str], ...] = ()
-    max_errors: dict[str, float] = field(default_factory=dict)
-    axis_ranges: dict[str, tuple[tuple[int, int | None], ...]] = field(default_factory=dict)
-    row_independent: bool = False
-    flat_io: bool = False
-
-    def to_dict(self) -> dict:
-        return {"format": self.format, "device": self.device, "files": list(self.files),
-                "skipped": [list(s) for s in self.skipped], "max_errors": dict(self.max_errors),
-                "axis_ranges": {k: [list(r) for r in v] for k, v in self.axis_ranges.items()},
-                "row_independent": self.row_independent, "flat_io": self.flat_io}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FallbackArtifact":
-        return cls(d["format"], d["device"], tuple(d["files"]), tuple((f, r) for f, r in d.get("skipped", ())),
-                   {k: float(v) for k, v in d.get("max_errors", {}).items()},
-                   {k: tuple((int(lo), None if hi is None else int(hi)) for lo, hi in v)
-                    for k, v in d.get("axis_ranges", {}).items()},
-                   bool(d.get("row_independent", False)), bool(d.get("flat_io", False)))
+COMPILE_TARGET = "aitune_triton.export.export_child:compile_aoti"
+CHECK_TARGET = "aitune_triton.export.export_child:check"
 
 
 # ----------------------------------------------------------------------------- reference cases
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message``."""
     text = str(exc).strip().splitlines()
     return "%s: %s" % (type(exc).__name__, text[0] if text else "")
 
@@ -98,8 +68,8 @@ def _first_line(exc: BaseException) -> str:
 def _export_reason(exc: BaseException) -> str:
     """torch.export's first line rarely says why ("Constraints violated (x)!"): keep the few lines
     after it too (the violated guard, the suggested fix), minus the boilerplate."""
-    lines = [l.strip() for l in str(exc).strip().splitlines() if l.strip()]
-    keep = [l for l in lines if not l.startswith(("For more information", "The error above occurred"))][:4]
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    keep = [line for line in lines if not line.startswith(("For more information", "The error above occurred"))][:4]
     return ("%s: %s" % (type(exc).__name__, " | ".join(keep)))[:600]
 
 
@@ -117,7 +87,7 @@ def reference_cases(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Samp
     """The samples with their eager outputs, plus batch 1 and ``max_batch`` cut from the largest sample:
     export's 0/1 specialisation and range bugs show up exactly at the ends of the batch range."""
     cases = []
-    for i, (sample, out) in enumerate(zip(samples, outputs)):
+    for i, (sample, out) in enumerate(zip(samples, outputs, strict=True)):
         feed = sample_feed(spec, sample)
         if spec.batching and max_batch >= 1 and _batch_of(feed, spec) > max_batch:
             # Triton never sends more than max_batch_size: check the sample's first rows instead
@@ -137,7 +107,7 @@ def reference_cases(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Samp
         try:
             cases.append((name, feed, _run_eager(model, spec, feed)))
         except Exception as exc:  # the model itself cannot take that batch: nothing to compare against
-            log.warning("eager forward failed at %s, not checking it: %s", name, _first_line(exc))
+            log.warning("eager forward failed at %s, not checking it: %s", name, first_line(exc))
     return cases
 
 
@@ -157,29 +127,25 @@ def rows_independent(model: torch.nn.Module, spec: IOSpec, cases: list, toleranc
                for t in spec.outputs)
 
 
-def compare(actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance) -> str | None:
-    """None when ``actual`` matches within ``tol`` (exact for integer and bool outputs), else why not."""
-    actual, expected = actual.detach().cpu(), expected.detach().cpu()
+def _compared(actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance) -> tuple[numerics.Comparison, str | None]:
+    """``numerics.compare`` of a result with eager, and why it fails in this check's words (None:
+    it matches). torch dtypes are compared first: numpy has no bfloat16, so ``compare`` sees a
+    bfloat16 output as float32."""
+    comparison = numerics.compare(actual, expected, tol)
     if tuple(actual.shape) != tuple(expected.shape):
-        return "shape %s, eager %s" % (list(actual.shape), list(expected.shape))
+        return comparison, "shape %s, eager %s" % (list(actual.shape), list(expected.shape))
     if actual.dtype != expected.dtype:
-        return "dtype %s, eager %s" % (actual.dtype, expected.dtype)
+        return comparison, "dtype %s, eager %s" % (actual.dtype, expected.dtype)
+    if comparison.ok:
+        return comparison, None
     if actual.is_floating_point():
-        a, e = actual.double(), expected.double()
-        if not torch.allclose(a, e, atol=tol.atol, rtol=tol.rtol, equal_nan=True):
-            err = (a - e).abs().nan_to_num(float("inf")).max().item()
-            return "max |err| %.3g > atol %g + rtol %g * |eager|" % (err, tol.atol, tol.rtol)
-        return None
-    bad = int((actual != expected).sum())
-    return None if bad == 0 else "%d of %d values differ (exact dtype %s)" % (bad, actual.numel(), actual.dtype)
+        return comparison, "max |err| %.3g > atol %g + rtol %g * |eager|" % (comparison.max_abs, tol.atol, tol.rtol)
+    return comparison, "%d of %d values differ (exact dtype %s)" % (comparison.bad, comparison.total, actual.dtype)
 
 
-def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    if actual.numel() == 0:
-        return 0.0
-    a, e = actual.detach().cpu().double(), expected.detach().cpu().double()
-    diff = (a - e).abs().masked_fill(a.isnan() & e.isnan(), 0.0)
-    return float(diff.nan_to_num(float("inf")).max())
+def compare(actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance) -> str | None:
+    """None when ``actual`` matches eager within ``tol`` (exact for integer and bool outputs), else why not."""
+    return _compared(actual, expected, tol)[1]
 
 
 # ----------------------------------------------------------------------------- export
@@ -219,7 +185,7 @@ def _resize_batch(t: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def dynamic_dims(spec: IOSpec, samples: Sequence[Sample], profiles: ProfileSet | None, max_batch: int
-                 ) -> tuple[dict[str, dict[int, Any]], dict[str, tuple[tuple[int, int | None], ...]]]:
+                 ) -> tuple[dict[str, dict[int, Any]], AxisRanges]:
     """torch.export Dims per input axis, and the range each axis accepts.
 
     One ``batch`` Dim for all batched inputs. Dynamic axes whose sizes agree in every sample share a
@@ -242,7 +208,7 @@ def dynamic_dims(spec: IOSpec, samples: Sequence[Sample], profiles: ProfileSet |
     for t in spec.inputs:
         if t.has_batch:
             ranges[t.name][0] = (1, max(max_batch, 1))
-    for k, members in enumerate(groups.values()):
+    for members in groups.values():
         bounds = [_axis_bounds(spec, profiles, n, i) for n, i in members]
         lo, hi = max(b[0] for b in bounds), min(b[1] for b in bounds)
         if hi <= lo:
@@ -261,8 +227,11 @@ def _on_device(model: torch.nn.Module, device: str) -> torch.nn.Module:
     return copy.deepcopy(model).to(device)
 
 
+AxisRanges = dict[str, tuple[tuple[int, int | None], ...]]
+
+
 def export_program(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample], profiles: ProfileSet | None,
-                   device: str = "cpu"):
+                   device: str = "cpu") -> tuple[torch.export.ExportedProgram, AxisRanges]:
     """``torch.export.export`` of ``FlatIO(model)`` (flat tensors in and out, in spec order: the
     artifact loads without the user's libraries) with symbolic batch / dynamic axes; returns
     (program, axis ranges)."""
@@ -312,7 +281,7 @@ def _probe_ranges(program, spec: IOSpec, feed: dict[str, torch.Tensor], dims: di
                 with torch.inference_mode():
                     module(*flat_inputs(spec, probe))
             except Exception as exc:
-                return "size %d of %s fails: %s" % (size, dim.__name__, _first_line(exc))
+                return "size %d of %s fails: %s" % (size, dim.__name__, first_line(exc))
     return None
 
 
@@ -334,6 +303,8 @@ def load_runner(version_dir: Path, fmt: str, device: str, spec: IOSpec) -> Calla
     if fmt == "eager":
         name = "aitune_user_model_%s" % uuid.uuid4().hex[:8]
         mod_spec = importlib.util.spec_from_file_location(name, version_dir / SOURCE_FILE)
+        if mod_spec is None or mod_spec.loader is None:
+            raise FileNotFoundError("cannot import %s" % (version_dir / SOURCE_FILE))
         module = importlib.util.module_from_spec(mod_spec)
         mod_spec.loader.exec_module(module)
         model = module.get_model()
@@ -359,92 +330,76 @@ def check_runner(runner: Callable[..., Any], spec: IOSpec, cases: list, device: 
             with torch.inference_mode():
                 leaves = pytree.tree_leaves(runner(*args, **kwargs))
         except Exception as exc:
-            raise CandidateFailed("forward failed on %s: %s" % (label, _first_line(exc))) from exc
+            raise CandidateFailed("forward failed on %s: %s" % (label, first_line(exc))) from exc
         if len(leaves) != len(spec.outputs):
             raise CandidateFailed("%d outputs on %s, eager gave %d" % (len(leaves), label, len(spec.outputs)))
-        for t, got in zip(spec.outputs, leaves):
-            why = compare(got, expected[t.name], tolerance_for(t.dtype, tolerance))
+        for t, got in zip(spec.outputs, leaves, strict=True):
+            comparison, why = _compared(got, expected[t.name], tolerance_for(t.dtype, tolerance))
             if why:
                 raise CandidateFailed("output %r differs from eager on %s: %s" % (t.name, label, why))
-            errors[t.name] = max(errors[t.name], max_error(got, expected[t.name]))
+            errors[t.name] = max(errors[t.name], comparison.max_abs)
     return errors
 
 
 # ----------------------------------------------------------------------------- child processes
 
 
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    return env
+def _child_reason(what: str, failure: procs.ChildFailed) -> str:
+    """One plain line for a compile or check child that returned nothing."""
+    if failure.outcome is procs.ChildOutcome.TIMEOUT:
+        return "%s timed out after %.0f s" % (what, failure.timeout_s or 0)
+    if failure.outcome is procs.ChildOutcome.SIGNAL:  # faulthandler printed the stack, innermost first
+        frames = [line.strip() for line in failure.output.splitlines() if line.strip().startswith("File ")]
+        return "%s crashed (signal %s%s)" % (what, failure.signal_name,
+                                             ", innermost frame: " + frames[0] if frames else "")
+    plain = child_failure(failure.output)
+    if plain:
+        return "%s failed: %s" % (what, plain)
+    if isinstance(failure.exception, CandidateFailed):
+        reason = str(failure.exception)
+    elif failure.outcome is procs.ChildOutcome.RAISED:
+        lines = failure.error_message.strip().splitlines()
+        reason = "%s %s: %s" % (what, failure.error_type.rsplit(".", 1)[-1], lines[0] if lines else "")
+    else:
+        tail = failure.tail(1)
+        reason = "%s failed: %s" % (what, tail[0] if tail else "no output")
+    return reason.replace(" Please check the warnings above.", "")
 
 
-def _run_child(argv: list[str], timeout_s: float, what: str, log_path: Path) -> None:
-    """Run ``python -m aitune_triton.export.torch_export ARGV`` in its own session, its whole output
-    appended to ``log_path``; raise CandidateFailed with one line."""
-    cmd = [sys.executable, "-X", "faulthandler", "-m", "aitune_triton.export.torch_export", *argv]
-    log.debug("child: %s", " ".join(cmd))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=_child_env(), start_new_session=True, preexec_fn=die_with_parent)
+@dataclass(frozen=True)
+class CompileRequest:
+    """For ``export_child.compile_aoti``: compile the saved ``ExportedProgram`` at ``program_path``
+    into the AOTInductor package at ``package_path``."""
+
+    program_path: Path
+    package_path: Path
+
+
+@dataclass(frozen=True)
+class CheckRequest:
+    """For ``export_child.check``: load the ``format`` artifact in ``version_dir`` on ``device`` and
+    compare it with the eager outputs saved in ``cases_path`` (labels, inputs and outputs)."""
+
+    spec: IOSpec
+    cases_path: Path
+    version_dir: Path
+    format: str
+    device: str
+    tolerance: Tolerance | None
+
+
+def _run_child(target: str, request: CompileRequest | CheckRequest, job: "_Job", what: str) -> Any:
+    """Run one child (``export_child``); its whole output is appended to the fallback log, and a
+    failure becomes ``CandidateFailed`` with one line."""
+    child_log = job.work / ("%s.log" % re.sub(r"\W+", "_", what))
     try:
-        out, _ = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the compiler's own children (g++) go too
-        out, _ = proc.communicate()
-        append_text(log_path, "%s (timed out)" % what, out or "")
-        raise CandidateFailed("%s timed out after %.0f s" % (what, timeout_s)) from None
-    except BaseException:  # Ctrl-C: the child is in its own session and would not see it
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise
-    append_text(log_path, "%s (exit %s)" % (what, proc.returncode), out)
-    if proc.returncode < 0:
-        frames = [l.strip() for l in out.splitlines() if l.strip().startswith("File ")]
-        raise CandidateFailed("%s crashed (signal %s%s)" % (what, signal.Signals(-proc.returncode).name,
-                                                            ", innermost frame: " + frames[0] if frames else ""))
-    if proc.returncode != 0:
-        lines = [l for l in out.strip().splitlines() if l.strip()]
-        marked = [l[len("FAILED: "):] for l in lines if l.startswith("FAILED: ")]
-        plain = child_failure(out)
-        if plain:
-            raise CandidateFailed("%s failed: %s" % (what, plain))
-        reason = marked[-1] if marked else "%s failed: %s" % (what, lines[-1] if lines else "no output")
-        raise CandidateFailed(reason.replace(" Please check the warnings above.", ""))
-
-
-def _child_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m aitune_triton.export.torch_export")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("compile", help="compile an ExportedProgram into an AOTInductor package")
-    c.add_argument("program")
-    c.add_argument("package")
-    k = sub.add_parser("check", help="load an artifact and compare it with the recorded eager outputs")
-    k.add_argument("job")
-    ns = parser.parse_args(argv)
-    try:
-        if ns.cmd == "compile":
-            program = torch.export.load(ns.program)
-            torch._inductor.aoti_compile_and_package(program, package_path=ns.package)
-            return 0
-        job = json.loads(Path(ns.job).read_text())
-        spec = IOSpec.from_dict(job["spec"])
-        data = torch.load(job["cases"], weights_only=True)
-        cases = list(zip(data["labels"], data["inputs"], data["outputs"]))
-        tol = Tolerance(*job["tolerance"]) if job.get("tolerance") else None
-        try:
-            runner = load_runner(Path(job["version_dir"]), job["format"], job["device"], spec)
-        except Exception as exc:
-            raise CandidateFailed("loading failed: %s" % _first_line(exc)) from exc
-        errors = check_runner(runner, spec, cases, job["device"], tol)
-        Path(job["result"]).write_text(json.dumps({"max_errors": errors}))
-        return 0
-    except CandidateFailed as exc:
-        print("FAILED: %s" % exc, flush=True)
-        return 1
-    except Exception as exc:
-        print("FAILED: %s %s" % (ns.cmd, _first_line(exc)), flush=True)
-        raise
+        value = procs.run_child(target, request, log_path=child_log, timeout_s=job.timeout_s)
+    except procs.ChildFailed as failure:
+        status = "timed out" if failure.outcome is procs.ChildOutcome.TIMEOUT else "exit %s" % failure.returncode
+        append_text(job.log_path, "%s (%s)" % (what, status), failure.output)
+        raise CandidateFailed(_child_reason(what, failure)) from None
+    append_text(job.log_path, "%s (exit 0)" % what, child_log.read_text(errors="replace"))
+    return value
 
 
 # ----------------------------------------------------------------------------- the entry point
@@ -463,14 +418,9 @@ class _Job:
 
 
 def _check(job: _Job, fmt: str) -> dict[str, float]:
-    result = job.work / ("%s.result.json" % fmt)
-    spec_file = job.work / ("%s.job.json" % fmt)
-    spec_file.write_text(json.dumps({
-        "spec": job.spec.to_dict(), "cases": str(job.cases_path), "version_dir": str(job.version_dir),
-        "format": fmt, "device": job.device, "result": str(result),
-        "tolerance": [job.tolerance.atol, job.tolerance.rtol] if job.tolerance else None}))
-    _run_child(["check", str(spec_file)], job.timeout_s, "%s check" % fmt, job.log_path)
-    return json.loads(result.read_text())["max_errors"]
+    request = CheckRequest(job.spec, job.cases_path, job.version_dir, fmt, job.device, job.tolerance)
+    errors: dict[str, float] = _run_child(CHECK_TARGET, request, job, "%s check" % fmt)
+    return errors
 
 
 def _remove(version_dir: Path, fmt: str) -> None:
@@ -507,16 +457,17 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
     independent = rows_independent(model, spec, cases, tolerance)
     wanted = FORMATS if preferred == "auto" else (preferred,)
     skipped = [(f, "not requested (fallback format %r)" % preferred) for f in FORMATS[:FORMATS.index(wanted[0])]]
-    eager_ranges = {t.name: tuple((1, max(max_batch, 1)) if (i == 0 and t.has_batch)
-                                  else (a.max, a.max) if a.kind is AxisKind.STATIC else (1, None)
-                                  for i, a in enumerate(t.axes)) for t in spec.inputs}
+    eager_ranges: AxisRanges = {t.name: tuple((1, max(max_batch, 1)) if (i == 0 and t.has_batch)
+                                              else (a.max, a.max) if a.kind is AxisKind.STATIC else (1, None)
+                                              for i, a in enumerate(t.axes)) for t in spec.inputs}
     with tempfile.TemporaryDirectory(prefix="aitune-fallback-") as tmp:
         work = Path(tmp)
         cases_path = work / "cases.pt"
         torch.save({"labels": [c[0] for c in cases], "inputs": [{k: v.cpu() for k, v in c[1].items()} for c in cases],
                     "outputs": [{k: v.cpu() for k, v in c[2].items()} for c in cases]}, cases_path)
         job = _Job(spec, cases_path, version_dir, work, device, tolerance, timeout_s, log_path)
-        ranges = export_error = None
+        ranges: AxisRanges = {}
+        export_error = None
         if {"aoti", "export"} & set(wanted):
             try:
                 with capture_torch_output(log_path):
@@ -531,8 +482,8 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
                 if fmt in ("aoti", "export") and export_error:
                     raise CandidateFailed(export_error)
                 if fmt == "aoti":
-                    _run_child(["compile", str(work / EXPORT_FILE), str(version_dir / AOTI_FILE)], timeout_s,
-                               "AOTInductor compile", log_path)
+                    _run_child(COMPILE_TARGET, CompileRequest(work / EXPORT_FILE, version_dir / AOTI_FILE), job,
+                               "AOTInductor compile")
                 elif fmt == "export":
                     shutil.copyfile(work / EXPORT_FILE, version_dir / EXPORT_FILE)
                 else:
@@ -545,15 +496,15 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
                 log.info("fallback %s rejected: %s", fmt, exc)
                 continue
             artifact = FallbackArtifact(fmt, device, FILES[fmt], tuple(skipped), errors,
-                                        ranges if fmt != "eager" else eager_ranges, independent, fmt != "eager")
+                                        eager_ranges if fmt == "eager" else ranges, independent, fmt != "eager")
             log.info("fallback: %s on %s, max |err| vs eager %s", fmt, device,
                      ", ".join("%s %.3g" % kv for kv in errors.items()))
             return artifact
     kept = Path(tempfile.mkstemp(prefix="aitune-fallback-", suffix=".log")[1])  # the model dir is not kept
     shutil.copyfile(log_path, kept)
     if preferred != "auto":
-        raise ModelError("fallback format %r failed: %s" % (preferred, skipped[-1][1]), log_path=kept)
-    raise ModelError("no PyTorch fallback matched eager: %s" % skipped_summary(skipped), log_path=kept)
+        raise ModelError("fallback format %r failed: %s" % (preferred, skipped[-1][1]), log_path=str(kept))
+    raise ModelError("no PyTorch fallback matched eager: %s" % skipped_summary(skipped), log_path=str(kept))
 
 
 def skipped_summary(skipped: Sequence[tuple[str, str]]) -> str:
@@ -563,6 +514,3 @@ def skipped_summary(skipped: Sequence[tuple[str, str]]) -> str:
         by_reason.setdefault(reason, []).append(fmt)
     return "; ".join("%s skipped: %s" % (", ".join(fmts), reason) for reason, fmts in by_reason.items())
 
-
-if __name__ == "__main__":
-    sys.exit(_child_main())

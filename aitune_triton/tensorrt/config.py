@@ -1,8 +1,8 @@
-"""The seed API's ``TensorRTBackendConfig`` and quantization configs, in this project's words.
+"""AITune's TensorRT backend configs (``TensorRTBackendConfig``, the quantization configs) in this project's words.
 
-Field names and defaults mirror the seed (``../shared/seeds``) so users of that API feel at home;
-``version_compatible`` is added because a Triton deployment often runs a newer TensorRT than
-the one that built the plan.
+Field names and defaults mirror AITune's TensorRT backend API (``aitune.torch.backend.tensorrt``) so
+its users feel at home; ``version_compatible`` is added because a Triton deployment often runs a
+newer TensorRT than the one that built the plan.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any, Union
 
 from aitune_triton.errors import UserError
-from aitune_triton.tensorrt.profiles import ProfileMode, TensorRTProfile, profiles_from_dict
+from aitune_triton.tensorrt.profile_set import ProfileMode, TensorRTProfile, profiles_from_dict
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "fp8")
 
 
-# ModelOpt ONNX PTQ's calibration methods per precision. "max" is the seed's default and also
+# ModelOpt ONNX PTQ's calibration methods per precision. "max" is AITune's default and also
 # stands for ModelOpt's own default where "max" does not apply (fp16 has no calibration; int4
 # then uses awq_clip), so the default config is valid for every precision.
 CALIBRATION_METHODS = {"int8": ("max", "entropy"), "fp8": ("max", "entropy"), "fp16": ("max",),
@@ -122,7 +122,7 @@ def quantization_from_dict(d: dict | None) -> QuantizationConfig | None:
 
 @dataclass(frozen=True)
 class TensorRTBackendConfig:
-    """How the TensorRT plan is built (seed API field names and defaults)."""
+    """How the TensorRT plan is built (AITune's field names and defaults)."""
 
     use_dynamo: bool = True
     workspace_size: int | None = None
@@ -136,7 +136,7 @@ class TensorRTBackendConfig:
     enable_tf32: bool = True
     use_cuda_graphs: bool = False
     version_compatible: bool = False
-    # extensions beyond the seed: builder precision flags when no quantization_config is given
+    # extensions beyond AITune's API: builder precision flags when no quantization_config is given
     # (weakly typed build), and the child-process build timeout
     precision: str = "fp32"
     build_timeout_s: float = 3600.0

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aitune_triton.errors import ModelError, UserError
-from aitune_triton.tensorrt.availability import import_tensorrt
 
 if TYPE_CHECKING:  # the type checker reads TensorRT's API from tensorrt-stubs; at run time it is imported lazily
     import tensorrt
@@ -120,12 +119,6 @@ def deserialize(plan_path: Path) -> "tensorrt.ICudaEngine":
         raise UserError("no TensorRT plan at %s" % plan_path)
     # EngineFromBytes allows engine host code, which version-compatible plans need
     return EngineFromBytes(Path(plan_path).read_bytes())()
-
-
-def read_engine_io(plan_path: Path | str) -> EngineIO:
-    """Deserialize the plan (needs TensorRT and a GPU) and read its I/O tensors and profiles."""
-    trt = import_tensorrt()
-    return engine_io_of(deserialize(Path(plan_path)), trt)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""TensorRT optimization profiles (the seed API's ``TensorRTProfile`` / ``ProfileMode``) and
+"""TensorRT optimization profiles (AITune's ``TensorRTProfile`` / ``ProfileMode``) and
 their derivation from the recorded samples.
 
 Triton's dynamic batcher can send any batch from 1 to ``max_batch_size`` to any instance, so
@@ -10,103 +10,18 @@ a plan that cannot serve a batch the batcher forms fails at request time, far fr
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from dataclasses import dataclass
-from enum import Enum
 from typing import Sequence
-
-from polygraphy.backend.trt import Profile
 
 from aitune_triton.errors import UserError
 from aitune_triton.spec import AxisKind, IOSpec, Sample, sample_feed
+from aitune_triton.tensorrt.profile_set import (  # noqa: F401 - the public API's names, re-exported
+    ProfileMode,
+    ProfileSet,
+    TensorRTProfile,
+    profiles_from_dict,
+)
 
 log = logging.getLogger(__name__)
-
-
-class ProfileMode(str, Enum):
-    """How profiles are generated: SINGLE (min/opt/max over samples) or one per sample shape."""
-
-    SINGLE = "single"
-    SAMPLES_USED = "samples_used"
-
-
-class TensorRTProfile:
-    """One optimization profile: per input, min/opt/max shapes. Backed by Polygraphy's ``Profile``."""
-
-    def __init__(self) -> None:
-        self._profile = Profile()
-
-    @property
-    def profile(self) -> Profile:
-        return self._profile
-
-    def add_input_shape(self, name: str, min_shape: Sequence[int], opt_shape: Sequence[int],
-                        max_shape: Sequence[int]) -> "TensorRTProfile":
-        self._profile.add(name=name, min=tuple(int(d) for d in min_shape), opt=tuple(int(d) for d in opt_shape),
-                          max=tuple(int(d) for d in max_shape))
-        log.debug("profile input %s: min=%s opt=%s max=%s", name, min_shape, opt_shape, max_shape)
-        return self
-
-    def items(self):
-        return self._profile.items()
-
-    def names(self) -> list[str]:
-        return list(self._profile.keys())
-
-    def shapes(self, name: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-        b = self._profile[name]
-        return tuple(b.min), tuple(b.opt), tuple(b.max)
-
-    def batch_range(self) -> tuple[int, int, int]:
-        """(min, opt, max) of axis 0 across inputs: the batches every input can take."""
-        mins, opts, maxs = zip(*[(s[0][0], s[1][0], s[2][0]) for s in (self.shapes(n) for n in self.names())])
-        return max(mins), max(opts), min(maxs)
-
-    @classmethod
-    def profile_to_dict(cls, profile: Profile) -> dict:
-        return {name: [list(b.min), list(b.opt), list(b.max)] for name, b in profile.items()}
-
-    def to_dict(self) -> dict:
-        return self.profile_to_dict(self._profile)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TensorRTProfile":
-        profile = cls()
-        for name, (min_, opt_, max_) in data.items():
-            profile.add_input_shape(name, tuple(min_), tuple(opt_), tuple(max_))
-        return profile
-
-    def _key(self) -> tuple:
-        return tuple(sorted((n, tuple(b.min), tuple(b.opt), tuple(b.max)) for n, b in self._profile.items()))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, TensorRTProfile) and self._key() == other._key()
-
-    def __hash__(self) -> int:
-        return hash(self._key())
-
-    def __repr__(self) -> str:
-        return "TensorRTProfile(%s)" % self.to_dict()
-
-
-@dataclass(frozen=True)
-class ProfileSet:
-    """The profiles a plan is built with and the largest batch Triton may send to them."""
-
-    profiles: tuple[TensorRTProfile, ...]
-    mode: str
-    max_batch_size: int
-
-    def opt_batches(self) -> list[int]:
-        return sorted({p.batch_range()[1] for p in self.profiles})
-
-    def to_dict(self) -> dict:
-        return {"mode": self.mode, "max_batch_size": self.max_batch_size,
-                "profiles": [p.to_dict() for p in self.profiles]}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ProfileSet":
-        return cls(tuple(TensorRTProfile.from_dict(p) for p in d["profiles"]), d["mode"], int(d["max_batch_size"]))
 
 
 def default_max_batch_size(spec: IOSpec) -> int:
@@ -163,7 +78,7 @@ def validate_profile(spec: IOSpec, profile: TensorRTProfile, index: int, max_bat
         if not (len(lo) == len(opt) == len(hi) == t.rank):
             raise UserError("profile %d, input %r: shapes have rank %d/%d/%d but the input has rank %d"
                             % (index, t.name, len(lo), len(opt), len(hi), t.rank))
-        for axis, (a, o, b, spec_axis) in enumerate(zip(lo, opt, hi, t.axes)):
+        for axis, (a, o, b, spec_axis) in enumerate(zip(lo, opt, hi, t.axes, strict=True)):
             if not (1 <= a <= o <= b):
                 raise UserError("profile %d, input %r, axis %d: need 1 <= min <= opt <= max, got %d/%d/%d"
                                 % (index, t.name, axis, a, o, b))
@@ -204,13 +119,3 @@ def derive_profiles(spec: IOSpec, samples: Sequence[Sample], profiles: "ProfileM
     for i, p in enumerate(user):
         validate_profile(spec, p, i, max_batch)
     return ProfileSet(tuple(user), "custom", max_batch)
-
-
-def profiles_from_dict(data: "str | list[dict]") -> "ProfileMode | list[TensorRTProfile]":
-    if isinstance(data, list):
-        return [TensorRTProfile.from_dict(p) for p in data]
-    return ProfileMode(data)
-
-
-def most_common_shape(shapes: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
-    return Counter(shapes).most_common(1)[0][0]

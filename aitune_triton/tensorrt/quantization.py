@@ -1,4 +1,4 @@
-"""Apply the seed API's quantization configs with NVIDIA ModelOpt.
+"""Apply AITune's quantization configs with NVIDIA ModelOpt.
 
 * ``ONNXAutoCastConfig``: ModelOpt AutoCast rewrites the ONNX graph to fp16/bf16 where the reference
   run says values fit (``data_max``); the I/O keeps its types, so Triton's config and clients are
@@ -121,7 +121,7 @@ def _fp16(onnx_in: Path, onnx_out: Path, qconfig: ONNXQuantizationConfig) -> Non
 
 def ptq_calibration_method(qconfig: ONNXQuantizationConfig) -> str:
     """The calibration method ModelOpt runs: int4 has its own methods (awq_clip, rtn_dq, ...), and
-    the seed's default "max", an int8/fp8 method, stands for ModelOpt's int4 default there."""
+    AITune's default "max", an int8/fp8 method, stands for ModelOpt's int4 default there."""
     if qconfig.precision == "int4" and qconfig.calibration_method == "max":
         return "awq_clip"
     return qconfig.calibration_method

@@ -15,8 +15,9 @@ Whatever was applied, the staged ONNX is run on ONNX Runtime CPU on the samples 
 *unquantized* eager model with the tolerance of its precision (``QUANTIZED_TOLERANCES``) and refused
 with the usual table when it misses. Only the samples: a quantized graph is accurate on data like
 its calibration data, and random inputs at the profile edges are not (the float export, and for
-torch quantization the export of the quantized module, are checked at the edges too); the ``QuantizationRecord`` (what ModelOpt did, the graph's Q/DQ/Cast counts,
-the check) goes to the manifest. An option that cannot be honoured is a ``UserError``.
+torch quantization the export of the quantized module, are checked at the edges too); the
+``QuantizationRecord`` (what ModelOpt did, the graph's Q/DQ/Cast counts, the check) goes to the
+manifest. An option that cannot be honoured is a ``UserError``.
 """
 
 from __future__ import annotations
@@ -68,7 +69,6 @@ QUANTIZED_TOLERANCES: dict[str, tuple[float, float]] = {
     "fp8": (0.15, 0.10),
     "int4": (0.25, 0.10),
 }
-_QDQ = ("QuantizeLinear", "DequantizeLinear")
 _LOW_PRECISION = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT8E4M3FN,
                   onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
 Progress = Callable[[str], None]
@@ -216,8 +216,9 @@ def _onnx_quantized(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Samp
     work = Path(tempfile.mkdtemp(prefix=".quantize-", dir=path.parent))
     try:
         progress("exporting ONNX and checking it with ONNX Runtime")
-        plain = export_onnx(model, spec, samples, profiles, work / "float32" / path.name, use_dynamo=trt_config.use_dynamo,
-                            opset_version=trt_config.opset_version, tolerance=tolerance)
+        plain = export_onnx(model, spec, samples, profiles, work / "float32" / path.name,
+                            use_dynamo=trt_config.use_dynamo, opset_version=trt_config.opset_version,
+                            tolerance=tolerance)
         excluded = expand_excluded(plain.path, q)
         feeds = calibration_feeds(spec, samples)
         progress("applying %s(precision=%s) with ModelOpt on %d calibration samples"
@@ -256,7 +257,8 @@ def _reject_custom_ops(qconfig: TorchQuantizationConfig) -> Callable[[Path], Non
         if custom:
             raise UserError("TorchQuantizationConfig(%r) exports TensorRT-only operators (%s) that ONNX Runtime cannot "
                             "run, so the export cannot be checked against eager; use INT8_DEFAULT_CFG, or "
-                            "ONNXQuantizationConfig(precision='fp8')" % (qconfig.quantization_config, ", ".join(custom)))
+                            "ONNXQuantizationConfig(precision='fp8')"
+                            % (qconfig.quantization_config, ", ".join(custom)))
     return check
 
 

@@ -64,7 +64,8 @@ class QuantizationRecord:
         """One line, e.g. ``int8 by modelopt.onnx.quantization.quantize: 4 Q / 4 DQ; ONNX Runtime vs eager ok``."""
         g = self.graph
         if self.method in (QuantMethod.ONNX_AUTOCAST, QuantMethod.ONNX_FP16):
-            nodes = "%d Cast, %d low-precision initializers" % (g.get("Cast", 0), g.get("low_precision_initializers", 0))
+            nodes = "%d Cast, %d low-precision initializers" % (g.get("Cast", 0),
+                                                                 g.get("low_precision_initializers", 0))
         else:
             nodes = "%d Q / %d DQ" % (g.get("QuantizeLinear", 0), g.get("DequantizeLinear", 0))
         if self.check.get("skipped"):

@@ -12,9 +12,9 @@ import json
 import logging
 import platform
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from aitune_triton.errors import UserError
+from aitune_triton.export.fallback_artifact import FallbackArtifact
 from aitune_triton.runtime import RUNTIME_FILES, runtime_source
 from aitune_triton.runtime.aitune_runtime import (
     DATA_FILE,
@@ -29,9 +29,6 @@ from aitune_triton.runtime.aitune_runtime import (
 )
 from aitune_triton.spec import AxisKind, IOSpec
 from aitune_triton.version import __version__
-
-if TYPE_CHECKING:
-    from aitune_triton.export.torch_export import FallbackArtifact
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +68,7 @@ def runtime_requirements(fmt: str, device: str) -> Requirements:
                         triton_min=TRITON_MIN, export_schema_major=schema)
 
 
-def _ranges(spec: IOSpec, artifact: "FallbackArtifact", max_batch_size: int) -> dict[str, tuple]:
+def _ranges(spec: IOSpec, artifact: FallbackArtifact, max_batch_size: int) -> dict[str, tuple]:
     out = {}
     for t in spec.inputs:
         given = artifact.axis_ranges.get(t.name)
@@ -85,7 +82,7 @@ def _ranges(spec: IOSpec, artifact: "FallbackArtifact", max_batch_size: int) -> 
     return out
 
 
-def python_model_data(spec: IOSpec, artifact: "FallbackArtifact", max_batch_size: int, version_dir: Path, *,
+def python_model_data(spec: IOSpec, artifact: FallbackArtifact, max_batch_size: int, version_dir: Path, *,
                       pad_to_buckets: bool | None = None, cuda_graphs: bool = True,
                       graph_batches: list[int] | None = None, max_graphs: int = DEFAULT_MAX_GRAPHS,
                       requirements: Requirements | None = None, flat_io: bool = False) -> ModelData:
@@ -117,7 +114,7 @@ def python_model_data(spec: IOSpec, artifact: "FallbackArtifact", max_batch_size
         generator="aitune-triton %s" % __version__,
         format=artifact.format,
         artifact_device=artifact.device,
-        files=dict(zip(FILE_ROLES[artifact.format], artifact.files)),
+        files=dict(zip(FILE_ROLES[artifact.format], artifact.files, strict=True)),
         sha256={f: sha256_file(str(Path(version_dir) / f)) for f in artifact.files},
         max_batch_size=max_batch_size if batched else 0,
         inputs=tuple(inputs),
@@ -151,7 +148,7 @@ def serving_readme(name: str, data: ModelData, client_notes: tuple[str, ...] = (
                   reqs=reqs, torch_line=torch_line, cuda_line=cuda_line, client_notes=client_notes)
 
 
-def write_python_model(version_dir: Path, spec: IOSpec, artifact: "FallbackArtifact", max_batch_size: int,
+def write_python_model(version_dir: Path, spec: IOSpec, artifact: FallbackArtifact, max_batch_size: int,
                        model_name: str | None = None, **options) -> ModelData:
     """Copy the runtime into ``version_dir``, write its data file and the model directory's README.md
     (``options``: see ``python_model_data``)."""

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Iterator
 
 from aitune_triton import procs
-from aitune_triton.config import validate_model_name
 from aitune_triton.errors import UserError
+from aitune_triton.triton.model_name import validate_model_name
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +140,6 @@ class StagedModels:
             path.mkdir()
             self.names.append(name)
         return path
-
-    def resolve(self, path: Path) -> Path:
-        """Where a staged path will live after commit (for messages)."""
-        return self.repo / Path(path).relative_to(self.root)
 
 
 def _remove_replaced(backup: Path, name: str) -> None:

@@ -26,9 +26,9 @@ from torch import nn
 from aitune_triton.errors import ModelError, UserError
 from aitune_triton.spec import normalize_sample, record_spec
 from aitune_triton.tensorrt import build_child, builder, plan, settings, trtexec
-from aitune_triton.tensorrt.availability import TensorRTUnavailable, tensorrt_status
+from aitune_triton.tensorrt.availability import TensorRTUnavailable, import_tensorrt, tensorrt_status
 from aitune_triton.tensorrt.builder import build_plan
-from aitune_triton.tensorrt.plan import EngineIO, PlanArtifact, PlanStamp, engine_io_of, read_engine_io
+from aitune_triton.tensorrt.plan import EngineIO, PlanArtifact, PlanStamp, deserialize, engine_io_of
 from aitune_triton.tensorrt.settings import TrtSymbol, create_config, create_config_kwargs, resolve_symbols
 from aitune_triton.tensorrt.trtexec import render_build_script, trtexec_command
 from aitune_triton.tensorrt.config import (
@@ -148,7 +148,8 @@ def test_kwargs_are_inspectable_without_tensorrt(single):
     kw = create_config_kwargs(TensorRTBackendConfig(workspace_size=1 << 20, compatibility_level="ampere_plus"),
                               single)
     assert str(kw["hardware_compatibility_level"]) == "trt.HardwareCompatibilityLevel.AMPERE_PLUS"
-    assert settings._has_symbols(kw) and not settings._has_symbols(create_config_kwargs(TensorRTBackendConfig(), single))
+    assert settings._has_symbols(kw)
+    assert not settings._has_symbols(create_config_kwargs(TensorRTBackendConfig(), single))
 
 
 def test_create_config_without_enums_needs_no_tensorrt(single, tmp_path):
@@ -542,12 +543,6 @@ def test_build_plan_reports_missing_tensorrt(onnx_file, single, tmp_path):
     assert not plan.exists() and seen and "building TensorRT plan model.plan" in seen[0]
 
 
-@needs_no_trt
-def test_read_engine_io_needs_tensorrt(tmp_path):
-    with pytest.raises(TensorRTUnavailable, match="TensorRT is not installed"):
-        read_engine_io(tmp_path / "model.plan")
-
-
 def _fake_child(monkeypatch, tmp_path, body):
     """Make the build child run ``build(request)`` with ``body`` instead of TensorRT."""
     module = "fake_build_child_%s" % uuid.uuid4().hex[:8]
@@ -642,7 +637,8 @@ def test_real_build_matches_pytorch(recorded, onnx_file, profiles, request, tmp_
     plan = tmp_path / "1" / "model.plan"
     art = build_plan(onnx_file, plan, cfg, profile_set, timeout_s=600)
     assert plan.is_file() and cache.is_file() and art.path == plan.resolve()
-    assert art.engine_io.num_profiles == len(profile_set.profiles) == read_engine_io(plan).num_profiles
+    read_back = engine_io_of(deserialize(plan), import_tensorrt())
+    assert art.engine_io.num_profiles == len(profile_set.profiles) == read_back.num_profiles
     image = art.engine_io.tensor("image")
     assert image.dtype == "float32" and image.shape == (-1, 3, 16, 16)
     for i, p in enumerate(profile_set.profiles):
