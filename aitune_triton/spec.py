@@ -30,7 +30,6 @@ SUPPORTED_DTYPES: dict[torch.dtype, str] = {
     torch.bool: "bool",
 }
 TORCH_DTYPES: dict[str, torch.dtype] = {v: k for k, v in SUPPORTED_DTYPES.items()}
-_NAME_OK = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
 class AxisKind(str, Enum):

@@ -23,6 +23,7 @@ import yaml
 
 from aitune_triton import defaults
 from aitune_triton.errors import UserError
+from aitune_triton.tensorrt.section import PlanStatus
 from aitune_triton.templating import template_env
 from aitune_triton.version import __version__
 
@@ -54,7 +55,7 @@ def choose_image(manifests: list[dict], server_version: str | None) -> tuple[str
         trt = m.get("tensorrt") or {}
         raw_stamp = trt.get("stamp")
         stamp = raw_stamp if isinstance(raw_stamp, dict) else {}
-        if trt.get("status") == "built" and stamp.get("tensorrt_version"):
+        if trt.get("status") == PlanStatus.BUILT and stamp.get("tensorrt_version"):
             built[m.get("name")] = str(stamp["tensorrt_version"])
     if built:
         versions = {".".join(v.split(".")[:2]) for v in built.values()}
