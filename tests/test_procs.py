@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from aitune_triton.procs import Terminated, Watchdog, handle_termination
+from aitune_triton.errors import UserError
+from aitune_triton.procs import (
+    ChildFailed,
+    ChildOutcome,
+    Terminated,
+    Watchdog,
+    child_env,
+    handle_termination,
+    run_child,
+)
 
 # an "owner" (the CLI's stand-in) starts a group leader with a grandchild (a server and its stub),
 # arms a watchdog for the group, creates a shared-memory file for it, prints the pids, and sleeps
@@ -131,3 +140,117 @@ def test_watchdog_leaves_a_lock_held_by_a_live_run(tmp_path):
         assert lock.exists()
     finally:
         os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# run_child: a module function in a child process
+# ---------------------------------------------------------------------------------------------
+
+CHILD_FUNCTIONS = textwrap.dedent("""
+    import os, signal, subprocess, sys, time
+    from pathlib import Path
+    from aitune_triton.errors import UserError
+
+    class TwoArgs(Exception):
+        def __init__(self, a, b):  # pickles, but cannot be re-created from its args
+            super().__init__("%s/%s" % (a, b))
+
+    def echo(request):
+        print("echoing", flush=True)
+        return {"got": request, "pid": os.getpid()}
+
+    def user_error(request):
+        print("about to refuse", flush=True)
+        raise UserError("bad input: %s" % request, details="the details")
+
+    def two_args(request):
+        raise TwoArgs(1, 2)
+
+    def abort(request):
+        print("[E] last words", flush=True)
+        os.kill(os.getpid(), signal.SIGABRT)
+
+    def exit_3(request):
+        os._exit(3)
+
+    def hang_with_grandchild(request):
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        Path(request).write_text(str(child.pid))
+        time.sleep(600)
+""")
+
+
+@pytest.fixture(scope="module")
+def child_module(tmp_path_factory):
+    where = tmp_path_factory.mktemp("child_functions")
+    name = "aitune_test_child_functions"
+    (where / (name + ".py")).write_text(CHILD_FUNCTIONS)
+    return where, name
+
+
+@pytest.fixture
+def run(child_module, tmp_path, monkeypatch):
+    where, name = child_module
+    monkeypatch.setenv("PYTHONPATH", str(where))
+
+    def run(function, request=None, timeout_s=60.0):
+        return run_child("%s:%s" % (name, function), request, log_path=tmp_path / "child.log", timeout_s=timeout_s)
+
+    return run
+
+
+def test_run_child_returns_the_functions_value_from_another_process(run, tmp_path):
+    value = run("echo", {"x": [1, 2], "path": tmp_path})
+    assert value["got"] == {"x": [1, 2], "path": tmp_path} and value["pid"] != os.getpid()
+    assert "echoing" in (tmp_path / "child.log").read_text()
+
+
+def test_run_child_re_raises_the_childs_exception_type(run):
+    with pytest.raises(ChildFailed, match=r"user_error raised aitune_triton.errors.UserError: bad input: 7") as info:
+        run("user_error", 7)
+    failure = info.value
+    assert failure.outcome is ChildOutcome.RAISED and failure.returncode == 1
+    assert isinstance(failure.exception, UserError) and failure.exception.details == "the details"
+    assert "about to refuse" in failure.tail() and "Traceback" in failure.output  # the child's traceback is logged
+
+
+def test_run_child_keeps_type_and_message_of_an_exception_it_cannot_recreate(run):
+    with pytest.raises(ChildFailed, match=r"raised aitune_test_child_functions.TwoArgs: 1/2") as info:
+        run("two_args")
+    assert info.value.exception is None and info.value.error_message == "1/2"
+
+
+def test_run_child_reports_a_crash_by_signal_with_the_output(run):
+    with pytest.raises(ChildFailed, match="abort crashed with SIGABRT") as info:
+        run("abort")
+    failure = info.value
+    assert failure.outcome is ChildOutcome.SIGNAL and failure.signal_name == "SIGABRT"
+    assert "[E] last words" in failure.tail() and "Fatal Python error: Aborted" in failure.output  # faulthandler
+
+
+def test_run_child_reports_an_exit_without_a_result(run):
+    with pytest.raises(ChildFailed, match="exit_3 exited with code 3 without a result") as info:
+        run("exit_3")
+    assert info.value.outcome is ChildOutcome.EXITED
+
+
+def test_run_child_timeout_kills_the_whole_group(run, tmp_path):
+    pid_file = tmp_path / "grandchild.pid"
+    start = time.monotonic()
+    with pytest.raises(ChildFailed, match=r"hang_with_grandchild timed out after 3 s") as info:
+        run("hang_with_grandchild", str(pid_file), timeout_s=3.0)
+    assert info.value.outcome is ChildOutcome.TIMEOUT and time.monotonic() - start < 30
+    grandchild = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(grandchild)
+
+
+def test_child_env_puts_the_package_first_and_drops_what_is_unset(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    monkeypatch.setenv("AITUNE_TEST_DROP", "1")
+    env = child_env({"AITUNE_TEST_SET": "x"}, unset=("AITUNE_TEST_DROP",))
+    root = str(Path(__file__).resolve().parents[1])
+    assert env["PYTHONPATH"].split(os.pathsep) == [root, "/elsewhere"] and env["PYTHONUNBUFFERED"] == "1"
+    assert env["AITUNE_TEST_SET"] == "x" and "AITUNE_TEST_DROP" not in env

@@ -18,15 +18,11 @@ import pytest
 import torch
 import torch.utils.dlpack
 
-from aitune_triton.config import tolerance_for
 from aitune_triton.errors import ModelError, UserError
-from aitune_triton.export.torch_export import (
-    FallbackArtifact,
-    build_fallback,
-    compare,
-    dynamic_dims,
-    reference_cases,
-)
+from aitune_triton.export import torch_export
+from aitune_triton.export.fallback_artifact import FallbackArtifact
+from aitune_triton.export.torch_export import build_fallback, compare, dynamic_dims, reference_cases
+from aitune_triton.numerics import tolerance_for
 from aitune_triton.source import load_model_source
 from aitune_triton.spec import record_spec
 from aitune_triton.tensorrt.profiles import ProfileMode, derive_profiles
@@ -167,7 +163,7 @@ def test_aoti_tiny_mlp_on_cpu(tmp_path, monkeypatch):
     assert art.max_errors["output_0"] < 1e-4
     model = serve(monkeypatch, tmp_path / "1", spec, art, 8)
     feeds = [{"input": torch.randn(b, 8)} for b in (1, 5, 2)]
-    for response, feed in zip(model.execute(feeds), feeds):
+    for response, feed in zip(model.execute(feeds), feeds, strict=True):
         assert_matches(spec, response, eager(src, spec, feed))
     # AOTInductor checks neither dtypes nor shapes: the model.py must
     bad = model.execute([{"input": torch.randn(9, 8)}, {"input": torch.randn(2, 8, dtype=torch.float64)},
@@ -198,7 +194,7 @@ def test_forced_export_encoder_serves_grouped_requests(tmp_path, monkeypatch):
     out_of_range = request(1, 20)
     responses = model.execute(good[:2] + [bad_values] + good[2:] + [out_of_range])
     assert len(responses) == 6
-    for response, feed in zip(responses[:2] + responses[3:5], good):
+    for response, feed in zip(responses[:2] + responses[3:5], good, strict=True):
         assert_matches(spec, response, eager(src, spec, feed))
     assert responses[2].error.code == "INTERNAL" and "forward failed" in responses[2].error.message()
     assert responses[5].error.code == "INVALID_ARG" and "axis 1 is 20, the model takes 8..16" in \
@@ -228,9 +224,10 @@ def test_data_dependent_model_falls_back_to_eager(tmp_path, monkeypatch):
     assert [f for f, _ in art.skipped] == ["aoti", "export"]
     assert all("torch.export failed" in reason for _, reason in art.skipped)
     assert sorted(p.name for p in (tmp_path / "1").iterdir()) == ["state_dict.pt", "user_model.py"]
-    model = serve(monkeypatch, tmp_path / "1", spec, art, profiles.max_batch_size, params={"TORCH_NUM_THREADS": str(torch.get_num_threads())})
+    model = serve(monkeypatch, tmp_path / "1", spec, art, profiles.max_batch_size,
+                  params={"TORCH_NUM_THREADS": str(torch.get_num_threads())})
     feeds = [{"x": torch.ones(2, 4)}, {"x": -torch.ones(1, 4)}]
-    for response, feed in zip(model.execute(feeds), feeds):
+    for response in model.execute(feeds):
         # one forward for the batch: the branch is taken once for the concatenated inputs
         assert response.error is None
     both = torch.cat([feeds[0]["x"], feeds[1]["x"]])
@@ -271,6 +268,35 @@ def test_check_rejects_a_mismatching_artifact(tmp_path):
         build(src, spec, profiles, tmp_path / "2", "eager", outputs=flipped)
 
 
+
+def test_a_crashing_or_hanging_check_child_is_one_line_and_its_output_is_logged(tmp_path, monkeypatch):
+    """The check runs in a child (``export_child``): a crash names the signal and the innermost frame
+    faulthandler printed, a hang the timeout; either way the child's output lands in fallback.log."""
+    (tmp_path / "fake_check_child.py").write_text(textwrap.dedent("""
+        import os, signal, time
+
+        def crash(request):
+            print("checking", request.format, flush=True)
+            os.kill(os.getpid(), signal.SIGSEGV)
+
+        def hang(request):
+            time.sleep(600)
+    """))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    src, spec, profiles = prepare(EXAMPLES / "multi_io" / "model.py")
+    monkeypatch.setattr(torch_export, "CHECK_TARGET", "fake_check_child:crash")
+    with pytest.raises(ModelError, match=r"^fallback format 'eager' failed: eager check crashed \(signal SIGSEGV, "
+                                         r"innermost frame: File \".*fake_check_child.py\", line 6 in crash\)$"):
+        build(src, spec, profiles, tmp_path / "m" / "1", "eager")
+    logged = (tmp_path / "m" / "logs" / "fallback.log").read_text()
+    assert "===== eager check (exit -11) =====" in logged and "checking eager" in logged
+    monkeypatch.setattr(torch_export, "CHECK_TARGET", "fake_check_child:hang")
+    with pytest.raises(ModelError, match=r"^fallback format 'eager' failed: eager check timed out after 2 s"):
+        build_fallback(src.path, src.model, spec, src.samples, src.outputs, profiles, tmp_path / "n" / "1",
+                       preferred="eager", timeout_s=2)
+    assert "===== eager check (timed out) =====" in (tmp_path / "n" / "logs" / "fallback.log").read_text()
+
+
 def test_multi_io_export_mixed_dtypes(tmp_path, monkeypatch):
     """int32 + keyword-only bool inputs, a float / int64 / bool tuple out, batch-only (rank 1) tensors."""
     src, spec, profiles = prepare(EXAMPLES / "multi_io" / "model.py")
@@ -281,7 +307,7 @@ def test_multi_io_export_mixed_dtypes(tmp_path, monkeypatch):
     feeds = [{"features": torch.randn(b, 4, generator=g),
               "category": torch.randint(0, 16, (b,), generator=g, dtype=torch.int32),
               "valid": torch.rand(b, generator=g) > 0.5} for b in (1, 4, 3)]
-    for response, feed in zip(model.execute(feeds), feeds):
+    for response, feed in zip(model.execute(feeds), feeds, strict=True):
         assert_matches(spec, response, eager(src, spec, feed))
     as_uint8 = dict(feeds[0], valid=feeds[0]["valid"].to(torch.uint8))  # how some stubs hand bools over
     assert_matches(spec, model.execute([as_uint8])[0], eager(src, spec, feeds[0]))

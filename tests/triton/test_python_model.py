@@ -1,7 +1,7 @@
 """The model directory's README.md says what clients receive where it differs from eager PyTorch."""
 import torch
 
-from aitune_triton.export.torch_export import FallbackArtifact
+from aitune_triton.export.fallback_artifact import FallbackArtifact
 from aitune_triton.spec import normalize_sample, record_spec
 from aitune_triton.triton.python_model import write_python_model
 
