@@ -206,9 +206,6 @@ class TritonServer(ServerAPI):
             parts.append("--- last lines of %s ---\n%s" % (self.log_path, tail))
         return "".join("\n" + p for p in parts)
 
-    def is_alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None and self.is_live()
-
     def children(self) -> dict[int, str]:
         """Other processes in the server's group (Python-backend stubs), pid -> name."""
         if self._proc is None:

@@ -96,9 +96,6 @@ class ServerAPI:
     def is_live(self) -> bool:
         return http_get(self.http_url, "/v2/health/live")[0] == 200
 
-    def is_ready(self) -> bool:
-        return http_get(self.http_url, "/v2/health/ready")[0] == 200
-
     def model_ready(self, name: str) -> bool:
         return http_get(self.http_url, "/v2/models/%s/ready" % name)[0] == 200
 
@@ -194,9 +191,6 @@ class RemoteServer(ServerAPI):
     def stop(self) -> int | None:
         """Not ours to stop."""
         return None
-
-    def is_alive(self) -> bool:
-        return self.is_live()
 
     def log_tail(self, n: int = 20) -> str:
         return ""

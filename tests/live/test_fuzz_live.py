@@ -93,7 +93,8 @@ def test_malformed_requests_all_fail_cleanly_and_server_keeps_answering(served):
                     _send(protocol, server.grpc_url if protocol == "grpc" else server.http_url, req)
                 sent += 1
                 kinds[kind] = kinds.get(kind, 0) + 1
-            assert server.is_alive() and server.model_ready(MODEL), "burst %d took the model down" % burst
+            assert server.returncode is None and server.is_live() and server.model_ready(MODEL), \
+                "burst %d took the model down" % burst
             got = infer(session, target, good, "grpc")
             for name, expected in case.outputs.items():
                 want = np.asarray(expected).astype(np.float64)

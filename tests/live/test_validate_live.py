@@ -129,7 +129,8 @@ def test_url_mode_uses_the_running_server(served, generated):
     assert report.exit_code == 0, cnn.checks
     assert "load" not in statuses(cnn) and statuses(cnn)["accuracy_grpc"] == PASS
     assert report.server.mode == "url" and report.server.version == "2.51.0"
-    assert server.is_alive() and server.model_ready("cnn")  # attached, not stopped or unloaded
+    # attached: not stopped or unloaded
+    assert server.returncode is None and server.is_live() and server.model_ready("cnn")
 
 
 def test_tampered_reference_fails_accuracy_naming_the_output(served, generated, tmp_path):

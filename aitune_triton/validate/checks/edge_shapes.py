@@ -32,37 +32,6 @@ Shapes = dict[str, tuple[int, ...]]
 Ranges = dict[str, tuple[float, float]]
 
 
-def value_ranges(target: ModelTarget) -> Ranges:
-    """Per input, the smallest and largest value in the reference inputs."""
-    ranges = {}
-    for name in target.inputs:
-        values = [np.asarray(c.inputs[name]) for c in target.reference if name in c.inputs]
-        flat = np.concatenate([v.ravel().astype(np.float64) for v in values]) if values else np.zeros(1)
-        ranges[name] = (float(flat.min()), float(flat.max())) if flat.size else (0.0, 1.0)
-    return ranges
-
-
-def random_inputs(target: ModelTarget, shapes: Shapes, rng: np.random.Generator,
-                  ranges: Ranges | None = None) -> dict[str, np.ndarray]:
-    """Random inputs of ``shapes`` (model shapes) within the reference value ranges; ints stay
-    within the reference min..max so token ids stay inside the vocabulary."""
-    ranges = ranges or value_ranges(target)
-    out = {}
-    for name, tensor in target.inputs.items():
-        lo, hi = ranges[name]
-        dtype = wire_dtype(tensor.data_type)
-        shape = shapes[name]
-        if dtype == "BOOL":
-            arr = rng.integers(int(lo), int(hi) + 1, size=shape).astype(bool)
-        elif dtype in ("FP32", "FP16", "FP64", "BF16"):
-            arr = rng.uniform(lo, hi, size=shape).astype(np.float32)
-        else:
-            arr = rng.integers(int(lo), int(hi) + 1, size=shape)
-        arr = to_request(np.asarray(arr), tensor, target.batching)
-        out[name] = arr if dtype == "BF16" else arr.astype(client_dtype(dtype), copy=False)
-    return out
-
-
 def _crops_and_distance(case: ReferenceCase, shapes: Shapes, lead: int) -> tuple[int, int, int]:
     """How badly ``case`` fits ``shapes``: non-batch axes to crop, total size difference, then
     fewer rows (more distinct rows make a more varied batch)."""
