@@ -117,3 +117,12 @@ def test_a_failed_gate_skips_the_rest_and_a_dead_server_stops_the_run(attached_r
     assert not ready and ran == ["gate"] and [r.name for r in results] == ["gate"]
     assert attached_run.dead.startswith("tritonserver stopped answering during check 'gate' of m (127.0.0.1:")
     assert attached_run._checks(ctx, (after,)) == ([], False)  # after a death nothing runs
+
+
+def test_run_check_turns_exceptions_into_failures(affine):
+    def boom(ctx: CheckContext) -> CheckResult:
+        raise ConnectionRefusedError("[Errno 111] Connection refused")
+
+    result = registry.run_check(Check("ready", 10, boom), CheckContext(affine, session=None))
+    assert result.status == CheckStatus.FAIL
+    assert result.detail == "ConnectionRefusedError: [Errno 111] Connection refused"
