@@ -17,18 +17,15 @@ import logging
 import re
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from aitune_triton.errors import AituneError, UserError
+from aitune_triton.errors import AituneError
 from aitune_triton.integrity import verify_artifacts
 from aitune_triton.triton import tools
-from aitune_triton.triton.manifest import MANIFEST, Manifest
-from aitune_triton.tensorrt.section import TensorRTSection
 from aitune_triton.tensorrt.stamp import refusal_here
 from aitune_triton.triton.perf import PerfError, PerfOptions, PerfResult, PerfRow, run_perf, write_input_data_json
 from aitune_triton.triton.server import ServerError, ServerOptions, TritonServer
@@ -36,167 +33,23 @@ from aitune_triton.triton.server_api import RemoteServer, Server
 from aitune_triton.validate.checks import registry
 from aitune_triton.validate.checks.batching import batch_histogram, model_stats
 from aitune_triton.validate.checks.registry import Check, CheckContext
-from aitune_triton.validate.result import CheckResult, CheckStatus
 from aitune_triton.validate.checks.target import Endpoint, ModelTarget, Session
 from aitune_triton.validate.checks.wire import request_arrays, short, wire_dtype
+from aitune_triton.validate.options import ValidateOptions, default_report_dir, parse_concurrency
+from aitune_triton.validate.plan import Planned, plan_models, server_backends
 from aitune_triton.validate.report import ModelReport, ServerInfo, ValidationReport
+from aitune_triton.validate.result import CheckResult, CheckStatus
+
+# the entry points the CLI and the API import from here
+__all__ = ["ValidateOptions", "default_report_dir", "parse_concurrency", "plan_models", "validate_repository"]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 SERVER_LOG = "tritonserver.log"
-_NOT_BUILT = ("pending", "export_failed", "failed", "build_failed", "skipped")
 # the load error of a model whose backend the server lacks (2.51: "unable to find backend library
 # for backend 'onnxruntime'"; other releases: "unable to find 'libtriton_x.so' or 'x/model.py' ...")
 _NO_BACKEND = re.compile(r"unable to find (?:backend library|'?libtriton_)", re.I)
-
-
-@dataclass(frozen=True)
-class ValidateOptions:
-    """How to validate. ``url`` (the HTTP endpoint of a running server) and ``tritonserver``
-    (another binary to launch instead of the embedded one) exclude each other; ``grpc_url``
-    defaults to the HTTP port + 1, Triton's own default pairing."""
-
-    url: str | None = None
-    tritonserver: Path | None = None
-    models: tuple[str, ...] = ()
-    perf: bool = True
-    concurrency: tuple[int, ...] = (1, 2, 4, 8)
-    shared_memory: str = "none"
-    report_dir: Path | None = None
-    request_timeout_s: float = 30.0
-    startup_timeout_s: float = 120.0
-    grpc_url: str | None = None
-    perf_request_count: int = 200
-    perf_stability_pct: int = 20
-    perf_max_trials: int = 10
-    batching_in_flight: int = 16
-    # what tritonserver gets as --model-repository when it differs from the local folder the tool
-    # reads (an s3:// URL whose manifests were downloaded; see aitune_triton.deploy.storage)
-    server_repository: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.url and self.tritonserver:
-            raise UserError("--url attaches to a running server and --tritonserver launches one; give only one")
-        if self.shared_memory not in ("none", "system"):
-            raise UserError("shared memory must be 'none' or 'system', got %r" % (self.shared_memory,))
-        conc = tuple(self.concurrency)
-        if not conc or any(not isinstance(c, int) or c < 1 for c in conc):
-            raise UserError("concurrency values must be positive integers, got %r" % (self.concurrency,))
-        object.__setattr__(self, "concurrency", conc)
-        object.__setattr__(self, "models", tuple(self.models))
-        for name in ("request_timeout_s", "startup_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise UserError("%s must be > 0, got %r" % (name, getattr(self, name)))
-
-    def to_dict(self) -> dict:
-        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-                for k, v in self.__dict__.items()}
-
-
-def default_report_dir(repo: Path) -> Path:
-    """``<repo>_validation_report`` next to the repository: each repository keeps its own report,
-    and nothing is added inside the repository (Triton would see a new entry there)."""
-    from aitune_triton.deploy.storage import is_s3_url
-
-    if is_s3_url(repo):  # an s3:// repository: its last path segment, in the current directory
-        return Path("%s_validation_report" % str(repo).rstrip("/").rsplit("/", 1)[-1])
-    repo = Path(repo).resolve()
-    return repo.parent / ("%s_validation_report" % (repo.name or "repository"))
-
-
-def parse_concurrency(text: str) -> tuple[int, ...]:
-    """``"1,2,4,8"`` or ``"1:8:1"`` (perf_analyzer's range syntax) to a tuple."""
-    try:
-        if ":" in text:
-            parts = [int(p) for p in text.split(":")]
-            lo, hi, step = (parts + [1])[:3] if len(parts) == 2 else parts
-            values = tuple(range(lo, hi + 1, step))
-        else:
-            values = tuple(int(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        raise UserError("concurrency %r is not a comma list (1,2,4) or a range (1:8:1)" % text) from None
-    if not values or min(values) < 1:
-        raise UserError("concurrency %r gives no positive values" % text)
-    return values
-
-
-@dataclass(frozen=True)
-class Planned:
-    """A model to validate (``model_dir`` set) or one reported as skipped without a server."""
-
-    name: str
-    backend: str
-    model_dir: Path | None = None
-    skipped: str | None = None
-    failure: CheckResult | None = None
-
-
-def _has_plan(model_dir: Path) -> bool:
-    return any(p.is_file() for p in model_dir.glob("[1-9]*/model.plan"))
-
-
-def plan_models(repo: Path, only: tuple[str, ...] = ()) -> list[Planned]:
-    """Model dirs with a manifest, plus TensorRT models staged but not built (reported as skipped)."""
-    repo = Path(repo)
-    if not repo.is_dir():
-        raise UserError("model repository %s does not exist (or is not a directory)" % repo)
-    planned: dict[str, Planned] = {}
-    others = []
-    for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if not (model_dir / MANIFEST).exists():
-            if (model_dir / "config.pbtxt").exists():
-                others.append(model_dir.name)
-            continue
-        try:
-            manifest = Manifest.load(model_dir)
-        except AituneError as exc:
-            failure = CheckResult("manifest", CheckStatus.FAIL, str(exc))
-            planned[model_dir.name] = Planned(model_dir.name, "unknown", failure=failure)
-            continue
-        trt = manifest.tensorrt
-        if manifest.backend == "tensorrt" and not _has_plan(model_dir):
-            planned[model_dir.name] = Planned(model_dir.name, "tensorrt", skipped=_pending_reason(model_dir, trt))
-            continue
-        planned[model_dir.name] = Planned(model_dir.name, manifest.backend, model_dir)
-        trt_name = trt.model_name if trt else None
-        if manifest.backend != "tensorrt" and trt and trt_name and trt.status.value in _NOT_BUILT:
-            planned.setdefault(trt_name, Planned(trt_name, "tensorrt", skipped=_pending_reason(model_dir, trt)))
-    if others:
-        log.info("not validated (no %s, not generated by aitune-triton): %s", MANIFEST, ", ".join(others))
-    if not planned:
-        raise UserError("no models generated by aitune-triton in %s (no */%s)%s" % (
-            repo, MANIFEST, "; found only %s" % ", ".join(others) if others else ""))
-    if only:
-        unknown = [m for m in only if m not in planned]
-        if unknown:
-            raise UserError("unknown model(s) %s in %s; known: %s" % (", ".join(unknown), repo, ", ".join(planned)))
-        return [planned[m] for m in dict.fromkeys(only)]
-    return list(planned.values())
-
-
-def _pending_reason(model_dir: Path, trt: TensorRTSection | None) -> str:
-    status = trt.status.value if trt else "not built"
-    stage = model_dir / "tensorrt"
-    where = " (staged in %s; build it with `aitune-triton build-plan`)" % stage if stage.is_dir() else ""
-    return "TensorRT plan %s: %s%s" % (status, (trt.reason if trt else "") or "no model.plan in the model directory",
-                                        where)
-
-
-def server_backends(options: ValidateOptions) -> tuple[str, ...] | None:
-    """Backends the launched server can load (subdirs of its backends dir); None when unknown."""
-    if options.url:
-        return None
-    try:
-        if options.tritonserver is None:
-            root = tools.backends_dir()
-        else:
-            root = Path(options.tritonserver).resolve().parents[1] / "backends"
-    except (tools.ToolMissing, IndexError, OSError):
-        return None
-    if not root.is_dir():
-        return None
-    return tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
 
 
 def _grpc_for(url: str) -> str | None:

@@ -1,16 +1,14 @@
-"""The harness without a live server: planning, usage errors, options, perf options, and runs
-whose server cannot be used."""
+"""The harness without a live server: usage errors, a backend the server lacks, perf options, the
+gRPC default, and runs whose server cannot be used."""
 
 from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
 from aitune_triton.errors import UserError
-from aitune_triton.triton.manifest import Manifest
 from aitune_triton.validate import harness
 from aitune_triton.validate.result import CheckStatus
 
@@ -27,31 +25,6 @@ def test_usage_errors(tmp_path, repo):
         harness.validate_repository(repo, harness.ValidateOptions(models=("nosuch",)))
 
 
-def test_plan_reports_pending_plans_and_broken_manifests(repo, tmp_path):
-    shutil.copytree(repo, tmp_path / "r")
-    home = tmp_path / "r" / "affine"
-    manifest = json.loads((home / "manifest.json").read_text())
-    manifest["tensorrt"] = {"status": "pending", "model_name": "affine_trt", "reason": "tensorrt is not installed"}
-    (home / "manifest.json").write_text(json.dumps(manifest))
-    (home / "tensorrt").mkdir()
-    (tmp_path / "r" / "tokens" / "manifest.json").write_text("{not json")
-    (tmp_path / "r" / "handmade").mkdir()
-    (tmp_path / "r" / "handmade" / "config.pbtxt").write_text('name: "handmade"')
-    planned = {p.name: p for p in harness.plan_models(tmp_path / "r")}
-    assert set(planned) == {"affine", "affine_trt", "tokens"}
-    assert planned["affine"].model_dir == home
-    assert planned["affine_trt"].skipped.startswith("TensorRT plan pending: tensorrt is not installed (staged in")
-    assert planned["tokens"].failure.status == FAIL and "not a valid manifest" in planned["tokens"].failure.detail
-    only = harness.plan_models(tmp_path / "r", ("affine_trt",))
-    assert [p.name for p in only] == ["affine_trt"] and only[0].skipped
-
-
-def test_tensorrt_model_without_plan_is_skipped(tmp_path, model_dir_factory):
-    model_dir_factory(tmp_path, "trt", "affine", backend="tensorrt")
-    (item,) = harness.plan_models(tmp_path)
-    assert item.backend == "tensorrt" and "no model.plan" in item.skipped
-
-
 def test_backend_missing_from_the_server_is_skipped(repo, tmp_path):
     shutil.copytree(repo / "affine", tmp_path / "affine")
     manifest = json.loads((tmp_path / "affine" / "manifest.json").read_text())
@@ -64,20 +37,7 @@ def test_backend_missing_from_the_server_is_skipped(repo, tmp_path):
     assert "has no 'onnxruntime' backend (it has: python)" in report.skipped
 
 
-def test_options_and_concurrency_parsing():
-    assert harness.parse_concurrency("1,2,4,8") == (1, 2, 4, 8)
-    assert harness.parse_concurrency("1:8:2") == (1, 3, 5, 7)
-    assert harness.parse_concurrency("2:4") == (2, 3, 4)
-    for bad, why in (("", "gives no positive values"), ("a,b", "is not a comma list"), ("0,1", "gives no positive")):
-        with pytest.raises(UserError, match="concurrency %r %s" % (bad, why)):
-            harness.parse_concurrency(bad)
-    with pytest.raises(UserError, match="give only one"):
-        harness.ValidateOptions(url="127.0.0.1:8000", tritonserver=Path("/x/tritonserver"))
-    with pytest.raises(UserError, match="shared memory"):
-        harness.ValidateOptions(shared_memory="cuda")
-    with pytest.raises(UserError, match="concurrency"):
-        harness.ValidateOptions(concurrency=())
-    assert harness.ValidateOptions(concurrency=[1, 2]).concurrency == (1, 2)
+def test_the_grpc_url_defaults_to_the_http_port_plus_one():
     assert harness._grpc_for("http://127.0.0.1:8000") == "127.0.0.1:8001"
     assert harness._grpc_for("localhost") is None
 
@@ -121,15 +81,3 @@ def test_nothing_answers_at_the_url(repo):
                                                                         models=("affine",)))
     assert report.exit_code == 1 and "no Triton server answers at 127.0.0.1:" in report.server.error
     assert report.server.mode == "url" and report.models[0].checks[0].status == FAIL
-
-
-@pytest.mark.parametrize("field,value", [("spec", 5), ("max_batch_size", "abc"), ("tolerances", [1])])
-def test_manifest_field_of_wrong_type(repo, tmp_path, field, value):
-    model_dir = tmp_path / "affine"
-    shutil.copytree(repo / "affine", model_dir)
-    data = json.loads((model_dir / "manifest.json").read_text())
-    (model_dir / "manifest.json").write_text(json.dumps({**data, field: value}))
-    with pytest.raises(UserError, match="is not a valid manifest"):
-        Manifest.load(model_dir)
-    planned = {p.name: p for p in harness.plan_models(model_dir.parent)}
-    assert planned["affine"].failure.status == FAIL and "not a valid manifest" in planned["affine"].failure.detail
