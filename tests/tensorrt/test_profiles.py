@@ -59,7 +59,7 @@ def test_samples_used_makes_one_profile_per_distinct_shape(encoder):
     spec, samples = encoder
     ps = derive_profiles(spec, samples, ProfileMode.SAMPLES_USED)
     assert ps.mode == "samples_used" and len(ps.profiles) == 3  # (3, 16) appears twice
-    for p, (b, s) in zip(ps.profiles, ((1, 4), (3, 16), (6, 8))):
+    for p, (b, s) in zip(ps.profiles, ((1, 4), (3, 16), (6, 8)), strict=True):
         assert p.shapes("tokens") == ((1, s, 8), (b, s, 8), (8, s, 8))
     assert ps.opt_batches() == [1, 3, 6]
 
@@ -128,7 +128,7 @@ def test_polygraphy_profile_conversion(encoder):
     ps = derive_profiles(spec, samples, ProfileMode.SAMPLES_USED)
     converted = polygraphy_profiles(ps)
     assert len(converted) == len(ps.profiles) and all(isinstance(p, Profile) for p in converted)
-    for ours, theirs in zip(ps.profiles, converted):
+    for ours, theirs in zip(ps.profiles, converted, strict=True):
         assert list(theirs.keys()) == ours.names()
         for name in ours.names():
             shapes = theirs[name]

@@ -206,8 +206,9 @@ def test_quantized_graph_onnx_runtime_cannot_run_is_refused(tmp_path):
     source = load_model_source(EXAMPLES / "encoder" / "model.py")
     spec = record_spec(source.model, source.samples, source.outputs, None)
     profiles = derive_profiles(spec, source.samples, ProfileMode.SINGLE)
-    with pytest.raises(UserError, match=r"^ONNXQuantizationConfig\(precision='fp8'\): ONNX Runtime CPU cannot run the "
-                                        r"graph ModelOpt produced \(.*float8.*\), so it cannot be checked against eager"):
+    with pytest.raises(UserError, match=r"^ONNXQuantizationConfig\(precision='fp8'\): ONNX Runtime CPU cannot run "
+                                        r"the graph ModelOpt produced \(.*float8.*\), so it cannot be checked against "
+                                        r"eager"):
         stage_onnx(source.model, spec, source.samples, source.outputs, profiles, tmp_path / "tensorrt" / "model.onnx",
                    TensorRTBackendConfig(quantization_config=ONNXQuantizationConfig(precision="fp8")))
     assert not (tmp_path / "tensorrt" / "model.onnx").exists()

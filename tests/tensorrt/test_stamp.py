@@ -3,8 +3,6 @@
 messages are tested, no plan is built)."""
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
@@ -60,8 +58,9 @@ def test_refusal_is_one_line_with_the_fix():
 
 
 def test_describe_stamp():
-    assert st.describe_stamp({**HOPPER_10_6, "version_compatible": True, "hardware_compatibility_level": "ampere_plus"}) \
-        == "TensorRT 10.6.0.26, compute capability 9.0, version compatible, hardware compatible (ampere_plus)"
+    stamp = {**HOPPER_10_6, "version_compatible": True, "hardware_compatibility_level": "ampere_plus"}
+    assert st.describe_stamp(stamp) == ("TensorRT 10.6.0.26, compute capability 9.0, version compatible, "
+                                        "hardware compatible (ampere_plus)")
 
 
 @pytest.fixture
