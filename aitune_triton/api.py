@@ -36,7 +36,8 @@ from aitune_triton.triton.manifest import (REFERENCE, ChecksSection, FallbackSec
                                            ReferenceCase, Versions, save_reference)
 from aitune_triton.probe import ProbeResult, probe
 from aitune_triton.triton.mapping import MappingOptions, ModelConfigPlan, client_shape_notes, plan_model_config
-from aitune_triton.triton.render import render_config
+from aitune_triton.triton.render import render_config, write_config
+from aitune_triton.tune.section import TuningSection
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -284,9 +285,9 @@ def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress
         artifact, selection = _build_fallback(prep, version_dir, prep.config.fallback_format), None
     served = write_python_model(version_dir, prep.spec, artifact, prep.profiles.max_batch_size, model_name=name)
     plan = _mapping(prep, name, "python", warmup_dims)
-    (model_dir / "config.pbtxt").write_text(render_config(plan))
+    write_config(model_dir, render_config(plan), plan.num_profiles)
     manifest = _manifest(prep, name, "python", artifact=FallbackSection.from_dict(artifact.to_dict()),
-                         tuning={"stage1": selection.to_dict()} if selection else {},
+                         tuning=TuningSection(stage1=selection.to_dict() if selection else None),
                          runtime_requirements=served.requirements)
     skipped = skipped_summary(artifact.skipped)
     if skipped:  # one line per cause; torch's full output is in the log
@@ -319,7 +320,7 @@ def _stage_tensorrt(prep: Prepared, home_dir: Path, trt_name: str, repo: Path, p
         raise
     status = tensorrt_status()
     plan = _mapping(prep, trt_name, "tensorrt", None)
-    (stage / "config.pbtxt").write_text(render_config(plan))
+    write_config(stage, render_config(plan), plan.num_profiles)
     script = stage / "build_plan.sh"
     script.write_text(render_build_script(onnx_path=Path("model.onnx"), plan_path=Path("model.plan"),
                                           trt_config=prep.config.tensorrt, profile_set=prep.profiles,
@@ -392,7 +393,7 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
             warmup_dims = _write_common(prep, onnx_dir)
             onnx = _export_onnx(prep, onnx_dir / "1" / "model.onnx", progress)
             plan = _mapping(prep, names["onnxruntime"], "onnxruntime", warmup_dims)
-            (onnx_dir / "config.pbtxt").write_text(render_config(plan))
+            write_config(onnx_dir, render_config(plan), plan.num_profiles)
             onnx_manifest = _manifest(prep, names["onnxruntime"], "onnxruntime",
                                       artifact=OnnxSection(opset=onnx.opset, check=onnx.check.to_dict()))
             onnx_manifest.sealed(onnx_dir).save(onnx_dir)
@@ -460,7 +461,7 @@ def build_plans(repo: Path, model: str | None = None, force: bool = False,
                 instances=config.instances, kind="KIND_GPU", gpus=config.gpus or (),
                 visible_gpus=torch.cuda.device_count(), queue_delay_us=config.queue_delay_us,
                 use_cuda_graphs=config.tensorrt.use_cuda_graphs, io_dtypes=io_dtypes))
-            (model_dir / "config.pbtxt").write_text(render_config(plan))
+            write_config(model_dir, render_config(plan), plan.num_profiles)
             for extra in ("reference.npz", "edge_inputs.npz"):
                 if (home / extra).exists():
                     shutil.copy2(home / extra, model_dir / extra)

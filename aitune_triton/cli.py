@@ -338,7 +338,8 @@ def tune(repo, model, objective, budget_ms, min_throughput, instances, delays_us
          visible_gpus, report_dir, ma_config, tritonserver):
     """Search instances / queue delay for MODEL on a live server and write the best config back."""
     from aitune_triton.triton.server import ServerOptions, TritonServer
-    from aitune_triton.tune.search import TuneOptions, parse_transports, parse_visible_gpus, tune_model
+    from aitune_triton.tune.search import TuneOptions, tune_model
+    from aitune_triton.tune.space import parse_transports, parse_visible_gpus
 
     options = TuneOptions(objective=objective, budget_ms=budget_ms, min_throughput=min_throughput,
                           instances=_ints(instances), delays_us=_ints(delays_us), concurrency=_ints(concurrency),

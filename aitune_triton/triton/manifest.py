@@ -28,6 +28,7 @@ from aitune_triton.spec import IOSpec
 from aitune_triton.triton.repository import replace_file_atomically
 from aitune_triton.tensorrt.profiles import ProfileSet
 from aitune_triton.tensorrt.section import TensorRTSection
+from aitune_triton.tune.section import TuningSection
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -222,7 +223,7 @@ class Manifest:
     config: dict[str, Any] = field(default_factory=dict)  # GenerateConfig.to_dict()
     tensorrt: TensorRTSection | None = None
     checks: ChecksSection = field(default_factory=ChecksSection)
-    tuning: dict[str, Any] = field(default_factory=dict)
+    tuning: TuningSection = field(default_factory=TuningSection)
     history: tuple[dict, ...] = ()
     files: dict[str, str] = field(default_factory=dict)  # artifact path -> SHA-256 (aitune_triton.integrity)
     # what the serving side needs for a Python-backend model; None for the other backends
@@ -239,6 +240,8 @@ class Manifest:
             object.__setattr__(self, "tensorrt", TensorRTSection.from_dict(self.tensorrt) if self.tensorrt else None)
         if isinstance(self.checks, dict):
             object.__setattr__(self, "checks", ChecksSection.from_dict(self.checks))
+        if isinstance(self.tuning, dict):
+            object.__setattr__(self, "tuning", TuningSection.from_dict(self.tuning))
         if isinstance(self.runtime_requirements, dict):
             object.__setattr__(self, "runtime_requirements", Requirements.from_dict(self.runtime_requirements)
                                if self.runtime_requirements else None)
@@ -263,7 +266,7 @@ class Manifest:
             "config": self.config,
             "tensorrt": self.tensorrt.to_dict() if self.tensorrt else {},
             "checks": self.checks.to_dict(),
-            "tuning": self.tuning,
+            "tuning": self.tuning.to_dict(),
             "history": list(self.history),
             "files": dict(self.files),
             "runtime_requirements": self.runtime_requirements.to_dict() if self.runtime_requirements else {},
@@ -283,7 +286,7 @@ class Manifest:
             versions=Versions.from_dict(d.get("versions", {})), artifact=artifact_from_dict(d.get("artifact", {})),
             config=_typed(d.get("config", {}), dict, "config"),
             tensorrt=TensorRTSection.from_dict(d["tensorrt"]) if d.get("tensorrt") else None,
-            checks=ChecksSection.from_dict(d.get("checks", {})), tuning=d.get("tuning", {}),
+            checks=ChecksSection.from_dict(d.get("checks", {})), tuning=TuningSection.from_dict(d.get("tuning", {})),
             history=tuple(d.get("history", ())), files=dict(d.get("files", {})),
             runtime_requirements=Requirements.from_dict(d["runtime_requirements"])
             if d.get("runtime_requirements") else None,

@@ -35,7 +35,6 @@ from tritonclient.grpc import model_config_pb2
 
 from aitune_triton.errors import ModelError, UserError
 from aitune_triton.runtime.aitune_runtime import TORCH_EXACT, DataError, ModelData, release
-from aitune_triton.triton.repository import replace_file_atomically
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +148,7 @@ def _text_member(tar: tarfile.TarFile, name: str, text: str, mode: int = 0o644) 
 
 def _point_config(model_dir: Path) -> None:
     """Set ``EXECUTION_ENV_PATH`` in config.pbtxt, keeping its header comment."""
-    from aitune_triton.tune.search import config_text
+    from aitune_triton.triton.render import config_text, write_config
 
     path = model_dir / "config.pbtxt"
     text = path.read_text()
@@ -159,7 +158,7 @@ def _point_config(model_dir: Path) -> None:
         raise UserError("%s does not parse as a Triton ModelConfig: %s" % (path, exc)) from None
     cfg.parameters[ENV_PARAMETER].string_value = ENV_VALUE
     header = "\n".join(line[2:] for line in text.splitlines() if line.startswith("# "))
-    replace_file_atomically(path, config_text(cfg, header or "Edited by aitune-triton pack-env."))
+    write_config(model_dir, config_text(cfg, header or "Edited by aitune-triton pack-env."))
 
 
 def pack_env(repo: Path, model: str, python: str | None = None, compresslevel: int = 1) -> PackedEnv:

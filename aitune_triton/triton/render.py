@@ -1,25 +1,53 @@
-"""Render a ``ModelConfigPlan`` to config.pbtxt and check it against Triton's own schema.
+"""The one way config.pbtxt text is made and written, checked against Triton's own schema.
 
-The text is parsed with ``google.protobuf.text_format`` into tritonclient's
-``model_config_pb2.ModelConfig``, then the mapping's invariants are checked again on the
-parsed message, so a template bug cannot ship a config that Triton rejects at load time.
+``generate`` renders a ``ModelConfigPlan`` through the Jinja template (``render_config``);
+``tune`` turns a ``ModelConfig`` message into text (``config_text``). Either text is parsed with
+``google.protobuf.text_format`` into tritonclient's ``model_config_pb2.ModelConfig`` and the
+mapping's invariants are checked again on the parsed message, so neither a template bug nor a
+tuned variant can ship a config that Triton rejects at load time; ``write_config`` checks once
+more and writes atomically, for both.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from aitune_triton import __version__
 from aitune_triton.errors import ModelError
 from aitune_triton.templating import render
 from aitune_triton.triton.mapping import ModelConfigPlan
+from aitune_triton.triton.repository import replace_file_atomically
+from aitune_triton.version import __version__
+
+CONFIG = "config.pbtxt"
 
 
 def render_config(plan: ModelConfigPlan) -> str:
     text = render("config.pbtxt.j2", plan=plan, tool_version=__version__)
     check_config(parse_config(text), num_profiles=plan.num_profiles)
     return text
+
+
+def config_text(cfg: model_config_pb2.ModelConfig, header: str = "", num_profiles: int = 0) -> str:
+    """``cfg`` as checked pbtxt under a ``#`` comment header. A zero queue delay is spelled out:
+    the text format omits zero fields, and "0" is a choice the reader should see."""
+    body = text_format.MessageToString(cfg, use_short_repeated_primitives=True)
+    if cfg.HasField("dynamic_batching") and cfg.dynamic_batching.max_queue_delay_microseconds == 0:
+        body = body.replace("dynamic_batching {\n", "dynamic_batching {\n  max_queue_delay_microseconds: 0\n", 1)
+    text = "".join("# %s\n" % line for line in header.splitlines()) + body
+    check_config(parse_config(text), num_profiles)
+    return text
+
+
+def write_config(model_dir: Path, text: str, num_profiles: int = 0) -> Path:
+    """Check ``text`` and write it as ``model_dir``'s config.pbtxt, atomically (a reader or a
+    server loading the model sees the old text or the new one, never half of it)."""
+    check_config(parse_config(text), num_profiles)
+    path = Path(model_dir) / CONFIG
+    replace_file_atomically(path, text)
+    return path
 
 
 def parse_config(text: str) -> model_config_pb2.ModelConfig:

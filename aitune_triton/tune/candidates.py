@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from aitune_triton.config import DEFAULT_TOLERANCES, Tolerance
+from aitune_triton.numerics import DEFAULT_TOLERANCES, Tolerance, compare
 
 log = logging.getLogger(__name__)
 
@@ -129,24 +129,14 @@ def named_outputs(outputs: Any, names: Sequence[str]) -> dict[str, torch.Tensor]
     outputs = list(outputs)
     if len(outputs) != len(names):
         raise ValueError("%d outputs returned, %d expected (%s)" % (len(outputs), len(names), list(names)))
-    return {n: _as_tensor(v) for n, v in zip(names, outputs)}
+    return {n: _as_tensor(v) for n, v in zip(names, outputs, strict=True)}
 
 
 def compare_output(name: str, got: torch.Tensor, want: torch.Tensor, tol: Tolerance) -> OutputError:
-    """``|got - want| <= atol + rtol * |want|`` element-wise, in float64 on the CPU."""
-    if tuple(got.shape) != tuple(want.shape):
-        return OutputError(name, float("inf"), float("inf"), 1.0, False,
-                           "shape %s != reference %s" % (list(got.shape), list(want.shape)))
-    a = got.detach().to("cpu", torch.float64)
-    b = want.detach().to("cpu", torch.float64)
-    if a.numel() == 0:
-        return OutputError(name, 0.0, 0.0, 0.0, True)
-    diff = (a - b).abs()
-    diff = torch.where(torch.isnan(a) & torch.isnan(b), torch.zeros_like(diff), diff)
-    diff = torch.nan_to_num(diff, nan=float("inf"))
-    bad = ~(diff <= tol.atol + tol.rtol * b.abs())
-    rel = diff / b.abs().clamp_min(1e-12)
-    return OutputError(name, float(diff.max()), float(rel.max()), float(bad.double().mean()), not bool(bad.any()))
+    """One output against its reference by ``numerics.compare`` (the package's one comparison
+    rule), as the selection table's row."""
+    c = compare(got, want, tol)
+    return OutputError(name, c.max_abs, c.max_rel, c.bad_fraction, c.ok, c.reason or "")
 
 
 def check_accuracy(candidate: Candidate, feeds: Sequence[Feed],
@@ -158,7 +148,7 @@ def check_accuracy(candidate: Candidate, feeds: Sequence[Feed],
     worst: dict[str, OutputError] = {}
     try:
         with torch.inference_mode():
-            for feed, ref in zip(feeds, references):
+            for feed, ref in zip(feeds, references, strict=True):
                 names = list(ref)
                 got = named_outputs(candidate.run(feed), names)
                 for n in names:
@@ -283,50 +273,3 @@ def tile_batch(feed: Feed, batch: int) -> dict[str, torch.Tensor]:
             idx = torch.arange(batch, device=t.device) % t.shape[0]
             out[name] = t.index_select(0, idx).contiguous()
     return out
-
-
-# ---------------------------------------------------------------- max batch size
-
-
-@dataclass(frozen=True)
-class MaxBatchResult:
-    max_batch_size: int
-    timings: tuple[Timing, ...]
-    reason: str
-
-    def to_dict(self) -> dict:
-        return {"max_batch_size": self.max_batch_size, "reason": self.reason,
-                "timings": [t.to_dict() for t in self.timings]}
-
-
-def find_max_batch_size(run: RunFn, make_batch: MakeBatch, start: int = 1, limit: int = 1024, *,
-                        min_gain: float = 0.05, warmup: int = 2, repeats: int = 7) -> MaxBatchResult:
-    """Double the batch while doing so still raises throughput by at least ``min_gain``.
-
-    Past that point a larger batch only adds latency (the device is saturated), so the last
-    batch that still paid off is returned. A failure (e.g. out of memory) stops the search at the
-    last batch that ran.
-    """
-    if start < 1 or limit < start:
-        raise ValueError("need 1 <= start <= limit, got start=%d limit=%d" % (start, limit))
-    timings: list[Timing] = []
-    batch, best = start, None
-    while batch <= limit:
-        try:
-            t = measure_candidates({"c": run}, make_batch, [batch], warmup=warmup, rounds=1, per_round=repeats)["c"][0]
-        except Exception as exc:  # make_batch itself may run out of memory
-            t = Timing(batch, float("nan"), float("nan"), 0, "%s: %s" % (type(exc).__name__, exc))
-        timings.append(t)
-        if not t.ok:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            if best is None:
-                raise RuntimeError("the model fails at batch %d: %s" % (batch, t.error))
-            return MaxBatchResult(best.batch, tuple(timings), "batch %d failed: %s" % (batch, t.error))
-        if best is not None and t.throughput < best.throughput * (1.0 + min_gain):
-            return MaxBatchResult(best.batch, tuple(timings), "batch %d gave %.1f%% more throughput than %d (< %.0f%%)"
-                                  % (batch, 100.0 * (t.throughput / best.throughput - 1.0), best.batch,
-                                     100.0 * min_gain))
-        best = t
-        batch *= 2
-    return MaxBatchResult(best.batch, tuple(timings), "reached the limit %d" % limit)

@@ -23,148 +23,23 @@ import re
 import statistics
 import subprocess
 import time
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
+from aitune_triton.errors import PerfError, ServerError
 from aitune_triton.triton import tools
-from aitune_triton.triton.perf import EXIT_UNSTABLE, PerfError, PerfOptions, build_perf_command, parse_csv
+from aitune_triton.triton.perf import EXIT_UNSTABLE, PerfOptions, build_perf_command, parse_csv
 from aitune_triton.triton.render import check_config
-from aitune_triton.triton.server import ServerError
+from aitune_triton.tune.points import Measure, Measurement, Point, Remeasured, Status, Variant
+from aitune_triton.tune.space import apply_variant
 
 log = logging.getLogger(__name__)
 
 STABLE_WINDOWS = 3  # perf_analyzer's stability test looks at the last three windows
 PASS_RE = re.compile(r"Pass \[(\d+)\] throughput: ([0-9.eE+-]+) infer/sec\. Avg latency: ([0-9.eE+-]+) usec")
-
-
-class Status(str, Enum):
-    """How a point's measurement ended."""
-
-    OK = "ok"  # perf_analyzer settled: median and spread of its stable windows
-    UNSTABLE = "unstable"  # never settled: median and spread of its last windows, not comparable
-    STALLED = "stalled"  # nothing served (no window with throughput, or a timeout): no figures
-    FAILED = "failed"  # the variant did not load or perf_analyzer failed
-
-
-@dataclass(frozen=True)
-class Variant:
-    """The config.pbtxt part of a point. ``delay_us`` None: the model does not batch."""
-
-    instances: int
-    delay_us: int | None
-    preferred: tuple[int, ...] = ()
-
-    def label(self) -> str:
-        parts = ["%d inst" % self.instances]
-        if self.delay_us is not None:
-            parts.append("delay %d us" % self.delay_us)
-        if self.preferred:
-            parts.append("preferred %s" % list(self.preferred))
-        return ", ".join(parts)
-
-    def to_dict(self) -> dict:
-        return {"instances": self.instances, "max_queue_delay_us": self.delay_us, "preferred": list(self.preferred)}
-
-
-TRANSPORTS = {"none": "plain messages", "system": "system shared memory", "cuda": "CUDA shared memory"}
-
-
-@dataclass(frozen=True)
-class Point:
-    """A variant measured at one client concurrency over one client transport (perf_analyzer's
-    ``--shared-memory``). Concurrency and transport are how the client loads the server, not part
-    of the config: changing them needs no reload, and the written config never depends on them."""
-
-    variant: Variant
-    concurrency: int
-    transport: str = "none"
-
-    def value(self, dim: str) -> Any:
-        if dim in ("concurrency", "transport"):
-            return getattr(self, dim)
-        return getattr(self.variant, dim)
-
-    def replace(self, dim: str, value: Any) -> "Point":
-        if dim in ("concurrency", "transport"):
-            return dataclasses.replace(self, **{dim: value})
-        return dataclasses.replace(self, variant=dataclasses.replace(self.variant, **{dim: value}))
-
-    def label(self) -> str:
-        shm = "" if self.transport == "none" else ", %s" % TRANSPORTS[self.transport]
-        return "%s @ c=%d%s" % (self.variant.label(), self.concurrency, shm)
-
-    def to_dict(self) -> dict:
-        return {**self.variant.to_dict(), "concurrency": self.concurrency, "transport": self.transport}
-
-
-def _r(value: float | None, digits: int = 2) -> float | None:
-    return None if value is None else round(value, digits)
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """One point measured. ``throughput`` is the median over windows (or over re-measurement
-    rounds), ``throughput_low``/``_high`` its spread (min-max; None: a single value). Figures are
-    None when nothing was measured (stalled, failed)."""
-
-    point: Point
-    throughput: float | None = None
-    p50_ms: float | None = None
-    p95_ms: float | None = None
-    p99_ms: float | None = None
-    status: str = Status.OK.value
-    detail: str = ""
-    index: int = 0
-    throughput_low: float | None = None
-    throughput_high: float | None = None
-    p99_low: float | None = None
-    p99_high: float | None = None
-    windows: tuple[float, ...] = ()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "status", Status(self.status).value)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == Status.OK.value
-
-    @property
-    def lo(self) -> float:
-        return self.throughput_low if self.throughput_low is not None else (self.throughput or 0.0)
-
-    @property
-    def hi(self) -> float:
-        return self.throughput_high if self.throughput_high is not None else (self.throughput or 0.0)
-
-    @property
-    def p99_lo(self) -> float:
-        return self.p99_low if self.p99_low is not None else (self.p99_ms or 0.0)
-
-    @property
-    def p99_hi(self) -> float:
-        return self.p99_high if self.p99_high is not None else (self.p99_ms or 0.0)
-
-    def spread_pct(self) -> float | None:
-        """(max - min) / median over the windows or rounds, in percent."""
-        if not self.throughput or self.throughput_low is None or self.throughput_high is None:
-            return None
-        return 100.0 * (self.throughput_high - self.throughput_low) / self.throughput
-
-    def to_dict(self) -> dict:
-        return {**self.point.to_dict(), "throughput": _r(self.throughput, 1), "throughput_low": _r(self.throughput_low, 1),
-                "throughput_high": _r(self.throughput_high, 1), "spread_pct": _r(self.spread_pct(), 1),
-                "p50_ms": _r(self.p50_ms, 3), "p95_ms": _r(self.p95_ms, 3), "p99_ms": _r(self.p99_ms, 3),
-                "p99_low": _r(self.p99_low, 3), "p99_high": _r(self.p99_high, 3),
-                "windows": [round(w, 1) for w in self.windows], "status": self.status, "detail": self.detail,
-                "index": self.index}
-
-
-Measure = Callable[[Point], Measurement]
 
 
 def parse_passes(text: str) -> list[tuple[float, float]]:
@@ -183,10 +58,10 @@ def from_run(point: Point, returncode: int, text: str, csv_path: Path, index: in
         status = Status.STALLED if unstable or returncode == 0 else Status.FAILED
         return Measurement(point, status=status.value, detail=_last_line(text), index=index,
                            windows=tuple(thr))
-    common = dict(throughput=median, throughput_low=min(thr), throughput_high=max(thr), windows=tuple(thr),
-                  index=index)
+    settled = Measurement(point, median, throughput_low=min(thr), throughput_high=max(thr), windows=tuple(thr),
+                          index=index)
     if unstable:
-        return Measurement(point, status=Status.UNSTABLE.value, detail=_last_line(text), **common)
+        return dataclasses.replace(settled, status=Status.UNSTABLE.value, detail=_last_line(text))
     if returncode != 0 or not csv_path.exists():
         return Measurement(point, status=Status.FAILED.value, detail=_last_line(text), index=index)
     rows = parse_csv(csv_path)
@@ -198,8 +73,8 @@ def from_run(point: Point, returncode: int, text: str, csv_path: Path, index: in
     mid = statistics.median(lat)
     p99_low = row.p99_ms * min(lat) / mid if mid else None
     p99_high = row.p99_ms * max(lat) / mid if mid else None
-    return Measurement(point, p50_ms=row.p50_ms, p95_ms=row.p95_ms, p99_ms=row.p99_ms, p99_low=p99_low,
-                       p99_high=p99_high, **common)
+    return dataclasses.replace(settled, p50_ms=row.p50_ms, p95_ms=row.p95_ms, p99_ms=row.p99_ms, p99_low=p99_low,
+                               p99_high=p99_high)
 
 
 def _last_line(text: str) -> str:
@@ -225,15 +100,31 @@ def looser(perf: PerfOptions) -> PerfOptions:
                                stability_percentage=min(100, 2 * perf.stability_percentage))
 
 
+def effective_variant(server: Any, model: str) -> Variant:
+    """What the server says it runs (GET /v2/models/M/config)."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        cfg = client.get_model_config(model)
+    except InferenceServerException as exc:
+        raise ServerError("reading the config of %r failed: %s" % (model, exc.message())) from exc
+    finally:
+        client.close()
+    count = (cfg.get("instance_group") or [{}])[0].get("count", 1)
+    if not cfg.get("max_batch_size"):
+        return Variant(count, None)
+    return Variant(count, int((cfg.get("dynamic_batching") or {}).get("max_queue_delay_microseconds", 0)))
+
+
 class LiveRunner:
     """Measures points on the server: reloads the model only when the variant changes, retries
     a point that did not settle once with looser settings, and remembers which settings made the
     points stable (for the Model Analyzer hand-off)."""
 
-    def __init__(self, server, model: str, base: model_config_pb2.ModelConfig, max_batch_size: int,
+    def __init__(self, server: Any, model: str, base: model_config_pb2.ModelConfig, max_batch_size: int,
                  num_profiles: int, perf: PerfOptions, workdir: Path, output_bytes: int | None = None):
-        from aitune_triton.tune.search import _effective_variant
-
         self.server, self.model, self.base = server, model, base
         self.max_batch_size, self.num_profiles = max_batch_size, num_profiles
         self.perf, self.workdir = perf, workdir
@@ -246,7 +137,7 @@ class LiveRunner:
         self.serving = 0
         self.stable_at: list[int] = []  # per settled point: 0 = the first settings, 1 = the looser retry
         if server.model_ready(model):
-            self.serving = _effective_variant(server, model).instances
+            self.serving = effective_variant(server, model).instances
         grpc = getattr(server, "grpc_url", None)
         if perf.protocol == "grpc" and grpc:
             self.url = grpc
@@ -265,8 +156,6 @@ class LiveRunner:
             time.sleep(0.1)
 
     def load(self, variant: Variant) -> None:
-        from aitune_triton.tune.search import apply_variant
-
         cfg = apply_variant(self.base, variant, self.max_batch_size)
         check_config(cfg, self.num_profiles)
         self.loaded = None
@@ -333,40 +222,6 @@ class LiveRunner:
         return m
 
 
-# ---------------------------------------------------------------- interleaved re-measurement
-
-
-@dataclass(frozen=True)
-class Remeasured:
-    """One finalist measured in several interleaved rounds."""
-
-    point: Point
-    runs: tuple[Measurement, ...] = field(default_factory=tuple)
-
-    def summary(self) -> Measurement:
-        """Median over the rounds that settled, min-max over them as the spread; ok only when at
-        least half the rounds settled."""
-        ok = [r for r in self.runs if r.ok]
-        if not ok:
-            unstable = [r for r in self.runs if r.throughput]
-            status = Status.UNSTABLE if unstable else Status.STALLED
-            thr = [r.throughput for r in unstable]
-            return Measurement(self.point, statistics.median(thr) if thr else None, status=status.value,
-                               detail="no round settled", throughput_low=min(thr) if thr else None,
-                               throughput_high=max(thr) if thr else None, windows=tuple(thr))
-        thr = [r.throughput for r in ok]
-        p99 = [r.p99_ms for r in ok]
-        status = Status.OK if 2 * len(ok) >= len(self.runs) else Status.UNSTABLE
-        return Measurement(self.point, statistics.median(thr), statistics.median(r.p50_ms for r in ok),
-                           statistics.median(r.p95_ms for r in ok), statistics.median(p99), status=status.value,
-                           detail="%d of %d rounds settled" % (len(ok), len(self.runs)),
-                           throughput_low=min(thr), throughput_high=max(thr), p99_low=min(p99), p99_high=max(p99),
-                           windows=tuple(thr))
-
-    def to_dict(self) -> dict:
-        return {**self.summary().to_dict(), "rounds": [r.to_dict() for r in self.runs]}
-
-
 def remeasure(measure: Measure, points: Sequence[Point], rounds: int) -> list[Remeasured]:
     """Each point measured ``rounds`` times, interleaved (A B C A B C ...), so that a slow phase of
     the machine hits every point alike."""
@@ -374,4 +229,4 @@ def remeasure(measure: Measure, points: Sequence[Point], rounds: int) -> list[Re
     for _ in range(rounds):
         for i, point in enumerate(points):
             runs[i].append(measure(point))
-    return [Remeasured(p, tuple(r)) for p, r in zip(points, runs)]
+    return [Remeasured(p, tuple(r)) for p, r in zip(points, runs, strict=True)]

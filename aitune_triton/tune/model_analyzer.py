@@ -19,6 +19,8 @@ from tritonclient.grpc import model_config_pb2
 from aitune_triton.triton import tools
 from aitune_triton.triton.perf import PerfOptions
 from aitune_triton.triton.repository import replace_file_atomically
+from aitune_triton.tune.objective import Objective
+from aitune_triton.tune.space import SearchSpace
 
 KIND_NAMES = {model_config_pb2.ModelInstanceGroup.KIND_AUTO: "KIND_AUTO",
               model_config_pb2.ModelInstanceGroup.KIND_GPU: "KIND_GPU",
@@ -26,10 +28,9 @@ KIND_NAMES = {model_config_pb2.ModelInstanceGroup.KIND_AUTO: "KIND_AUTO",
               model_config_pb2.ModelInstanceGroup.KIND_MODEL: "KIND_MODEL"}
 
 
-def model_analyzer_config(repo: Path, model: str, base: model_config_pb2.ModelConfig, space, objective,
-                          flags: dict, perf: PerfOptions, output_dir: Path) -> dict:
-    """The profile config as a dict (``space``: a ``search.SearchSpace``; ``objective``: a
-    ``search.Objective``; ``flags``: ``measure.perf_flags`` of the settings that settled)."""
+def model_analyzer_config(repo: Path, model: str, base: model_config_pb2.ModelConfig, space: SearchSpace,
+                          objective: Objective, flags: dict, perf: PerfOptions, output_dir: Path) -> dict:
+    """The profile config as a dict (``flags``: ``measure.perf_flags`` of the settings that settled)."""
     kind = KIND_NAMES.get(base.instance_group[0].kind if base.instance_group else 0, "KIND_AUTO")
     cpu_only = kind == "KIND_CPU"
     # one group whose count is swept (docs/config.md, <model-config-parameters>)
@@ -81,8 +82,8 @@ def model_analyzer_config(repo: Path, model: str, base: model_config_pb2.ModelCo
     return config
 
 
-def write_model_analyzer_config(path: Path, repo: Path, model: str, base: model_config_pb2.ModelConfig, space,
-                                objective, flags: dict, perf: PerfOptions) -> Path:
+def write_model_analyzer_config(path: Path, repo: Path, model: str, base: model_config_pb2.ModelConfig,
+                                space: SearchSpace, objective: Objective, flags: dict, perf: PerfOptions) -> Path:
     """Write the profile config to ``path`` (atomically) with a header saying how to run it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

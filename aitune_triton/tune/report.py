@@ -3,7 +3,6 @@
 Every figure is shown with its spread (min-max over perf_analyzer's windows, or over the
 interleaved re-measurement rounds), points that did not settle are marked as such and never
 shown as 0 infer/s, and a claim of improvement appears only when the re-measurement supports it.
-Works on a ``search.TuneResult`` by its attributes (no import of ``search``, which imports this).
 """
 
 from __future__ import annotations
@@ -11,9 +10,11 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from aitune_triton.triton.repository import replace_file_atomically
-from aitune_triton.tune.measure import TRANSPORTS, Measurement
+from aitune_triton.tune.points import TRANSPORTS, Measurement
+from aitune_triton.tune.result import TuneResult
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,12 @@ def _spread(m: Measurement) -> str:
     return "%.1f–%.1f (±%.0f %%)" % (m.throughput_low, m.throughput_high, (m.spread_pct() or 0.0) / 2)
 
 
-def _transports(result) -> bool:
+def _transports(result: TuneResult) -> bool:
     """Whether the client transport was searched (a column of its own then)."""
-    return len(getattr(result.space, "transports", ())) > 1
+    return len(result.space.transports) > 1
 
 
-def _md_row(m: Measurement, result) -> str:
+def _md_row(m: Measurement, result: TuneResult) -> str:
     v = m.point.variant
     if result.chosen is not None and m.point == result.chosen.point:
         note = "finalist, **chosen**"
@@ -55,7 +56,7 @@ def _md_row(m: Measurement, result) -> str:
         _num(m.p99_ms, "%.2f"), note.replace("|", "/"))
 
 
-def _finalist_rows(result) -> list[str]:
+def _finalist_rows(result: TuneResult) -> list[str]:
     rows = ["| config | concurrency | rounds (infer/s) | median infer/s | min–max | median p99 ms | note |",
             "|---|---|---|---|---|---|---|"]
     for f in result.finalists:
@@ -75,12 +76,12 @@ def _finalist_rows(result) -> list[str]:
             note += " (current config)"
         rows.append("| %s | %s | %s | %s | %s | %s | %s |" % (
             s.point.variant.label(), "%d%s" % (s.point.concurrency, "" if s.point.transport == "none"
-                                                else " (%s shm)" % s.point.transport), rounds, _num(s.throughput), _spread(s),
-            _num(s.p99_ms, "%.2f"), note))
+                                                else " (%s shm)" % s.point.transport),
+            rounds, _num(s.throughput), _spread(s), _num(s.p99_ms, "%.2f"), note))
     return rows
 
 
-def to_markdown(result) -> str:
+def to_markdown(result: TuneResult) -> str:
     counts = result.status_counts
     unsettled = ", ".join("%d %s" % (n, k) for k, n in sorted(counts.items()) if k != "ok")
     lines = ["# Tuning report: %s" % result.model, "",
@@ -99,15 +100,16 @@ def to_markdown(result) -> str:
         lines.append("- placement: %s" % result.placement["text"])
     c, b = result.chosen, result.baseline
     if c is not None:
-        lines.append("- chosen: %s at client concurrency %d: median %.1f infer/s (%s over %d rounds), "
-                     "p50 %.2f ms, p99 %.2f ms, measured with client transport %s (the written config does "
-                     "not depend on it)" % (c.point.variant.label(), c.point.concurrency, c.throughput, _spread(c),
-                                            len(c.windows), c.p50_ms, c.p99_ms, TRANSPORTS[c.point.transport]))
+        lines.append("- chosen: %s at client concurrency %d: median %s infer/s (%s over %d rounds), "
+                     "p50 %s ms, p99 %s ms, measured with client transport %s (the written config does "
+                     "not depend on it)" % (c.point.variant.label(), c.point.concurrency, _num(c.throughput),
+                                            _spread(c), len(c.windows), _num(c.p50_ms, "%.2f"),
+                                            _num(c.p99_ms, "%.2f"), TRANSPORTS[c.point.transport]))
     if result.improvement is not None and b is not None:
         lines.append("- improvement over the current config (same rounds, spreads apart): %.2fx %s "
-                     "(current: median %.1f infer/s, %s)" % (
+                     "(current: median %s infer/s, %s)" % (
                          result.improvement, "throughput" if result.objective.kind == "max-throughput"
-                         else "lower p99", b.throughput, _spread(b)))
+                         else "lower p99", _num(b.throughput), _spread(b)))
     elif c is not None and b is not None and b.point != c.point:
         lines.append("- no improvement over the current config is claimed: %s" % (
             "it was %s when re-measured" % b.status if not b.ok else "the figures do not support one"))
@@ -126,7 +128,7 @@ def to_markdown(result) -> str:
               "points never settled (their windows are shown, they are never chosen); stalled points served "
               "nothing measurable.", "",
               "| # | %s | delay us | preferred | concurrency |%s infer/s | spread | p50 ms | p99 ms | note |" % (
-                  "instances per GPU" if getattr(result.space, "gpus", 0) else "instances",
+                  "instances per GPU" if result.space.gpus else "instances",
                   " transport |" if _transports(result) else ""),
               "|---|---|---|---|---|%s---|---|---|---|---|" % ("---|" if _transports(result) else "")]
     lines += [_md_row(m, result) for m in sorted(result.measurements, key=lambda m: m.index)]
@@ -134,7 +136,15 @@ def to_markdown(result) -> str:
     return "\n".join(lines)
 
 
-def write_plot(result, path: Path) -> Path:
+def _errorbars(ax: Any, points: list[Measurement], **style: Any) -> None:
+    """Settled points at (p99, median throughput) with their min-max spread as bars."""
+    figures = [m.figures() for m in points]
+    ax.errorbar([p99 for _, p99 in figures], [thr for thr, _ in figures],
+                yerr=[[thr - m.lo for (thr, _), m in zip(figures, points, strict=True)],
+                      [m.hi - thr for (thr, _), m in zip(figures, points, strict=True)]], **style)
+
+
+def write_plot(result: TuneResult, path: Path) -> Path:
     """Every settled point on throughput vs p99 with its window spread; finalists' medians over
     rounds; the chosen one starred, the constraint drawn."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -145,19 +155,15 @@ def write_plot(result, path: Path) -> Path:
     ax = fig.add_subplot()
     ok = [m for m in result.measurements if m.ok]
     for inst in sorted({m.point.variant.instances for m in ok}):
-        pts = [m for m in ok if m.point.variant.instances == inst]
-        ax.errorbar([m.p99_ms for m in pts], [m.throughput for m in pts],
-                    yerr=[[m.throughput - m.lo for m in pts], [m.hi - m.throughput for m in pts]],
-                    fmt="o", alpha=0.7, capsize=2, label="%d instance(s)" % inst)
-    fin = [f.summary() for f in result.finalists]
-    fin = [m for m in fin if m.ok]
+        _errorbars(ax, [m for m in ok if m.point.variant.instances == inst], fmt="o", alpha=0.7, capsize=2,
+                   label="%d instance(s)" % inst)
+    fin = [s for s in (f.summary() for f in result.finalists) if s.ok]
     if fin:
-        ax.errorbar([m.p99_ms for m in fin], [m.throughput for m in fin],
-                    yerr=[[m.throughput - m.lo for m in fin], [m.hi - m.throughput for m in fin]],
-                    fmt="s", color="black", mfc="none", capsize=3, label="finalists (median over rounds)")
+        _errorbars(ax, fin, fmt="s", color="black", mfc="none", capsize=3, label="finalists (median over rounds)")
     if result.chosen is not None and result.chosen.ok:
         c = result.chosen
-        ax.scatter([c.p99_ms], [c.throughput], marker="*", s=320, facecolors="none", edgecolors="red", linewidths=1.5,
+        throughput, p99 = c.figures()
+        ax.scatter([p99], [throughput], marker="*", s=320, facecolors="none", edgecolors="red", linewidths=1.5,
                    label="chosen: %s @ c=%d" % (c.point.variant.label(), c.point.concurrency))
     if result.objective.budget_ms:
         ax.axvline(result.objective.budget_ms, color="grey", linestyle="--", label="p99 budget")
@@ -175,7 +181,7 @@ def write_plot(result, path: Path) -> Path:
     return path
 
 
-def write_reports(result, report_dir: Path) -> dict[str, Path]:
+def write_reports(result: TuneResult, report_dir: Path) -> dict[str, Path]:
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": report_dir / REPORT_JSON, "markdown": report_dir / REPORT_MD, "plot": report_dir / REPORT_PNG}

@@ -65,7 +65,7 @@ def score(strategy: str, timings: Sequence[Timing], budget_ms: float | None = No
         t = min(ok, key=lambda t: t.batch)
         return t.median_ms, t.batch
     if strategy == "latency-budget":
-        ok = [t for t in ok if t.median_ms <= budget_ms]
+        ok = [t for t in ok if t.median_ms <= (math.inf if budget_ms is None else budget_ms)]
         if not ok:
             return None, None
     t = max(ok, key=lambda t: t.throughput)
@@ -152,9 +152,9 @@ class SelectionResult:
             if r.score is None:
                 cells.append("-")
             elif self.strategy == "min-latency":
-                cells.append("%.3f ms @%d" % (r.score, r.score_batch))
+                cells.append("%.3f ms @%s" % (r.score, r.score_batch))
             else:
-                cells.append("%.0f/s @%d" % (r.score, r.score_batch))
+                cells.append("%.0f/s @%s" % (r.score, r.score_batch))
             cells.append("%.2fx" % r.speedup if r.speedup is not None else "-")
             cells.append("[bold green]chosen[/]" if r.chosen else r.why_not)
             table.add_row(*cells)
@@ -190,16 +190,19 @@ def select_from_measurements(candidates: Sequence[Candidate], accuracy: Mapping[
                 why[c.name] = "failed to run: %s" % (errors[0] if errors else "no timing")
             else:
                 fastest = min(ok, key=lambda t: t.median_ms)
-                why[c.name] = "over budget: %.3f ms at batch %d > %g ms" % (fastest.median_ms, fastest.batch, budget_ms)
-    usable = [c for c in candidates if scored[c.name][0] is not None]
+                why[c.name] = "over budget: %.3f ms at batch %d > %g ms" % (
+                    fastest.median_ms, fastest.batch, math.inf if budget_ms is None else budget_ms)
+    values = {name: s for name, (s, _) in scored.items() if s is not None}
+    usable = [c for c in candidates if c.name in values]
     eager = next((c for c in usable if c.is_eager), None)
     lower_better = strategy == "min-latency"
 
     def value(c: Candidate) -> float:
-        return scored[c.name][0]
+        return values[c.name]
 
     ranked = sorted(usable, key=value, reverse=not lower_better)
     ratios = {c.name: speedup(strategy, value(c), value(eager)) for c in usable} if eager else {}
+    chosen: Candidate | None
     if not usable:
         chosen, reason = None, "no candidate passed the accuracy check and ran%s" % (
             " within the budget" if strategy == "latency-budget" else "")
@@ -217,7 +220,7 @@ def select_from_measurements(candidates: Sequence[Candidate], accuracy: Mapping[
             reason = ("no candidate beats eager by the %.0f%% margin" % (100 * margin)
                       if best else "only eager is usable")
     for c in usable:
-        if c.name == chosen.name:
+        if chosen is None or c.name == chosen.name:
             continue
         if c.is_eager:
             why[c.name] = "%s is %.2fx better" % (chosen.name, ratios[chosen.name])

@@ -16,7 +16,9 @@ from aitune_triton.triton import tools
 from aitune_triton.triton.manifest import Manifest, load_reference
 from aitune_triton.triton.perf import PerfOptions
 from aitune_triton.triton.render import check_config, parse_config
-from aitune_triton.tune.search import Point, TuneOptions, current_variant, tune_model
+from aitune_triton.tune.points import Point
+from aitune_triton.tune.search import TuneOptions, tune_model
+from aitune_triton.tune.space import current_variant
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cnn" / "model.py"
 
@@ -114,8 +116,9 @@ def test_tune_writes_the_measured_best_and_it_loads(triton_server_factory, repo,
     entry = manifest.history[-1]
     assert entry["event"] == "tune" and entry["previous_config"] == original
     assert entry["chosen"]["instances"] == result.chosen.point.variant.instances
-    assert manifest.tuning["chosen"] == result.chosen.to_dict()
-    assert manifest.tuning["grid_size"] == 2 and manifest.tuning["config_path"] == "config.pbtxt"
+    assert manifest.tuning.last is not None and manifest.tuning.last.chosen == result.chosen.to_dict()
+    assert manifest.tuning.last.grid_size == 2 and manifest.tuning.last.config_path == "config.pbtxt"
+    assert manifest.tuning.last.chosen["transport"] == "none"  # CPU: the transport is not searched
     report = json.loads((tmp_path / "report" / "tune_report.json").read_text())
     assert report["measured"] == 2 and len(report["measurements"]) == 2
     assert report["remeasured"] == result.remeasured and report["perf_analyzer_flags"]["measurement-interval"] in (

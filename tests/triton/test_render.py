@@ -10,7 +10,8 @@ from aitune_triton.errors import ModelError
 from aitune_triton.spec import AxisKind, AxisSpec, IOSpec, TensorSpec
 from aitune_triton.tensorrt.profiles import ProfileSet, TensorRTProfile, derive_profiles, ProfileMode
 from aitune_triton.triton import mapping as m
-from aitune_triton.triton.render import check_config, config_problems, parse_config, render_config
+from aitune_triton.triton.render import check_config, config_problems, config_text, parse_config, render_config, \
+    write_config
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 B = AxisSpec(AxisKind.BATCH, 1, 16, 8)
@@ -110,8 +111,41 @@ def test_random_specs_render_valid_configs(inputs, batching, max_batch, n_profil
                                       for t in tensors}))
     cfg = parse_config(render_config(plan))
     assert cfg.max_batch_size == (max_batch if batching else 0)
-    for t, c in zip(tensors, cfg.input):
+    assert len(cfg.input) == len(tensors)
+    for c in cfg.input:
         assert len(c.dims) >= 1 and all(d == -1 or d > 0 for d in c.dims)
     if backend == "tensorrt" and n_profiles > 1:
         assert list(cfg.instance_group[0].profile) == [str(i) for i in range(n_profiles)]
     assert all(0 < p <= cfg.max_batch_size for p in cfg.dynamic_batching.preferred_batch_size)
+
+
+TUNED = """
+name: "m"
+backend: "python"
+max_batch_size: 16
+input { name: "x" data_type: TYPE_FP32 dims: [ 4 ] }
+output { name: "y" data_type: TYPE_FP32 dims: [ 4 ] }
+instance_group { count: 2 kind: KIND_CPU }
+dynamic_batching { max_queue_delay_microseconds: 0 }
+"""
+
+
+def test_config_text_is_checked_and_round_trips_with_its_header():
+    cfg = parse_config(TUNED)
+    text = config_text(cfg, "tuned\nby a test")
+    assert text.startswith("# tuned\n# by a test\n") and "max_queue_delay_microseconds: 0" in text
+    assert parse_config(text) == cfg
+    cfg.instance_group[0].count = 0
+    with pytest.raises(ModelError, match="instance_group.count: must be >= 1"):
+        config_text(cfg)
+
+
+def test_write_config_writes_checked_text_only(tmp_path):
+    path = write_config(tmp_path, config_text(parse_config(TUNED), "first"))
+    assert path == tmp_path / "config.pbtxt" and path.read_text().startswith("# first\n")
+    with pytest.raises(ModelError, match="does not parse as a Triton ModelConfig"):
+        write_config(tmp_path, "name: [")
+    with pytest.raises(ModelError, match="dynamic_batching: needs max_batch_size > 0"):
+        write_config(tmp_path, TUNED.replace("max_batch_size: 16", "max_batch_size: 0"))
+    assert path.read_text().startswith("# first\n")  # a refused text leaves the config as it was
+    assert [p.name for p in tmp_path.iterdir()] == ["config.pbtxt"]  # no temp file left behind

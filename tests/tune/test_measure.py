@@ -6,17 +6,8 @@ import textwrap
 
 import pytest
 
-from aitune_triton.tune.measure import (
-    Measurement,
-    Point,
-    Remeasured,
-    Status,
-    Variant,
-    from_run,
-    parse_passes,
-    perf_flags,
-    remeasure,
-)
+from aitune_triton.tune.measure import from_run, parse_passes, perf_flags, remeasure
+from aitune_triton.tune.points import Measurement, Point, Remeasured, Status, Variant
 from aitune_triton.tune.search import _tune_perf_defaults
 
 POINT = Point(Variant(1, 500), 8)
@@ -32,7 +23,7 @@ UNSTABLE = textwrap.dedent("""\
       Pass [6] throughput: 153.512 infer/sec. Avg latency: 57161 usec (std 130754 usec). 
     Failed to obtain stable measurement within 6 measurement windows for concurrency 8. Please try to increase the --measurement-interval.
     Failed to obtain stable measurement.
-    """)
+    """)  # noqa: E501, W291 - perf_analyzer's output verbatim
 STABLE = textwrap.dedent("""\
     Request concurrency: 2
       Pass [1] throughput: 2500.1 infer/sec. Avg latency: 790 usec (std 100 usec). 
@@ -41,7 +32,7 @@ STABLE = textwrap.dedent("""\
       Pass [4] throughput: 2768.0 infer/sec. Avg latency: 719 usec (std 85 usec). 
       Client: 
         Request count: 8000
-    """)
+    """)  # noqa: W291 - perf_analyzer's output verbatim
 CSV = ("Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,"
        "Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency,"
        "Avg latency,request/response,response wait\n2,2768.79,3,215,205,16,168,108,1,697,856,911,1036,719,4,704\n")

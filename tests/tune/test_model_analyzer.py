@@ -12,7 +12,9 @@ import yaml
 from aitune_triton.triton.render import parse_config
 from aitune_triton.tune.measure import perf_flags
 from aitune_triton.tune.model_analyzer import write_model_analyzer_config
-from aitune_triton.tune.search import Objective, SearchSpace, _tune_perf_defaults
+from aitune_triton.tune.objective import Objective
+from aitune_triton.tune.search import _tune_perf_defaults
+from aitune_triton.tune.space import SearchSpace
 
 CONFIG = """
 name: "cnn"

@@ -7,8 +7,11 @@ import json
 import os
 import re
 
-from aitune_triton.tune.measure import Measurement, Point, Remeasured, Variant
-from aitune_triton.tune.search import Objective, SearchSpace, TuneResult, decide, to_markdown, write_reports
+from aitune_triton.tune.objective import Objective, decide
+from aitune_triton.tune.points import Measurement, Point, Remeasured, Variant
+from aitune_triton.tune.report import to_markdown, write_reports
+from aitune_triton.tune.result import TuneResult
+from aitune_triton.tune.space import SearchSpace
 
 OBJECTIVE = Objective("max-throughput", budget_ms=20.0)
 SPACE = SearchSpace((1, 2), (0, 500, 2000), (2, 8, 32))
@@ -48,7 +51,8 @@ def test_report_shows_spreads_marks_unsettled_points_and_never_zero(tmp_path):
     assert "| 4 | 2 | 0 | - | 2 | — | — | — | — | stalled: perf_analyzer timed out" in md
     assert "| 0.0 |" not in md
     assert "improvement over the current config (same rounds, spreads apart): 1.40x throughput" in md
-    assert "| 2 inst, delay 0 us | 8 | 2000.0, 2200.0, 2100.0 | 2100.0 | 2000.0–2200.0 (±5 %) | 10.00 | **chosen** |" in md
+    assert ("| 2 inst, delay 0 us | 8 | 2000.0, 2200.0, 2100.0 | 2100.0 | 2000.0–2200.0 (±5 %) | 10.00 "
+            "| **chosen** |") in md
     assert "load average) at start / end: 3.50 / 4.25" in md
     assert "--measurement-mode time_windows" in md
     data = json.loads(paths["json"].read_text())
@@ -72,3 +76,25 @@ def test_report_makes_no_claim_when_the_rounds_overlap(tmp_path):
     md = to_markdown(r)
     assert "no improvement over the current config is claimed: it was stalled when re-measured" in md
     assert dataclasses.asdict(r.chosen.point) == dataclasses.asdict(Point(OTHER, 8))
+
+
+def test_report_says_which_transport_measured_the_chosen_point(tmp_path):
+    from aitune_triton.triton.perf import PerfOptions
+    from aitune_triton.triton.render import parse_config
+    from aitune_triton.tune.space import placement
+
+    cfg = parse_config('name: "m"\nbackend: "python"\nmax_batch_size: 8\ninstance_group { count: 1 kind: KIND_GPU }\n')
+    p = placement(cfg, 2, PerfOptions(), "system", visible_gpus=2)
+    assert p["total_instances"] == 4 and p["shared_memory"] == "system"
+    assert p["text"] == ("2 instance(s) on each of the 2 GPU(s) the server sees (4 in all); "
+                         "client transport: gRPC, system shared memory")
+    space = SearchSpace((1, 2), (0,), (4,), transports=("none", "system"), gpus=2)
+    chosen = Measurement(Point(Variant(2, 0), 4, "system"), 900.0, 2.0, 3.0, 4.0, throughput_low=880.0,
+                         throughput_high=920.0, windows=(880.0, 900.0, 920.0))
+    result = TuneResult("m", Objective("max-throughput"), space, "brute", (chosen,), chosen, None, Variant(1, 0), 2,
+                        True, "best", 1.0, tmp_path / "config.pbtxt", placement=p)
+    md = to_markdown(result)
+    assert "measured with client transport system shared memory (the written config does not depend on it)" in md
+    assert "| # | instances per GPU | delay us | preferred | concurrency | transport | infer/s |" in md
+    assert "| 0 | 2 | 0 | - | 4 | system | 900.0 |" in md
+    assert json.loads(write_reports(result, tmp_path / "r")["json"].read_text())["chosen"]["transport"] == "system"

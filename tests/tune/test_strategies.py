@@ -18,7 +18,6 @@ from aitune_triton.tune.candidates import (
     OutputError,
     Timing,
     check_accuracy,
-    find_max_batch_size,
     tile_batch,
 )
 from aitune_triton.tune.strategies import select_candidate, select_from_measurements, warm_up
@@ -235,32 +234,3 @@ def test_check_accuracy_shapes_and_positional_outputs():
 def test_tile_batch_cycles_items():
     x = torch.arange(3).reshape(3, 1)
     assert tile_batch({"x": x, "s": torch.tensor(5)}, 5)["x"].flatten().tolist() == [0, 1, 2, 0, 1]
-
-
-def knee(feed):
-    """Latency flat at 5 ms up to batch 50, then 0.1 ms per item: throughput saturates at 64."""
-    time.sleep(max(5.0, 0.1 * feed["x"].shape[0]) / 1000.0)
-    return feed["x"]
-
-
-def make(b):
-    return {"x": torch.zeros(b, 2)}
-
-
-def test_find_max_batch_size_stops_when_doubling_stops_paying():
-    result = find_max_batch_size(knee, make, start=8, limit=1024, warmup=1, repeats=3)
-    assert result.max_batch_size == 64, result
-    assert [t.batch for t in result.timings] == [8, 16, 32, 64, 128]
-    assert "128" in result.reason
-
-
-def test_find_max_batch_size_limit_and_failure():
-    assert find_max_batch_size(knee, make, start=4, limit=16, warmup=1, repeats=2).max_batch_size == 16
-
-    def ooms(feed):
-        if feed["x"].shape[0] > 16:
-            raise RuntimeError("out of memory")
-        return knee(feed)
-
-    result = find_max_batch_size(ooms, make, start=4, limit=1024, warmup=1, repeats=2)
-    assert result.max_batch_size == 16 and "out of memory" in result.reason

@@ -1,0 +1,108 @@
+"""The manifest's ``tuning`` section: what generate's stage-1 selection and the last ``tune`` chose.
+
+The JSON is the one ``manifest.json`` has always held: generate writes ``{"stage1": <the
+candidate table>}``; ``tune`` writes its summary's keys at the top level (the chosen point, the
+grid, the reason, where the report and the backup are), and the stage-1 record is kept beside
+it. No heavy imports: ``triton.manifest`` reads this section without the tuner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+STAGE1 = "stage1"
+
+
+def _check(value: Any, kinds: tuple[type, ...], what: str) -> Any:
+    """``value`` when it is one of ``kinds`` (JSON's true/false is no number), else TypeError
+    naming the key (``Manifest.load`` turns it into its one-line UserError)."""
+    if value is None and type(None) in kinds:
+        return value
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise TypeError("tuning.%s must be %s, got %s" % (what, " or ".join(k.__name__ for k in kinds),
+                                                          json.dumps(value)[:80]))
+    return value
+
+
+@dataclass(frozen=True)
+class TuneSummary:
+    """The last ``tune`` run as the manifest records it (``tune_report.json`` has every point).
+    The first five keys are required; earlier releases wrote fewer of the others."""
+
+    model: str
+    mode: str  # "quick" or "brute"
+    chosen: dict[str, Any] | None  # the chosen point's summary over the re-measurement rounds
+    written: bool
+    reason: str
+    time: str = ""
+    objective: dict[str, Any] = dataclasses.field(default_factory=dict)
+    space: dict[str, Any] = dataclasses.field(default_factory=dict)
+    grid_size: int = 0
+    measured: int = 0
+    loads: int = 0
+    baseline: dict[str, Any] | None = None  # the current config's summary in the same rounds
+    previous: dict[str, Any] = dataclasses.field(default_factory=dict)
+    elapsed_s: float = 0.0
+    config_path: str = "config.pbtxt"  # relative to the model directory
+    backup_path: str | None = None
+    report_dir: str = ""  # relative to the model directory where it lies inside it
+    placement: dict[str, Any] = dataclasses.field(default_factory=dict)
+    statuses: dict[str, int] = dataclasses.field(default_factory=dict)
+    remeasured: int = 0
+    improvement: float | None = None  # None: no claim of improvement
+    ties: tuple[dict[str, Any], ...] = ()
+    perf_analyzer_flags: dict[str, Any] = dataclasses.field(default_factory=dict)
+    load_avg: tuple[float, ...] = ()
+    tool_version: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["ties"], d["load_avg"] = list(self.ties), list(self.load_avg)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TuneSummary":
+        kinds: dict[str, tuple[type, ...]] = {
+            "time": (str,), "model": (str,), "objective": (dict,), "mode": (str,), "space": (dict,),
+            "grid_size": (int,), "measured": (int,), "loads": (int,), "chosen": (dict, type(None)),
+            "baseline": (dict, type(None)), "previous": (dict,), "written": (bool,), "reason": (str,),
+            "elapsed_s": (int, float), "config_path": (str,), "backup_path": (str, type(None)),
+            "report_dir": (str,), "placement": (dict,), "statuses": (dict,), "remeasured": (int,),
+            "improvement": (int, float, type(None)), "ties": (list,), "perf_analyzer_flags": (dict,),
+            "load_avg": (list,), "tool_version": (str,)}
+        defaults = {f.name for f in dataclasses.fields(cls)
+                    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+        missing = [k for k in kinds if k not in d and k not in defaults]
+        if missing:
+            raise KeyError("tuning: %s missing" % ", ".join(missing))
+        values = {k: _check(d[k], kinds[k], k) for k in kinds if k in d}
+        if "ties" in values:
+            values["ties"] = tuple(_check(t, (dict,), "ties[]") for t in values["ties"])
+        if "load_avg" in values:
+            values["load_avg"] = tuple(float(_check(v, (int, float), "load_avg[]")) for v in values["load_avg"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class TuningSection:
+    """``stage1``: generate's candidate selection table (``SelectionResult.to_dict()``), None when
+    generate did not select; ``last``: the last ``tune`` run, None before the first."""
+
+    stage1: dict[str, Any] | None = None
+    last: TuneSummary | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = self.last.to_dict() if self.last else {}
+        if self.stage1 is not None:
+            d[STAGE1] = self.stage1
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TuningSection":
+        _check(d, (dict,), "section")
+        rest = {k: v for k, v in d.items() if k != STAGE1}
+        stage1 = _check(d.get(STAGE1), (dict, type(None)), STAGE1)
+        return cls(stage1=stage1, last=TuneSummary.from_dict(rest) if rest else None)
