@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from aitune_triton.errors import CandidateFailed
-from aitune_triton.export.torch_export import CheckRequest, CompileRequest, check_runner, first_line, load_runner
+from aitune_triton.export.torch_export import CheckRequest, CompileRequest, check_runner, load_runner
+from aitune_triton.export.torch_program import first_line
 
 
 def compile_aoti(request: CompileRequest) -> None:

@@ -14,7 +14,6 @@ kept only when every output of every reference case is within ``tolerance_for(dt
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import logging
 import re
@@ -42,7 +41,8 @@ from aitune_triton.export.fallback_artifact import (
     STATE_FILE,
     FallbackArtifact,
 )
-from aitune_triton.export.flat_io import flat_inputs, flat_model, forward_caller
+from aitune_triton.export.flat_io import forward_caller
+from aitune_triton.export.torch_program import AxisRanges, batch_of, export_program, first_line, resize_batch
 from aitune_triton.numerics import Tolerance, tolerance_for
 from aitune_triton.spec import AxisKind, IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed
 from aitune_triton.tensorrt.profile_set import ProfileSet
@@ -59,24 +59,6 @@ CHECK_TARGET = "aitune_triton.export.export_child:check"
 # ----------------------------------------------------------------------------- reference cases
 
 
-def first_line(exc: BaseException) -> str:
-    """``Type: first line of the message``."""
-    text = str(exc).strip().splitlines()
-    return "%s: %s" % (type(exc).__name__, text[0] if text else "")
-
-
-def _export_reason(exc: BaseException) -> str:
-    """torch.export's first line rarely says why ("Constraints violated (x)!"): keep the few lines
-    after it too (the violated guard, the suggested fix), minus the boilerplate."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    keep = [line for line in lines if not line.startswith(("For more information", "The error above occurred"))][:4]
-    return ("%s: %s" % (type(exc).__name__, " | ".join(keep)))[:600]
-
-
-def _batch_of(feed: dict[str, torch.Tensor], spec: IOSpec) -> int:
-    return next(feed[t.name].shape[0] for t in spec.inputs if t.has_batch)
-
-
 def _run_eager(model: torch.nn.Module, spec: IOSpec, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     with torch.inference_mode():
         return {n: t.detach() for n, t in flatten_outputs(call_with_feed(model, spec, feed))}
@@ -89,7 +71,7 @@ def reference_cases(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Samp
     cases = []
     for i, (sample, out) in enumerate(zip(samples, outputs, strict=True)):
         feed = sample_feed(spec, sample)
-        if spec.batching and max_batch >= 1 and _batch_of(feed, spec) > max_batch:
+        if spec.batching and max_batch >= 1 and batch_of(feed, spec) > max_batch:
             # Triton never sends more than max_batch_size: check the sample's first rows instead
             feed = {k: v[:max_batch] if spec.input(k).has_batch else v for k, v in feed.items()}
             cases.append(("sample %d cut to batch %d" % (i, max_batch), feed, _run_eager(model, spec, feed)))
@@ -97,13 +79,13 @@ def reference_cases(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Samp
             cases.append(("sample %d" % i, feed, dict(flatten_outputs(out))))
     if not spec.batching or max_batch < 1:
         return cases
-    label, big, _ = max(cases, key=lambda c: _batch_of(c[1], spec))
-    size = _batch_of(big, spec)
+    label, big, _ = max(cases, key=lambda c: batch_of(c[1], spec))
+    size = batch_of(big, spec)
     extra = [("batch 1 (from %s)" % label, 1)]
     if max_batch > size:
         extra.append(("batch %d (from %s)" % (max_batch, label), max_batch))
     for name, batch in extra:
-        feed = {k: _resize_batch(v, batch) if spec.input(k).has_batch else v for k, v in big.items()}
+        feed = {k: resize_batch(v, batch) if spec.input(k).has_batch else v for k, v in big.items()}
         try:
             cases.append((name, feed, _run_eager(model, spec, feed)))
         except Exception as exc:  # the model itself cannot take that batch: nothing to compare against
@@ -116,8 +98,8 @@ def rows_independent(model: torch.nn.Module, spec: IOSpec, cases: list, toleranc
     rows (to replay a captured CUDA graph) is exact only then."""
     if not spec.batching:
         return False
-    _, big, big_out = max(cases, key=lambda c: _batch_of(c[1], spec))
-    if _batch_of(big, spec) < 2:
+    _, big, big_out = max(cases, key=lambda c: batch_of(c[1], spec))
+    if batch_of(big, spec) < 2:
         return False
     try:
         alone = _run_eager(model, spec, {k: v[:1] for k, v in big.items()})
@@ -146,143 +128,6 @@ def _compared(actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance) -> t
 def compare(actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance) -> str | None:
     """None when ``actual`` matches eager within ``tol`` (exact for integer and bool outputs), else why not."""
     return _compared(actual, expected, tol)[1]
-
-
-# ----------------------------------------------------------------------------- export
-
-
-def _axis_bounds(spec: IOSpec, profiles: ProfileSet | None, name: str, axis: int) -> tuple[int, int]:
-    t = spec.input(name)
-    lo, hi = t.axes[axis].min, t.axes[axis].max
-    shapes = [p.shapes(name) for p in (profiles.profiles if profiles else ()) if name in p.names()]
-    if shapes:
-        lo, hi = min(s[0][axis] for s in shapes), max(s[2][axis] for s in shapes)
-    return lo, hi
-
-
-def _example(spec: IOSpec, samples: Sequence[Sample], max_batch: int) -> dict[str, torch.Tensor]:
-    """A sample to trace with: every symbolic axis >= 2 where possible (torch.export specialises
-    sizes 0 and 1), batch grown to 2 by repetition when all samples have batch 1."""
-    feeds = [sample_feed(spec, s) for s in samples]
-
-    def score(feed: dict[str, torch.Tensor]) -> tuple:
-        sym = [feed[t.name].shape[i] for t in spec.inputs for i, a in enumerate(t.axes)
-               if a.kind is not AxisKind.STATIC]
-        return (min(sym, default=2) >= 2, _batch_of(feed, spec) if spec.batching else 0)
-
-    feed = max(feeds, key=score)
-    if not spec.batching:
-        return feed
-    size = _batch_of(feed, spec)
-    want = max(min(size, max_batch), 2 if max_batch >= 2 else 1)
-    return {k: _resize_batch(v, want) if spec.input(k).has_batch else v for k, v in feed.items()}
-
-
-def _resize_batch(t: torch.Tensor, batch: int) -> torch.Tensor:
-    """``batch`` rows: cut, or the rows repeated in order."""
-    reps = -(-batch // t.shape[0])
-    return t.repeat(reps, *([1] * (t.dim() - 1)))[:batch] if reps > 1 else t[:batch]
-
-
-def dynamic_dims(spec: IOSpec, samples: Sequence[Sample], profiles: ProfileSet | None, max_batch: int
-                 ) -> tuple[dict[str, dict[int, Any]], AxisRanges]:
-    """torch.export Dims per input axis, and the range each axis accepts.
-
-    One ``batch`` Dim for all batched inputs. Dynamic axes whose sizes agree in every sample share a
-    Dim (an attention mask's sequence axis is the ids' sequence axis); separate Dims would fail with
-    "must always be equal". Ranges come from the profiles, else from the samples.
-    """
-    feeds = [sample_feed(spec, s) for s in samples]
-    groups: dict[tuple, list[tuple[str, int]]] = {}
-    for t in spec.inputs:
-        for i, a in enumerate(t.axes):
-            if a.kind is AxisKind.DYNAMIC and not (i == 0 and t.has_batch):
-                groups.setdefault(tuple(f[t.name].shape[i] for f in feeds), []).append((t.name, i))
-    dims: dict[str, dict[int, Any]] = {t.name: {} for t in spec.inputs}
-    ranges = {t.name: [(a.max, a.max) for a in t.axes] for t in spec.inputs}
-    if spec.batching and max_batch >= 2:
-        batch = torch.export.Dim("batch", min=1, max=max_batch)
-        for t in spec.inputs:
-            if t.has_batch:
-                dims[t.name][0] = batch
-    for t in spec.inputs:
-        if t.has_batch:
-            ranges[t.name][0] = (1, max(max_batch, 1))
-    for members in groups.values():
-        bounds = [_axis_bounds(spec, profiles, n, i) for n, i in members]
-        lo, hi = max(b[0] for b in bounds), min(b[1] for b in bounds)
-        if hi <= lo:
-            continue
-        dim = torch.export.Dim("%s_%d" % (members[0][0], members[0][1]), min=lo, max=hi)
-        for n, i in members:
-            dims[n][i] = dim
-            ranges[n][i] = (lo, hi)
-    return dims, {k: tuple(v) for k, v in ranges.items()}
-
-
-def _on_device(model: torch.nn.Module, device: str) -> torch.nn.Module:
-    tensors = list(model.parameters()) + list(model.buffers())
-    if all(t.device.type == device for t in tensors):
-        return model
-    return copy.deepcopy(model).to(device)
-
-
-AxisRanges = dict[str, tuple[tuple[int, int | None], ...]]
-
-
-def export_program(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample], profiles: ProfileSet | None,
-                   device: str = "cpu") -> tuple[torch.export.ExportedProgram, AxisRanges]:
-    """``torch.export.export`` of ``FlatIO(model)`` (flat tensors in and out, in spec order: the
-    artifact loads without the user's libraries) with symbolic batch / dynamic axes; returns
-    (program, axis ranges)."""
-    max_batch = profiles.max_batch_size if profiles else spec.max_sample_batch
-    dims, ranges = dynamic_dims(spec, samples, profiles, max_batch)
-    feed = {k: v.to(device) for k, v in _example(spec, samples, max_batch).items()}
-    target = flat_model(_on_device(model, device).eval(), spec)
-    args = flat_inputs(spec, feed)
-    shapes = {"inputs": tuple(dims[t.name] or None for t in spec.inputs)}
-    try:
-        program = torch.export.export(target, args, dynamic_shapes=shapes)
-    except Exception as exc:
-        if "Constraints violated" not in str(exc):
-            raise
-        # a guard that holds over the whole range but that the solver cannot prove (seen on CUDA:
-        # "min(s, 2*s) == s" from attention) may be deferred to a runtime assert; a real
-        # specialisation (s % 2 == 0) may not, so every axis is probed across its range
-        log.info("torch.export: %s; retrying with runtime asserts instead of guards", _export_reason(exc))
-        program = torch.export.export(target, args, dynamic_shapes=shapes,
-                                      prefer_deferred_runtime_asserts_over_guards=True)
-        failure = _probe_ranges(program, spec, feed, dims)
-        if failure:
-            raise RuntimeError("%s; with runtime asserts %s" % (_export_reason(exc), failure)) from exc
-    return program, ranges
-
-
-def _resize_axis(t: torch.Tensor, axis: int, size: int) -> torch.Tensor:
-    """``size`` entries along ``axis``: the tensor's own entries cut or repeated cyclically."""
-    return t.index_select(axis, torch.arange(size, device=t.device) % t.shape[axis])
-
-
-def _probe_ranges(program, spec: IOSpec, feed: dict[str, torch.Tensor], dims: dict[str, dict[int, Any]]) -> str | None:
-    """Run the program (in this process: an ExportedProgram is plain PyTorch) at both ends and inside
-    each symbolic axis's range; the first size whose runtime assert fails, else None."""
-    module = program.module()
-    groups: dict[int, tuple[Any, list[tuple[str, int]]]] = {}
-    for name, per_axis in dims.items():
-        for axis, dim in per_axis.items():
-            groups.setdefault(id(dim), (dim, []))[1].append((name, axis))
-    for dim, members in groups.values():
-        lo, hi = dim.min, dim.max
-        for size in sorted({lo, min(lo + 1, hi), (lo + hi) // 2, max(hi - 1, lo), hi}):
-            probe = dict(feed)
-            for name, axis in members:
-                probe[name] = _resize_axis(feed[name], axis, size)
-            try:
-                with torch.inference_mode():
-                    module(*flat_inputs(spec, probe))
-            except Exception as exc:
-                return "size %d of %s fails: %s" % (size, dim.__name__, first_line(exc))
-    return None
 
 
 # ----------------------------------------------------------------------------- loading (child side)

@@ -21,7 +21,8 @@ import torch.utils.dlpack
 from aitune_triton.errors import ModelError, UserError
 from aitune_triton.export import torch_export
 from aitune_triton.export.fallback_artifact import FallbackArtifact
-from aitune_triton.export.torch_export import build_fallback, compare, dynamic_dims, reference_cases
+from aitune_triton.export.torch_export import build_fallback, compare, reference_cases
+from aitune_triton.export.torch_program import dynamic_dims
 from aitune_triton.numerics import tolerance_for
 from aitune_triton.source import load_model_source
 from aitune_triton.spec import record_spec
