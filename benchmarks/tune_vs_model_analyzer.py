@@ -193,6 +193,28 @@ def parse_ma_checkpoint(config: dict, budget_ms: float | None) -> dict:
             "choice_row": choice}
 
 
+def rebase_ma_yaml(source: Path, dest: Path, repo: Path, model: str, perf: PerfOptions, work: Path) -> None:
+    """An exported config from another machine with this one's paths: repository, perf_analyzer,
+    the recorded inputs (regenerated from the same seeded samples), output dirs. The search part
+    (grid, objective, constraint, perf_analyzer flags) is kept as written."""
+    text = source.read_text()
+    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    config = yaml.safe_load(text)
+    config["model_repository"] = str(repo)
+    for key, name in (("output_model_repository_path", "ma_output_repository"),
+                      ("checkpoint_directory", "ma_checkpoints"), ("export_path", "ma_results")):
+        config[key] = str(work / name)
+    binary = tools.find_perf_analyzer()
+    if binary is not None:
+        config["perf_analyzer_path"] = str(binary)
+    entry = config["profile_models"][model]
+    if "input-data" in entry.get("perf_analyzer_flags", {}):
+        work.mkdir(parents=True, exist_ok=True)
+        local = perf_inputs(repo / model, Manifest.load(repo / model), perf, work)
+        entry["perf_analyzer_flags"]["input-data"] = str(local.input_data)
+    dest.write_text(header + yaml.safe_dump(config, sort_keys=False))
+
+
 def run_model_analyzer(exported: Path, work: Path, ma_python: str, timeout_s: float) -> dict:
     wrapper = write_server_wrapper(work / "ma_tritonserver.sh")
     path = ma_config(exported, work, wrapper)
@@ -342,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ma-timeout-s", type=float, default=420)
     ap.add_argument("--tune-option", action="append", default=[], metavar="KEY=JSON",
                     help="extra TuneOptions field for both tune runs (e.g. transports='[\"none\"]')")
+    ap.add_argument("--ma-yaml", type=Path, help="a model_analyzer_exported.yaml of an earlier run (paths rebased)")
+    ap.add_argument("--choices-from", type=Path, help="tune_vs_model_analyzer.json of an earlier run: its tune "
+                    "runs' choices join the cross re-measurement (with --phases ma,cross)")
     ap.add_argument("--out", type=Path, default=Path("tune_vs_ma_out"))
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -395,9 +420,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         with TritonServer(repo, server_options((model,)), log_path=work / "tritonserver.log") as server:
             fig["timings"]["server_start_s"] = round(time.monotonic() - t0, 1)
-            for name in runs:
-                config.write_text(original)  # every run starts from the generated config
-                server.load_model(model)
+            for i, name in enumerate(runs):
+                if i:  # every run starts from the generated config
+                    config.write_text(original)
+                    server.load_model(model)
                 t0 = time.monotonic()
                 options = TuneOptions(brute=name == "brute", report_dir=work / name,
                                       export_model_analyzer=exported if name == runs[-1] else None, **grid)
@@ -411,6 +437,17 @@ def main(argv: list[str] | None = None) -> int:
         config.write_text(original)
         if exported.exists():
             shutil.copy(exported, args.out / "model_analyzer_exported.yaml")
+    if args.ma_yaml:  # exported by an earlier run of this script: the same file, this run's paths
+        rebase_ma_yaml(args.ma_yaml, exported, repo, model, perf, work)
+    if args.choices_from:  # the tune runs of an earlier run of this script (same model, grid and settings)
+        prior = json.loads(args.choices_from.read_text())
+        for s in prior["methods"]:
+            if s["method"].startswith("tune") and s.get("choice"):
+                fig["methods"].append({**s, "from": "%s (%s, %s)" % (args.choices_from.name, prior["date"],
+                                                                     prior.get("code"))})
+                c = s["choice"]
+                choices[s["method"]] = Point(Variant(c["instances"], c["max_queue_delay_us"]), c["concurrency"],
+                                             c.get("transport", "none"))
     if "ma" in phases and exported.exists():
         s = run_model_analyzer(exported, work, args.ma_python, args.ma_timeout_s)
         fig["methods"].append(s)
