@@ -349,6 +349,10 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
              progress: Progress = lambda msg: None) -> GenerateResult:
     """Generate the model directories for ``model_py`` into the repository ``out``.
 
+    ``overrides`` changes ``GenerateConfig`` fields of ``get_config()`` (``"tensorrt"``: a dict of
+    ``TensorRTBackendConfig`` fields): a value of ``config.NOT_GIVEN`` leaves the field as it is,
+    ``None`` sets it to None (derive it from the samples).
+
     ``progress(message)`` is called as each stage starts (spec, fallback compile + check or
     stage-1 timing, ONNX export + check, write); the CLI prints each stage's duration."""
     progress("spec: loading %s, recording and probing its inputs and outputs" % Path(model_py).name)

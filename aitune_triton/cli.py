@@ -432,7 +432,7 @@ def push(repo, destination):
 @click.option("--headroom", type=float, default=defaults.PLAN_HEADROOM, show_default=True,
               help="Fraction of each replica's measured capacity kept free.")
 @click.option("--gpus-per-replica", type=int, help="GPUs per replica (default: 1 if measured on GPU, else 0).")
-@click.option("--min-replicas", type=int, default=1, show_default=True)
+@click.option("--min-replicas", type=int, default=defaults.PLAN_MIN_REPLICAS, show_default=True)
 @click.option("--report", type=click.Path(path_type=Path, exists=True),
               help="validate report.json / tune_report.json (default: the newest of the model's tune report and "
                    "REPO's validation report).")

@@ -31,6 +31,7 @@ TUNE_CONCURRENCY = (1, 2, 4, 8, 16, 32)
 
 # ---------------------------------------------------------------------------- plan, deploy k8s
 PLAN_HEADROOM = 0.3  # fraction of each replica's measured capacity kept free
+PLAN_MIN_REPLICAS = 1
 K8S_SECRET = "aitune-s3-credentials"
 K8S_CPU = "4"
 K8S_MEMORY = "16Gi"

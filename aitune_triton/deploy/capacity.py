@@ -66,7 +66,7 @@ class PlanRequest:
     p99_ms: float
     headroom: float = defaults.PLAN_HEADROOM
     gpus_per_replica: int | None = None
-    min_replicas: int = 1
+    min_replicas: int = defaults.PLAN_MIN_REPLICAS
 
     def __post_init__(self) -> None:
         if not self.target_rps > 0:
