@@ -43,7 +43,8 @@ def _typed(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
     """``value`` when it is a ``kind`` (JSON's true/false is no number), else TypeError naming the
     key (``Manifest.load`` turns it into its one-line UserError)."""
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise TypeError("%s must be %s, got %s" % (what, _KIND_NAMES.get(kind, kind), json.dumps(value)[:80]))
+        got = json.dumps(value, default=repr)[:80]
+        raise TypeError("%s must be %s, got %s" % (what, _KIND_NAMES.get(kind, kind), got))
     return value
 
 
