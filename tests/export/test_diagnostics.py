@@ -50,7 +50,8 @@ def test_other_failures_keep_their_first_line_and_the_model_line():
     except RuntimeError as exc:
         line = export_failure(exc)
     assert line.startswith("RuntimeError: shape '[-1, 7]' is invalid for input of size 8")
-    assert line.endswith("(`return x.view(-1, 7)` at test_diagnostics.py:%d)" % (inspect.getsourcelines(Bad.forward)[1] + 1))
+    where = inspect.getsourcelines(Bad.forward)[1] + 1
+    assert line.endswith("(`return x.view(-1, 7)` at test_diagnostics.py:%d)" % where)
     assert "\n" not in line
 
 
@@ -70,4 +71,5 @@ def test_build_fallback_logs_torch_output_and_a_failed_build_keeps_its_log(tmp_p
     assert kept.parent != tmp_path / "m" and "GuardOnDataDependentSymNode" in kept.read_text()  # outlives the model dir
     assert kept.read_text() == (tmp_path / "m" / "logs" / "fallback.log").read_text()
     kept.unlink()
-    assert skipped_summary([("aoti", "x"), ("export", "x"), ("eager", "y")]) == "aoti, export skipped: x; eager skipped: y"
+    summary = skipped_summary([("aoti", "x"), ("export", "x"), ("eager", "y")])
+    assert summary == "aoti, export skipped: x; eager skipped: y"

@@ -82,4 +82,4 @@ def test_flat_export_loads_without_the_output_type_and_keeps_spec_order(tmp_path
     call = forward_caller(flat.module(), spec)
     got = call(feed["ids"], mask=feed["mask"])
     want = [leaf for leaf in pytree.tree_leaves(src.model(feed["ids"], mask=feed["mask"]))]
-    assert len(got) == 4 and all(torch.equal(g, w) for g, w in zip(got, want))
+    assert len(got) == 4 and all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
