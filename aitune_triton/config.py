@@ -15,7 +15,7 @@ from aitune_triton.defaults import QUEUE_DELAY_US
 from aitune_triton.errors import UserError
 from aitune_triton.numerics import DEFAULT_TOLERANCES, EXACT, Tolerance, tolerance_for  # noqa: F401 (re-exported)
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
-from aitune_triton.triton.model_name import validate_model_name  # noqa: F401 (re-exported: cli.py imports it here)
+from aitune_triton.triton.model_name import validate_model_name
 
 BACKENDS = ("python", "tensorrt", "onnxruntime")
 FALLBACK_FORMATS = ("auto", "aoti", "export", "eager")

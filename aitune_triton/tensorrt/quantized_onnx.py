@@ -40,7 +40,8 @@ import onnx
 import torch
 
 from aitune_triton.errors import ModelError, UserError
-from aitune_triton.export.onnx import OnnxArtifact, check_onnx, export_onnx
+from aitune_triton.export.onnx import OnnxArtifact, export_onnx
+from aitune_triton.export.onnx_check import check_onnx
 from aitune_triton.numerics import Tolerance
 from aitune_triton.spec import IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed
 from aitune_triton.tensorrt import quantization
