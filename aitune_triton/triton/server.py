@@ -196,7 +196,9 @@ class TritonServer(ServerAPI):
                  if re.match(r"^E\d{4} ", line) and not any(x in line for x in _NOISE)]
         return lines[-n:]
 
-    def _context(self) -> str:
+    def _error(self, message: str) -> ServerError:
+        """``message`` with the log path and what the log says (Triton's own error lines, then its
+        last lines) as the error's details, which the CLI and the validation report show."""
         parts = []
         errors = self.error_lines()
         if errors:
@@ -204,7 +206,8 @@ class TritonServer(ServerAPI):
         tail = self.log_tail(20)
         if tail:
             parts.append("--- last lines of %s ---\n%s" % (self.log_path, tail))
-        return "".join("\n" + p for p in parts)
+        return ServerError(message, log_path=str(self.log_path) if self.log_path else None,
+                           details="\n".join(parts) or None)
 
     def children(self) -> dict[int, str]:
         """Other processes in the server's group (Python-backend stubs), pid -> name."""
@@ -225,7 +228,7 @@ class TritonServer(ServerAPI):
             try:
                 return self._start_once()
             except ServerError as exc:
-                msg = str(exc)
+                msg = "%s\n%s" % (exc, exc.details or "")  # Triton names the busy address in its log
                 busy = "already in use" in msg and not any(":%d'" % p in msg for p in fixed)
                 if not busy or attempt == 1:
                     raise
@@ -280,7 +283,7 @@ class TritonServer(ServerAPI):
         while True:
             code = self._running().poll()
             if code is not None:
-                raise ServerError("tritonserver exited with code %d during start-up%s" % (code, self._context()))
+                raise self._error("tritonserver exited with code %d during start-up" % code)
             status, _ = http_get(self.http_url, "/v2/health/ready")
             if status is not None and not self._answer_is_ours():
                 status = None  # another server on this port: ours will fail to bind and exit
@@ -289,14 +292,12 @@ class TritonServer(ServerAPI):
                 # never becomes a model state), so the requested models are checked by name
                 failed = self._startup_failures(final=status == 200)
                 if failed:
-                    raise ServerError("model(s) failed to load: %s%s" % ("; ".join(failed), self._context()))
+                    raise self._error("model(s) failed to load: %s" % "; ".join(failed))
                 if status == 200:
                     self._confirm_endpoints()
                     return
             if time.monotonic() > deadline:
-                raise ServerError(
-                    "tritonserver not ready within %.0f s%s" % (self.options.startup_timeout_s, self._context())
-                )
+                raise self._error("tritonserver not ready within %.0f s" % self.options.startup_timeout_s)
             time.sleep(0.25)
 
     def _answer_is_ours(self) -> bool:
@@ -317,7 +318,7 @@ class TritonServer(ServerAPI):
             code = self._running().poll()
             failed = [line for line in self.error_lines() if "failed to start" in line]
             if code is not None or failed:
-                raise ServerError("tritonserver failed after start-up (exit code %s)%s" % (code, self._context()))
+                raise self._error("tritonserver failed after start-up (exit code %s)" % code)
             if http_get(self.metrics_url, "/metrics", timeout=0.5)[0] == 200:
                 return
             time.sleep(0.1)

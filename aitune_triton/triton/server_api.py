@@ -90,8 +90,9 @@ class ServerAPI:
     def http_url(self) -> str:
         raise NotImplementedError
 
-    def _context(self) -> str:
-        return ""
+    def _error(self, message: str) -> ServerError:
+        """The error for a failed operation; a launched server adds its log path and a log excerpt."""
+        return ServerError(message)
 
     def is_live(self) -> bool:
         return http_get(self.http_url, "/v2/health/live")[0] == 200
@@ -122,10 +123,10 @@ class ServerAPI:
         try:
             client.load_model(name, config=config_json)
         except InferenceServerException as exc:
-            raise ServerError("loading model %r failed: %s%s" % (name, exc.message(), self._context())) from exc
+            raise self._error("loading model %r failed: %s" % (name, exc.message())) from exc
         except Exception as exc:  # noqa: BLE001 - a timeout or a dropped connection (gevent raises several kinds)
-            raise ServerError("loading model %r did not finish within %.0f s (%s: %s)%s"
-                              % (name, timeout_s, type(exc).__name__, exc, self._context())) from exc
+            raise self._error("loading model %r did not finish within %.0f s (%s: %s)"
+                              % (name, timeout_s, type(exc).__name__, exc)) from exc
         finally:
             close_quietly(client)
 
@@ -136,9 +137,9 @@ class ServerAPI:
         try:
             client.unload_model(name)
         except InferenceServerException as exc:
-            raise ServerError("unloading model %r failed: %s%s" % (name, exc.message(), self._context())) from exc
+            raise self._error("unloading model %r failed: %s" % (name, exc.message())) from exc
         except Exception as exc:  # noqa: BLE001 - see load_model
-            raise ServerError("unloading model %r did not finish within %.0f s (%s: %s)"
+            raise self._error("unloading model %r did not finish within %.0f s (%s: %s)"
                               % (name, timeout_s, type(exc).__name__, exc)) from exc
         finally:
             close_quietly(client)

@@ -112,7 +112,7 @@ class _Run:
         """The server never came up: every model that needed it fails; skips stay skips. A launched
         server's address is not reported (it may never have had ports), an attached one's is."""
         server = self._server
-        error = "the server could not be used: %s" % exc
+        error = "the server could not be used: %s" % _with_details(exc)
         info = ServerInfo("url" if self.options.url else "embedded",
                           server.http_url if server is not None and not server.owns_process else None,
                           log_path=str(server.log_path) if server is not None and server.log_path else None,
@@ -224,7 +224,7 @@ class _Run:
         try:
             self.server.load_model(item.name, timeout_s=self.options.startup_timeout_s)
         except ServerError as exc:
-            message = str(exc)
+            message = _with_details(exc)
             if _NO_BACKEND.search(message):
                 return ModelReport(item.name, item.backend, skipped="the server cannot load %s backend models: %s"
                                    % (item.backend, message.splitlines()[0]))
@@ -305,6 +305,12 @@ class _Run:
         detail = "%d point(s), best %.1f infer/s at concurrency %d (p99 %.2f ms)%s" % (
             len(result.rows), best.throughput, best.concurrency, best.p99_ms, unstable)
         return CheckResult("perf", CheckStatus.PASS, detail, time.monotonic() - t0), result.rows, result.unstable
+
+
+def _with_details(exc: Exception) -> str:
+    """An error's message with its details (a launched server's log excerpt) below, as the report shows it."""
+    details = exc.details if isinstance(exc, AituneError) else None
+    return "%s\n%s" % (exc, details) if details else str(exc)
 
 
 def _merged(a: PerfResult, b: PerfResult) -> PerfResult:

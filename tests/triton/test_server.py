@@ -197,12 +197,15 @@ def test_crash_cleanup_removes_own_leftovers(triton_server_factory, repo):
 @pytest.mark.parametrize("exit_on_error", [False, True])
 def test_broken_config_raises_with_log(triton_server_factory, repo, exit_on_error):
     t0 = time.monotonic()
-    with pytest.raises(ServerError, match="failed") as info:
+    with pytest.raises(ServerError, match="exited with code" if exit_on_error else "failed to load") as info:
         triton_server_factory(repo, load_models=("broken",), exit_on_error=exit_on_error, startup_timeout_s=60)
     assert time.monotonic() - t0 < 30
-    message = str(info.value)
+    error = info.value
+    assert ("exited with code" in str(error)) == exit_on_error
+    # Triton's own log lines are the details, with the log's path: the CLI prints both below the message
+    assert error.log_path and "--- last lines of %s ---\n" % error.log_path in error.details
+    message = "%s\n%s" % (error, error.details)
     assert "failed to read text proto" in message and "config.pbtxt" in message
-    assert ("exited with code" in message) == exit_on_error
 
 
 @pytest.mark.live
