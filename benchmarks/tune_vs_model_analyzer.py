@@ -439,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copy(exported, args.out / "model_analyzer_exported.yaml")
     if args.ma_yaml:  # exported by an earlier run of this script: the same file, this run's paths
         rebase_ma_yaml(args.ma_yaml, exported, repo, model, perf, work)
+        shutil.copy(exported, args.out / "model_analyzer_rebased.yaml")
     if args.choices_from:  # the tune runs of an earlier run of this script (same model, grid and settings)
         prior = json.loads(args.choices_from.read_text())
         for s in prior["methods"]:
@@ -452,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         s = run_model_analyzer(exported, work, args.ma_python, args.ma_timeout_s)
         fig["methods"].append(s)
         shutil.copy(work / "model_analyzer.log", args.out / "model_analyzer.log")
+        if Path(s.get("checkpoint", "")).is_file():
+            shutil.copy(s["checkpoint"], args.out / "model_analyzer_checkpoint.json")
         if s.get("choice"):
             c = s["choice"]
             choices[s["method"]] = Point(Variant(c["instances"], c["max_queue_delay_us"]), c["concurrency"])
