@@ -40,7 +40,8 @@ import torch
 
 def get_model():
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4)).to(torch.bfloat16).eval()
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+    return model.to(torch.bfloat16).eval()
 
 
 def get_samples():
@@ -262,7 +263,7 @@ def test_concurrent_requests_are_batched_and_answered_in_order(models, clients, 
     served = models["cnn"]
     before = stats(server, "cnn")
     feeds = [make_feed("cnn", 1, seed=100 + i) for i in range(16)]
-    for feed, (result, error) in zip(feeds, _fire(grpcclient, grpc, served, "cnn", feeds)):
+    for feed, (result, error) in zip(feeds, _fire(grpcclient, grpc, served, "cnn", feeds), strict=True):
         assert error is None, error
         check_result(served, result, eager(served, feed))
     after = stats(server, "cnn")
@@ -280,7 +281,8 @@ def test_mixed_sequence_lengths_and_a_failing_request(models, clients):
     served = models["encoder"]
     feeds = [make_feed("encoder", 1 + i % 2, seed=200 + i, seq=(8, 12, 16)[i % 3]) for i in range(12)]
     feeds[5] = dict(feeds[5], input_ids=feeds[5]["input_ids"] + 5000)
-    for i, (feed, (result, error)) in enumerate(zip(feeds, _fire(grpcclient, grpc, served, "encoder", feeds))):
+    answers = _fire(grpcclient, grpc, served, "encoder", feeds)
+    for i, (feed, (result, error)) in enumerate(zip(feeds, answers, strict=True)):
         if i == 5:
             assert error is not None and "forward failed" in str(error)
             continue

@@ -81,7 +81,8 @@ def server_of(repo: Path) -> tuple[int, str] | None:
             argv = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
         except OSError:
             continue
-        if flag in argv and _proc(int(entry.name)) and _proc(int(entry.name))[0] != "Z":
+        state = _proc(int(entry.name)) if flag in argv else None
+        if state and state[0] != "Z":
             prefix = next(a.split(b"=")[-1].decode() for a in argv if b"shm-region-prefix-name" in a)
             return int(entry.name), prefix
     return None
@@ -115,7 +116,9 @@ class Cli:
         self.proc = subprocess.Popen(CLI + list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True)
         self.lines: list[str] = []
-        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        output = self.proc.stdout
+        assert output is not None  # stdout=PIPE
+        self.reader = threading.Thread(target=lambda: self.lines.extend(output), daemon=True)
         self.reader.start()
 
     @property
@@ -284,6 +287,7 @@ def test_server_stopped_during_load_is_a_bounded_load_failure(repo, tmp_path):
     def progress(message: str) -> None:
         if message.endswith(": loading") and not stopped:
             found = server_of(repo)
+            assert found is not None, "no tritonserver serves %s while it loads" % repo
             stopped.append(found)
             os.kill(found[0], signal.SIGSTOP)
 

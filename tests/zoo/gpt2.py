@@ -13,4 +13,5 @@ def get_model():
 
 def get_samples():
     g = torch.Generator().manual_seed(1)
-    return [{"input_ids": torch.randint(0, 128, (batch, seq), generator=g)} for batch, seq in ((1, 8), (2, 12), (4, 16))]
+    return [{"input_ids": torch.randint(0, 128, (batch, seq), generator=g)}
+            for batch, seq in ((1, 8), (2, 12), (4, 16))]

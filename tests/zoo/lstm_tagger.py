@@ -1,4 +1,4 @@
-"""An LSTM tagger taking ``tokens`` and their ``lengths`` (packed sequences): lengths must not exceed the tokens' length."""
+"""An LSTM tagger taking ``tokens`` and their ``lengths`` (packed sequences); lengths <= the tokens' length."""
 
 import torch
 from torch import nn
