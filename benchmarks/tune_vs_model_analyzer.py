@@ -215,7 +215,7 @@ def rebase_ma_yaml(source: Path, dest: Path, repo: Path, model: str, perf: PerfO
     dest.write_text(header + yaml.safe_dump(config, sort_keys=False))
 
 
-def run_model_analyzer(exported: Path, work: Path, ma_python: str, timeout_s: float) -> dict:
+def run_model_analyzer(exported: Path, work: Path, ma_python: str, timeout_s: float, pythonpath: str = "") -> dict:
     wrapper = write_server_wrapper(work / "ma_tritonserver.sh")
     path = ma_config(exported, work, wrapper)
     config = yaml.safe_load(path.read_text())
@@ -223,6 +223,8 @@ def run_model_analyzer(exported: Path, work: Path, ma_python: str, timeout_s: fl
         shutil.rmtree(config[key], ignore_errors=True)
     env = dict(os.environ)
     env["NUMBA_DISABLE_CUDA"] = "1"  # no DCGM here: Model Analyzer's GPU discovery would fail (see docstring)
+    if pythonpath:  # packages for Model Analyzer alone (1.58 reads FieldDescriptor.label: protobuf < 7)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)
     cmd = [ma_python, "-c", "import sys; from model_analyzer.entrypoint import main; sys.exit(main())",
            "profile", "-f", str(path)]
     log.info("model analyzer: %s", " ".join(cmd))
@@ -362,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--phases", default="quick,brute,ma,cross")
     ap.add_argument("--ma-python", default=sys.executable, help="an interpreter with triton-model-analyzer")
     ap.add_argument("--ma-timeout-s", type=float, default=420)
+    ap.add_argument("--ma-pythonpath", default="", help="put first on Model Analyzer's PYTHONPATH only")
     ap.add_argument("--tune-option", action="append", default=[], metavar="KEY=JSON",
                     help="extra TuneOptions field for both tune runs (e.g. transports='[\"none\"]')")
     ap.add_argument("--ma-yaml", type=Path, help="a model_analyzer_exported.yaml of an earlier run (paths rebased)")
@@ -450,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
                 choices[s["method"]] = Point(Variant(c["instances"], c["max_queue_delay_us"]), c["concurrency"],
                                              c.get("transport", "none"))
     if "ma" in phases and exported.exists():
-        s = run_model_analyzer(exported, work, args.ma_python, args.ma_timeout_s)
+        s = run_model_analyzer(exported, work, args.ma_python, args.ma_timeout_s, args.ma_pythonpath)
         fig["methods"].append(s)
         shutil.copy(work / "model_analyzer.log", args.out / "model_analyzer.log")
         if Path(s.get("checkpoint", "")).is_file():
