@@ -117,7 +117,7 @@ def test_serve_follows_the_pointer_and_serves_from_s3(pushed):
             lines.append(line)
             if "Triton is ready" in line:
                 break
-        assert any("Triton is ready" in l for l in lines), "".join(lines)
+        assert any("Triton is ready" in line for line in lines), "".join(lines)
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with opener.open("http://127.0.0.1:%d/v2/models/cnn/ready" % http, timeout=10) as resp:
             assert resp.status == 200

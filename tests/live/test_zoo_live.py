@@ -9,12 +9,17 @@ way (``auto``: AOTInductor is chosen); the other exportable models are generated
 ``fallback_format="export"``, the same flat-IO ``torch.export`` program the AOTInductor package is
 compiled from, which is what must load without ``transformers``. The branchy model goes through the
 CLI so the console a user sees is asserted too.
+
+What probing decides is served for real here too: the batch-dependent ``branchy`` gets no dynamic
+batching, and ``forced`` (the same model with dynamic batching switched on by hand) fails the
+batching check naming the cause.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -28,7 +33,7 @@ from aitune_triton.api import generate
 from aitune_triton.validate.checks import CheckStatus
 from aitune_triton.validate.harness import ValidateOptions, validate_repository
 
-PASS, SKIP = CheckStatus.PASS, CheckStatus.SKIP
+FAIL, PASS, SKIP = CheckStatus.FAIL, CheckStatus.PASS, CheckStatus.SKIP
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
@@ -63,6 +68,11 @@ def zoo(tmp_path_factory):
                              capture_output=True, text=True, timeout=600, env={**os.environ, **env}, cwd=ROOT)
         seconds["branchy"] = time.monotonic() - start
     assert cli.returncode == 0, cli.stderr
+    # the batch-dependent model with dynamic batching switched on by hand
+    shutil.copytree(repo / "branchy", repo / "forced")
+    forced = repo / "forced" / "config.pbtxt"
+    forced.write_text(forced.read_text().replace('name: "branchy"', 'name: "forced"')
+                      + "\ndynamic_batching {\n  max_queue_delay_microseconds: 2000\n}\n")
     report = validate_repository(repo, ValidateOptions(perf=False, report_dir=repo.parent / "report"))  # + server log
     for name, took in seconds.items():  # the figures for BENCHMARKS/issue notes (pytest -s shows them)
         print("zoo: %-12s generate %.1f s: %s" % (name, took, details.get(name, "(CLI)")))
@@ -119,7 +129,7 @@ def test_data_dependent_branch_is_eager_without_dynamic_batching_and_says_why_in
     art = manifest(repo, "branchy")["artifact"]
     assert art["format"] == "eager" and [f for f, _ in art["skipped"]] == ["aoti", "export"]
     log = repo / "branchy" / "logs" / "fallback.log"
-    line = next(l for l in cli.stderr.splitlines() if l.startswith("✓ branchy"))
+    line = next(x for x in cli.stderr.splitlines() if x.startswith("✓ branchy"))
     assert line == ("✓ branchy (python, ready): fallback eager on cpu (aoti, export skipped: torch.export failed: "
                     "control flow depends on input values (`if x.sum() > 0` at branchy.py:12); torch.export cannot "
                     "trace it; log: %s)" % log)
@@ -149,7 +159,9 @@ def test_lstm_tagger_with_lengths_passes_validate(zoo):
     assert output_dims(repo, "lstm_tagger") == {"output_0": [-1, 5]}
     assert config(repo, "lstm_tagger").HasField("dynamic_batching")
     assert_validated(report, "lstm_tagger")
-    assert {c.name: c.status for c in report.model("lstm_tagger").checks}["edge_shapes"] == PASS
+    checks = {c.name: c.status for c in report.model("lstm_tagger").checks}
+    assert checks["edge_shapes"] == PASS
+    assert checks["dynamic_batching"] == PASS  # rows are independent: the batcher's answers match
 
 
 def test_detector_boxes_axis_is_dynamic(zoo):
@@ -161,3 +173,22 @@ def test_detector_boxes_axis_is_dynamic(zoo):
     assert output_dims(repo, "detector") == {"boxes": [-1, 4], "scores": [-1]}
     assert_validated(report, "detector")
 
+
+def test_batch_dependent_model_is_served_without_dynamic_batching(zoo):
+    repo, _, _, report = zoo
+    config_text = (repo / "branchy" / "config.pbtxt").read_text()
+    assert "max_batch_size: 4" in config_text and "dynamic_batching" not in config_text
+    data = manifest(repo, "branchy")
+    assert data["checks"]["batching"]["dynamic_batching"] is False
+    assert data["spec"]["rows_independent"] is False
+    assert any(n.startswith("dynamic batching is off: rows are not independent") for n in data["checks"]["notes"])
+    checks = {c.name: c for c in report.model("branchy").checks}
+    assert checks["accuracy_grpc"].status == PASS and checks["edge_shapes"].status == PASS
+    assert checks["dynamic_batching"].status == SKIP and "rows are not independent" in checks["dynamic_batching"].detail
+
+
+def test_dynamic_batching_switched_on_by_hand_fails_naming_the_cause(zoo):
+    _, _, _, report = zoo
+    batching = next(c for c in report.model("forced").checks if c.name == "dynamic_batching")
+    assert batching.status == FAIL and "do not match their request" in batching.detail
+    assert "generate found the rows not independent (output 'output_0' of sample" in batching.detail
