@@ -26,7 +26,7 @@ from aitune_triton.numerics import Tolerance
 from aitune_triton.runtime.aitune_runtime import Requirements
 from aitune_triton.spec import IOSpec
 from aitune_triton.triton.repository import replace_file_atomically
-from aitune_triton.tensorrt.profiles import ProfileSet
+from aitune_triton.tensorrt.profile_set import ProfileSet
 from aitune_triton.tensorrt.section import TensorRTSection
 from aitune_triton.tune.section import TuningSection
 
