@@ -11,10 +11,12 @@ in their own session, so a timeout can kill the whole group. How each way of dyi
   (tritonserver's Python stubs included, which the parent-death signal does not reach) and
   removes the shared-memory regions the group leaves in ``/dev/shm``.
 
-``run_child`` is the one way to run a Python function in such a child: the request goes over as a
-pickle, the function's return value (or the exception it raised, re-created in the parent) comes
-back the same way, and every other ending (a timeout, a crash by signal, an exit without a result)
-is a ``ChildFailed`` that names the outcome and carries the child's output.
+``run_child`` is the one way to run a Python function in such a child: the request goes over as
+JSON (``child_codec``: plain data and the package's own dataclasses and Enums, never a pickle, so
+whoever can write the job or result file cannot make either side run code), the function's return
+value (or the exception it raised: re-created in the parent when it is one of the package's errors
+or a builtin) comes back the same way, and every other ending (a timeout, a crash by signal, an
+exit without a result) is a ``ChildFailed`` that names the outcome and carries the child's output.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from __future__ import annotations
 import ctypes
 import importlib
 import os
-import pickle
 import shutil
 import signal
 import subprocess
@@ -33,6 +34,8 @@ import traceback
 from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
+
+from aitune_triton import child_codec
 
 _PR_SET_PDEATHSIG = 1
 
@@ -218,8 +221,9 @@ class ChildFailed(Exception):
     package's tree (with their own words); it never reaches the user as it is.
 
     ``output`` is everything the child printed (also in ``log_path``); for ``RAISED``,
-    ``exception`` is the exception re-created in the parent (None when it could not be pickled
-    across), ``error_type`` its qualified class name and ``error_message`` its text.
+    ``exception`` is the exception re-created in the parent (None unless it is an ``AituneError``
+    of this package or a builtin exception that takes its message), ``error_type`` its qualified
+    class name and ``error_message`` its text.
     """
 
     def __init__(self, outcome: ChildOutcome, target: str, *, log_path: Path, output: str,
@@ -292,13 +296,15 @@ def run_child(target: str, request: Any, *, log_path: Path, timeout_s: float,
     faulthandler prints the stack of a crash there. ``env`` is its whole environment (default
     ``child_env()``). ``tick(elapsed_s)`` is called about twice a second while it runs. A Ctrl-C
     or SIGTERM here kills the group and propagates. Raises ``ChildFailed`` for every ending
-    without a value; request and result must pickle.
+    without a value. Request and result travel as ``child_codec`` JSON: a request the codec does
+    not carry is a ``TypeError`` here, before any child starts; a result it does not carry comes
+    back as the child's ``TypeError``.
     """
-    work = Path(tempfile.mkdtemp(prefix="aitune-child-"))
+    job = child_codec.dumps({"target": target, "request": request})
+    work = Path(tempfile.mkdtemp(prefix="aitune-child-"))  # 0700: only this user can touch the files
     try:
-        job_path, result_path = work / "job.pkl", work / "result.pkl"
-        with open(job_path, "wb") as f:
-            pickle.dump({"target": target, "request": request, "result": str(result_path)}, f)
+        job_path, result_path = work / "job.json", work / "result.json"
+        _write_private(job_path, job.encode())
         log_path = Path(log_path)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-X", "faulthandler", "-c", _CHILD_MAIN, _PACKAGE_ROOT, str(job_path)]
@@ -320,17 +326,15 @@ def run_child(target: str, request: Any, *, log_path: Path, timeout_s: float,
             raise ChildFailed(ChildOutcome.TIMEOUT, target, log_path=log_path, output=_read_text(log_path),
                               timeout_s=timeout_s)
         reap_group(proc.pid, wait_s=2.0)  # what the child left running (a compiler's worker) goes with it
-        result = None
-        if result_path.is_file():
-            with open(result_path, "rb") as f:
-                result = pickle.load(f)
+        result = _read_result(result_path)
         if result is not None and result["ok"]:
             return result["value"]
         output = _read_text(log_path)
         if result is not None:
+            error = result["error"]
             raise ChildFailed(ChildOutcome.RAISED, target, log_path=log_path, output=output, returncode=returncode,
-                              exception=_unpickle_exception(result["exception"]), error_type=result["type"],
-                              error_message=result["message"])
+                              exception=child_codec.decode_exception(error),
+                              error_type=child_codec.exception_type(error), error_message=str(error["message"]))
         outcome = ChildOutcome.SIGNAL if returncode < 0 else ChildOutcome.EXITED
         raise ChildFailed(outcome, target, log_path=log_path, output=output, returncode=returncode)
     finally:
@@ -353,41 +357,44 @@ def _wait_child(proc: subprocess.Popen[bytes], timeout_s: float, tick: Callable[
                 tick(elapsed)
 
 
-def _unpickle_exception(data: bytes | None) -> BaseException | None:
-    if data is None:
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a new file only its owner can read (``O_EXCL``: never through something already there)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _read_result(path: Path) -> dict[str, Any] | None:
+    """The child's result record, None when it wrote none; ``ValueError`` for one it cannot have written."""
+    if not path.is_file():
         return None
-    try:
-        exc = pickle.loads(data)
-    except Exception:  # noqa: BLE001 - a class this side cannot import or re-create
-        return None
-    return exc if isinstance(exc, BaseException) else None
+    result = child_codec.loads(path.read_bytes())
+    ok = result.get("ok") if isinstance(result, dict) else None
+    if not (ok is True and "value" in result or ok is False and isinstance(result.get("error"), dict)):
+        raise ValueError("malformed child result in %s" % path)
+    return result
 
 
 def _child_main(job_path: str) -> int:
-    """The child's side of ``run_child``: call the function, write its value or its exception."""
-    with open(job_path, "rb") as f:
-        job = pickle.load(f)
-    target: str = job["target"]
+    """The child's side of ``run_child``: call the function, write its value or its exception
+    next to the job file."""
     result: dict[str, Any]
     try:
-        module_name, _, function_name = target.partition(":")
+        job = child_codec.loads(Path(job_path).read_bytes())
+        module_name, _, function_name = str(job["target"]).partition(":")
         function = getattr(importlib.import_module(module_name), function_name)
         result = {"ok": True, "value": function(job["request"])}
-        payload = pickle.dumps(result)
+        payload = child_codec.dumps(result)
     except Exception as exc:  # the parent decides what it means; the traceback goes to the log
         traceback.print_exc()
-        try:
-            pickled: bytes | None = pickle.dumps(exc)
-        except Exception:  # noqa: BLE001 - an exception that does not pickle still has a type and a message
-            pickled = None
-        result = {"ok": False, "type": "%s.%s" % (type(exc).__module__, type(exc).__qualname__),
-                  "message": str(exc), "exception": pickled}
-        payload = pickle.dumps(result)
+        result = {"ok": False, "error": child_codec.encode_exception(exc)}
+        payload = child_codec.dumps(result)
     sys.stdout.flush()
     sys.stderr.flush()
-    tmp = Path(job["result"] + ".tmp")
-    tmp.write_bytes(payload)
-    os.replace(tmp, job["result"])
+    result_path = Path(job_path).with_name("result.json")
+    tmp = result_path.with_name("result.json.tmp")
+    _write_private(tmp, payload.encode())
+    os.replace(tmp, result_path)
     return 0 if result["ok"] else 1
 
 

@@ -147,24 +147,33 @@ def test_watchdog_leaves_a_lock_held_by_a_live_run(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 CHILD_FUNCTIONS = textwrap.dedent("""
-    import os, signal, subprocess, sys, time
+    import os, signal, stat, subprocess, sys, time
     from pathlib import Path
     from aitune_triton.errors import UserError
 
     class TwoArgs(Exception):
-        def __init__(self, a, b):  # pickles, but cannot be re-created from its args
+        def __init__(self, a, b):  # not the package's: only its type and message come back
             super().__init__("%s/%s" % (a, b))
 
     def echo(request):
         print("echoing", flush=True)
         return {"got": request, "pid": os.getpid()}
 
+    def job_file_mode(request):
+        return stat.S_IMODE(os.stat(sys.argv[-1]).st_mode)  # the child runs as -c CODE ROOT JOB_PATH
+
     def user_error(request):
         print("about to refuse", flush=True)
-        raise UserError("bad input: %s" % request, details="the details")
+        raise UserError("bad input: %s" % request, log_path="/tmp/x.log", details="the details")
+
+    def value_error(request):
+        raise ValueError("no such thing")
 
     def two_args(request):
         raise TwoArgs(1, 2)
+
+    def returns_a_set(request):
+        return {1, 2}
 
     def abort(request):
         print("[E] last words", flush=True)
@@ -200,9 +209,21 @@ def run(child_module, tmp_path, monkeypatch):
 
 
 def test_run_child_returns_the_functions_value_from_another_process(run, tmp_path):
-    value = run("echo", {"x": [1, 2], "path": tmp_path})
-    assert value["got"] == {"x": [1, 2], "path": tmp_path} and value["pid"] != os.getpid()
+    request = {"x": [1, 2], "path": tmp_path, "shape": (3, float("inf")), "kind": ChildOutcome.SIGNAL}
+    value = run("echo", request)
+    assert value["got"] == request and value["pid"] != os.getpid()
+    assert isinstance(value["got"]["kind"], ChildOutcome) and isinstance(value["got"]["shape"], tuple)
     assert "echoing" in (tmp_path / "child.log").read_text()
+
+
+def test_run_child_writes_the_job_for_its_owner_only(run):
+    assert run("job_file_mode") == 0o600
+
+
+def test_run_child_refuses_a_request_it_cannot_send_before_starting_a_child(run, tmp_path):
+    with pytest.raises(TypeError, match="cannot send a builtins.set"):
+        run("echo", {"ids": {1, 2}})
+    assert not (tmp_path / "child.log").exists()
 
 
 def test_run_child_re_raises_the_childs_exception_type(run):
@@ -211,13 +232,26 @@ def test_run_child_re_raises_the_childs_exception_type(run):
     failure = info.value
     assert failure.outcome is ChildOutcome.RAISED and failure.returncode == 1
     assert isinstance(failure.exception, UserError) and failure.exception.details == "the details"
+    assert failure.exception.log_path == "/tmp/x.log" and str(failure.exception) == "bad input: 7"
     assert "about to refuse" in failure.tail() and "Traceback" in failure.output  # the child's traceback is logged
 
 
-def test_run_child_keeps_type_and_message_of_an_exception_it_cannot_recreate(run):
+def test_run_child_re_creates_a_builtin_exception(run):
+    with pytest.raises(ChildFailed, match=r"raised builtins.ValueError: no such thing") as info:
+        run("value_error")
+    assert type(info.value.exception) is ValueError and str(info.value.exception) == "no such thing"
+
+
+def test_run_child_keeps_type_and_message_of_an_exception_outside_the_package(run):
     with pytest.raises(ChildFailed, match=r"raised aitune_test_child_functions.TwoArgs: 1/2") as info:
         run("two_args")
     assert info.value.exception is None and info.value.error_message == "1/2"
+
+
+def test_run_child_reports_a_result_it_cannot_send_back_as_the_childs_type_error(run):
+    with pytest.raises(ChildFailed, match=r"raised builtins.TypeError: cannot send a builtins.set") as info:
+        run("returns_a_set")
+    assert isinstance(info.value.exception, TypeError)
 
 
 def test_run_child_reports_a_crash_by_signal_with_the_output(run):
