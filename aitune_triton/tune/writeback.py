@@ -69,7 +69,8 @@ def write_back(server: Any, result: TuneResult, chosen: Measurement, base: model
     except ServerError as exc:
         replace_file_atomically(path, original)  # the user's text back, byte for byte
         reload_from_disk(server, result.model)
-        raise ModelError("the tuned config did not load as written (%s); %s restored" % (exc, path)) from exc
+        raise ModelError("the tuned config did not load as written (%s); %s restored" % (exc, path),
+                         log_path=exc.log_path, details=exc.details) from exc
     return backup
 
 
