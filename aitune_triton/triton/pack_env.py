@@ -117,7 +117,7 @@ def imported_distributions(source: Path) -> list[str]:
 def _dist_files(dist: md.Distribution, site: Path) -> list[tuple[Path, str]]:
     out = []
     for f in dist.files or ():
-        src = Path(dist.locate_file(f)).resolve()
+        src = Path(str(dist.locate_file(f))).resolve()
         try:
             rel = src.relative_to(site.resolve()).as_posix()
         except ValueError:

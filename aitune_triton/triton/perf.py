@@ -122,7 +122,7 @@ def _concurrency_range(levels: tuple[int, ...]) -> str:
     if len(levels) == 1:
         return "%d:%d" % (levels[0], levels[0])
     step = levels[1] - levels[0]
-    if step > 0 and all(b - a == step for a, b in zip(levels, levels[1:])):
+    if step > 0 and all(b - a == step for a, b in zip(levels, levels[1:], strict=False)):
         return "%d:%d:%d" % (levels[0], levels[-1], step)
     raise ValueError("concurrency %s is not evenly spaced; run the values one by one" % (levels,))
 
@@ -142,7 +142,9 @@ def parse_csv(path: Path) -> list[PerfRow]:
         for raw in reader:
             if not (raw.get("Concurrency") or "").strip():
                 continue
-            get = lambda key: _num(raw, key) or 0.0  # noqa: E731
+            def get(key: str, row: Mapping[str, str] = raw) -> float:
+                return _num(row, key) or 0.0
+
             avg = _num(raw, "Avg latency")
             rows.append(PerfRow(
                 concurrency=int(float(raw["Concurrency"])),
@@ -169,12 +171,14 @@ def _tail(text: str, n: int = 30) -> str:
 def run_perf(
     model: str,
     url: str,
-    options: PerfOptions = PerfOptions(),
+    options: PerfOptions | None = None,
     *,
     workdir: Path | None = None,
     perf_analyzer: Path | None = None,
 ) -> PerfResult:
-    """Measure ``model`` at each concurrency value; CSVs go to ``workdir`` (a temp dir if None)."""
+    """Measure ``model`` at each concurrency value; CSVs go to ``workdir`` (a temp dir if None).
+    ``options`` None: ``PerfOptions()``'s defaults."""
+    options = PerfOptions() if options is None else options
     binary = perf_analyzer or tools.find_perf_analyzer()
     if binary is None:
         raise PerfError("perf_analyzer not found: run `python -m aitune_triton.triton.tools install`")
