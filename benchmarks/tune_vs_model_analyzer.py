@@ -178,12 +178,14 @@ def parse_ma_checkpoint(config: dict, budget_ms: float | None) -> dict:
         for variant_name, (run_config, measured) in model_results.items():
             cfg = run_config["_model_run_configs"][0]["_model_config_variant"]["model_config"]
             group = cfg.get("instanceGroup") or [{}]
-            delay = cfg.get("dynamicBatching", {}).get("maxQueueDelayMicroseconds")
+            # proto3 JSON leaves out zero values: a dynamicBatching without a delay is 0 us
+            batching = "dynamicBatching" in cfg
+            delay = int(cfg["dynamicBatching"].get("maxQueueDelayMicroseconds", 0)) if batching else None
             for result in measured.values():
                 for m in result["_model_config_measurements"]:
                     data = {k: v[1]["_value"] for k, v in m["_non_gpu_data_from_tag"].items()}
                     points.append({"config": variant_name, "instances": int(group[0].get("count", 1)),
-                                   "max_queue_delay_us": int(delay) if delay is not None else None,
+                                   "max_queue_delay_us": delay,
                                    "concurrency": int(m["_model_specific_pa_params"]["concurrency-range"]),
                                    "throughput": data.get("perf_throughput"), "p99_ms": data.get("perf_latency_p99"),
                                    "p50_ms": data.get("perf_latency_p50")})
@@ -215,12 +217,16 @@ def rebase_ma_yaml(source: Path, dest: Path, repo: Path, model: str, perf: PerfO
     dest.write_text(header + yaml.safe_dump(config, sort_keys=False))
 
 
-def run_model_analyzer(exported: Path, work: Path, ma_python: str, timeout_s: float, pythonpath: str = "") -> dict:
+def run_model_analyzer(exported: Path, work: Path, ma_python: str, timeout_s: float, pythonpath: str = "",
+                       resume: Path | None = None) -> dict:
     wrapper = write_server_wrapper(work / "ma_tritonserver.sh")
     path = ma_config(exported, work, wrapper)
     config = yaml.safe_load(path.read_text())
     for key in ("output_model_repository_path", "checkpoint_directory", "export_path"):
         shutil.rmtree(config[key], ignore_errors=True)
+    if resume is not None:  # Model Analyzer skips the points its checkpoint holds (same paths, same flags)
+        Path(config["checkpoint_directory"]).mkdir(parents=True)
+        shutil.copy(resume, Path(config["checkpoint_directory"]) / "0.ckpt")
     env = dict(os.environ)
     env["NUMBA_DISABLE_CUDA"] = "1"  # no DCGM here: Model Analyzer's GPU discovery would fail (see docstring)
     if pythonpath:  # packages for Model Analyzer alone (1.58 reads FieldDescriptor.label: protobuf < 7)
@@ -249,7 +255,8 @@ def run_model_analyzer(exported: Path, work: Path, ma_python: str, timeout_s: fl
     text = logfile.read_text(errors="replace")
     wall = time.monotonic() - t0
     summary: dict = {"method": "Model Analyzer 1.58 brute", "wall_s": round(wall, 1), "returncode": rc,
-                     "config": config, "log_tail": text.strip().splitlines()[-25:]}
+                     "config": config, "log_tail": text.strip().splitlines()[-25:],
+                     "resumed_from": str(resume) if resume else None}
     try:
         summary.update(parse_ma_checkpoint(config, (config["profile_models"][next(iter(config["profile_models"]))]
                                                  .get("constraints", {}).get("perf_latency_p99", {}).get("max"))))
@@ -331,7 +338,7 @@ def print_tables(fig: dict) -> None:
         own = s.get("choice_measured") or s.get("choice_row") or {}
         figure = "%.0f infer/s, p99 %.2f ms" % (own["throughput"], own["p99_ms"]) if own.get("throughput") else "—"
         print("| %s | %s | %s | %s | %s | %s | %s |" % (
-            s["method"], s.get("configs", "—"), s.get("points", s.get("points_measured", "—")),
+            s["method"], s.get("configs", "—"), s.get("points_measured", s.get("points", "—")),
             s.get("finalist_runs", "—"), s.get("wall_s", "—"), s.get("choice_label") or s.get("error") or "none",
             figure))
     x = fig.get("cross")
@@ -364,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--phases", default="quick,brute,ma,cross")
     ap.add_argument("--ma-python", default=sys.executable, help="an interpreter with triton-model-analyzer")
     ap.add_argument("--ma-timeout-s", type=float, default=420)
+    ap.add_argument("--ma-resume", type=Path, help="a Model Analyzer checkpoint of an interrupted run with the "
+                    "same --work dir: only the points it lacks are measured")
+    ap.add_argument("--work", type=Path, help="work dir (default: a new temp dir)")
     ap.add_argument("--ma-pythonpath", default="", help="put first on Model Analyzer's PYTHONPATH only")
     ap.add_argument("--tune-option", action="append", default=[], metavar="KEY=JSON",
                     help="extra TuneOptions field for both tune runs (e.g. transports='[\"none\"]')")
@@ -378,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("aitune_triton.triton.perf").setLevel(logging.WARNING)
     phases = args.phases.split(",")
     t_start = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix="tune-vs-ma-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="tune-vs-ma-"))
+    work.mkdir(parents=True, exist_ok=True)
     repo = work / "repo"
     model = args.model
     perf = PerfOptions(measurement_mode="time_windows", measurement_interval_ms=args.window_ms,
@@ -453,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
                 choices[s["method"]] = Point(Variant(c["instances"], c["max_queue_delay_us"]), c["concurrency"],
                                              c.get("transport", "none"))
     if "ma" in phases and exported.exists():
-        s = run_model_analyzer(exported, work, args.ma_python, args.ma_timeout_s, args.ma_pythonpath)
+        s = run_model_analyzer(exported, work, args.ma_python, args.ma_timeout_s, args.ma_pythonpath,
+                               args.ma_resume)
         fig["methods"].append(s)
         shutil.copy(work / "model_analyzer.log", args.out / "model_analyzer.log")
         if Path(s.get("checkpoint", "")).is_file():
