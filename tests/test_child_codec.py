@@ -94,6 +94,7 @@ def test_results_round_trip(tmp_path):
     ([torch.zeros(1)], "torch.Tensor"),
     ((1, json.JSONDecoder()), "json.decoder.JSONDecoder"),
     (1 + 2j, "builtins.complex"),
+    (Tolerance, "builtins.type"),  # a dataclass itself, not an instance
 ])
 def test_encoding_an_unknown_type_names_it(value, type_name):
     with pytest.raises(TypeError, match="cannot send a %s" % type_name.replace(".", r"\.")):

@@ -26,7 +26,7 @@ def test_each_stage_gets_one_line_with_its_duration():
 
 def test_a_failing_command_names_the_stage_it_stopped_in():
     console, buf = _console()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="boom"):
         with stage_progress(console, "generating") as progress:
             progress("spec")
             progress("exporting ONNX")
@@ -39,7 +39,7 @@ def test_an_aitune_error_prints_only_itself():
     from aitune_triton.errors import UserError
 
     console, buf = _console()
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="bad model.py"):
         with stage_progress(console, "generating") as progress:
             progress("spec")
             raise UserError("bad model.py")

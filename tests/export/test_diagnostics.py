@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
 from aitune_triton.export.diagnostics import capture_torch_output, export_failure
 
@@ -25,7 +26,7 @@ def test_data_dependent_branch_is_named_in_plain_words_and_torch_output_goes_to_
     log_path = tmp_path / "logs" / "fallback.log"
     torch_logger = logging.getLogger("torch")
     handlers_before = list(torch_logger.handlers)
-    with pytest.raises(Exception) as info:
+    with pytest.raises(GuardOnDataDependentSymNode, match="data-dependent expression") as info:
         with capture_torch_output(log_path):
             torch.export.export(Branchy(), (torch.randn(3, 4),),
                                 dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=8)},))

@@ -90,5 +90,5 @@ def test_serve_foreground_and_ctrl_c(repo):
         proc.wait(timeout=60)
         reader.join(timeout=10)
     assert proc.returncode == 0, "".join(lines)
-    with pytest.raises(OSError):  # the server is gone with it
+    with pytest.raises(OSError, match="Connection refused"):  # the server is gone with it
         urllib.request.urlopen("http://127.0.0.1:%d/v2/health/live" % http, timeout=2)

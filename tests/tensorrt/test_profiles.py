@@ -74,7 +74,7 @@ def test_explicit_max_batch_size(encoder):
     spec, samples = encoder
     ps = derive_profiles(spec, samples, ProfileMode.SINGLE, max_batch_size=32)
     assert ps.max_batch_size == 32 and ps.profiles[0].shapes("tokens")[2][0] == 32
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="max_batch_size must be >= 1 for a batching model, got 0"):
         derive_profiles(spec, samples, ProfileMode.SINGLE, max_batch_size=0)
 
 
@@ -136,7 +136,7 @@ def test_polygraphy_profile_conversion(encoder):
     # fresh copies: editing them leaves the profile set alone
     converted[0].add("tokens", (9,), (9,), (9,))
     assert ps.profiles[0].shapes("tokens")[0] != (9,)
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="the profile set is empty; a TensorRT plan needs at least one"):
         polygraphy_profiles(ProfileSet((), "custom", 0))
 
 

@@ -89,7 +89,7 @@ def test_onnx_quantization_input_errors(tiny, tmp_path):
 def test_missing_modelopt_is_a_user_error(tiny, tmp_path, monkeypatch, qconfig, module):
     _, path, calibration = tiny
     monkeypatch.setitem(sys.modules, module, None)  # import now raises ModuleNotFoundError
-    with pytest.raises(UserError) as info:
+    with pytest.raises(UserError, match="^nvidia-modelopt is required for ") as info:
         apply_onnx_quantization(path, tmp_path / "q.onnx", qconfig, calibration)
     assert str(info.value) == ("nvidia-modelopt is required for %s: pip install 'aitune-triton[tensorrt]'"
                                % type(qconfig).__name__)

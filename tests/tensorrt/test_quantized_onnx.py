@@ -176,7 +176,7 @@ def test_torch_config_with_tensorrt_only_ops_is_refused(tiny, tmp_path):
 
 def test_a_miss_fails_with_the_table(tiny, tmp_path, monkeypatch):
     monkeypatch.setitem(quantized_onnx.QUANTIZED_TOLERANCES, "int8", (1e-7, 0.0))  # demand near-exactness
-    with pytest.raises(ModelError) as info:
+    with pytest.raises(ModelError, match=r"^the int8-quantized ONNX \(ONNXQuantizationConfig\) does not match") as info:
         _stage(tiny, tmp_path, ONNXQuantizationConfig())
     message = str(info.value)
     assert message.startswith("the int8-quantized ONNX (ONNXQuantizationConfig) does not match eager PyTorch "

@@ -67,7 +67,7 @@ def test_multi_profile_groups_list_every_profile():
 
 
 def test_gpus_only_for_gpu_instances():
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="gpus can only be given for GPU instances"):
         m.instance_groups(1, "KIND_CPU", gpus=(0,))
 
 

@@ -71,7 +71,7 @@ def test_concurrency_ranges(tmp_path):
 def test_concurrency_must_be_even_or_single(tmp_path):
     with pytest.raises(ValueError, match="evenly spaced"):
         build_perf_command("m", "u", PerfOptions(concurrency=(1, 2, 4)), tmp_path / "o.csv", perf_analyzer=PA)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="concurrency values must be >= 1"):
         build_perf_command("m", "u", PerfOptions(concurrency=(0,)), tmp_path / "o.csv", perf_analyzer=PA)
 
 
@@ -89,9 +89,9 @@ def test_build_perf_command_options(tmp_path):
     assert args_after(cmd, "--shape") == ["IN:3,224,224", "MASK:7"]
     assert args_after(cmd, "--input-data") == [str(tmp_path / "data.json")]
     assert cmd[-1] == "--percentile=95"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="shared_memory must be one of"):
         build_perf_command("m", "u", PerfOptions(shared_memory="gpu"), tmp_path / "o.csv", perf_analyzer=PA)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="protocol must be 'grpc' or 'http'"):
         build_perf_command("m", "u", PerfOptions(protocol="ws"), tmp_path / "o.csv", perf_analyzer=PA)
 
 
@@ -117,7 +117,7 @@ def test_parse_plain_csv_has_no_average(tmp_path):
 def test_parse_rejects_other_csv(tmp_path):
     path = tmp_path / "x.csv"
     path.write_text("Request Rate,Inferences/Second\n10,9\n")
-    with pytest.raises(PerfError):
+    with pytest.raises(PerfError, match=r"is not a perf_analyzer concurrency CSV \(header \['Request Rate'"):
         parse_csv(path)
 
 
@@ -197,5 +197,5 @@ def test_write_input_data_json_single_and_unbatched(tmp_path):
     assert text["data"][0]["S"] == {"content": ["hi"], "shape": [1]}
     with pytest.raises(ValueError, match="batch dim of 1"):
         write_input_data_json({"X": np.ones((2, 4))}, tmp_path / "d.json")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no samples"):
         write_input_data_json([], tmp_path / "e.json")

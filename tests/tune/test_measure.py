@@ -60,7 +60,7 @@ def test_unstable_keeps_its_windows_and_stalled_has_no_number(tmp_path):
     assert stalled.to_dict()["throughput"] is None
     failed = from_run(POINT, 99, "error: failed to get model metadata", tmp_path / "n.csv")
     assert failed.status == "failed" and failed.throughput is None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="'zero' is not a valid Status"):
         Measurement(POINT, status="zero")
 
 

@@ -19,9 +19,9 @@ def test_objective_order():
     assert o.better(Measurement(p, 515, 2, 4, 6), slow_ok) and not o.better(Measurement(p, 515, 2, 4, 6), slow_ok, 0.05)
     failed = Measurement(p, status="unstable")
     assert o.better(slow_ok, failed) and not o.better(failed, slow_ok) and not o.feasible(failed)
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="unknown objective 'fastest'; choose from max-throughput, min-latency"):
         Objective("fastest")
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="budget_ms must be > 0, got 0"):
         Objective("max-throughput", budget_ms=0)
 
 def spread(point: Point, median: float, half: float, p99: float = 10.0) -> Measurement:

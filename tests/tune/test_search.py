@@ -9,7 +9,7 @@ from aitune_triton.tune.search import TuneOptions
 
 def test_tune_options_validation():
     assert TuneOptions(instances=[1, 2]).instances == (1, 2)
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="unknown objective 'fastest'; choose from max-throughput"):
         TuneOptions(objective="fastest")
     with pytest.raises(UserError, match="queue delays must be >= 0"):
         TuneOptions(delays_us=(-1,))

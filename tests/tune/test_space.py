@@ -25,7 +25,7 @@ def test_space_validation_and_order():
     assert [p.variant for p in space.points()[:2]] == [Variant(1, 0)] * 2  # variant-major: one reload per variant
     assert space.shift(Point(Variant(1, 0), 4), "concurrency", -1) is None
     assert space.snap("delay_us", 400) == 500 and space.snap("instances", 3) in (2,)
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match=r"search dimension instances needs distinct values, got \[1, 1\]"):
         SearchSpace((1, 1), (0,), (1,))
 
 PY_CONFIG = """
