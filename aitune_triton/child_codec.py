@@ -6,13 +6,13 @@ worst make a request fail. What it carries is what the children's requests and r
 
 * ``None``, ``bool``, ``int``, ``str``, ``float`` (inf and nan included) and lists as JSON itself;
 * tuples, dicts, ``Path``\\ s and non-finite floats as objects with one tag key;
-* ``str`` Enums and frozen dataclasses of this package (``BuildRequest``, ``IOSpec``,
+* the Enums and (frozen) dataclasses of this package (``BuildRequest``, ``IOSpec``,
   ``TensorRTBackendConfig``, ``PlanArtifact``, ...) by their module and qualified name;
 * ``TensorRTProfile`` (a Polygraphy ``Profile`` underneath, not a dataclass) by its ``to_dict``.
 
 Encoding anything else is a ``TypeError`` naming its type, raised before the child starts; decoding
-constructs only dataclasses and Enums defined under ``aitune_triton.`` (anything else, or a
-malformed payload, is a ``ValueError`` naming the type). Exceptions go as type, message and, for
+constructs nothing else: a class must be a dataclass or an Enum defined under ``aitune_triton.``
+(anything else, or a malformed payload, is a ``ValueError`` naming the type). Exceptions go as type, message and, for
 ``AituneError``, its ``log_path`` and ``details``; the parent re-creates only the package's
 ``AituneError`` subclasses and builtin exceptions. No numpy or torch here: the parent of a
 TensorRT build does not need them.
@@ -78,7 +78,7 @@ def encode(value: Any) -> Any:
         return {"path": str(value)}
     if isinstance(value, Enum):
         return {"enum": _type_name(kind, "Enums"), "value": encode(value.value)}
-    if dataclasses.is_dataclass(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {"dataclass": _type_name(kind, "dataclasses"),
                 "fields": {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}}
     profile_class = _profile_class()
