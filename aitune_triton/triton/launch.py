@@ -26,6 +26,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from aitune_triton import defaults
 from aitune_triton.deploy.storage import server_repository_arg
 from aitune_triton.errors import UserError
 from aitune_triton.triton import tools
@@ -54,14 +55,14 @@ class ServerOptions:
     """How to launch tritonserver. Ports left as None are picked free at start."""
 
     tritonserver: Path | None = None
-    host: str = "127.0.0.1"
+    host: str = defaults.LOOPBACK
     http_port: int | None = None
     grpc_port: int | None = None
     metrics_port: int | None = None
     model_control_mode: str = "explicit"
     load_models: tuple[str, ...] = ()
     log_verbose: int = 0
-    startup_timeout_s: float = 120.0
+    startup_timeout_s: float = defaults.STARTUP_TIMEOUT_S
     extra_args: tuple[str, ...] = ()
     allow_client_shm: bool = True
     exit_on_error: bool = False
@@ -75,7 +76,7 @@ class Ports:
     metrics: int
 
 
-def free_ports(n: int = 3, host: str = "127.0.0.1") -> tuple[int, ...]:
+def free_ports(n: int = 3, host: str = defaults.LOOPBACK) -> tuple[int, ...]:
     """``n`` distinct ports that are free now; all sockets are held together so none repeats."""
     socks = []
     try:
@@ -89,7 +90,7 @@ def free_ports(n: int = 3, host: str = "127.0.0.1") -> tuple[int, ...]:
             s.close()
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = defaults.LOOPBACK) -> int:
     return free_ports(1, host)[0]
 
 

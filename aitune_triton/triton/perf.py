@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from aitune_triton import defaults
 from aitune_triton.triton import tools
 from aitune_triton.errors import PerfError  # noqa: F401  (re-exported)
 
@@ -36,10 +37,10 @@ class PerfOptions:
     protocol: str = "grpc"
     shared_memory: str = "none"
     measurement_mode: str = "count_windows"
-    measurement_request_count: int = 200
+    measurement_request_count: int = defaults.PERF_REQUEST_COUNT
     measurement_interval_ms: int = 5000
     max_trials: int = 10
-    stability_percentage: int = 20
+    stability_percentage: float = defaults.PERF_STABILITY_PCT
     batch_size: int = 1
     timeout_s: float = 300
     shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict, hash=False)
@@ -100,7 +101,7 @@ def build_perf_command(
     cmd = [
         str(binary), "-m", model, "-i", options.protocol, "-u", url, "-b", str(options.batch_size),
         "--concurrency-range", _concurrency_range(levels),
-        "--max-trials", str(options.max_trials), "-s", str(options.stability_percentage),
+        "--max-trials", str(options.max_trials), "-s", "%g" % options.stability_percentage,
         "--measurement-mode", options.measurement_mode,
     ]
     if options.measurement_mode == "count_windows":

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from aitune_triton import defaults
 from aitune_triton.errors import UserError
 
 
@@ -19,14 +20,14 @@ class ValidateOptions:
     tritonserver: Path | None = None
     models: tuple[str, ...] = ()
     perf: bool = True
-    concurrency: tuple[int, ...] = (1, 2, 4, 8)
+    concurrency: tuple[int, ...] = defaults.VALIDATE_CONCURRENCY
     shared_memory: str = "none"
     report_dir: Path | None = None
-    request_timeout_s: float = 30.0
-    startup_timeout_s: float = 120.0
+    request_timeout_s: float = defaults.REQUEST_TIMEOUT_S
+    startup_timeout_s: float = defaults.STARTUP_TIMEOUT_S
     grpc_url: str | None = None
-    perf_request_count: int = 200
-    perf_stability_pct: int = 20
+    perf_request_count: int = defaults.PERF_REQUEST_COUNT
+    perf_stability_pct: float = defaults.PERF_STABILITY_PCT
     perf_max_trials: int = 10
     batching_in_flight: int = 16
     # what tritonserver gets as --model-repository when it differs from the local folder the tool

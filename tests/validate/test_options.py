@@ -24,3 +24,24 @@ def test_options_and_concurrency_parsing():
     with pytest.raises(UserError, match="concurrency"):
         ValidateOptions(concurrency=())
     assert ValidateOptions(concurrency=[1, 2]).concurrency == (1, 2)
+
+
+def test_defaults_come_from_the_one_defaults_module():
+    """The CLI shows ``aitune_triton.defaults`` in --help; the dataclasses behind it must agree."""
+    from aitune_triton import defaults
+    from aitune_triton.triton.launch import ServerOptions
+    from aitune_triton.triton.perf import PerfOptions
+    from aitune_triton.validate.checks.target import Endpoint
+
+    opts = ValidateOptions()
+    assert (opts.concurrency, opts.request_timeout_s, opts.startup_timeout_s, opts.perf_request_count,
+            opts.perf_stability_pct) == (defaults.VALIDATE_CONCURRENCY, defaults.REQUEST_TIMEOUT_S,
+                                         defaults.STARTUP_TIMEOUT_S, defaults.PERF_REQUEST_COUNT,
+                                         defaults.PERF_STABILITY_PCT)
+    assert isinstance(opts.perf_stability_pct, float)  # the CLI's --perf-stability is a float too
+    perf = PerfOptions()
+    assert (perf.measurement_request_count, perf.stability_percentage) == (defaults.PERF_REQUEST_COUNT,
+                                                                           defaults.PERF_STABILITY_PCT)
+    server = ServerOptions()
+    assert (server.host, server.startup_timeout_s) == (defaults.LOOPBACK, defaults.STARTUP_TIMEOUT_S)
+    assert Endpoint.__dataclass_fields__["timeout_s"].default == defaults.REQUEST_TIMEOUT_S

@@ -11,6 +11,7 @@ from typing import Any
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from aitune_triton import defaults
 from aitune_triton.errors import UserError
 from aitune_triton.triton.manifest import REFERENCE, Manifest, ReferenceCase, load_reference
 
@@ -71,7 +72,7 @@ class Endpoint:
 
     http_url: str
     grpc_url: str | None
-    timeout_s: float = 30.0
+    timeout_s: float = defaults.REQUEST_TIMEOUT_S
 
 
 class Session:
