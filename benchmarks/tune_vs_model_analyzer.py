@@ -171,7 +171,8 @@ def parse_ma_checkpoint(config: dict, budget_ms: float | None) -> dict:
     """Model Analyzer's measurements from its checkpoint (written after every measurement, so an
     interrupted run still reports) and its choice by its own rule: the highest ``perf_throughput``
     among the measurements that satisfy the ``perf_latency_p99`` constraint."""
-    path = Path(config["checkpoint_directory"]) / "0.ckpt"
+    # a resumed run writes the next number (1.ckpt, ...) holding everything: take the newest
+    path = max(Path(config["checkpoint_directory"]).glob("*.ckpt"), key=lambda p: int(p.stem))
     state = json.loads(path.read_text())
     points = []
     for model_results in state["ResultManager.results"]["_results"].values():
@@ -260,7 +261,7 @@ def run_model_analyzer(exported: Path, work: Path, ma_python: str, timeout_s: fl
     try:
         summary.update(parse_ma_checkpoint(config, (config["profile_models"][next(iter(config["profile_models"]))]
                                                  .get("constraints", {}).get("perf_latency_p99", {}).get("max"))))
-    except (OSError, KeyError, ValueError, StopIteration) as exc:
+    except (OSError, KeyError, ValueError, StopIteration) as exc:  # max() of no checkpoint: ValueError
         summary["error"] = "no results: %s: %s" % (type(exc).__name__, exc)
         return summary
     summary["points_measured"] = len(summary["points"])
