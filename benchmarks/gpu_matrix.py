@@ -28,6 +28,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -128,7 +129,7 @@ def plan_points(kind: str, models: list[str], before: bool) -> list[dict]:
     high = {1: 64, 8: 16, 16: 8}
     points = []
     for model in models:
-        def add(code, inst, gpus, transport, batch, conc):
+        def add(code, inst, gpus, transport, batch, conc, model=model):
             points.append({"model": model, "code": code, "instances": inst, "gpus": gpus, "transport": transport,
                            "batch": batch, "concurrency": conc})
         if kind == "h200":
@@ -181,7 +182,8 @@ def plan_points(kind: str, models: list[str], before: bool) -> list[dict]:
 
 
 def variant_name(p: dict) -> str:
-    return "%s_%s_i%d_g%s" % (p["model"], p["code"].replace("+", ""), p["instances"], "".join(str(g) for g in p["gpus"]))
+    return "%s_%s_i%d_g%s" % (p["model"], p["code"].replace("+", ""), p["instances"],
+                              "".join(str(g) for g in p["gpus"]))
 
 
 # modifiers after "+" in a point's code: settings changed in the derived config
@@ -197,7 +199,7 @@ def write_source(work: Path, model: str, name: str, max_batch: int, delay_us: in
     return d / "model.py"
 
 
-def generate_all(jobs: list[tuple[Path | None, Path]], repo: Path, work: Path, log) -> None:
+def generate_all(jobs: Sequence[tuple[Path | None, Path]], repo: Path, work: Path, log) -> None:
     """Generate every (code root, model.py) at once, each in its own child process and scratch repository
     (this checkout when the root is None; the children never share imported modules), then move the
     model directories into ``repo``."""
@@ -251,7 +253,8 @@ def derive_variant(repo: Path, base: str, name: str, instances: int, gpus: tuple
     cfg.write_text(text)
 
 
-STAGE_LINE = re.compile(r"aitune stage times \((?P<model>[^)]*)\) over (?P<n>\d+) executes: (?P<req>[\d.]+) requests each; "
+STAGE_LINE = re.compile(r"aitune stage times \((?P<model>[^)]*)\) over (?P<n>\d+) executes: "
+                        r"(?P<req>[\d.]+) requests each; "
                         r"read (?P<read>\d+) us, launch (?P<launch>\d+) us, gpu wait (?P<wait>\d+) us, "
                         r"respond (?P<respond>\d+) us")
 
@@ -277,7 +280,7 @@ def inprocess_peaks(model_py: Path, batches: list[int], iters: int) -> dict:
     src = load_model_source(model_py)
     model = src.model.cuda()
     base = src.samples[-1]
-    rows = {"eager": [], "graph": [], "graph_h2d": []}
+    rows: dict[str, list[dict]] = {"eager": [], "graph": [], "graph_h2d": []}
 
     def take(t, b):
         reps = -(-b // t.shape[0])
@@ -297,14 +300,15 @@ def inprocess_peaks(model_py: Path, batches: list[int], iters: int) -> dict:
 
     with torch.inference_mode():
         for b in batches:
-            host = [take(t, b).pin_memory() for t in base.args] + [take(v, b).pin_memory() for v in base.kwargs.values()]
+            host = ([take(t, b).pin_memory() for t in base.args]
+                    + [take(v, b).pin_memory() for v in base.kwargs.values()])
             keys = list(base.kwargs)
             dev = [h.cuda() for h in host]
 
-            def call(ts):
-                return model(*ts[:len(base.args)], **dict(zip(keys, ts[len(base.args):])))
+            def call(ts, keys=keys, model=model):
+                return model(*ts[:len(base.args)], **dict(zip(keys, ts[len(base.args):], strict=True)))
 
-            ms = timed(lambda: call(dev))
+            ms = timed(lambda dev=dev: call(dev))
             rows["eager"].append({"batch": b, "latency_ms": ms, "throughput": b / ms * 1000})
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
@@ -318,13 +322,13 @@ def inprocess_peaks(model_py: Path, batches: list[int], iters: int) -> dict:
             ms = timed(graph.replay)
             rows["graph"].append({"batch": b, "latency_ms": ms, "throughput": b / ms * 1000})
 
-            def h2d_replay():
-                for d, h in zip(dev, host):
+            def h2d_replay(dev=dev, host=host, graph=graph):
+                for d, h in zip(dev, host, strict=True):
                     d.copy_(h, non_blocking=True)
                 graph.replay()
             ms = timed(h2d_replay)
             rows["graph_h2d"].append({"batch": b, "latency_ms": ms, "throughput": b / ms * 1000})
-            del graph
+            del h2d_replay, graph
     peaks = {k: max(r["throughput"] for r in v) for k, v in rows.items()}
     del model
     torch.cuda.empty_cache()
@@ -456,7 +460,8 @@ def run(args) -> int:
         t0 = time.time()
         summary["inprocess"][model] = inprocess_peaks(new, [1, 8, 16, 64], args.iters)
         log("%s in-process (%.0fs): %s" % (model, time.time() - t0, json.dumps(
-            {k: {r["batch"]: round(r["throughput"]) for r in v} for k, v in summary["inprocess"][model]["rows"].items()})))
+            {k: {r["batch"]: round(r["throughput"]) for r in v}
+             for k, v in summary["inprocess"][model]["rows"].items()})))
         save()
     for p in points:
         name = variant_name(p)
@@ -486,7 +491,8 @@ def render_table(summaries: list[dict]) -> str:
         for p in s["points"]:
             if not p.get("throughput") or p.get("invalid"):
                 continue
-            lines.append("| %s | %s | %s | %d | %s | %s | %d | %d | %.0f | %.2f | %.2f | %.0f / %.0f / %.0f / %.0f |" % (
+            lines.append("| %s | %s | %s | %d | %s | %s | %d | %d | %.0f | %.2f | %.2f "
+                         "| %.0f / %.0f / %.0f / %.0f |" % (
                 s["kind"], p["model"], p["code"], p["instances"], ",".join(str(g) for g in p["gpus"]),
                 p["transport"], p["batch"], p["concurrency"], p["throughput"], p["p50_ms"], p["p99_ms"],
                 p["queue_us"], p["compute_input_us"], p["compute_infer_us"], p["compute_output_us"]))
@@ -517,23 +523,26 @@ def targets(summaries: list[dict]) -> str:
             peaks = inproc["peaks"]
             g0 = (0,)
             if kind in ("h200", "h200i"):
-                best = max((p for p in s["points"] if p.get("throughput") and not p.get("invalid") and p["model"] == model
-                            and p["code"] == "new" and p["transport"] == "system_shm" and p["batch"] == 1 and p["concurrency"] >= 64
-                            and tuple(p["gpus"]) == g0), key=lambda p: p["throughput"], default=None)
+                best = max((p for p in s["points"] if p.get("throughput") and not p.get("invalid")
+                            and p["model"] == model and p["code"] == "new" and p["transport"] == "system_shm"
+                            and p["batch"] == 1 and p["concurrency"] >= 64 and tuple(p["gpus"]) == g0),
+                           key=lambda p: p["throughput"], default=None)
                 if best:
                     r = best["throughput"] / peaks["graph_h2d"]
                     add(kind, model, "b1 system shm c>=64 / in-process graph+H2D peak",
                         "%.0f (i%d) / %.0f" % (best["throughput"], best["instances"], peaks["graph_h2d"]), r, ">= 0.5",
                         r >= 0.5)
-                best = max((p for p in s["points"] if p.get("throughput") and not p.get("invalid") and p["model"] == model
-                            and p["code"] == "new" and p["transport"] == "cuda_shm" and p["batch"] == 16 and tuple(p["gpus"]) == g0),
+                best = max((p for p in s["points"] if p.get("throughput") and not p.get("invalid")
+                            and p["model"] == model and p["code"] == "new" and p["transport"] == "cuda_shm"
+                            and p["batch"] == 16 and tuple(p["gpus"]) == g0),
                            key=lambda p: p["throughput"], default=None)
                 if best:
                     r = best["throughput"] / peaks["graph"]
                     add(kind, model, "b16 CUDA shm / in-process CUDA-graph peak",
                         "%.0f (i%d c%d) / %.0f" % (best["throughput"], best["instances"], best["concurrency"],
                                                    peaks["graph"]), r, ">= 0.9", r >= 0.9)
-                p = _pick(s, model=model, code="new", instances=1, gpus=g0, transport="cuda_shm", batch=1, concurrency=1)
+                p = _pick(s, model=model, code="new", instances=1, gpus=g0, transport="cuda_shm", batch=1,
+                          concurrency=1)
                 g1 = next((r for r in inproc["rows"]["graph"] if r["batch"] == 1), None)
                 if p and g1:
                     add(kind, model, "p50 c=1 b1 CUDA shm vs in-process graph b1 + 0.3 ms",
@@ -585,7 +594,7 @@ def plot(summaries: list[dict], path: Path) -> None:
 
     models = sorted({p["model"] for s in summaries for p in s["points"]})
     fig, axes = plt.subplots(1, len(models), figsize=(8.5 * len(models), 9), squeeze=False)
-    for ax, model in zip(axes[0], models):
+    for ax, model in zip(axes[0], models, strict=True):
         series: dict[str, list] = {}
         for s in summaries:
             for p in s["points"]:

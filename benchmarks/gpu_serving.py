@@ -90,7 +90,7 @@ def eager_bench(model_py: Path, device: str, batches: list[int], iters: int) -> 
     base = src.samples[-1]
     rows = []
     for b in batches:
-        def take(t):
+        def take(t, b=b):
             reps = -(-b // t.shape[0])
             return t.repeat(reps, *([1] * (t.dim() - 1)))[:b].to(device)
         args = [take(t) for t in base.args]
@@ -172,8 +172,8 @@ def serve_bench(repo: Path, names: list[str], concurrency: tuple[int, ...], shm:
                 rows.sort(key=lambda r: r["concurrency"])
             results[name] = {"load_s": load_s, "checks": [] if name.endswith("_naive") else
                              [c.to_dict() for c in checks], "unstable": list(res.unstable), "rows": rows}
-            print("%s: %s" % (name, [(r["concurrency"], round(r["throughput"], 1), round(r["p50_ms"], 2)) for r in rows]),
-                  flush=True)
+            print("%s: %s" % (name, [(r["concurrency"], round(r["throughput"], 1), round(r["p50_ms"], 2))
+                                     for r in rows]), flush=True)
             server.unload_model(name)
     return results
 
@@ -195,7 +195,7 @@ def main() -> int:
     concurrency = tuple(int(c) for c in args.concurrency.split(","))
     batches = [int(b) for b in args.batches.split(",")]
     shm = "system" if args.device == "cuda" else "none"
-    summary = {"device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
+    summary: dict = {"device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
                "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
                "models": {}}
     for name in args.models.split(","):

@@ -91,11 +91,14 @@ def main() -> int:
                 lock.wait()
         return time.monotonic() - t0
 
+    pgid = server.pid
+    if pgid is None:
+        raise RuntimeError("tritonserver has no pid: it did not start")
     try:
         run(args.warmup, 0)
-        rss_warm = rss_mb(server.pid)
+        rss_warm = rss_mb(pgid)
         seconds = run(args.requests, args.warmup)
-        rss_end = rss_mb(server.pid)
+        rss_end = rss_mb(pgid)
         result = {"requests": args.requests, "warmup_requests": args.warmup, "concurrency": args.concurrency,
                   "seconds": round(seconds, 1), "throughput": round(args.requests / seconds, 1),
                   "failed": state["failed"], "wrong": state["wrong"], "checked": state["done"],

@@ -40,7 +40,7 @@ def measure(model_py: Path, protocol: str) -> dict:
             trial = Path(tmp) / fmt
             trial.mkdir()
             _build_fallback(prep, trial, fmt)
-            runner = load_runner(trial, fmt, "cpu")
+            runner = load_runner(trial, fmt, "cpu", prep.spec)
             runs[fmt] = lambda feed, r=runner: call_with_feed(r, prep.spec, feed)
         feed = sample_feed(prep.spec, prep.source.samples[0])
 

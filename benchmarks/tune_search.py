@@ -110,7 +110,7 @@ def print_tables(figures: dict) -> None:
             x["rounds"], x["load_avg"][0], x["load_avg"][1]))
         print("| choice | median infer/s | min–max | median p99 ms | status |")
         print("|---|---|---|---|---|")
-        for label, p in zip(x["labels"], x["points"]):
+        for label, p in zip(x["labels"], x["points"], strict=True):
             print("| %s | %s | %s–%s | %s | %s |" % (label, p["throughput"], p["throughput_low"],
                                                      p["throughput_high"], p["p99_ms"], p["detail"] or p["status"]))
         for pair, ok in x["within_each_others_spread"].items():

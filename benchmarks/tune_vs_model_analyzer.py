@@ -306,7 +306,7 @@ def cross(repo: Path, model: str, original: str, choices: dict[str, Point], roun
                 m = runner(point)
                 runs[i].append(m)
                 log.info("round %d %s: %s", r + 1, point.label(),
-                         "%.1f infer/s p99 %.2f ms" % (m.throughput, m.p99_ms) if m.ok else m.status)
+                         "%.1f infer/s p99 %.2f ms" % (m.throughput or 0.0, m.p99_ms or 0.0) if m.ok else m.status)
     summaries = [Remeasured(p, tuple(r)) for p, r in zip(distinct, runs, strict=True)]
     out = {"rounds": rounds, "served_as": dict(zip((p.label() for p in distinct), names, strict=True)),
            "points": [s.to_dict() for s in summaries],
