@@ -442,8 +442,11 @@ def push(repo, destination):
 def plan(repo, model, target_rps, p99_ms, headroom, gpus_per_replica, min_replicas, report, out):
     """Replicas and GPUs to serve --target-rps within --p99-ms, from the measured curve of MODEL."""
     from aitune_triton.deploy import capacity
+    from aitune_triton.output_paths import check_output_file
 
     request = capacity.PlanRequest(target_rps, p99_ms, headroom, gpus_per_replica, min_replicas)
+    if out:  # before the plan is printed, so a bad --out is the only line
+        check_output_file(out, "the plan", create_parents=False)  # save_plan makes no directory
     source = capacity.find_report(repo, model, report)
     result = capacity.plan(capacity.read_curve(source, model, Path(repo) / model), request)
     click.echo(result.to_text())

@@ -100,6 +100,41 @@ def test_output_dir_is_a_file(tmp_path):
     assert result.exit_code == 2 and "is a file" in result.output and target.read_text() == "x"
 
 
+VALIDATE_REPORT = Path(__file__).parent / "deploy" / "data" / "validate_report.json"
+UNDER_A_FILE = [  # (case id, command line with {out} for a path whose parent is a file)
+    ("validate_report", ["validate", "{repo}", "--report", "{out}"]),
+    ("tune_report", ["tune", "{repo}", "--model", "existing", "--report", "{out}"]),
+    ("tune_model_analyzer", ["tune", "{repo}", "--model", "existing", "--export-model-analyzer", "{out}"]),
+    ("plan_out", ["plan", "{repo}", "--model", "cnn", "--target-rps", "10", "--p99-ms", "100",
+                  "--report", str(VALIDATE_REPORT), "--out", "{out}"]),
+    # deploy k8s --out: tests/deploy/test_k8s.py::test_deploy_cli_unwritable_out_is_one_line
+]
+
+
+@pytest.mark.parametrize("args", [c[1] for c in UNDER_A_FILE], ids=[c[0] for c in UNDER_A_FILE])
+def test_output_path_under_a_file_is_one_line_before_any_server(repo, tmp_path, args):
+    """An output path that cannot be created (its parent is a file) is refused up front, naming the
+    path, not as "internal error: NotADirectoryError" after a server has run."""
+    (tmp_path / "blocker").write_text("x")
+    out = tmp_path / "blocker" / "x"
+    before = _digest(tmp_path)
+    result = _run([a.format(repo=repo, out=out) for a in args])
+    output = result.output.strip()
+    assert result.exit_code == 2, output
+    assert "Traceback" not in output and "internal error" not in output and "tritonserver" not in output
+    assert len(output.splitlines()) == 1, output
+    expected = r"^error: cannot write .* to %s: .*blocker is not a directory" % re.escape(str(out))
+    assert re.search(expected, output), output
+    assert _digest(tmp_path) == before
+
+
+def test_validate_report_under_dev_null(repo):
+    result = _run(["validate", str(repo), "--report", "/dev/null/x"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == ("error: cannot write the validation report to /dev/null/x: /dev/null is not a "
+                                     "directory; pass a directory that can be created or written")
+
+
 def test_existing_model_without_force(repo):
     before = _digest(repo.parent)
     result = _run(["generate", str(GOOD), "--out", str(repo), "--name", "existing"])

@@ -28,6 +28,7 @@ import numpy as np
 
 from aitune_triton import defaults
 from aitune_triton.errors import UserError
+from aitune_triton.output_paths import check_output_dir, check_output_file
 from aitune_triton.triton.manifest import REFERENCE, Manifest, load_reference
 from aitune_triton.triton.perf import PerfOptions, write_input_data_json
 from aitune_triton.triton.render import CONFIG, parse_config
@@ -97,6 +98,11 @@ class TuneOptions:
             object.__setattr__(self, "transports", tuple(self.transports))
             check_transports(self.transports, 1 if self.visible_gpus is None else self.visible_gpus)
         self.objective_spec()
+        # before the server starts: an unwritable path would otherwise fail after the whole search
+        if self.report_dir is not None:
+            check_output_dir(self.report_dir, "the tuning report")
+        if self.export_model_analyzer is not None:
+            check_output_file(self.export_model_analyzer, "the Model Analyzer config")
 
     def objective_spec(self) -> Objective:
         return Objective(self.objective, self.budget_ms, self.min_throughput)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from aitune_triton import defaults
 from aitune_triton.errors import UserError
+from aitune_triton.output_paths import check_output_dir
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class ValidateOptions:
         for name in ("request_timeout_s", "startup_timeout_s"):
             if not getattr(self, name) > 0:
                 raise UserError("%s must be > 0, got %r" % (name, getattr(self, name)))
+        if self.report_dir is not None:  # before any server starts, not after the measurements
+            check_output_dir(self.report_dir, "the validation report")
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
