@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # tune quick vs tune --brute vs Model Analyzer 1.58 brute on a device-tool GPU machine, in one call (results under $OUT).
 # Carry (all git-ignored, built from the project root):
-#   .devbundle  Triton 2.51 + perf_analyzer: bash <shared tools>/make-device-bundle.sh .venv .devbundle
+#   .devbundle  Triton 2.51 (the venv's nvidia-pytriton tritonserver, backends, Python 3.12 stub) and perf_analyzer
+#               packed as triton-sp.tar.xz, with device-env.sh printing the exports (as for run_gpu_matrix.sh)
 #   .whl        Python 3.12 wheels of tritonclient and its deps (as for run_gpu_matrix.sh)
 #   .whl_ma     Python 3.12 wheels of triton-model-analyzer==1.58.0 and what the GPU image lacks of its deps:
 #               optuna==3.6.1 alembic SQLAlchemy Mako colorlog docker pdfkit importlib_metadata distro httplib2
