@@ -28,7 +28,7 @@ from aitune_triton.spec import IOSpec
 from aitune_triton.triton.repository import replace_file_atomically
 from aitune_triton.tensorrt.profile_set import ProfileSet
 from aitune_triton.tensorrt.section import TensorRTSection
-from aitune_triton.tune.section import TuningSection
+from aitune_triton.tune.section import TuneHistoryEntry, TuningSection
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -225,7 +225,7 @@ class Manifest:
     tensorrt: TensorRTSection | None = None
     checks: ChecksSection = field(default_factory=ChecksSection)
     tuning: TuningSection = field(default_factory=TuningSection)
-    history: tuple[dict, ...] = ()
+    history: tuple[TuneHistoryEntry, ...] = ()  # one entry per config tune replaced, oldest first
     files: dict[str, str] = field(default_factory=dict)  # artifact path -> SHA-256 (aitune_triton.integrity)
     # what the serving side needs for a Python-backend model; None for the other backends
     runtime_requirements: Requirements | None = None
@@ -243,6 +243,9 @@ class Manifest:
             object.__setattr__(self, "checks", ChecksSection.from_dict(self.checks))
         if isinstance(self.tuning, dict):
             object.__setattr__(self, "tuning", TuningSection.from_dict(self.tuning))
+        if any(isinstance(h, dict) for h in self.history):
+            object.__setattr__(self, "history", tuple(TuneHistoryEntry.from_dict(h) if isinstance(h, dict) else h
+                                                      for h in self.history))
         if isinstance(self.runtime_requirements, dict):
             object.__setattr__(self, "runtime_requirements", Requirements.from_dict(self.runtime_requirements)
                                if self.runtime_requirements else None)
@@ -268,7 +271,7 @@ class Manifest:
             "tensorrt": self.tensorrt.to_dict() if self.tensorrt else {},
             "checks": self.checks.to_dict(),
             "tuning": self.tuning.to_dict(),
-            "history": list(self.history),
+            "history": [h.to_dict() for h in self.history],
             "files": dict(self.files),
             "runtime_requirements": self.runtime_requirements.to_dict() if self.runtime_requirements else {},
         }
@@ -288,7 +291,8 @@ class Manifest:
             config=_typed(d.get("config", {}), dict, "config"),
             tensorrt=TensorRTSection.from_dict(d["tensorrt"]) if d.get("tensorrt") else None,
             checks=ChecksSection.from_dict(d.get("checks", {})), tuning=TuningSection.from_dict(d.get("tuning", {})),
-            history=tuple(d.get("history", ())), files=dict(d.get("files", {})),
+            history=tuple(TuneHistoryEntry.from_dict(h) for h in _typed(d.get("history", []), list, "history")),
+            files=dict(d.get("files", {})),
             runtime_requirements=Requirements.from_dict(d["runtime_requirements"])
             if d.get("runtime_requirements") else None,
         )

@@ -1,4 +1,5 @@
-"""The manifest's ``tuning`` section: what generate's stage-1 selection and the last ``tune`` chose.
+"""The manifest's ``tuning`` section: what generate's stage-1 selection and the last ``tune`` chose;
+and its ``history``: one entry per config ``tune`` replaced.
 
 The JSON is the one ``manifest.json`` has always held: generate writes ``{"stage1": <the
 candidate table>}``; ``tune`` writes its summary's keys at the top level (the chosen point, the
@@ -16,14 +17,14 @@ from typing import Any
 STAGE1 = "stage1"
 
 
-def _check(value: Any, kinds: tuple[type, ...], what: str) -> Any:
+def _check(value: Any, kinds: tuple[type, ...], what: str, section: str = "tuning") -> Any:
     """``value`` when it is one of ``kinds`` (JSON's true/false is no number), else TypeError
     naming the key (``Manifest.load`` turns it into its one-line UserError)."""
     if value is None and type(None) in kinds:
         return value
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        raise TypeError("tuning.%s must be %s, got %s" % (what, " or ".join(k.__name__ for k in kinds),
-                                                          json.dumps(value)[:80]))
+        raise TypeError("%s.%s must be %s, got %s" % (section, what, " or ".join(k.__name__ for k in kinds),
+                                                      json.dumps(value, default=repr)[:80]))
     return value
 
 
@@ -106,3 +107,41 @@ class TuningSection:
         rest = {k: v for k, v in d.items() if k != STAGE1}
         stage1 = _check(d.get(STAGE1), (dict, type(None)), STAGE1)
         return cls(stage1=stage1, last=TuneSummary.from_dict(rest) if rest else None)
+
+
+TUNE_EVENT = "tune"
+
+
+@dataclass(frozen=True)
+class TuneHistoryEntry:
+    """One config ``tune`` replaced, kept in the manifest's ``history`` because ``config.pbtxt.bak``
+    holds only the latest previous text: when, the previous text and variant, and what replaced it
+    for which objective. Every key is required; an unknown key is refused rather than dropped on
+    the next save."""
+
+    time: str
+    backup: str  # the backup file written beside config.pbtxt, relative to the model directory
+    previous: dict[str, Any]  # the replaced variant (Variant.to_dict())
+    chosen: dict[str, Any]  # the point written (Point.to_dict())
+    objective: dict[str, Any]  # Objective.to_dict()
+    previous_config: str  # the replaced config.pbtxt, byte for byte
+    event: str = TUNE_EVENT  # the one event written so far; kept so other kinds can follow
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TuneHistoryEntry":
+        _check(d, (dict,), "[]", "history")
+        kinds: dict[str, tuple[type, ...]] = {
+            "time": (str,), "backup": (str,), "previous": (dict,), "chosen": (dict,), "objective": (dict,),
+            "previous_config": (str,), "event": (str,)}
+        missing = [k for k in kinds if k not in d]
+        if missing:
+            raise KeyError("history[]: %s missing" % ", ".join(missing))
+        unknown = sorted(set(d) - set(kinds))
+        if unknown:
+            raise KeyError("history[]: unknown key(s) %s" % ", ".join(unknown))
+        if d["event"] != TUNE_EVENT:
+            raise ValueError("history entry: unknown event %r (expected %r)" % (d["event"], TUNE_EVENT))
+        return cls(**{k: _check(d[k], kinds[k], "[].%s" % k, "history") for k in kinds})

@@ -24,7 +24,7 @@ from aitune_triton.tune.measure import effective_variant
 from aitune_triton.tune.points import TRANSPORTS, Measurement
 from aitune_triton.tune.report import BACKUP
 from aitune_triton.tune.result import TuneResult
-from aitune_triton.tune.section import TuneSummary
+from aitune_triton.tune.section import TuneHistoryEntry, TuneSummary
 from aitune_triton.tune.space import apply_variant
 from aitune_triton.version import __version__
 
@@ -92,9 +92,9 @@ def record(model_dir: Path, manifest: Manifest, result: TuneResult, original: st
         load_avg=tuple(d["load_avg"]), tool_version=__version__)
     history = manifest.history
     if result.written and result.chosen is not None:
-        history += ({"event": "tune", "time": stamp, "backup": BACKUP, "previous": result.previous.to_dict(),
-                     "chosen": result.chosen.point.to_dict(), "objective": result.objective.to_dict(),
-                     "previous_config": original},)
+        history += (TuneHistoryEntry(time=stamp, backup=BACKUP, previous=result.previous.to_dict(),
+                                     chosen=result.chosen.point.to_dict(), objective=result.objective.to_dict(),
+                                     previous_config=original),)
     updated = dataclasses.replace(manifest, tuning=dataclasses.replace(manifest.tuning, last=summary),
                                   history=history)
     updated.save(model_dir)

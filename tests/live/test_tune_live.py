@@ -114,8 +114,8 @@ def test_tune_writes_the_measured_best_and_it_loads(triton_server_factory, repo,
     manifest = Manifest.load(model_dir)
     assert len(manifest.history) == len(history_before) + 1
     entry = manifest.history[-1]
-    assert entry["event"] == "tune" and entry["previous_config"] == original
-    assert entry["chosen"]["instances"] == result.chosen.point.variant.instances
+    assert entry.event == "tune" and entry.previous_config == original
+    assert entry.chosen["instances"] == result.chosen.point.variant.instances
     assert manifest.tuning.last is not None and manifest.tuning.last.chosen == result.chosen.to_dict()
     assert manifest.tuning.last.grid_size == 2 and manifest.tuning.last.config_path == "config.pbtxt"
     assert manifest.tuning.last.chosen["transport"] == "none"  # CPU: the transport is not searched

@@ -12,6 +12,7 @@ from aitune_triton.runtime.aitune_runtime import Requirements
 from aitune_triton.tensorrt.section import PlanStatus, TensorRTSection
 from aitune_triton.triton.manifest import (MANIFEST, BatchingProbe, ChecksSection, FallbackSection, Manifest,
                                            OnnxSection, Versions, artifact_from_dict)
+from aitune_triton.tune.section import TuneHistoryEntry
 
 COMMITTED = Path(__file__).resolve().parents[2] / "model_repository" / "cnn"
 
@@ -121,3 +122,41 @@ def test_save_then_load_is_the_same_manifest(committed, tmp_path):
     changed.save(tmp_path)
     assert Manifest.load(tmp_path) == changed
     assert json.loads((tmp_path / MANIFEST).read_text())["checks"]["notes"] == ["n"]
+
+
+HISTORY = {"event": "tune", "time": "2026-01-01T00:00:00Z", "backup": "config.pbtxt.bak",
+           "previous": {"instances": 1, "max_queue_delay_us": 500, "preferred": []},
+           "chosen": {"instances": 2, "max_queue_delay_us": 0, "preferred": [], "concurrency": 8, "transport": "none"},
+           "objective": {"kind": "max-throughput", "budget_ms": None, "min_throughput": None},
+           "previous_config": 'name: "cnn"\nmax_batch_size: 8\n'}
+
+
+def test_history_entries_are_typed_and_write_the_same_json(committed, tmp_path):
+    """What tune's write-back appends (``TuneHistoryEntry``) saves as the JSON it always wrote and loads back."""
+    entry = TuneHistoryEntry.from_dict(HISTORY)
+    assert entry.to_dict() == HISTORY and entry.chosen["instances"] == 2 and entry.event == "tune"
+    manifest = dataclasses.replace(Manifest.from_dict(committed), history=(entry, entry))
+    manifest.save(tmp_path)
+    assert json.loads((tmp_path / MANIFEST).read_text())["history"] == [HISTORY, HISTORY]
+    loaded = Manifest.load(tmp_path)
+    assert loaded == manifest and all(isinstance(h, TuneHistoryEntry) for h in loaded.history)
+    by_hand = Manifest(**{**{f.name: getattr(manifest, f.name) for f in dataclasses.fields(Manifest)},
+                          "history": (HISTORY,)})  # a JSON dict given by hand becomes the type too
+    assert by_hand.history == (entry,)
+
+
+@pytest.mark.parametrize("history, match", [
+    ("none", r'history must be a list, got "none"'),
+    ([5], r"history.\[\] must be dict, got 5"),
+    ([{**HISTORY, "previous_config": 5}], r"history.\[\].previous_config must be str, got 5"),
+    ([{**HISTORY, "chosen": [2]}], r"history.\[\].chosen must be dict, got \[2\]"),
+    ([{k: v for k, v in HISTORY.items() if k != "backup"}], r"history\[\]: backup missing"),
+    ([{**HISTORY, "extra": 1}], r"history\[\]: unknown key\(s\) extra"),
+    ([{**HISTORY, "event": "generate"}], r"history entry: unknown event 'generate'"),
+])
+def test_wrong_history_is_one_user_error_line(committed, tmp_path, history, match):
+    (tmp_path / MANIFEST).write_text(json.dumps(_mutate(committed, "history", history)))
+    with pytest.raises(UserError, match=r"manifest.json is not a valid manifest \(.*%s.*\); regenerate the model"
+                       % match) as err:
+        Manifest.load(tmp_path)
+    assert "\n" not in str(err.value)
