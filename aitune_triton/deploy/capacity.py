@@ -25,6 +25,7 @@ from pathlib import Path
 
 from aitune_triton import defaults
 from aitune_triton.errors import UserError
+from aitune_triton.tune.points import Status  # standard library only: no tuner, no tritonclient
 
 VALIDATE_REPORT = "report.json"
 TUNE_REPORT = "tune_report.json"
@@ -193,7 +194,7 @@ def read_curve(report: Path, model: str, model_dir: Path | None = None) -> Curve
         if not chosen:
             raise UserError("%s has neither a chosen nor a previous config" % report)
         key = (chosen.get("instances"), chosen.get("max_queue_delay_us"))
-        rows = [m for m in data["measurements"] if m.get("status") == "ok"
+        rows = [m for m in data["measurements"] if m.get("status") == Status.OK
                 and (m.get("instances"), m.get("max_queue_delay_us")) == key]
         points = tuple(CurvePoint(int(m["concurrency"]), float(m["throughput"]), float(m["p99_ms"])) for m in rows)
         instances = int(chosen.get("instances") or instances)
@@ -220,7 +221,7 @@ def _instance_scaling(measurements: list[dict], chosen: dict) -> list[str]:
     """What the tune grid says about scaling with instances (same delay, best point per count)."""
     best: dict[int, float] = {}
     for m in measurements:
-        if m.get("status") == "ok" and m.get("max_queue_delay_us") == chosen.get("max_queue_delay_us"):
+        if m.get("status") == Status.OK and m.get("max_queue_delay_us") == chosen.get("max_queue_delay_us"):
             best[int(m["instances"])] = max(best.get(int(m["instances"]), 0.0), float(m["throughput"]))
     if len(best) < 2:
         return []
