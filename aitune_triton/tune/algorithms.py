@@ -18,10 +18,17 @@ from aitune_triton.tune.space import DIMENSIONS, SearchSpace
 log = logging.getLogger(__name__)
 
 
+QUICK_MIN_POINTS = 6
+
+
 def quick_budget(grid_size: int) -> int:
-    """Points the quick search may measure: 10 % of the grid, at least 3 (a concurrency step and
-    one neighbour per config dimension need that many on a tiny grid)."""
-    return max(3, grid_size // 10)
+    """Points the quick search may measure: 10 % of the grid, but at least ``QUICK_MIN_POINTS``
+    (the start, a concurrency step, one neighbour per config dimension and that neighbour one
+    concurrency step lower): with 3 points on a 24-point GPU grid the search could not try the
+    second instance below the load where it missed the latency budget, and kept a config 1.5x
+    slower than brute force's (BENCHMARKS.md, tuning on the GPU). Grids of 60 points and more
+    stay at <= 10 %."""
+    return min(grid_size, max(QUICK_MIN_POINTS, grid_size // 10))
 
 
 def brute_force(space: SearchSpace, measure: Measure) -> list[Measurement]:
@@ -61,6 +68,13 @@ def hill_climb(space: SearchSpace, measure: Measure, objective: Objective, start
             return None
         if objective.better(m(nb), best, min_gain):
             return nb
+        if (dim not in lookahead and "concurrency" in dims and objective.kind == "max-throughput"
+                and m(nb).ok and not objective.feasible(m(nb))):
+            # a new config has its own best load: one that misses the latency budget at this
+            # concurrency is judged one concurrency step lower before it is dropped
+            lower = space.shift(nb, "concurrency", -1)
+            if lower is not None and objective.better(m(lower), best, min_gain):
+                return lower
         if dim in lookahead and step > 0 and (not m(nb).ok or objective.feasible(m(nb))):
             far = space.shift(nb, dim, step)
             if far is not None and objective.better(m(far), best, min_gain):
