@@ -24,7 +24,7 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
@@ -33,6 +33,7 @@ from aitune_triton.errors import PerfError, ServerError
 from aitune_triton.triton import tools
 from aitune_triton.triton.perf import EXIT_UNSTABLE, PerfOptions, build_perf_command, parse_csv
 from aitune_triton.triton.render import check_config
+from aitune_triton.triton.server_api import Server
 from aitune_triton.tune.points import Measure, Measurement, Point, Remeasured, Status, Variant
 from aitune_triton.tune.space import apply_variant
 
@@ -100,7 +101,7 @@ def looser(perf: PerfOptions) -> PerfOptions:
                                stability_percentage=min(100, 2 * perf.stability_percentage))
 
 
-def effective_variant(server: Any, model: str) -> Variant:
+def effective_variant(server: Server, model: str) -> Variant:
     """What the server says it runs (GET /v2/models/M/config)."""
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
@@ -123,7 +124,7 @@ class LiveRunner:
     a point that did not settle once with looser settings, and remembers which settings made the
     points stable (for the Model Analyzer hand-off)."""
 
-    def __init__(self, server: Any, model: str, base: model_config_pb2.ModelConfig, max_batch_size: int,
+    def __init__(self, server: Server, model: str, base: model_config_pb2.ModelConfig, max_batch_size: int,
                  num_profiles: int, perf: PerfOptions, workdir: Path, output_bytes: int | None = None):
         self.server, self.model, self.base = server, model, base
         self.max_batch_size, self.num_profiles = max_batch_size, num_profiles

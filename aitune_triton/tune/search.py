@@ -22,7 +22,6 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -33,6 +32,7 @@ from aitune_triton.triton.manifest import REFERENCE, Manifest, load_reference
 from aitune_triton.triton.perf import PerfOptions, write_input_data_json
 from aitune_triton.triton.render import CONFIG, parse_config
 from aitune_triton.triton.repository import repository_lock
+from aitune_triton.triton.server_api import Server
 from aitune_triton.tune.algorithms import brute_force, hill_climb, quick_budget
 from aitune_triton.tune.measure import LiveRunner, perf_flags, remeasure
 from aitune_triton.tune.model_analyzer import write_model_analyzer_config
@@ -150,7 +150,7 @@ def _load_avg() -> float:
         return float("nan")
 
 
-def tune_model(repo: Path, model: str, server: Any, options: TuneOptions | None = None) -> TuneResult:
+def tune_model(repo: Path, model: str, server: Server, options: TuneOptions | None = None) -> TuneResult:
     """Search ``options``' grid for ``model`` on ``server`` (started, explicit model control),
     write the best config back and the reports; returns what was measured and chosen.
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
 
 from tritonclient.grpc import model_config_pb2
 
@@ -20,6 +19,7 @@ from aitune_triton.errors import ModelError, ServerError
 from aitune_triton.triton.manifest import Manifest
 from aitune_triton.triton.render import CONFIG, config_text, write_config
 from aitune_triton.triton.repository import replace_file_atomically
+from aitune_triton.triton.server_api import Server
 from aitune_triton.tune.measure import effective_variant
 from aitune_triton.tune.points import TRANSPORTS, Measurement
 from aitune_triton.tune.report import BACKUP
@@ -31,7 +31,7 @@ from aitune_triton.version import __version__
 log = logging.getLogger(__name__)
 
 
-def reload_from_disk(server: Any, model: str) -> None:
+def reload_from_disk(server: Server, model: str) -> None:
     """Put the on-disk config back into the server after an interrupted or failed search."""
     try:
         server.load_model(model)
@@ -50,7 +50,7 @@ def tuned_header(result: TuneResult, chosen: Measurement, stamp: str) -> str:
                chosen.hi, len(chosen.windows), p99, TRANSPORTS[chosen.point.transport], BACKUP))
 
 
-def write_back(server: Any, result: TuneResult, chosen: Measurement, base: model_config_pb2.ModelConfig,
+def write_back(server: Server, result: TuneResult, chosen: Measurement, base: model_config_pb2.ModelConfig,
                original: str, max_batch_size: int, num_profiles: int, stamp: str) -> Path:
     """config.pbtxt.bak <- the old text; config.pbtxt <- the winner; reload from disk to prove it
     loads and says what was chosen (else the old text is restored and ModelError raised)."""
