@@ -326,6 +326,9 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--visible-gpus", default="auto", show_default=True, metavar="auto|N",
               help="GPUs the server sees (instance counts are then per GPU); auto: nvidia-smi -L narrowed by "
                    "CUDA_VISIBLE_DEVICES; 0 searches as on CPU.")
+@click.option("--perf-stability", type=float, default=defaults.TUNE_PERF_STABILITY_PCT, show_default=True,
+              help="perf_analyzer --stability-percentage for each point; a looser band settles on a busy machine "
+                   "(each point's window spread is reported either way).")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), help="Where the tune report goes.")
 @click.option("--export-model-analyzer", "ma_config", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write a Model Analyzer `profile` config (YAML) for the same grid, objective and "
@@ -335,16 +338,17 @@ def _ints(text: str) -> tuple[int, ...]:
 @_handle_errors
 @_tune_through_object_storage
 def tune(repo, model, objective, budget_ms, min_throughput, instances, delays_us, concurrency, brute, transports,
-         visible_gpus, report_dir, ma_config, tritonserver):
+         visible_gpus, perf_stability, report_dir, ma_config, tritonserver):
     """Search instances / queue delay for MODEL on a live server and write the best config back."""
     from aitune_triton.triton.server import ServerOptions, TritonServer
-    from aitune_triton.tune.search import TuneOptions, tune_model
+    from aitune_triton.tune.search import TuneOptions, tune_model, tune_perf_options
     from aitune_triton.tune.space import parse_transports, parse_visible_gpus
 
     options = TuneOptions(objective=objective, budget_ms=budget_ms, min_throughput=min_throughput,
                           instances=_ints(instances), delays_us=_ints(delays_us), concurrency=_ints(concurrency),
                           brute=brute, report_dir=report_dir, export_model_analyzer=ma_config,
-                          transports=parse_transports(transports), visible_gpus=parse_visible_gpus(visible_gpus))
+                          transports=parse_transports(transports), visible_gpus=parse_visible_gpus(visible_gpus),
+                          perf=tune_perf_options(perf_stability))
     _check_model_files(repo, model)  # before the server loads (deserialises) anything
     server = TritonServer(repo, ServerOptions(tritonserver=tritonserver, load_models=(model,)))
     try:

@@ -28,6 +28,9 @@ LOOPBACK = "127.0.0.1"
 TUNE_INSTANCES = (1, 2, 4)
 TUNE_DELAYS_US = (0, 100, 250, 500, 1000, 2000)
 TUNE_CONCURRENCY = (1, 2, 4, 8, 16, 32)
+# perf_analyzer --stability-percentage per tuning point: 1 s windows in a 30 % band settle on a busy
+# 2-core machine in 3-6 s; the spread of the windows is reported either way
+TUNE_PERF_STABILITY_PCT = 30.0
 
 # ---------------------------------------------------------------------------- plan, deploy k8s
 PLAN_HEADROOM = 0.3  # fraction of each replica's measured capacity kept free

@@ -85,8 +85,10 @@ def _last_line(text: str) -> str:
 
 def perf_flags(perf: PerfOptions) -> dict[str, object]:
     """The perf_analyzer flags of ``perf`` that decide stability, as ``--name: value`` pairs."""
+    stability = perf.stability_percentage
     flags: dict[str, object] = {"measurement-mode": perf.measurement_mode,
-                                "stability-percentage": perf.stability_percentage, "max-trials": perf.max_trials}
+                                "stability-percentage": int(stability) if float(stability).is_integer() else stability,
+                                "max-trials": perf.max_trials}
     if perf.measurement_mode == "count_windows":
         flags["measurement-request-count"] = perf.measurement_request_count
     else:

@@ -46,12 +46,14 @@ from aitune_triton.tune.writeback import record, reload_from_disk, write_back
 log = logging.getLogger(__name__)
 
 
-def _tune_perf_defaults() -> PerfOptions:
+def tune_perf_options(stability_pct: float = defaults.TUNE_PERF_STABILITY_PCT) -> PerfOptions:
     # time windows bound the cost of a point whatever its throughput (a 40 infer/s variant would
     # need 8 s per 300-request window); 1 s windows and a 30 % band settle on a busy 2-core box in
     # 3-6 s, and an unstable point is retried once with windows twice as long and a looser band
-    return PerfOptions(measurement_mode="time_windows", measurement_interval_ms=1000, stability_percentage=30,
-                       max_trials=6, timeout_s=180)
+    if not 0 < stability_pct <= 100:
+        raise UserError("--perf-stability must be in (0, 100], got %g" % stability_pct)
+    return PerfOptions(measurement_mode="time_windows", measurement_interval_ms=1000,
+                       stability_percentage=stability_pct, max_trials=6, timeout_s=180)
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ class TuneOptions:
     max_measurements: int | None = None  # the quick search's cap; None: quick_budget(grid size)
     finalists: int = 2  # configs re-measured before choosing (plus the current config)
     rounds: int = 3  # interleaved re-measurement rounds of the finalists
-    perf: PerfOptions = field(default_factory=_tune_perf_defaults)
+    perf: PerfOptions = field(default_factory=tune_perf_options)
     report_dir: Path | None = None
     lock_wait_s: float = 0.0
     export_model_analyzer: Path | None = None  # also write a Model Analyzer profile config here

@@ -8,7 +8,7 @@ import pytest
 
 from aitune_triton.tune.measure import from_run, parse_passes, perf_flags, remeasure
 from aitune_triton.tune.points import Measurement, Point, Remeasured, Status, Variant
-from aitune_triton.tune.search import _tune_perf_defaults
+from aitune_triton.tune.search import tune_perf_options
 
 POINT = Point(Variant(1, 500), 8)
 
@@ -85,6 +85,6 @@ def test_remeasure_interleaves_and_summarises_over_rounds():
 
 
 def test_perf_flags_are_perf_analyzer_option_names():
-    flags = perf_flags(_tune_perf_defaults())
+    flags = perf_flags(tune_perf_options())
     assert flags == {"measurement-mode": "time_windows", "stability-percentage": 30, "max-trials": 6,
                      "measurement-interval": 1000}

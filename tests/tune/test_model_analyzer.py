@@ -13,7 +13,7 @@ from aitune_triton.triton.render import parse_config
 from aitune_triton.tune.measure import perf_flags
 from aitune_triton.tune.model_analyzer import write_model_analyzer_config
 from aitune_triton.tune.objective import Objective
-from aitune_triton.tune.search import _tune_perf_defaults
+from aitune_triton.tune.search import tune_perf_options
 from aitune_triton.tune.space import SearchSpace
 
 CONFIG = """
@@ -29,7 +29,7 @@ ISSUE_GRID = SearchSpace((1, 2), (0, 500, 1000, 2000, 4000), (1, 2, 4, 8, 16, 32
 
 
 def write(tmp_path: Path, objective: Objective, cfg: str = CONFIG, space: SearchSpace = ISSUE_GRID, **perf) -> dict:
-    options = dataclasses.replace(_tune_perf_defaults(), **{"input_data": tmp_path / "input_data.json", **perf})
+    options = dataclasses.replace(tune_perf_options(), **{"input_data": tmp_path / "input_data.json", **perf})
     flags = perf_flags(dataclasses.replace(options, measurement_interval_ms=2000, stability_percentage=60))
     path = write_model_analyzer_config(tmp_path / "out" / "ma.yaml", tmp_path / "repo", "cnn", parse_config(cfg),
                                        space, objective, flags, options)

@@ -37,7 +37,17 @@ def test_transport_and_gpu_options_parse_and_bad_values_are_one_line(tmp_path):
     for args, message in ((["--transports", "tcp"], "transports must be distinct values of none, system, cuda"),
                           (["--visible-gpus", "two"], "--visible-gpus takes auto or a GPU count, got 'two'"),
                           (["--visible-gpus", "-1"], "--visible-gpus must be >= 0"),
-                          (["--transports", "cuda", "--visible-gpus", "0"], "needs a GPU visible to the server")):
+                          (["--transports", "cuda", "--visible-gpus", "0"], "needs a GPU visible to the server"),
+                          (["--perf-stability", "0"], "--perf-stability must be in (0, 100], got 0")):
         out = CliRunner().invoke(main, ["tune", str(tmp_path / "repo"), "--model", "m"] + args)
         assert out.exit_code == 2, out.output
         assert len(out.output.strip().splitlines()) == 1 and message in out.output, out.output
+
+
+def test_perf_stability_reaches_perf_analyzer():
+    from aitune_triton.tune.measure import perf_flags
+    from aitune_triton.tune.search import tune_perf_options
+
+    assert TuneOptions().perf.stability_percentage == 30.0
+    assert perf_flags(tune_perf_options(80.0))["stability-percentage"] == 80
+
