@@ -32,7 +32,7 @@ from aitune_triton.tensorrt.section import PlanStatus, TensorRTSection
 from aitune_triton.tensorrt.stamp import LoaderFacts
 from aitune_triton.triton import repository
 from aitune_triton.numerics import to_numpy
-from aitune_triton.triton.manifest import (REFERENCE, ChecksSection, FallbackSection, Manifest, OnnxSection,
+from aitune_triton.triton.manifest import (REFERENCE, ChecksSection, Manifest, OnnxSection,
                                            ReferenceCase, Versions, save_reference)
 from aitune_triton.probe import ProbeResult, probe
 from aitune_triton.triton.mapping import MappingOptions, ModelConfigPlan, client_shape_notes, plan_model_config
@@ -286,7 +286,7 @@ def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress
     served = write_python_model(version_dir, prep.spec, artifact, prep.profiles.max_batch_size, model_name=name)
     plan = _mapping(prep, name, "python", warmup_dims)
     write_config(model_dir, render_config(plan), plan.num_profiles)
-    manifest = _manifest(prep, name, "python", artifact=FallbackSection.from_dict(artifact.to_dict()),
+    manifest = _manifest(prep, name, "python", artifact=artifact,
                          tuning=TuningSection(stage1=selection.to_dict() if selection else None),
                          runtime_requirements=served.requirements)
     skipped = skipped_summary(artifact.skipped)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from aitune_triton.json_fields import strings, typed
 
 FORMATS = ("aoti", "export", "eager")
 AOTI_FILE = "model.aoti.pt2"
@@ -38,16 +41,29 @@ class FallbackArtifact:
     row_independent: bool = False
     flat_io: bool = False
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"format": self.format, "device": self.device, "files": list(self.files),
                 "skipped": [list(s) for s in self.skipped], "max_errors": dict(self.max_errors),
                 "axis_ranges": {k: [list(r) for r in v] for k, v in self.axis_ranges.items()},
                 "row_independent": self.row_independent, "flat_io": self.flat_io}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FallbackArtifact":
-        return cls(d["format"], d["device"], tuple(d["files"]), tuple((f, r) for f, r in d.get("skipped", ())),
-                   {k: float(v) for k, v in d.get("max_errors", {}).items()},
-                   {k: tuple((int(lo), None if hi is None else int(hi)) for lo, hi in v)
-                    for k, v in d.get("axis_ranges", {}).items()},
-                   bool(d.get("row_independent", False)), bool(d.get("flat_io", False)))
+    def from_dict(cls, d: dict[str, Any]) -> "FallbackArtifact":
+        """From the manifest's ``artifact`` section; a wrong JSON type is a ``TypeError`` naming the key."""
+        skipped = []
+        for s in typed(d.get("skipped", []), list, "artifact.skipped"):
+            fmt, reason = strings(s, "artifact.skipped[]")
+            skipped.append((fmt, reason))
+        ranges = {}
+        for name, axes in typed(d.get("axis_ranges", {}), dict, "artifact.axis_ranges").items():
+            where = "artifact.axis_ranges.%s" % name
+            ranges[name] = tuple((typed(lo, int, where), None if hi is None else typed(hi, int, where))
+                                 for lo, hi in typed(axes, list, where))
+        return cls(format=typed(d["format"], str, "artifact.format"),
+                   device=typed(d["device"], str, "artifact.device"),
+                   files=strings(d["files"], "artifact.files"), skipped=tuple(skipped),
+                   max_errors={k: float(typed(v, (int, float), "artifact.max_errors.%s" % k))
+                               for k, v in typed(d.get("max_errors", {}), dict, "artifact.max_errors").items()},
+                   axis_ranges=ranges,
+                   row_independent=typed(d.get("row_independent", False), bool, "artifact.row_independent"),
+                   flat_io=typed(d.get("flat_io", False), bool, "artifact.flat_io"))

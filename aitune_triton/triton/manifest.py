@@ -22,6 +22,8 @@ from typing import Any, Union
 import numpy as np
 
 from aitune_triton.errors import UserError
+from aitune_triton.export.fallback_artifact import FallbackArtifact
+from aitune_triton.json_fields import ints, strings, typed
 from aitune_triton.numerics import Tolerance
 from aitune_triton.runtime.aitune_runtime import Requirements
 from aitune_triton.spec import IOSpec
@@ -33,27 +35,6 @@ from aitune_triton.tune.section import TuneHistoryEntry, TuningSection
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 REFERENCE = "reference.npz"
-
-
-_KIND_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list", dict: "an object",
-               (int, float): "a number"}
-
-
-def _typed(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
-    """``value`` when it is a ``kind`` (JSON's true/false is no number), else TypeError naming the
-    key (``Manifest.load`` turns it into its one-line UserError)."""
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        got = json.dumps(value, default=repr)[:80]
-        raise TypeError("%s must be %s, got %s" % (what, _KIND_NAMES.get(kind, kind), got))
-    return value
-
-
-def _strings(value: Any, what: str) -> tuple[str, ...]:
-    return tuple(_typed(v, str, what) for v in _typed(value, list, what))
-
-
-def _ints(value: Any, what: str) -> tuple[int, ...]:
-    return tuple(_typed(v, int, what) for v in _typed(value, list, what))
 
 
 @dataclass(frozen=True)
@@ -77,52 +58,8 @@ class Versions:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Versions":
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: None if v is None else _typed(v, str, "versions.%s" % k)
-                      for k, v in _typed(d, dict, "versions").items() if k in known})
-
-
-@dataclass(frozen=True)
-class FallbackSection:
-    """The Python backend's artifact as ``generate`` kept it (``FallbackArtifact.to_dict()``):
-    the format, the files in the version dir, the formats skipped and why, the worst error against
-    eager per output, the input sizes it accepts (``None``: unbounded) and how it is called."""
-
-    format: str  # aoti | export | eager
-    device: str
-    files: tuple[str, ...]
-    skipped: tuple[tuple[str, str], ...] = ()
-    max_errors: dict[str, float] = field(default_factory=dict)
-    axis_ranges: dict[str, tuple[tuple[int, int | None], ...]] = field(default_factory=dict)
-    row_independent: bool = False
-    flat_io: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": self.format, "device": self.device, "files": list(self.files),
-                "skipped": [list(s) for s in self.skipped], "max_errors": dict(self.max_errors),
-                "axis_ranges": {k: [list(r) for r in v] for k, v in self.axis_ranges.items()},
-                "row_independent": self.row_independent, "flat_io": self.flat_io}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FallbackSection":
-        skipped = []
-        for s in _typed(d.get("skipped", []), list, "artifact.skipped"):
-            fmt, reason = _strings(s, "artifact.skipped[]")
-            skipped.append((fmt, reason))
-        ranges = {}
-        for name, axes in _typed(d.get("axis_ranges", {}), dict, "artifact.axis_ranges").items():
-            pairs = []
-            where = "artifact.axis_ranges.%s" % name
-            for lo, hi in _typed(axes, list, where):
-                pairs.append((_typed(lo, int, where), None if hi is None else _typed(hi, int, where)))
-            ranges[name] = tuple(pairs)
-        return cls(format=_typed(d["format"], str, "artifact.format"),
-                   device=_typed(d["device"], str, "artifact.device"),
-                   files=_strings(d["files"], "artifact.files"), skipped=tuple(skipped),
-                   max_errors={k: float(_typed(v, (int, float), "artifact.max_errors.%s" % k))
-                               for k, v in _typed(d.get("max_errors", {}), dict, "artifact.max_errors").items()},
-                   axis_ranges=ranges,
-                   row_independent=_typed(d.get("row_independent", False), bool, "artifact.row_independent"),
-                   flat_io=_typed(d.get("flat_io", False), bool, "artifact.flat_io"))
+        return cls(**{k: None if v is None else typed(v, str, "versions.%s" % k)
+                      for k, v in typed(d, dict, "versions").items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -139,18 +76,18 @@ class OnnxSection:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "OnnxSection":
-        return cls(opset=_typed(d["opset"], int, "artifact.opset"),
-                   check=_typed(d.get("check", {}), dict, "artifact.check"))
+        return cls(opset=typed(d["opset"], int, "artifact.opset"),
+                   check=typed(d.get("check", {}), dict, "artifact.check"))
 
 
-ArtifactSection = Union[FallbackSection, OnnxSection]
+ArtifactSection = Union[FallbackArtifact, OnnxSection]
 
 
 def artifact_from_dict(d: dict[str, Any]) -> ArtifactSection | None:
     """The ``artifact`` section: ``{}`` (a TensorRT-only model has none), an ONNX or a fallback one."""
-    if not _typed(d, dict, "artifact"):
+    if not typed(d, dict, "artifact"):
         return None
-    return OnnxSection.from_dict(d) if d.get("format") == "onnx" else FallbackSection.from_dict(d)
+    return OnnxSection.from_dict(d) if d.get("format") == "onnx" else FallbackArtifact.from_dict(d)
 
 
 @dataclass(frozen=True)
@@ -168,9 +105,9 @@ class BatchingProbe:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BatchingProbe":
-        return cls(_typed(d["rows_independent"], bool, "checks.batching.rows_independent"),
-                   _strings(d.get("probe_rows", []), "checks.batching.probe_rows"),
-                   _typed(d.get("reason", ""), str, "checks.batching.reason"))
+        return cls(typed(d["rows_independent"], bool, "checks.batching.rows_independent"),
+                   strings(d.get("probe_rows", []), "checks.batching.probe_rows"),
+                   typed(d.get("reason", ""), str, "checks.batching.reason"))
 
 
 @dataclass(frozen=True)
@@ -196,17 +133,17 @@ class ChecksSection:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ChecksSection":
-        _typed(d, dict, "checks")
+        typed(d, dict, "checks")
         declared = d.get("declared_output_dims")
         return cls(
-            batching=BatchingProbe.from_dict(_typed(d["batching"], dict, "checks.batching")) if d.get("batching")
+            batching=BatchingProbe.from_dict(typed(d["batching"], dict, "checks.batching")) if d.get("batching")
             else None,
-            data_dependent_axes={k: _ints(v, "checks.data_dependent_axes.%s" % k) for k, v in
-                                 _typed(d.get("data_dependent_axes", {}), dict, "checks.data_dependent_axes").items()},
+            data_dependent_axes={k: ints(v, "checks.data_dependent_axes.%s" % k) for k, v in
+                                 typed(d.get("data_dependent_axes", {}), dict, "checks.data_dependent_axes").items()},
             declared_output_dims=None if declared is None else {
-                k: _ints(v, "checks.declared_output_dims.%s" % k)
-                for k, v in _typed(declared, dict, "checks.declared_output_dims").items()},
-            notes=_strings(d.get("notes", []), "checks.notes"))
+                k: ints(v, "checks.declared_output_dims.%s" % k)
+                for k, v in typed(declared, dict, "checks.declared_output_dims").items()},
+            notes=strings(d.get("notes", []), "checks.notes"))
 
 
 @dataclass(frozen=True)
@@ -284,14 +221,14 @@ class Manifest:
         return cls(
             name=d["name"], backend=d["backend"], spec=IOSpec.from_dict(d["spec"]),
             profiles=ProfileSet.from_dict(d["profiles"]), max_batch_size=int(d["max_batch_size"]),
-            tolerances={k: Tolerance(_typed(v["atol"], (int, float), "tolerances.%s.atol" % k),
-                                     _typed(v["rtol"], (int, float), "tolerances.%s.rtol" % k))
+            tolerances={k: Tolerance(typed(v["atol"], (int, float), "tolerances.%s.atol" % k),
+                                     typed(v["rtol"], (int, float), "tolerances.%s.rtol" % k))
                         for k, v in d["tolerances"].items()},
             versions=Versions.from_dict(d.get("versions", {})), artifact=artifact_from_dict(d.get("artifact", {})),
-            config=_typed(d.get("config", {}), dict, "config"),
+            config=typed(d.get("config", {}), dict, "config"),
             tensorrt=TensorRTSection.from_dict(d["tensorrt"]) if d.get("tensorrt") else None,
             checks=ChecksSection.from_dict(d.get("checks", {})), tuning=TuningSection.from_dict(d.get("tuning", {})),
-            history=tuple(TuneHistoryEntry.from_dict(h) for h in _typed(d.get("history", []), list, "history")),
+            history=tuple(TuneHistoryEntry.from_dict(h) for h in typed(d.get("history", []), list, "history")),
             files=dict(d.get("files", {})),
             runtime_requirements=Requirements.from_dict(d["runtime_requirements"])
             if d.get("runtime_requirements") else None,

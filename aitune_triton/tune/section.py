@@ -10,22 +10,16 @@ it. No heavy imports: ``triton.manifest`` reads this section without the tuner.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any
+
+from aitune_triton.json_fields import typed
 
 STAGE1 = "stage1"
 
 
 def _check(value: Any, kinds: tuple[type, ...], what: str, section: str = "tuning") -> Any:
-    """``value`` when it is one of ``kinds`` (JSON's true/false is no number), else TypeError
-    naming the key (``Manifest.load`` turns it into its one-line UserError)."""
-    if value is None and type(None) in kinds:
-        return value
-    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        raise TypeError("%s.%s must be %s, got %s" % (section, what, " or ".join(k.__name__ for k in kinds),
-                                                      json.dumps(value, default=repr)[:80]))
-    return value
+    return typed(value, kinds, "%s.%s" % (section, what))
 
 
 @dataclass(frozen=True)

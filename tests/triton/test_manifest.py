@@ -10,7 +10,8 @@ import pytest
 from aitune_triton.errors import UserError
 from aitune_triton.runtime.aitune_runtime import Requirements
 from aitune_triton.tensorrt.section import PlanStatus, TensorRTSection
-from aitune_triton.triton.manifest import (MANIFEST, BatchingProbe, ChecksSection, FallbackSection, Manifest,
+from aitune_triton.export.fallback_artifact import FallbackArtifact
+from aitune_triton.triton.manifest import (MANIFEST, BatchingProbe, ChecksSection, Manifest,
                                            OnnxSection, Versions, artifact_from_dict)
 from aitune_triton.tune.section import TuneHistoryEntry
 
@@ -34,7 +35,7 @@ def committed() -> dict:
 
 def test_committed_manifest_reads_into_types_and_writes_the_same_json(committed):
     manifest = Manifest.from_dict(committed)
-    assert isinstance(manifest.versions, Versions) and isinstance(manifest.artifact, FallbackSection)
+    assert isinstance(manifest.versions, Versions) and isinstance(manifest.artifact, FallbackArtifact)
     assert isinstance(manifest.checks, ChecksSection) and isinstance(manifest.checks.batching, BatchingProbe)
     assert isinstance(manifest.tensorrt, TensorRTSection) and manifest.tensorrt.status is PlanStatus.PENDING
     assert isinstance(manifest.runtime_requirements, Requirements)
@@ -43,7 +44,7 @@ def test_committed_manifest_reads_into_types_and_writes_the_same_json(committed)
 
 
 @pytest.mark.parametrize("section, data", [
-    (FallbackSection, FALLBACK), (OnnxSection, ONNX), (ChecksSection, CHECKS), (Versions, VERSIONS_GPU),
+    (FallbackArtifact, FALLBACK), (OnnxSection, ONNX), (ChecksSection, CHECKS), (Versions, VERSIONS_GPU),
     (ChecksSection, {"data_dependent_axes": {}, "notes": []}),  # not batching: no verdict
 ])
 def test_sections_round_trip(section, data):
@@ -56,7 +57,7 @@ def test_artifact_section_by_format():
     assert artifact_from_dict({}) is None  # a TensorRT-only model has no artifact
     assert artifact_from_dict(ONNX) == OnnxSection(opset=20, check=ONNX["check"])
     fallback = artifact_from_dict(FALLBACK)
-    assert isinstance(fallback, FallbackSection) and fallback.axis_ranges["image"][2] == (32, None)
+    assert isinstance(fallback, FallbackArtifact) and fallback.axis_ranges["image"][2] == (32, None)
 
 
 def test_versions_write_gpu_keys_only_when_generated_on_a_gpu():
@@ -147,9 +148,9 @@ def test_history_entries_are_typed_and_write_the_same_json(committed, tmp_path):
 
 @pytest.mark.parametrize("history, match", [
     ("none", r'history must be a list, got "none"'),
-    ([5], r"history.\[\] must be dict, got 5"),
-    ([{**HISTORY, "previous_config": 5}], r"history.\[\].previous_config must be str, got 5"),
-    ([{**HISTORY, "chosen": [2]}], r"history.\[\].chosen must be dict, got \[2\]"),
+    ([5], r"history.\[\] must be an object, got 5"),
+    ([{**HISTORY, "previous_config": 5}], r"history.\[\].previous_config must be a string, got 5"),
+    ([{**HISTORY, "chosen": [2]}], r"history.\[\].chosen must be an object, got \[2\]"),
     ([{k: v for k, v in HISTORY.items() if k != "backup"}], r"history\[\]: backup missing"),
     ([{**HISTORY, "extra": 1}], r"history\[\]: unknown key\(s\) extra"),
     ([{**HISTORY, "event": "generate"}], r"history entry: unknown event 'generate'"),

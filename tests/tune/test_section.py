@@ -67,5 +67,5 @@ def test_tuning_section_json_and_its_errors(tmp_path):
     data = json.loads((model_dir / MANIFEST).read_text())
     data["tuning"] = {**summary.to_dict(), "written": "yes"}
     (model_dir / MANIFEST).write_text(json.dumps(data))
-    with pytest.raises(UserError, match=r"manifest.json is not a valid manifest .*tuning.written must be bool"):
+    with pytest.raises(UserError, match=r"not a valid manifest .*tuning.written must be true or false"):
         Manifest.load(model_dir)
