@@ -29,7 +29,7 @@ if TYPE_CHECKING:
         TensorRTBackendConfig,
         TorchQuantizationConfig,
     )
-    from aitune_triton.tensorrt.profile_set import ProfileMode, TensorRTProfile
+    from aitune_triton.profile_set import ProfileMode, TensorRTProfile
 
 
 def __getattr__(name: str) -> Any:

@@ -37,7 +37,7 @@ from aitune_triton.triton.manifest import (REFERENCE, ChecksSection, Manifest, O
 from aitune_triton.probe import ProbeResult, probe
 from aitune_triton.triton.mapping import MappingOptions, ModelConfigPlan, client_shape_notes, plan_model_config
 from aitune_triton.triton.render import render_config, write_config
-from aitune_triton.tune.section import TuningSection
+from aitune_triton.triton.tuning_section import TuningSection
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]

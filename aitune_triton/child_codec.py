@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from aitune_triton.errors import AituneError
 
 if TYPE_CHECKING:
-    from aitune_triton.tensorrt.profile_set import TensorRTProfile
+    from aitune_triton.profile_set import TensorRTProfile
 
 PACKAGE = "aitune_triton"
 _PRIMITIVES = (bool, int, str)  # exact types: a subclass (an Enum, numpy's scalars) is not plain data
@@ -187,7 +187,7 @@ def _in_package(module_name: str) -> bool:
 
 
 def _profile_class() -> type[TensorRTProfile]:
-    from aitune_triton.tensorrt.profile_set import TensorRTProfile  # no heavy imports until one is created
+    from aitune_triton.profile_set import TensorRTProfile  # no heavy imports until one is created
 
     return TensorRTProfile
 

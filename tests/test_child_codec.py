@@ -20,7 +20,7 @@ from aitune_triton.spec import AxisKind, IOSpec, normalize_sample, record_spec
 from aitune_triton.tensorrt.build_child import BuildRequest
 from aitune_triton.tensorrt.config import ONNXQuantizationConfig, TensorRTBackendConfig, TorchQuantizationConfig
 from aitune_triton.tensorrt.plan import EngineIO, EngineTensor, PlanArtifact, PlanStamp
-from aitune_triton.tensorrt.profile_set import ProfileMode, ProfileSet, TensorRTProfile
+from aitune_triton.profile_set import ProfileMode, ProfileSet, TensorRTProfile
 from aitune_triton.tensorrt.profiles import derive_profiles
 
 

@@ -108,6 +108,25 @@ def test_no_import_cycle_among_module_level_imports():
     assert cycles(graph) == []
 
 
+# The pipeline's steps in order: a step's modules import only earlier steps (and the small shared
+# modules at the package's top level), so data flows forward.
+PIPELINE = ("export", "tensorrt", "triton", "validate", "tune", "deploy")
+
+
+def test_the_subpackages_import_only_earlier_steps_of_the_pipeline():
+    backward = []
+    for name, deps in import_graph().items():
+        parts = name.split(".")
+        if len(parts) < 3 or parts[1] not in PIPELINE:
+            continue
+        step = PIPELINE.index(parts[1])
+        for dep in deps:
+            dep_parts = dep.split(".")
+            if len(dep_parts) >= 2 and dep_parts[1] in PIPELINE and PIPELINE.index(dep_parts[1]) > step:
+                backward.append("%s -> %s" % (name, dep))
+    assert backward == []
+
+
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 

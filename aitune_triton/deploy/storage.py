@@ -36,6 +36,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
 from aitune_triton.errors import UserError
+from aitune_triton.triton.launch import SCHEME, is_s3_url  # noqa: F401 - is_s3_url: callers import it from here too
 from aitune_triton.version import __version__
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,6 @@ for _noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
     # their DEBUG output includes signed request headers; never let --debug turn it on
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 
-SCHEME = "s3://"
 POINTER = "current.json"
 VERSIONS = "versions"
 # the files the tool itself reads from a model directory (validate: manifest, config, reference)
@@ -53,10 +53,6 @@ _HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\]):(?P<port>\
 _SEGMENT = re.compile(r"^[A-Za-z0-9._=+@-]+$")
 _VERSION_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}(-[0-9a-f]{6})?$")
 Progress = Callable[[str], None]
-
-
-def is_s3_url(value: object) -> bool:
-    return isinstance(value, str) and value.startswith(SCHEME)
 
 
 @dataclass(frozen=True)
@@ -120,11 +116,6 @@ class S3Location:
 
     def __str__(self) -> str:
         return self.url
-
-
-def server_repository_arg(repo: "str | os.PathLike") -> str:
-    """What tritonserver gets as ``--model-repository``: an s3:// URL unchanged, a path made absolute."""
-    return str(repo) if is_s3_url(repo) else str(Path(repo).resolve())
 
 
 # ---------------------------------------------------------------- the client

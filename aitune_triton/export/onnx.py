@@ -31,7 +31,7 @@ from aitune_triton.errors import ModelError
 from aitune_triton.export.onnx_check import OnnxCheck, check_onnx, hint, model_device, root_first_line
 from aitune_triton.numerics import Tolerance
 from aitune_triton.spec import AxisKind, IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed
-from aitune_triton.tensorrt.profile_set import ProfileSet
+from aitune_triton.profile_set import ProfileSet
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from aitune_triton import numerics
 from aitune_triton.errors import ModelError
 from aitune_triton.numerics import Tolerance, tolerance_for
 from aitune_triton.spec import IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed
-from aitune_triton.tensorrt.profile_set import ProfileSet
+from aitune_triton.profile_set import ProfileSet
 
 log = logging.getLogger(__name__)
 

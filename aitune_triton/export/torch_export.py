@@ -45,7 +45,7 @@ from aitune_triton.export.flat_io import forward_caller
 from aitune_triton.export.torch_program import AxisRanges, batch_of, export_program, first_line, resize_batch
 from aitune_triton.numerics import Tolerance, tolerance_for
 from aitune_triton.spec import AxisKind, IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed
-from aitune_triton.tensorrt.profile_set import ProfileSet
+from aitune_triton.profile_set import ProfileSet
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import torch
 
 from aitune_triton.export.flat_io import flat_inputs, flat_model
 from aitune_triton.spec import AxisKind, IOSpec, Sample, sample_feed
-from aitune_triton.tensorrt.profile_set import ProfileSet
+from aitune_triton.profile_set import ProfileSet
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from aitune_triton.errors import UserError
-from aitune_triton.tensorrt.profile_set import ProfileMode, TensorRTProfile, profiles_from_dict
+from aitune_triton.profile_set import ProfileMode, TensorRTProfile, profiles_from_dict
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "fp8")
 

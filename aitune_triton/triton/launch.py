@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aitune_triton import defaults
-from aitune_triton.deploy.storage import server_repository_arg
 from aitune_triton.errors import UserError
 from aitune_triton.triton import tools
 from aitune_triton.triton.repository import shell_unsafe_chars
@@ -49,6 +48,18 @@ PYTRITON_TRITON_VERSIONS = {
     "0.7.0": "2.51.0",
 }
 
+
+# A repository Triton reads from S3 (or an S3-compatible server) instead of the filesystem.
+SCHEME = "s3://"
+
+
+def is_s3_url(value: object) -> bool:
+    return isinstance(value, str) and value.startswith(SCHEME)
+
+
+def server_repository_arg(repo: "str | os.PathLike[str]") -> str:
+    """What tritonserver gets as ``--model-repository``: an s3:// URL unchanged, a path made absolute."""
+    return str(repo) if is_s3_url(repo) else str(Path(repo).resolve())
 
 @dataclass(frozen=True)
 class ServerOptions:

@@ -28,9 +28,9 @@ from aitune_triton.numerics import Tolerance
 from aitune_triton.runtime.aitune_runtime import Requirements
 from aitune_triton.spec import IOSpec
 from aitune_triton.triton.repository import replace_file_atomically
-from aitune_triton.tensorrt.profile_set import ProfileSet
+from aitune_triton.profile_set import ProfileSet
 from aitune_triton.tensorrt.section import TensorRTSection
-from aitune_triton.tune.section import TuneHistoryEntry, TuningSection
+from aitune_triton.triton.tuning_section import TuneHistoryEntry, TuningSection
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"

@@ -28,7 +28,7 @@ from typing import Sequence
 from aitune_triton.defaults import QUEUE_DELAY_US
 from aitune_triton.errors import UserError
 from aitune_triton.spec import IOSpec, TensorSpec
-from aitune_triton.tensorrt.profile_set import ProfileSet
+from aitune_triton.profile_set import ProfileSet
 
 log = logging.getLogger(__name__)
 

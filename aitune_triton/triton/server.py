@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 from aitune_triton import procs
-from aitune_triton.deploy.storage import is_s3_url
 from aitune_triton.errors import ServerError
 from aitune_triton.triton.launch import (
     Ports,
@@ -47,6 +46,7 @@ from aitune_triton.triton.launch import (
     check_shell_safe,
     free_port,
     free_ports,
+    is_s3_url,
     resolve_ports,
     served_model_names,
     server_binary,

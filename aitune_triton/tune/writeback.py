@@ -24,7 +24,7 @@ from aitune_triton.tune.measure import effective_variant
 from aitune_triton.tune.points import TRANSPORTS, Measurement
 from aitune_triton.tune.report import BACKUP
 from aitune_triton.tune.result import TuneResult
-from aitune_triton.tune.section import TuneHistoryEntry, TuneSummary
+from aitune_triton.triton.tuning_section import TuneHistoryEntry, TuneSummary
 from aitune_triton.tune.space import apply_variant
 from aitune_triton.version import __version__
 

@@ -19,7 +19,7 @@ import torch
 
 from aitune_triton.errors import UserError
 from aitune_triton.spec import IOSpec
-from aitune_triton.tensorrt.profile_set import ProfileSet
+from aitune_triton.profile_set import ProfileSet
 
 EDGE_INPUTS = "edge_inputs.npz"
 Shapes = dict[str, tuple[int, ...]]

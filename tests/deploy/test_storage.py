@@ -46,11 +46,6 @@ def test_parse_rejects_bad_urls_in_one_line(url, message):
         st.S3Location.parse(url)
 
 
-def test_server_repository_arg_keeps_the_s3_url_and_absolutises_paths(tmp_path):
-    assert st.server_repository_arg("s3://127.0.0.1:9000/b/p") == "s3://127.0.0.1:9000/b/p"
-    assert st.server_repository_arg(Path("rel")) == str(Path("rel").resolve())
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """The committed example repository (examples/cnn's generated output), plus files push skips."""

@@ -168,3 +168,12 @@ def test_served_model_names_leave_out_hidden_dirs(tmp_path):
     (tmp_path / ".aitune.lock").write_text("")
     assert launch.served_model_names(tmp_path) == ("a", "b")
     assert launch.served_model_names(tmp_path / "missing") == ("*",)
+
+
+def test_server_repository_arg_keeps_the_s3_url_and_absolutises_paths():
+    from aitune_triton.triton.launch import is_s3_url, server_repository_arg
+
+    assert server_repository_arg("s3://127.0.0.1:9000/b/p") == "s3://127.0.0.1:9000/b/p"
+    assert server_repository_arg(Path("rel")) == str(Path("rel").resolve())
+    assert is_s3_url("s3://b/p") and not is_s3_url(Path("s3:/b")) and not is_s3_url("S3://b")
+

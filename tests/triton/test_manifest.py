@@ -13,7 +13,7 @@ from aitune_triton.tensorrt.section import PlanStatus, TensorRTSection
 from aitune_triton.export.fallback_artifact import FallbackArtifact
 from aitune_triton.triton.manifest import (MANIFEST, BatchingProbe, ChecksSection, Manifest,
                                            OnnxSection, Versions, artifact_from_dict)
-from aitune_triton.tune.section import TuneHistoryEntry
+from aitune_triton.triton.tuning_section import TuneHistoryEntry
 
 COMMITTED = Path(__file__).resolve().parents[2] / "model_repository" / "cnn"
 

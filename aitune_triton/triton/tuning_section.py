@@ -4,7 +4,8 @@ and its ``history``: one entry per config ``tune`` replaced.
 The JSON is the one ``manifest.json`` has always held: generate writes ``{"stage1": <the
 candidate table>}``; ``tune`` writes its summary's keys at the top level (the chosen point, the
 grid, the reason, where the report and the backup are), and the stage-1 record is kept beside
-it. No heavy imports: ``triton.manifest`` reads this section without the tuner.
+it. It lives beside the manifest, not in ``tune/``, so the manifest never imports a later step of
+the pipeline; no heavy imports.
 """
 
 from __future__ import annotations

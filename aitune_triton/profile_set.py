@@ -1,8 +1,9 @@
 """The profile types of the TensorRT backend API: ``ProfileMode``, ``TensorRTProfile``, ``ProfileSet``.
 
 A module with no heavy imports (Polygraphy is imported only when a ``TensorRTProfile`` is
-created), so ``export/``, ``triton/`` and ``validate/`` can name these types cheaply; deriving
-profiles from samples is ``profiles.py``.
+created). They sit at the package's top level, beside ``spec.py``, because two steps use them:
+the ONNX export (dynamic axes) and the TensorRT build; deriving profiles from samples is
+``tensorrt/profiles.py``.
 """
 
 from __future__ import annotations

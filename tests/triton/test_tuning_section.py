@@ -14,7 +14,7 @@ from aitune_triton.triton.manifest import MANIFEST, Manifest
 from aitune_triton.tune.objective import Objective, decide
 from aitune_triton.tune.points import Measurement, Point, Remeasured, Variant
 from aitune_triton.tune.result import TuneResult
-from aitune_triton.tune.section import TuneSummary, TuningSection
+from aitune_triton.triton.tuning_section import TuneSummary, TuningSection
 from aitune_triton.tune.space import SearchSpace
 from aitune_triton.tune.writeback import record
 
