@@ -341,8 +341,8 @@ def tune(repo, model, objective, budget_ms, min_throughput, instances, delays_us
          visible_gpus, perf_stability, report_dir, ma_config, tritonserver):
     """Search instances / queue delay for MODEL on a live server and write the best config back."""
     from aitune_triton.triton.server import ServerOptions, TritonServer
-    from aitune_triton.tune.search import TuneOptions, tune_model, tune_perf_options
-    from aitune_triton.tune.space import parse_transports, parse_visible_gpus
+    from aitune_triton.tune.options import TuneOptions, parse_transports, parse_visible_gpus, tune_perf_options
+    from aitune_triton.tune.search import tune_model
 
     options = TuneOptions(objective=objective, budget_ms=budget_ms, min_throughput=min_throughput,
                           instances=_ints(instances), delays_us=_ints(delays_us), concurrency=_ints(concurrency),

@@ -36,7 +36,9 @@ from aitune_triton.triton.manifest import Manifest  # noqa: E402
 from aitune_triton.triton.render import parse_config  # noqa: E402
 from aitune_triton.triton.server import ServerOptions, TritonServer  # noqa: E402
 from aitune_triton.tune.measure import LiveRunner, Measurement, remeasure  # noqa: E402
-from aitune_triton.tune.search import TuneOptions, TuneResult, perf_inputs, tune_model  # noqa: E402
+from aitune_triton.tune.options import TuneOptions  # noqa: E402
+from aitune_triton.tune.result import TuneResult  # noqa: E402
+from aitune_triton.tune.search import perf_inputs, tune_model  # noqa: E402
 
 MODEL = "cnn"
 INSTANCES = (1, 2)

@@ -62,7 +62,9 @@ from aitune_triton.triton.perf import PerfOptions  # noqa: E402
 from aitune_triton.triton.render import parse_config  # noqa: E402
 from aitune_triton.triton.server import ServerOptions, TritonServer, build_environment, server_binary  # noqa: E402
 from aitune_triton.tune.measure import LiveRunner, Measurement, Point, Remeasured, Variant  # noqa: E402
-from aitune_triton.tune.search import TuneOptions, TuneResult, perf_inputs, tune_model  # noqa: E402
+from aitune_triton.tune.options import TuneOptions  # noqa: E402
+from aitune_triton.tune.result import TuneResult  # noqa: E402
+from aitune_triton.tune.search import perf_inputs, tune_model  # noqa: E402
 
 log = logging.getLogger("tune_vs_ma")
 

@@ -18,7 +18,7 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tritonclient.grpc import model_config_pb2
 
@@ -26,9 +26,8 @@ from aitune_triton.errors import UserError
 from aitune_triton.triton.perf import PerfOptions
 from aitune_triton.tune.points import TRANSPORTS, Point, Variant
 
-if TYPE_CHECKING:
-    from aitune_triton.triton.manifest import Manifest
-    from aitune_triton.tune.search import TuneOptions
+from aitune_triton.triton.manifest import Manifest
+from aitune_triton.tune.options import TuneOptions, check_transports
 
 log = logging.getLogger(__name__)
 
@@ -96,39 +95,6 @@ class SearchSpace:
                 "concurrency": list(self.concurrency), "preferred": [list(p) for p in self.preferred],
                 "transports": list(self.transports), "gpus": self.gpus,
                 "instances_are": "per GPU" if self.gpus else "in all", "size": self.size}
-
-
-def check_transports(transports: tuple[str, ...], gpus: int) -> None:
-    """Known, distinct perf_analyzer shared-memory modes; ``cuda`` only where a GPU is visible."""
-    unknown = [t for t in transports if t not in TRANSPORTS]
-    if unknown or not transports or len(set(transports)) != len(transports):
-        raise UserError("transports must be distinct values of %s, got %s" % (", ".join(TRANSPORTS),
-                                                                              ",".join(transports) or "nothing"))
-    if "cuda" in transports and gpus < 1:
-        raise UserError("transport cuda (CUDA shared memory) needs a GPU visible to the server; none is "
-                        "(pass --visible-gpus N if detection is wrong, or use --transports none,system)")
-
-
-def parse_transports(text: str) -> tuple[str, ...] | None:
-    """``--transports``: ``auto`` (None: decided by ``build_space``) or comma-separated modes."""
-    if text.strip() == "auto":
-        return None
-    values = tuple(v.strip() for v in text.split(",") if v.strip())
-    check_transports(values, 1)  # cuda is checked against the GPUs once they are known
-    return values
-
-
-def parse_visible_gpus(text: str) -> int | None:
-    """``--visible-gpus``: ``auto`` (None: detected) or a count >= 0."""
-    if text.strip() == "auto":
-        return None
-    try:
-        count = int(text)
-    except ValueError:
-        raise UserError("--visible-gpus takes auto or a GPU count, got %r" % text) from None
-    if count < 0:
-        raise UserError("--visible-gpus must be >= 0, got %d" % count)
-    return count
 
 
 def apply_variant(base: model_config_pb2.ModelConfig, variant: Variant,
@@ -227,7 +193,7 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def build_space(cfg: model_config_pb2.ModelConfig, manifest: Manifest, options: "TuneOptions",
+def build_space(cfg: model_config_pb2.ModelConfig, manifest: Manifest, options: TuneOptions,
                 gpus: int | None = None) -> SearchSpace:
     """The grid for this model: instance counts above the usable cores are dropped for CPU
     instances (they only add contention); preferred sizes are searched only for multi-profile plans.

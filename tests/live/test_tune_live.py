@@ -17,7 +17,8 @@ from aitune_triton.triton.manifest import Manifest, load_reference
 from aitune_triton.triton.perf import PerfOptions
 from aitune_triton.triton.render import check_config, parse_config
 from aitune_triton.tune.points import Point
-from aitune_triton.tune.search import TuneOptions, tune_model
+from aitune_triton.tune.options import TuneOptions
+from aitune_triton.tune.search import tune_model
 from aitune_triton.tune.space import current_variant
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cnn" / "model.py"

@@ -8,7 +8,7 @@ import pytest
 
 from aitune_triton.tune.measure import from_run, parse_passes, perf_flags, remeasure
 from aitune_triton.tune.points import Measurement, Point, Remeasured, Status, Variant
-from aitune_triton.tune.search import tune_perf_options
+from aitune_triton.tune.options import tune_perf_options
 
 POINT = Point(Variant(1, 500), 8)
 

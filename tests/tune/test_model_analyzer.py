@@ -13,7 +13,7 @@ from aitune_triton.triton.render import parse_config
 from aitune_triton.tune.measure import perf_flags
 from aitune_triton.tune.model_analyzer import write_model_analyzer_config
 from aitune_triton.tune.objective import Objective
-from aitune_triton.tune.search import tune_perf_options
+from aitune_triton.tune.options import tune_perf_options
 from aitune_triton.tune.space import SearchSpace
 
 CONFIG = """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aitune_triton.errors import UserError
-from aitune_triton.tune.search import TuneOptions
+from aitune_triton.tune.options import TuneOptions
 
 def test_tune_options_validation():
     assert TuneOptions(instances=[1, 2]).instances == (1, 2)
@@ -22,7 +22,7 @@ def test_transport_and_gpu_options_parse_and_bad_values_are_one_line(tmp_path):
     from click.testing import CliRunner
 
     from aitune_triton.cli import main
-    from aitune_triton.tune.space import parse_transports, parse_visible_gpus
+    from aitune_triton.tune.options import parse_transports, parse_visible_gpus
 
     assert parse_transports("auto") is None and parse_transports("none, system") == ("none", "system")
     assert parse_visible_gpus("auto") is None and parse_visible_gpus("2") == 2
@@ -46,7 +46,7 @@ def test_transport_and_gpu_options_parse_and_bad_values_are_one_line(tmp_path):
 
 def test_perf_stability_reaches_perf_analyzer():
     from aitune_triton.tune.measure import perf_flags
-    from aitune_triton.tune.search import tune_perf_options
+    from aitune_triton.tune.options import tune_perf_options
 
     assert TuneOptions().perf.stability_percentage == 30.0
     assert perf_flags(tune_perf_options(80.0))["stability-percentage"] == 80

@@ -16,7 +16,7 @@ from aitune_triton.tune.objective import Objective
 from aitune_triton.tune.points import Point, Variant
 from aitune_triton.tune.report import to_markdown, write_reports
 from aitune_triton.tune.result import TuneResult
-from aitune_triton.tune.search import TuneOptions
+from aitune_triton.tune.options import TuneOptions
 from aitune_triton.tune.space import SearchSpace, apply_variant, build_space, current_variant
 
 def test_space_validation_and_order():
