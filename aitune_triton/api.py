@@ -32,7 +32,8 @@ from aitune_triton.tensorrt.section import PlanStatus, TensorRTSection
 from aitune_triton.tensorrt.stamp import LoaderFacts
 from aitune_triton.triton import repository
 from aitune_triton.numerics import to_numpy
-from aitune_triton.triton.manifest import (REFERENCE, ChecksSection, Manifest, OnnxSection,
+from aitune_triton.probe_section import ChecksSection
+from aitune_triton.triton.manifest import (REFERENCE, Manifest, OnnxSection,
                                            ReferenceCase, Versions, save_reference)
 from aitune_triton.probe import ProbeResult, probe
 from aitune_triton.triton.mapping import MappingOptions, ModelConfigPlan, client_shape_notes, plan_model_config

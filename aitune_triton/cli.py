@@ -72,7 +72,8 @@ class _Repository(click.ParamType):
         self.path = click.Path(path_type=Path, exists=exists, file_okay=False)
 
     def convert(self, value, param, ctx):
-        from aitune_triton.deploy.storage import S3Location, is_s3_url
+        from aitune_triton.triton.launch import is_s3_url
+        from aitune_triton.triton.object_storage import S3Location
         from aitune_triton.errors import UserError
 
         if is_s3_url(value):
@@ -92,7 +93,9 @@ def _tune_through_object_storage(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, repo, **kwargs):
-        from aitune_triton.deploy.storage import is_s3_url, open_repository, push as push_version
+        from aitune_triton.deploy.storage import push as push_version
+        from aitune_triton.triton.launch import is_s3_url
+        from aitune_triton.triton.object_storage import open_repository
 
         if not is_s3_url(repo):
             return fn(*args, repo=repo, **kwargs)
@@ -118,7 +121,8 @@ def _follow_pointer(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, repo, **kwargs):
-        from aitune_triton.deploy.storage import S3Location, client, is_s3_url, resolve
+        from aitune_triton.triton.launch import is_s3_url
+        from aitune_triton.triton.object_storage import S3Location, client, resolve
 
         if is_s3_url(repo):
             location = S3Location.parse(repo)
@@ -414,7 +418,8 @@ def push(repo, destination):
 
     Credentials come only from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_DEFAULT_REGION).
     """
-    from aitune_triton.deploy.storage import S3Location, push as run
+    from aitune_triton.deploy.storage import push as run
+    from aitune_triton.triton.object_storage import S3Location
 
     base = S3Location.parse(destination)
     with console.status("pushing %s" % repo) as status:
@@ -489,7 +494,8 @@ def deploy_k8s(repo, replicas, plan_file, gpus_per_replica, max_replicas, kserve
     """Kubernetes manifests serving REPO (an s3:// URL pushed by `push`, or a local REPO with --pvc),
     each checked against the Kubernetes OpenAPI schema before it is written."""
     from aitune_triton.deploy import k8s
-    from aitune_triton.deploy.storage import is_s3_url, open_repository
+    from aitune_triton.triton.launch import is_s3_url
+    from aitune_triton.triton.object_storage import open_repository
     from aitune_triton.errors import UserError
     from aitune_triton.triton.server import server_version
 

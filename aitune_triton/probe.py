@@ -30,7 +30,7 @@ from aitune_triton.errors import UserError
 from aitune_triton.numerics import Tolerance, compare, tolerance_for
 from aitune_triton.spec import (AxisKind, AxisSpec, IOSpec, Sample, TensorSpec, call_with_feed, flatten_outputs,
                                 sample_feed)
-from aitune_triton.triton.manifest import BatchingProbe, ChecksSection
+from aitune_triton.probe_section import BatchingProbe, ChecksSection
 
 log = logging.getLogger(__name__)
 

@@ -136,7 +136,7 @@ class DeploySpec:
             ctx["storage_uri"] = "/".join(p for p in ("pvc://" + self.pvc, self.pvc_subpath.strip("/")) if p)
             ctx.update(s3_endpoint=None, s3_https=False)
         else:
-            from aitune_triton.deploy.storage import S3Location
+            from aitune_triton.triton.object_storage import S3Location
 
             loc = S3Location.parse(self.server_repository)
             ctx["storage_uri"] = "s3://%s/%s" % (loc.bucket, loc.prefix)  # KServe: endpoint goes on the account

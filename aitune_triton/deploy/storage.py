@@ -1,178 +1,28 @@
-"""A model repository in S3-compatible object storage: parse Triton's ``s3://`` syntax, push a
-local repository atomically, and give the tool a local view of a remote one.
+"""Push a local model repository to S3-compatible object storage atomically.
 
-Triton's syntax (server docs, model_repository.md, "S3"): ``s3://bucket/path`` for AWS, and
-``s3://host:port/bucket/path`` for another S3 server, spoken over HTTP unless the host is written
-``https://host:port``. The same URL is accepted here, so what ``push`` prints can be passed
-unchanged to ``tritonserver --model-repository``.
-
-Atomic push: every file goes under a new version prefix ``<prefix>/versions/<id>/`` that no server
-reads yet; only after the upload is complete and listed back does ``<prefix>/current.json`` (the
-pointer) switch to it. A push that fails half-way deletes what it uploaded and leaves the pointer
-naming the previous version. Triton itself cannot follow a pointer, so the versioned URL is what
-servers get (printed by ``push``; ``resolve`` reads the pointer for ``validate``/``serve``/``tune``).
-
-Credentials come only from the standard environment variables (``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY``, optional ``AWS_SESSION_TOKEN``, ``AWS_DEFAULT_REGION``), never from
-files, and are never written or logged: the launched tritonserver inherits them from the
-environment, and botocore's debug logging (which prints request headers) stays off even with
-``--debug``.
+Every file goes under a new version prefix ``<prefix>/versions/<id>/`` that no server reads yet;
+only after the upload is complete and listed back does ``<prefix>/current.json`` (the pointer)
+switch to it. A push that fails half-way deletes what it uploaded and leaves the pointer naming
+the previous version. Reading a repository back (the ``s3://`` syntax, the pointer, the local
+view) is ``triton/object_storage.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
 import json
 import logging
-import os
-import re
 import secrets
-import shutil
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator
+from pathlib import Path
 
 from aitune_triton.errors import UserError
-from aitune_triton.triton.launch import SCHEME, is_s3_url  # noqa: F401 - is_s3_url: callers import it from here too
+from aitune_triton.triton.object_storage import (POINTER, VERSIONS, Progress, S3Location, client, list_objects,
+                                                  read_pointer, storage_errors, storage_failure)
 from aitune_triton.version import __version__
 
 log = logging.getLogger(__name__)
-for _noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
-    # their DEBUG output includes signed request headers; never let --debug turn it on
-    logging.getLogger(_noisy).setLevel(logging.WARNING)
-
-POINTER = "current.json"
-VERSIONS = "versions"
-# the files the tool itself reads from a model directory (validate: manifest, config, reference)
-TOOL_FILES = ("manifest.json", "config.pbtxt", "reference.npz")
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
-_SEGMENT = re.compile(r"^[A-Za-z0-9._=+@-]+$")
-_VERSION_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}(-[0-9a-f]{6})?$")
-Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class S3Location:
-    """A bucket and a key prefix, on AWS (``endpoint`` None) or on another S3 server ``host:port``."""
-
-    bucket: str
-    prefix: str = ""
-    endpoint: str | None = None
-    https: bool = False
-
-    def __post_init__(self) -> None:
-        if not _BUCKET.match(self.bucket) or ".." in self.bucket:
-            raise UserError("%r is not a valid S3 bucket name (3-63 characters: a-z, 0-9, '.', '-')" % self.bucket)
-        if self.endpoint is not None:
-            match = _HOST_PORT.match(self.endpoint)
-            if not match or not 0 < int(match.group("port")) < 65536:
-                raise UserError("%r is not host:port for an S3 endpoint" % self.endpoint)
-        for part in self.prefix.split("/") if self.prefix else ():
-            if not _SEGMENT.match(part) or part in (".", ".."):
-                raise UserError("S3 prefix %r has an empty, '.'/'..' or unusual segment %r; use letters, digits "
-                                "and . _ - = + @ between single slashes" % (self.prefix, part))
-
-    @classmethod
-    def parse(cls, url: str) -> "S3Location":
-        """``s3://[http(s)://host:port/]bucket[/prefix]`` as Triton reads it."""
-        if not is_s3_url(url):
-            raise UserError("%r is not an s3:// URL (s3://bucket/prefix or s3://host:port/bucket/prefix)" % (url,))
-        rest = url[len(SCHEME):]
-        https = rest.startswith("https://")
-        rest = re.sub(r"^https?://", "", rest).strip("/")
-        parts = rest.split("/") if rest else []
-        endpoint = None
-        if parts and _HOST_PORT.match(parts[0]):
-            endpoint = parts.pop(0)
-        elif https:
-            raise UserError("%r: https:// must be followed by host:port (s3://https://host:port/bucket/prefix)" % url)
-        if not parts:
-            raise UserError("%r names no bucket (s3://[host:port/]bucket/prefix)" % url)
-        if any(not p for p in parts):
-            raise UserError("%r has an empty path segment (a double slash)" % url)
-        return cls(parts[0], "/".join(parts[1:]), endpoint, https)
-
-    @property
-    def url(self) -> str:
-        """Triton's spelling of this location."""
-        host = ""
-        if self.endpoint:
-            host = ("https://" if self.https else "") + self.endpoint + "/"
-        return SCHEME + host + "/".join(p for p in (self.bucket, self.prefix) if p)
-
-    @property
-    def endpoint_url(self) -> str | None:
-        return None if self.endpoint is None else "%s://%s" % ("https" if self.https else "http", self.endpoint)
-
-    def child(self, *parts: str) -> "S3Location":
-        return S3Location(self.bucket, "/".join(p for p in (self.prefix, *parts) if p), self.endpoint, self.https)
-
-    def key(self, relative: str) -> str:
-        return "/".join(p for p in (self.prefix, relative) if p)
-
-    def __str__(self) -> str:
-        return self.url
-
-
-# ---------------------------------------------------------------- the client
-
-
-def _env_credentials() -> dict[str, str]:
-    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-    if not key or not secret:
-        raise UserError("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_DEFAULT_REGION) in the environment; "
-                        "credentials are read only from there, for this tool and for tritonserver")
-    creds = {"aws_access_key_id": key, "aws_secret_access_key": secret}
-    if os.environ.get("AWS_SESSION_TOKEN"):
-        creds["aws_session_token"] = os.environ["AWS_SESSION_TOKEN"]
-    return creds
-
-
-def client(location: S3Location):
-    """A boto3 S3 client for ``location`` with credentials from the environment only (no
-    ~/.aws files, no instance metadata: the server must see the same credentials)."""
-    import boto3
-    from botocore.config import Config
-
-    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=120,
-                    s3={"addressing_style": "path"} if location.endpoint else {})
-    return boto3.session.Session().client(
-        "s3", endpoint_url=location.endpoint_url, config=config,
-        region_name=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
-        **_env_credentials())
-
-
-def _fail(action: str, location: S3Location, exc: Exception) -> UserError:
-    """One line naming the location and S3's reason (error code, or the connection failure)."""
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None
-    reason = "%s (%s)" % (code, str(exc).split(": ", 1)[-1]) if code else str(exc).splitlines()[0]
-    hint = {"NoSuchBucket": "create the bucket first", "AccessDenied": "check the credentials' permissions",
-            "InvalidAccessKeyId": "check AWS_ACCESS_KEY_ID", "SignatureDoesNotMatch": "check AWS_SECRET_ACCESS_KEY"}
-    more = "; %s" % hint[code] if code in hint else ""
-    return UserError("%s %s failed: %s%s" % (action, location.url, reason, more))
-
-
-def _storage_errors():
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    return (BotoCoreError, ClientError)
-
-
-def list_objects(s3, location: S3Location) -> dict[str, int]:
-    """Keys under ``location`` (as a folder) -> size."""
-    found = {}
-    prefix = location.prefix + "/" if location.prefix else ""
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=prefix):
-        for obj in page.get("Contents", ()):
-            found[obj["Key"]] = int(obj["Size"])
-    return found
-
-
-# ---------------------------------------------------------------- push
 
 
 @dataclass(frozen=True)
@@ -222,25 +72,6 @@ def _version_id(files: dict[str, Path]) -> str:
     return "%s-%s-%s" % (stamp, digest.hexdigest()[:8], secrets.token_hex(3))
 
 
-def read_pointer(s3, base: S3Location) -> dict | None:
-    """The pointer object's content, or None when ``base`` has none."""
-    try:
-        body = s3.get_object(Bucket=base.bucket, Key=base.key(POINTER))["Body"].read()
-    except s3.exceptions.NoSuchKey:
-        return None
-    except _storage_errors() as exc:
-        if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey"):
-            return None
-        raise _fail("reading", base.child(POINTER), exc) from None
-    try:
-        pointer = json.loads(body)
-        if not _VERSION_ID.match(str(pointer.get("version"))):
-            raise ValueError("bad version %r" % pointer.get("version"))
-    except (ValueError, AttributeError) as exc:
-        raise UserError("%s is not a pointer written by aitune-triton push (%s)" % (base.child(POINTER), exc)) from None
-    return pointer
-
-
 def push(repo: Path, base: S3Location, progress: Progress | None = None) -> PushResult:
     """Upload ``repo`` under ``base/versions/<id>/``, check it, then switch ``base/current.json``."""
     from aitune_triton.triton.repository import repository_lock
@@ -255,8 +86,8 @@ def push(repo: Path, base: S3Location, progress: Progress | None = None) -> Push
         try:
             previous = read_pointer(s3, base)
             s3.head_bucket(Bucket=base.bucket)
-        except _storage_errors() as exc:
-            raise _fail("reaching", base, exc) from None
+        except storage_errors() as exc:
+            raise storage_failure("reaching", base, exc) from None
         uploaded: list[str] = []
         try:
             for i, (rel, path) in enumerate(files.items(), 1):
@@ -278,8 +109,8 @@ def push(repo: Path, base: S3Location, progress: Progress | None = None) -> Push
                           ContentType="application/json")
         except BaseException as exc:
             _remove_keys(s3, base.bucket, uploaded)
-            if isinstance(exc, _storage_errors()):
-                raise _fail("uploading to", target, exc) from None
+            if isinstance(exc, storage_errors()):
+                raise storage_failure("uploading to", target, exc) from None
             raise
     log.info("pushed %s as %s (%d files)", repo, target.url, len(files))
     return PushResult(version, target, base.child(POINTER), len(files), size, previous_version)
@@ -295,107 +126,3 @@ def _remove_keys(s3, bucket: str, keys: list[str]) -> None:
             log.warning("could not remove %d objects of the failed push: %s", len(batch), exc)
 
 
-# ---------------------------------------------------------------- reading a remote repository
-
-
-@dataclass(frozen=True)
-class RepositoryView:
-    """A repository as the tool sees it: ``local`` holds what the tool reads, ``server`` is what
-    tritonserver gets (the s3:// URL, or the local path). ``base`` is set when a pointer was
-    followed: ``tune`` pushes its result there as a new version."""
-
-    local: Path
-    server: str | Path
-    location: S3Location | None = None
-    base: S3Location | None = None
-    version: str | None = None
-
-    @property
-    def remote(self) -> bool:
-        return self.location is not None
-
-    def describe(self) -> str:
-        if self.location is None:
-            return str(self.local)
-        via = " (version %s via %s)" % (self.version, self.base.child(POINTER).url) if self.version and self.base \
-            else ""
-        return self.location.url + via
-
-
-def resolve(s3, location: S3Location) -> tuple[S3Location, S3Location | None, str | None]:
-    """(repository, base, version): a prefix with a pointer resolves to the version it names."""
-    pointer = read_pointer(s3, location)
-    if pointer is None:
-        return location, None, None
-    return location.child(VERSIONS, pointer["version"]), location, pointer["version"]
-
-
-def _local_path(dest: Path, relative: str) -> Path:
-    """``dest/relative`` for a key from the bucket, refusing keys that would escape ``dest``."""
-    parts = PurePosixPath(relative).parts
-    if not parts or any(p in ("", ".", "..") for p in parts) or PurePosixPath(relative).is_absolute():
-        raise UserError("refusing the object key %r: it would be written outside the download folder" % relative)
-    return dest.joinpath(*parts)
-
-
-def download(s3, location: S3Location, dest: Path, full: bool = False, progress: Progress | None = None) -> int:
-    """Copy the repository at ``location`` into ``dest``; returns the number of files fetched.
-
-    ``full=False`` fetches only what the tool reads (each model's manifest, config and reference
-    data) and leaves empty placeholders for the rest, so that the layout (version folders, a built
-    plan, the staged TensorRT folder) reads the same without downloading the weights."""
-    say = progress or (lambda msg: None)
-    try:
-        objects = list_objects(s3, location)
-    except _storage_errors() as exc:
-        raise _fail("listing", location, exc) from None
-    prefix = location.prefix + "/" if location.prefix else ""
-    fetched = 0
-    for key in sorted(objects):
-        relative = key[len(prefix):]
-        if not relative or relative.endswith("/"):
-            continue
-        path = _local_path(dest, relative)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        parts = relative.split("/")
-        if full or (len(parts) == 2 and parts[1] in TOOL_FILES):
-            say("downloading %s" % relative)
-            try:
-                s3.download_file(location.bucket, key, str(path))
-            except _storage_errors() as exc:
-                raise _fail("downloading", location.child(relative), exc) from None
-            fetched += 1
-        else:
-            path.touch()
-    if not objects:
-        raise UserError("%s holds no objects; push a repository there first (aitune-triton push REPO %s)"
-                        % (location.url, location.url))
-    return fetched
-
-
-@contextlib.contextmanager
-def open_repository(repo: "str | Path", full: bool = False, progress: Progress | None = None,
-                    require_pointer: bool = False) -> Iterator[RepositoryView]:
-    """A local path as it is; an s3:// URL resolved through its pointer and downloaded (``full``:
-    every file, else only what the tool reads) into a temporary folder removed afterwards.
-    ``require_pointer``: refuse (before downloading) a prefix that ``push`` did not write, for
-    callers that write back as a new version."""
-    if not is_s3_url(repo):
-        yield RepositoryView(Path(repo), Path(repo))
-        return
-    location = S3Location.parse(str(repo))
-    s3 = client(location)
-    repository, base, version = resolve(s3, location)
-    if require_pointer and base is None:
-        raise UserError("%s has no %s: results are written back as a new version behind that pointer, so the "
-                        "repository must have been pushed there with `aitune-triton push` (a plain prefix is never "
-                        "rewritten in place)" % (location.url, POINTER))
-    tmp = Path(tempfile.mkdtemp(prefix="aitune-s3-"))
-    try:
-        local = tmp / "repo"
-        local.mkdir()
-        count = download(s3, repository, local, full=full, progress=progress)
-        log.info("downloaded %d files of %s into %s", count, repository.url, local)
-        yield RepositoryView(local, repository.url, repository, base, version)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

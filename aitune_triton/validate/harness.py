@@ -356,7 +356,8 @@ def validate_repository(repo: Path, options: ValidateOptions | None = None,
     An ``s3://`` repository is served from object storage as Triton reads it, while the files the
     checks read (manifests, references, and the artifacts whose hashes are checked) are downloaded.
     """
-    from aitune_triton.deploy.storage import is_s3_url, open_repository
+    from aitune_triton.triton.launch import is_s3_url
+    from aitune_triton.triton.object_storage import open_repository
 
     options = options if options is not None else ValidateOptions()
     if is_s3_url(repo):

@@ -59,7 +59,7 @@ class ValidateOptions:
 def default_report_dir(repo: Path) -> Path:
     """``<repo>_validation_report`` next to the repository: each repository keeps its own report,
     and nothing is added inside the repository (Triton would see a new entry there)."""
-    from aitune_triton.deploy.storage import is_s3_url
+    from aitune_triton.triton.launch import is_s3_url
 
     if is_s3_url(repo):  # an s3:// repository: its last path segment, in the current directory
         return Path("%s_validation_report" % str(repo).rstrip("/").rsplit("/", 1)[-1])

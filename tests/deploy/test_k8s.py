@@ -125,9 +125,10 @@ def test_deploy_cli_from_a_local_repository_on_a_pvc(tmp_path):
 
 def test_deploy_cli_from_object_storage_pins_the_pushed_version(tmp_path, s3_endpoint):
     from aitune_triton.deploy import storage as st
+    from aitune_triton.triton import object_storage as obs
 
-    base = st.S3Location.parse("s3://%s/deploy-test/team/cnn" % s3_endpoint)
-    st.client(base).create_bucket(Bucket=base.bucket)
+    base = obs.S3Location.parse("s3://%s/deploy-test/team/cnn" % s3_endpoint)
+    obs.client(base).create_bucket(Bucket=base.bucket)
     pushed = st.push(ROOT / "model_repository", base)
     plan = tmp_path / "plan.json"
     plan.write_text('{"model": "cnn", "replicas": 4, "gpus_per_replica": 1, "p99_ms": 25.0}')

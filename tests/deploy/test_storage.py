@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from aitune_triton.deploy import storage as st
+from aitune_triton.triton import object_storage as obs
 from aitune_triton.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
     ("s3://https://minio.local:9443/models/a/b/", "models", "a/b", "minio.local:9443", True),
 ])
 def test_parse_follows_tritons_syntax_and_round_trips(url, bucket, prefix, endpoint, https):
-    loc = st.S3Location.parse(url)
+    loc = obs.S3Location.parse(url)
     assert (loc.bucket, loc.prefix, loc.endpoint, loc.https) == (bucket, prefix, endpoint, https)
-    assert st.S3Location.parse(loc.url) == loc
+    assert obs.S3Location.parse(loc.url) == loc
     assert loc.endpoint_url == (None if endpoint is None else ("https" if https else "http") + "://" + endpoint)
 
 
@@ -43,7 +44,7 @@ def test_parse_follows_tritons_syntax_and_round_trips(url, bucket, prefix, endpo
 ])
 def test_parse_rejects_bad_urls_in_one_line(url, message):
     with pytest.raises(UserError, match=message):
-        st.S3Location.parse(url)
+        obs.S3Location.parse(url)
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +60,10 @@ def repo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture()
-def base(s3_endpoint) -> st.S3Location:
+def base(s3_endpoint) -> obs.S3Location:
     """A fresh bucket per test, so each starts without a pointer."""
-    loc = st.S3Location.parse("s3://%s/b-%s/team/cnn" % (s3_endpoint, uuid.uuid4().hex[:12]))
-    st.client(loc).create_bucket(Bucket=loc.bucket)
+    loc = obs.S3Location.parse("s3://%s/b-%s/team/cnn" % (s3_endpoint, uuid.uuid4().hex[:12]))
+    obs.client(loc).create_bucket(Bucket=loc.bucket)
     return loc
 
 
@@ -72,29 +73,29 @@ def _files(root: Path) -> dict[str, bytes]:
 
 def test_push_uploads_a_version_then_switches_the_pointer(repo, base):
     first = st.push(repo, base)
-    s3 = st.client(base)
-    pointer = st.read_pointer(s3, base)
+    s3 = obs.client(base)
+    pointer = obs.read_pointer(s3, base)
     assert pointer["version"] == first.version and pointer["repository"] == first.repository.url
     assert first.repository.url.startswith(base.url + "/versions/") and first.previous is None
-    keys = st.list_objects(s3, first.repository)
+    keys = obs.list_objects(s3, first.repository)
     rels = {k[len(first.repository.prefix) + 1:] for k in keys}
     assert "cnn/config.pbtxt" in rels and "cnn/1/model.py" in rels
     assert not any(r.startswith(".") or "__pycache__" in r for r in rels)
     second = st.push(repo, base)
     assert second.version != first.version and second.previous == first.version
-    assert st.list_objects(s3, first.repository) == keys  # the old version stays servable
-    assert st.resolve(s3, base) == (second.repository, base, second.version)
+    assert obs.list_objects(s3, first.repository) == keys  # the old version stays servable
+    assert obs.resolve(s3, base) == (second.repository, base, second.version)
 
 
 def test_open_repository_follows_the_pointer_and_downloads(repo, base):
     pushed = st.push(repo, base)
     expected = {k: v for k, v in _files(repo).items() if not k.startswith(".") and "__pycache__" not in k}
-    with st.open_repository(base.url, full=True) as view:
+    with obs.open_repository(base.url, full=True) as view:
         assert view.server == pushed.repository.url and view.version == pushed.version and view.base == base
         assert _files(view.local) == expected
         local = view.local
     assert not local.exists()
-    with st.open_repository(base.url) as view:  # metadata only: the layout, with content only where read
+    with obs.open_repository(base.url) as view:  # metadata only: the layout, with content only where read
         got = _files(view.local)
         assert got.keys() == expected.keys()
         assert got["cnn/manifest.json"] == expected["cnn/manifest.json"]
@@ -115,20 +116,20 @@ def test_a_push_interrupted_half_way_leaves_the_pointer_and_no_partial_version(r
     with pytest.raises(KeyboardInterrupt) as interrupted:
         st.push(repo, base, progress=interrupt)
     assert interrupted.type is KeyboardInterrupt and interrupted.value.args == ()
-    s3 = st.client(base)
-    assert st.read_pointer(s3, base)["version"] == good.version
-    versions = {k.split("/")[3] for k in st.list_objects(s3, base.child(st.VERSIONS))}
+    s3 = obs.client(base)
+    assert obs.read_pointer(s3, base)["version"] == good.version
+    versions = {k.split("/")[3] for k in obs.list_objects(s3, base.child(obs.VERSIONS))}
     assert versions == {good.version}
 
 
 def test_push_errors_are_one_line_and_name_the_fix(repo, s3_endpoint, tmp_path, monkeypatch):
     with pytest.raises(UserError, match="NoSuchBucket.*create the bucket first"):
-        st.push(repo, st.S3Location.parse("s3://%s/no-such-bucket/x" % s3_endpoint))
+        st.push(repo, obs.S3Location.parse("s3://%s/no-such-bucket/x" % s3_endpoint))
     with pytest.raises(UserError, match="no model directory"):
-        st.push(tmp_path, st.S3Location.parse("s3://%s/models/x" % s3_endpoint))
+        st.push(tmp_path, obs.S3Location.parse("s3://%s/models/x" % s3_endpoint))
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     with pytest.raises(UserError, match="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
-        st.push(repo, st.S3Location.parse("s3://%s/models/x" % s3_endpoint))
+        st.push(repo, obs.S3Location.parse("s3://%s/models/x" % s3_endpoint))
 
 
 def test_credentials_stay_out_of_logs_and_objects(repo, base, caplog):
@@ -138,16 +139,16 @@ def test_credentials_stay_out_of_logs_and_objects(repo, base, caplog):
         pushed = st.push(repo, base)
     assert secret not in caplog.text and key_id not in caplog.text
     assert logging.getLogger("botocore").getEffectiveLevel() >= logging.WARNING
-    s3 = st.client(base)
-    body = s3.get_object(Bucket=base.bucket, Key=base.key(st.POINTER))["Body"].read().decode()
+    s3 = obs.client(base)
+    body = s3.get_object(Bucket=base.bucket, Key=base.key(obs.POINTER))["Body"].read().decode()
     assert secret not in body and key_id not in body and json.loads(body)["version"] == pushed.version
 
 
 def test_download_refuses_keys_that_escape_the_folder(base, tmp_path):
-    s3 = st.client(base)
+    s3 = obs.client(base)
     s3.put_object(Bucket=base.bucket, Key=base.key("cnn/../../escape"), Body=b"x")
     with pytest.raises(UserError, match="outside the download folder"):
-        st.download(s3, base, tmp_path / "dest", full=True)
+        obs.download(s3, base, tmp_path / "dest", full=True)
     assert not (tmp_path / "escape").exists()
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from aitune_triton.deploy import storage as st
+from aitune_triton.triton import object_storage as obs
 
 pytestmark = pytest.mark.live
 
@@ -46,8 +46,8 @@ def pushed(tmp_path_factory, triton_server_factory, s3_endpoint):
     generate(ROOT / "examples" / "cnn" / "model.py", repo, overrides={"fallback_format": "export",
                                                                       "backends": ("python",),
                                                                       "max_queue_delay_us": 0})
-    base = st.S3Location.parse("s3://%s/models/prod/cnn" % s3_endpoint)
-    st.client(base).create_bucket(Bucket=base.bucket)
+    base = obs.S3Location.parse("s3://%s/models/prod/cnn" % s3_endpoint)
+    obs.client(base).create_bucket(Bucket=base.bucket)
     proc = _run(["push", str(repo), base.url], work)
     assert proc.returncode == 0, proc.stderr
     return base, proc.stdout.strip().splitlines()[-1], work
@@ -69,9 +69,9 @@ def test_triton_serves_the_pushed_repository_from_s3_and_validate_passes(pushed)
 
 def test_tune_on_s3_writes_back_as_a_new_version(pushed):
     base, versioned, work = pushed
-    s3 = st.client(base)
-    before = st.read_pointer(s3, base)["version"]
-    old = st.S3Location.parse(versioned)
+    s3 = obs.client(base)
+    before = obs.read_pointer(s3, base)["version"]
+    old = obs.S3Location.parse(versioned)
     old_config = s3.get_object(Bucket=old.bucket, Key=old.key("cnn/config.pbtxt"))["Body"].read()
     # a one-point grid that is the current config (no reload between the re-measured rounds): what is
     # tested is the write-back of the chosen config as a new version, not the search
@@ -80,16 +80,16 @@ def test_tune_on_s3_writes_back_as_a_new_version(pushed):
                  "--perf-stability", "80"], work)
     if proc.returncode == 1 and "no measured variant met the constraint" in proc.stdout + proc.stderr:
         # perf_analyzer found no stable point (a machine shared with other load): nothing may be written back
-        assert st.read_pointer(s3, base)["version"] == before
+        assert obs.read_pointer(s3, base)["version"] == before
         pytest.skip("no stable perf_analyzer point on this machine; checked that nothing was pushed")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     new_url = proc.stdout.strip().splitlines()[-1]
-    pointer = st.read_pointer(s3, base)
+    pointer = obs.read_pointer(s3, base)
     assert pointer["previous"] == before and pointer["repository"] == new_url != versioned
-    new = st.S3Location.parse(new_url)
+    new = obs.S3Location.parse(new_url)
     tuned = s3.get_object(Bucket=new.bucket, Key=new.key("cnn/config.pbtxt"))["Body"].read().decode()
     assert "Tuned by aitune-triton" in tuned and "count: 1" in tuned and "max_queue_delay_microseconds: 0" in tuned
-    assert any(k.endswith("cnn/tuning/tune_report.json") for k in st.list_objects(s3, new))
+    assert any(k.endswith("cnn/tuning/tune_report.json") for k in obs.list_objects(s3, new))
     # the version servers were started on is untouched
     assert s3.get_object(Bucket=old.bucket, Key=old.key("cnn/config.pbtxt"))["Body"].read() == old_config
 
@@ -102,7 +102,7 @@ def test_serve_follows_the_pointer_and_serves_from_s3(pushed):
     from aitune_triton.triton.server import free_ports
 
     base, _, work = pushed
-    current = st.read_pointer(st.client(base), base)["repository"]
+    current = obs.read_pointer(obs.client(base), base)["repository"]
     http, grpc, metrics = free_ports(3)
     env = dict(os.environ, COLUMNS="300")
     proc = subprocess.Popen(CLI + ["serve", base.url, "--http-port", str(http), "--grpc-port", str(grpc),

@@ -11,7 +11,8 @@ from aitune_triton.errors import UserError
 from aitune_triton.runtime.aitune_runtime import Requirements
 from aitune_triton.tensorrt.section import PlanStatus, TensorRTSection
 from aitune_triton.export.fallback_artifact import FallbackArtifact
-from aitune_triton.triton.manifest import (MANIFEST, BatchingProbe, ChecksSection, Manifest,
+from aitune_triton.probe_section import BatchingProbe, ChecksSection
+from aitune_triton.triton.manifest import (MANIFEST, Manifest,
                                            OnnxSection, Versions, artifact_from_dict)
 from aitune_triton.triton.tuning_section import TuneHistoryEntry
 
