@@ -17,8 +17,8 @@ _EXPORTS = {
     "ONNXAutoCastConfig": "aitune_triton.tensorrt.config",
     "ONNXQuantizationConfig": "aitune_triton.tensorrt.config",
     "TorchQuantizationConfig": "aitune_triton.tensorrt.config",
-    "ProfileMode": "aitune_triton.tensorrt.profiles",
-    "TensorRTProfile": "aitune_triton.tensorrt.profiles",
+    "ProfileMode": "aitune_triton.profile_set",
+    "TensorRTProfile": "aitune_triton.profile_set",
 }
 
 if TYPE_CHECKING:

@@ -21,13 +21,15 @@ from typing import Any, Callable
 import torch
 
 from aitune_triton import __version__
-from aitune_triton.config import GenerateConfig, tolerance_for
+from aitune_triton.config import GenerateConfig
+from aitune_triton.numerics import tolerance_for
 from aitune_triton.errors import ModelError, UserError
 from aitune_triton.integrity import verify_artifacts
 from aitune_triton.source import ModelSource, load_model_source
 from aitune_triton.spec import IOSpec, Sample, call_with_feed, flatten_outputs, record_spec, sample_feed
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
-from aitune_triton.tensorrt.profiles import ProfileSet, derive_profiles
+from aitune_triton.profile_set import ProfileSet
+from aitune_triton.tensorrt.profiles import derive_profiles
 from aitune_triton.tensorrt.section import PlanStatus, TensorRTSection
 from aitune_triton.tensorrt.stamp import LoaderFacts
 from aitune_triton.triton import repository
@@ -273,7 +275,8 @@ def _select_fallback(prep: Prepared, version_dir: Path, strategy: str, progress:
 
 def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress,
                   final_dir: Path | None = None) -> tuple[Manifest, str, Any]:
-    from aitune_triton.export.torch_export import FALLBACK_LOG, skipped_summary
+    from aitune_triton.export.fallback_artifact import FALLBACK_LOG
+    from aitune_triton.export.torch_export import skipped_summary
     from aitune_triton.triton.python_model import write_python_model
 
     warmup_dims = _write_common(prep, model_dir)

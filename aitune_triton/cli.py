@@ -234,8 +234,8 @@ def build_plan(repo, model, force):
 def validate(repo, url, grpc_url, tritonserver, models, perf, concurrency, shared_memory, perf_request_count,
              perf_stability, report_dir, request_timeout_s, startup_timeout_s):
     """Serve REPO on a real Triton and check every generated model (exit 0 only if all checks pass)."""
-    from aitune_triton.validate.harness import ValidateOptions, default_report_dir, parse_concurrency, \
-        validate_repository
+    from aitune_triton.validate.options import ValidateOptions, default_report_dir, parse_concurrency
+    from aitune_triton.validate.harness import validate_repository
     from aitune_triton.validate.report import print_summary
 
     report_dir = report_dir or default_report_dir(repo)
@@ -266,7 +266,8 @@ def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver):
     import time
 
     from aitune_triton.errors import ServerError
-    from aitune_triton.triton.server import ServerOptions, TritonServer, describe_exit, served_model_names
+    from aitune_triton.triton.launch import ServerOptions, served_model_names
+    from aitune_triton.triton.server import TritonServer, describe_exit
 
     # by name, not "*": Triton would also try to load hidden dirs (a generate's staging dir)
     options = ServerOptions(tritonserver=tritonserver, host=host, http_port=http_port, grpc_port=grpc_port,
@@ -294,7 +295,7 @@ def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver):
 
 def _check_model_files(repo: Path, model: str) -> None:
     """A readable manifest and artifacts matching its SHA-256s, else one line (UserError/ModelError)."""
-    from aitune_triton.config import validate_model_name
+    from aitune_triton.triton.model_name import validate_model_name
     from aitune_triton.integrity import verify_artifacts
     from aitune_triton.triton.manifest import Manifest
 
@@ -344,7 +345,8 @@ def _ints(text: str) -> tuple[int, ...]:
 def tune(repo, model, objective, budget_ms, min_throughput, instances, delays_us, concurrency, brute, transports,
          visible_gpus, perf_stability, report_dir, ma_config, tritonserver):
     """Search instances / queue delay for MODEL on a live server and write the best config back."""
-    from aitune_triton.triton.server import ServerOptions, TritonServer
+    from aitune_triton.triton.launch import ServerOptions
+    from aitune_triton.triton.server import TritonServer
     from aitune_triton.tune.options import TuneOptions, parse_transports, parse_visible_gpus, tune_perf_options
     from aitune_triton.tune.search import tune_model
 
@@ -497,7 +499,7 @@ def deploy_k8s(repo, replicas, plan_file, gpus_per_replica, max_replicas, kserve
     from aitune_triton.triton.launch import is_s3_url
     from aitune_triton.triton.object_storage import open_repository
     from aitune_triton.errors import UserError
-    from aitune_triton.triton.server import server_version
+    from aitune_triton.triton.launch import server_version
 
     planned = k8s.plan_values(plan_file) if plan_file else {}
     if replicas == "auto":

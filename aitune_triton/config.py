@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from aitune_triton.defaults import QUEUE_DELAY_US
 from aitune_triton.errors import UserError
-from aitune_triton.numerics import DEFAULT_TOLERANCES, EXACT, Tolerance, tolerance_for  # noqa: F401 (re-exported)
+from aitune_triton.numerics import DEFAULT_TOLERANCES, Tolerance
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
 from aitune_triton.triton.model_name import validate_model_name
 

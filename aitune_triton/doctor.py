@@ -172,7 +172,7 @@ def _stub() -> DoctorRow:
 
 def _unresolved_libs(binary) -> list[str]:
     """Libraries ``ldd`` cannot find for ``binary`` in the environment the server would get."""
-    from aitune_triton.triton.server import build_environment
+    from aitune_triton.triton.launch import build_environment
 
     try:
         out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, timeout=30, env=build_environment())

@@ -350,9 +350,12 @@ def perf_data(repo: Path, name: str, work: Path):
 
 
 def measure(points: list[dict], repo: Path, work: Path, args, summary: dict, save, log, t_start: float) -> None:
-    from aitune_triton.triton.perf import PerfError, PerfOptions, run_perf
-    from aitune_triton.triton.server import ServerOptions, TritonServer
-    from aitune_triton.validate.checks import Endpoint, ModelTarget, Session, check_accuracy
+    from aitune_triton.errors import PerfError
+    from aitune_triton.triton.perf import PerfOptions, run_perf
+    from aitune_triton.triton.launch import ServerOptions
+    from aitune_triton.triton.server import TritonServer
+    from aitune_triton.validate.checks.target import Endpoint, ModelTarget, Session
+    from aitune_triton.validate.checks.accuracy import check_accuracy
 
     names = sorted({variant_name(p) for p in points})
     options = ServerOptions(tritonserver=Path(os.environ["TRITONSERVER"]) if os.environ.get("TRITONSERVER") else None,

@@ -31,9 +31,11 @@ sys.path.insert(0, str(ROOT))
 from aitune_triton.api import generate  # noqa: E402
 from aitune_triton.source import load_model_source  # noqa: E402
 from aitune_triton.triton.perf import PerfOptions, run_perf, write_input_data_json  # noqa: E402
-from aitune_triton.triton.server import ServerOptions, TritonServer  # noqa: E402
+from aitune_triton.triton.launch import ServerOptions  # noqa: E402
+from aitune_triton.triton.server import TritonServer  # noqa: E402
 from aitune_triton.triton.manifest import Manifest, load_reference  # noqa: E402
-from aitune_triton.validate.checks import Endpoint, ModelTarget, Session, check_accuracy  # noqa: E402
+from aitune_triton.validate.checks.target import Endpoint, ModelTarget, Session  # noqa: E402
+from aitune_triton.validate.checks.accuracy import check_accuracy  # noqa: E402
 
 RESNET = '''
 import torch, torchvision

@@ -34,8 +34,10 @@ sys.path.insert(0, str(ROOT))
 from aitune_triton.api import generate  # noqa: E402
 from aitune_triton.triton.manifest import Manifest  # noqa: E402
 from aitune_triton.triton.render import parse_config  # noqa: E402
-from aitune_triton.triton.server import ServerOptions, TritonServer  # noqa: E402
-from aitune_triton.tune.measure import LiveRunner, Measurement, remeasure  # noqa: E402
+from aitune_triton.triton.launch import ServerOptions  # noqa: E402
+from aitune_triton.triton.server import TritonServer  # noqa: E402
+from aitune_triton.tune.measure import LiveRunner, remeasure  # noqa: E402
+from aitune_triton.tune.points import Measurement  # noqa: E402
 from aitune_triton.tune.options import TuneOptions  # noqa: E402
 from aitune_triton.tune.result import TuneResult  # noqa: E402
 from aitune_triton.tune.search import perf_inputs, tune_model  # noqa: E402

@@ -60,8 +60,10 @@ from aitune_triton.triton import tools  # noqa: E402
 from aitune_triton.triton.manifest import Manifest  # noqa: E402
 from aitune_triton.triton.perf import PerfOptions  # noqa: E402
 from aitune_triton.triton.render import parse_config  # noqa: E402
-from aitune_triton.triton.server import ServerOptions, TritonServer, build_environment, server_binary  # noqa: E402
-from aitune_triton.tune.measure import LiveRunner, Measurement, Point, Remeasured, Variant  # noqa: E402
+from aitune_triton.triton.launch import ServerOptions, build_environment, server_binary  # noqa: E402
+from aitune_triton.triton.server import TritonServer  # noqa: E402
+from aitune_triton.tune.measure import LiveRunner  # noqa: E402
+from aitune_triton.tune.points import Measurement, Point, Remeasured, Variant  # noqa: E402
 from aitune_triton.tune.options import TuneOptions  # noqa: E402
 from aitune_triton.tune.result import TuneResult  # noqa: E402
 from aitune_triton.tune.search import perf_inputs, tune_model  # noqa: E402

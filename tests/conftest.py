@@ -29,7 +29,8 @@ def triton_server_factory(tmp_path_factory):
     reason = triton_stack_missing()
     if reason:
         pytest.skip(reason)
-    from aitune_triton.triton.server import ServerOptions, TritonServer
+    from aitune_triton.triton.launch import ServerOptions
+    from aitune_triton.triton.server import TritonServer
 
     started: list[TritonServer] = []
 
@@ -60,7 +61,7 @@ def s3_endpoint(tmp_path_factory):
     import urllib.request
 
     from aitune_triton.procs import die_with_parent
-    from aitune_triton.triton.server import free_port
+    from aitune_triton.triton.launch import free_port
 
     port = free_port()
     log = open(tmp_path_factory.mktemp("moto") / "moto_server.log", "wb")

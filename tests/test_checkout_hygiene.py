@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aitune_triton.triton.server import build_environment
+from aitune_triton.triton.launch import build_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 

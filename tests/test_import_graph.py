@@ -1,4 +1,5 @@
-"""The package's import structure: no cycle among module-level imports, and light subpackages.
+"""The package's import structure: no cycle among its imports (type-only and function-local ones
+included), no upward import, no name with two import paths, and light subpackages.
 
 ``export/`` and ``triton/`` name shared types (``FallbackArtifact``, ``ProfileSet``, tolerances) from
 small modules, so importing them does not pull in Polygraphy (a TensorRT tool) or the user-facing
@@ -22,47 +23,29 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
-        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
-def _module_level_imports(path: Path, name: str, known: set[str]) -> set[str]:
-    """The package modules ``path`` imports when it is imported: its top-level statements (inside
-    ``if``/``try`` too, except ``if TYPE_CHECKING:``), not the imports inside functions."""
+def _imports(path: Path, name: str, known: set[str]) -> set[str]:
+    """Every package module ``path`` imports anywhere: at the top, under ``if TYPE_CHECKING:``, and
+    inside functions. A type-only or deferred import is still a dependency of the design, so a
+    cycle or an upward import hidden that way counts."""
     found: set[str] = set()
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-
-    def visit(body: list[ast.stmt]) -> None:
-        for node in body:
-            if isinstance(node, ast.If):
-                if not _is_type_checking(node.test):
-                    visit(node.body)
-                    visit(node.orelse)
-            elif isinstance(node, ast.Try):
-                visit(node.body)
-                for handler in node.handlers:
-                    visit(handler.body)
-                visit(node.orelse)
-                visit(node.finalbody)
-            elif isinstance(node, ast.Import):
-                found.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
-                    base = ".".join(anchor + ([node.module] if node.module else []))
-                found.add(base)
-                found.update("%s.%s" % (base, alias.name) for alias in node.names)  # a submodule by name
-
-    visit(ast.parse(path.read_text()).body)
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            found.add(base)
+            found.update("%s.%s" % (base, alias.name) for alias in node.names)  # a submodule by name
     return {m for m in found if m in known and m != name}
 
 
 def import_graph() -> dict[str, set[str]]:
     paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     known = set(paths)
-    return {name: _module_level_imports(path, name, known) for name, path in paths.items()}
+    return {name: _imports(path, name, known) for name, path in paths.items()}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -101,7 +84,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def test_no_import_cycle_among_module_level_imports():
+def test_no_import_cycle_even_counting_type_only_and_local_imports():
     graph = import_graph()
     assert len(graph) > 50 and "aitune_triton.export.torch_export" in graph
     assert "aitune_triton.export.fallback_artifact" in graph["aitune_triton.triton.python_model"]
@@ -143,3 +126,48 @@ def test_export_and_triton_import_neither_polygraphy_nor_the_user_config():
     assert proc.returncode == 0, proc.stderr
     assert "aitune_triton.export.torch_export" in modules and "aitune_triton.triton.repository" in modules
     assert json.loads(proc.stdout.splitlines()[-1]) == []
+
+
+
+def test_the_spec_step_imports_no_pipeline_subpackage():
+    graph = import_graph()
+    assert "aitune_triton.triton.manifest" not in graph["aitune_triton.probe"]
+    for name in ("aitune_triton.probe", "aitune_triton.spec", "aitune_triton.source", "aitune_triton.probe_section"):
+        assert [d for d in graph[name] if d.split(".")[1] in PIPELINE] == [], name
+
+
+def _defined_names(path: Path) -> tuple[set[str], set[str]]:
+    """(names a module defines at its top level, names it imports anywhere)."""
+    tree = ast.parse(path.read_text())
+    defined: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            defined.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+    imported = {alias.asname or alias.name.split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
+    return defined, imported
+
+
+def test_every_name_has_one_import_path():
+    """``from aitune_triton.X import n`` only where X defines n: a re-export gives a name two paths
+    (the package's lazy public names in ``aitune_triton/__init__.py`` are the one exception)."""
+    paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    names = {m: _defined_names(p) for m, p in paths.items()}
+    sources = [p for d in ("aitune_triton", "tests", "benchmarks") for p in (ROOT / d).rglob("*.py")]
+    twice = []
+    for path in sources:
+        try:
+            tree = ast.parse(path.read_text())
+        except SyntaxError:  # the test corpus has a broken model.py on purpose
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module in names \
+                    and node.module != "aitune_triton":
+                defined, imported = names[node.module]
+                twice += ["%s: %s.%s" % (path.relative_to(ROOT), node.module, a.name) for a in node.names
+                          if a.name not in defined and a.name in imported and "%s.%s" % (node.module, a.name)
+                          not in paths]
+    assert twice == []

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from aitune_triton.triton.server import Ports, ServerOptions, build_command
+from aitune_triton.triton.launch import Ports, ServerOptions, build_command
 
 PACKAGE = Path(__file__).resolve().parents[1] / "aitune_triton"
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"

@@ -236,7 +236,7 @@ def _instance_scaling(measurements: list[dict], chosen: dict) -> list[str]:
 def find_report(repo: Path, model: str, report: Path | None = None) -> Path:
     """``report`` if given; else the newest of the model's tune report, validate's default report
     (``REPO_validation_report`` beside REPO) and ./validation_report."""
-    from aitune_triton.validate.harness import default_report_dir
+    from aitune_triton.validate.options import default_report_dir
 
     if report is not None:
         report = Path(report)

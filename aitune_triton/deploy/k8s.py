@@ -48,7 +48,7 @@ def _release(version: str | None) -> str | None:
 
 def choose_image(manifests: list[dict], server_version: str | None) -> tuple[str, str]:
     """(image, why) for the models' manifests (see the module docstring)."""
-    from aitune_triton.validate.checks import KNOWN_TRT_FOR_TRITON
+    from aitune_triton.validate.checks.version_stamp import KNOWN_TRT_FOR_TRITON
 
     built = {}
     for m in manifests:

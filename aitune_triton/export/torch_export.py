@@ -49,8 +49,6 @@ from aitune_triton.profile_set import ProfileSet
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FALLBACK_LOG", "FallbackArtifact", "build_fallback", "check_runner", "compare", "load_runner",
-           "skipped_summary"]
 
 COMPILE_TARGET = "aitune_triton.export.export_child:compile_aoti"
 CHECK_TARGET = "aitune_triton.export.export_child:check"

@@ -16,7 +16,7 @@ from aitune_triton.errors import AituneError, ModelError
 from aitune_triton.tensorrt.availability import import_tensorrt
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
 from aitune_triton.tensorrt.plan import PlanArtifact, PlanStamp, deserialize, engine_io_of, gpu_facts
-from aitune_triton.tensorrt.profiles import ProfileSet
+from aitune_triton.profile_set import ProfileSet
 from aitune_triton.tensorrt.settings import create_config, timing_cache_save_path
 
 

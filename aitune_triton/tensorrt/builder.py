@@ -22,7 +22,7 @@ from aitune_triton.tensorrt.availability import TensorRTUnavailable
 from aitune_triton.tensorrt.build_child import BuildRequest
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
 from aitune_triton.tensorrt.plan import PlanArtifact
-from aitune_triton.tensorrt.profiles import ProfileSet
+from aitune_triton.profile_set import ProfileSet
 
 log = logging.getLogger(__name__)
 

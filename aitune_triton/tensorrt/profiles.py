@@ -14,11 +14,10 @@ from typing import Sequence
 
 from aitune_triton.errors import UserError
 from aitune_triton.spec import AxisKind, IOSpec, Sample, sample_feed
-from aitune_triton.profile_set import (  # noqa: F401 - the public API's names, re-exported
+from aitune_triton.profile_set import (
     ProfileMode,
     ProfileSet,
     TensorRTProfile,
-    profiles_from_dict,
 )
 
 log = logging.getLogger(__name__)

@@ -52,7 +52,7 @@ from aitune_triton.tensorrt.config import (
     TorchQuantizationConfig,
     quantization_to_dict,
 )
-from aitune_triton.tensorrt.profiles import ProfileSet
+from aitune_triton.profile_set import ProfileSet
 from aitune_triton.tensorrt.section import QuantizationRecord, QuantMethod
 from aitune_triton.tensorrt.settings import precision_flags
 

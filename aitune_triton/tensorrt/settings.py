@@ -19,7 +19,7 @@ from polygraphy.backend.trt import Profile
 from aitune_triton.errors import ModelError, UserError
 from aitune_triton.tensorrt.availability import import_tensorrt
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
-from aitune_triton.tensorrt.profiles import ProfileSet, TensorRTProfile
+from aitune_triton.profile_set import ProfileSet, TensorRTProfile
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
-from aitune_triton.tensorrt.profiles import ProfileSet, TensorRTProfile
+from aitune_triton.profile_set import ProfileSet, TensorRTProfile
 from aitune_triton.tensorrt.settings import HARDWARE_LEVELS, PRECISION_FLAGS, TrtSymbol, create_config_kwargs
 
 _MIB = 1 << 20

@@ -21,7 +21,7 @@ import numpy as np
 
 from aitune_triton import defaults
 from aitune_triton.triton import tools
-from aitune_triton.errors import PerfError  # noqa: F401  (re-exported)
+from aitune_triton.errors import PerfError
 
 log = logging.getLogger(__name__)
 

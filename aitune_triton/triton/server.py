@@ -44,22 +44,13 @@ from aitune_triton.triton.launch import (
     build_environment,
     check_ports_free,
     check_shell_safe,
-    free_port,
-    free_ports,
     is_s3_url,
     resolve_ports,
-    served_model_names,
     server_binary,
-    server_version,
     supported_flags,
 )
-from aitune_triton.triton.server_api import RemoteServer, Server, ServerAPI, http_get
+from aitune_triton.triton.server_api import ServerAPI, http_get
 
-# the names callers import from here (the launcher's building blocks and the attached server)
-__all__ = ["Ports", "RemoteServer", "Server", "ServerError", "ServerOptions", "TritonServer", "build_command",
-           "build_environment", "check_ports_free", "check_shell_safe", "describe_exit", "free_port", "free_ports",
-           "group_members", "resolve_ports", "served_model_names", "server_binary", "server_version",
-           "supported_flags"]
 
 log = logging.getLogger(__name__)
 

@@ -27,21 +27,22 @@ from aitune_triton.errors import AituneError
 from aitune_triton.integrity import verify_artifacts
 from aitune_triton.triton import tools
 from aitune_triton.tensorrt.stamp import refusal_here
-from aitune_triton.triton.perf import PerfError, PerfOptions, PerfResult, PerfRow, run_perf, write_input_data_json
-from aitune_triton.triton.server import ServerError, ServerOptions, TritonServer
+from aitune_triton.errors import PerfError
+from aitune_triton.triton.perf import PerfOptions, PerfResult, PerfRow, run_perf, write_input_data_json
+from aitune_triton.errors import ServerError
+from aitune_triton.triton.launch import ServerOptions
+from aitune_triton.triton.server import TritonServer
 from aitune_triton.triton.server_api import RemoteServer, Server
 from aitune_triton.validate.checks import registry
 from aitune_triton.validate.checks.batching import batch_histogram, model_stats
 from aitune_triton.validate.checks.registry import Check, CheckContext
 from aitune_triton.validate.checks.target import Endpoint, ModelTarget, Session
 from aitune_triton.validate.checks.wire import request_arrays, short, wire_dtype
-from aitune_triton.validate.options import ValidateOptions, default_report_dir, parse_concurrency
+from aitune_triton.validate.options import ValidateOptions
 from aitune_triton.validate.plan import Planned, plan_models, server_backends
 from aitune_triton.validate.report import ModelReport, ServerInfo, ValidationReport
 from aitune_triton.validate.result import CheckResult, CheckStatus
 
-# the entry points the CLI and the API import from here
-__all__ = ["ValidateOptions", "default_report_dir", "parse_concurrency", "plan_models", "validate_repository"]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]

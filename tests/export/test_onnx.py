@@ -16,7 +16,8 @@ from aitune_triton.export.onnx import OnnxArtifact, axis_groups, export_onnx
 from aitune_triton.export.onnx_check import check_feeds
 from aitune_triton.source import load_model_source
 from aitune_triton.spec import Sample, record_spec
-from aitune_triton.tensorrt.profiles import ProfileMode, derive_profiles
+from aitune_triton.profile_set import ProfileMode
+from aitune_triton.tensorrt.profiles import derive_profiles
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

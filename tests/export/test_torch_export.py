@@ -26,7 +26,8 @@ from aitune_triton.export.torch_program import dynamic_dims
 from aitune_triton.numerics import tolerance_for
 from aitune_triton.source import load_model_source
 from aitune_triton.spec import record_spec
-from aitune_triton.tensorrt.profiles import ProfileMode, derive_profiles
+from aitune_triton.profile_set import ProfileMode
+from aitune_triton.tensorrt.profiles import derive_profiles
 from aitune_triton.triton.python_model import graph_batch_sizes, python_model_data, write_python_model
 
 ROOT = Path(__file__).resolve().parents[2]

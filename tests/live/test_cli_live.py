@@ -68,7 +68,7 @@ def test_validate_passes_and_skips_the_pending_plan(repo, tmp_path):
 
 
 def test_serve_foreground_and_ctrl_c(repo):
-    from aitune_triton.triton.server import free_ports
+    from aitune_triton.triton.launch import free_ports
 
     http, grpc, metrics = free_ports(3)
     proc = subprocess.Popen(CLI + ["serve", str(repo), "--http-port", str(http), "--grpc-port", str(grpc),

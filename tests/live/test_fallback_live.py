@@ -21,12 +21,14 @@ import numpy as np
 import pytest
 import torch
 
-from aitune_triton.config import tolerance_for
+from aitune_triton.numerics import tolerance_for
 from aitune_triton.errors import ServerError
-from aitune_triton.export.torch_export import FallbackArtifact, build_fallback, compare
+from aitune_triton.export.fallback_artifact import FallbackArtifact
+from aitune_triton.export.torch_export import build_fallback, compare
 from aitune_triton.source import ModelSource, load_model_source
 from aitune_triton.spec import IOSpec, TensorSpec, call_with_feed, flatten_outputs, record_spec
-from aitune_triton.tensorrt.profiles import ProfileMode, derive_profiles
+from aitune_triton.profile_set import ProfileMode
+from aitune_triton.tensorrt.profiles import derive_profiles
 from aitune_triton.triton.python_model import write_python_model
 
 pytestmark = pytest.mark.live

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from aitune_triton.triton.server import free_ports
-from aitune_triton.validate.checks import CheckStatus
-from aitune_triton.validate.harness import ValidateOptions, validate_repository
+from aitune_triton.triton.launch import free_ports
+from aitune_triton.validate.result import CheckStatus
+from aitune_triton.validate.options import ValidateOptions
+from aitune_triton.validate.harness import validate_repository
 
 FAIL, WARN = CheckStatus.FAIL, CheckStatus.WARN
 

@@ -99,7 +99,7 @@ def test_serve_follows_the_pointer_and_serves_from_s3(pushed):
     import time
     import urllib.request
 
-    from aitune_triton.triton.server import free_ports
+    from aitune_triton.triton.launch import free_ports
 
     base, _, work = pushed
     current = obs.read_pointer(obs.client(base), base)["repository"]

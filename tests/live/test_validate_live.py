@@ -19,8 +19,10 @@ import pytest
 
 from aitune_triton.triton import server as srv
 from aitune_triton.triton.manifest import REFERENCE, load_reference, save_reference
-from aitune_triton.validate.checks import CheckResult, CheckStatus, registered
-from aitune_triton.validate.harness import ValidateOptions, validate_repository
+from aitune_triton.validate.result import CheckResult, CheckStatus
+from aitune_triton.validate.checks.registry import registered
+from aitune_triton.validate.options import ValidateOptions
+from aitune_triton.validate.harness import validate_repository
 from aitune_triton.validate.report import PLOT_PNG, REPORT_JSON, REPORT_MD
 
 PASS, FAIL, SKIP, WARN = CheckStatus.PASS, CheckStatus.FAIL, CheckStatus.SKIP, CheckStatus.WARN

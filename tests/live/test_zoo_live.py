@@ -30,8 +30,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from aitune_triton.api import generate
-from aitune_triton.validate.checks import CheckStatus
-from aitune_triton.validate.harness import ValidateOptions, validate_repository
+from aitune_triton.validate.result import CheckStatus
+from aitune_triton.validate.options import ValidateOptions
+from aitune_triton.validate.harness import validate_repository
 
 FAIL, PASS, SKIP = CheckStatus.FAIL, CheckStatus.PASS, CheckStatus.SKIP
 

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from aitune_triton.spec import normalize_sample, record_spec
-from aitune_triton.tensorrt.profiles import ProfileMode, derive_profiles
+from aitune_triton.profile_set import ProfileMode
+from aitune_triton.tensorrt.profiles import derive_profiles
 
 
 def _trt_import_error():

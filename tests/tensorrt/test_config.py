@@ -16,7 +16,7 @@ from aitune_triton.tensorrt.config import (
     quantization_from_dict,
     quantization_to_dict,
 )
-from aitune_triton.tensorrt.profiles import ProfileMode, TensorRTProfile
+from aitune_triton.profile_set import ProfileMode, TensorRTProfile
 
 
 def _custom_profiles():

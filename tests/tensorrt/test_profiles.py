@@ -8,14 +8,8 @@ from torch import nn
 from aitune_triton.errors import UserError
 from aitune_triton.spec import normalize_sample, record_spec
 from aitune_triton.tensorrt.settings import polygraphy_profiles
-from aitune_triton.tensorrt.profiles import (
-    ProfileMode,
-    ProfileSet,
-    TensorRTProfile,
-    default_max_batch_size,
-    derive_profiles,
-    profiles_from_dict,
-)
+from aitune_triton.profile_set import ProfileMode, ProfileSet, TensorRTProfile, profiles_from_dict
+from aitune_triton.tensorrt.profiles import default_max_batch_size, derive_profiles
 
 
 class Encoder(nn.Module):

@@ -28,11 +28,12 @@ from aitune_triton.tensorrt.config import (
     TensorRTBackendConfig,
     TorchQuantizationConfig,
 )
-from aitune_triton.tensorrt.profiles import ProfileMode, derive_profiles
+from aitune_triton.profile_set import ProfileMode
+from aitune_triton.tensorrt.profiles import derive_profiles
 from aitune_triton.tensorrt.quantized_onnx import QUANTIZED_TOLERANCES, stage_onnx
 from aitune_triton.tensorrt.section import PlanStatus, QuantMethod, TensorRTSection
 from aitune_triton.triton.manifest import Manifest, load_reference
-from aitune_triton.validate.checks import version_verdict
+from aitune_triton.validate.checks.version_stamp import version_verdict
 
 pytest.importorskip("modelopt", reason="nvidia-modelopt is not installed")
 pytestmark = pytest.mark.slow

@@ -24,7 +24,7 @@ import pytest
 from aitune_triton.tensorrt.plan import TRT_DTYPES
 from aitune_triton.tensorrt.settings import HARDWARE_LEVELS, TrtSymbol, create_config_kwargs
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
-from aitune_triton.tensorrt.profiles import ProfileSet, TensorRTProfile
+from aitune_triton.profile_set import ProfileSet, TensorRTProfile
 
 ROOT = Path(__file__).resolve().parents[2]
 STUBS_PIN = "tensorrt-stubs==10.13.0.35.1"

@@ -3,7 +3,7 @@ import pytest
 
 from aitune_triton.errors import UserError
 from aitune_triton.spec import AxisKind, AxisSpec, IOSpec, TensorSpec
-from aitune_triton.tensorrt.profiles import ProfileSet, TensorRTProfile
+from aitune_triton.profile_set import ProfileSet, TensorRTProfile
 from aitune_triton.triton import mapping as m
 
 

@@ -9,15 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aitune_triton.triton.perf import (
-    PerfError,
-    PerfOptions,
-    PerfRow,
-    build_perf_command,
-    parse_csv,
-    run_perf,
-    write_input_data_json,
-)
+from aitune_triton.errors import PerfError
+from aitune_triton.triton.perf import PerfOptions, PerfRow, build_perf_command, parse_csv, run_perf, write_input_data_json
 
 PA = Path("/opt/pa/perf_analyzer")
 

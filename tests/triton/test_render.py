@@ -8,7 +8,8 @@ from hypothesis import given, settings, strategies as st
 
 from aitune_triton.errors import ModelError
 from aitune_triton.spec import AxisKind, AxisSpec, IOSpec, TensorSpec
-from aitune_triton.tensorrt.profiles import ProfileSet, TensorRTProfile, derive_profiles, ProfileMode
+from aitune_triton.profile_set import ProfileMode, ProfileSet, TensorRTProfile
+from aitune_triton.tensorrt.profiles import derive_profiles
 from aitune_triton.triton import mapping as m
 from aitune_triton.triton.render import check_config, config_problems, config_text, parse_config, render_config, \
     write_config

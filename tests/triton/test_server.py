@@ -18,7 +18,7 @@ from aitune_triton.errors import UserError
 from aitune_triton.triton import server as srv
 from aitune_triton.triton import tools
 from aitune_triton.triton.perf import PerfOptions, parse_csv, run_perf, write_input_data_json
-from aitune_triton.triton.server import ServerError
+from aitune_triton.errors import ServerError
 from aitune_triton.triton.server_api import http_get
 
 

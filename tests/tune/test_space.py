@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from aitune_triton.errors import UserError
-from aitune_triton.tensorrt.profiles import ProfileSet, TensorRTProfile
+from aitune_triton.profile_set import ProfileSet, TensorRTProfile
 from aitune_triton.triton.render import check_config, parse_config
 from aitune_triton.tune.objective import Objective
 from aitune_triton.tune.points import Point, Variant

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from aitune_triton.config import Tolerance
+from aitune_triton.numerics import Tolerance
 from aitune_triton.errors import ModelError, UserError
 from aitune_triton.tune.candidates import (
     AccuracyReport,

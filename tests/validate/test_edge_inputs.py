@@ -8,7 +8,8 @@ import torch
 from aitune_triton.config import GenerateConfig
 from aitune_triton.errors import UserError
 from aitune_triton.spec import normalize_sample, record_spec
-from aitune_triton.tensorrt.profiles import ProfileMode, derive_profiles
+from aitune_triton.profile_set import ProfileMode
+from aitune_triton.tensorrt.profiles import derive_profiles
 from aitune_triton.validate import edge_inputs as ei
 
 

@@ -75,7 +75,7 @@ def test_a_server_that_cannot_start_fails_every_model(repo, tmp_path):
 
 
 def test_nothing_answers_at_the_url(repo):
-    from aitune_triton.triton.server import free_port
+    from aitune_triton.triton.launch import free_port
 
     report = harness.validate_repository(repo, harness.ValidateOptions(url="127.0.0.1:%d" % free_port(),
                                                                         models=("affine",)))

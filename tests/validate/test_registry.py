@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from aitune_triton.triton.server import free_port
+from aitune_triton.triton.launch import free_port
 from aitune_triton.triton.server_api import RemoteServer
 from aitune_triton.validate import checks, harness
 from aitune_triton.validate.checks import registry

@@ -21,11 +21,3 @@ from aitune_triton.validate.checks import (  # noqa: F401 - imported to register
     ready,
     version_stamp,
 )
-from aitune_triton.validate.checks.accuracy import check_accuracy
-from aitune_triton.validate.checks.registry import Check, CheckContext, registered, run_check
-from aitune_triton.validate.result import CheckResult, CheckStatus
-from aitune_triton.validate.checks.target import Endpoint, ModelTarget, Session
-from aitune_triton.validate.checks.version_stamp import KNOWN_TRT_FOR_TRITON, version_verdict
-
-__all__ = ["Check", "CheckContext", "CheckResult", "CheckStatus", "Endpoint", "KNOWN_TRT_FOR_TRITON", "ModelTarget",
-           "Session", "check_accuracy", "registered", "run_check", "version_verdict"]
