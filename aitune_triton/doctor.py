@@ -139,13 +139,13 @@ def _find(name: str):
 
 
 def _tritonserver() -> DoctorRow:
-    from aitune_triton.triton import server, tools
+    from aitune_triton.triton import launch, tools
 
     try:
         path = tools.bundled_tritonserver()
     except tools.ToolMissing as exc:
         return DoctorRow("tritonserver", False, str(exc), SETUP_HINT, True)
-    version = server.server_version(path)
+    version = launch.server_version(path)
     return DoctorRow("tritonserver", True, "%s (%s)" % (version or "version unknown", path), "", True)
 
 

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -36,6 +38,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from aitune_triton import child_codec
+from aitune_triton.waiting import poll
+
+log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 
@@ -94,9 +99,7 @@ def reap_group(pgid: int, shm_glob: str | None = None, wait_s: float = 10.0) -> 
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    deadline = time.monotonic() + wait_s
-    while _group_alive(pgid) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    poll(lambda: not _group_alive(pgid), wait_s, 0.05)
     if shm_glob:
         for region in Path("/dev/shm").glob(shm_glob):
             try:
@@ -161,13 +164,14 @@ def _release_stale_lock(lock_file: Path) -> None:
     except OSError:
         return
     try:
-        for _ in range(40):  # the dead owner's descriptors close while we wake: allow them 2 s
+        def locked() -> bool:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return True
             except BlockingIOError:
-                time.sleep(0.05)
-        else:
+                return False
+
+        if not poll(locked, 2.0, 0.05):  # the dead owner's descriptors close while we wake: allow them 2 s
             return  # held by a live run: leave it
         if os.fstat(fd).st_ino == os.lstat(lock_file).st_ino:
             os.unlink(lock_file)
@@ -220,6 +224,8 @@ class ChildFailed(Exception):
     """A ``run_child`` child ended without a value. Callers turn it into their own error of the
     package's tree (with their own words); it never reaches the user as it is.
 
+    ``rerun`` is a shell command that runs the same request again in the foreground, printing
+    everything (the request file it names is kept for it, next to ``log_path``).
     ``output`` is everything the child printed (also in ``log_path``); for ``RAISED``,
     ``exception`` is the exception re-created in the parent (None unless it is an ``AituneError``
     of this package or a builtin exception that takes its message), ``error_type`` its qualified
@@ -228,8 +234,10 @@ class ChildFailed(Exception):
 
     def __init__(self, outcome: ChildOutcome, target: str, *, log_path: Path, output: str,
                  returncode: int | None = None, timeout_s: float | None = None,
-                 exception: BaseException | None = None, error_type: str = "", error_message: str = ""):
+                 exception: BaseException | None = None, error_type: str = "", error_message: str = "",
+                 rerun: str = ""):
         self.outcome = outcome
+        self.rerun = rerun  # one shell command that runs the same request again in the foreground
         self.target = target
         self.log_path = Path(log_path)
         self.output = output
@@ -287,7 +295,8 @@ def _read_text(path: Path) -> str:
 
 
 def run_child(target: str, request: Any, *, log_path: Path, timeout_s: float,
-              env: Mapping[str, str] | None = None, tick: Callable[[float], None] | None = None) -> Any:
+              env: Mapping[str, str] | None = None, tick: Callable[[float], None] | None = None,
+              keep_dir: Path | None = None) -> Any:
     """Run ``module:function`` on ``request`` in a fresh interpreter and return what it returns.
 
     The child runs in its own session (a timeout kills its whole process group: compilers and
@@ -298,7 +307,8 @@ def run_child(target: str, request: Any, *, log_path: Path, timeout_s: float,
     or SIGTERM here kills the group and propagates. Raises ``ChildFailed`` for every ending
     without a value. Request and result travel as ``child_codec`` JSON: a request the codec does
     not carry is a ``TypeError`` here, before any child starts; a result it does not carry comes
-    back as the child's ``TypeError``.
+    back as the child's ``TypeError``. A failed child's request is kept (in ``keep_dir``, default
+    the log's folder) for ``ChildFailed.rerun``.
     """
     job = child_codec.dumps({"target": target, "request": request})
     work = Path(tempfile.mkdtemp(prefix="aitune-child-"))  # 0700: only this user can touch the files
@@ -307,6 +317,7 @@ def run_child(target: str, request: Any, *, log_path: Path, timeout_s: float,
         _write_private(job_path, job.encode())
         log_path = Path(log_path)
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        kept_job = Path(keep_dir or log_path.parent) / (log_path.stem + ".job.json")
         cmd = [sys.executable, "-X", "faulthandler", "-c", _CHILD_MAIN, _PACKAGE_ROOT, str(job_path)]
         with open(log_path, "wb") as out:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -324,37 +335,61 @@ def run_child(target: str, request: Any, *, log_path: Path, timeout_s: float,
             watchdog.disarm()
         if returncode is None:
             raise ChildFailed(ChildOutcome.TIMEOUT, target, log_path=log_path, output=_read_text(log_path),
-                              timeout_s=timeout_s)
+                              timeout_s=timeout_s, rerun=_keep_job(job_path, kept_job, env))
         reap_group(proc.pid, wait_s=2.0)  # what the child left running (a compiler's worker) goes with it
         result = _read_result(result_path)
         if result is not None and result["ok"]:
             return result["value"]
         output = _read_text(log_path)
+        rerun = _keep_job(job_path, kept_job, env)
         if result is not None:
             error = result["error"]
             raise ChildFailed(ChildOutcome.RAISED, target, log_path=log_path, output=output, returncode=returncode,
                               exception=child_codec.decode_exception(error),
-                              error_type=child_codec.exception_type(error), error_message=str(error["message"]))
+                              error_type=child_codec.exception_type(error), error_message=str(error["message"]),
+                              rerun=rerun)
         outcome = ChildOutcome.SIGNAL if returncode < 0 else ChildOutcome.EXITED
-        raise ChildFailed(outcome, target, log_path=log_path, output=output, returncode=returncode)
+        raise ChildFailed(outcome, target, log_path=log_path, output=output, returncode=returncode, rerun=rerun)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _keep_job(job_path: Path, kept: Path, env: Mapping[str, str] | None) -> str:
+    """Keep a failed child's request next to its log and return the command that reruns it in the
+    foreground: this interpreter, the package root, the environment variables the child got that
+    differ from this process's, and the kept request file."""
+    try:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(job_path, kept)
+        kept.chmod(0o600)
+    except OSError as exc:
+        log.warning("could not keep the failed child's request %s: %s", job_path, exc)
+        return ""
+    child = dict(env) if env is not None else child_env()
+    changed = ["%s=%s" % (k, v) for k, v in sorted(child.items()) if os.environ.get(k) != v]
+    removed = [arg for k in sorted(set(os.environ) - set(child)) for arg in ("-u", k)]
+    prefix = ["env", *removed, *changed] if changed or removed else []
+    return shlex.join([*prefix, sys.executable, "-X", "faulthandler", "-c", _CHILD_MAIN, _PACKAGE_ROOT, str(kept)])
 
 
 def _wait_child(proc: subprocess.Popen[bytes], timeout_s: float, tick: Callable[[float], None] | None) -> int | None:
     """The child's return code, or None when ``timeout_s`` passed (its group is then killed)."""
     start = time.monotonic()
-    while True:
+
+    def exited() -> bool:
         try:
-            return proc.wait(timeout=0.5)
+            proc.wait(timeout=0.5)
+            return True
         except subprocess.TimeoutExpired:
-            elapsed = time.monotonic() - start
-            if elapsed > timeout_s:
-                reap_group(proc.pid)
-                proc.wait()
-                return None
             if tick is not None:
-                tick(elapsed)
+                tick(time.monotonic() - start)
+            return False
+
+    if poll(exited, timeout_s, 0.0):
+        return proc.returncode
+    reap_group(proc.pid)
+    proc.wait()
+    return None
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -391,7 +426,7 @@ def _child_main(job_path: str) -> int:
         payload = child_codec.dumps(result)
     sys.stdout.flush()
     sys.stderr.flush()
-    result_path = Path(job_path).with_name("result.json")
+    result_path = Path(job_path).with_name("result.json")  # a rerun's result: beside its kept request
     tmp = result_path.with_name("result.json.tmp")
     _write_private(tmp, payload.encode())
     os.replace(tmp, result_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -234,6 +235,22 @@ def test_run_child_re_raises_the_childs_exception_type(run):
     assert isinstance(failure.exception, UserError) and failure.exception.details == "the details"
     assert failure.exception.log_path == "/tmp/x.log" and str(failure.exception) == "bad input: 7"
     assert "about to refuse" in failure.tail() and "Traceback" in failure.output  # the child's traceback is logged
+
+
+def test_a_failed_child_keeps_its_request_and_the_rerun_command_reproduces_it(run, tmp_path):
+    with pytest.raises(ChildFailed) as info:
+        run("user_error", 7)
+    kept = tmp_path / "child.job.json"
+    assert kept.is_file() and kept.stat().st_mode & 0o777 == 0o600 and str(kept) in info.value.rerun
+    # the one command, run in the foreground: the same failure, printed in full
+    proc = subprocess.run(shlex.split(info.value.rerun), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "about to refuse" in proc.stdout + proc.stderr
+    assert "UserError: bad input: 7" in proc.stderr
+
+
+def test_a_child_that_returns_leaves_no_request_behind(run, tmp_path):
+    run("echo", {"x": 1})
+    assert not (tmp_path / "child.job.json").exists()
 
 
 def test_run_child_re_creates_a_builtin_exception(run):

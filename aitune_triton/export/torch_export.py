@@ -236,10 +236,12 @@ def _run_child(target: str, request: CompileRequest | CheckRequest, job: "_Job",
     failure becomes ``CandidateFailed`` with one line."""
     child_log = job.work / ("%s.log" % re.sub(r"\W+", "_", what))
     try:
-        value = procs.run_child(target, request, log_path=child_log, timeout_s=job.timeout_s)
+        value = procs.run_child(target, request, log_path=child_log, timeout_s=job.timeout_s,
+                                keep_dir=job.log_path.parent)
     except procs.ChildFailed as failure:
         status = "timed out" if failure.outcome is procs.ChildOutcome.TIMEOUT else "exit %s" % failure.returncode
-        append_text(job.log_path, "%s (%s)" % (what, status), failure.output)
+        rerun = "\nrerun it in the foreground: %s\n" % failure.rerun if failure.rerun else ""
+        append_text(job.log_path, "%s (%s)" % (what, status), failure.output + rerun)
         raise CandidateFailed(_child_reason(what, failure)) from None
     append_text(job.log_path, "%s (exit 0)" % what, child_log.read_text(errors="replace"))
     return value

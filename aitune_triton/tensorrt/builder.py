@@ -133,6 +133,8 @@ def build_plan(onnx_path: Path | str, plan_path: Path | str, trt_config: TensorR
                         "building TensorRT plan %s" % plan_path.name, env)
     except procs.ChildFailed as failure:
         error = _build_error(failure)
+        if failure.rerun and error.log_path is not None:
+            error.details = "rerun the build in the foreground: %s" % failure.rerun
         if error.log_path is None:  # nothing in the log the message does not say
             shutil.rmtree(work, ignore_errors=True)
         raise error from None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import logging
 import os
 import shutil
@@ -29,6 +30,7 @@ from typing import Iterator
 from aitune_triton import procs
 from aitune_triton.errors import UserError
 from aitune_triton.triton.model_name import validate_model_name
+from aitune_triton.waiting import poll
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,17 @@ def _open_lock(lock_path: Path) -> int:
         raise UserError("cannot create lock file %s: %s" % (lock_path, exc.strerror)) from None
 
 
+def _try_lock(fd: int) -> bool:
+    """Take the exclusive lock without blocking: False while another run holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        return False
+
+
 @contextlib.contextmanager
 def repository_lock(repo: Path, wait_s: float = 0.0) -> Iterator[None]:
     """An exclusive lock on the repository directory (which must exist), keyed on its real path.
@@ -87,17 +100,8 @@ def repository_lock(repo: Path, wait_s: float = 0.0) -> Iterator[None]:
     while True:
         fd = _open_lock(lock_path)
         try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise
-                    if time.monotonic() >= deadline:
-                        raise UserError("another aitune-triton run is writing to %s; wait for it to finish"
-                                        % repo) from None
-                    time.sleep(0.2)
+            if not poll(functools.partial(_try_lock, fd), max(0.0, deadline - time.monotonic()), 0.2):
+                raise UserError("another aitune-triton run is writing to %s; wait for it to finish" % repo)
             held = os.fstat(fd)
             try:
                 now = os.lstat(lock_path)

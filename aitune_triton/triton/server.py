@@ -30,7 +30,6 @@ import re
 import signal
 import subprocess
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import BinaryIO
@@ -50,6 +49,7 @@ from aitune_triton.triton.launch import (
     supported_flags,
 )
 from aitune_triton.triton.server_api import ServerAPI, http_get
+from aitune_triton.waiting import poll
 
 
 log = logging.getLogger(__name__)
@@ -270,26 +270,28 @@ class TritonServer(ServerAPI):
         return self
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.options.startup_timeout_s
-        while True:
-            code = self._running().poll()
-            if code is not None:
-                raise self._error("tritonserver exited with code %d during start-up" % code)
-            status, _ = http_get(self.http_url, "/v2/health/ready")
-            if status is not None and not self._answer_is_ours():
-                status = None  # another server on this port: ours will fail to bind and exit
-            if status is not None:
-                # ready can be true although a start-up load failed (a config that does not parse
-                # never becomes a model state), so the requested models are checked by name
-                failed = self._startup_failures(final=status == 200)
-                if failed:
-                    raise self._error("model(s) failed to load: %s" % "; ".join(failed))
-                if status == 200:
-                    self._confirm_endpoints()
-                    return
-            if time.monotonic() > deadline:
-                raise self._error("tritonserver not ready within %.0f s" % self.options.startup_timeout_s)
-            time.sleep(0.25)
+        if not poll(self._ready_now, self.options.startup_timeout_s, 0.25):
+            raise self._error("tritonserver not ready within %.0f s" % self.options.startup_timeout_s)
+
+    def _ready_now(self) -> bool:
+        """True once the server answers ready with every requested model loaded; raises once it
+        has exited or a model failed to load."""
+        code = self._running().poll()
+        if code is not None:
+            raise self._error("tritonserver exited with code %d during start-up" % code)
+        status, _ = http_get(self.http_url, "/v2/health/ready")
+        if status is not None and not self._answer_is_ours():
+            status = None  # another server on this port: ours will fail to bind and exit
+        if status is not None:
+            # ready can be true although a start-up load failed (a config that does not parse
+            # never becomes a model state), so the requested models are checked by name
+            failed = self._startup_failures(final=status == 200)
+            if failed:
+                raise self._error("model(s) failed to load: %s" % "; ".join(failed))
+            if status == 200:
+                self._confirm_endpoints()
+                return True
+        return False
 
     def _answer_is_ours(self) -> bool:
         """The server answering on our HTTP port reports our ``--id`` (unknown ids count as ours)."""
@@ -304,15 +306,14 @@ class TritonServer(ServerAPI):
     def _confirm_endpoints(self, wait_s: float = 2.0) -> None:
         """Metrics start after HTTP, and a metrics port clash makes tritonserver exit just after
         it has answered ready: wait for the metrics endpoint (or an exit, or an error line)."""
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
+        def metrics_up() -> bool:
             code = self._running().poll()
             failed = [line for line in self.error_lines() if "failed to start" in line]
             if code is not None or failed:
                 raise self._error("tritonserver failed after start-up (exit code %s)" % code)
-            if http_get(self.metrics_url, "/metrics", timeout=0.5)[0] == 200:
-                return
-            time.sleep(0.1)
+            return http_get(self.metrics_url, "/metrics", timeout=0.5)[0] == 200
+
+        poll(metrics_up, wait_s, 0.1)
 
     def _startup_failures(self, final: bool) -> list[str]:
         """Models that should have loaded at start-up but did not, with Triton's reason.
@@ -366,9 +367,7 @@ class TritonServer(ServerAPI):
             log.warning("killing processes left in tritonserver's group: %s", leftovers)
             _signal_group(proc.pid, signal.SIGKILL)
             self._unclean = True
-            deadline = time.monotonic() + 5
-            while group_members(proc.pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            poll(lambda: not group_members(proc.pid), 5.0, 0.05)
         if self._unclean:
             self._remove_own_shm()
         if self._watchdog is not None:

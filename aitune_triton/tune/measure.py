@@ -36,6 +36,7 @@ from aitune_triton.triton.render import check_config
 from aitune_triton.triton.server_api import Server
 from aitune_triton.tune.points import Measure, Measurement, Point, Remeasured, Status, Variant
 from aitune_triton.tune.space import apply_variant
+from aitune_triton.waiting import poll
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +155,8 @@ class LiveRunner:
     def _settle(self, expected: int | None, timeout_s: float = 10.0) -> None:
         """Wait for the replaced instances' stub processes to exit: Triton unloads the old
         version after the load call returns, and its teardown would be measured as noise."""
-        deadline = time.monotonic() + timeout_s
-        while expected is not None and time.monotonic() < deadline and (self._stubs() or 0) > expected:
-            time.sleep(0.1)
+        if expected is not None:
+            poll(lambda: (self._stubs() or 0) <= expected, timeout_s, 0.1)
 
     def load(self, variant: Variant) -> None:
         cfg = apply_variant(self.base, variant, self.max_batch_size)

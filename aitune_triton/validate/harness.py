@@ -42,6 +42,7 @@ from aitune_triton.validate.options import ValidateOptions
 from aitune_triton.validate.plan import Planned, plan_models, server_backends
 from aitune_triton.validate.report import ModelReport, ServerInfo, ValidationReport
 from aitune_triton.validate.result import CheckResult, CheckStatus
+from aitune_triton.waiting import poll
 
 
 log = logging.getLogger(__name__)
@@ -131,10 +132,8 @@ class _Run:
         server = self.server
         code = server.returncode
         if code is None:
-            for attempt in range(3):
-                if server.is_live():
-                    return True
-                time.sleep(0.5 * (attempt + 1))
+            if poll(server.is_live, 3.0, 0.5, backoff=2.0, attempts=3):
+                return True
             code = server.returncode
         tail = server.log_tail(30)
         self.dead = "tritonserver %s during %s%s%s" % (

@@ -18,6 +18,7 @@ from aitune_triton.validate.checks.registry import Check, register
 from aitune_triton.validate.result import CheckResult, CheckStatus, finished
 from aitune_triton.validate.checks.target import ModelTarget, Session
 from aitune_triton.validate.checks.wire import MAX_REQUEST_BYTES, infer, request_arrays, short, wire_dtype
+from aitune_triton.waiting import poll
 
 # a shape whose byte size overflows 64 bits; Triton 2.51 segfaults on it (upstream)
 OVERSIZED_SHAPE = (2147483648, 2147483648)
@@ -121,12 +122,8 @@ def check_oversized_shape(target: ModelTarget, session: Session, server_version:
                                    "datatype": wire_dtype(target.inputs[first].data_type)}]}).encode()
     url = session.endpoint.http_url
     status, text = _http(url, "POST", "/v2/models/%s/infer" % target.name, body, session.timeout_s)
-    alive = False
-    for attempt in range(4):
-        if _http(url, "GET", "/v2/health/live", None, 2.0)[0] == 200:
-            alive = True
-            break
-        time.sleep(0.5 * (attempt + 1))
+    alive = bool(poll(lambda: _http(url, "GET", "/v2/health/live", None, 2.0)[0] == 200, 20.0, 0.5, backoff=1.5,
+                      attempts=4))
     shape = "x".join(map(str, OVERSIZED_SHAPE))
     if not alive:
         return finished("oversized_shape", CheckStatus.WARN, "this Triton version (%s) dies on oversized shapes: a "

@@ -22,6 +22,7 @@ from aitune_triton.validate.checks.wire import (
     short,
     wire_dtype,
 )
+from aitune_triton.waiting import poll
 
 Item = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]
 
@@ -36,15 +37,14 @@ def model_stats(session: Session, name: str) -> dict:
 
 def settled_stats(session: Session, name: str, wait_s: float = 2.0) -> dict:
     """Statistics once two reads agree: counts are updated only after a response is sent."""
-    last = model_stats(session, name)
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
-        now = model_stats(session, name)
-        if now.get("inference_count") == last.get("inference_count"):
-            return now
-        last = now
-    return last
+    reads = [model_stats(session, name)]
+
+    def agree() -> dict | None:
+        reads.append(model_stats(session, name))
+        return reads[-1] if reads[-1].get("inference_count") == reads[-2].get("inference_count") else None
+
+    time.sleep(0.05)  # a read right after the first would agree before the last response is counted
+    return poll(agree, wait_s, 0.05) or reads[-1]
 
 
 def batch_histogram(stats: dict) -> dict[int, int]:
@@ -115,14 +115,16 @@ def check_dynamic_batching(target: ModelTarget, session: Session, in_flight: int
                 if not comparison.ok:
                     mismatches.append("request %d output %r: %s" % (key, out_name, comparison.reason))
     # the statistics are updated after the responses are sent: wait until they count every request
-    deadline = time.monotonic() + 5
-    while True:
-        after = model_stats(session, target.name)
-        inferences = int(after.get("inference_count", 0)) - int(before.get("inference_count", 0))
-        executions = int(after.get("execution_count", 0)) - int(before.get("execution_count", 0))
-        if inferences >= total or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    reads: list[dict] = []
+
+    def counted() -> bool:
+        reads.append(model_stats(session, target.name))
+        return int(reads[-1].get("inference_count", 0)) - int(before.get("inference_count", 0)) >= total
+
+    poll(counted, 5.0, 0.1)
+    after = reads[-1]
+    inferences = int(after.get("inference_count", 0)) - int(before.get("inference_count", 0))
+    executions = int(after.get("execution_count", 0)) - int(before.get("execution_count", 0))
     hist = {b: n - batch_histogram(before).get(b, 0) for b, n in batch_histogram(after).items()}
     sizes = ", ".join("%dx%d" % (n, b) for b, n in sorted(hist.items()) if n > 0)
     summary = "%d requests (%d in flight): %d inferences in %d executions [%s]" % (
