@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 
 from aitune_triton import __version__
-from aitune_triton.config import GenerateConfig
+from aitune_triton.config import NOT_GIVEN, GenerateConfig, NotGiven
 from aitune_triton.numerics import tolerance_for
 from aitune_triton.errors import ModelError, UserError
 from aitune_triton.integrity import verify_artifacts
@@ -73,6 +73,34 @@ class GenerateResult:
     models: tuple[GeneratedModel, ...]
     notes: tuple[str, ...] = field(default=())
     selection: Any = None
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    """What this run changes in the model's ``get_config()``, field by field: a field left
+    ``NOT_GIVEN`` keeps ``get_config()``'s value (or the default), ``None`` sets it to None
+    (derived from the samples). ``tensorrt`` changes ``TensorRTBackendConfig`` fields the same
+    way. ``force`` replaces models of the same name in the repository."""
+
+    name: str | None | NotGiven = NOT_GIVEN
+    backends: tuple[str, ...] | NotGiven = NOT_GIVEN
+    max_batch_size: int | None | NotGiven = NOT_GIVEN
+    instances: int | NotGiven = NOT_GIVEN
+    gpus: tuple[int, ...] | None | NotGiven = NOT_GIVEN
+    device: str | NotGiven = NOT_GIVEN
+    max_queue_delay_us: int | None | NotGiven = NOT_GIVEN
+    fallback_format: str | NotGiven = NOT_GIVEN
+    strategy: str | None | NotGiven = NOT_GIVEN
+    budget_ms: float | None | NotGiven = NOT_GIVEN
+    tensorrt: dict[str, Any] = field(default_factory=dict)
+    force: bool = False
+
+    def overrides(self) -> dict[str, Any]:
+        """The ``GenerateConfig`` changes, as ``generate``'s ``overrides`` takes them."""
+        changes: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                                   if f.name not in ("tensorrt", "force") and getattr(self, f.name) is not NOT_GIVEN}
+        changes["tensorrt"] = dict(self.tensorrt)
+        return changes
 
 
 def resolve_device(device: str) -> str:
@@ -349,9 +377,12 @@ def _keep_log(exc: ModelError, model_dir: Path, final_dir: Path) -> str:
     return "; log: %s" % (final_dir / "logs" / "onnx_export.log")
 
 
-def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bool = False,
+def generate(model_py: Path | str, out: Path | str = Path("model_repository"),
+             overrides: GenerateOptions | dict | None = None, force: bool = False,
              progress: Progress = lambda msg: None) -> GenerateResult:
     """Generate the model directories for ``model_py`` into the repository ``out``.
+
+    ``overrides``: a ``GenerateOptions`` (its ``force`` counts too), or the same changes as a dict.
 
     ``overrides`` changes ``GenerateConfig`` fields of ``get_config()`` (``"tensorrt"``: a dict of
     ``TensorRTBackendConfig`` fields): a value of ``config.NOT_GIVEN`` leaves the field as it is,
@@ -359,7 +390,11 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
 
     ``progress(message)`` is called as each stage starts (spec, fallback compile + check or
     stage-1 timing, ONNX export + check, write); the CLI prints each stage's duration."""
-    progress("spec: loading %s, recording and probing its inputs and outputs" % Path(model_py).name)
+    if isinstance(overrides, GenerateOptions):
+        force = force or overrides.force
+        overrides = overrides.overrides()
+    model_py, out = Path(model_py), Path(out)
+    progress("spec: loading %s, recording and probing its inputs and outputs" % model_py.name)
     prep = prepare(model_py, dict(overrides or {}))
     names = model_names(prep)
     results, notes, selection = [], list(prep.notes), None

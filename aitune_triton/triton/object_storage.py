@@ -266,11 +266,14 @@ def download(s3, location: S3Location, dest: Path, full: bool = False, progress:
 @contextlib.contextmanager
 def open_repository(repo: "str | Path", full: bool = False, progress: Progress | None = None,
                     require_pointer: bool = False) -> Iterator[RepositoryView]:
-    """A local path as it is; an s3:// URL resolved through its pointer and downloaded (``full``:
-    every file, else only what the tool reads) into a temporary folder removed afterwards.
-    ``require_pointer``: refuse (before downloading) a prefix that ``push`` did not write, for
-    callers that write back as a new version."""
+    """The one opener of a command's REPO. A local path as it is (it must be a folder); an s3://
+    URL resolved through its pointer and downloaded (``full``: every file, else only what the tool
+    reads) into a temporary folder removed afterwards. ``require_pointer``: refuse (before
+    downloading) a prefix that ``push`` did not write, for callers that write back as a new
+    version."""
     if not is_s3_url(repo):
+        if not Path(repo).is_dir():
+            raise UserError("model repository %s does not exist (or is not a directory)" % repo)
         yield RepositoryView(Path(repo), Path(repo))
         return
     location = S3Location.parse(str(repo))

@@ -30,9 +30,9 @@ from aitune_triton.tensorrt.stamp import refusal_here
 from aitune_triton.errors import PerfError
 from aitune_triton.triton.perf import PerfOptions, PerfResult, PerfRow, run_perf, write_input_data_json
 from aitune_triton.errors import ServerError
-from aitune_triton.triton.launch import ServerOptions
 from aitune_triton.triton.server import TritonServer
-from aitune_triton.triton.server_api import RemoteServer, Server
+from aitune_triton.triton.server_api import Server
+from aitune_triton.triton.session import ServerTarget, server_for, stop_if_launched
 from aitune_triton.validate.checks import registry
 from aitune_triton.validate.checks.batching import batch_histogram, model_stats
 from aitune_triton.validate.checks.registry import Check, CheckContext
@@ -52,11 +52,6 @@ SERVER_LOG = "tritonserver.log"
 # the load error of a model whose backend the server lacks (2.51: "unable to find backend library
 # for backend 'onnxruntime'"; other releases: "unable to find 'libtriton_x.so' or 'x/model.py' ...")
 _NO_BACKEND = re.compile(r"unable to find (?:backend library|'?libtriton_)", re.I)
-
-
-def _grpc_for(url: str) -> str | None:
-    match = re.match(r"^(?:[a-z]+://)?([^/:]+):(\d+)", url)
-    return "%s:%d" % (match.group(1), int(match.group(2)) + 1) if match else None
 
 
 class _Run:
@@ -83,32 +78,26 @@ class _Run:
 
     def start(self) -> ServerInfo:
         opts = self.options
-        if opts.url:
-            remote = RemoteServer(opts.url, opts.grpc_url or _grpc_for(opts.url))
-            self._server = remote
-            self.say("attaching to %s" % remote.describe())
-            remote.start()
-            return ServerInfo("url", remote.http_url, remote.grpc_url, remote.version())
+        target = ServerTarget(opts.url, opts.grpc_url, opts.tritonserver, opts.startup_timeout_s)
         log_path = None
-        if opts.report_dir:
+        if opts.report_dir and not target.attached:
             Path(opts.report_dir).mkdir(parents=True, exist_ok=True)
             log_path = Path(opts.report_dir) / SERVER_LOG
             log_path.unlink(missing_ok=True)
-        launched = TritonServer(opts.server_repository or self.repo,
-                                ServerOptions(tritonserver=opts.tritonserver, startup_timeout_s=opts.startup_timeout_s),
-                                log_path=log_path)
-        self._server = launched
-        self.say("starting %s" % launched.describe())
-        launched.start()
-        return ServerInfo("embedded", launched.http_url, launched.grpc_url, launched.version(),
-                          str(launched.command[0]) if launched.command else None, server_backends(opts),
-                          str(launched.log_path))
+        server = self._server = server_for(opts.server_repository or self.repo, target, log_path=log_path)
+        self.say("%s %s" % ("attaching to" if target.attached else "starting", server.describe()))
+        server.start()
+        if isinstance(server, TritonServer):
+            return ServerInfo("embedded", server.http_url, server.grpc_url, server.version(),
+                              str(server.command[0]) if server.command else None, server_backends(opts),
+                              str(server.log_path))
+        return ServerInfo("url", server.http_url, server.grpc_url, server.version())
 
     def stop(self) -> None:
         """Stop the server if the run started it; a server someone else runs is left as it is."""
         if self._server is not None and self._server.owns_process:
             self.say("stopping tritonserver")
-            self._server.stop()
+        stop_if_launched(self._server)
 
     def unusable(self, planned: list[Planned], exc: Exception) -> tuple[ServerInfo, list[ModelReport]]:
         """The server never came up: every model that needed it fails; skips stay skips. A launched
@@ -345,7 +334,7 @@ def perf_options(target: ModelTarget, options: ValidateOptions, workdir: Path) -
                        shapes=dynamic_shapes, input_data=data)
 
 
-def validate_repository(repo: Path, options: ValidateOptions | None = None,
+def validate_repository(repo: Path | str, options: ValidateOptions | None = None,
                         progress: Progress | None = None) -> ValidationReport:
     """Validate every generated model of ``repo`` (or ``options.models``) on a live Triton.
 

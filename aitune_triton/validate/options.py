@@ -56,7 +56,7 @@ class ValidateOptions:
                 for k, v in self.__dict__.items()}
 
 
-def default_report_dir(repo: Path) -> Path:
+def default_report_dir(repo: Path | str) -> Path:
     """``<repo>_validation_report`` next to the repository: each repository keeps its own report,
     and nothing is added inside the repository (Triton would see a new entry there)."""
     from aitune_triton.triton.launch import is_s3_url

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from aitune_triton.errors import UserError
+from aitune_triton.triton import launch
 from aitune_triton.triton import server as srv
 from aitune_triton.triton import tools
 from aitune_triton.triton.perf import PerfOptions, parse_csv, run_perf, write_input_data_json
@@ -103,7 +104,7 @@ def server(triton_server_factory, repo):
 def test_load_and_infer_http(server):
     import tritonclient.http as httpclient
 
-    assert server.model_ready("add") and server.version() == srv.server_version()
+    assert server.model_ready("add") and server.version() == launch.server_version()
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     client = httpclient.InferenceServerClient(server.http_url)
     try:
@@ -227,7 +228,7 @@ def test_busy_fixed_port_raises(triton_server_factory, tmp_path, which):
 @pytest.mark.parametrize("path", ["inj$(touch PWNED)/repo", "it's/repo", "back`tick`/repo", "a b/repo", "x;y/repo"])
 def test_shell_syntax_in_the_repository_path_is_refused(tmp_path, path):
     with pytest.raises(UserError, match="contains shell metacharacters .* passes unquoted to a shell"):
-        srv.check_shell_safe(tmp_path / path)
+        launch.check_shell_safe(tmp_path / path)
     with pytest.raises(UserError, match="shell metacharacters"):
         srv.TritonServer(tmp_path / path).start()  # before anything is launched
     assert not list(tmp_path.rglob("PWNED"))

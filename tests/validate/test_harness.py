@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from aitune_triton.errors import UserError
+from aitune_triton.triton.session import grpc_for
 from aitune_triton.validate import harness
 from aitune_triton.validate.result import CheckStatus
 
@@ -38,8 +39,8 @@ def test_backend_missing_from_the_server_is_skipped(repo, tmp_path):
 
 
 def test_the_grpc_url_defaults_to_the_http_port_plus_one():
-    assert harness._grpc_for("http://127.0.0.1:8000") == "127.0.0.1:8001"
-    assert harness._grpc_for("localhost") is None
+    assert grpc_for("http://127.0.0.1:8000") == "127.0.0.1:8001"
+    assert grpc_for("localhost") is None
 
 
 def test_perf_options_use_reference_items_and_shapes(tokens, affine, tmp_path):
