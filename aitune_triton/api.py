@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from aitune_triton import __version__
+from aitune_triton.version import __version__
 from aitune_triton.config import NOT_GIVEN, GenerateConfig, NotGiven
 from aitune_triton.numerics import tolerance_for
 from aitune_triton.errors import ModelError, UserError

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 import aitune_triton
 from aitune_triton import errors
-from aitune_triton.cli import _handle_errors, main
+from aitune_triton.cli import main
+from aitune_triton.cli.output import handle_errors
 
 TREE = [errors.AituneError, errors.UserError, errors.ModelError, errors.CandidateFailed, errors.ServerError,
         errors.PerfError, errors.ToolMissing]
@@ -71,7 +72,7 @@ def test_every_error_carries_log_path_and_details(cls):
 def _invoke(exc: BaseException, *root_args: str):
     """Run ``exc`` through the real CLI group as the body of a command."""
     @click.command("raise-for-test")
-    @_handle_errors
+    @handle_errors
     def command():
         raise exc
 

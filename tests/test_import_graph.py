@@ -37,8 +37,10 @@ def _imports(path: Path, name: str, known: set[str]) -> set[str]:
             if node.level:
                 anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([node.module] if node.module else []))
-            found.add(base)
-            found.update("%s.%s" % (base, alias.name) for alias in node.names)  # a submodule by name
+            submodules = {"%s.%s" % (base, alias.name) for alias in node.names} & known
+            found.update(submodules)  # ``from package import module``: that module, not the package's names
+            if len(submodules) < len(node.names):
+                found.add(base)
     return {m for m in found if m in known and m != name}
 
 

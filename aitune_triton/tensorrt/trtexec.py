@@ -86,7 +86,7 @@ def render_build_script(onnx_path: Path | str, plan_path: Path | str, trt_config
     the container, and trtexec creates the file when it is missing. ``quantization`` is the one-line
     summary of what was applied to the ONNX (``QuantizationRecord.summary``), written as a comment.
     """
-    from aitune_triton import __version__
+    from aitune_triton.version import __version__
     from aitune_triton.templating import render
 
     script_config = trt_config

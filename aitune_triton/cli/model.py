@@ -1,0 +1,102 @@
+"""``generate``, ``build-plan``, ``pack-env`` and ``doctor``: parse, call the API, print."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from aitune_triton.cli.output import console, handle_errors, ints
+from aitune_triton.console import make_console
+from aitune_triton.progress import stage_progress
+
+
+@click.command()
+@click.argument("model_py", type=click.Path(path_type=Path))
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("model_repository"), show_default=True,
+              help="Model repository to write into (other models in it are left untouched).")
+@click.option("--name", help="Triton model name (default: get_config().name or the model.py's folder name).")
+@click.option("--backend", "backends", multiple=True, type=click.Choice(["python", "tensorrt", "onnxruntime"]),
+              help="Backends to generate (repeatable; default python + tensorrt).")
+@click.option("--max-batch-size", type=int, help="Largest batch to serve (default: from the samples).")
+@click.option("--instances", type=int, help="Model instances per device.")
+@click.option("--gpus",
+              help="GPU instances: comma-separated GPU indices to place them on (default: every visible GPU).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where the fallback runs.")
+@click.option("--max-queue-delay-us", type=int, help="Dynamic batching queue delay in microseconds.")
+@click.option("--fallback-format", type=click.Choice(["auto", "aoti", "export", "eager"]),
+              help="Force the fallback artifact format.")
+@click.option("--precision", type=click.Choice(["fp32", "tf32", "fp16", "bf16", "int8", "fp8"]),
+              help="TensorRT builder precision.")
+@click.option("--cuda-graphs/--no-cuda-graphs", default=None, help="CUDA graphs for the TensorRT model.")
+@click.option("--strategy", type=click.Choice(["min-latency", "max-throughput", "latency-budget"]),
+              help="Stage-1 tuning: measure every fallback format and keep the one this strategy picks.")
+@click.option("--budget-ms", type=float, help="Latency budget for --strategy latency-budget.")
+@click.option("--force", is_flag=True, help="Replace models of the same name.")
+@handle_errors
+def generate(model_py, out, name, backends, max_batch_size, instances, gpus, device, max_queue_delay_us,
+             fallback_format, precision, cuda_graphs, strategy, budget_ms, force):
+    """Generate Triton model directories for MODEL_PY (defines get_model() and get_samples())."""
+    from aitune_triton.api import GenerateOptions, generate as run
+
+    trt = {k: v for k, v in {"precision": precision, "use_cuda_graphs": cuda_graphs}.items() if v is not None}
+    given = {"name": name, "backends": tuple(backends) or None, "max_batch_size": max_batch_size,
+             "instances": instances, "gpus": ints(gpus) if gpus else None, "device": device,
+             "max_queue_delay_us": max_queue_delay_us,
+             "fallback_format": fallback_format, "strategy": strategy, "budget_ms": budget_ms}
+    # click gives None for an option left out: that is "not given", never "set it to None"
+    options = GenerateOptions(**{k: v for k, v in given.items() if v is not None}, tensorrt=trt, force=force)
+    with stage_progress(console, "generating") as progress:
+        result = run(model_py, out, options, progress=progress)
+    if result.selection is not None:
+        make_console(stderr=True, width=max(console.width, 140)).print(result.selection.to_table())
+    for model in result.models:
+        console.print("[green]✓[/] %s (%s, %s): %s" % (model.name, model.backend, model.status, model.detail),
+                      soft_wrap=True)  # one line even when not a terminal: a skipped format's cause and log
+    for note in result.notes:
+        console.print(note, markup=False, soft_wrap=True)
+    console.print("wrote %s" % result.repository)
+
+
+@click.command("build-plan")
+@click.argument("repo", type=click.Path(path_type=Path))
+@click.option("--model", help="Only this model (default: every staged TensorRT model).")
+@click.option("--force", is_flag=True, help="Replace an existing TensorRT model directory.")
+@handle_errors
+def build_plan(repo, model, force):
+    """Build staged TensorRT plans in REPO (run inside a TensorRT or Triton container)."""
+    from aitune_triton.commands import build_plan as run
+
+    with stage_progress(console, "building TensorRT plans") as progress:
+        built = run(repo, model, force=force, progress=progress)
+    for m in built.models:
+        console.print("[green]✓[/] %s: %s" % (m.name, m.detail))
+
+
+@click.command("pack-env")
+@click.argument("repo", type=click.Path(path_type=Path))
+@click.option("--model", required=True, help="The Python-backend model to pack an environment for.")
+@click.option("--python", "python_version", metavar="X.Y",
+              help="The serving stub's Python; must be this interpreter's (the default).")
+@handle_errors
+def pack_env(repo, model, python_version):
+    """Pack torch and what MODEL imports into REPO/MODEL/python_env.tar.gz (Triton's EXECUTION_ENV_PATH)."""
+    from aitune_triton.commands import pack_env as run
+
+    console.print("packing the Python environment of %s (a few hundred MB; a minute or two)" % model, markup=False)
+    packed = run(repo, model, python_version)
+    console.print("[green]✓[/] %s: %.0f MB in %.0f s (%s); config.pbtxt points EXECUTION_ENV_PATH at it"
+                  % (packed.path, packed.size_bytes / 1e6, packed.seconds, ", ".join(packed.distributions)),
+                  soft_wrap=True)
+
+
+@click.command()
+@handle_errors
+def doctor():
+    """Show which components are available (torch, GPU, TensorRT, tritonserver, perf_analyzer)."""
+    from aitune_triton import doctor as doc
+
+    rows = doc.collect()
+    doc.render(rows, make_console())
+    sys.exit(doc.exit_code(rows))

@@ -1,0 +1,77 @@
+"""What every command of the CLI shares: the console, the one-line error printer, and the
+options of the server a command uses."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from aitune_triton import defaults
+from aitune_triton.console import make_console
+from aitune_triton.errors import AituneError
+from aitune_triton.procs import Terminated
+
+console = make_console(stderr=True, highlight=False)
+
+
+def print_error(exc: AituneError) -> None:
+    """One line for the message, then the log path and the details, for every error in the tree."""
+    message = str(exc).splitlines() or [type(exc).__name__]
+    console.print("[bold red]error:[/] %s" % message[0], markup=True, soft_wrap=True)
+    for line in message[1:]:
+        console.print(line, markup=False, soft_wrap=True)
+    if exc.log_path:
+        console.print("log: %s" % exc.log_path, markup=False, soft_wrap=True)
+    if exc.details:
+        console.print(exc.details.rstrip(), markup=False, soft_wrap=True)
+
+
+def handle_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            return fn(*args, **kwargs)
+        except AituneError as exc:
+            if debug:
+                console.print_exception()
+            print_error(exc)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (procs.Terminated)
+            console.print("interrupted%s; nothing was written"
+                          % (" by %s" % exc.args[0] if isinstance(exc, Terminated) else ""))
+            sys.exit(128 + getattr(exc, "signum", 2))
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:  # a bug: one line without --debug, the traceback with it
+            if debug:
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0]
+            console.print("[bold red]internal error:[/] %s: %s (rerun with --debug for the traceback)"
+                          % (type(exc).__name__, first), markup=True, soft_wrap=True)
+            sys.exit(1)
+    return wrapper
+
+
+def ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter("expected comma-separated integers, got %r" % text) from None
+
+
+def server_options(fn):
+    """--url / --grpc-url / --tritonserver / --startup-timeout: the server a command uses."""
+    for option in reversed((
+            click.option("--url", help="HTTP endpoint (host:port) of a running Triton to use instead of launching "
+                                       "the embedded one."),
+            click.option("--grpc-url", help="gRPC endpoint of that server (default: the HTTP port + 1)."),
+            click.option("--tritonserver", type=click.Path(path_type=Path, dir_okay=False),
+                         help="Launch this tritonserver binary instead of the bundled one."),
+            click.option("--startup-timeout", "startup_timeout_s", type=float, default=defaults.STARTUP_TIMEOUT_S,
+                         show_default=True, help="Seconds for the server to start and for each model to load."))):
+        fn = option(fn)
+    return fn
