@@ -345,15 +345,16 @@ def validate_repository(repo: Path | str, options: ValidateOptions | None = None
     An ``s3://`` repository is served from object storage as Triton reads it, while the files the
     checks read (manifests, references, and the artifacts whose hashes are checked) are downloaded.
     """
-    from aitune_triton.triton.launch import is_s3_url
     from aitune_triton.triton.object_storage import open_repository
 
     options = options if options is not None else ValidateOptions()
-    if is_s3_url(repo):
-        with open_repository(str(repo), full=True, progress=progress) as view:
-            return validate_repository(view.local, dataclasses.replace(options, server_repository=str(view.server)),
-                                       progress)
-    repo = Path(repo)
+    with open_repository(repo, full=True, progress=progress) as view:
+        if view.remote:
+            options = dataclasses.replace(options, server_repository=str(view.server))
+        return _validate(view.local, options, progress)
+
+
+def _validate(repo: Path, options: ValidateOptions, progress: Progress | None) -> ValidationReport:
     planned = plan_models(repo, options.models)
     run = _Run(repo, options, progress or (lambda msg: None))
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -36,9 +36,7 @@ def _has_plan(model_dir: Path) -> bool:
 
 def plan_models(repo: Path, only: tuple[str, ...] = ()) -> list[Planned]:
     """Model dirs with a manifest, plus TensorRT models staged but not built (reported as skipped)."""
-    repo = Path(repo)
-    if not repo.is_dir():
-        raise UserError("model repository %s does not exist (or is not a directory)" % repo)
+    repo = Path(repo)  # a folder: validate opens it with triton.object_storage.open_repository
     planned: dict[str, Planned] = {}
     others = []
     for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
