@@ -32,7 +32,7 @@ from aitune_triton.triton.perf import PerfOptions, PerfResult, PerfRow, run_perf
 from aitune_triton.errors import ServerError
 from aitune_triton.triton.server import TritonServer
 from aitune_triton.triton.server_api import Server
-from aitune_triton.triton.session import ServerTarget, server_for, stop_if_launched
+from aitune_triton.triton.session import server_for, stop_if_launched
 from aitune_triton.validate.checks import registry
 from aitune_triton.validate.checks.batching import batch_histogram, model_stats
 from aitune_triton.validate.checks.registry import Check, CheckContext
@@ -78,7 +78,7 @@ class _Run:
 
     def start(self) -> ServerInfo:
         opts = self.options
-        target = ServerTarget(opts.url, opts.grpc_url, opts.tritonserver, opts.startup_timeout_s)
+        target = opts.server_target()
         log_path = None
         if opts.report_dir and not target.attached:
             Path(opts.report_dir).mkdir(parents=True, exist_ok=True)

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aitune_triton import defaults
 from aitune_triton.errors import UserError
 from aitune_triton.output_paths import check_output_dir
+
+if TYPE_CHECKING:
+    from aitune_triton.triton.session import ServerTarget
 
 
 @dataclass(frozen=True)
@@ -32,12 +36,11 @@ class ValidateOptions:
     perf_max_trials: int = 10
     batching_in_flight: int = 16
     # what tritonserver gets as --model-repository when it differs from the local folder the tool
-    # reads (an s3:// URL whose manifests were downloaded; see aitune_triton.deploy.storage)
+    # reads (an s3:// URL whose manifests were downloaded; see aitune_triton.triton.object_storage)
     server_repository: str | None = None
 
     def __post_init__(self) -> None:
-        if self.url and self.tritonserver:
-            raise UserError("--url attaches to a running server and --tritonserver launches one; give only one")
+        self.server_target()  # url / grpc_url / tritonserver / start-up timeout, checked where they are used
         if self.shared_memory not in ("none", "system"):
             raise UserError("shared memory must be 'none' or 'system', got %r" % (self.shared_memory,))
         conc = tuple(self.concurrency)
@@ -50,6 +53,12 @@ class ValidateOptions:
                 raise UserError("%s must be > 0, got %r" % (name, getattr(self, name)))
         if self.report_dir is not None:  # before any server starts, not after the measurements
             check_output_dir(self.report_dir, "the validation report")
+
+    def server_target(self) -> "ServerTarget":
+        """The server this run uses (``triton.session``): the one at ``url``, or the embedded one."""
+        from aitune_triton.triton.session import ServerTarget
+
+        return ServerTarget(self.url, self.grpc_url, self.tritonserver, self.startup_timeout_s)
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
