@@ -349,7 +349,7 @@ def build_plan(repo: Path | str, model: str | None = None, force: bool = False,
                progress: Progress = _quiet) -> BuildPlanResult:
     """Build the staged TensorRT plans of ``repo`` (``model``: only that one) here, inside a
     TensorRT or Triton container, and activate each TensorRT model atomically."""
-    from aitune_triton.plan_build import build_plans
+    from aitune_triton.api import build_plans
 
     built = build_plans(_local_repository(repo, "build-plan"), model, force=force, progress=progress)
     return BuildPlanResult(tuple(built))
