@@ -480,9 +480,8 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
                              "build_plan.sh; the Python fallback serves meanwhile." % (stage_dir, retry, stage_dir))
             else:
                 if trt_status.installed:
-                    notes.append("TensorRT cannot build a plan here (%s): the checked ONNX, the TensorRT config and "
-                                 "build_plan.sh are staged in %s (not loaded by Triton)."
-                                 % (trt_status.reason, stage_dir))
+                    notes.append("%s; so the checked ONNX, the TensorRT config and build_plan.sh are staged in %s "
+                                 "(not loaded by Triton)." % (trt_status.reason, stage_dir))
                 else:
                     notes.append("TensorRT is not installed here: the checked ONNX, the TensorRT config and "
                                  "build_plan.sh are staged in %s (not loaded by Triton)." % stage_dir)

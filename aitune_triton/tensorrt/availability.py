@@ -115,8 +115,8 @@ def build_status() -> TensorRTStatus:
     except Exception as exc:  # a broken install must not take the caller down
         problem = "%s: %s" % (type(exc).__name__, exc)
     if problem:
-        return TensorRTStatus(False, status.version, "TensorRT %s is installed but cannot create a builder here (no "
-                              "usable CUDA GPU?): %s" % (status.version, problem), installed=True)
+        return TensorRTStatus(False, status.version, "TensorRT %s is installed but cannot create a builder here: no "
+                              "usable CUDA GPU? (%s)" % (status.version, problem), installed=True)
     return TensorRTStatus(True, status.version, "TensorRT %s builder and a CUDA GPU available" % status.version,
                           installed=True)
 

@@ -104,12 +104,14 @@ def build_in_process(onnx_path: Path, plan_path: Path, trt_config: TensorRTBacke
     from polygraphy.backend.trt import EngineBytesFromNetwork, NetworkFromOnnxPath
 
     config = create_config(trt_config, profile_set)
-    network = _run_stage(PlanStage.PARSE, NetworkFromOnnxPath(str(onnx_path), strongly_typed=trt_config.strongly_typed))
+    network = _run_stage(PlanStage.PARSE, lambda: NetworkFromOnnxPath(
+        str(onnx_path), strongly_typed=trt_config.strongly_typed)())
     save_cache = timing_cache_save_path(trt_config)
     if save_cache:
         Path(save_cache).parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    serialized = _run_stage(PlanStage.BUILD, EngineBytesFromNetwork(network, config, save_timing_cache=save_cache))
+    serialized = _run_stage(PlanStage.BUILD, lambda: EngineBytesFromNetwork(
+        network, config, save_timing_cache=save_cache)())
     seconds = time.monotonic() - start
     # the new plan replaces an old one only once it deserializes, its I/O is servable and it passed the check
     plan_path = Path(plan_path)

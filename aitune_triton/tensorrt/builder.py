@@ -55,8 +55,9 @@ def _child_env(device: str) -> dict[str, str]:
 
 
 def _tail_error(lines: list[str]) -> str | None:
-    """The last error TensorRT/Polygraphy printed (``[E]``/``[!]`` lines, or an ``Error`` line)."""
-    for pattern in (r"\[E\]|\[!\]", r"(?i)error"):
+    """The last error TensorRT printed (``[E]`` lines through Polygraphy's logger), else Polygraphy's
+    own (``[!]``), else an ``Error`` line."""
+    for pattern in (r"\[E\]", r"\[!\]", r"(?i)error"):
         for line in reversed(lines):
             if re.search(pattern, line) and line.strip():
                 return re.sub(r"\s+", " ", line).strip()[:400]
@@ -120,7 +121,8 @@ def _build_error(failure: procs.ChildFailed) -> AituneError:
     message = _one_line(failure.error_message or "unknown error")
     if not isinstance(failure.exception, AituneError):  # a bug in the child: say what it was
         message = stage_failed(stage, "%s: %s" % (failure.error_type.rsplit(".", 1)[-1], message))
-    if detail and detail not in message:
+    said = re.sub(r"^\[[E!]\]\s*", "", detail or "")
+    if said and said not in message and message not in said:  # not the child's own message again
         message += " (TensorRT: %s)" % detail
     return ModelError(message, log_path=log_path)
 
