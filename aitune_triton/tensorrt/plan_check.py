@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 from polygraphy.backend.base import BaseRunner
@@ -128,6 +128,11 @@ def plan_tolerances(output_dtypes: Mapping[str, str], eager_outputs: Sequence[Ma
     return tolerances, "%s: atol = %g x peak |eager output|, rtol = %g" % (label, fraction, rtol)
 
 
+def _shape(dims: "tensorrt.Dims") -> tuple[int, ...]:
+    """A ``trt.Dims`` as a tuple (its documented protocol: ``len`` and integer indexing)."""
+    return tuple(int(dims[i]) for i in range(len(dims)))
+
+
 class PlanRunner(BaseRunner):
     """A Polygraphy runner over a deserialized engine through TensorRT's name-based execution API.
 
@@ -140,7 +145,9 @@ class PlanRunner(BaseRunner):
         self.engine = engine
         self.context: "tensorrt.IExecutionContext | None" = None
 
-    def _io(self, trt: Any) -> tuple[list[str], list[str]]:
+    def _io(self) -> tuple[list[str], list[str]]:
+        import tensorrt as trt
+
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -160,19 +167,17 @@ class PlanRunner(BaseRunner):
             raise ModelError("TensorRT could not create an execution context for the plan (see the log)")
 
     def get_input_metadata_impl(self) -> TensorMetadata:
-        import tensorrt as trt
-
         meta = TensorMetadata()
-        for name in self._io(trt)[0]:
+        for name in self._io()[0]:
             meta.add(name, np.dtype(_FEED_DTYPES[self._dtype_name(name)]),
-                     tuple(int(d) for d in self.engine.get_tensor_shape(name)))
+                     _shape(self.engine.get_tensor_shape(name)))
         return meta
 
     def _profile_for(self, feed: Mapping[str, np.ndarray]) -> int:
         for index in range(self.engine.num_optimization_profiles):
             fits = True
             for name, value in feed.items():
-                lo, _, hi = self.engine.get_tensor_profile_shape(name, index)
+                lo, _, hi = (_shape(d) for d in self.engine.get_tensor_profile_shape(name, index))
                 if len(lo) != value.ndim or any(not a <= s <= b for a, s, b in zip(lo, value.shape, hi, strict=True)):
                     fits = False
             if fits:
@@ -186,7 +191,7 @@ class PlanRunner(BaseRunner):
 
         context = self.context
         assert context is not None, "activate() first"
-        inputs, outputs = self._io(trt)
+        inputs, outputs = self._io()
         on_gpu = any(self.engine.get_tensor_location(n) == trt.TensorLocation.DEVICE for n in inputs + outputs)
         stream = torch.cuda.current_stream().cuda_stream if on_gpu else 0
 
@@ -204,7 +209,7 @@ class PlanRunner(BaseRunner):
                 raise ModelError("TensorRT refused input %r of shape %s (see the log)"
                                  % (name, list(buffers[name].shape)))
         for name in outputs:
-            shape = tuple(int(d) for d in context.get_tensor_shape(name))
+            shape = _shape(context.get_tensor_shape(name))
             if any(d < 0 for d in shape):
                 raise ModelError("the plan's output %r has a data-dependent shape %s, which the check cannot size"
                                  % (name, list(shape)))
