@@ -1,8 +1,20 @@
 """The Python API behind the CLI: ``generate`` runs the pipeline stage by stage.
 
-model.py ─load─▶ ModelSource ─record─▶ IOSpec ─profiles─▶ ProfileSet ─export─▶ OnnxArtifact
-  ─build─▶ plan (or a staged TensorRT model + build script) ─fallback─▶ FallbackArtifact
+model.py ─load─▶ ModelSource ─record─▶ IOSpec ─profiles─▶ ProfileSet ─fallback─▶ FallbackArtifact
+  ─export─▶ OnnxArtifact, staged with the TensorRT config and build_plan.sh ─build─▶ plan (see below)
   ─map─▶ ModelConfigPlan ─render─▶ config.pbtxt ─write─▶ model directories + manifest
+
+The TensorRT model takes one of two paths, decided by ``tensorrt.availability.build_status``
+(``doctor`` shows the same answer):
+
+* TensorRT imports as a builder and creates one (a GPU is usable): ``build_tensorrt_model`` builds
+  the plan from the staged ONNX in a child process, runs it on the samples against the eager
+  outputs, and writes ``<name>_trt/`` as a ready model. A parse, build or check failure becomes one
+  note naming the stage and the build log; the staging stays and the model is ``pending``.
+* Otherwise (TensorRT not installed, or installed without a usable GPU; the note says which): the
+  staging only, ``pending``, for ``build-plan`` or ``build_plan.sh`` in a TensorRT/Triton container.
+
+``build-plan`` (``build_plans``) runs the same ``build_tensorrt_model`` on a staged repository.
 """
 
 from __future__ import annotations
