@@ -485,11 +485,12 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
             assert trt_status is not None and home_name is not None
             stage_dir = out / home_name / TRT_STAGE_DIR
             retry = ("aitune-triton build-plan %s --model %s" % (shlex.quote(str(out)), home_name))
+            meanwhile = "the Python fallback serves meanwhile" if "python" in names else "nothing serves it until then"
             if failure is not None:
                 notes.append("TensorRT plan not built: %s" % failure)
                 notes.append("The checked ONNX, the TensorRT config and build_plan.sh stay staged in %s (not loaded "
                              "by Triton): retry with `%s` (here or inside a TensorRT/Triton container) or %s/"
-                             "build_plan.sh; the Python fallback serves meanwhile." % (stage_dir, retry, stage_dir))
+                             "build_plan.sh; %s." % (stage_dir, retry, stage_dir, meanwhile))
             else:
                 if trt_status.installed:
                     notes.append("%s; so the checked ONNX, the TensorRT config and build_plan.sh are staged in %s "
@@ -498,7 +499,7 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
                     notes.append("TensorRT is not installed here: the checked ONNX, the TensorRT config and "
                                  "build_plan.sh are staged in %s (not loaded by Triton)." % stage_dir)
                 notes.append("Build the plan inside a TensorRT/Triton container with `%s` (or %s/build_plan.sh); "
-                             "the Python fallback serves meanwhile." % (retry, stage_dir))
+                             "%s." % (retry, stage_dir, meanwhile))
             if trt_info.quantization is not None:
                 notes.append("TensorRT ONNX quantized: %s" % trt_info.quantization.summary())
                 notes.extend(trt_info.quantization.notes)
