@@ -339,7 +339,8 @@ def inprocess_peaks(model_py: Path, batches: list[int], iters: int) -> dict:
 def perf_data(repo: Path, name: str, work: Path):
     """perf_analyzer input data: recorded sample values for integer inputs (random ids would leave the
     vocabulary), random data otherwise (perf_analyzer takes no JSON content for fp16)."""
-    from aitune_triton.triton.manifest import Manifest, load_reference
+    from aitune_triton.triton.manifest import Manifest
+    from aitune_triton.reference_data import load_reference
     from aitune_triton.triton.perf import write_input_data_json
 
     manifest = Manifest.load(repo / name)

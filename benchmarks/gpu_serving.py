@@ -33,7 +33,8 @@ from aitune_triton.source import load_model_source  # noqa: E402
 from aitune_triton.triton.perf import PerfOptions, run_perf, write_input_data_json  # noqa: E402
 from aitune_triton.triton.launch import ServerOptions  # noqa: E402
 from aitune_triton.triton.server import TritonServer  # noqa: E402
-from aitune_triton.triton.manifest import Manifest, load_reference  # noqa: E402
+from aitune_triton.triton.manifest import Manifest  # noqa: E402
+from aitune_triton.reference_data import load_reference  # noqa: E402
 from aitune_triton.validate.checks.target import Endpoint, ModelTarget, Session  # noqa: E402
 from aitune_triton.validate.checks.accuracy import check_accuracy  # noqa: E402
 

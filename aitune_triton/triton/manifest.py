@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-import numpy as np
 
 from aitune_triton.errors import UserError
 from aitune_triton.export.fallback_artifact import FallbackArtifact
@@ -35,7 +33,6 @@ from aitune_triton.triton.tuning_section import TuneHistoryEntry, TuningSection
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-REFERENCE = "reference.npz"
 
 
 @dataclass(frozen=True)
@@ -197,37 +194,3 @@ class Manifest:
             raise UserError("cannot read %s: %s" % (path, exc.strerror)) from None
 
 
-@dataclass(frozen=True)
-class ReferenceCase:
-    """One recorded sample: named inputs and the eager outputs they gave."""
-
-    inputs: dict[str, np.ndarray]
-    outputs: dict[str, np.ndarray]
-
-
-def save_reference(path: Path, cases: list[ReferenceCase]) -> None:
-    arrays = {}
-    for i, case in enumerate(cases):
-        for k, v in case.inputs.items():
-            arrays["%d/input/%s" % (i, k)] = v
-        for k, v in case.outputs.items():
-            arrays["%d/output/%s" % (i, k)] = v
-    np.savez_compressed(path, **arrays)
-
-
-def load_reference(path: Path) -> list[ReferenceCase]:
-    """The recorded cases; UserError naming the file when it is missing, truncated, empty or not ours."""
-    cases: dict[int, ReferenceCase] = {}
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            for key in data.files:
-                idx, kind, name = key.split("/", 2)
-                case = cases.setdefault(int(idx), ReferenceCase({}, {}))
-                (case.inputs if kind == "input" else case.outputs)[name] = data[key]
-    except FileNotFoundError:
-        raise UserError("%s not found; regenerate the model" % path) from None
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, AttributeError) as exc:
-        # np.load gives EOFError on an empty file, BadZipFile on a truncated one
-        raise UserError("%s is not a readable reference file (%s: %s); regenerate the model"
-                        % (path, type(exc).__name__, str(exc)[:200] or "empty file")) from None
-    return [cases[i] for i in sorted(cases)]

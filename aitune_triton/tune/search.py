@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from aitune_triton.errors import UserError
-from aitune_triton.triton.manifest import REFERENCE, Manifest, load_reference
+from aitune_triton.reference_data import REFERENCE, load_reference
+from aitune_triton.triton.manifest import Manifest
 from aitune_triton.triton.perf import PerfOptions, write_input_data_json
 from aitune_triton.triton.render import CONFIG, parse_config
 from aitune_triton.triton.repository import repository_lock

@@ -10,7 +10,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from aitune_triton.api import generate
-from aitune_triton.triton.manifest import load_reference
+from aitune_triton.reference_data import load_reference
 from aitune_triton.validate.checks.target import Endpoint, ModelTarget, Session
 from aitune_triton.validate.checks.wire import build_inputs, infer, request_arrays, wire_dtype
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from aitune_triton.errors import ServerError, UserError
-from aitune_triton.triton.manifest import load_reference
+from aitune_triton.reference_data import load_reference
 from aitune_triton.triton.pack_env import ENV_FILE, ENV_VALUE, pack_env
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from aitune_triton.triton import tools
-from aitune_triton.triton.manifest import Manifest, load_reference
+from aitune_triton.triton.manifest import Manifest
+from aitune_triton.reference_data import load_reference
 from aitune_triton.triton.perf import PerfOptions
 from aitune_triton.triton.render import check_config, parse_config
 from aitune_triton.tune.points import Point

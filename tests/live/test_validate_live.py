@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from aitune_triton.triton import server as srv
-from aitune_triton.triton.manifest import REFERENCE, load_reference, save_reference
+from aitune_triton.reference_data import REFERENCE, load_reference, save_reference
 from aitune_triton.validate.result import CheckResult, CheckStatus
 from aitune_triton.validate.checks.registry import registered
 from aitune_triton.validate.options import ValidateOptions

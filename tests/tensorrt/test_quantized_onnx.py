@@ -32,7 +32,8 @@ from aitune_triton.profile_set import ProfileMode
 from aitune_triton.tensorrt.profiles import derive_profiles
 from aitune_triton.tensorrt.quantized_onnx import QUANTIZED_TOLERANCES, stage_onnx
 from aitune_triton.tensorrt.section import PlanStatus, QuantMethod, TensorRTSection
-from aitune_triton.triton.manifest import Manifest, load_reference
+from aitune_triton.triton.manifest import Manifest
+from aitune_triton.reference_data import load_reference
 from aitune_triton.validate.checks.version_stamp import version_verdict
 
 pytest.importorskip("modelopt", reason="nvidia-modelopt is not installed")

@@ -15,7 +15,8 @@ from aitune_triton.numerics import tolerance_for
 from aitune_triton.spec import normalize_sample, record_spec
 from aitune_triton.profile_set import ProfileMode
 from aitune_triton.tensorrt.profiles import derive_profiles
-from aitune_triton.triton.manifest import REFERENCE, Manifest, save_reference
+from aitune_triton.reference_data import REFERENCE, save_reference
+from aitune_triton.triton.manifest import Manifest
 from aitune_triton.triton.mapping import MappingOptions, plan_model_config
 from aitune_triton.triton.render import render_config
 from aitune_triton.validate.checks.target import ModelTarget

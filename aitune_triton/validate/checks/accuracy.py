@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from aitune_triton.numerics import to_numpy
-from aitune_triton.triton.manifest import ReferenceCase
+from aitune_triton.reference_data import ReferenceCase
 from aitune_triton.validate.checks.registry import Check, register
 from aitune_triton.validate.result import CheckResult, CheckStatus, finished
 from aitune_triton.validate.checks.target import ModelTarget, Session

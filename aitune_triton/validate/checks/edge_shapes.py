@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from aitune_triton.triton.manifest import ReferenceCase
+from aitune_triton.reference_data import ReferenceCase
 from aitune_triton.validate.checks.registry import Check, register
 from aitune_triton.validate.result import CheckResult, CheckStatus, finished
 from aitune_triton.validate.checks.target import ModelTarget, Session

@@ -13,7 +13,8 @@ from tritonclient.grpc import model_config_pb2
 
 from aitune_triton import defaults
 from aitune_triton.errors import UserError
-from aitune_triton.triton.manifest import REFERENCE, Manifest, ReferenceCase, load_reference
+from aitune_triton.reference_data import REFERENCE, ReferenceCase, load_reference
+from aitune_triton.triton.manifest import Manifest
 
 
 def parse_config_file(path: Path) -> model_config_pb2.ModelConfig:

@@ -7,7 +7,8 @@ import shutil
 import pytest
 
 from aitune_triton.errors import UserError
-from aitune_triton.triton.manifest import REFERENCE, Manifest
+from aitune_triton.reference_data import REFERENCE
+from aitune_triton.triton.manifest import Manifest
 from aitune_triton.validate.checks.target import ModelTarget
 
 
