@@ -324,7 +324,7 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
     max_batch = profiles.max_batch_size if profiles else spec.max_sample_batch
     cases = reference_cases(model, spec, samples, outputs, max_batch)
     independent = rows_independent(model, spec, cases, tolerance)
-    wanted = FORMATS if preferred == "auto" else (preferred,)
+    wanted: tuple[str, ...] = FORMATS if preferred == "auto" else (preferred,)
     skipped = [(f, "not requested (fallback format %r)" % preferred) for f in FORMATS[:FORMATS.index(wanted[0])]]
     if portable and "aoti" in wanted:
         wanted = tuple(f for f in wanted if f != "aoti")

@@ -22,8 +22,7 @@ FORMATS = ("aoti", "export", "eager")
 TORCH_EXACT, TORCH_SCHEMA, TORCH_MIN = "exact", "export-schema", "minimum"
 PACK_ENV_HINT = "aitune-triton pack-env REPO --model %s"
 # what a host lacking an AOTInductor package's CPU or GPU can do instead
-PORTABLE_FIX = ("regenerate it on such a host, or with `--portable` (or `--fallback-format export`: an "
-                "ExportedProgram, independent of the host's instruction set and GPU)")
+PORTABLE_FIX = "regenerate it on such a host or with `--fallback-format export` / `--portable` (any host)"
 # x86 /proc/cpuinfo flags of instruction-set extensions a C++ compiler may emit code for: inductor compiles
 # an AOTInductor package (the CPU kernels and the wrapper, CUDA packages too) with -march=native. AMD-only
 # extensions no compiler emits for such code (sse4a, xop, fma4) are left out: they would refuse an AMD-built
@@ -154,7 +153,8 @@ class Requirements:
         elif self.cpu_flags and host.cpu_flags is not None:
             missing = [f for f in self.cpu_flags if f not in host.cpu_flags]
             if missing:
-                lacks = "this host's CPU lacks %s" % " ".join(missing)
+                lacks = "this host's CPU lacks %s%s" % (" ".join(missing[:3]), " and %d more" % (len(missing) - 3)
+                                                         if len(missing) > 3 else "")
         elif self.cpu_isa and host.cpu_flags is None and host.cpu_capability in _CAPABILITY_RANK:
             wanted = self.cpu_isa.split()[0].upper()
             if _CAPABILITY_RANK.get(wanted, 0) > _CAPABILITY_RANK[host.cpu_capability or "DEFAULT"]:
@@ -166,7 +166,7 @@ class Requirements:
             lacks = "the stub's torch is built for CUDA %s" % host.cuda
         if lacks is None:
             return None
-        return "model %s: its AOTInductor package was compiled for %s but %s: %s" % (
+        return "model %s: its AOTInductor package needs %s but %s: %s" % (
             model, self.host_needs(flags=False), lacks, PORTABLE_FIX)
 
     def torch_wanted(self) -> str:

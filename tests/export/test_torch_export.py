@@ -172,9 +172,9 @@ def test_a_package_for_an_isa_the_host_lacks_is_refused_in_one_line_before_it_is
     with pytest.raises(FakeModelException) as info:
         serve(monkeypatch, version_dir, spec, art, 8, before_init=avx2_host, requirements=needs)
     assert str(info.value) == (
-        "model m: its AOTInductor package was compiled for x86_64 CPUs with AVX512 AVX512_VNNI but this host's CPU "
-        "lacks avx512bw avx512f avx512_vnni: regenerate it on such a host, or with `--portable` (or "
-        "`--fallback-format export`: an ExportedProgram, independent of the host's instruction set and GPU)")
+        "model m: its AOTInductor package needs x86_64 CPUs with AVX512 AVX512_VNNI but this host's CPU "
+        "lacks avx512bw avx512f avx512_vnni: regenerate it on such a host or with `--fallback-format export` / "
+        "`--portable` (any host)")
     readme = (tmp_path / "cnn" / "README.md").read_text()
     assert "| host | x86_64 CPUs with AVX512 AVX512_VNNI (avx avx2 avx512bw avx512f avx512_vnni fma) |" in readme
 
