@@ -71,10 +71,12 @@ def runtime_requirements(fmt: str, device: str, version_dir: Path | None = None)
     if fmt == "aoti":
         meta = aoti_package_metadata(Path(version_dir) / AOTI_FILE) if version_dir else {}
         isa = meta.get("AOTI_CPU_ISA") or torch.backends.cpu.get_cpu_capability()
+        capability = None
+        if device == "cuda" and torch.cuda.is_available():  # the GPU the package was compiled and checked on
+            capability = "%d.%d" % torch.cuda.get_device_capability()
         host = {"machine": meta.get("AOTI_MACHINE") or platform.machine(),
                 "cpu_isa": None if "INVALID" in isa.upper() else isa.upper(),
-                "cpu_flags": isa_flags(cpu_flags_here() or ()),
-                "compute_capability": "%d.%d" % torch.cuda.get_device_capability() if device == "cuda" else None}
+                "cpu_flags": isa_flags(cpu_flags_here() or ()), "compute_capability": capability}
     return Requirements(python="%d.%d" % tuple(map(int, platform.python_version_tuple()[:2])), torch=version,
                         torch_rule=rule, torch_min=torch_min,
                         cuda=(torch.version.cuda or "unknown") if device == "cuda" else None,

@@ -6,11 +6,11 @@ pure helpers) and ``aitune_model.json`` (this model's data); regenerate instead 
 Before loading, ``initialize()`` checks that the stub's Python has a torch this artifact loads
 with, that the host has the CPU instruction set (and GPU) an AOTInductor package was compiled for
 (one line naming what is missing and the fix: such a package dies with an invalid opcode, not an
-error, on a CPU without it) and that every artifact file matches the SHA-256 recorded at generate time. Tensors move through DLPack in both directions, never numpy:
-the 2.51 stub silently corrupts numpy I/O under numpy 2, bfloat16 has no numpy dtype, and DLPack
-keeps GPU inputs on the GPU. The requests of one execute() call whose non-batch dims match run as
-one forward and are split back; a request that is invalid or whose forward fails gets its own
-error, the others still run.
+error, on a CPU without it) and that every artifact file matches the SHA-256 recorded at generate
+time. Tensors move through DLPack in both directions, never numpy: the 2.51 stub silently corrupts
+numpy I/O under numpy 2, bfloat16 has no numpy dtype, and DLPack keeps GPU inputs on the GPU. The
+requests of one execute() call whose non-batch dims match run as one forward and are split back; a
+request that is invalid or whose forward fails gets its own error, the others still run.
 """
 
 import importlib.util
