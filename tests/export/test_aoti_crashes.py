@@ -127,3 +127,15 @@ def test_a_retried_load_that_works_forgets_the_crash(tmp_path, monkeypatch):
     aoti_crashes.remember(HostKey.here("cpu"), "aoti check crashed (signal SIGSEGV)")
     assert _build(src, spec, profiles, tmp_path / "m" / "1", "aoti").format == "aoti"
     assert aoti_crashes.lookup(HostKey.here("cpu")) is None
+
+
+def test_the_key_names_the_gpu_on_cuda_and_the_isa_on_cpu(monkeypatch):
+    import platform
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "NVIDIA H100 80GB HBM3")
+    assert HostKey.here("cuda") == HostKey(torch.__version__, "cuda", "NVIDIA H100 80GB HBM3")
+    cpu = HostKey.here("cpu")
+    assert cpu.hardware == "%s %s" % (platform.machine(), torch.backends.cpu.get_cpu_capability())
+    assert cpu.id() == "%s|cpu|%s" % (torch.__version__, cpu.hardware)

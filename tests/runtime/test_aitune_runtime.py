@@ -5,6 +5,7 @@ tests/export/test_torch_export.py."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import json
 
@@ -219,6 +220,8 @@ def test_a_gpu_package_needs_its_compute_capability_and_cuda():
         "9.0 with CUDA 13.0 but NVIDIA A100-SXM4-80GB has compute capability 8.0: regenerate it on such a host")
     cu128 = HostFacts("x86_64", AVX2_HOST, "AVX2", "12.8", "NVIDIA H100 80GB HBM3", "9.0")
     assert "but the stub's torch is built for CUDA 12.8:" in AOTI_H100.host_problem("rn50", cu128, on_gpu=True)
+    unknown = dataclasses.replace(AOTI_H100, cuda="unknown")  # generate-time torch.version.cuda was None
+    assert unknown.host_problem("rn50", cu128, on_gpu=True) is None
 
 
 def test_export_and_eager_need_nothing_of_the_host_and_old_data_reads():

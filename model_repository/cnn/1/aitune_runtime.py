@@ -47,6 +47,12 @@ def release(version: str) -> Tuple[int, int, int]:
     return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
 
 
+def _major_minor(version: Optional[str]) -> Optional[Tuple[int, int]]:
+    """``(13, 0)`` of ``"13.0"``; None for None or anything else (``"unknown"``)."""
+    m = re.match(r"\s*(\d+)\.(\d+)", version or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
 def isa_flags(flags: Iterable[str]) -> Tuple[str, ...]:
     """The instruction-set extensions among ``flags`` (``/proc/cpuinfo`` names), sorted."""
     return tuple(sorted({f for f in flags if _ISA_FLAG.match(f)}))
@@ -67,9 +73,9 @@ def cpu_flags_here(path: str = "/proc/cpuinfo") -> Optional[FrozenSet[str]]:
 
 @dataclass(frozen=True)
 class HostFacts:
-    """What the serving host offers an AOTInductor package: gathered by ``model.py`` in the stub (and
-    by ``validate`` beside a server it launched), passed in here so the check is testable anywhere.
-    ``cpu_flags`` None: unknown (not Linux); ``cpu_capability``: torch's ``get_cpu_capability()``."""
+    """What the serving host offers an AOTInductor package: gathered by ``model.py`` in the stub and
+    passed in here, so the check is testable for any host. ``cpu_flags`` None: unknown (not Linux);
+    ``cpu_capability``: torch's ``get_cpu_capability()``."""
 
     machine: str
     cpu_flags: Optional[FrozenSet[str]] = None
@@ -162,7 +168,8 @@ class Requirements:
         if lacks is None and on_gpu and self.compute_capability and host.compute_capability \
                 and host.compute_capability != self.compute_capability:
             lacks = "%s has compute capability %s" % (host.gpu or "this GPU", host.compute_capability)
-        if lacks is None and on_gpu and self.cuda and host.cuda and release(self.cuda)[:2] != release(host.cuda)[:2]:
+        if lacks is None and on_gpu and _major_minor(self.cuda) and _major_minor(host.cuda) \
+                and _major_minor(self.cuda) != _major_minor(host.cuda):
             lacks = "the stub's torch is built for CUDA %s" % host.cuda
         if lacks is None:
             return None
