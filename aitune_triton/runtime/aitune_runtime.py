@@ -23,12 +23,11 @@ TORCH_EXACT, TORCH_SCHEMA, TORCH_MIN = "exact", "export-schema", "minimum"
 PACK_ENV_HINT = "aitune-triton pack-env REPO --model %s"
 # what a host lacking an AOTInductor package's CPU or GPU can do instead
 PORTABLE_FIX = "regenerate it on such a host or with `--fallback-format export` / `--portable` (any host)"
-# x86 /proc/cpuinfo flags of instruction-set extensions a C++ compiler may emit code for: inductor compiles
-# an AOTInductor package (the CPU kernels and the wrapper, CUDA packages too) with -march=native. AMD-only
-# extensions no compiler emits for such code (sse4a, xop, fma4) are left out: they would refuse an AMD-built
-# package on every Intel host
-_ISA_FLAG = re.compile(r"^(avx|amx)|^(sse3|ssse3|sse4_1|sse4_2|fma|f16c|bmi1|bmi2|popcnt|movbe|adx|aes|pclmulqdq|"
-                       r"vaes|gfni|vpclmulqdq|sha_ni)$")
+# x86 /proc/cpuinfo flags of instruction-set extensions a C++ compiler emits code for on its own: inductor
+# compiles an AOTInductor package (the CPU kernels and the wrapper, CUDA packages too) with -march=native.
+# Extensions reached only through intrinsics (aes, sha_ni, vaes, adx...) and AMD-only ones (sse4a, xop, fma4)
+# are left out: they would refuse packages on hosts that run them fine (an AMD-built one on every Intel host)
+_ISA_FLAG = re.compile(r"^(avx|amx)|^(sse3|ssse3|sse4_1|sse4_2|fma|f16c|bmi1|bmi2|popcnt|abm|movbe|gfni)$")
 # torch.backends.cpu.get_cpu_capability() names, weakest first (x86)
 _CAPABILITY_RANK = {"DEFAULT": 0, "AVX2": 1, "AVX512": 2}
 
