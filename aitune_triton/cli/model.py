@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from aitune_triton import defaults
 from aitune_triton.cli.output import console, handle_errors, ints
 from aitune_triton.console import make_console
 from aitune_triton.progress import stage_progress
@@ -27,6 +28,10 @@ from aitune_triton.progress import stage_progress
 @click.option("--max-queue-delay-us", type=int, help="Dynamic batching queue delay in microseconds.")
 @click.option("--fallback-format", type=click.Choice(["auto", "aoti", "export", "eager"]),
               help="Force the fallback artifact format.")
+@click.option("--portable/--no-portable", default=None,
+              help="An artifact that loads on any host: the ExportedProgram instead of an AOTInductor package "
+                   "(machine code for this host's CPU instruction set and GPU). [default: %s]"
+                   % ("portable" if defaults.PORTABLE else "no-portable"))
 @click.option("--precision", type=click.Choice(["fp32", "tf32", "fp16", "bf16", "int8", "fp8"]),
               help="TensorRT builder precision.")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=None, help="CUDA graphs for the TensorRT model.")
@@ -36,7 +41,7 @@ from aitune_triton.progress import stage_progress
 @click.option("--force", is_flag=True, help="Replace models of the same name.")
 @handle_errors
 def generate(model_py, out, name, backends, max_batch_size, instances, gpus, device, max_queue_delay_us,
-             fallback_format, precision, cuda_graphs, strategy, budget_ms, force):
+             fallback_format, portable, precision, cuda_graphs, strategy, budget_ms, force):
     """Generate Triton model directories for MODEL_PY (defines get_model() and get_samples())."""
     from aitune_triton.api import GenerateOptions, generate as run
 
@@ -44,7 +49,7 @@ def generate(model_py, out, name, backends, max_batch_size, instances, gpus, dev
     given = {"name": name, "backends": tuple(backends) or None, "max_batch_size": max_batch_size,
              "instances": instances, "gpus": ints(gpus) if gpus else None, "device": device,
              "max_queue_delay_us": max_queue_delay_us,
-             "fallback_format": fallback_format, "strategy": strategy, "budget_ms": budget_ms}
+             "fallback_format": fallback_format, "portable": portable, "strategy": strategy, "budget_ms": budget_ms}
     # click gives None for an option left out: that is "not given", never "set it to None"
     options = GenerateOptions(**{k: v for k, v in given.items() if v is not None}, tensorrt=trt, force=force)
     with stage_progress(console, "generating") as progress:

@@ -280,7 +280,7 @@ def plan(curve: Curve, request: PlanRequest) -> CapacityPlan:
 
 def save_plan(path: Path, plan: CapacityPlan) -> None:
     """Write ``plan`` as JSON for ``deploy k8s --plan``; an unwritable path is one UserError line."""
-    from aitune_triton.triton.repository import replace_file_atomically
+    from aitune_triton.atomic import replace_file_atomically
 
     try:
         replace_file_atomically(Path(path), json.dumps(plan.to_dict(), indent=2) + "\n")

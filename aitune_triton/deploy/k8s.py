@@ -191,7 +191,7 @@ def check(files: dict[str, str], k8s_version: str = K8S_VERSION) -> list[str]:
 
 def write(files: dict[str, str], out: Path) -> list[Path]:
     """Write the checked files; each one replaced atomically."""
-    from aitune_triton.triton.repository import replace_file_atomically
+    from aitune_triton.atomic import replace_file_atomically
 
     out = Path(out)
     if out.exists() and not out.is_dir():

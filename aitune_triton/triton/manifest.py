@@ -25,7 +25,7 @@ from aitune_triton.json_fields import typed
 from aitune_triton.numerics import Tolerance
 from aitune_triton.runtime.aitune_runtime import Requirements
 from aitune_triton.spec import IOSpec
-from aitune_triton.triton.repository import replace_file_atomically
+from aitune_triton.atomic import replace_file_atomically
 from aitune_triton.profile_set import ProfileSet
 from aitune_triton.probe_section import ChecksSection
 from aitune_triton.tensorrt.section import TensorRTSection

@@ -18,7 +18,7 @@ from tritonclient.grpc import model_config_pb2
 from aitune_triton.errors import ModelError
 from aitune_triton.templating import render
 from aitune_triton.triton.mapping import ModelConfigPlan
-from aitune_triton.triton.repository import replace_file_atomically
+from aitune_triton.atomic import replace_file_atomically
 from aitune_triton.version import __version__
 
 CONFIG = "config.pbtxt"

@@ -21,7 +21,6 @@ import functools
 import logging
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -252,18 +251,3 @@ def stage_models(repo: Path, names: list[str], force: bool = False) -> Iterator[
         if created and not committed:
             with contextlib.suppress(OSError):
                 repo.rmdir()
-
-
-def replace_file_atomically(path: Path, text: str) -> None:
-    """Write ``path`` via a temp file in the same dir and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the server may run as another user
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

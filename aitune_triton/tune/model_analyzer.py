@@ -18,7 +18,7 @@ from tritonclient.grpc import model_config_pb2
 
 from aitune_triton.triton import tools
 from aitune_triton.triton.perf import PerfOptions
-from aitune_triton.triton.repository import replace_file_atomically
+from aitune_triton.atomic import replace_file_atomically
 from aitune_triton.tune.objective import Objective
 from aitune_triton.tune.space import SearchSpace
 

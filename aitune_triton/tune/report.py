@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from aitune_triton.triton.repository import replace_file_atomically
+from aitune_triton.atomic import replace_file_atomically
 from aitune_triton.tune.points import TRANSPORTS, Measurement
 from aitune_triton.tune.result import TuneResult
 

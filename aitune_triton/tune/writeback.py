@@ -18,7 +18,7 @@ from tritonclient.grpc import model_config_pb2
 from aitune_triton.errors import ModelError, ServerError
 from aitune_triton.triton.manifest import Manifest
 from aitune_triton.triton.render import CONFIG, config_text, write_config
-from aitune_triton.triton.repository import replace_file_atomically
+from aitune_triton.atomic import replace_file_atomically
 from aitune_triton.triton.server_api import Server
 from aitune_triton.tune.measure import effective_variant
 from aitune_triton.tune.points import TRANSPORTS, Measurement
