@@ -3,7 +3,8 @@
 1. ``aoti``: an AOTInductor package compiled from a ``torch.export`` program with the batch and
    dynamic axes left symbolic (fastest; host-ISA or CUDA code, bound to its device kind);
 2. ``export``: the ``ExportedProgram`` itself (``.pt2``), run through ``ep.module()``;
-3. ``eager``: the user's own model file next to a ``state_dict`` (``torch.load(weights_only=True)``).
+3. ``eager``: the user's own model file next to a ``state_dict`` (``torch.load(weights_only=True)``,
+   or the full unpickler for the packed params of a quantized model: ``aitune_staging.load_state_dict``).
 
 Every candidate is compiled and checked against the eager outputs in a fresh child process with a
 timeout (``export_child.py`` through ``procs.run_child``): AOTInductor compiles are slow and can
@@ -46,6 +47,7 @@ from aitune_triton.export.torch_program import AxisRanges, batch_of, export_prog
 from aitune_triton.numerics import Tolerance, tolerance_for
 from aitune_triton.spec import AxisKind, IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed
 from aitune_triton.profile_set import ProfileSet
+from aitune_triton.runtime.aitune_staging import load_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +155,7 @@ def load_runner(version_dir: Path, fmt: str, device: str, spec: IOSpec) -> Calla
         module = importlib.util.module_from_spec(mod_spec)
         mod_spec.loader.exec_module(module)
         model = module.get_model()
-        model.load_state_dict(torch.load(version_dir / STATE_FILE, map_location=dev, weights_only=True))
+        model.load_state_dict(load_state_dict(version_dir / STATE_FILE, dev))
         return model.to(dev).eval()
     raise ValueError("unknown fallback format %r" % fmt)
 
@@ -273,6 +275,16 @@ def _remove(version_dir: Path, fmt: str) -> None:
         (version_dir / name).unlink(missing_ok=True)
 
 
+def _cpu_state(model: torch.nn.Module) -> dict[str, Any]:
+    """``model.state_dict()`` on the CPU. Quantized modules keep packed params, dtypes and tuples
+    beside the tensors; the dict itself is kept (its ``_metadata`` holds the module versions that
+    quantized modules' loaders read)."""
+    state = model.state_dict()
+    for key, value in state.items():
+        state[key] = pytree.tree_map_only(torch.Tensor, lambda t: t.detach().cpu(), value)
+    return state
+
+
 def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample],
                    outputs: Sequence[Any], profiles: ProfileSet | None, version_dir: Path, device: str = "cpu",
                    preferred: str = "auto", timeout_s: float = 600, tolerance: Tolerance | None = None,
@@ -333,7 +345,7 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
                     shutil.copyfile(work / EXPORT_FILE, version_dir / EXPORT_FILE)
                 else:
                     shutil.copyfile(source_path, version_dir / SOURCE_FILE)
-                    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, version_dir / STATE_FILE)
+                    torch.save(_cpu_state(model), version_dir / STATE_FILE)
                 errors = _check(job, fmt)
             except CandidateFailed as exc:
                 _remove(version_dir, fmt)

@@ -138,8 +138,7 @@ def _load(data, version_dir, device):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     model = module.get_model()
-    state = torch.load(os.path.join(version_dir, files["state_dict"]), map_location=device, weights_only=True)
-    model.load_state_dict(state)
+    model.load_state_dict(staging.load_state_dict(os.path.join(version_dir, files["state_dict"]), device))
     return model.to(device).eval()
 
 
