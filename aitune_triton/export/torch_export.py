@@ -4,7 +4,7 @@
    dynamic axes left symbolic (fastest; host-ISA or CUDA code, bound to its device kind);
 2. ``export``: the ``ExportedProgram`` itself (``.pt2``), run through ``ep.module()``;
 3. ``eager``: the user's own model file next to a ``state_dict`` (``torch.load(weights_only=True)``,
-   or the full unpickler for the packed params of a quantized model: ``aitune_staging.load_state_dict``).
+   or the full unpickler for the packed params of a quantized model: ``aitune_eager.load_state_dict``).
 
 Every candidate is compiled and checked against the eager outputs in a fresh child process with a
 timeout (``export_child.py`` through ``procs.run_child``): AOTInductor compiles are slow and can
@@ -47,7 +47,7 @@ from aitune_triton.export.torch_program import AxisRanges, batch_of, export_prog
 from aitune_triton.numerics import Tolerance, tolerance_for
 from aitune_triton.spec import AxisKind, IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed
 from aitune_triton.profile_set import ProfileSet
-from aitune_triton.runtime.aitune_staging import load_state_dict
+from aitune_triton.runtime.aitune_eager import PaddedDetections, load_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +135,11 @@ def compare(actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance) -> str
 # ----------------------------------------------------------------------------- loading (child side)
 
 
-def load_runner(version_dir: Path, fmt: str, device: str, spec: IOSpec) -> Callable[..., Any]:
+def load_runner(version_dir: Path, fmt: str, device: str, spec: IOSpec, max_detections: int = 0) -> Callable[..., Any]:
     """The artifact as a callable taking ``forward``'s arguments. The exported formats take flat
     tensors in spec input order and return a flat tuple (``FlatIO``); the generated model.py
-    calls them that way, here they are adapted to ``forward``'s arguments."""
+    calls them that way, here they are adapted to ``forward``'s arguments. ``max_detections``: the
+    eager module returns one dict per image, padded as the served model.py pads it."""
     version_dir = Path(version_dir)
     dev = torch.device(device)
     if fmt == "aoti":
@@ -155,6 +156,8 @@ def load_runner(version_dir: Path, fmt: str, device: str, spec: IOSpec) -> Calla
         module = importlib.util.module_from_spec(mod_spec)
         mod_spec.loader.exec_module(module)
         model = module.get_model()
+        if max_detections:
+            model = PaddedDetections(model, max_detections)
         model.load_state_dict(load_state_dict(version_dir / STATE_FILE, dev))
         return model.to(dev).eval()
     raise ValueError("unknown fallback format %r" % fmt)
@@ -233,6 +236,7 @@ class CheckRequest:
     format: str
     device: str
     tolerance: Tolerance | None
+    max_detections: int = 0
 
 
 def _run_child(target: str, request: CompileRequest | CheckRequest, job: "_Job", what: str) -> Any:
@@ -262,10 +266,12 @@ class _Job:
     tolerance: Tolerance | None
     timeout_s: float
     log_path: Path
+    max_detections: int = 0
 
 
 def _check(job: _Job, fmt: str) -> dict[str, float]:
-    request = CheckRequest(job.spec, job.cases_path, job.version_dir, fmt, job.device, job.tolerance)
+    request = CheckRequest(job.spec, job.cases_path, job.version_dir, fmt, job.device, job.tolerance,
+                           job.max_detections)
     errors: dict[str, float] = _run_child(CHECK_TARGET, request, job, "%s check" % fmt)
     return errors
 
@@ -322,7 +328,8 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
         cases_path = work / "cases.pt"
         torch.save({"labels": [c[0] for c in cases], "inputs": [{k: v.cpu() for k, v in c[1].items()} for c in cases],
                     "outputs": [{k: v.cpu() for k, v in c[2].items()} for c in cases]}, cases_path)
-        job = _Job(spec, cases_path, version_dir, work, device, tolerance, timeout_s, log_path)
+        max_detections = model.max_detections if isinstance(model, PaddedDetections) else 0
+        job = _Job(spec, cases_path, version_dir, work, device, tolerance, timeout_s, log_path, max_detections)
         ranges: AxisRanges = {}
         export_error = None
         if {"aoti", "export"} & set(wanted):
@@ -353,7 +360,8 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
                 log.info("fallback %s rejected: %s", fmt, exc)
                 continue
             artifact = FallbackArtifact(fmt, device, FILES[fmt], tuple(skipped), errors,
-                                        eager_ranges if fmt == "eager" else ranges, independent, fmt != "eager")
+                                        eager_ranges if fmt == "eager" else ranges, independent, fmt != "eager",
+                                        max_detections)
             log.info("fallback: %s on %s, max |err| vs eager %s", fmt, device,
                      ", ".join("%s %.3g" % kv for kv in errors.items()))
             return artifact

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-RUNTIME_FILES = ("model.py", "aitune_runtime.py", "aitune_staging.py")
+RUNTIME_FILES = ("model.py", "aitune_runtime.py", "aitune_staging.py", "aitune_eager.py")
 
 
 def runtime_source(name: str) -> bytes:

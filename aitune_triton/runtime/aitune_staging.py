@@ -161,16 +161,3 @@ def fill_padding(x, total):
         filled += n
     return x
 
-
-def load_state_dict(path, device):
-    """The eager format's ``state_dict`` file, tensors first: ``weights_only=True`` reads plain tensors
-    without running pickle code. A quantized model (``torch.ao.quantization.quantize_dynamic``) keeps
-    packed parameters there (TorchScript objects such as an LSTM's ``CellParamsBase``) that only the
-    full unpickler restores; it is used for such a file only, after the caller checked the file's
-    SHA-256 against the one recorded when it was written (``artifact_problem``)."""
-    import pickle
-
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError:
-        return torch.load(path, map_location=device, weights_only=False)
