@@ -91,7 +91,8 @@ def _structure_hint(raw: list) -> str:
         if any(isinstance(v, (list, tuple, dict)) for v in values):
             return ("; forward() takes a list/dict of tensors: wrap the model in an nn.Module whose forward takes "
                     "tensors (e.g. one batched image tensor) and builds the list inside, and return that from "
-                    "get_model()")
+                    "get_model(); it may return one dict of tensors per image (served padded, "
+                    "GenerateConfig.max_detections)")
     return ""
 
 
