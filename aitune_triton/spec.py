@@ -314,7 +314,8 @@ def record_spec(model: torch.nn.Module, samples: Sequence[Sample], outputs: Sequ
             raise UserError("sample %d returns outputs %s but sample 0 returns %s; forward() must return the same "
                             "tensors for every sample (a tensor, or a tuple, list or dict of them, batched on axis 0), "
                             "or one dict of tensors per image with the same keys (detections: served padded to "
-                            "GenerateConfig.max_detections with a count per image)" % (i, [n for n, _ in fo], out_names))
+                            "GenerateConfig.max_detections with a count per image)"
+                            % (i, [n for n, _ in fo], out_names))
     if len(set(out_names)) != len(out_names):
         raise UserError("output names %s are not unique; return a dict with distinct keys" % out_names)
     in_tensors = [_ordered(s, first) for s in samples]

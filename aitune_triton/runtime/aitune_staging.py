@@ -160,4 +160,3 @@ def fill_padding(x, total):
         x[filled:filled + n].copy_(x[:n])
         filled += n
     return x
-
