@@ -46,11 +46,13 @@ class FallbackArtifact:
     max_detections: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": self.format, "device": self.device, "files": list(self.files),
-                "skipped": [list(s) for s in self.skipped], "max_errors": dict(self.max_errors),
-                "axis_ranges": {k: [list(r) for r in v] for k, v in self.axis_ranges.items()},
-                "row_independent": self.row_independent, "flat_io": self.flat_io,
-                "max_detections": self.max_detections}
+        d = {"format": self.format, "device": self.device, "files": list(self.files),
+             "skipped": [list(s) for s in self.skipped], "max_errors": dict(self.max_errors),
+             "axis_ranges": {k: [list(r) for r in v] for k, v in self.axis_ranges.items()},
+             "row_independent": self.row_independent, "flat_io": self.flat_io}
+        if self.max_detections:  # detectors only: other manifests stay as they were
+            d["max_detections"] = self.max_detections
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FallbackArtifact":

@@ -177,13 +177,15 @@ class ModelData:
             raise DataError("max_detections must be >= 0, got %d" % self.max_detections)
 
     def to_dict(self) -> dict:
-        return {"schema": DATA_SCHEMA, "generator": self.generator, "format": self.format,
-                "artifact_device": self.artifact_device, "files": dict(self.files), "sha256": dict(self.sha256),
-                "max_batch_size": self.max_batch_size, "inputs": [i.to_dict() for i in self.inputs],
-                "outputs": [list(o) for o in self.outputs], "pad_to_buckets": self.pad_to_buckets,
-                "cuda_graphs": self.cuda_graphs, "graph_batches": list(self.graph_batches),
-                "max_graphs": self.max_graphs, "requirements": self.requirements.to_dict(), "flat_io": self.flat_io,
-                "max_detections": self.max_detections}
+        d = {"schema": DATA_SCHEMA, "generator": self.generator, "format": self.format,
+             "artifact_device": self.artifact_device, "files": dict(self.files), "sha256": dict(self.sha256),
+             "max_batch_size": self.max_batch_size, "inputs": [i.to_dict() for i in self.inputs],
+             "outputs": [list(o) for o in self.outputs], "pad_to_buckets": self.pad_to_buckets,
+             "cuda_graphs": self.cuda_graphs, "graph_batches": list(self.graph_batches),
+             "max_graphs": self.max_graphs, "requirements": self.requirements.to_dict(), "flat_io": self.flat_io}
+        if self.max_detections:  # detectors only: other data files stay as they were
+            d["max_detections"] = self.max_detections
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelData":
