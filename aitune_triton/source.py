@@ -120,9 +120,16 @@ def _per_image_outputs(path: Path, model: torch.nn.Module, samples: tuple[Sample
     """A model returning one dict per image (torchvision detection style: ``boxes`` [n_i, 4],
     ``scores`` [n_i], ... with n_i varying per image) is served batched: wrapped in
     ``PaddedDetections``, which pads each field to ``max_detections`` rows and adds
-    ``num_detections``. Other models are returned as they are."""
+    ``num_detections``. One dict per image means: the list is as long as the batch of every sample,
+    and the samples' batches differ (or ``max_detections`` is declared), so a fixed tuple of
+    per-head dicts is not taken for detections. Other models are returned as they are."""
     keys = [per_image_keys(o) for o in outputs]
     if keys[0] is None:
+        return model, outputs, ()
+    # one dict per image: the list follows the batch (a tuple of per-head dicts of a fixed length does not)
+    batches = [s.flat()[0].shape[0] if s.flat() and s.flat()[0].dim() else None for s in samples]
+    follows = all(len(o) == b for o, b in zip(outputs, batches, strict=True))
+    if not follows or (len(set(batches)) < 2 and not max_detections):
         return model, outputs, ()
     if any(k != keys[0] for k in keys):
         raise _fail(path, "forward() returns one dict per image but with keys %s for sample 0 and %s for another; "
