@@ -157,11 +157,11 @@ class Prepared:
     @property
     def notes(self) -> tuple[str, ...]:
         """What the user must know about how the model is served (batching, output dims, shapes)."""
-        return (self.probe.notes if self.probe else ()) + client_shape_notes(self.spec)
+        return self.source.notes + (self.probe.notes if self.probe else ()) + client_shape_notes(self.spec)
 
 
 def prepare(model_py: Path, overrides: dict | None = None) -> Prepared:
-    source = load_model_source(model_py)
+    source = load_model_source(model_py, (overrides or {}).get("max_detections"))
     config = source.config or GenerateConfig()
     if overrides:
         trt_over = overrides.pop("tensorrt", None) or {}

@@ -112,6 +112,9 @@ class GenerateConfig:
     # shapes validate sends where cutting the samples cannot make valid ones (called by generate,
     # stored in edge_inputs.npz; the manifest records its name only)
     make_inputs: Callable[[dict[str, tuple[int, ...]]], dict[str, Any]] | None = None
+    # a model returning one dict per image (a detector): rows per image it is served padded to
+    # (None: the most its samples returned); more are cut, ``num_detections`` says how many are real
+    max_detections: int | None = None
 
     def __post_init__(self) -> None:
         if self.name is not None:
@@ -164,6 +167,10 @@ class GenerateConfig:
             object.__setattr__(self, "output_dims", _output_dims(self.output_dims))
         if self.input_ranges is not None:
             object.__setattr__(self, "input_ranges", _input_ranges(self.input_ranges))
+        if self.max_detections is not None and (not isinstance(self.max_detections, int)
+                                                or isinstance(self.max_detections, bool) or self.max_detections < 1):
+            raise UserError("max_detections must be a positive integer (detections served per image), got %r"
+                            % (self.max_detections,))
         if isinstance(self.make_inputs, str):  # the name a manifest recorded: the function itself is not kept
             object.__setattr__(self, "make_inputs", None)
         if self.make_inputs is not None and not callable(self.make_inputs):

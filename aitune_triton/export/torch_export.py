@@ -3,7 +3,8 @@
 1. ``aoti``: an AOTInductor package compiled from a ``torch.export`` program with the batch and
    dynamic axes left symbolic (fastest; host-ISA or CUDA code, bound to its device kind);
 2. ``export``: the ``ExportedProgram`` itself (``.pt2``), run through ``ep.module()``;
-3. ``eager``: the user's own model file next to a ``state_dict`` (``torch.load(weights_only=True)``).
+3. ``eager``: the user's own model file next to a ``state_dict`` (``torch.load(weights_only=True)``,
+   or the full unpickler for the packed params of a quantized model: ``aitune_eager.load_state_dict``).
 
 Every candidate is compiled and checked against the eager outputs in a fresh child process with a
 timeout (``export_child.py`` through ``procs.run_child``): AOTInductor compiles are slow and can
@@ -47,6 +48,7 @@ from aitune_triton.export.torch_program import AxisRanges, batch_of, export_prog
 from aitune_triton.numerics import Tolerance, tolerance_for
 from aitune_triton.spec import AxisKind, IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed
 from aitune_triton.profile_set import ProfileSet
+from aitune_triton.runtime.aitune_eager import PaddedDetections, load_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +143,11 @@ def compare(actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance) -> str
 # ----------------------------------------------------------------------------- loading (child side)
 
 
-def load_runner(version_dir: Path, fmt: str, device: str, spec: IOSpec) -> Callable[..., Any]:
+def load_runner(version_dir: Path, fmt: str, device: str, spec: IOSpec, max_detections: int = 0) -> Callable[..., Any]:
     """The artifact as a callable taking ``forward``'s arguments. The exported formats take flat
     tensors in spec input order and return a flat tuple (``FlatIO``); the generated model.py
-    calls them that way, here they are adapted to ``forward``'s arguments."""
+    calls them that way, here they are adapted to ``forward``'s arguments. ``max_detections``: the
+    eager module returns one dict per image, padded as the served model.py pads it."""
     version_dir = Path(version_dir)
     dev = torch.device(device)
     if fmt == "aoti":
@@ -161,7 +164,9 @@ def load_runner(version_dir: Path, fmt: str, device: str, spec: IOSpec) -> Calla
         module = importlib.util.module_from_spec(mod_spec)
         mod_spec.loader.exec_module(module)
         model = module.get_model()
-        model.load_state_dict(torch.load(version_dir / STATE_FILE, map_location=dev, weights_only=True))
+        if max_detections:
+            model = PaddedDetections(model, max_detections)
+        model.load_state_dict(load_state_dict(version_dir / STATE_FILE, dev))
         return model.to(dev).eval()
     raise ValueError("unknown fallback format %r" % fmt)
 
@@ -239,6 +244,7 @@ class CheckRequest:
     format: str
     device: str
     tolerance: Tolerance | None
+    max_detections: int = 0
 
 
 def _run_child(target: str, request: CompileRequest | CheckRequest, job: "_Job", what: str) -> Any:
@@ -269,10 +275,12 @@ class _Job:
     tolerance: Tolerance | None
     timeout_s: float
     log_path: Path
+    max_detections: int = 0
 
 
 def _check(job: _Job, fmt: str) -> dict[str, float]:
-    request = CheckRequest(job.spec, job.cases_path, job.version_dir, fmt, job.device, job.tolerance)
+    request = CheckRequest(job.spec, job.cases_path, job.version_dir, fmt, job.device, job.tolerance,
+                           job.max_detections)
     errors: dict[str, float] = _run_child(CHECK_TARGET, request, job, "%s check" % fmt)
     return errors
 
@@ -286,6 +294,16 @@ def _remembered_crash(device: str) -> str | None:
     """Why AOTInductor is skipped here: its load crashed on this machine before (None: it did not)."""
     crash = aoti_crashes.lookup(aoti_crashes.HostKey.here(device))
     return crash.skip_reason(aoti_crashes.cache_path()) if crash else None
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, Any]:
+    """``model.state_dict()`` on the CPU. Quantized modules keep packed params, dtypes and tuples
+    beside the tensors; the dict itself is kept (its ``_metadata`` holds the module versions that
+    quantized modules' loaders read)."""
+    state = model.state_dict()
+    for key, value in state.items():
+        state[key] = pytree.tree_map_only(torch.Tensor, lambda t: t.detach().cpu(), value)
+    return state
 
 
 def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample],
@@ -342,7 +360,8 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
         cases_path = work / "cases.pt"
         torch.save({"labels": [c[0] for c in cases], "inputs": [{k: v.cpu() for k, v in c[1].items()} for c in cases],
                     "outputs": [{k: v.cpu() for k, v in c[2].items()} for c in cases]}, cases_path)
-        job = _Job(spec, cases_path, version_dir, work, device, tolerance, timeout_s, log_path)
+        max_detections = model.max_detections if isinstance(model, PaddedDetections) else 0
+        job = _Job(spec, cases_path, version_dir, work, device, tolerance, timeout_s, log_path, max_detections)
         ranges: AxisRanges = {}
         export_error = None
         if {"aoti", "export"} & set(wanted):
@@ -366,7 +385,7 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
                     shutil.copyfile(work / EXPORT_FILE, version_dir / EXPORT_FILE)
                 else:
                     shutil.copyfile(source_path, version_dir / SOURCE_FILE)
-                    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, version_dir / STATE_FILE)
+                    torch.save(_cpu_state(model), version_dir / STATE_FILE)
                 checking = True
                 errors = _check(job, fmt)
                 if fmt == "aoti" and retry_crashed and aoti_crashes.forget(aoti_crashes.HostKey.here(device)):
@@ -381,7 +400,8 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
                 log.info("fallback %s rejected: %s", fmt, exc)
                 continue
             artifact = FallbackArtifact(fmt, device, FILES[fmt], tuple(skipped), errors,
-                                        eager_ranges if fmt == "eager" else ranges, independent, fmt != "eager")
+                                        eager_ranges if fmt == "eager" else ranges, independent, fmt != "eager",
+                                        max_detections)
             log.info("fallback: %s on %s, max |err| vs eager %s", fmt, device,
                      ", ".join("%s %.3g" % kv for kv in errors.items()))
             return artifact
