@@ -35,6 +35,9 @@ TUNE_PERF_STABILITY_PCT = 30.0
 # ---------------------------------------------------------------------------- plan, deploy k8s
 PLAN_HEADROOM = 0.3  # fraction of each replica's measured capacity kept free
 PLAN_MIN_REPLICAS = 1
+# the most a plan (and deploy k8s) writes: beyond these a report is wrong, not a cluster to build
+PLAN_MAX_REPLICAS = 10_000
+K8S_MAX_GPUS_PER_REPLICA = 64
 K8S_SECRET = "aitune-s3-credentials"
 K8S_CPU = "4"
 K8S_MEMORY = "16Gi"
