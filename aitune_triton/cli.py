@@ -262,8 +262,10 @@ def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver):
     import time
 
     from aitune_triton.errors import ServerError
+    from aitune_triton.integrity import verify_models
     from aitune_triton.triton.server import ServerOptions, TritonServer, describe_exit, served_model_names
 
+    verify_models(repo, served_model_names(repo))  # before the server loads (deserialises) anything
     # by name, not "*": Triton would also try to load hidden dirs (a generate's staging dir)
     options = ServerOptions(tritonserver=tritonserver, host=host, http_port=http_port, grpc_port=grpc_port,
                             metrics_port=metrics_port, model_control_mode="explicit",
@@ -291,12 +293,10 @@ def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver):
 def _check_model_files(repo: Path, model: str) -> None:
     """A readable manifest and artifacts matching its SHA-256s, else one line (UserError/ModelError)."""
     from aitune_triton.config import validate_model_name
-    from aitune_triton.integrity import verify_artifacts
-    from aitune_triton.triton.manifest import Manifest
+    from aitune_triton.integrity import verify_model
 
     validate_model_name(model)
-    manifest = Manifest.load(Path(repo) / model)
-    verify_artifacts(Path(repo) / model, manifest.files)
+    verify_model(Path(repo) / model, Path(repo))
 
 
 def _ints(text: str) -> tuple[int, ...]:

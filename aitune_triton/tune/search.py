@@ -40,7 +40,7 @@ from aitune_triton.tune.objective import Objective, decide, pick_finalists
 from aitune_triton.tune.points import Point, Variant
 from aitune_triton.tune.report import write_reports
 from aitune_triton.tune.result import TuneResult
-from aitune_triton.tune.space import build_space, check_transports, current_variant, placement
+from aitune_triton.tune.space import batching_refused, build_space, check_transports, current_variant, placement
 from aitune_triton.tune.writeback import record, reload_from_disk, write_back
 
 log = logging.getLogger(__name__)
@@ -216,6 +216,9 @@ def tune_model(repo: Path, model: str, server: Server, options: TuneOptions | No
             result = dataclasses.replace(result, reason=decision.reason)
             backup = write_back(server, result, chosen, base, original, limit, num_profiles, stamp)
             result = dataclasses.replace(result, written=True, backup_path=backup)
+        refused = batching_refused(manifest)
+        if refused:
+            result = dataclasses.replace(result, reason="%s; %s" % (result.reason, refused))
         result = dataclasses.replace(result, load_avg=(load_start, _load_avg()))
         result = dataclasses.replace(result, elapsed_s=time.monotonic() - t0)
         reports = write_reports(result, report_dir)

@@ -106,11 +106,20 @@ class ValidationReport:
 
     @property
     def passed(self) -> bool:
-        return self.server.error is None and self.counts[CheckStatus.FAIL] == 0
+        """No check failed and at least one passed: a run that checked nothing proves nothing."""
+        counts = self.counts
+        return self.server.error is None and counts[CheckStatus.FAIL] == 0 and counts[CheckStatus.PASS] > 0
+
+    @property
+    def verdict(self) -> str:
+        if self.passed:
+            return "PASSED"
+        counts = self.counts
+        return "NOT VALIDATED" if self.server.error is None and counts[CheckStatus.FAIL] == 0 else "FAILED"
 
     @property
     def exit_code(self) -> int:
-        """0 when every check passed (skips allowed), 1 when any failed or the server did."""
+        """0 when every check passed (skips allowed, but at least one check passed), 1 otherwise."""
         return 0 if self.passed else 1
 
     def model(self, name: str) -> ModelReport:
@@ -162,7 +171,7 @@ def to_markdown(report: ValidationReport, plot_name: str | None = None) -> str:
         "- repository: `%s`" % report.repository,
         "- server: %s, Triton %s (http %s, grpc %s)" % (s.mode, s.version or "unknown", s.http_url, s.grpc_url),
         "- result: **%s** — %d passed, %d failed, %d skipped checks in %.0f s"
-        % ("PASSED" if report.passed else "FAILED", counts[CheckStatus.PASS], counts[CheckStatus.FAIL],
+        % (report.verdict, counts[CheckStatus.PASS], counts[CheckStatus.FAIL],
            counts[CheckStatus.SKIP], report.seconds),
     ]
     if s.log_path:
@@ -265,7 +274,7 @@ def print_summary(report: ValidationReport, console=None, report_dir: Path | Non
     if report.server.error:
         console.print(Text("server: " + report.server.error, style="red"))
     counts = report.counts
-    verdict = Text("PASSED" if report.passed else "FAILED", style="bold green" if report.passed else "bold red")
+    verdict = Text(report.verdict, style="bold green" if report.passed else "bold red")
     console.print(Text.assemble(verdict, " — %d passed, %d failed, %d skipped checks (Triton %s, %s)"
                                 % (counts[CheckStatus.PASS], counts[CheckStatus.FAIL], counts[CheckStatus.SKIP],
                                    report.server.version or "unknown", report.server.mode)))
