@@ -32,6 +32,10 @@ TUNE_CONCURRENCY = (1, 2, 4, 8, 16, 32)
 # 2-core machine in 3-6 s; the spread of the windows is reported either way
 TUNE_PERF_STABILITY_PCT = 30.0
 
+# the most a reference.npz / edge_inputs.npz may decompress to (checked from the zip directory before
+# loading): generate records a few samples, megabytes; a file claiming more is broken or a bomb
+NPZ_MAX_BYTES = 1 << 30
+
 # ---------------------------------------------------------------------------- plan, deploy k8s
 PLAN_HEADROOM = 0.3  # fraction of each replica's measured capacity kept free
 PLAN_MIN_REPLICAS = 1
