@@ -85,6 +85,10 @@ _RESOURCE = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk qu
              errno.ENFILE: "too many open files on the system"}
 
 
+# the OSErrors that mean a resource ran out or is read-only, not a bug
+RESOURCE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE})
+
+
 def resource_error(exc: OSError, what: str, path: Path | str) -> UserError:
     """One line for an OSError while writing ``what`` at ``path``, naming the resource that ran out
     (disk space, quota, a read-only filesystem, file descriptors)."""

@@ -39,10 +39,8 @@ def template_env() -> jinja2.Environment:
     # a source checkout's templates/ (beside the package) first: an editable install of another
     # checkout maps aitune_triton.templates to *that* checkout's templates
     beside = Path(__file__).resolve().parents[1] / "templates"
-    if (beside / "config.pbtxt.j2").is_file():
-        root = beside
-    else:
-        root = importlib.resources.files("aitune_triton.templates")
+    root = str(beside) if (beside / "config.pbtxt.j2").is_file() else \
+        str(importlib.resources.files("aitune_triton.templates"))
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(root)),
         undefined=jinja2.StrictUndefined,

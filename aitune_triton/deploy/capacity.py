@@ -80,7 +80,8 @@ class PlanRequest:
             raise UserError("--gpus-per-replica must be in [0, %d], got %r"
                             % (defaults.K8S_MAX_GPUS_PER_REPLICA, self.gpus_per_replica))
         if not 1 <= self.min_replicas <= defaults.PLAN_MAX_REPLICAS:
-            raise UserError("--min-replicas must be in [1, %d], got %r" % (defaults.PLAN_MAX_REPLICAS, self.min_replicas))
+            raise UserError("--min-replicas must be in [1, %d], got %r"
+                            % (defaults.PLAN_MAX_REPLICAS, self.min_replicas))
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import numpy as np
 
 from aitune_triton.errors import AituneError
 from aitune_triton.integrity import verify_model
+from aitune_triton.output_paths import check_outside_repository
 from aitune_triton.triton import tools
 from aitune_triton.tensorrt.stamp import refusal_here
 from aitune_triton.triton.perf import PerfError, PerfOptions, PerfResult, PerfRow, run_perf, write_input_data_json
@@ -360,6 +361,8 @@ def validate_repository(repo: Path, options: ValidateOptions | None = None,
             return validate_repository(view.local, dataclasses.replace(options, server_repository=str(view.server)),
                                        progress)
     repo = Path(repo)
+    if options.report_dir:
+        check_outside_repository(options.report_dir, repo, "the validation report")
     planned = plan_models(repo, options.models)
     run = _Run(repo, options, progress or (lambda msg: None))
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")

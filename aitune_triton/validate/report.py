@@ -13,7 +13,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aitune_triton.output_paths import resource_error
 from aitune_triton.triton.perf import PerfRow
+from aitune_triton.triton.repository import replace_file_atomically
 from aitune_triton.validate.result import CheckResult, CheckStatus
 
 log = logging.getLogger(__name__)
@@ -142,16 +144,27 @@ class ValidationReport:
                    float(d.get("seconds", 0.0)), d.get("options", {}), int(d.get("schema_version", SCHEMA_VERSION)))
 
     def write(self, report_dir: Path) -> dict[str, Path]:
-        """report.json, report.md and (when perf ran) latency_throughput.png; returns their paths."""
+        """report.json, report.md and (when perf ran) latency_throughput.png; returns their paths.
+
+        Each file is written whole or not at all (a temp file renamed into place): a full disk
+        leaves the previous report, never a truncated one, and is one UserError line."""
         report_dir = Path(report_dir)
-        report_dir.mkdir(parents=True, exist_ok=True)
         paths = {"json": report_dir / REPORT_JSON, "md": report_dir / REPORT_MD}
-        paths["json"].write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         plot = report_dir / PLOT_PNG
-        if any(m.perf for m in self.models):
-            write_plot(self, plot)
-            paths["png"] = plot
-        paths["md"].write_text(to_markdown(self, plot.name if "png" in paths else None))
+        try:
+            report_dir.mkdir(parents=True, exist_ok=True)
+            replace_file_atomically(paths["json"], json.dumps(self.to_dict(), indent=2) + "\n")
+            if any(m.perf for m in self.models):
+                tmp = report_dir / (".tmp-" + PLOT_PNG)
+                try:
+                    write_plot(self, tmp)
+                    tmp.replace(plot)
+                finally:
+                    tmp.unlink(missing_ok=True)
+                paths["png"] = plot
+            replace_file_atomically(paths["md"], to_markdown(self, plot.name if "png" in paths else None))
+        except OSError as exc:
+            raise resource_error(exc, "the validation report", report_dir) from None
         return paths
 
 

@@ -88,6 +88,17 @@ def test_push_uploads_a_version_then_switches_the_pointer(repo, base):
     assert st.resolve(s3, base) == (second.repository, base, second.version)
 
 
+def test_push_reads_a_read_only_repository(repo, base, remount, tmp_path):
+    """push only reads: a repository on a read-only filesystem (where no lock file can be made) is
+    pushed as it is."""
+    copy = tmp_path / "ro"
+    shutil.copytree(repo, copy)
+    remount(copy, "ro")
+    result = st.push(copy, base)
+    assert st.read_pointer(st.client(base), base)["version"] == result.version and result.files > 5
+    assert not (copy / ".aitune.lock").exists()
+
+
 def test_open_repository_follows_the_pointer_and_downloads(repo, base):
     pushed = st.push(repo, base)
     expected = {k: v for k, v in _files(repo).items() if not k.startswith(".") and "__pycache__" not in k}

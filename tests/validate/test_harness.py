@@ -26,6 +26,15 @@ def test_usage_errors(tmp_path, repo):
         harness.validate_repository(repo, harness.ValidateOptions(models=("nosuch",)))
 
 
+@pytest.mark.parametrize("where", ["affine/1", "affine", "."])
+def test_a_report_inside_the_repository_is_refused_before_anything_is_written(repo, where):
+    """Files written into a version directory would fail the integrity check and break the model."""
+    report_dir = repo / where / "report"
+    with pytest.raises(UserError, match="cannot write the validation report to .* inside the model repository"):
+        harness.validate_repository(repo, harness.ValidateOptions(report_dir=report_dir))
+    assert not report_dir.exists()
+
+
 def test_backend_missing_from_the_server_is_skipped(repo, tmp_path):
     """A model generated for a backend this server lacks is not validated here (and a run of only
     such models is not PASSED); a config naming another backend than the generated one fails."""
