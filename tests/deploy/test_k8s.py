@@ -183,3 +183,17 @@ def test_every_template_value_is_escaped_so_no_object_can_be_added():
     assert "Secret" not in kinds and kinds.count("Deployment") == 1
     assert "stolen" not in yaml.safe_dump([d for t in files.values() for d in yaml.safe_load_all(t) if d and
                                            "kind" in d and d["kind"] == "Secret"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pvc", "triton-models\n"], "--pvc 'triton-models\\\\n' is not a valid claim name"),
+    (["--pvc", "triton-models", "--name", "cnn\n"], "'cnn\\\\n' is not a valid Kubernetes name"),
+    (["--pvc", "triton-models", "--image", "nvcr.io/x:1\nkind: Secret"], "is not a container image reference"),
+    (["--pvc", "triton-models", "--replicas", "9" * 303], r"--replicas must be an integer in \[1, 10000\]"),
+])
+def test_deploy_cli_values_with_line_breaks_are_one_line_errors(tmp_path, args, message):
+    out = tmp_path / "k8s"
+    result = CliRunner().invoke(main, ["deploy", "k8s", str(ROOT / "model_repository"), "--out", str(out)] + args)
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert __import__("re").search(message, result.output) and "YAML" not in result.output, result.output
+    assert not out.exists()
