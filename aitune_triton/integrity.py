@@ -183,12 +183,29 @@ def config_problems(model_dir: Path, backend: str) -> list[str]:
     return problems
 
 
+def _drop_bytecode_caches(model_dir: Path) -> None:
+    """Remove the ``__pycache__`` dirs the stub wrote beside the checked sources: Python runs a
+    cached ``.pyc`` whose header matches the source's size and mtime without reading the source,
+    so a planted one would run unchecked code. They are caches: the stub writes them again."""
+    import shutil
+
+    for cache in sorted(Path(model_dir).glob("*/**/__pycache__")):
+        if cache.is_dir() and not cache.is_symlink():
+            try:
+                shutil.rmtree(cache)
+            except OSError as exc:
+                raise ModelError("refusing to load %s: cannot remove the bytecode cache %s (%s); delete it, as a "
+                                 "cached .pyc runs instead of its checked source" % (model_dir, cache, exc.strerror)) \
+                    from None
+
+
 def verify_model(model_dir: Path, repo: Path | None = None) -> "Manifest":
     """The integrity check before a model is loaded; returns its manifest, raises ModelError (or
     UserError for an unreadable manifest) in one line naming what is wrong.
 
     The directory entries are checked first, so nothing is read through a symlink; then the
-    manifest, the artifacts' hashes and what the config names.
+    bytecode caches beside the sources are dropped, and the manifest, the artifacts' hashes and
+    what the config names are checked.
     """
     from aitune_triton.triton.manifest import Manifest
 
@@ -196,6 +213,7 @@ def verify_model(model_dir: Path, repo: Path | None = None) -> "Manifest":
     problems = tree_problems(model_dir, repo)
     if problems:
         raise _refusal(model_dir, problems, "remove them, or regenerate the model")
+    _drop_bytecode_caches(model_dir)
     manifest = Manifest.load(model_dir)
     verify_artifacts(model_dir, manifest.files)
     problems = config_problems(model_dir, manifest.backend)

@@ -157,6 +157,18 @@ def test_symlinks_and_version_dirs_triton_would_read_are_refused_before_reading(
     assert "TOPSECRET" not in str(info.value) and "\n" not in str(info.value)
 
 
+def test_bytecode_caches_beside_the_checked_sources_are_dropped_before_loading(cnn):
+    """A planted .pyc whose header matches aitune_runtime.py's size and mtime would run instead of
+    the checked source: the caches go before every load."""
+    from aitune_triton.integrity import verify_model
+
+    cache = cnn / "1" / "__pycache__"
+    cache.mkdir()
+    (cache / "aitune_runtime.cpython-311.pyc").write_bytes(b"planted")
+    verify_model(cnn)
+    assert not cache.exists() and (cnn / "1" / "aitune_runtime.py").exists()
+
+
 def test_a_model_dir_symlinked_out_of_the_repository_is_refused(cnn, tmp_path):
     from aitune_triton.errors import ModelError
     from aitune_triton.integrity import verify_model
