@@ -164,8 +164,13 @@ def _config_facts(model_dir: Path) -> tuple[int, str]:
     """(instances, "gpu"|"cpu") from the model's config.pbtxt and manifest (validate reports hold neither)."""
     from aitune_triton.triton.render import parse_config
 
+    from aitune_triton.integrity import tree_problems
+
     instances, device = 1, "cpu"
     config = model_dir / "config.pbtxt"
+    refused = tree_problems(model_dir) if model_dir.is_dir() else []
+    if refused:  # nothing is read through a symlink (a parse error would quote the file it points to)
+        raise UserError("refusing to read %s: %s" % (model_dir, "; ".join(refused[:3])))
     if config.exists():
         cfg = parse_config(config.read_text())
         if cfg.instance_group:

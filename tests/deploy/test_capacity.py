@@ -188,3 +188,17 @@ def test_absurd_plans_are_refused_and_deploy_refuses_absurd_plan_files(tmp_path)
         (tmp_path / "plan.json").write_text(json.dumps(plan))
         with pytest.raises(UserError, match="is not a capacity plan written by"):
             cap.load_plan(tmp_path / "plan.json")
+
+
+def test_plan_reads_nothing_through_a_symlinked_config(tmp_path):
+    """A config.pbtxt symlinked to a private file would put its first token into the error."""
+    import shutil
+
+    shutil.copytree(ROOT / "model_repository" / "cnn", tmp_path / "repo" / "cnn")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOPSECRET token\n")
+    (tmp_path / "repo" / "cnn" / "config.pbtxt").unlink()
+    (tmp_path / "repo" / "cnn" / "config.pbtxt").symlink_to(secret)
+    with pytest.raises(UserError, match="refusing to read .*cnn: config.pbtxt is a symlink") as info:
+        cap.read_curve(REAL, "cnn", tmp_path / "repo" / "cnn")
+    assert "TOPSECRET" not in str(info.value)
