@@ -35,7 +35,7 @@ import torch
 from aitune_triton import __version__
 from aitune_triton.config import GenerateConfig, tolerance_for
 from aitune_triton.errors import ModelError, UserError
-from aitune_triton.integrity import verify_artifacts
+from aitune_triton.integrity import verify_model
 from aitune_triton.source import ModelSource, load_model_source
 from aitune_triton.spec import IOSpec, Sample, call_with_feed, flatten_outputs, record_spec, sample_feed
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
@@ -565,7 +565,7 @@ def build_plans(repo: Path, model: str | None = None, force: bool = False,
             machine = machine or this_machine()
             built.append(existing_plan(Path(repo), home, info, machine))
             continue
-        verify_artifacts(home, manifest.files)  # the ONNX and build script are about to be used
+        verify_model(home, Path(repo))  # the ONNX and build script are about to be used
         config = GenerateConfig.from_dict(manifest.config)
         with repository.stage_models(Path(repo), [trt_name], force=force) as staged:
             model_dir = staged.dir(trt_name)
