@@ -27,4 +27,4 @@ def check(request: CheckRequest) -> dict[str, float]:
         runner = load_runner(request.version_dir, request.format, request.device, request.spec)
     except Exception as exc:
         raise CandidateFailed("loading failed: %s" % first_line(exc)) from exc
-    return check_runner(runner, request.spec, cases, request.device, request.tolerance)
+    return check_runner(runner, request.spec, cases, request.device, request.tolerance, request.refuse_mismatch)
