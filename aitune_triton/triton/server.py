@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from aitune_triton import procs
+from aitune_triton.triton import tools
 from aitune_triton.errors import ServerError
 from aitune_triton.triton.launch import (
     Ports,
@@ -238,7 +239,7 @@ class TritonServer(ServerAPI):
     def _start_once(self) -> "TritonServer":
         binary = server_binary(self.options)
         if not binary.exists():
-            raise ServerError("tritonserver not found at %s" % binary)
+            raise ServerError("tritonserver not found at %s; get one with %s" % (binary, tools.GET_TRITONSERVER))
         names = tuple(n for n in self.options.load_models if n != "*")
         if "*" in self.options.load_models and isinstance(self.repo, Path) and self.repo.is_dir():
             names = tuple(p.name for p in self.repo.iterdir() if p.is_dir())
