@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 PERF_ANALYZER_WHEEL = "tritonclient==2.48.0"
 # the ways a user gets a server, for every message about a missing one
 GET_TRITONSERVER = ("`pip install nvidia-pytriton` (bundles tritonserver), or run inside NVIDIA's Triton container "
-                    "(nvcr.io/nvidia/tritonserver:<yy.mm>-py3) and pass --tritonserver /opt/tritonserver/bin/tritonserver")
+                    "(nvcr.io/nvidia/tritonserver:<yy.mm>-py3) and pass "
+                    "--tritonserver /opt/tritonserver/bin/tritonserver")
 
 
 def python_version() -> str:
