@@ -40,6 +40,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -83,6 +84,7 @@ class ModelResult:
     failed_checks: list[str] = field(default_factory=list)
     infer_per_s: dict[str, float] = field(default_factory=dict)  # concurrency -> throughput
     p99_ms: dict[str, float] = field(default_factory=dict)
+    perf_unstable: list[int] = field(default_factory=list)  # concurrencies perf_analyzer could not stabilise
 
 
 # ----------------------------------------------------------------------------- child processes
@@ -193,8 +195,13 @@ def validate(results: dict[str, ModelResult], combined: Path, logs: Path, out: P
         for r in served:
             r.validate = "timed out" if code is None else "no report (exit %s)" % code
         return summary
+    summary["server"] = read_report(served, report_path)
+    return summary
+
+
+def read_report(served: list[ModelResult], report_path: Path) -> dict:
+    """Each model's verdict, failed checks and perf points from validate's report.json; returns its server."""
     report = json.loads(report_path.read_text())
-    summary["server"] = {k: report.get("server", {}).get(k) for k in ("version", "binary", "backends", "error")}
     by_name = {m["name"]: m for m in report.get("models", [])}
     for r in served:
         statuses = []
@@ -205,13 +212,13 @@ def validate(results: dict[str, ModelResult], combined: Path, logs: Path, out: P
             statuses.append(model["status"])
             r.failed_checks += ["%s: %s: %s" % (name, c["name"], c["detail"][:300])
                                 for c in model.get("checks", []) if c["status"] == "fail"]
-            if model["status"] != "skipped" or model.get("perf"):
-                for row in model.get("perf", []):
-                    r.infer_per_s[str(row["concurrency"])] = round(row["throughput"], 1)
-                    r.p99_ms[str(row["concurrency"])] = round(row["p99_ms"], 2)
+            for row in model.get("perf", []):
+                r.infer_per_s[str(row["concurrency"])] = round(row["throughput"], 1)
+                r.p99_ms[str(row["concurrency"])] = round(row["p99_ms"], 2)
+            r.perf_unstable += list(model.get("perf_unstable", []))
         r.validate = "failed" if "failed" in statuses else "passed" if "passed" in statuses else \
             "skipped" if statuses else "not in the report"
-    return summary
+    return {k: report.get("server", {}).get(k) for k in ("version", "binary", "backends", "error")}
 
 
 # ----------------------------------------------------------------------------- the report
@@ -254,9 +261,13 @@ def table(doc: dict) -> str:
             gen += " (%s)" % ("timed out" if r["generate_exit"] is None else "exit %s" % r["generate_exit"])
         if r["second_generate_s"] is not None:
             gen += ", again %.0f" % r["second_generate_s"]
+        def rate(c: str, r: dict = r) -> str:
+            if c in r["infer_per_s"]:
+                return "%.0f" % r["infer_per_s"][c]
+            return "unstable" if int(c) in r["perf_unstable"] else "-"
+
         lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            r["name"], r["precision"], r["format"] or "-", gen, r["validate"],
-            r["infer_per_s"].get("1", "-"), r["infer_per_s"].get("8", "-"),
+            r["name"], r["precision"], r["format"] or "-", gen, r["validate"], rate("1"), rate("8"),
             r["max_batch_size"] if r["max_batch_size"] is not None else "-"))
     return "\n".join(lines) + "\n"
 
@@ -269,13 +280,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated, from: %s" % ", ".join(MODELS))
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="generate --device (auto: the default; cpu: the local smoke mode)")
-    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "acceptance_out")))
+    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "acceptance_out")),
+                   help="the JSON, the table, the logs and validate's report (small files only)")
+    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "aitune_acceptance",
+                   help="the generated repositories (hundreds of MB: kept out of --out)")
     p.add_argument("--jobs", type=int, default=4, help="generates at a time")
     p.add_argument("--generate-timeout", type=float, default=420.0, help="seconds per generate")
     p.add_argument("--budget-s", type=float, default=540.0, help="the whole run; validate gets what is left")
     p.add_argument("--concurrency", default="1,8")
     p.add_argument("--perf-request-count", type=int, default=200)
-    p.add_argument("--perf-stability", type=float, default=30.0)
+    p.add_argument("--perf-stability", type=float, default=50.0,
+                   help="perf_analyzer's band: wide, the lane checks the path works and records the rate")
     args = p.parse_args(argv)
     unknown = sorted(set(args.models.split(",")) - set(MODELS))
     if unknown:
@@ -288,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     now = datetime.datetime.now(datetime.timezone.utc)
     out = args.out.resolve()
-    work, logs = out / "work", out / "logs"
+    work, logs = args.work.resolve(), out / "logs"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     logs.mkdir(parents=True, exist_ok=True)

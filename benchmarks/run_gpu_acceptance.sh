@@ -10,11 +10,11 @@ OUT=${OUT:-acceptance_out}
 mkdir -p "$OUT"
 [ -d .whl ] && [ -d .devbundle ] || { echo "carry .whl and .devbundle (see the header of $0)" >&2; exit 2; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=$PWD:/tmp/site
 eval "$(bash .devbundle/device-env.sh)"
+export PYTHONPATH=$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}  # the carried grpcio/protobuf before the image's
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=/tmp/inductor
 { nvidia-smi --query-gpu=index,name,driver_version --format=csv,noheader; nproc;
-  python3 -c 'import torch, torchvision, transformers, tritonclient, polygraphy; print("torch", torch.__version__, "cuda", torch.version.cuda, "torchvision", torchvision.__version__, "transformers", transformers.__version__)'; } 2>&1 | tee "$OUT/env.txt"
+  python3 -c 'import torch, torchvision, transformers, tritonclient, polygraphy; print("torch", torch.__version__, "cuda", torch.version.cuda, "torchvision", torchvision.__version__, "transformers", transformers.__version__)' || true; } 2>&1 | tee "$OUT/env.txt"
 rc=0
 python3 benchmarks/gpu_acceptance.py --out "$OUT" "$@" > "$OUT/stdout" 2>&1 || rc=$?
 tail -n 60 "$OUT/stdout"

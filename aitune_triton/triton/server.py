@@ -279,6 +279,14 @@ class TritonServer(ServerAPI):
         log.info("tritonserver ready: pid %d, http %s, grpc %s", proc.pid, self.http_url, self.grpc_url)
         return self
 
+    def _backend_hint(self, failed: list[str]) -> str:
+        """For a backend the server could not find: where it looked and the option that names the folder."""
+        if not any("unable to find backend library" in f for f in failed):
+            return ""
+        flag = next((a.split("=", 1)[1] for a in self.command if a.startswith("--backend-directory=")), None)
+        return ("; the server looked in %s: pass its backends folder with --backend-directory"
+                % (flag or "its default (/opt/tritonserver/backends)"))
+
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.options.startup_timeout_s
         while True:
@@ -293,7 +301,7 @@ class TritonServer(ServerAPI):
                 # never becomes a model state), so the requested models are checked by name
                 failed = self._startup_failures(final=status == 200)
                 if failed:
-                    raise self._error("model(s) failed to load: %s" % "; ".join(failed))
+                    raise self._error("model(s) failed to load: %s%s" % ("; ".join(failed), self._backend_hint(failed)))
                 if status == 200:
                     self._confirm_endpoints()
                     return

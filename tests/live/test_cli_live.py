@@ -80,6 +80,13 @@ def test_serve_a_server_outside_the_standard_layout_with_backend_directory(repo,
     wrapper.parent.mkdir()
     wrapper.write_text('#!/bin/sh\nexec "%s" "$@"\n' % tools.bundled_tritonserver())
     wrapper.chmod(0o755)
+    proc = subprocess.run(CLI + ["serve", str(repo), "--tritonserver", str(wrapper), "--http-port", "0", "--grpc-port",
+                                 "0", "--metrics-port", "0"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert re.search(r"unable to find backend library for backend 'python'.*; the server looked in its default "
+                     r"\(/opt/tritonserver/backends\): pass its backends folder with --backend-directory",
+                     " ".join(proc.stdout.split() + proc.stderr.split())), proc.stdout + proc.stderr
     serve_and_stop(repo, "--tritonserver", str(wrapper), "--backend-directory", str(tools.backends_dir()))
 
 
