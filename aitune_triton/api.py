@@ -189,12 +189,17 @@ def outputs_on_device(source: ModelSource, spec: IOSpec, device: str) -> tuple |
     leaves = [t for out in source.outputs for _, t in flatten_outputs(out)]
     if all(t.device.type == device for t in leaves):
         return None
-    model = on_device(source.model, device)
-    with torch.inference_mode():
-        outs = tuple(call_with_feed(model, spec, {k: v.to(device) for k, v in sample_feed(spec, s).items()})
-                     for s in source.samples)
-    del model
-    return outs
+    try:
+        model = on_device(source.model, device)
+        with torch.inference_mode():
+            return tuple(call_with_feed(model, spec, {k: v.to(device) for k, v in sample_feed(spec, s).items()})
+                         for s in source.samples)
+    except Exception as exc:  # the model's own failure on that device, in one line
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ModelError("the model runs on %s in model.py but fails on %s, where the fallback would serve it: "
+                         "%s: %s; generate with --device %s, or fix the model for %s"
+                         % (", ".join(sorted({t.device.type for t in leaves})), device, type(exc).__name__,
+                            first[:300], leaves[0].device.type if leaves else "cpu", device)) from exc
 
 
 def model_names(prep: Prepared) -> dict[str, str]:

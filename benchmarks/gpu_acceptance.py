@@ -14,14 +14,19 @@ defaults, bfloat16), all random init from ``benchmarks/acceptance_models/``, and
 ``encoder``, ``multi_io`` from ``examples/``.
 
 Budget: the generates run ``--jobs`` at a time (largest first; each one ``--generate-timeout`` at most, its
-process group killed past it), validate gets what is left of ``--budget-s``; the JSON is rewritten after every
-step, so a run cut short still reports what it measured.
+process group killed past it, and none runs into the last ``--validate-reserve-s`` of ``--budget-s``), validate
+gets what is left; the JSON is rewritten after every step, so a run cut short still reports what it measured,
+and a model cut short is rerun alone with ``--models``. Generate times are measured with ``--jobs`` generates
+sharing the machine (recorded in the JSON); ``--jobs 1`` gives each one the whole machine.
 
 On the GPU machine, from a clean checkout with ``.devbundle`` (``bash ../shared/tools/make-device-bundle.sh
-.venv .devbundle``, or the project's copy) and ``.whl`` (``bash benchmarks/fetch_gpu_wheels.sh``) carried along:
+.venv .devbundle``, or the project's copy) and ``.whl`` (``bash benchmarks/fetch_gpu_wheels.sh``) carried along
+(about 32 MB together), as one device call with a 600 s limit:
 
-    bash benchmarks/run_gpu_acceptance.sh                 # everything, about 8 minutes on an H100
-    bash benchmarks/run_gpu_acceptance.sh --models resnet50_fp16,cnn
+    AITUNE_COMMIT=<sha> bash benchmarks/run_gpu_acceptance.sh          # everything, under 9 minutes on an H100
+    AITUNE_COMMIT=<sha> bash benchmarks/run_gpu_acceptance.sh --models resnet50_fp16,cnn
+
+(``AITUNE_COMMIT`` only where the copy on the GPU machine has no ``.git``.)
 
 Results land in ``$OUT`` (``gpu_acceptance_<date>.json``, ``.md``, ``logs/``); commit the JSON and paste the
 table into BENCHMARKS.md. Here, on the CPU, the same logic end to end on one small model (the smoke mode):
@@ -128,17 +133,28 @@ def console_lines(log_path: Path) -> tuple[str, list[str]]:
 # ----------------------------------------------------------------------------- the steps
 
 
-def generate(result: ModelResult, repo: Path, logs: Path, args, env: dict, second: bool = False) -> None:
+def generate(result: ModelResult, repo: Path, logs: Path, args, env: dict, deadline: float,
+             second: bool = False) -> None:
+    """One ``generate`` with its time, exit code and console lines; it gets ``--generate-timeout`` or what is
+    left before ``deadline`` (the time kept for validate), whichever is less."""
+    timeout = min(args.generate_timeout, deadline - time.monotonic())
+    if timeout < 30:
+        line = "not run: %.0f s left before the time kept for validate" % max(timeout, 0)
+        if second:
+            result.second_generate_line = line
+        else:
+            result.generate_line = line
+        return
     cmd = CLI + ["generate", result.source, "--out", str(repo)]
     if args.device != "auto":
         cmd += ["--device", args.device]
     if second:
         cmd.append("--force")
     log_path = logs / ("%s.generate%s.log" % (result.name, "2" if second else ""))
-    code, seconds = run_logged(cmd, log_path, args.generate_timeout, env)
+    code, seconds = run_logged(cmd, log_path, timeout, env)
     line, stages = console_lines(log_path)
     if code is None:
-        line = "timed out after %.0f s; %s" % (args.generate_timeout, stages[-1] if stages else "no stage finished")
+        line = "timed out after %.0f s; %s" % (timeout, stages[-1] if stages else "no stage finished")
     if second:
         result.second_generate_exit, result.second_generate_s = code, round(seconds, 1)
         result.second_generate_line, result.second_generate_stages = line, stages
@@ -287,6 +303,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=4, help="generates at a time")
     p.add_argument("--generate-timeout", type=float, default=420.0, help="seconds per generate")
     p.add_argument("--budget-s", type=float, default=540.0, help="the whole run; validate gets what is left")
+    p.add_argument("--validate-reserve-s", type=float, default=170.0,
+                   help="kept for validate: generates still running this close to the budget are stopped")
     p.add_argument("--concurrency", default="1,8")
     p.add_argument("--perf-request-count", type=int, default=200)
     p.add_argument("--perf-stability", type=float, default=50.0,
@@ -332,15 +350,17 @@ def main(argv: list[str] | None = None) -> int:
             (out / (stem + ".json")).write_text(json.dumps(doc, indent=2) + "\n")
             (out / (stem + ".md")).write_text(table(doc))
 
+    deadline = t0 + args.budget_s - args.validate_reserve_s
+
     def job(name: str) -> None:
         repo = work / name
-        generate(results[name], repo, logs, args, env)
+        generate(results[name], repo, logs, args, env, deadline)
         save()
         print("[%4.0f s] %s: generate %s in %.0f s: %s" % (time.monotonic() - t0, name, results[name].generate_exit,
                                                            results[name].generate_s or 0,
                                                            results[name].generate_line[:300]), flush=True)
         if name == TWICE and results[name].generate_exit == 0:
-            generate(results[name], repo, logs, args, env, second=True)
+            generate(results[name], repo, logs, args, env, deadline, second=True)
             save()
             print("[%4.0f s] %s: generate again %s in %.0f s: %s" % (
                 time.monotonic() - t0, name, results[name].second_generate_exit,

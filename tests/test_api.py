@@ -93,3 +93,30 @@ def test_generate_needs_no_client_library(tmp_path):
     from aitune_triton.triton.render import check_config, parse_config  # the text written is still valid
 
     check_config(parse_config((out / "cnn" / "config.pbtxt").read_text()))
+
+
+def test_the_reference_is_recomputed_where_the_fallback_runs(tmp_path):
+    """Outputs computed by model.py on another device are recomputed on the fallback's device (here
+    the meta device stands in for a GPU); a model that fails there is one line naming --device."""
+    from aitune_triton.api import outputs_on_device
+    from aitune_triton.errors import ModelError
+    from aitune_triton.source import load_model_source
+    from aitune_triton.spec import record_spec
+
+    src = load_model_source(ROOT / "examples" / "cnn" / "model.py")
+    spec = record_spec(src.model, src.samples, src.outputs)
+    assert outputs_on_device(src, spec, "cpu") is None  # computed there already: kept as they are
+    moved = outputs_on_device(src, spec, "meta")
+    assert [o.device.type for o in moved] == ["meta"] * len(src.outputs)
+    assert [o.shape for o in moved] == [o.shape for o in src.outputs]
+    (tmp_path / "model.py").write_text(
+        "import torch\n"
+        "class M(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return torch.from_numpy(x.numpy() * 2)\n"
+        "def get_model():\n    return M()\n"
+        "def get_samples():\n    return [torch.randn(2, 3)]\n")
+    host_only = load_model_source(tmp_path / "model.py")
+    with pytest.raises(ModelError, match=r"^the model runs on cpu in model.py but fails on meta, where the fallback "
+                                         r"would serve it: .*; generate with --device cpu, or fix the model for meta"):
+        outputs_on_device(host_only, record_spec(host_only.model, host_only.samples, host_only.outputs), "meta")
