@@ -271,7 +271,8 @@ def _build_fallback(prep: Prepared, version_dir: Path, fmt: str):
 
     return build_fallback(prep.source.path, prep.source.model, prep.spec, prep.source.samples, prep.outputs,
                           prep.profiles, version_dir, device=prep.device, preferred=fmt,
-                          tolerance=prep.config.tolerance_override)
+                          tolerance=prep.config.tolerance_override, portable=prep.config.portable,
+                          retry_crashed=prep.config.fallback_format == "aoti")
 
 
 def _select_fallback(prep: Prepared, version_dir: Path, strategy: str, progress: Progress):
@@ -282,7 +283,7 @@ def _select_fallback(prep: Prepared, version_dir: Path, strategy: str, progress:
     from aitune_triton.tune.strategies import select_candidate
 
     built, candidates = {}, []
-    for fmt in ("aoti", "export", "eager"):
+    for fmt in ("export", "eager") if prep.config.portable else ("aoti", "export", "eager"):
         progress("stage-1 tuning: building the %s fallback" % fmt)
         trial = version_dir.parent / (".trial-" + fmt)
         trial.mkdir()

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from aitune_triton.defaults import QUEUE_DELAY_US
+from aitune_triton.defaults import PORTABLE, QUEUE_DELAY_US
 from aitune_triton.errors import UserError
 from aitune_triton.numerics import DEFAULT_TOLERANCES, EXACT, Tolerance, tolerance_for  # noqa: F401 (re-exported)
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
@@ -91,6 +91,9 @@ class GenerateConfig:
     device: str = "auto"
     max_queue_delay_us: int | None = None
     fallback_format: str = "auto"
+    # an artifact that loads on any host: no AOTInductor package (machine code for this host's CPU
+    # instruction set and GPU), the ExportedProgram instead; for a serving fleet unlike this machine
+    portable: bool = PORTABLE
     tensorrt: TensorRTBackendConfig = field(default_factory=TensorRTBackendConfig)
     # how far the fallback / ONNX outputs may be from eager: per element (atol, rtol) for float
     # outputs, and for float16/bfloat16 also the relative L2 error (rel_l2); None: the dtype's default
@@ -140,6 +143,11 @@ class GenerateConfig:
         if self.fallback_format not in FALLBACK_FORMATS:
             raise UserError("fallback_format must be one of %s, got %r"
                             % (", ".join(FALLBACK_FORMATS), self.fallback_format))
+        if not isinstance(self.portable, bool):
+            raise UserError("portable must be True or False, got %r" % (self.portable,))
+        if self.portable and self.fallback_format == "aoti":
+            raise UserError("portable and fallback_format 'aoti' contradict: an AOTInductor package is machine code "
+                            "for the host that compiles it; use fallback_format 'export' or 'auto'")
         if self.max_queue_delay_us is not None and not 0 <= self.max_queue_delay_us <= 10_000_000:
             raise UserError("max_queue_delay_us must be 0..10000000, got %r" % self.max_queue_delay_us)
         for tol in ("atol", "rtol", "rel_l2"):

@@ -11,6 +11,9 @@ from __future__ import annotations
 # Dynamic-batching queue delay: short enough to be invisible at low load, long enough to form
 # batches under concurrency (500-2000 us measured as the useful range on CPU).
 QUEUE_DELAY_US = 500
+# an artifact for this host (AOTInductor when it matches eager: the fastest, but machine code for this
+# CPU's instruction set and GPU) rather than one that loads on any host (--portable)
+PORTABLE = False
 
 # ---------------------------------------------------------------------------- validate
 VALIDATE_CONCURRENCY = (1, 2, 4, 8)

@@ -7,6 +7,8 @@ to name it.
 
 from __future__ import annotations
 
+import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,18 @@ SOURCE_FILE = "user_model.py"  # not model.py: that name belongs to the Triton m
 STATE_FILE = "state_dict.pt"
 FALLBACK_LOG = Path("logs") / "fallback.log"  # in the model dir, beside the version dir (Triton ignores it)
 FILES = {"aoti": (AOTI_FILE,), "export": (EXPORT_FILE,), "eager": (SOURCE_FILE, STATE_FILE)}
+
+
+def aoti_package_metadata(package: Path) -> dict[str, str]:
+    """What an AOTInductor package records of the host that compiled it (``AOTI_MACHINE``,
+    ``AOTI_CPU_ISA``, ``AOTI_COMPUTE_CAPABILITY``: its ``*_metadata.json``), ``{}`` when unreadable."""
+    try:
+        with zipfile.ZipFile(package) as z:
+            name = next((n for n in sorted(z.namelist()) if n.endswith("_metadata.json")), None)
+            found = json.loads(z.read(name)) if name else {}
+    except (OSError, ValueError, zipfile.BadZipFile, KeyError):
+        return {}
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
 
 @dataclass(frozen=True)

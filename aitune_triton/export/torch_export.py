@@ -35,6 +35,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from aitune_triton import numerics, procs
+from aitune_triton.export import aoti_crashes
 from aitune_triton.errors import CandidateFailed, ModelError, UserError
 from aitune_triton.export.diagnostics import append_text, capture_torch_output, child_failure, export_failure
 from aitune_triton.export.fallback_artifact import (
@@ -61,6 +62,13 @@ __all__ = ["FALLBACK_LOG", "FallbackArtifact", "build_fallback", "check_runner",
 
 COMPILE_TARGET = "aitune_triton.export.export_child:compile_aoti"
 CHECK_TARGET = "aitune_triton.export.export_child:check"
+# why a portable build skips AOTInductor
+NOT_PORTABLE = ("not portable (--portable): an AOTInductor package is machine code for this host's CPU "
+                "instruction set (and GPU), the ExportedProgram runs on any host")
+
+
+class CandidateCrashed(CandidateFailed):
+    """The child checking a candidate was killed by a signal (a crash in native code)."""
 
 
 # ----------------------------------------------------------------------------- reference cases
@@ -274,7 +282,8 @@ def _run_child(target: str, request: CompileRequest | CheckRequest, job: "_Job",
     except procs.ChildFailed as failure:
         status = "timed out" if failure.outcome is procs.ChildOutcome.TIMEOUT else "exit %s" % failure.returncode
         append_text(job.log_path, "%s (%s)" % (what, status), failure.output)
-        raise CandidateFailed(_child_reason(what, failure)) from None
+        crashed = failure.outcome is procs.ChildOutcome.SIGNAL
+        raise (CandidateCrashed if crashed else CandidateFailed)(_child_reason(what, failure)) from None
     append_text(job.log_path, "%s (exit 0)" % what, child_log.read_text(errors="replace"))
     return value
 
@@ -306,13 +315,24 @@ def _remove(version_dir: Path, fmt: str) -> None:
         (version_dir / name).unlink(missing_ok=True)
 
 
+def _remembered_crash(device: str) -> str | None:
+    """Why AOTInductor is skipped here: its load crashed on this machine before (None: it did not)."""
+    crash = aoti_crashes.lookup(aoti_crashes.HostKey.here(device))
+    return crash.skip_reason(aoti_crashes.cache_path()) if crash else None
+
+
 def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample],
                    outputs: Sequence[Any], profiles: ProfileSet | None, version_dir: Path, device: str = "cpu",
                    preferred: str = "auto", timeout_s: float = 600, tolerance: Tolerance | None = None,
-                   log_path: Path | None = None) -> FallbackArtifact:
+                   log_path: Path | None = None, portable: bool = False,
+                   retry_crashed: bool | None = None) -> FallbackArtifact:
     """Write the best fallback artifact that matches eager into ``version_dir`` and describe it.
 
     ``preferred`` forces one format ("aoti", "export", "eager"); "auto" tries them best first.
+    ``portable`` leaves out AOTInductor (machine code for this host), so the artifact loads on any
+    host. An AOTInductor load that crashed on this machine before (``aoti_crashes``) is skipped
+    without compiling unless ``retry_crashed`` (default: when "aoti" is forced); a crash of the check
+    is remembered, a retried load that works is forgotten.
     ``timeout_s`` bounds each child process (the compile, each check). ``tolerance`` overrides the
     float tolerances of ``tolerance_for``. torch's output (export warnings, the children's output,
     tracebacks) is appended to ``log_path`` (default ``version_dir/../logs/fallback.log``), the
@@ -326,6 +346,10 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("device 'cuda' requested but torch sees no CUDA device here; generate on a GPU machine "
                         "or use --device cpu")
+    if portable and preferred == "aoti":
+        raise UserError("--portable and --fallback-format aoti contradict: an AOTInductor package is machine code "
+                        "for the host that compiles it; use --fallback-format export or auto")
+    retry_crashed = preferred == "aoti" if retry_crashed is None else retry_crashed
     version_dir = Path(version_dir)
     version_dir.mkdir(parents=True, exist_ok=True)
     log_path = Path(log_path) if log_path else version_dir.parent / FALLBACK_LOG
@@ -334,8 +358,16 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
     model = on_device(model, device)  # the reference runs where the artifact will (a copy when moved)
     cases = reference_cases(model, spec, samples, outputs, max_batch, device)
     independent = rows_independent(model, spec, cases, tolerance)
-    wanted = FORMATS if preferred == "auto" else (preferred,)
+    wanted: tuple[str, ...] = FORMATS if preferred == "auto" else (preferred,)
     skipped = [(f, "not requested (fallback format %r)" % preferred) for f in FORMATS[:FORMATS.index(wanted[0])]]
+    if portable and "aoti" in wanted:
+        wanted = tuple(f for f in wanted if f != "aoti")
+        skipped.append(("aoti", NOT_PORTABLE))
+    crashed_before = _remembered_crash(device) if "aoti" in wanted and not retry_crashed else None
+    if crashed_before:
+        wanted = tuple(f for f in wanted if f != "aoti")
+        skipped.append(("aoti", crashed_before))
+        log.info("AOTInductor skipped: %s", crashed_before)
     eager_ranges: AxisRanges = {t.name: tuple((1, max(max_batch, 1)) if (i == 0 and t.has_batch)
                                               else (a.max, a.max) if a.kind is AxisKind.STATIC else (1, None)
                                               for i, a in enumerate(t.axes)) for t in spec.inputs}
@@ -357,6 +389,7 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
                 export_error = "torch.export failed: %s" % export_failure(exc, [t.name for t in spec.inputs])
                 log.info("%s", export_error)
         for fmt in wanted:
+            checking = False  # a crash while checking (loading) a compiled candidate, not while compiling it
             try:
                 if fmt in ("aoti", "export") and export_error:
                     raise CandidateFailed(export_error)
@@ -368,8 +401,15 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
                 else:
                     shutil.copyfile(source_path, version_dir / SOURCE_FILE)
                     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, version_dir / STATE_FILE)
+                checking = True
                 errors = _check(job, fmt)
+                if fmt == "aoti" and retry_crashed and aoti_crashes.forget(aoti_crashes.HostKey.here(device)):
+                    log.info("AOTInductor loads on this machine now: its remembered crash is forgotten")
             except CandidateFailed as exc:
+                if fmt == "aoti" and checking and isinstance(exc, CandidateCrashed):
+                    where = aoti_crashes.remember(aoti_crashes.HostKey.here(device), str(exc))
+                    exc = CandidateCrashed("%s; remembered in %s: the next generate here skips the AOTInductor "
+                                           "compile (retry with `%s`)" % (exc, where, aoti_crashes.RETRY_HINT))
                 _remove(version_dir, fmt)
                 skipped.append((fmt, str(exc)))
                 log.info("fallback %s rejected: %s", fmt, exc)

@@ -4,12 +4,13 @@ Copied verbatim by aitune-triton into each version directory next to ``aitune_ru
 pure helpers) and ``aitune_model.json`` (this model's data); regenerate instead of editing.
 
 Before loading, ``initialize()`` checks that the stub's Python has a torch this artifact loads
-with (one line naming what is missing and the fix) and that every artifact file matches the
-SHA-256 recorded at generate time. Tensors move through DLPack in both directions, never numpy:
-the 2.51 stub silently corrupts numpy I/O under numpy 2, bfloat16 has no numpy dtype, and DLPack
-keeps GPU inputs on the GPU. The requests of one execute() call whose non-batch dims match run as
-one forward and are split back; a request that is invalid or whose forward fails gets its own
-error, the others still run.
+with, that the host has the CPU instruction set (and GPU) an AOTInductor package was compiled for
+(one line naming what is missing and the fix: such a package dies with an invalid opcode, not an
+error, on a CPU without it) and that every artifact file matches the SHA-256 recorded at generate
+time. Tensors move through DLPack in both directions, never numpy: the 2.51 stub silently corrupts
+numpy I/O under numpy 2, bfloat16 has no numpy dtype, and DLPack keeps GPU inputs on the GPU. The
+requests of one execute() call whose non-batch dims match run as one forward and are split back; a
+request that is invalid or whose forward fails gets its own error, the others still run.
 """
 
 import importlib.util
@@ -123,6 +124,19 @@ def _to_device(program, device):
     return move_to_device_pass(program, device)
 
 
+def _host_facts(on_gpu, device_id):
+    """What this host offers an AOTInductor package (``rt.HostFacts``)."""
+    gpu = capability = None
+    if on_gpu and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(device_id)
+        capability = "%d.%d" % torch.cuda.get_device_capability(device_id)
+    try:
+        cpu_capability = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001  (older torch)
+        cpu_capability = None
+    return rt.HostFacts(platform.machine(), rt.cpu_flags_here(), cpu_capability, torch.version.cuda, gpu, capability)
+
+
 def _load(data, version_dir, device):
     files = data.files
     if data.format == "aoti":
@@ -168,6 +182,9 @@ class TritonPythonModel:
                                _export_schema_major() if TORCH_VERSION else None,
                                TORCH_VERSION is not None and torch.cuda.is_available(), on_gpu)
         if problem:
+            raise pb_utils.TritonModelException(problem)
+        problem = reqs.host_problem(name, _host_facts(on_gpu, int(args.get("model_instance_device_id") or 0)), on_gpu)
+        if problem:  # before the package is loaded: on a CPU without its ISA it dies with an invalid opcode
             raise pb_utils.TritonModelException(problem)
         note = reqs.python_note(platform.python_version())
         if note:
