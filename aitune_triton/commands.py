@@ -76,18 +76,6 @@ class TuneOutcome:
         return 0 if self.result.chosen is not None else 1
 
 
-def check_model_files(repo: Path, model: str) -> None:
-    """A readable manifest and artifacts matching its SHA-256s, else one line (before a server
-    loads, and so deserialises, anything of the model)."""
-    from aitune_triton.integrity import verify_artifacts
-    from aitune_triton.triton.manifest import Manifest
-    from aitune_triton.triton.model_name import validate_model_name
-
-    validate_model_name(model)
-    manifest = Manifest.load(Path(repo) / model)
-    verify_artifacts(Path(repo) / model, manifest.files)
-
-
 def tune(repo: Path | str, model: str, options: TuneOptions | None = None, server: ServerTarget | None = None,
          progress: Progress = _quiet) -> TuneOutcome:
     """Search instance count, queue delay (and client concurrency / transport) for ``model`` on a
@@ -120,9 +108,9 @@ def tune(repo: Path | str, model: str, options: TuneOptions | None = None, serve
 def _tune_local(repo: Path, model: str, options: TuneOptions, target: ServerTarget, progress: Progress) -> TuneResult:
     from aitune_triton.triton.launch import ServerOptions
     from aitune_triton.triton.session import running_server
-    from aitune_triton.tune.search import tune_model
+    from aitune_triton.tune.search import check_tunable, tune_model
 
-    check_model_files(repo, model)
+    check_tunable(repo, model, options.report_dir)  # before the server loads (deserialises) anything
     progress("starting tritonserver" if not target.attached else "attaching to %s" % target.url)
     with running_server(repo, target, ServerOptions(load_models=(model,))) as server:
         progress("tuning %s" % model)
@@ -152,6 +140,7 @@ class ServeOptions:
     metrics_port: int | None = defaults.METRICS_PORT
     tritonserver: Path | None = None
     startup_timeout_s: float = defaults.STARTUP_TIMEOUT_S
+    backend_directory: Path | None = None  # the server's backends folder (default: the embedded server's)
 
 
 @dataclass(frozen=True)
@@ -196,16 +185,20 @@ def serve(repo: Path | str, options: ServeOptions | None = None,
         with aitune_triton.serve("model_repository") as running:
             print(running.urls.http)
     """
+    from aitune_triton.triton.model_check import verify_models
     from aitune_triton.triton.launch import ServerOptions, served_model_names
     from aitune_triton.triton.session import running_server
 
     options = options or ServeOptions()
     with open_repository(repo, progress=progress) as view:
+        if not view.remote:  # before the server loads (deserialises) anything
+            verify_models(view.local, served_model_names(view.local))
         # by name, not "*": Triton would also try to load hidden dirs (a generate's staging dir)
         launch = ServerOptions(host=options.host, http_port=options.http_port, grpc_port=options.grpc_port,
                                metrics_port=options.metrics_port, model_control_mode="explicit",
                                load_models=served_model_names(view.local))
-        target = ServerTarget(tritonserver=options.tritonserver, startup_timeout_s=options.startup_timeout_s)
+        target = ServerTarget(tritonserver=options.tritonserver, startup_timeout_s=options.startup_timeout_s,
+                              backend_directory=options.backend_directory)
         progress("starting tritonserver on %s" % view.describe())
         with running_server(view.server, target, launch) as server:
             yield RunningServer(server, view)  # type: ignore[arg-type]  # launched, so a TritonServer

@@ -38,10 +38,17 @@ from aitune_triton.progress import stage_progress
 @click.option("--strategy", type=click.Choice(["min-latency", "max-throughput", "latency-budget"]),
               help="Stage-1 tuning: measure every fallback format and keep the one this strategy picks.")
 @click.option("--budget-ms", type=float, help="Latency budget for --strategy latency-budget.")
+@click.option("--atol", type=float,
+              help="Absolute tolerance per element when checking exported outputs against eager (float outputs).")
+@click.option("--rtol", type=float, help="Relative tolerance per element (float outputs).")
+@click.option("--rel-l2", type=float,
+              help="Largest relative L2 error ||got - eager|| / ||eager|| a float output may have when it misses "
+                   "atol/rtol (default: %g for float16, %g for bfloat16; float32 is checked per element only)."
+                   % (defaults.REL_L2_FLOAT16, defaults.REL_L2_BFLOAT16))
 @click.option("--force", is_flag=True, help="Replace models of the same name.")
 @handle_errors
 def generate(model_py, out, name, backends, max_batch_size, instances, gpus, device, max_queue_delay_us,
-             fallback_format, portable, precision, cuda_graphs, strategy, budget_ms, force):
+             fallback_format, portable, precision, cuda_graphs, strategy, budget_ms, atol, rtol, rel_l2, force):
     """Generate Triton model directories for MODEL_PY (defines get_model() and get_samples())."""
     from aitune_triton.api import GenerateOptions, generate as run
 
@@ -49,7 +56,8 @@ def generate(model_py, out, name, backends, max_batch_size, instances, gpus, dev
     given = {"name": name, "backends": tuple(backends) or None, "max_batch_size": max_batch_size,
              "instances": instances, "gpus": ints(gpus) if gpus else None, "device": device,
              "max_queue_delay_us": max_queue_delay_us,
-             "fallback_format": fallback_format, "portable": portable, "strategy": strategy, "budget_ms": budget_ms}
+             "fallback_format": fallback_format, "portable": portable, "strategy": strategy, "budget_ms": budget_ms,
+             "atol": atol, "rtol": rtol, "rel_l2": rel_l2}
     # click gives None for an option left out: that is "not given", never "set it to None"
     options = GenerateOptions(**{k: v for k, v in given.items() if v is not None}, tensorrt=trt, force=force)
     with stage_progress(console, "generating") as progress:

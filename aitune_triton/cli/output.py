@@ -12,9 +12,12 @@ import click
 from aitune_triton import defaults
 from aitune_triton.console import make_console
 from aitune_triton.errors import AituneError
+from aitune_triton.output_paths import RESOURCE_ERRNOS, resource_error
 from aitune_triton.procs import Terminated
 
 console = make_console(stderr=True, highlight=False)
+BACKEND_DIRECTORY_HELP = ("The launched server's backends folder (default: the embedded server's, or PREFIX/backends "
+                          "beside --tritonserver's PREFIX/bin/).")
 
 
 def print_error(exc: AituneError) -> None:
@@ -49,6 +52,9 @@ def handle_errors(fn):
         except Exception as exc:  # a bug: one line without --debug, the traceback with it
             if debug:
                 raise
+            if isinstance(exc, OSError) and exc.errno in RESOURCE_ERRNOS:  # disk, quota, descriptors, read-only
+                print_error(resource_error(exc, "a file", exc.filename or "the disk"))
+                sys.exit(1)
             first = (str(exc).strip().splitlines() or [""])[0]
             console.print("[bold red]internal error:[/] %s: %s (rerun with --debug for the traceback)"
                           % (type(exc).__name__, first), markup=True, soft_wrap=True)
@@ -64,13 +70,16 @@ def ints(text: str) -> tuple[int, ...]:
 
 
 def server_options(fn):
-    """--url / --grpc-url / --tritonserver / --startup-timeout: the server a command uses."""
+    """--url / --grpc-url / --tritonserver / --backend-directory / --startup-timeout: the server a
+    command uses."""
     for option in reversed((
             click.option("--url", help="HTTP endpoint (host:port) of a running Triton to use instead of launching "
                                        "the embedded one."),
             click.option("--grpc-url", help="gRPC endpoint of that server (default: the HTTP port + 1)."),
             click.option("--tritonserver", type=click.Path(path_type=Path, dir_okay=False),
                          help="Launch this tritonserver binary instead of the bundled one."),
+            click.option("--backend-directory", type=click.Path(path_type=Path, exists=True, file_okay=False),
+                         help=BACKEND_DIRECTORY_HELP),
             click.option("--startup-timeout", "startup_timeout_s", type=float, default=defaults.STARTUP_TIMEOUT_S,
                          show_default=True, help="Seconds for the server to start and for each model to load."))):
         fn = option(fn)

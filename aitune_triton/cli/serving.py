@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from aitune_triton import defaults
-from aitune_triton.cli.output import console, handle_errors, ints, server_options
+from aitune_triton.cli.output import BACKEND_DIRECTORY_HELP, console, handle_errors, ints, server_options
 from aitune_triton.console import make_console
 from aitune_triton.progress import stage_progress
 
@@ -31,15 +31,16 @@ from aitune_triton.progress import stage_progress
 @click.option("--timeout", "request_timeout_s", type=float, default=defaults.REQUEST_TIMEOUT_S, show_default=True,
               help="Seconds per request.")
 @handle_errors
-def validate(repo, url, grpc_url, tritonserver, startup_timeout_s, models, perf, concurrency, shared_memory,
-             perf_request_count, perf_stability, report_dir, request_timeout_s):
+def validate(repo, url, grpc_url, tritonserver, backend_directory, startup_timeout_s, models, perf, concurrency,
+             shared_memory, perf_request_count, perf_stability, report_dir, request_timeout_s):
     """Serve REPO (a folder or an s3:// URL) on a real Triton and check every generated model (exit 0 only
     if all checks pass)."""
     from aitune_triton.commands import validate as run
     from aitune_triton.validate.options import ValidateOptions, parse_concurrency
     from aitune_triton.validate.report import print_summary
 
-    options = ValidateOptions(url=url, grpc_url=grpc_url, tritonserver=tritonserver, models=tuple(models), perf=perf,
+    options = ValidateOptions(url=url, grpc_url=grpc_url, tritonserver=tritonserver,
+                              backend_directory=backend_directory, models=tuple(models), perf=perf,
                               concurrency=parse_concurrency(concurrency), shared_memory=shared_memory,
                               report_dir=report_dir, request_timeout_s=request_timeout_s,
                               startup_timeout_s=startup_timeout_s, perf_request_count=perf_request_count,
@@ -59,14 +60,16 @@ def validate(repo, url, grpc_url, tritonserver, startup_timeout_s, models, perf,
               help="Address to bind (127.0.0.1 keeps it local).")
 @click.option("--tritonserver", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Use this tritonserver binary instead of the bundled one.")
+@click.option("--backend-directory", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help=BACKEND_DIRECTORY_HELP)
 @handle_errors
-def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver):
+def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver, backend_directory):
     """Run the embedded Triton server on REPO (a folder, or an s3:// URL written by push) in the foreground
     (Ctrl-C stops it)."""
     from aitune_triton.commands import ServeOptions, serve as run
 
     options = ServeOptions(host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                           tritonserver=tritonserver)
+                           tritonserver=tritonserver, backend_directory=backend_directory)
     try:
         with console.status("starting tritonserver on %s" % repo) as status, \
                 run(repo, options, progress=status.update) as running:
@@ -113,8 +116,9 @@ def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver):
               help="Also write a Model Analyzer `profile` config (YAML) for the same grid, objective and "
                    "perf_analyzer settings.")
 @handle_errors
-def tune(repo, model, url, grpc_url, tritonserver, startup_timeout_s, objective, budget_ms, min_throughput,
-         instances, delays_us, concurrency, brute, transports, visible_gpus, perf_stability, report_dir, ma_config):
+def tune(repo, model, url, grpc_url, tritonserver, backend_directory, startup_timeout_s, objective, budget_ms,
+         min_throughput, instances, delays_us, concurrency, brute, transports, visible_gpus, perf_stability, report_dir,
+         ma_config):
     """Search instances / queue delay for MODEL on a live server and write the best config back (an s3://
     REPO written by push: tuned locally and pushed back as a new version)."""
     from aitune_triton.commands import tune as run
@@ -127,8 +131,8 @@ def tune(repo, model, url, grpc_url, tritonserver, startup_timeout_s, objective,
                           transports=parse_transports(transports), visible_gpus=parse_visible_gpus(visible_gpus),
                           perf=tune_perf_options(perf_stability))
     with console.status("tuning %s" % model) as status:
-        outcome = run(repo, model, options, ServerTarget(url, grpc_url, tritonserver, startup_timeout_s),
-                      progress=status.update)
+        target = ServerTarget(url, grpc_url, tritonserver, startup_timeout_s, backend_directory)
+        outcome = run(repo, model, options, target, progress=status.update)
     result, chosen = outcome.result, outcome.result.chosen
     console.print("measured %d of %d grid points (%s search) and re-measured %d finalists interleaved (%d runs) "
                   "in %.0f s; %s" % (result.measured, result.grid_size, result.mode, len(result.finalists),

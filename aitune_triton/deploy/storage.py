@@ -74,12 +74,12 @@ def _version_id(files: dict[str, Path]) -> str:
 
 def push(repo: Path, base: S3Location, progress: Progress | None = None) -> PushResult:
     """Upload ``repo`` under ``base/versions/<id>/``, check it, then switch ``base/current.json``."""
-    from aitune_triton.triton.repository import repository_lock
+    from aitune_triton.triton.repository import reading_lock
 
     say = progress or (lambda msg: None)
     repo = Path(repo)
     s3 = client(base)
-    with repository_lock(repo):  # no generate/tune rewrites a model while it is being read
+    with reading_lock(repo):  # no generate/tune rewrites a model while it is being read
         files = repository_files(repo)
         version = _version_id(files)
         target = base.child(VERSIONS, version)

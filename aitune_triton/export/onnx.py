@@ -29,7 +29,7 @@ import torch
 
 from aitune_triton.errors import ModelError
 from aitune_triton.export.onnx_check import OnnxCheck, check_onnx, hint, model_device, root_first_line
-from aitune_triton.numerics import Tolerance
+from aitune_triton.numerics import LOOSEN_HINT, Tolerance
 from aitune_triton.spec import AxisKind, IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed
 from aitune_triton.profile_set import ProfileSet
 
@@ -220,7 +220,11 @@ def export_onnx(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample],
             from aitune_triton.export.diagnostics import plain_cause  # e.g. control flow on values, with the line
 
             cause = plain_cause(failure) or root_first_line(failure)
-            raise ModelError("ONNX export failed (%s): %s; %s" % (exporter, cause, hint(exporter)),
+            advice = hint(exporter)
+            if "torch.ao quantized" in cause:  # neither exporter has an ONNX form for packed int8 weights
+                advice = ("for TensorRT, give the float model and let TensorRT quantize it (--precision int8 or "
+                          "TensorRTBackendConfig(quantization_config=...)); the Python backend serves this one")
+            raise ModelError("ONNX export failed (%s): %s; %s" % (exporter, cause, advice),
                              details=out.getvalue()) from failure
         log.debug("%s exporter output:\n%s", exporter, out.getvalue())
         log.info("exported %s with the %s exporter in %.1f s", path.name, exporter, time.monotonic() - start)
@@ -236,8 +240,8 @@ def export_onnx(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample],
         opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
         check = check_onnx(model, spec, target, samples, profiles, tolerance, exporter)
         if not check.ok:
-            raise ModelError("ONNX export (%s) does not match eager PyTorch (%s):\n%s\nraise atol/rtol if this is "
-                             "numerical noise; otherwise %s" % (exporter, check.runtime, check.table(), hint(exporter)))
+            raise ModelError("ONNX export (%s) does not match eager PyTorch (%s):\n%s\n%s; otherwise %s"
+                             % (exporter, check.runtime, check.table(), LOOSEN_HINT, hint(exporter)))
         for f in sorted(staging.iterdir(), key=lambda f: f.name == path.name):  # data files first, model last
             os.replace(f, path.parent / f.name)
     finally:

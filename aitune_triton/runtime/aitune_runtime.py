@@ -262,6 +262,7 @@ class ModelData:
     max_graphs: int
     requirements: Requirements
     flat_io: bool = False  # an exported artifact taking the inputs in spec order and returning a flat tuple
+    max_detections: int = 0  # eager: forward returns one dict per image, padded to this many (aitune_eager)
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -276,14 +277,19 @@ class ModelData:
             raise DataError("no SHA-256 recorded for %s" % ", ".join(missing))
         if self.max_batch_size < 0:
             raise DataError("max_batch_size must be >= 0, got %d" % self.max_batch_size)
+        if self.max_detections < 0:
+            raise DataError("max_detections must be >= 0, got %d" % self.max_detections)
 
     def to_dict(self) -> dict:
-        return {"schema": DATA_SCHEMA, "generator": self.generator, "format": self.format,
-                "artifact_device": self.artifact_device, "files": dict(self.files), "sha256": dict(self.sha256),
-                "max_batch_size": self.max_batch_size, "inputs": [i.to_dict() for i in self.inputs],
-                "outputs": [list(o) for o in self.outputs], "pad_to_buckets": self.pad_to_buckets,
-                "cuda_graphs": self.cuda_graphs, "graph_batches": list(self.graph_batches),
-                "max_graphs": self.max_graphs, "requirements": self.requirements.to_dict(), "flat_io": self.flat_io}
+        d = {"schema": DATA_SCHEMA, "generator": self.generator, "format": self.format,
+             "artifact_device": self.artifact_device, "files": dict(self.files), "sha256": dict(self.sha256),
+             "max_batch_size": self.max_batch_size, "inputs": [i.to_dict() for i in self.inputs],
+             "outputs": [list(o) for o in self.outputs], "pad_to_buckets": self.pad_to_buckets,
+             "cuda_graphs": self.cuda_graphs, "graph_batches": list(self.graph_batches),
+             "max_graphs": self.max_graphs, "requirements": self.requirements.to_dict(), "flat_io": self.flat_io}
+        if self.max_detections:  # detectors only: other data files stay as they were
+            d["max_detections"] = self.max_detections
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelData":
@@ -300,7 +306,8 @@ class ModelData:
                 outputs=tuple((str(n), str(t)) for n, t in d["outputs"]),
                 pad_to_buckets=d["pad_to_buckets"], cuda_graphs=bool(d["cuda_graphs"]),
                 graph_batches=tuple(int(b) for b in d["graph_batches"]), max_graphs=int(d["max_graphs"]),
-                requirements=Requirements.from_dict(d["requirements"]), flat_io=bool(d.get("flat_io", False)))
+                requirements=Requirements.from_dict(d["requirements"]), flat_io=bool(d.get("flat_io", False)),
+                max_detections=int(d.get("max_detections", 0)))
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, DataError):
                 raise

@@ -51,16 +51,19 @@ import triton_python_backend_utils as pb_utils  # noqa: E402 - after sys.dont_wr
 
 if TYPE_CHECKING:  # the type checker sees the package; the stub imports the files either way below
     from . import aitune_runtime as rt
+    from . import aitune_eager as eager
     from . import aitune_staging as staging
 else:
     try:
         from . import aitune_runtime as rt  # the stub imports this file as "<version>.model"
     except ImportError:  # loaded as a top-level module with the version directory on sys.path
         import aitune_runtime as rt
-    if TORCH_VERSION is not None:  # host staging for GPU instances (imports torch)
+    if TORCH_VERSION is not None:  # host staging for GPU instances, the eager format (import torch)
         try:
+            from . import aitune_eager as eager
             from . import aitune_staging as staging
         except ImportError:
+            import aitune_eager as eager
             import aitune_staging as staging
 
 STAGE_TIMES_PERIOD_S = 1.0  # AITUNE_STAGE_TIMES=1: how often the stub logs its per-execute stage times
@@ -152,8 +155,9 @@ def _load(data, version_dir, device):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     model = module.get_model()
-    state = torch.load(os.path.join(version_dir, files["state_dict"]), map_location=device, weights_only=True)
-    model.load_state_dict(state)
+    if data.max_detections:  # one dict per image, served padded (the state_dict was saved from this wrapper)
+        model = eager.PaddedDetections(model, data.max_detections)
+    model.load_state_dict(eager.load_state_dict(os.path.join(version_dir, files["state_dict"]), device))
     return model.to(device).eval()
 
 

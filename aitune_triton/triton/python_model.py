@@ -140,6 +140,7 @@ def python_model_data(spec: IOSpec, artifact: FallbackArtifact, max_batch_size: 
         max_graphs=int(max_graphs),
         requirements=requirements or runtime_requirements(artifact.format, artifact.device, Path(version_dir)),
         flat_io=bool(flat_io or getattr(artifact, "flat_io", False)) and artifact.format != "eager",
+        max_detections=artifact.max_detections if artifact.format == "eager" else 0,  # exported: padding inside
     )
 
 

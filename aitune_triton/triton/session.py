@@ -28,17 +28,22 @@ def grpc_for(url: str) -> str | None:
 @dataclass(frozen=True)
 class ServerTarget:
     """Which server a command talks to: the running one at ``url`` (``grpc_url`` defaults to its
-    HTTP port + 1), or else the embedded tritonserver (``tritonserver``: another binary) launched
-    on the repository and stopped afterwards."""
+    HTTP port + 1), or else the embedded tritonserver (``tritonserver``: another binary;
+    ``backend_directory``: another backends folder) launched on the repository and stopped
+    afterwards."""
 
     url: str | None = None
     grpc_url: str | None = None
     tritonserver: Path | None = None
     startup_timeout_s: float = defaults.STARTUP_TIMEOUT_S
+    backend_directory: Path | None = None  # the launched server's backends folder (default: the embedded one's)
 
     def __post_init__(self) -> None:
         if self.url and self.tritonserver:
             raise UserError("--url attaches to a running server and --tritonserver launches one; give only one")
+        if self.url and self.backend_directory:
+            raise UserError("--backend-directory is for a server this command launches; a server at --url has its "
+                            "own")
         if self.grpc_url and not self.url:
             raise UserError("--grpc-url names the gRPC endpoint of the server given with --url; pass --url too")
         if not self.startup_timeout_s > 0:
@@ -57,7 +62,9 @@ def server_for(repo: Path | str, target: ServerTarget, options: ServerOptions | 
     if target.url:
         return RemoteServer(target.url, target.grpc_url or grpc_for(target.url))
     options = dataclasses.replace(options or ServerOptions(), startup_timeout_s=target.startup_timeout_s,
-                                  tritonserver=target.tritonserver or (options.tritonserver if options else None))
+                                  tritonserver=target.tritonserver or (options.tritonserver if options else None),
+                                  backend_directory=target.backend_directory or
+                                  (options.backend_directory if options else None))
     return TritonServer(repo, options, log_path=log_path)
 
 

@@ -23,6 +23,7 @@ class ValidateOptions:
 
     url: str | None = None
     tritonserver: Path | None = None
+    backend_directory: Path | None = None  # the launched server's backends (None: derived from tritonserver)
     models: tuple[str, ...] = ()
     perf: bool = True
     concurrency: tuple[int, ...] = defaults.VALIDATE_CONCURRENCY
@@ -58,7 +59,7 @@ class ValidateOptions:
         """The server this run uses (``triton.session``): the one at ``url``, or the embedded one."""
         from aitune_triton.triton.session import ServerTarget
 
-        return ServerTarget(self.url, self.grpc_url, self.tritonserver, self.startup_timeout_s)
+        return ServerTarget(self.url, self.grpc_url, self.tritonserver, self.startup_timeout_s, self.backend_directory)
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)

@@ -59,7 +59,7 @@ def test_runtime_files_import_nothing_but_torch_triton_and_the_stdlib():
         assert "aitune_triton" not in imported, name
         assert imported <= {"__future__", "hashlib", "json", "os", "re", "dataclasses", "typing", "importlib",
                             "platform", "sys", "time", "uuid", "torch", "triton_python_backend_utils", "aitune_runtime",
-                            "aitune_staging"}, name
+                            "aitune_staging", "aitune_eager", "pickle"}, name
     with pytest.raises(ValueError, match="not a runtime file"):
         runtime_source("../cli.py")
 
