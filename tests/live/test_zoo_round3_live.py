@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from aitune_triton.api import generate
-from aitune_triton.validate.checks import CheckStatus
+from aitune_triton.validate.result import CheckStatus
 from aitune_triton.validate.options import ValidateOptions
 from aitune_triton.validate.harness import validate_repository
 
