@@ -48,7 +48,7 @@ def test_defaults_come_from_the_one_defaults_module():
 
 
 def test_a_backend_directory_is_for_a_launched_server_only(tmp_path):
-    with pytest.raises(UserError, match="--backend-directory is for a server validate launches"):
+    with pytest.raises(UserError, match="--backend-directory is for a server this command launches"):
         ValidateOptions(url="localhost:8000", backend_directory=tmp_path)
     assert ValidateOptions(tritonserver=tmp_path / "tritonserver", backend_directory=tmp_path).backend_directory \
         == tmp_path
