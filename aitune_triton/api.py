@@ -38,6 +38,7 @@ from aitune_triton.probe import ProbeResult, probe
 from aitune_triton.triton.mapping import MappingOptions, ModelConfigPlan, client_shape_notes, plan_model_config
 from aitune_triton.triton.render import render_config, write_config
 from aitune_triton.triton.tuning_section import TuningSection
+from aitune_triton.user_code import contained, resolve_timeout
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -148,8 +149,10 @@ class Prepared:
         return (self.probe.notes if self.probe else ()) + client_shape_notes(self.spec)
 
 
-def prepare(model_py: Path, overrides: dict | None = None) -> Prepared:
-    source = load_model_source(model_py)
+def prepare(model_py: Path, overrides: dict | None = None, model_py_timeout_s: float | None = None) -> Prepared:
+    """``model_py_timeout_s``: the limit on importing model.py and on ``get_samples()`` (None: from
+    ``$AITUNE_MODEL_PY_TIMEOUT_S`` or the default; 0: none)."""
+    source = load_model_source(model_py, resolve_timeout(model_py_timeout_s))
     config = source.config or GenerateConfig()
     if overrides:
         trt_over = overrides.pop("tensorrt", None) or {}
@@ -346,7 +349,7 @@ def _keep_log(exc: ModelError, model_dir: Path, final_dir: Path) -> str:
 
 
 def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bool = False,
-             progress: Progress = lambda msg: None) -> GenerateResult:
+             progress: Progress = lambda msg: None, model_py_timeout_s: float | None = None) -> GenerateResult:
     """Generate the model directories for ``model_py`` into the repository ``out``.
 
     ``overrides`` changes ``GenerateConfig`` fields of ``get_config()`` (``"tensorrt"``: a dict of
@@ -354,9 +357,18 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
     ``None`` sets it to None (derive it from the samples).
 
     ``progress(message)`` is called as each stage starts (spec, fallback compile + check or
-    stage-1 timing, ONNX export + check, write); the CLI prints each stage's duration."""
+    stage-1 timing, ONNX export + check, write); the CLI prints each stage's duration.
+
+    ``model_py_timeout_s`` limits importing model.py and its ``get_samples()`` (see ``prepare``); the
+    processes model.py starts and leaves running are killed when this returns or raises."""
+    with contained():
+        return _generate(model_py, out, overrides, force, progress, model_py_timeout_s)
+
+
+def _generate(model_py: Path, out: Path, overrides: dict | None, force: bool, progress: Progress,
+              model_py_timeout_s: float | None) -> GenerateResult:
     progress("spec: loading %s, recording and probing its inputs and outputs" % Path(model_py).name)
-    prep = prepare(model_py, dict(overrides or {}))
+    prep = prepare(model_py, dict(overrides or {}), model_py_timeout_s)
     names = model_names(prep)
     results, notes, selection = [], list(prep.notes), None
     with repository.stage_models(out, list(names.values()), force=force) as staged:

@@ -38,6 +38,17 @@ def _print_error(exc: AituneError) -> None:
 def _handle_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from aitune_triton.user_code import exit_now_if_threads_left
+
+        try:
+            result = handled(*args, **kwargs)
+        except SystemExit as exc:  # a thread model.py left must not keep the finished command alive
+            exit_now_if_threads_left(exc.code if isinstance(exc.code, int) else 1)
+            raise
+        exit_now_if_threads_left(0)
+        return result
+
+    def handled(*args, **kwargs):
         debug = click.get_current_context().find_root().params.get("debug", False)
         try:
             return fn(*args, **kwargs)
@@ -161,9 +172,12 @@ def main(debug: bool) -> None:
               help="Stage-1 tuning: measure every fallback format and keep the one this strategy picks.")
 @click.option("--budget-ms", type=float, help="Latency budget for --strategy latency-budget.")
 @click.option("--force", is_flag=True, help="Replace models of the same name.")
+@click.option("--model-py-timeout", type=float,
+              help="Seconds allowed for importing MODEL_PY and for its get_samples() (default: $%s, else %.0f; "
+                   "0: no limit)." % ("AITUNE_MODEL_PY_TIMEOUT_S", defaults.MODEL_PY_TIMEOUT_S))
 @_handle_errors
 def generate(model_py, out, name, backends, max_batch_size, instances, gpus, device, max_queue_delay_us,
-             fallback_format, precision, cuda_graphs, strategy, budget_ms, force):
+             fallback_format, precision, cuda_graphs, strategy, budget_ms, force, model_py_timeout):
     """Generate Triton model directories for MODEL_PY (defines get_model() and get_samples())."""
     from aitune_triton.api import generate as run
     from aitune_triton.config import NOT_GIVEN
@@ -177,7 +191,7 @@ def generate(model_py, out, name, backends, max_batch_size, instances, gpus, dev
     overrides = {k: NOT_GIVEN if v is None else v for k, v in given.items()}
     overrides["tensorrt"] = trt
     with stage_progress(console, "generating") as progress:
-        result = run(model_py, out, overrides, force=force, progress=progress)
+        result = run(model_py, out, overrides, force=force, progress=progress, model_py_timeout_s=model_py_timeout)
     if result.selection is not None:
         make_console(stderr=True, width=max(console.width, 140)).print(result.selection.to_table())
     for model in result.models:

@@ -11,6 +11,9 @@ from __future__ import annotations
 # Dynamic-batching queue delay: short enough to be invisible at low load, long enough to form
 # batches under concurrency (500-2000 us measured as the useful range on CPU).
 QUEUE_DELAY_US = 500
+# time limit for importing model.py and for its get_samples()/get_config() (get_model() and forward are
+# not limited: they may download or compute for long); a loop that never ends is stopped here
+MODEL_PY_TIMEOUT_S = 600.0
 
 # ---------------------------------------------------------------------------- validate
 VALIDATE_CONCURRENCY = (1, 2, 4, 8)

@@ -79,24 +79,13 @@ def describe_exit(code: int | None) -> str:
     return "exited with code %s" % code
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(comm, pgid) of a live process, None if gone or a zombie."""
-    try:
-        raw = Path("/proc/%d/stat" % pid).read_text()
-    except OSError:
-        return None
-    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return None if fields[0] == "Z" else (comm, int(fields[2]))
-
-
 def group_members(pgid: int) -> dict[int, str]:
     """Live processes of a process group, pid -> command name (Linux /proc)."""
     members = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat and stat[1] == pgid:
+            stat = procs.proc_stat(int(entry.name))
+            if stat and stat[2] == pgid:
                 members[int(entry.name)] = stat[0]
     return members
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from aitune_triton.errors import UserError
+from aitune_triton import procs
 from aitune_triton.triton import server as srv
 from aitune_triton.triton import tools
 from aitune_triton.triton.perf import PerfOptions, parse_csv, run_perf, write_input_data_json
@@ -175,8 +176,8 @@ def test_shutdown_leaves_no_process(triton_server_factory, repo):
     assert "triton_python_b" in stubs.values()  # comm is cut to 15 characters
     assert list(Path("/dev/shm").glob(s.shm_prefix + "*"))
     assert s.stop() == 0
-    assert srv._proc_stat(pid) is None
-    assert all(srv._proc_stat(p) is None for p in stubs)
+    assert procs.proc_stat(pid) is None
+    assert all(procs.proc_stat(p) is None for p in stubs)
     assert not srv.group_members(pid)
     assert not list(Path("/dev/shm").glob(s.shm_prefix + "*"))
     assert s.stop() == 0  # idempotent
@@ -189,7 +190,7 @@ def test_crash_cleanup_removes_own_leftovers(triton_server_factory, repo):
     os.kill(s.pid, signal.SIGKILL)  # no shutdown: stubs and shared memory are left behind
     assert list(Path("/dev/shm").glob(s.shm_prefix + "*"))
     assert s.stop() == -signal.SIGKILL
-    assert all(srv._proc_stat(p) is None for p in stubs)
+    assert all(procs.proc_stat(p) is None for p in stubs)
     assert not list(Path("/dev/shm").glob(s.shm_prefix + "*"))
 
 
