@@ -282,7 +282,7 @@ def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver):
     options = ServerOptions(tritonserver=tritonserver, host=host, http_port=http_port, grpc_port=grpc_port,
                             metrics_port=metrics_port, model_control_mode="explicit",
                             load_models=served_model_names(repo))
-    server = TritonServer(repo, options)
+    server = TritonServer(repo, options, notify=lambda line: console.print(line, markup=False, soft_wrap=True))
     try:
         with console.status("starting tritonserver on %s" % repo):
             server.start()
@@ -293,6 +293,8 @@ def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver):
         console.print("Ctrl-C to stop")
         while server.returncode is None:
             time.sleep(0.5)
+            for line in server.restart_dead_stubs():  # a dead stub: its model reloaded, one line
+                console.print(line, markup=False, soft_wrap=True)
         code = server.stop()
         raise ServerError("tritonserver %s while serving %s" % (describe_exit(code), repo), log_path=server.log_path,
                           details="last lines of the server log:\n%s" % server.log_tail(30))

@@ -26,6 +26,11 @@ PERF_STABILITY_PCT = 20.0  # perf_analyzer --stability-percentage
 # Triton's own default ports (tests and validate pick free ones instead)
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 LOOPBACK = "127.0.0.1"
+# on SIGTERM, how long tritonserver waits for open connections and in-flight requests before it exits
+# (its --exit-timeout-secs; Triton's own default is 30 s); the stop then allows this plus STOP_MARGIN_S to
+# unload the models before it kills the server
+SERVER_EXIT_TIMEOUT_S = 10
+SERVER_STOP_MARGIN_S = 15.0
 
 # ---------------------------------------------------------------------------- tune grid
 TUNE_INSTANCES = (1, 2, 4)
