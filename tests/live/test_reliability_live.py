@@ -441,3 +441,31 @@ def test_server_dying_during_a_load_fails_the_load_at_once(repo):
         assert "last lines of" in (info.value.details or "")
     finally:
         server.stop()
+
+
+def test_stub_stopped_during_perf_is_named_in_the_perf_check(repo, tmp_path):
+    """Before: after ``kill -STOP`` of the stub the perf check quoted perf_analyzer's first line
+    ("Successfully read data for 1 stream/streams ..."); now it quotes the error that says what happened."""
+    stopped: list[int] = []
+
+    def progress(message: str) -> None:
+        if "perf_analyzer at concurrency" in message and not stopped:
+            pid, _ = server_of(repo)
+            stopped.extend(_stubs(pid))
+            for stub in stopped:
+                os.kill(stub, signal.SIGSTOP)
+
+    try:
+        report = validate_repository(repo, ValidateOptions(concurrency=(1,), report_dir=tmp_path / "r"), progress)
+    finally:
+        for stub in stopped:
+            try:
+                os.kill(stub, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    assert stopped
+    perf = next(c for c in report.model("cnn").checks if c.name == "perf")
+    first = perf.detail.splitlines()[0]
+    assert perf.status == FAIL and first.startswith("perf_analyzer "), perf.detail
+    assert "Stub process 'cnn_0_0' is not healthy" in first or "no responses from the model" in first, first
+    assert "Successfully read data" not in first
