@@ -388,9 +388,11 @@ def test_serve_reloads_a_model_whose_stub_died_and_says_so(repo):
         cli.kill_all()
 
 
-def test_serve_stopped_with_clients_connected_says_it_drains_them(repo):
+@pytest.mark.parametrize("asked_twice", [False, True], ids=["drained", "second_signal"])
+def test_serve_stopped_with_clients_connected_says_it_drains_them(repo, asked_twice):
     """Before: 30 s, then "tritonserver N ignored SIGTERM" (it was draining 7 open HTTP connections).
-    Now the line says what it waits for, and the drain is bounded by the server's exit timeout."""
+    Now the line says what it waits for, and the drain is bounded by the server's exit timeout; a
+    second signal during the drain ends the server and its stubs at once."""
     http, grpc, metrics = free_ports(3)
     cli = Cli("serve", str(repo), "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics))
     connections = []
@@ -404,9 +406,15 @@ def test_serve_stopped_with_clients_connected_says_it_drains_them(repo):
             connections.append(connection)
         t0 = time.monotonic()
         os.kill(cli.proc.pid, signal.SIGINT)
+        cli.wait_for(lambda: "tritonserver is waiting for 7 open HTTP connection(s) to close (up to" in cli.output)
+        if asked_twice:
+            os.kill(cli.proc.pid, signal.SIGTERM)
+            assert cli.finish() == 128 + signal.SIGTERM
+            assert time.monotonic() - t0 < 8, cli.output
+            assert wait_gone(pid, prefix, timeout=5) == ([], [])
+            return
         assert cli.finish() == 0
         took = time.monotonic() - t0
-        assert "tritonserver is waiting for 7 open HTTP connection(s) to close (up to" in cli.output, cli.output
         assert "ignored SIGTERM" not in cli.output and "WARNING" not in cli.output, cli.output
         assert took < 25, took  # the server's own drain limit (10 s) plus its unload
         assert wait_gone(pid, prefix) == ([], [])
