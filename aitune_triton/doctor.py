@@ -108,6 +108,21 @@ def _tensorrt() -> DoctorRow:
     return DoctorRow("tensorrt", True, tensorrt.__version__, "", False)
 
 
+def _generate_path() -> DoctorRow:
+    """Which of its two TensorRT paths ``generate`` takes here: build and check the plan (TensorRT
+    imports as a builder and creates one, so a GPU is usable), or stage the checked ONNX, the config
+    and build_plan.sh for a TensorRT/Triton container. The same test ``generate`` makes."""
+    from aitune_triton.tensorrt.availability import build_status
+
+    status = build_status()
+    if status.available:
+        return DoctorRow("generate path", True, "builds the TensorRT plan here and checks it against eager PyTorch "
+                                                "(%s)" % status.reason, "", False)
+    return DoctorRow("generate path", False, "stages ONNX + build_plan.sh for a TensorRT/Triton container (%s)"
+                     % status.reason, "build the plan with `aitune-triton build-plan` where TensorRT and a GPU are",
+                     False)
+
+
 def _polygraphy() -> DoctorRow:
     version = _dist_version("polygraphy") if importlib.util.find_spec("polygraphy") else None
     return DoctorRow("polygraphy", version is not None, version or "not installed",
@@ -202,6 +217,7 @@ PROBES: tuple[tuple[str, bool, Callable[[], DoctorRow]], ...] = (
     ("onnxruntime", True, _onnxruntime),
     ("tensorrt", False, _tensorrt),
     ("polygraphy", False, _polygraphy),
+    ("generate path", False, _generate_path),
     ("modelopt", False, _modelopt),
     ("tritonclient", True, _tritonclient),
     ("tritonserver", True, _tritonserver),

@@ -141,6 +141,13 @@ class StagedModels:
             self.names.append(name)
         return path
 
+    def discard(self, name: str) -> None:
+        """Drop a staged model dir again (a model that turned out not to be writable): nothing of it
+        is committed."""
+        if name in self.names:
+            shutil.rmtree(self.root / name, ignore_errors=True)
+            self.names.remove(name)
+
 
 def _remove_replaced(backup: Path, name: str) -> None:
     failures: list[str] = []
