@@ -158,13 +158,13 @@ class Prepared:
     @property
     def notes(self) -> tuple[str, ...]:
         """What the user must know about how the model is served (batching, output dims, shapes)."""
-        return (self.probe.notes if self.probe else ()) + client_shape_notes(self.spec)
+        return self.source.notes + (self.probe.notes if self.probe else ()) + client_shape_notes(self.spec)
 
 
 def prepare(model_py: Path, overrides: dict | None = None, model_py_timeout_s: float | None = None) -> Prepared:
     """``model_py_timeout_s``: the limit on importing model.py and on ``get_samples()`` (None: from
     ``$AITUNE_MODEL_PY_TIMEOUT_S`` or the default; 0: none)."""
-    source = load_model_source(model_py, resolve_timeout(model_py_timeout_s))
+    source = load_model_source(model_py, (overrides or {}).get("max_detections"), resolve_timeout(model_py_timeout_s))
     config = source.config or GenerateConfig()
     if overrides:
         trt_over = overrides.pop("tensorrt", None) or {}
@@ -244,7 +244,8 @@ def _build_fallback(prep: Prepared, version_dir: Path, fmt: str):
 
     return build_fallback(prep.source.path, prep.source.model, prep.spec, prep.source.samples, prep.source.outputs,
                           prep.profiles, version_dir, device=prep.device, preferred=fmt,
-                          tolerance=prep.config.tolerance_override)
+                          tolerance=prep.config.tolerance_override, portable=prep.config.portable,
+                          retry_crashed=prep.config.fallback_format == "aoti")
 
 
 def _select_fallback(prep: Prepared, version_dir: Path, strategy: str, progress: Progress):
@@ -255,7 +256,7 @@ def _select_fallback(prep: Prepared, version_dir: Path, strategy: str, progress:
     from aitune_triton.tune.strategies import select_candidate
 
     built, candidates = {}, []
-    for fmt in ("aoti", "export", "eager"):
+    for fmt in ("export", "eager") if prep.config.portable else ("aoti", "export", "eager"):
         progress("stage-1 tuning: building the %s fallback" % fmt)
         trial = version_dir.parent / (".trial-" + fmt)
         trial.mkdir()

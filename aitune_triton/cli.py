@@ -165,6 +165,10 @@ def main(debug: bool) -> None:
 @click.option("--max-queue-delay-us", type=int, help="Dynamic batching queue delay in microseconds.")
 @click.option("--fallback-format", type=click.Choice(["auto", "aoti", "export", "eager"]),
               help="Force the fallback artifact format.")
+@click.option("--portable/--no-portable", default=None,
+              help="An artifact that loads on any host: the ExportedProgram instead of an AOTInductor package "
+                   "(machine code for this host's CPU instruction set and GPU). [default: %s]"
+                   % ("portable" if defaults.PORTABLE else "no-portable"))
 @click.option("--precision", type=click.Choice(["fp32", "tf32", "fp16", "bf16", "int8", "fp8"]),
               help="TensorRT builder precision.")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=None, help="CUDA graphs for the TensorRT model.")
@@ -177,7 +181,7 @@ def main(debug: bool) -> None:
                    "0: no limit)." % ("AITUNE_MODEL_PY_TIMEOUT_S", defaults.MODEL_PY_TIMEOUT_S))
 @_handle_errors
 def generate(model_py, out, name, backends, max_batch_size, instances, gpus, device, max_queue_delay_us,
-             fallback_format, precision, cuda_graphs, strategy, budget_ms, force, model_py_timeout):
+             fallback_format, portable, precision, cuda_graphs, strategy, budget_ms, force, model_py_timeout):
     """Generate Triton model directories for MODEL_PY (defines get_model() and get_samples())."""
     from aitune_triton.api import generate as run
     from aitune_triton.config import NOT_GIVEN
@@ -186,7 +190,7 @@ def generate(model_py, out, name, backends, max_batch_size, instances, gpus, dev
     given = {"name": name, "backends": tuple(backends) or None, "max_batch_size": max_batch_size,
              "instances": instances, "gpus": _ints(gpus) if gpus else None, "device": device,
              "max_queue_delay_us": max_queue_delay_us,
-             "fallback_format": fallback_format, "strategy": strategy, "budget_ms": budget_ms}
+             "fallback_format": fallback_format, "portable": portable, "strategy": strategy, "budget_ms": budget_ms}
     # click gives None for an option left out: that is "not given", never "set it to None"
     overrides = {k: NOT_GIVEN if v is None else v for k, v in given.items()}
     overrides["tensorrt"] = trt

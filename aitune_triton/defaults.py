@@ -14,6 +14,9 @@ QUEUE_DELAY_US = 500
 # time limit for importing model.py and for its get_samples()/get_config() (get_model() and forward are
 # not limited: they may download or compute for long); a loop that never ends is stopped here
 MODEL_PY_TIMEOUT_S = 600.0
+# an artifact for this host (AOTInductor when it matches eager: the fastest, but machine code for this
+# CPU's instruction set and GPU) rather than one that loads on any host (--portable)
+PORTABLE = False
 
 # ---------------------------------------------------------------------------- validate
 VALIDATE_CONCURRENCY = (1, 2, 4, 8)

@@ -33,7 +33,7 @@ CASES = [
     ("ragged_structure", "ragged_structure.py", [], 2, "same arguments"),
     ("inconsistent_rank", "inconsistent_rank.py", [], 2, "forward\\(\\) raised|ranks and dtypes"),
     ("unsupported_dtype", "unsupported_dtype.py", [], 2, "unsupported dtype"),
-    ("forward_raises", "forward_raises.py", [], 2, "forward\\(\\) raised on sample 0 at line .*boom"),
+    ("forward_raises", "forward_raises.py", [], 2, "forward\\(\\) raised on sample 0 in forward at line .*boom"),
     ("non_tensor_output", "non_tensor_output.py", [], 2, "must return tensors"),
     ("nan_outputs", "nan_outputs.py", [], 1, "NaN or Inf"),
     ("profile_min_gt_max", "profile_min_gt_max.py", [], 2, "min <= opt <= max"),

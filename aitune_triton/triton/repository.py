@@ -20,13 +20,13 @@ import fcntl
 import logging
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Iterator
 
 from aitune_triton import procs
+from aitune_triton.atomic import replace_file_atomically  # noqa: F401 (re-exported: its callers import it here)
 from aitune_triton.errors import UserError
 from aitune_triton.triton.model_name import validate_model_name
 
@@ -248,18 +248,3 @@ def stage_models(repo: Path, names: list[str], force: bool = False) -> Iterator[
         if created and not committed:
             with contextlib.suppress(OSError):
                 repo.rmdir()
-
-
-def replace_file_atomically(path: Path, text: str) -> None:
-    """Write ``path`` via a temp file in the same dir and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the server may run as another user
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

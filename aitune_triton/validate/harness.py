@@ -50,6 +50,8 @@ SERVER_LOG = "tritonserver.log"
 # the load error of a model whose backend the server lacks (2.51: "unable to find backend library
 # for backend 'onnxruntime'"; other releases: "unable to find 'libtriton_x.so' or 'x/model.py' ...")
 _NO_BACKEND = re.compile(r"unable to find (?:backend library|'?libtriton_)", re.I)
+# what a Python-backend model raised in initialize() (the generated runtime: one line with the fix)
+_MODEL_REASON = re.compile(r"TritonModelException: ([^\n]+)")
 
 
 def _grpc_for(url: str) -> str | None:
@@ -229,6 +231,9 @@ class _Run:
                 return ModelReport(item.name, item.backend, skipped="the server cannot load %s backend models: %s"
                                    % (item.backend, message.splitlines()[0]))
             self.check_alive("the load of %s" % item.name)
+            own = _MODEL_REASON.search(message)
+            if own:  # the model's own one line first (the summary shows a detail's first line), Triton's below
+                message = "%s\n%s" % (own.group(1), message)
             return CheckResult("load", CheckStatus.FAIL, message, time.monotonic() - t0)
         return CheckResult("load", CheckStatus.PASS, "loaded in %.1f s" % (time.monotonic() - t0),
                            time.monotonic() - t0)
