@@ -8,8 +8,8 @@ every later stage): an exit, a hang, a thread or a process it leaves behind must
   message names the user's line it was on), and a backstop thread ends the process with the same
   one line if the step is stuck in native code where the timer cannot interrupt it.
 * ``contained()`` wraps a whole ``generate``: child processes that the user's code started and
-  left running are killed when it ends, and non-daemon threads it left are remembered so the CLI
-  can exit at once (``exit_now_if_threads_left``) instead of waiting for them forever.
+  left running are killed when it ends; non-daemon threads started during a ``guarded`` call are
+  remembered so the CLI can exit at once (``exit_now_if_threads_left``) instead of waiting for them.
 """
 
 from __future__ import annotations
@@ -111,6 +111,7 @@ def guarded(path: Path, step: str, timeout_s: float = 0.0) -> Iterator[None]:
         fired.set()
         raise _UserTimeout()
 
+    threads = set(threading.enumerate())
     previous = None
     if timeout_s > 0:
         threading.Thread(target=backstop, name="aitune-model-py-backstop", daemon=True).start()
@@ -133,26 +134,24 @@ def guarded(path: Path, step: str, timeout_s: float = 0.0) -> Iterator[None]:
             signal.signal(signal.SIGALRM, previous)
         os._exit = _real_exit
         done.set()
+        _left_threads.extend(t for t in threading.enumerate() if t not in threads and not t.daemon)
 
 
 @contextmanager
 def contained() -> Iterator[None]:
     """Around a whole run that calls model.py: the processes it started and left running are
-    killed at the end (this run's own children have all ended by then), and the non-daemon
-    threads it left are remembered for ``exit_now_if_threads_left``."""
+    killed at the end (this run's own children have all ended by then)."""
     processes = procs.descendants()
-    threads = set(threading.enumerate())
     try:
         yield
     finally:
         procs.kill_descendants(procs.descendants() - processes)
-        _left_threads.extend(t for t in threading.enumerate()
-                             if t not in threads and t.is_alive() and not t.daemon)
 
 
 def exit_now_if_threads_left(code: int) -> None:
-    """A non-daemon thread model.py started would keep the process alive after the command has
-    finished (Python joins such threads at exit): flush and exit at once with ``code`` instead."""
+    """A non-daemon thread model.py started (during a ``guarded`` call) would keep the process alive
+    after the command has finished (Python joins such threads at exit): flush and exit at once with
+    ``code`` instead. Threads started by anything else are not considered."""
     if any(t.is_alive() for t in _left_threads):
         sys.stdout.flush()
         sys.stderr.flush()
