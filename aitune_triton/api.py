@@ -35,7 +35,7 @@ import torch
 from aitune_triton import __version__
 from aitune_triton.config import GenerateConfig, tolerance_for
 from aitune_triton.errors import ModelError, UserError
-from aitune_triton.integrity import verify_artifacts
+from aitune_triton.integrity import verify_model
 from aitune_triton.source import ModelSource, load_model_source
 from aitune_triton.spec import IOSpec, Sample, call_with_feed, flatten_outputs, record_spec, sample_feed
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
@@ -48,7 +48,7 @@ from aitune_triton.triton.manifest import (REFERENCE, ChecksSection, Manifest, O
                                            ReferenceCase, Versions, save_reference)
 from aitune_triton.probe import ProbeResult, probe
 from aitune_triton.triton.mapping import MappingOptions, ModelConfigPlan, client_shape_notes, plan_model_config
-from aitune_triton.triton.render import render_config, write_config
+from aitune_triton.triton.render import SCHEMA_SKIPPED, render_config, schema, write_config
 from aitune_triton.triton.tuning_section import TuningSection
 from aitune_triton.user_code import contained, resolve_timeout
 
@@ -154,6 +154,13 @@ class Prepared:
     name: str
     device: str
     probe: ProbeResult | None = None
+    # the samples' eager outputs computed on ``device`` (the reference every artifact and validate
+    # are compared with); None: ``source.outputs``, already computed there
+    device_outputs: tuple | None = None
+
+    @property
+    def outputs(self) -> tuple:
+        return self.source.outputs if self.device_outputs is None else self.device_outputs
 
     @property
     def notes(self) -> tuple[str, ...]:
@@ -184,7 +191,30 @@ def prepare(model_py: Path, overrides: dict | None = None, model_py_timeout_s: f
     spec = probed.spec
     profiles = derive_profiles(spec, source.samples, config.tensorrt.profiles, config.max_batch_size)
     name = config.name or default_model_name(source.path)
-    return Prepared(source, config, spec, profiles, name, resolve_device(config.device), probed)
+    device = resolve_device(config.device)
+    return Prepared(source, config, spec, profiles, name, device, probed, outputs_on_device(source, spec, device))
+
+
+def outputs_on_device(source: ModelSource, spec: IOSpec, device: str) -> tuple | None:
+    """The samples' eager outputs computed on ``device`` with the model's own dtypes, when model.py
+    built the model elsewhere (a float16 model on the CPU served on the GPU): the served artifact
+    runs there, so its reference must too. None when the outputs were computed there already."""
+    from aitune_triton.export.torch_program import on_device
+
+    leaves = [t for out in source.outputs for _, t in flatten_outputs(out)]
+    if all(t.device.type == device for t in leaves):
+        return None
+    try:
+        model = on_device(source.model, device)
+        with torch.inference_mode():
+            return tuple(call_with_feed(model, spec, {k: v.to(device) for k, v in sample_feed(spec, s).items()})
+                         for s in source.samples)
+    except Exception as exc:  # the model's own failure on that device, in one line
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ModelError("the model runs on %s in model.py but fails on %s, where the fallback would serve it: "
+                         "%s: %s; generate with --device %s, or fix the model for %s"
+                         % (", ".join(sorted({t.device.type for t in leaves})), device, type(exc).__name__,
+                            first[:300], leaves[0].device.type if leaves else "cpu", device)) from exc
 
 
 def model_names(prep: Prepared) -> dict[str, str]:
@@ -220,7 +250,7 @@ def _manifest(prep: Prepared, name: str, backend: str, **sections) -> Manifest:
 
 
 def _write_common(prep: Prepared, model_dir: Path) -> dict:
-    save_reference(model_dir / REFERENCE, reference_cases(prep.spec, prep.source.samples, prep.source.outputs))
+    save_reference(model_dir / REFERENCE, reference_cases(prep.spec, prep.source.samples, prep.outputs))
     if prep.config.make_inputs is not None:  # validate has no model.py: its edge inputs are made now
         from aitune_triton.validate.edge_inputs import EDGE_INPUTS, save_edge_inputs
 
@@ -242,7 +272,7 @@ def _export_onnx(prep: Prepared, path: Path, progress: Progress):
 def _build_fallback(prep: Prepared, version_dir: Path, fmt: str):
     from aitune_triton.export.torch_export import build_fallback
 
-    return build_fallback(prep.source.path, prep.source.model, prep.spec, prep.source.samples, prep.source.outputs,
+    return build_fallback(prep.source.path, prep.source.model, prep.spec, prep.source.samples, prep.outputs,
                           prep.profiles, version_dir, device=prep.device, preferred=fmt,
                           tolerance=prep.config.tolerance_override, portable=prep.config.portable,
                           retry_crashed=prep.config.fallback_format == "aoti")
@@ -272,7 +302,7 @@ def _select_fallback(prep: Prepared, version_dir: Path, strategy: str, progress:
         raise ModelError("no fallback format reproduces eager PyTorch; see --debug for each format's reason")
     progress("stage-1 tuning: measuring %s" % ", ".join(c.name for c in candidates))
     feeds = [sample_feed(prep.spec, s) for s in prep.source.samples]
-    refs = [dict(flatten_outputs(o)) for o in prep.source.outputs]
+    refs = [dict(flatten_outputs(o)) for o in prep.outputs]
     batches = sorted({1, *prep.profiles.opt_batches(), max(prep.profiles.max_batch_size, 1)}) \
         if prep.spec.batching else None
     selection = select_candidate(candidates, feeds, refs, strategy, prep.config.budget_ms,
@@ -458,6 +488,8 @@ def _generate(model_py: Path, out: Path, overrides: dict | None, force: bool, pr
     prep = prepare(model_py, dict(overrides or {}), model_py_timeout_s)
     names = model_names(prep)
     results, notes, selection = [], list(prep.notes), None
+    if schema() is None:
+        notes.append(SCHEMA_SKIPPED)
     trt_status = build_status() if "tensorrt" in names else None
     with repository.stage_models(out, list(names.values()), force=force) as staged:
         trt_info: TensorRTSection | None = None
@@ -577,7 +609,7 @@ def build_plans(repo: Path, model: str | None = None, force: bool = False,
             machine = machine or this_machine()
             built.append(existing_plan(Path(repo), home, info, machine))
             continue
-        verify_artifacts(home, manifest.files)  # the ONNX and build script are about to be used
+        verify_model(home, Path(repo))  # the ONNX and build script are about to be used
         config = GenerateConfig.from_dict(manifest.config)
         with repository.stage_models(Path(repo), [trt_name], force=force) as staged:
             model_dir = staged.dir(trt_name)

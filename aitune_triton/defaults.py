@@ -22,6 +22,10 @@ PORTABLE = False
 VALIDATE_CONCURRENCY = (1, 2, 4, 8)
 REQUEST_TIMEOUT_S = 30.0  # per inference request
 STARTUP_TIMEOUT_S = 120.0  # for the server to start and for each model to load
+# the open-file limit (ulimit -n) a launched tritonserver needs: validating examples/cnn on 2.51, the
+# server held 68 descriptors and its Python stub 27 while perf_analyzer ran; each client connection
+# adds one, so 256 leaves room for the tuner's highest concurrency (ulimit -n 64 failed mid-load)
+MIN_OPEN_FILES = 256
 PERF_REQUEST_COUNT = 200  # requests per perf_analyzer measurement window
 PERF_STABILITY_PCT = 20.0  # perf_analyzer --stability-percentage
 
@@ -43,9 +47,16 @@ TUNE_CONCURRENCY = (1, 2, 4, 8, 16, 32)
 # 2-core machine in 3-6 s; the spread of the windows is reported either way
 TUNE_PERF_STABILITY_PCT = 30.0
 
+# the most a reference.npz / edge_inputs.npz may decompress to (checked from the zip directory before
+# loading): generate records a few samples, megabytes; a file claiming more is broken or a bomb
+NPZ_MAX_BYTES = 1 << 30
+
 # ---------------------------------------------------------------------------- plan, deploy k8s
 PLAN_HEADROOM = 0.3  # fraction of each replica's measured capacity kept free
 PLAN_MIN_REPLICAS = 1
+# the most a plan (and deploy k8s) writes: beyond these a report is wrong, not a cluster to build
+PLAN_MAX_REPLICAS = 10_000
+K8S_MAX_GPUS_PER_REPLICA = 64
 K8S_SECRET = "aitune-s3-credentials"
 K8S_CPU = "4"
 K8S_MEMORY = "16Gi"
@@ -56,3 +67,11 @@ K8S_QUEUE_TARGET_US = 5000  # HPA target: average queue time per request, withou
 def csv(values: tuple[int, ...]) -> str:
     """``(1, 2, 4)`` as the CLI spells it: ``"1,2,4"``."""
     return ",".join(str(v) for v in values)
+
+# ---------------------------------------------------------------------------- numerics
+# float16 / bfloat16 outputs that miss the per-element atol/rtol still match when their relative L2
+# error ||actual - expected|| / ||expected|| is at most this (numerics.Tolerance.rel_l2). Measured on
+# CPU (random init, float32 as the reference): BERT-base float16 1.5e-3 and bfloat16 1.2e-2, ViT-B/16 float16
+# 3.8e-3 and bfloat16 1.1e-2, a deep residual CNN float16 4e-4; a sign flip is 2, one wrong row in 8 ~0.5.
+REL_L2_FLOAT16 = 0.02
+REL_L2_BFLOAT16 = 0.05

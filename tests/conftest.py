@@ -109,3 +109,30 @@ def s3_endpoint(tmp_path_factory):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture
+def remount():
+    """``remount(path, "ro")`` bind-mounts ``path`` read-only onto itself; ``remount(path, "full")``
+    mounts a 64 KiB tmpfs on it: the real faults (EROFS, ENOSPC) a user meets, where a mock would
+    only restate the code. Skips where mounting is not allowed (not root); unmounted afterwards."""
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(path: Path, kind: str) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        steps = ([["mount", "--bind", str(path), str(path)], ["mount", "-o", "remount,ro,bind", str(path)]]
+                 if kind == "ro" else [["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path)]])
+        for i, cmd in enumerate(steps):
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if i == 0 and proc.returncode == 0:
+                mounted.append(path)
+            if proc.returncode != 0:
+                pytest.skip("cannot mount here (%s): %s" % (" ".join(cmd[:2]), proc.stderr.strip()))
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)

@@ -117,6 +117,20 @@ def repository_lock(repo: Path, wait_s: float = 0.0) -> Iterator[None]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def reading_lock(repo: Path) -> Iterator[None]:
+    """For a run that only reads the repository (``push``): the repository lock where one can be
+    taken, none where nobody can write (a read-only filesystem or directory: no ``generate`` or
+    ``tune`` can change it, and the lock file could not be created anyway)."""
+    real = Path(repo).resolve()
+    if not os.access(real, os.W_OK | os.X_OK):
+        log.info("%s is read-only: reading it without the repository lock", repo)
+        yield
+        return
+    with repository_lock(real):
+        yield
+
+
 def _remove_stale_staging(repo: Path) -> None:
     """Staging dirs present while we hold the lock belong to killed runs (exact prefix, no glob)."""
     for entry in repo.iterdir():
