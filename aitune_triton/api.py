@@ -53,6 +53,7 @@ from aitune_triton.probe import ProbeResult, probe
 from aitune_triton.triton.mapping import MappingOptions, ModelConfigPlan, client_shape_notes, plan_model_config
 from aitune_triton.triton.render import SCHEMA_SKIPPED, render_config, schema, write_config
 from aitune_triton.triton.tuning_section import TuningSection
+from aitune_triton.user_code import contained, resolve_timeout
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -92,7 +93,8 @@ class GenerateOptions:
     """What this run changes in the model's ``get_config()``, field by field: a field left
     ``NOT_GIVEN`` keeps ``get_config()``'s value (or the default), ``None`` sets it to None
     (derived from the samples). ``tensorrt`` changes ``TensorRTBackendConfig`` fields the same
-    way. ``force`` replaces models of the same name in the repository."""
+    way. ``force`` replaces models of the same name in the repository; ``model_py_timeout_s``
+    limits importing model.py and its ``get_samples()``."""
 
     name: str | None | NotGiven = NOT_GIVEN
     backends: tuple[str, ...] | NotGiven = NOT_GIVEN
@@ -110,11 +112,13 @@ class GenerateOptions:
     rel_l2: float | None | NotGiven = NOT_GIVEN
     tensorrt: dict[str, Any] = field(default_factory=dict)
     force: bool = False
+    model_py_timeout_s: float | None = None  # importing model.py and get_samples(); None: the default, 0: none
 
     def overrides(self) -> dict[str, Any]:
         """The ``GenerateConfig`` changes, as ``generate``'s ``overrides`` takes them."""
         changes: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                                   if f.name not in ("tensorrt", "force") and getattr(self, f.name) is not NOT_GIVEN}
+                                   if f.name not in ("tensorrt", "force", "model_py_timeout_s")
+                                   and getattr(self, f.name) is not NOT_GIVEN}
         changes["tensorrt"] = dict(self.tensorrt)
         return changes
 
@@ -202,8 +206,10 @@ class Prepared:
         return self.source.notes + (self.probe.notes if self.probe else ()) + client_shape_notes(self.spec)
 
 
-def prepare(model_py: Path, overrides: dict | None = None) -> Prepared:
-    source = load_model_source(model_py, (overrides or {}).get("max_detections"))
+def prepare(model_py: Path, overrides: dict | None = None, model_py_timeout_s: float | None = None) -> Prepared:
+    """``model_py_timeout_s``: the limit on importing model.py and on ``get_samples()`` (None: from
+    ``$AITUNE_MODEL_PY_TIMEOUT_S`` or the default; 0: none)."""
+    source = load_model_source(model_py, (overrides or {}).get("max_detections"), resolve_timeout(model_py_timeout_s))
     config = source.config or GenerateConfig()
     if overrides:
         trt_over = overrides.pop("tensorrt", None) or {}
@@ -498,7 +504,7 @@ def _keep_log(exc: ModelError, model_dir: Path, final_dir: Path) -> str:
 
 def generate(model_py: Path | str, out: Path | str = Path("model_repository"),
              overrides: GenerateOptions | dict | None = None, force: bool = False,
-             progress: Progress = lambda msg: None) -> GenerateResult:
+             progress: Progress = lambda msg: None, model_py_timeout_s: float | None = None) -> GenerateResult:
     """Generate the model directories for ``model_py`` into the repository ``out``.
 
     ``overrides``: a ``GenerateOptions`` (its ``force`` counts too), or the same changes as a dict.
@@ -508,15 +514,25 @@ def generate(model_py: Path | str, out: Path | str = Path("model_repository"),
     ``None`` sets it to None (derive it from the samples).
 
     ``progress(message)`` is called as each stage starts (spec, fallback compile + check or
-    stage-1 timing, ONNX export + check, write); the CLI prints each stage's duration."""
-    from aitune_triton.tensorrt.availability import build_status
+    stage-1 timing, ONNX export + check, write); the CLI prints each stage's duration.
 
+    ``model_py_timeout_s`` limits importing model.py and its ``get_samples()`` (see ``prepare``); the
+    processes model.py starts and leaves running are killed when this returns or raises."""
     if isinstance(overrides, GenerateOptions):
         force = force or overrides.force
+        if model_py_timeout_s is None:
+            model_py_timeout_s = overrides.model_py_timeout_s
         overrides = overrides.overrides()
-    model_py, out = Path(model_py), Path(out)
+    with contained():
+        return _generate(Path(model_py), Path(out), overrides, force, progress, model_py_timeout_s)
+
+
+def _generate(model_py: Path, out: Path, overrides: dict | None, force: bool, progress: Progress,
+              model_py_timeout_s: float | None) -> GenerateResult:
+    from aitune_triton.tensorrt.availability import build_status
+
     progress("spec: loading %s, recording and probing its inputs and outputs" % model_py.name)
-    prep = prepare(model_py, dict(overrides or {}))
+    prep = prepare(model_py, dict(overrides or {}), model_py_timeout_s)
     names = model_names(prep)
     results, notes, selection = [], list(prep.notes), None
     if schema() is None:

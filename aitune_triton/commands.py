@@ -158,8 +158,9 @@ class ServerURLs:
 class RunningServer:
     """What ``serve`` yields: the server's ``urls``, and ``wait()`` to block while it serves."""
 
-    def __init__(self, server: TritonServer, view: RepositoryView):
+    def __init__(self, server: TritonServer, view: RepositoryView, notify: Progress):
         self.server = server
+        self.notify = notify
         self.urls = ServerURLs(server.http_url, server.grpc_url, server.metrics_url, str(view.server), view.version,
                                server.log_path)
 
@@ -168,7 +169,12 @@ class RunningServer:
         ``timeout_s`` passes."""
         from aitune_triton.triton.server import describe_exit
 
-        if poll(lambda: self.server.returncode is not None, timeout_s, 0.5):
+        def exited() -> bool:
+            for line in self.server.restart_dead_stubs():  # a dead stub: its model reloaded, one line
+                self.notify(line)
+            return self.server.returncode is not None
+
+        if poll(exited, timeout_s, 0.5):
             raise ServerError("tritonserver %s while serving %s" % (describe_exit(self.server.returncode),
                                                                      self.urls.repository),
                               log_path=str(self.server.log_path) if self.server.log_path else None,
@@ -176,11 +182,12 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def serve(repo: Path | str, options: ServeOptions | None = None,
-          progress: Progress = _quiet) -> Iterator[RunningServer]:
+def serve(repo: Path | str, options: ServeOptions | None = None, progress: Progress = _quiet,
+          notify: Progress = _quiet) -> Iterator[RunningServer]:
     """Run the embedded Triton on ``repo`` for the ``with`` block; the server is stopped (its
-    process group reaped) on the way out. An ``s3://`` repo written by ``push`` is served at the
-    version its pointer names (Triton cannot follow the pointer itself)::
+    process group reaped) on the way out; ``notify(line)`` hears what the server does meanwhile (a
+    dead Python stub's model reloaded, what a stopping server drains). An ``s3://`` repo written
+    by ``push`` is served at the version its pointer names (Triton cannot follow the pointer)::
 
         with aitune_triton.serve("model_repository") as running:
             print(running.urls.http)
@@ -200,8 +207,8 @@ def serve(repo: Path | str, options: ServeOptions | None = None,
         target = ServerTarget(tritonserver=options.tritonserver, startup_timeout_s=options.startup_timeout_s,
                               backend_directory=options.backend_directory)
         progress("starting tritonserver on %s" % view.describe())
-        with running_server(view.server, target, launch) as server:
-            yield RunningServer(server, view)  # type: ignore[arg-type]  # launched, so a TritonServer
+        with running_server(view.server, target, launch, notify=notify) as server:
+            yield RunningServer(server, view, notify)  # type: ignore[arg-type]  # launched, so a TritonServer
 
 
 # ---------------------------------------------------------------- push, plan, deploy k8s

@@ -11,6 +11,9 @@ from __future__ import annotations
 # Dynamic-batching queue delay: short enough to be invisible at low load, long enough to form
 # batches under concurrency (500-2000 us measured as the useful range on CPU).
 QUEUE_DELAY_US = 500
+# time limit for importing model.py and for its get_samples()/get_config() (get_model() and forward are
+# not limited: they may download or compute for long); a loop that never ends is stopped here
+MODEL_PY_TIMEOUT_S = 600.0
 # an artifact for this host (AOTInductor when it matches eager: the fastest, but machine code for this
 # CPU's instruction set and GPU) rather than one that loads on any host (--portable)
 PORTABLE = False
@@ -30,6 +33,11 @@ PERF_STABILITY_PCT = 20.0  # perf_analyzer --stability-percentage
 # Triton's own default ports (tests and validate pick free ones instead)
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 LOOPBACK = "127.0.0.1"
+# on SIGTERM, how long tritonserver waits for open connections and in-flight requests before it exits
+# (its --exit-timeout-secs; Triton's own default is 30 s); the stop then allows this plus STOP_MARGIN_S to
+# unload the models before it kills the server
+SERVER_EXIT_TIMEOUT_S = 10
+SERVER_STOP_MARGIN_S = 15.0
 
 # ---------------------------------------------------------------------------- tune grid
 TUNE_INSTANCES = (1, 2, 4)

@@ -46,9 +46,13 @@ from aitune_triton.progress import stage_progress
                    "atol/rtol (default: %g for float16, %g for bfloat16; float32 is checked per element only)."
                    % (defaults.REL_L2_FLOAT16, defaults.REL_L2_BFLOAT16))
 @click.option("--force", is_flag=True, help="Replace models of the same name.")
+@click.option("--model-py-timeout", type=float,
+              help="Seconds allowed for importing MODEL_PY and for its get_samples() (default: $%s, else %.0f; "
+                   "0: no limit)." % ("AITUNE_MODEL_PY_TIMEOUT_S", defaults.MODEL_PY_TIMEOUT_S))
 @handle_errors
 def generate(model_py, out, name, backends, max_batch_size, instances, gpus, device, max_queue_delay_us,
-             fallback_format, portable, precision, cuda_graphs, strategy, budget_ms, atol, rtol, rel_l2, force):
+             fallback_format, portable, precision, cuda_graphs, strategy, budget_ms, atol, rtol, rel_l2, force,
+             model_py_timeout):
     """Generate Triton model directories for MODEL_PY (defines get_model() and get_samples())."""
     from aitune_triton.api import GenerateOptions, generate as run
 
@@ -59,7 +63,8 @@ def generate(model_py, out, name, backends, max_batch_size, instances, gpus, dev
              "fallback_format": fallback_format, "portable": portable, "strategy": strategy, "budget_ms": budget_ms,
              "atol": atol, "rtol": rtol, "rel_l2": rel_l2}
     # click gives None for an option left out: that is "not given", never "set it to None"
-    options = GenerateOptions(**{k: v for k, v in given.items() if v is not None}, tensorrt=trt, force=force)
+    options = GenerateOptions(**{k: v for k, v in given.items() if v is not None}, tensorrt=trt, force=force,
+                              model_py_timeout_s=model_py_timeout)
     with stage_progress(console, "generating") as progress:
         result = run(model_py, out, options, progress=progress)
     if result.selection is not None:

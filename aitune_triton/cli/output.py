@@ -35,6 +35,17 @@ def print_error(exc: AituneError) -> None:
 def handle_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from aitune_triton.user_code import exit_now_if_threads_left
+
+        try:
+            result = handled(*args, **kwargs)
+        except SystemExit as exc:  # a thread model.py left must not keep the finished command alive
+            exit_now_if_threads_left(exc.code if isinstance(exc.code, int) else 1)
+            raise
+        exit_now_if_threads_left(0)
+        return result
+
+    def handled(*args, **kwargs):
         debug = click.get_current_context().find_root().params.get("debug", False)
         try:
             return fn(*args, **kwargs)

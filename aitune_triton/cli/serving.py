@@ -72,7 +72,8 @@ def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver, backend_
                            tritonserver=tritonserver, backend_directory=backend_directory)
     try:
         with console.status("starting tritonserver on %s" % repo) as status, \
-                run(repo, options, progress=status.update) as running:
+                run(repo, options, progress=status.update,
+                    notify=lambda line: console.print(line, markup=False, soft_wrap=True)) as running:
             status.stop()
             urls = running.urls
             if urls.version:

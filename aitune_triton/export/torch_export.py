@@ -4,7 +4,7 @@
    dynamic axes left symbolic (fastest; host-ISA or CUDA code, bound to its device kind);
 2. ``export``: the ``ExportedProgram`` itself (``.pt2``), run through ``ep.module()``;
 3. ``eager``: the user's own model file next to a ``state_dict`` (``torch.load(weights_only=True)``,
-   or the full unpickler for the packed params of a quantized model: ``aitune_eager.load_state_dict``).
+   with ``torch.ScriptObject`` allowed for the packed params of a quantized model: ``aitune_eager.load_state_dict``).
 
 Every candidate is compiled and checked against the eager outputs in a fresh child process with a
 timeout (``export_child.py`` through ``procs.run_child``): AOTInductor compiles are slow and can

@@ -80,6 +80,7 @@ class ServerOptions:
     allow_client_shm: bool = True
     exit_on_error: bool = False
     disable_auto_complete: bool = True
+    exit_timeout_s: int = defaults.SERVER_EXIT_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if self.backend_directory is not None and not Path(self.backend_directory).is_dir():
@@ -206,6 +207,8 @@ def build_command(
         "--exit-on-error=%s" % str(options.exit_on_error).lower(),
         "--log-verbose=%d" % options.log_verbose,
     ]
+    if knows("--exit-timeout-secs", True):
+        cmd.append("--exit-timeout-secs=%d" % options.exit_timeout_s)
     cmd += ["--load-model=%s" % name for name in options.load_models]
     if options.disable_auto_complete:
         cmd.append("--disable-auto-complete-config")

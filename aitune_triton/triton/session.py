@@ -10,7 +10,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from aitune_triton import defaults
 from aitune_triton.errors import UserError
@@ -55,17 +55,17 @@ class ServerTarget:
 
 
 def server_for(repo: Path | str, target: ServerTarget, options: ServerOptions | None = None,
-               log_path: Path | None = None) -> Server:
+               log_path: Path | None = None, notify: Callable[[str], None] | None = None) -> Server:
     """The server ``target`` names, not started yet: a ``RemoteServer`` for a ``url``, else a
     ``TritonServer`` for ``repo`` (``options`` refine the launch; ``target`` names the binary and
-    the start-up timeout)."""
+    the start-up timeout; ``notify(line)`` hears what a launched server says while it stops)."""
     if target.url:
         return RemoteServer(target.url, target.grpc_url or grpc_for(target.url))
     options = dataclasses.replace(options or ServerOptions(), startup_timeout_s=target.startup_timeout_s,
                                   tritonserver=target.tritonserver or (options.tritonserver if options else None),
                                   backend_directory=target.backend_directory or
                                   (options.backend_directory if options else None))
-    return TritonServer(repo, options, log_path=log_path)
+    return TritonServer(repo, options, log_path=log_path, notify=notify)
 
 
 def stop_if_launched(server: Server | None) -> None:
@@ -76,9 +76,9 @@ def stop_if_launched(server: Server | None) -> None:
 
 @contextlib.contextmanager
 def running_server(repo: Path | str, target: ServerTarget, options: ServerOptions | None = None,
-                   log_path: Path | None = None) -> Iterator[Server]:
+                   log_path: Path | None = None, notify: Callable[[str], None] | None = None) -> Iterator[Server]:
     """``server_for`` started, and stopped on the way out if it was launched here."""
-    server = server_for(repo, target, options, log_path)
+    server = server_for(repo, target, options, log_path, notify)
     try:
         server.start()
         yield server

@@ -65,6 +65,10 @@ def test_validate_passes_and_skips_the_pending_plan(repo, tmp_path):
     assert all(c["status"] in ("pass", "skip") or c["name"] == "oversized_shape" for c in status["multi_io"]["checks"])
     assert any(c["name"] == "accuracy_grpc" and c["status"] == "pass" for c in status["multi_io"]["checks"])
     assert status["multi_io_trt"]["skipped"]
+    # the server the oversized-shape check crashes leaves stubs that stop() removes: routine, not console noise
+    oversized = next(c for c in status["multi_io"]["checks"] if c["name"] == "oversized_shape")
+    assert oversized["status"] == "warn" or "killing processes left" not in proc.stderr
+    assert "WARNING aitune_triton" not in proc.stderr, proc.stderr
 
 
 def test_serve_foreground_and_ctrl_c(repo):

@@ -218,6 +218,16 @@ def test_server_repository_arg_keeps_the_s3_url_and_absolutises_paths():
 
 
 
+def test_exit_timeout_is_passed_when_the_binary_knows_it(tmp_path):
+    """Triton's own drain limit on SIGTERM (its default, 30 s, equalled the stop's grace: a false "ignored SIGTERM")."""
+    assert flag_values(build_command(tmp_path, ServerOptions(tritonserver=FAKE), PORTS, flags=None),
+                       "--exit-timeout-secs") == ["10"]
+    assert flag_values(build_command(tmp_path, ServerOptions(tritonserver=FAKE, exit_timeout_s=3), PORTS,
+                                     flags=frozenset({"--exit-timeout-secs"})), "--exit-timeout-secs") == ["3"]
+    assert not flag_values(build_command(tmp_path, ServerOptions(tritonserver=FAKE), PORTS, flags=frozenset()),
+                           "--exit-timeout-secs")
+
+
 def test_a_too_low_open_file_limit_is_refused_before_launch():
     """Under `ulimit -n 64` validate failed after 159 s with the cause only in the log tail."""
     import resource
