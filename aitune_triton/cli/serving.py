@@ -84,7 +84,9 @@ def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver, backend_
                           % ("http://" + urls.http, urls.http), markup=False)
             console.print("Ctrl-C to stop")
             running.wait()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):  # a second signal while the server drained
+            raise
         console.print("stopped tritonserver")
 
 
