@@ -22,12 +22,13 @@ import torch
 
 from aitune_triton import __version__
 from aitune_triton.config import GenerateConfig, tolerance_for
+from aitune_triton.envelope import Envelope, Source, apply_envelope, choose_envelope
 from aitune_triton.errors import ModelError, UserError
 from aitune_triton.integrity import verify_artifacts
 from aitune_triton.source import ModelSource, load_model_source
 from aitune_triton.spec import IOSpec, Sample, call_with_feed, flatten_outputs, record_spec, sample_feed
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
-from aitune_triton.tensorrt.profiles import ProfileSet, derive_profiles
+from aitune_triton.tensorrt.profiles import ProfileMode, ProfileSet, derive_profiles, narrower_than
 from aitune_triton.tensorrt.section import PlanStatus, TensorRTSection
 from aitune_triton.tensorrt.stamp import LoaderFacts
 from aitune_triton.triton import repository
@@ -70,6 +71,7 @@ class GenerateResult:
     models: tuple[GeneratedModel, ...]
     notes: tuple[str, ...] = field(default=())
     selection: Any = None
+    envelope: tuple[str, ...] = field(default=())  # one line per input: the sizes it accepts
 
 
 def resolve_device(device: str) -> str:
@@ -141,18 +143,49 @@ class Prepared:
     name: str
     device: str
     probe: ProbeResult | None = None
+    envelope: Envelope | None = None
 
     @property
     def notes(self) -> tuple[str, ...]:
         """What the user must know about how the model is served (batching, output dims, shapes)."""
-        return (self.probe.notes if self.probe else ()) + client_shape_notes(self.spec)
+        notes = (self.probe.notes if self.probe else ()) + client_shape_notes(self.spec)
+        if "tensorrt" in self.config.backends:
+            narrow = narrower_than(self.spec, self.profiles)
+            if narrow:
+                notes += ("the TensorRT profiles (%s) take a narrower range than the fallback: %s; requests outside "
+                          "them are refused by the TensorRT model (ProfileMode.SINGLE or wider profiles cover it)"
+                          % (self.profiles.mode, "; ".join(narrow)),)
+        return notes
+
+    @property
+    def envelope_lines(self) -> tuple[str, ...]:
+        return self.envelope.lines(self.spec) if self.envelope else ()
 
 
-def prepare(model_py: Path, overrides: dict | None = None) -> Prepared:
+def _envelope(source: ModelSource, spec: IOSpec, config: GenerateConfig, device: str,
+              progress: Progress | None) -> Envelope:
+    """The serving envelope (``aitune_triton.envelope``); user TensorRT profiles without a
+    ``max_batch_size`` keep deciding the batch, as they did before the envelope existed."""
+    by_profiles = not isinstance(config.tensorrt.profiles, ProfileMode) and config.max_batch_size is None
+    if progress:
+        progress("envelope: probing the input axes beyond the samples on %s" % device)
+    env = choose_envelope(source.model, spec, source.samples, device=device, declared=config.axis_ranges,
+                          max_batch_size=1 if by_profiles else config.max_batch_size, budget_ms=config.budget_ms,
+                          progress=progress)
+    if by_profiles:  # the max batch is the profiles' (prepare sets it once they are derived)
+        env = dataclasses.replace(env, batch_source=Source.DECLARED, batch_detail="the TensorRT profiles")
+    return env
+
+
+def prepare(model_py: Path, overrides: dict | None = None, progress: Progress | None = None) -> Prepared:
     source = load_model_source(model_py)
     config = source.config or GenerateConfig()
     if overrides:
         trt_over = overrides.pop("tensorrt", None) or {}
+        cli_axes = overrides.get("axis_ranges")
+        if isinstance(cli_axes, dict) and config.axis_ranges:  # --axis adds to get_config()'s ranges
+            overrides["axis_ranges"] = {**config.axis_ranges, **{k: {**config.axis_ranges.get(k, {}), **v}
+                                                                 for k, v in cli_axes.items()}}
         config = config.replace(**overrides)
         if trt_over:
             config = config.replace(tensorrt=config.tensorrt.replace(**trt_over))
@@ -166,10 +199,17 @@ def prepare(model_py: Path, overrides: dict | None = None) -> Prepared:
         raise UserError("input_ranges names unknown input(s) %s; the inputs are %s"
                         % (unknown, [t.name for t in spec.inputs]))
     probed = probe(source.model, spec, source.samples, config.tolerance_override, config.output_dims)
-    spec = probed.spec
-    profiles = derive_profiles(spec, source.samples, config.tensorrt.profiles, config.max_batch_size)
+    device = resolve_device(config.device)
+    env = _envelope(source, probed.spec, config, device, progress)
+    spec = apply_envelope(probed.spec, env)
+    custom = not isinstance(config.tensorrt.profiles, ProfileMode)
+    profiles = derive_profiles(spec, source.samples, config.tensorrt.profiles,
+                               config.max_batch_size if custom else (env.max_batch_size if spec.batching else None),
+                               declared=config.axis_ranges)
+    if custom and spec.batching:
+        env = dataclasses.replace(env, max_batch_size=profiles.max_batch_size)
     name = config.name or default_model_name(source.path)
-    return Prepared(source, config, spec, profiles, name, resolve_device(config.device), probed)
+    return Prepared(source, config, spec, profiles, name, device, probed, env)
 
 
 def model_names(prep: Prepared) -> dict[str, str]:
@@ -201,7 +241,7 @@ def _manifest(prep: Prepared, name: str, backend: str, **sections) -> Manifest:
         tolerances={t.name: tolerance_for(t.dtype, override) for t in prep.spec.outputs},
         versions=versions(prep.device), config=prep.config.to_dict(),
         checks=dataclasses.replace(prep.probe.checks if prep.probe else ChecksSection(), notes=prep.notes),
-        **sections)
+        envelope=prep.envelope, **sections)
 
 
 def _write_common(prep: Prepared, model_dir: Path) -> dict:
@@ -229,7 +269,8 @@ def _build_fallback(prep: Prepared, version_dir: Path, fmt: str):
 
     return build_fallback(prep.source.path, prep.source.model, prep.spec, prep.source.samples, prep.source.outputs,
                           prep.profiles, version_dir, device=prep.device, preferred=fmt,
-                          tolerance=prep.config.tolerance_override)
+                          tolerance=prep.config.tolerance_override,
+                          joint_corner=prep.envelope.joint_corner_ok() if prep.envelope else True)
 
 
 def _select_fallback(prep: Prepared, version_dir: Path, strategy: str, progress: Progress):
@@ -283,7 +324,8 @@ def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress
     else:
         progress("building the PyTorch fallback (AOTInductor, ExportedProgram or eager)")
         artifact, selection = _build_fallback(prep, version_dir, prep.config.fallback_format), None
-    served = write_python_model(version_dir, prep.spec, artifact, prep.profiles.max_batch_size, model_name=name)
+    served = write_python_model(version_dir, prep.spec, artifact, prep.profiles.max_batch_size, model_name=name,
+                                accepted=prep.envelope.readme_lines(prep.spec) if prep.envelope else ())
     plan = _mapping(prep, name, "python", warmup_dims)
     write_config(model_dir, render_config(plan), plan.num_profiles)
     manifest = _manifest(prep, name, "python", artifact=artifact,
@@ -356,7 +398,7 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
     ``progress(message)`` is called as each stage starts (spec, fallback compile + check or
     stage-1 timing, ONNX export + check, write); the CLI prints each stage's duration."""
     progress("spec: loading %s, recording and probing its inputs and outputs" % Path(model_py).name)
-    prep = prepare(model_py, dict(overrides or {}))
+    prep = prepare(model_py, dict(overrides or {}), progress)
     names = model_names(prep)
     results, notes, selection = [], list(prep.notes), None
     with repository.stage_models(out, list(names.values()), force=force) as staged:
@@ -404,7 +446,7 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
             results.append(GeneratedModel(names["onnxruntime"], "onnxruntime", out / names["onnxruntime"],
                                           ModelStatus.READY, "ONNX opset %s" % onnx.opset))
         progress("writing %s into %s" % (", ".join(names.values()), out))
-    return GenerateResult(Path(out), tuple(results), tuple(notes), selection)
+    return GenerateResult(Path(out), tuple(results), tuple(notes), selection, prep.envelope_lines)
 
 
 
