@@ -250,7 +250,8 @@ def _write_common(prep: Prepared, model_dir: Path) -> dict:
         from aitune_triton.validate.edge_inputs import EDGE_INPUTS, save_edge_inputs
 
         save_edge_inputs(model_dir / EDGE_INPUTS, prep.config.make_inputs, prep.spec, prep.profiles,
-                         prep.profiles.max_batch_size)
+                         prep.profiles.max_batch_size,
+                         joint_corner=prep.envelope.joint_corner_ok() if prep.envelope else True)
     return write_warmup(prep.spec, prep.source.samples[0], model_dir / "warmup")
 
 

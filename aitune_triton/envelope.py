@@ -436,13 +436,13 @@ def choose_envelope(model: Any, spec: IOSpec, samples: Sequence[Sample], *, devi
                     budget_s: float = defaults.ENVELOPE_PROBE_BUDGET_S,
                     progress: Callable[[str], None] | None = None) -> Envelope:
     """The envelope of ``spec``'s inputs (see the module docstring)."""
-    declared = {k: dict(v) for k, v in (declared or {}).items()}
-    check_declared(spec, declared)
+    given: AxisRanges = {k: dict(v) for k, v in (declared or {}).items()}
+    check_declared(spec, given)
     threads = torch.get_num_threads()
     if device == "cpu":  # one thread: intra-op threads stall when other processes hold the cores, and
         torch.set_num_threads(1)  # batching's gain (the per-call overhead shared) shows on one as well
     try:
-        return _choose(model, spec, samples, device, declared, max_batch_size, budget_ms, budget_s, progress)
+        return _choose(model, spec, samples, device, given, max_batch_size, budget_ms, budget_s, progress)
     finally:
         torch.set_num_threads(threads)
 

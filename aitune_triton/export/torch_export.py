@@ -65,7 +65,8 @@ def _run_eager(model: torch.nn.Module, spec: IOSpec, feed: dict[str, torch.Tenso
         return {n: t.detach() for n, t in flatten_outputs(call_with_feed(model, spec, feed))}
 
 
-def _envelope_feed(feed: dict[str, torch.Tensor], spec: IOSpec, batch: int | None, which: str) -> dict[str, torch.Tensor]:
+def _envelope_feed(feed: dict[str, torch.Tensor], spec: IOSpec, batch: int | None,
+                   which: str) -> dict[str, torch.Tensor]:
     """``feed`` with ``batch`` rows and every dynamic non-batch axis at its ``min``/``max`` (the spec
     holds the serving envelope), tiled or cut from the feed's own entries."""
     out = {}
