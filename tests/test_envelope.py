@@ -100,7 +100,7 @@ def test_max_batch_size_is_measured_and_the_curve_recorded():
     assert env.batch_source is Source.MEASUREMENT and env.axes == ()
     assert 2 <= env.max_batch_size <= 64  # never below the samples' batches, never above the CPU cap
     batches = [p.batch for p in env.curve]
-    assert batches[:2] == [1, 2] and all(b == 2 * a for a, b in zip(batches, batches[1:]))
+    assert batches[:2] == [1, 2] and all(b == 2 * a for a, b in zip(batches, batches[1:], strict=False))
     assert all(p.latency_ms > 0 and p.rows_per_s > 0 for p in env.curve)
     assert env.lines(spec) == ("input: batch 1..%d, axis 1: 8 (batch: measurement)" % env.max_batch_size,)
     assert Envelope.from_dict(env.to_dict()).to_dict() == env.to_dict()
