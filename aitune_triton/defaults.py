@@ -28,7 +28,7 @@ BATCH_PROBE_MAX_MS = 1000.0
 MODEL_LIMIT_RUN_CAP = 8192
 # the joint corner (max batch, every axis at its max) is checked only under this estimated eager time
 CORNER_MAX_MS = 3000.0
-# wall-clock spent measuring (all axes and the batch curve together) before generate stops growing
+# wall-clock spent probing the axes, and again measuring the batch curve, before generate stops growing
 ENVELOPE_PROBE_BUDGET_S = 8.0
 
 # ---------------------------------------------------------------------------- validate

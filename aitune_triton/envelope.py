@@ -364,7 +364,7 @@ def _time_batch(runner: _Runner, feed: Feed, clock: _Clock) -> tuple[float, str 
     if why:
         return 0.0, why
     times: list[float] = []
-    while len(times) < 3 or (sum(times) < 30 and len(times) < 10):
+    while len(times) < 2 or (len(times) < 3 and times[0] < 50) or (sum(times) < 30 and len(times) < 10):
         ms, why = runner.run(feed)
         if why:
             return 0.0, why
@@ -454,6 +454,7 @@ def _choose(model: Any, spec: IOSpec, samples: Sequence[Sample], device: str, de
             max_batch_size: int | None, budget_ms: float | None, budget_s: float,
             progress: Callable[[str], None] | None) -> Envelope:
     clock = _Clock(budget_s)
+    start = clock.start
     runner = _Runner(_on_device(model, device), spec, device)
     feeds = [sample_feed(spec, s) for s in samples]
     axes: list[AxisRange] = []
@@ -490,7 +491,8 @@ def _choose(model: Any, spec: IOSpec, samples: Sequence[Sample], device: str, de
             if progress:
                 progress("measuring the batch curve on %s" % device)
             cap = defaults.MAX_BATCH_CAP_GPU if device == "cuda" else defaults.MAX_BATCH_CAP_CPU
-            best, why, curve = measure_batch(runner, spec, feeds, sample_max_batch(spec), cap, budget_ms, clock)
+            best, why, curve = measure_batch(runner, spec, feeds, sample_max_batch(spec), cap, budget_ms,
+                                             _Clock(budget_s))  # its own budget: long axes must not starve it
             env = dataclasses.replace(env, max_batch_size=best, batch_source=Source.MEASUREMENT, batch_detail=why,
                                       curve=curve)
     corner = None
@@ -499,7 +501,7 @@ def _choose(model: Any, spec: IOSpec, samples: Sequence[Sample], device: str, de
         per_row = min(1.0, env.curve[-1].latency_ms / (env.curve[-1].batch * env.curve[0].latency_ms)) \
             if len(env.curve) > 1 and env.curve[0].latency_ms > 0 else 1.0
         corner = hi_ms * env.max_batch_size * per_row
-    return dataclasses.replace(env, seconds=time.monotonic() - clock.start, corner_ms=corner)
+    return dataclasses.replace(env, seconds=time.monotonic() - start, corner_ms=corner)
 
 
 def apply_envelope(spec: IOSpec, env: Envelope) -> IOSpec:

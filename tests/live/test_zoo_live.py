@@ -279,7 +279,20 @@ def test_text_encoder_serves_lengths_and_batches_beyond_its_samples_like_eager(e
     with pytest.raises(InferenceServerException, match=r"input 'input_ids' axis 1 is 129, the model takes 1\.\.128 "
                                                         r"\(widen it with --axis input_ids:1=LO\.\.HI"):
         _infer(server, "text_encoder", _encoder_feed(1, 129, 9))
+    # a 400, never run: one request far beyond the envelope (30,000 tokens) cannot take the stub down
+    import http.client
+
+    body = json.dumps({"inputs": [{"name": n, "shape": [1, 30000], "datatype": "INT64", "data": [1] * 30000}
+                                  for n in ("input_ids", "attention_mask")]})
+    host, port = server.http_url.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.request("POST", "/v2/models/text_encoder/infer", body=body, headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 400 and "axis 1 is 30000, the model takes 1..128" in resp.read().decode()
+    conn.close()
     assert server.model_ready("text_encoder")
+    assert compare(_infer(server, "text_encoder", _encoder_feed(1, 5, 0)).as_numpy("pooler_output"),
+                   model(**_encoder_feed(1, 5, 0)).pooler_output.detach(), tolerance_for("float32")).ok
 
 
 def test_scalar_output_of_a_model_without_batch_axis_loads_and_validates(envelope_zoo):
