@@ -1,8 +1,20 @@
 """The Python API behind the CLI: ``generate`` runs the pipeline stage by stage.
 
-model.py ─load─▶ ModelSource ─record─▶ IOSpec ─profiles─▶ ProfileSet ─export─▶ OnnxArtifact
-  ─build─▶ plan (or a staged TensorRT model + build script) ─fallback─▶ FallbackArtifact
+model.py ─load─▶ ModelSource ─record─▶ IOSpec ─profiles─▶ ProfileSet ─fallback─▶ FallbackArtifact
+  ─export─▶ OnnxArtifact, staged with the TensorRT config and build_plan.sh ─build─▶ plan (see below)
   ─map─▶ ModelConfigPlan ─render─▶ config.pbtxt ─write─▶ model directories + manifest
+
+The TensorRT model takes one of two paths, decided by ``tensorrt.availability.build_status``
+(``doctor`` shows the same answer):
+
+* TensorRT imports as a builder and creates one (a GPU is usable): ``build_tensorrt_model`` builds
+  the plan from the staged ONNX in a child process, runs it on the samples against the eager
+  outputs, and writes ``<name>_trt/`` as a ready model. A parse, build or check failure becomes one
+  note naming the stage and the build log; the staging stays and the model is ``pending``.
+* Otherwise (TensorRT not installed, or installed without a usable GPU; the note says which): the
+  staging only, ``pending``, for ``build-plan`` or ``build_plan.sh`` in a TensorRT/Triton container.
+
+``build-plan`` (``build_plans``) runs the same ``build_tensorrt_model`` on a staged repository.
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ from aitune_triton import __version__
 from aitune_triton.config import GenerateConfig, tolerance_for
 from aitune_triton.envelope import Envelope, Source, apply_envelope, choose_envelope
 from aitune_triton.errors import ModelError, UserError
-from aitune_triton.integrity import verify_artifacts
+from aitune_triton.integrity import verify_model
 from aitune_triton.source import ModelSource, load_model_source
 from aitune_triton.spec import IOSpec, Sample, call_with_feed, flatten_outputs, record_spec, sample_feed
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
@@ -148,7 +160,7 @@ class Prepared:
     @property
     def notes(self) -> tuple[str, ...]:
         """What the user must know about how the model is served (batching, output dims, shapes)."""
-        notes = (self.probe.notes if self.probe else ()) + client_shape_notes(self.spec)
+        notes = self.source.notes + (self.probe.notes if self.probe else ()) + client_shape_notes(self.spec)
         if "tensorrt" in self.config.backends:
             narrow = narrower_than(self.spec, self.profiles)
             if narrow:
@@ -162,23 +174,21 @@ class Prepared:
         return self.envelope.lines(self.spec) if self.envelope else ()
 
 
-def _envelope(source: ModelSource, spec: IOSpec, config: GenerateConfig, device: str,
-              progress: Progress | None) -> Envelope:
+def _envelope(source: ModelSource, spec: IOSpec, config: GenerateConfig, device: str) -> Envelope:
     """The serving envelope (``aitune_triton.envelope``); user TensorRT profiles without a
     ``max_batch_size`` keep deciding the batch, as they did before the envelope existed."""
     by_profiles = not isinstance(config.tensorrt.profiles, ProfileMode) and config.max_batch_size is None
-    if progress:
-        progress("envelope: probing the input axes beyond the samples on %s" % device)
     env = choose_envelope(source.model, spec, source.samples, device=device, declared=config.axis_ranges,
-                          max_batch_size=1 if by_profiles else config.max_batch_size, budget_ms=config.budget_ms,
-                          progress=progress)
+                          max_batch_size=1 if by_profiles else config.max_batch_size, budget_ms=config.budget_ms)
     if by_profiles:  # the max batch is the profiles' (prepare sets it once they are derived)
         env = dataclasses.replace(env, batch_source=Source.DECLARED, batch_detail="the TensorRT profiles")
     return env
 
 
-def prepare(model_py: Path, overrides: dict | None = None, progress: Progress | None = None) -> Prepared:
-    source = load_model_source(model_py)
+def prepare(model_py: Path, overrides: dict | None = None) -> Prepared:
+    """Everything derived from model.py before anything is written, the serving envelope included
+    (part of the spec stage: its errors come before anything else is printed)."""
+    source = load_model_source(model_py, (overrides or {}).get("max_detections"))
     config = source.config or GenerateConfig()
     if overrides:
         trt_over = overrides.pop("tensorrt", None) or {}
@@ -200,7 +210,7 @@ def prepare(model_py: Path, overrides: dict | None = None, progress: Progress | 
                         % (unknown, [t.name for t in spec.inputs]))
     probed = probe(source.model, spec, source.samples, config.tolerance_override, config.output_dims)
     device = resolve_device(config.device)
-    env = _envelope(source, probed.spec, config, device, progress)
+    env = _envelope(source, probed.spec, config, device)
     spec = apply_envelope(probed.spec, env)
     custom = not isinstance(config.tensorrt.profiles, ProfileMode)
     profiles = derive_profiles(spec, source.samples, config.tensorrt.profiles,
@@ -270,7 +280,8 @@ def _build_fallback(prep: Prepared, version_dir: Path, fmt: str):
 
     return build_fallback(prep.source.path, prep.source.model, prep.spec, prep.source.samples, prep.source.outputs,
                           prep.profiles, version_dir, device=prep.device, preferred=fmt,
-                          tolerance=prep.config.tolerance_override,
+                          tolerance=prep.config.tolerance_override, portable=prep.config.portable,
+                          retry_crashed=prep.config.fallback_format == "aoti",
                           joint_corner=prep.envelope.joint_corner_ok() if prep.envelope else True)
 
 
@@ -282,7 +293,7 @@ def _select_fallback(prep: Prepared, version_dir: Path, strategy: str, progress:
     from aitune_triton.tune.strategies import select_candidate
 
     built, candidates = {}, []
-    for fmt in ("aoti", "export", "eager"):
+    for fmt in ("export", "eager") if prep.config.portable else ("aoti", "export", "eager"):
         progress("stage-1 tuning: building the %s fallback" % fmt)
         trial = version_dir.parent / (".trial-" + fmt)
         trial.mkdir()
@@ -339,11 +350,13 @@ def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress
         selection
 
 
-def _stage_tensorrt(prep: Prepared, home_dir: Path, trt_name: str, repo: Path, progress: Progress) -> TensorRTSection:
-    """No TensorRT here: keep the checked ONNX, the TensorRT config and a build script under the
-    fallback model's ``tensorrt/`` dir (not a version dir, so Triton never loads it). A
-    ``quantization_config`` is applied to that ONNX here (``tensorrt/quantized_onnx.py``)."""
-    from aitune_triton.tensorrt.availability import tensorrt_status
+def _stage_tensorrt(prep: Prepared, home_dir: Path, trt_name: str, repo: Path, progress: Progress,
+                    reason: str) -> TensorRTSection:
+    """Keep the checked ONNX, the TensorRT config and a build script under the model's
+    ``tensorrt/`` dir (not a version dir, so Triton never loads it): what ``build-plan`` and the
+    plan build in ``generate`` start from, and what the user retries in a container with when this
+    machine cannot build. A ``quantization_config`` is applied to that ONNX here
+    (``tensorrt/quantized_onnx.py``). ``reason`` is why no plan is built yet."""
     from aitune_triton.tensorrt.trtexec import render_build_script
     from aitune_triton.tensorrt.quantized_onnx import stage_onnx
 
@@ -361,7 +374,6 @@ def _stage_tensorrt(prep: Prepared, home_dir: Path, trt_name: str, repo: Path, p
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)  # no half-staged TensorRT model next to the fallback
         raise
-    status = tensorrt_status()
     plan = _mapping(prep, trt_name, "tensorrt", None)
     write_config(stage, render_config(plan), plan.num_profiles)
     script = stage / "build_plan.sh"
@@ -373,8 +385,79 @@ def _stage_tensorrt(prep: Prepared, home_dir: Path, trt_name: str, repo: Path, p
     return TensorRTSection(
         status=PlanStatus.PENDING, model_name=trt_name, onnx="%s/model.onnx" % TRT_STAGE_DIR,
         build_script="%s/build_plan.sh" % TRT_STAGE_DIR, config="%s/config.pbtxt" % TRT_STAGE_DIR,
-        reason=status.reason, onnx_check=onnx.check.to_dict(), opset=onnx.opset, exporter=onnx.exporter,
+        reason=reason, onnx_check=onnx.check.to_dict(), opset=onnx.opset, exporter=onnx.exporter,
         settings=prep.config.tensorrt.to_dict(), quantization=quantization)
+
+
+def build_tensorrt_model(model_dir: Path, home: Path, info: TensorRTSection, spec: IOSpec, profiles: ProfileSet,
+                         max_batch_size: int, config: GenerateConfig, progress: Progress | None = None,
+                         log_path: Path | None = None) -> TensorRTSection:
+    """Build the plan from ``home``'s staged ONNX, check it and write the TensorRT model into ``model_dir``:
+    ``generate`` (where TensorRT can build) and ``build-plan`` both come here.
+
+    The plan is built in a child process with ``config.tensorrt``'s settings (profiles, precision,
+    quantization, timing cache, version and hardware compatibility, optimization level), run on
+    ``home``'s recorded samples against their eager outputs with the tolerance of its precision,
+    and only then written as ``1/model.plan``, with ``config.pbtxt`` mapped from the profiles and
+    the engine's own I/O types. Returns ``info`` as built: the plan's stamp and the check. A failed
+    stage raises one ``ModelError`` line naming it (parse / build / check) and the log."""
+    from aitune_triton.tensorrt.builder import build_plan
+    from aitune_triton.tensorrt.plan_check import PlanCheckRequest, plan_tolerances
+    from aitune_triton.triton.manifest import load_reference
+
+    reference = (home / REFERENCE).resolve()
+    tolerances, rule = plan_tolerances({t.name: t.dtype for t in spec.outputs},
+                                       [case.outputs for case in load_reference(reference)], config.tensorrt,
+                                       config.tolerance_override)
+    (model_dir / "1").mkdir(exist_ok=True)
+    artifact = build_plan(home / str(info.onnx), model_dir / "1" / "model.plan", config.tensorrt, profiles,
+                          timeout_s=config.tensorrt.build_timeout_s, progress=progress,
+                          check=PlanCheckRequest(reference, tolerances, rule), log_path=log_path)
+    io_dtypes = {t.name: t.dtype for t in artifact.engine_io.tensors}
+    plan = plan_model_config(spec, profiles, MappingOptions(
+        name=str(info.model_name), backend="tensorrt", max_batch_size=max_batch_size, instances=config.instances,
+        kind="KIND_GPU", gpus=config.gpus or (), visible_gpus=torch.cuda.device_count(),
+        queue_delay_us=config.queue_delay_us, use_cuda_graphs=config.tensorrt.use_cuda_graphs, io_dtypes=io_dtypes))
+    write_config(model_dir, render_config(plan), plan.num_profiles)
+    if model_dir.resolve() != home.resolve():
+        for extra in (REFERENCE, "edge_inputs.npz"):
+            if (home / extra).exists():
+                shutil.copy2(home / extra, model_dir / extra)
+    return info.replace(status=PlanStatus.BUILT, stamp=artifact.stamp_dict(), reason="",
+                        check=artifact.check.to_dict() if artifact.check else None)
+
+
+TRT_BUILD_LOG = "logs/tensorrt_build.log"
+
+
+def _unbuilt(model_dir: Path, home: Path) -> None:
+    """Remove what a failed build wrote into ``model_dir`` (all of it, unless it is ``home`` itself)."""
+    if model_dir.resolve() != home.resolve():
+        shutil.rmtree(model_dir, ignore_errors=True)
+        return
+    shutil.rmtree(home / "1", ignore_errors=True)
+    (home / "config.pbtxt").unlink(missing_ok=True)
+
+
+def _build_in_generate(prep: Prepared, staged: repository.StagedModels, home: Path, home_final: Path,
+                       info: TensorRTSection, progress: Progress) -> tuple[TensorRTSection, str | None]:
+    """``generate``'s plan build: the TensorRT model dir on success, or the staging kept and the failure
+    as one line (with the build log's final path) for the notes."""
+    trt_name = str(info.model_name)
+    model_dir = home if trt_name == home.name else staged.dir(trt_name)
+    log_path = home / TRT_BUILD_LOG
+    try:
+        built = build_tensorrt_model(model_dir, home, info, prep.spec, prep.profiles, prep.profiles.max_batch_size,
+                                     prep.config, progress, log_path=log_path)
+    except ModelError as exc:
+        _unbuilt(model_dir, home)
+        if model_dir != home:
+            staged.discard(trt_name)
+        log_note = "; log: %s" % (home_final / TRT_BUILD_LOG) if log_path.exists() else ""
+        return info.replace(reason=str(exc)), "%s%s" % (exc, log_note)
+    if model_dir != home:
+        _manifest(prep, trt_name, "tensorrt", tensorrt=built).sealed(model_dir).save(model_dir)
+    return built, None
 
 
 def _keep_log(exc: ModelError, model_dir: Path, final_dir: Path) -> str:
@@ -398,42 +481,72 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
 
     ``progress(message)`` is called as each stage starts (spec, fallback compile + check or
     stage-1 timing, ONNX export + check, write); the CLI prints each stage's duration."""
+    from aitune_triton.tensorrt.availability import build_status
+
     progress("spec: loading %s, recording and probing its inputs and outputs" % Path(model_py).name)
-    prep = prepare(model_py, dict(overrides or {}), progress)
+    prep = prepare(model_py, dict(overrides or {}))
     names = model_names(prep)
     results, notes, selection = [], list(prep.notes), None
+    trt_status = build_status() if "tensorrt" in names else None
     with repository.stage_models(out, list(names.values()), force=force) as staged:
         trt_info: TensorRTSection | None = None
+        home_name = names.get("python") or names.get("tensorrt")
+        failure = None
         if "python" in names:
             home = staged.dir(names["python"])
             manifest, detail, selection = _write_python(prep, home, names["python"], progress, out / names["python"])
             if "tensorrt" in names:
+                assert trt_status is not None
                 try:
-                    trt_info = _stage_tensorrt(prep, home, names["tensorrt"], out, progress)
+                    trt_info = _stage_tensorrt(prep, home, names["tensorrt"], out, progress, trt_status.reason)
                 except ModelError as exc:
                     trt_info = TensorRTSection(status=PlanStatus.EXPORT_FAILED, reason=str(exc))
                     notes.append("TensorRT skipped: %s%s" % (exc, _keep_log(exc, home, out / names["python"])))
+                if trt_info.status is PlanStatus.PENDING and trt_status.available:
+                    trt_info, failure = _build_in_generate(prep, staged, home, out / names["python"], trt_info,
+                                                           progress)
             manifest = dataclasses.replace(manifest, tensorrt=trt_info)
             manifest.sealed(home).save(home)
             results.append(GeneratedModel(names["python"], "python", out / names["python"], ModelStatus.READY,
                                           detail))
         elif "tensorrt" in names:
+            assert trt_status is not None
             home = staged.dir(names["tensorrt"])
             _write_common(prep, home)
-            trt_info = _stage_tensorrt(prep, home, names["tensorrt"], out, progress)
+            trt_info = _stage_tensorrt(prep, home, names["tensorrt"], out, progress, trt_status.reason)
+            if trt_status.available:
+                trt_info, failure = _build_in_generate(prep, staged, home, out / names["tensorrt"], trt_info,
+                                                       progress)
             _manifest(prep, names["tensorrt"], "tensorrt", tensorrt=trt_info).sealed(home).save(home)
+        if trt_info is not None and trt_info.status is PlanStatus.BUILT:
+            check = trt_info.check or {}
+            results.append(GeneratedModel(names["tensorrt"], "tensorrt", out / names["tensorrt"], ModelStatus.READY,
+                                          "TensorRT %s plan, checked against eager PyTorch: %s"
+                                          % ((trt_info.stamp or {}).get("tensorrt_version"), _check_words(check))))
         if trt_info is not None and trt_info.status is PlanStatus.PENDING:
-            stage_dir = out / (names.get("python") or names["tensorrt"]) / TRT_STAGE_DIR
-            notes.append("TensorRT is not installed here: the checked ONNX, the TensorRT config and build_plan.sh "
-                         "are staged in %s (not loaded by Triton)." % stage_dir)
-            notes.append("Build the plan inside a TensorRT/Triton container with `aitune-triton build-plan %s "
-                         "--model %s` (or %s/build_plan.sh); the Python fallback serves meanwhile."
-                         % (shlex.quote(str(out)), names.get("python") or names["tensorrt"], stage_dir))
+            assert trt_status is not None and home_name is not None
+            stage_dir = out / home_name / TRT_STAGE_DIR
+            retry = ("aitune-triton build-plan %s --model %s" % (shlex.quote(str(out)), home_name))
+            meanwhile = "the Python fallback serves meanwhile" if "python" in names else "nothing serves it until then"
+            if failure is not None:
+                notes.append("TensorRT plan not built: %s" % failure)
+                notes.append("The checked ONNX, the TensorRT config and build_plan.sh stay staged in %s (not loaded "
+                             "by Triton): retry with `%s` (here or inside a TensorRT/Triton container) or %s/"
+                             "build_plan.sh; %s." % (stage_dir, retry, stage_dir, meanwhile))
+            else:
+                if trt_status.installed:
+                    notes.append("%s; so the checked ONNX, the TensorRT config and build_plan.sh are staged in %s "
+                                 "(not loaded by Triton)." % (trt_status.reason, stage_dir))
+                else:
+                    notes.append("TensorRT is not installed here: the checked ONNX, the TensorRT config and "
+                                 "build_plan.sh are staged in %s (not loaded by Triton)." % stage_dir)
+                notes.append("Build the plan inside a TensorRT/Triton container with `%s` (or %s/build_plan.sh); "
+                             "%s." % (retry, stage_dir, meanwhile))
             if trt_info.quantization is not None:
                 notes.append("TensorRT ONNX quantized: %s" % trt_info.quantization.summary())
                 notes.extend(trt_info.quantization.notes)
             results.append(GeneratedModel(names["tensorrt"], "tensorrt", stage_dir, ModelStatus.PENDING,
-                                          "plan not built"))
+                                          "plan not built" + (" (%s)" % failure.split(":")[0] if failure else "")))
         if "onnxruntime" in names:
             onnx_dir = staged.dir(names["onnxruntime"])
             (onnx_dir / "1").mkdir()
@@ -475,11 +588,10 @@ def pending_plans(repo: Path, model: str | None = None,
 def build_plans(repo: Path, model: str | None = None, force: bool = False,
                 progress: Progress = lambda msg: None) -> list[GeneratedModel]:
     """Build each staged plan from its checked ONNX and activate the TensorRT model atomically."""
-    from aitune_triton.tensorrt.availability import tensorrt_status
-    from aitune_triton.tensorrt.builder import build_plan
+    from aitune_triton.tensorrt.availability import build_status
     from aitune_triton.tensorrt.stamp import this_machine
 
-    status = tensorrt_status()
+    status = build_status()
     if not status.available:
         raise UserError("TensorRT is not available here (%s); run build-plan inside the TensorRT or Triton "
                         "container that will serve the plan (nvcr.io/nvidia/tensorrt:YY.MM-py3), or run the "
@@ -494,32 +606,27 @@ def build_plans(repo: Path, model: str | None = None, force: bool = False,
             machine = machine or this_machine()
             built.append(existing_plan(Path(repo), home, info, machine))
             continue
-        verify_artifacts(home, manifest.files)  # the ONNX and build script are about to be used
+        verify_model(home, Path(repo))  # the ONNX and build script are about to be used
         config = GenerateConfig.from_dict(manifest.config)
         with repository.stage_models(Path(repo), [trt_name], force=force) as staged:
             model_dir = staged.dir(trt_name)
-            (model_dir / "1").mkdir()
-            progress("building TensorRT plan for %s" % trt_name)
-            plan_artifact = build_plan(home / str(info.onnx), model_dir / "1" / "model.plan", config.tensorrt,
-                                       manifest.profiles, timeout_s=config.tensorrt.build_timeout_s)
-            io_dtypes = {t.name: t.dtype for t in plan_artifact.engine_io.tensors}
-            plan = plan_model_config(manifest.spec, manifest.profiles, MappingOptions(
-                name=trt_name, backend="tensorrt", max_batch_size=manifest.max_batch_size,
-                instances=config.instances, kind="KIND_GPU", gpus=config.gpus or (),
-                visible_gpus=torch.cuda.device_count(), queue_delay_us=config.queue_delay_us,
-                use_cuda_graphs=config.tensorrt.use_cuda_graphs, io_dtypes=io_dtypes))
-            write_config(model_dir, render_config(plan), plan.num_profiles)
-            for extra in ("reference.npz", "edge_inputs.npz"):
-                if (home / extra).exists():
-                    shutil.copy2(home / extra, model_dir / extra)
-            stamp = plan_artifact.stamp_dict()
-            section = info.replace(status=PlanStatus.BUILT, stamp=stamp)
+            section = build_tensorrt_model(model_dir, home, info, manifest.spec, manifest.profiles,
+                                           manifest.max_batch_size, config, progress)
+            stamp = section.stamp or {}
             dataclasses.replace(manifest, name=trt_name, backend="tensorrt",
                                 tensorrt=section).sealed(model_dir).save(model_dir)
         dataclasses.replace(manifest, tensorrt=section).save(home)
         built.append(GeneratedModel(trt_name, "tensorrt", Path(repo) / trt_name, ModelStatus.READY,
-                                    "TensorRT %s" % stamp.get("tensorrt_version")))
+                                    "TensorRT %s, checked against eager PyTorch: %s"
+                                    % (stamp.get("tensorrt_version"), _check_words(section.check or {}))))
     return built
+
+
+def _check_words(check: dict) -> str:
+    """The one-line summary of a check as the manifest records it."""
+    from aitune_triton.tensorrt.plan_check import PlanCheck
+
+    return PlanCheck.from_dict(check).summary() if check else "no check recorded"
 
 
 def existing_plan(repo: Path, home: Path, info: TensorRTSection, machine: "LoaderFacts") -> GeneratedModel:

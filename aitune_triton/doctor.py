@@ -66,6 +66,27 @@ def _gpu() -> DoctorRow:
     return DoctorRow("gpu", True, "; ".join(gpus), "", False)
 
 
+def _cpu() -> DoctorRow:
+    """The instruction set an AOTInductor package generated here is compiled for (the serving hosts
+    need it), and an AOTInductor load that crashed here before (generate skips the compile)."""
+    import torch
+
+    from aitune_triton.export import aoti_crashes
+    from aitune_triton.runtime.aitune_runtime import cpu_flags_here, isa_flags
+
+    flags = cpu_flags_here()
+    detail = "%s, torch CPU capability %s; extensions: %s" % (
+        platform.machine(), torch.backends.cpu.get_cpu_capability(),
+        " ".join(isa_flags(flags)) if flags is not None else "unknown (no /proc/cpuinfo)")
+    hint = "AOTInductor packages generated here need these; generate --portable for hosts with other CPUs"
+    devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+    crashes = [c for c in (aoti_crashes.lookup(aoti_crashes.HostKey.here(d)) for d in devices) if c]
+    for crash in crashes:
+        hint += "; AOTInductor load crashed here on %s before (%s), generate skips it: %s" % (
+            crash.device, crash.when[:10], aoti_crashes.cache_path())
+    return DoctorRow("cpu", True, detail, hint, False)
+
+
 def _module_version(name: str, dist: str, required: bool, hint: str) -> Callable[[], DoctorRow]:
     def probe() -> DoctorRow:
         if importlib.util.find_spec(name) is None:
@@ -106,6 +127,21 @@ def _tensorrt() -> DoctorRow:
     if getattr(tensorrt, "__file__", None) is None and hasattr(tensorrt, "__path__"):
         return DoctorRow("tensorrt", False, "not installed (only its type stubs)", hint, False)
     return DoctorRow("tensorrt", True, tensorrt.__version__, "", False)
+
+
+def _generate_path() -> DoctorRow:
+    """Which of its two TensorRT paths ``generate`` takes here: build and check the plan (TensorRT
+    imports as a builder and creates one, so a GPU is usable), or stage the checked ONNX, the config
+    and build_plan.sh for a TensorRT/Triton container. The same test ``generate`` makes."""
+    from aitune_triton.tensorrt.availability import build_status
+
+    status = build_status()
+    if status.available:
+        return DoctorRow("generate path", True, "builds the TensorRT plan here and checks it against eager PyTorch "
+                                                "(%s)" % status.reason, "", False)
+    return DoctorRow("generate path", False, "stages ONNX + build_plan.sh for a TensorRT/Triton container (%s)"
+                     % status.reason, "build the plan with `aitune-triton build-plan` where TensorRT and a GPU are",
+                     False)
 
 
 def _polygraphy() -> DoctorRow:
@@ -197,11 +233,13 @@ PROBES: tuple[tuple[str, bool, Callable[[], DoctorRow]], ...] = (
     ("python", True, _python),
     ("torch", True, _torch),
     ("gpu", False, _gpu),
+    ("cpu", False, _cpu),
     ("numpy", False, _numpy),
     ("onnx", True, _module_version("onnx", "onnx", True, SETUP_HINT)),
     ("onnxruntime", True, _onnxruntime),
     ("tensorrt", False, _tensorrt),
     ("polygraphy", False, _polygraphy),
+    ("generate path", False, _generate_path),
     ("modelopt", False, _modelopt),
     ("tritonclient", True, _tritonclient),
     ("tritonserver", True, _tritonserver),

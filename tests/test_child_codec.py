@@ -60,6 +60,11 @@ def test_build_request_round_trips(spec_and_samples, tmp_path):
     assert isinstance(back.trt_config.quantization_config, ONNXQuantizationConfig)
     assert back.profile_set.profiles[1].shapes("tokens") == profile_set.profiles[1].shapes("tokens")
     assert isinstance(back.trt_config.timing_cache, Path) and back.trt_config.build_timeout_s == math.inf
+    from aitune_triton.tensorrt.plan_check import PlanCheckRequest
+
+    checked = BuildRequest(tmp_path / "model.onnx", tmp_path / "model.plan", trt_config, profile_set,
+                           PlanCheckRequest(tmp_path / "reference.npz", {"logits": Tolerance(0.02, 0.01)}, "fp16"))
+    assert _round_trip(checked) == checked and isinstance(_round_trip(checked).check.tolerances["logits"], Tolerance)
     torch_q = TensorRTBackendConfig(quantization_config=TorchQuantizationConfig("FP8_DEFAULT_CFG", 3),
                                     profiles=ProfileMode.SAMPLES_USED)
     assert _round_trip(torch_q) == torch_q and _round_trip(torch_q).profiles is ProfileMode.SAMPLES_USED
@@ -82,6 +87,10 @@ def test_results_round_trip(tmp_path):
     stamp = PlanStamp("10.13.0", "12.8", None, "NVIDIA H200", "9.0", "ampere_plus", True, True, 12.5)
     artifact = PlanArtifact(tmp_path / "model.plan", io, stamp, "0123456789abcdef")
     assert _round_trip(artifact) == artifact
+    from aitune_triton.tensorrt.plan_check import OutputCheck, PlanCheck
+
+    check = PlanCheck(True, 2, "fp32", (OutputCheck("y", True, 1e-5, 1e-4, 1e-4, 1e-3),))
+    assert _round_trip(PlanArtifact(tmp_path / "model.plan", io, stamp, "k", check)).check == check
     errors = {"logits": 0.0, "count": 1.5e-7, "nan": math.nan}
     back = _round_trip(errors)
     assert back["count"] == 1.5e-7 and math.isnan(back["nan"]) and type(back["logits"]) is float

@@ -66,3 +66,15 @@ def test_axis_ranges_are_checked_and_round_trip_through_the_manifest_dict():
             GenerateConfig(axis_ranges=bad)
     with pytest.raises(UserError, match=r"axis_ranges must be a dict of input name -> \{axis: \(min, max\)\}"):
         GenerateConfig(axis_ranges=[("input_ids", 1, 512)])
+
+
+def test_portable_is_a_bool_and_excludes_a_forced_aoti():
+    from aitune_triton import defaults
+
+    assert GenerateConfig().portable is defaults.PORTABLE is False
+    assert GenerateConfig(portable=True, fallback_format="export").portable
+    with pytest.raises(UserError, match="portable must be True or False, got 'yes'"):
+        GenerateConfig(portable="yes")
+    with pytest.raises(UserError, match="portable and fallback_format 'aoti' contradict: an AOTInductor package is "
+                                        "machine code for the host that compiles it"):
+        GenerateConfig(portable=True, fallback_format="aoti")

@@ -11,7 +11,8 @@ from aitune_triton import doctor
 from aitune_triton.doctor import DoctorRow
 
 EXPECTED = {
-    "python", "torch", "gpu", "numpy", "onnx", "onnxruntime", "tensorrt", "polygraphy", "modelopt",
+    "python", "torch", "gpu", "cpu", "numpy", "onnx", "onnxruntime", "tensorrt", "polygraphy", "generate path",
+    "modelopt",
     "tritonclient", "tritonserver", "python backend stub", "perf_analyzer",
 }
 REQUIRED = {"python", "torch", "onnx", "onnxruntime", "tritonclient", "tritonserver", "python backend stub",
@@ -70,3 +71,35 @@ def test_render():
     text = console.export_text()
     for word in ("torch", "2.13.0+cpu", "tensorrt", "optional", "perf_analyzer", "MISSING", "install it"):
         assert word in text
+
+
+def test_the_cpu_row_names_the_instruction_set_and_a_remembered_crash(monkeypatch, tmp_path):
+    import platform
+
+    from aitune_triton.export import aoti_crashes
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    row = doctor._cpu()
+    assert row.ok and not row.required and row.detail.startswith("%s, torch CPU capability " % platform.machine())
+    assert "crashed" not in row.hint
+    aoti_crashes.remember(aoti_crashes.HostKey.here("cpu"), "aoti check crashed (signal SIGSEGV)")
+    assert "AOTInductor load crashed here on cpu before" in doctor._cpu().hint
+
+
+def test_generate_path_says_which_path_generate_takes(tmp_path):
+    """The same test generate makes: the fake tensorrt (tests/tensorrt/fake_tensorrt) with and without a GPU."""
+    from pathlib import Path
+
+    fake = Path(__file__).resolve().parent / "tensorrt" / "fake_tensorrt"
+    root = Path(__file__).resolve().parents[1]
+    code = "from aitune_triton import doctor; row = doctor._generate_path(); print(row.ok, row.detail)"
+    seen = {}
+    for gpu in ("1", "0"):
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": "%s:%s" % (root, fake), "FAKE_TENSORRT_GPU": gpu}
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr
+        seen[gpu] = proc.stdout.strip()
+    assert seen["1"].startswith("True builds the TensorRT plan here and checks it against eager PyTorch (TensorRT "
+                                "10.9.0.34 builder and a CUDA GPU available)")
+    assert seen["0"].startswith("False stages ONNX + build_plan.sh for a TensorRT/Triton container (TensorRT 10.9.0.34 "
+                                "is installed but cannot create a builder here: no usable CUDA GPU?")

@@ -2,7 +2,9 @@
 
 ``import_tensorrt`` is the one import of TensorRT as a builder: the lean and dispatch runtimes,
 a runtime-only build, the type stubs alone or a TensorRT older than 10 are refused with a
-``TensorRTUnavailable`` that says what is missing and how to get it.
+``TensorRTUnavailable`` that says what is missing and how to get it. ``build_status`` adds the
+second condition of a build: TensorRT can create a builder, which needs a usable CUDA GPU.
+``generate`` builds the plan only when ``build_status`` says so, and ``doctor`` shows the same answer.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class TensorRTStatus:
     available: bool
     version: str | None
     reason: str
+    installed: bool = False  # ``import tensorrt`` gives a real TensorRT (it may still be unusable here)
 
 
 class TensorRTUnavailable(ModelError):
@@ -72,8 +75,48 @@ def tensorrt_status() -> TensorRTStatus:
             version = getattr(maybe, "__version__", None)
         except Exception:
             pass
-        return TensorRTStatus(False, version, str(exc))
+        return TensorRTStatus(False, version, str(exc), installed=version is not None)
     except Exception as exc:  # a broken install must not take the caller down
         return TensorRTStatus(False, None, "import tensorrt crashed: %s: %s" % (type(exc).__name__, exc))
-    return TensorRTStatus(True, trt.__version__, "TensorRT %s builder available" % trt.__version__)
+    return TensorRTStatus(True, trt.__version__, "TensorRT %s builder available" % trt.__version__, installed=True)
+
+
+def _builder_problem() -> str | None:
+    """Why TensorRT cannot create a builder in this process (None: it can). Without a usable CUDA
+    GPU TensorRT logs a CUDA initialization failure and the ``Builder`` constructor fails."""
+    import tensorrt as trt
+
+    errors: list[str] = []
+
+    class Capture(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
+            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
+                errors.append(" ".join(msg.split()))
+
+    try:
+        builder = trt.Builder(Capture())
+    except Exception as exc:  # pybind11 raises TypeError when TensorRT's factory returns null
+        return errors[-1] if errors else "%s: %s" % (type(exc).__name__, exc)
+    del builder
+    return None
+
+
+def build_status() -> TensorRTStatus:
+    """Whether ``generate`` can build a plan here: TensorRT imports as a builder *and* creates one
+    (that needs a CUDA GPU it can use). Never raises; ``reason`` says what is missing."""
+    status = tensorrt_status()
+    if not status.available:
+        return status
+    try:
+        problem = _builder_problem()
+    except Exception as exc:  # a broken install must not take the caller down
+        problem = "%s: %s" % (type(exc).__name__, exc)
+    if problem:
+        return TensorRTStatus(False, status.version, "TensorRT %s is installed but cannot create a builder here: no "
+                              "usable CUDA GPU? (%s)" % (status.version, problem), installed=True)
+    return TensorRTStatus(True, status.version, "TensorRT %s builder and a CUDA GPU available" % status.version,
+                          installed=True)
 

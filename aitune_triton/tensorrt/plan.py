@@ -19,6 +19,8 @@ from aitune_triton.errors import ModelError, UserError
 if TYPE_CHECKING:  # the type checker reads TensorRT's API from tensorrt-stubs; at run time it is imported lazily
     import tensorrt
 
+    from aitune_triton.tensorrt.plan_check import PlanCheck
+
 log = logging.getLogger(__name__)
 
 # TensorRT DataType member name -> the dtype names used in spec.py
@@ -146,20 +148,21 @@ class PlanStamp:
 
 @dataclass(frozen=True)
 class PlanArtifact:
-    """A built plan: where it is, its I/O as TensorRT reports it, what it is tied to, and the key of
-    the settings it was built with."""
+    """A built plan: where it is, its I/O as TensorRT reports it, what it is tied to, the key of
+    the settings it was built with, and its check against eager PyTorch (None: not checked)."""
 
     path: Path
     engine_io: EngineIO
     stamp: PlanStamp
     config_key: str
+    check: "PlanCheck | None" = None
 
     def stamp_dict(self) -> dict:
         return self.stamp.to_dict()
 
     def to_dict(self) -> dict:
         return {"path": str(self.path), "io": self.engine_io.to_dict(), "stamp": self.stamp.to_dict(),
-                "config_key": self.config_key}
+                "config_key": self.config_key, "check": self.check.to_dict() if self.check else None}
 
     @classmethod
     def from_dict(cls, d: dict) -> "PlanArtifact":

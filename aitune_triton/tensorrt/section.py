@@ -12,9 +12,10 @@ from typing import Any
 
 
 class PlanStatus(str, Enum):
-    """``pending``: the checked ONNX, config and build_plan.sh are staged, no plan yet;
-    ``built``: ``build-plan`` built and activated the plan; ``export_failed``: no ONNX could be
-    staged (the reason says why; the Python fallback serves)."""
+    """``pending``: the checked ONNX, config and build_plan.sh are staged, no plan yet (the reason
+    says why: no TensorRT or GPU here, or the stage of the build that failed); ``built``:
+    ``generate`` or ``build-plan`` built the plan, checked it against eager PyTorch and activated
+    it; ``export_failed``: no ONNX could be staged (the reason says why; the Python fallback serves)."""
 
     PENDING = "pending"
     BUILT = "built"
@@ -105,6 +106,7 @@ class TensorRTSection:
     settings: dict = field(default_factory=dict)
     quantization: QuantizationRecord | None = None
     stamp: dict | None = None
+    check: dict | None = None  # the built plan against eager PyTorch on the samples (``PlanCheck.to_dict``)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", PlanStatus(self.status))

@@ -3,7 +3,10 @@ of the ``tensorrt`` module and of an engine that follow the TensorRT 10 Python A
 is not installed where these tests usually run)."""
 
 import enum
+import os
+import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -128,3 +131,23 @@ def fake_trt():
 def fake_engine():
     """``fake_engine(trt, tensors, profiles)``: an ``ICudaEngine`` stand-in."""
     return FakeEngine
+
+
+FAKE_TENSORRT = Path(__file__).resolve().parent / "fake_tensorrt"  # an importable fake ``tensorrt`` package
+FAKE_SWITCHES = ("FAKE_TENSORRT_GPU", "FAKE_TENSORRT_FAIL", "FAKE_TENSORRT_OUTPUT_OFFSET")
+
+
+@pytest.fixture
+def fake_tensorrt_installed(monkeypatch):
+    """``import tensorrt`` finds the fake package here and in every child process (PYTHONPATH); its
+    switches (``FAKE_TENSORRT_*``, see its docstring) start unset. The module is forgotten afterwards."""
+    if TRT_MISSING is None:
+        pytest.skip("a real TensorRT is installed here")
+    for name in FAKE_SWITCHES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.syspath_prepend(str(FAKE_TENSORRT))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(FAKE_TENSORRT), os.environ.get("PYTHONPATH"))
+                                                      if p))
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    yield monkeypatch
+    sys.modules.pop("tensorrt", None)

@@ -29,7 +29,7 @@ def _install(monkeypatch, fake_trt, fake_engine, outputs):
 
     def network_from_onnx_path(path, strongly_typed=None):
         seen["network"] = (path, strongly_typed)
-        return "network-loader"
+        return lambda: "parsed network"
 
     def engine_bytes_from_network(network, config, save_timing_cache=None):
         seen["engine"] = (network, config, save_timing_cache)
@@ -61,7 +61,7 @@ def test_build_in_process_pipeline(fake_pipeline, single, tmp_path):
     art = build_child.build_in_process(tmp_path / "model.onnx", plan, cfg, single)
     assert seen["network"] == (str(tmp_path / "model.onnx"), True)
     network, config, save_cache = seen["engine"]
-    assert network == "network-loader" and save_cache == str(cache) and cache.parent.is_dir()
+    assert network == "parsed network" and save_cache == str(cache) and cache.parent.is_dir()
     assert isinstance(config, CreateConfig) and config.memory_pool_limits == {fake.MemoryPoolType.WORKSPACE: 1 << 30}
     assert config.hardware_compatibility_level is fake.HardwareCompatibilityLevel.AMPERE_PLUS and not config.fp16
     assert plan.read_bytes() == b"PLAN-BYTES" == seen["plan_bytes"] and list(plan.parent.iterdir()) == [plan]
@@ -92,6 +92,6 @@ def test_build_turns_tensorrts_own_failure_into_one_line(fake_pipeline, monkeypa
     monkeypatch.setattr(ptrt, "NetworkFromOnnxPath", network_from_onnx_path)
     request = build_child.BuildRequest(tmp_path / "model.onnx", tmp_path / "model.plan", TensorRTBackendConfig(),
                                        single)
-    with pytest.raises(ModelError, match=r"^TensorRT could not build the plan: Invalid Engine\.$"):
+    with pytest.raises(ModelError, match=r"^TensorRT parse stage failed: Invalid Engine\.$"):
         build_child.build(request)
     assert "RuntimeError: Invalid Engine." in capsys.readouterr().err  # the traceback goes to the build log
