@@ -112,7 +112,7 @@ class Envelope:
     batch_detail: str = ""
     axes: tuple[AxisRange, ...] = ()
     curve: tuple[BatchPoint, ...] = ()
-    seconds: float = 0.0  # spent probing and measuring
+    seconds: float = 0.0  # spent probing and measuring (not written: a manifest must not change run to run)
     # estimated eager milliseconds of one forward at max batch with every axis at its max: the
     # joint corner is checked (export check, validate) only when it is affordable; None: not estimated
     corner_ms: float | None = None
@@ -156,15 +156,14 @@ class Envelope:
     def to_dict(self) -> dict[str, Any]:
         return {"max_batch_size": self.max_batch_size, "batch_source": self.batch_source.value,
                 "batch_detail": self.batch_detail, "axes": [r.to_dict() for r in self.axes],
-                "batch_curve": [p.to_dict() for p in self.curve], "seconds": round(self.seconds, 2),
-                "corner_ms": None if self.corner_ms is None else round(self.corner_ms, 1)}
+                "batch_curve": [p.to_dict() for p in self.curve], "corner_ms": None if self.corner_ms is None else round(self.corner_ms, 1)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Envelope":
         return cls(int(d["max_batch_size"]), Source(d.get("batch_source", "samples")), str(d.get("batch_detail", "")),
                    tuple(AxisRange.from_dict(r) for r in d.get("axes", [])),
-                   tuple(BatchPoint.from_dict(p) for p in d.get("batch_curve", [])), float(d.get("seconds", 0.0)),
-                   None if d.get("corner_ms") is None else float(d["corner_ms"]))
+                   tuple(BatchPoint.from_dict(p) for p in d.get("batch_curve", [])),
+                   corner_ms=None if d.get("corner_ms") is None else float(d["corner_ms"]))
 
 
 # ----------------------------------------------------------------------------- declared ranges
