@@ -156,7 +156,8 @@ class Envelope:
     def to_dict(self) -> dict[str, Any]:
         return {"max_batch_size": self.max_batch_size, "batch_source": self.batch_source.value,
                 "batch_detail": self.batch_detail, "axes": [r.to_dict() for r in self.axes],
-                "batch_curve": [p.to_dict() for p in self.curve], "corner_ms": None if self.corner_ms is None else round(self.corner_ms, 1)}
+                "batch_curve": [p.to_dict() for p in self.curve],
+                "corner_ms": None if self.corner_ms is None else round(self.corner_ms, 1)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Envelope":
