@@ -137,5 +137,5 @@ def test_envelope_round_trips_and_judges_the_joint_corner():
 def dataclasses_replace_seconds(env: Envelope) -> Envelope:
     import dataclasses
 
-    return dataclasses.replace(env, seconds=0.0, curve=tuple(BatchPoint(p.batch, round(p.latency_ms, 3), round(p.rows_per_s, 1))
-                                                for p in env.curve))
+    curve = tuple(BatchPoint(p.batch, round(p.latency_ms, 3), round(p.rows_per_s, 1)) for p in env.curve)
+    return dataclasses.replace(env, seconds=0.0, curve=curve)
