@@ -49,7 +49,7 @@ from aitune_triton.triton.manifest import (REFERENCE, ChecksSection, Manifest, O
                                            ReferenceCase, Versions, save_reference)
 from aitune_triton.probe import ProbeResult, probe
 from aitune_triton.triton.mapping import MappingOptions, ModelConfigPlan, client_shape_notes, plan_model_config
-from aitune_triton.triton.render import render_config, write_config
+from aitune_triton.triton.render import SCHEMA_SKIPPED, render_config, schema, write_config
 from aitune_triton.triton.tuning_section import TuningSection
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,13 @@ class Prepared:
     device: str
     probe: ProbeResult | None = None
     envelope: Envelope | None = None
+    # the samples' eager outputs computed on ``device`` (the reference every artifact and validate
+    # are compared with); None: ``source.outputs``, already computed there
+    device_outputs: tuple | None = None
+
+    @property
+    def outputs(self) -> tuple:
+        return self.source.outputs if self.device_outputs is None else self.device_outputs
 
     @property
     def notes(self) -> tuple[str, ...]:
@@ -219,7 +226,30 @@ def prepare(model_py: Path, overrides: dict | None = None) -> Prepared:
     if custom and spec.batching:
         env = dataclasses.replace(env, max_batch_size=profiles.max_batch_size)
     name = config.name or default_model_name(source.path)
-    return Prepared(source, config, spec, profiles, name, device, probed, env)
+    return Prepared(source, config, spec, profiles, name, device, probed, env,
+                    outputs_on_device(source, spec, device))
+
+
+def outputs_on_device(source: ModelSource, spec: IOSpec, device: str) -> tuple | None:
+    """The samples' eager outputs computed on ``device`` with the model's own dtypes, when model.py
+    built the model elsewhere (a float16 model on the CPU served on the GPU): the served artifact
+    runs there, so its reference must too. None when the outputs were computed there already."""
+    from aitune_triton.export.torch_program import on_device
+
+    leaves = [t for out in source.outputs for _, t in flatten_outputs(out)]
+    if all(t.device.type == device for t in leaves):
+        return None
+    try:
+        model = on_device(source.model, device)
+        with torch.inference_mode():
+            return tuple(call_with_feed(model, spec, {k: v.to(device) for k, v in sample_feed(spec, s).items()})
+                         for s in source.samples)
+    except Exception as exc:  # the model's own failure on that device, in one line
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ModelError("the model runs on %s in model.py but fails on %s, where the fallback would serve it: "
+                         "%s: %s; generate with --device %s, or fix the model for %s"
+                         % (", ".join(sorted({t.device.type for t in leaves})), device, type(exc).__name__,
+                            first[:300], leaves[0].device.type if leaves else "cpu", device)) from exc
 
 
 def model_names(prep: Prepared) -> dict[str, str]:
@@ -255,7 +285,7 @@ def _manifest(prep: Prepared, name: str, backend: str, **sections) -> Manifest:
 
 
 def _write_common(prep: Prepared, model_dir: Path) -> dict:
-    save_reference(model_dir / REFERENCE, reference_cases(prep.spec, prep.source.samples, prep.source.outputs))
+    save_reference(model_dir / REFERENCE, reference_cases(prep.spec, prep.source.samples, prep.outputs))
     if prep.config.make_inputs is not None:  # validate has no model.py: its edge inputs are made now
         from aitune_triton.validate.edge_inputs import EDGE_INPUTS, save_edge_inputs
 
@@ -278,7 +308,7 @@ def _export_onnx(prep: Prepared, path: Path, progress: Progress):
 def _build_fallback(prep: Prepared, version_dir: Path, fmt: str):
     from aitune_triton.export.torch_export import build_fallback
 
-    return build_fallback(prep.source.path, prep.source.model, prep.spec, prep.source.samples, prep.source.outputs,
+    return build_fallback(prep.source.path, prep.source.model, prep.spec, prep.source.samples, prep.outputs,
                           prep.profiles, version_dir, device=prep.device, preferred=fmt,
                           tolerance=prep.config.tolerance_override, portable=prep.config.portable,
                           retry_crashed=prep.config.fallback_format == "aoti",
@@ -309,7 +339,7 @@ def _select_fallback(prep: Prepared, version_dir: Path, strategy: str, progress:
         raise ModelError("no fallback format reproduces eager PyTorch; see --debug for each format's reason")
     progress("stage-1 tuning: measuring %s" % ", ".join(c.name for c in candidates))
     feeds = [sample_feed(prep.spec, s) for s in prep.source.samples]
-    refs = [dict(flatten_outputs(o)) for o in prep.source.outputs]
+    refs = [dict(flatten_outputs(o)) for o in prep.outputs]
     batches = sorted({1, *prep.profiles.opt_batches(), max(prep.profiles.max_batch_size, 1)}) \
         if prep.spec.batching else None
     selection = select_candidate(candidates, feeds, refs, strategy, prep.config.budget_ms,
@@ -487,6 +517,8 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
     prep = prepare(model_py, dict(overrides or {}))
     names = model_names(prep)
     results, notes, selection = [], list(prep.notes), None
+    if schema() is None:
+        notes.append(SCHEMA_SKIPPED)
     trt_status = build_status() if "tensorrt" in names else None
     with repository.stage_models(out, list(names.values()), force=force) as staged:
         trt_info: TensorRTSection | None = None

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from aitune_triton import procs
+from aitune_triton.triton import tools
 from aitune_triton.errors import ServerError
 from aitune_triton.triton.launch import (
     Ports,
@@ -239,7 +240,7 @@ class TritonServer(ServerAPI):
     def _start_once(self) -> "TritonServer":
         binary = server_binary(self.options)
         if not binary.exists():
-            raise ServerError("tritonserver not found at %s" % binary)
+            raise ServerError("tritonserver not found at %s; get one with %s" % (binary, tools.GET_TRITONSERVER))
         names = tuple(n for n in self.options.load_models if n != "*")
         if "*" in self.options.load_models and isinstance(self.repo, Path) and self.repo.is_dir():
             names = tuple(p.name for p in self.repo.iterdir() if p.is_dir())
@@ -280,6 +281,14 @@ class TritonServer(ServerAPI):
         log.info("tritonserver ready: pid %d, http %s, grpc %s", proc.pid, self.http_url, self.grpc_url)
         return self
 
+    def _backend_hint(self, failed: list[str]) -> str:
+        """For a backend the server could not find: where it looked and the option that names the folder."""
+        if not any("unable to find backend library" in f for f in failed):
+            return ""
+        flag = next((a.split("=", 1)[1] for a in self.command if a.startswith("--backend-directory=")), None)
+        return ("; the server looked in %s: pass its backends folder with --backend-directory"
+                % (flag or "its default (/opt/tritonserver/backends)"))
+
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.options.startup_timeout_s
         while True:
@@ -294,7 +303,7 @@ class TritonServer(ServerAPI):
                 # never becomes a model state), so the requested models are checked by name
                 failed = self._startup_failures(final=status == 200)
                 if failed:
-                    raise self._error("model(s) failed to load: %s" % "; ".join(failed))
+                    raise self._error("model(s) failed to load: %s%s" % ("; ".join(failed), self._backend_hint(failed)))
                 if status == 200:
                     self._confirm_endpoints()
                     return

@@ -303,7 +303,38 @@ def test_check_rejects_a_mismatching_artifact(tmp_path):
     assert not any((tmp_path / "1").iterdir())
     flipped = [(o[0], o[1], ~o[2]) for o in src.outputs]
     with pytest.raises(ModelError, match=r"output 'output_2' differs .* values differ \(exact dtype torch.bool\)"):
-        build(src, spec, profiles, tmp_path / "2", "eager", outputs=flipped)
+        build(src, spec, profiles, tmp_path / "2", "export", outputs=flipped)
+
+
+def test_a_tolerance_miss_names_the_knobs_that_loosen_it(tmp_path):
+    src, spec, profiles = prepare(EXAMPLES / "multi_io" / "model.py")
+    wrong = [(o[0] + 0.5, o[1], o[2]) for o in src.outputs]
+    with pytest.raises(ModelError, match=r"differs from eager .*; if the difference is expected at this precision, "
+                                         r"loosen the check with generate --atol/--rtol \(per element\) or --rel-l2 "
+                                         r"\(relative L2 error\), or GenerateConfig\(atol=, rtol=, rel_l2=\)$"):
+        build(src, spec, profiles, tmp_path / "1", "export", outputs=wrong)
+
+
+def test_the_eager_artifact_is_never_refused_against_itself(tmp_path, caplog):
+    """A reference that differs from what the module computes (non-deterministic kernels, another
+    device's rounding) is logged for eager, never a refusal: eager *is* the reference."""
+    src, spec, profiles = prepare(EXAMPLES / "multi_io" / "model.py")
+    wrong = [(o[0] + 0.5, o[1], ~o[2]) for o in src.outputs]
+    art = build(src, spec, profiles, tmp_path / "1", "eager", outputs=wrong)
+    assert art.format == "eager" and art.max_errors["output_0"] == pytest.approx(0.5, rel=1e-3)
+
+
+def test_reference_outputs_are_recomputed_on_the_artifact_device(tmp_path):
+    """Outputs computed elsewhere (here: on the meta device, shapes only) are not the reference of a
+    ``cpu`` artifact: every case is rerun on the device, so the check compares like with like."""
+    src, spec, profiles = prepare(EXAMPLES / "multi_io" / "model.py")
+    elsewhere = [tuple(t.to("meta") for t in o) for o in src.outputs]
+    cases = reference_cases(src.model, spec, src.samples, elsewhere, 16, device="cpu")
+    for (_, _, got), out in zip(cases[:len(src.outputs)], src.outputs, strict=True):
+        assert all(got[n].device.type == "cpu" for n in got)
+        assert torch.equal(got["output_0"], out[0])
+    art = build(src, spec, profiles, tmp_path / "1", "export", outputs=elsewhere)
+    assert art.format == "export" and art.max_errors["output_0"] < 1e-4
 
 
 
