@@ -34,12 +34,13 @@ import torch
 
 from aitune_triton import __version__
 from aitune_triton.config import GenerateConfig, tolerance_for
+from aitune_triton.envelope import Envelope, Source, apply_envelope, choose_envelope
 from aitune_triton.errors import ModelError, UserError
 from aitune_triton.integrity import verify_model
 from aitune_triton.source import ModelSource, load_model_source
 from aitune_triton.spec import IOSpec, Sample, call_with_feed, flatten_outputs, record_spec, sample_feed
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
-from aitune_triton.tensorrt.profiles import ProfileSet, derive_profiles
+from aitune_triton.tensorrt.profiles import ProfileMode, ProfileSet, derive_profiles, narrower_than
 from aitune_triton.tensorrt.section import PlanStatus, TensorRTSection
 from aitune_triton.tensorrt.stamp import LoaderFacts
 from aitune_triton.triton import repository
@@ -83,6 +84,7 @@ class GenerateResult:
     models: tuple[GeneratedModel, ...]
     notes: tuple[str, ...] = field(default=())
     selection: Any = None
+    envelope: tuple[str, ...] = field(default=())  # one line per input: the sizes it accepts
 
 
 def resolve_device(device: str) -> str:
@@ -154,6 +156,7 @@ class Prepared:
     name: str
     device: str
     probe: ProbeResult | None = None
+    envelope: Envelope | None = None
     # the samples' eager outputs computed on ``device`` (the reference every artifact and validate
     # are compared with); None: ``source.outputs``, already computed there
     device_outputs: tuple | None = None
@@ -165,16 +168,44 @@ class Prepared:
     @property
     def notes(self) -> tuple[str, ...]:
         """What the user must know about how the model is served (batching, output dims, shapes)."""
-        return self.source.notes + (self.probe.notes if self.probe else ()) + client_shape_notes(self.spec)
+        notes = self.source.notes + (self.probe.notes if self.probe else ()) + client_shape_notes(self.spec)
+        if "tensorrt" in self.config.backends:
+            narrow = narrower_than(self.spec, self.profiles)
+            if narrow:
+                notes += ("the TensorRT profiles (%s) take a narrower range than the fallback: %s; requests outside "
+                          "them are refused by the TensorRT model (ProfileMode.SINGLE or wider profiles cover it)"
+                          % (self.profiles.mode, "; ".join(narrow)),)
+        return notes
+
+    @property
+    def envelope_lines(self) -> tuple[str, ...]:
+        return self.envelope.lines(self.spec) if self.envelope else ()
+
+
+def _envelope(source: ModelSource, spec: IOSpec, config: GenerateConfig, device: str) -> Envelope:
+    """The serving envelope (``aitune_triton.envelope``); user TensorRT profiles without a
+    ``max_batch_size`` keep deciding the batch, as they did before the envelope existed."""
+    by_profiles = not isinstance(config.tensorrt.profiles, ProfileMode) and config.max_batch_size is None
+    env = choose_envelope(source.model, spec, source.samples, device=device, declared=config.axis_ranges,
+                          max_batch_size=1 if by_profiles else config.max_batch_size, budget_ms=config.budget_ms)
+    if by_profiles:  # the max batch is the profiles' (prepare sets it once they are derived)
+        env = dataclasses.replace(env, batch_source=Source.DECLARED, batch_detail="the TensorRT profiles")
+    return env
 
 
 def prepare(model_py: Path, overrides: dict | None = None, model_py_timeout_s: float | None = None) -> Prepared:
-    """``model_py_timeout_s``: the limit on importing model.py and on ``get_samples()`` (None: from
-    ``$AITUNE_MODEL_PY_TIMEOUT_S`` or the default; 0: none)."""
+    """Everything derived from model.py before anything is written, the serving envelope included
+    (part of the spec stage: its errors come before anything else is printed). ``model_py_timeout_s``:
+    the limit on importing model.py and on ``get_samples()`` (None: from ``$AITUNE_MODEL_PY_TIMEOUT_S``
+    or the default; 0: none)."""
     source = load_model_source(model_py, (overrides or {}).get("max_detections"), resolve_timeout(model_py_timeout_s))
     config = source.config or GenerateConfig()
     if overrides:
         trt_over = overrides.pop("tensorrt", None) or {}
+        cli_axes = overrides.get("axis_ranges")
+        if isinstance(cli_axes, dict) and config.axis_ranges:  # --axis adds to get_config()'s ranges
+            overrides["axis_ranges"] = {**config.axis_ranges, **{k: {**config.axis_ranges.get(k, {}), **v}
+                                                                 for k, v in cli_axes.items()}}
         config = config.replace(**overrides)
         if trt_over:
             config = config.replace(tensorrt=config.tensorrt.replace(**trt_over))
@@ -188,11 +219,18 @@ def prepare(model_py: Path, overrides: dict | None = None, model_py_timeout_s: f
         raise UserError("input_ranges names unknown input(s) %s; the inputs are %s"
                         % (unknown, [t.name for t in spec.inputs]))
     probed = probe(source.model, spec, source.samples, config.tolerance_override, config.output_dims)
-    spec = probed.spec
-    profiles = derive_profiles(spec, source.samples, config.tensorrt.profiles, config.max_batch_size)
-    name = config.name or default_model_name(source.path)
     device = resolve_device(config.device)
-    return Prepared(source, config, spec, profiles, name, device, probed, outputs_on_device(source, spec, device))
+    env = _envelope(source, probed.spec, config, device)
+    spec = apply_envelope(probed.spec, env)
+    custom = not isinstance(config.tensorrt.profiles, ProfileMode)
+    profiles = derive_profiles(spec, source.samples, config.tensorrt.profiles,
+                               config.max_batch_size if custom else (env.max_batch_size if spec.batching else None),
+                               declared=config.axis_ranges)
+    if custom and spec.batching:
+        env = dataclasses.replace(env, max_batch_size=profiles.max_batch_size)
+    name = config.name or default_model_name(source.path)
+    return Prepared(source, config, spec, profiles, name, device, probed, env,
+                    outputs_on_device(source, spec, device))
 
 
 def outputs_on_device(source: ModelSource, spec: IOSpec, device: str) -> tuple | None:
@@ -246,7 +284,7 @@ def _manifest(prep: Prepared, name: str, backend: str, **sections) -> Manifest:
         tolerances={t.name: tolerance_for(t.dtype, override) for t in prep.spec.outputs},
         versions=versions(prep.device), config=prep.config.to_dict(),
         checks=dataclasses.replace(prep.probe.checks if prep.probe else ChecksSection(), notes=prep.notes),
-        **sections)
+        envelope=prep.envelope, **sections)
 
 
 def _write_common(prep: Prepared, model_dir: Path) -> dict:
@@ -255,7 +293,8 @@ def _write_common(prep: Prepared, model_dir: Path) -> dict:
         from aitune_triton.validate.edge_inputs import EDGE_INPUTS, save_edge_inputs
 
         save_edge_inputs(model_dir / EDGE_INPUTS, prep.config.make_inputs, prep.spec, prep.profiles,
-                         prep.profiles.max_batch_size)
+                         prep.profiles.max_batch_size,
+                         joint_corner=prep.envelope.joint_corner_ok() if prep.envelope else True)
     return write_warmup(prep.spec, prep.source.samples[0], model_dir / "warmup")
 
 
@@ -275,7 +314,8 @@ def _build_fallback(prep: Prepared, version_dir: Path, fmt: str):
     return build_fallback(prep.source.path, prep.source.model, prep.spec, prep.source.samples, prep.outputs,
                           prep.profiles, version_dir, device=prep.device, preferred=fmt,
                           tolerance=prep.config.tolerance_override, portable=prep.config.portable,
-                          retry_crashed=prep.config.fallback_format == "aoti")
+                          retry_crashed=prep.config.fallback_format == "aoti",
+                          joint_corner=prep.envelope.joint_corner_ok() if prep.envelope else True)
 
 
 def _select_fallback(prep: Prepared, version_dir: Path, strategy: str, progress: Progress):
@@ -329,7 +369,8 @@ def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress
     else:
         progress("building the PyTorch fallback (AOTInductor, ExportedProgram or eager)")
         artifact, selection = _build_fallback(prep, version_dir, prep.config.fallback_format), None
-    served = write_python_model(version_dir, prep.spec, artifact, prep.profiles.max_batch_size, model_name=name)
+    served = write_python_model(version_dir, prep.spec, artifact, prep.profiles.max_batch_size, model_name=name,
+                                accepted=prep.envelope.readme_lines(prep.spec) if prep.envelope else ())
     plan = _mapping(prep, name, "python", warmup_dims)
     write_config(model_dir, render_config(plan), plan.num_profiles)
     manifest = _manifest(prep, name, "python", artifact=artifact,
@@ -563,7 +604,7 @@ def _generate(model_py: Path, out: Path, overrides: dict | None, force: bool, pr
             results.append(GeneratedModel(names["onnxruntime"], "onnxruntime", out / names["onnxruntime"],
                                           ModelStatus.READY, "ONNX opset %s" % onnx.opset))
         progress("writing %s into %s" % (", ".join(names.values()), out))
-    return GenerateResult(Path(out), tuple(results), tuple(notes), selection)
+    return GenerateResult(Path(out), tuple(results), tuple(notes), selection, prep.envelope_lines)
 
 
 
