@@ -36,10 +36,11 @@ def pyrepr(value: object) -> str:
 
 @functools.lru_cache(maxsize=1)
 def template_env() -> jinja2.Environment:
-    try:
-        root = importlib.resources.files("aitune_triton.templates")
-    except ModuleNotFoundError:  # a source checkout on PYTHONPATH: templates/ beside the package
-        root = Path(__file__).resolve().parents[1] / "templates"
+    beside = Path(__file__).resolve().parents[1] / "templates"
+    if (beside / "__init__.py").is_file():  # a source checkout: its own templates/, beside the package
+        root = beside
+    else:
+        root = importlib.resources.files("aitune_triton.templates")  # type: ignore[assignment]
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(root)),
         undefined=jinja2.StrictUndefined,
