@@ -269,7 +269,9 @@ def preflight(plan: CheckpointPlan) -> None:
     transformers.logging.disable_progress_bar()
     auto = getattr(transformers, plan.auto_class)
     try:
-        _, info = auto.from_pretrained(str(plan.path), local_files_only=True, output_loading_info=True)
+        # mismatched sizes come back in the loading info (named) rather than as a bare error
+        _, info = auto.from_pretrained(str(plan.path), local_files_only=True, output_loading_info=True,
+                                       ignore_mismatched_sizes=True)
     except ValueError as exc:  # an architecture the Auto class does not map for this task
         raise _fail(plan.path, "%s cannot load it for task %s: %s" % (plan.auto_class, plan.task,
                                                                        _first_line(exc))) from None
@@ -278,7 +280,9 @@ def preflight(plan: CheckpointPlan) -> None:
     missing = list(info.get("missing_keys") or [])
     mismatched = list(info.get("mismatched_keys") or [])
     if missing or mismatched:
-        names = [str(k[0] if isinstance(k, tuple) else k) for k in (mismatched or missing)]
+        names = sorted(str(k[0]) + (" %s in the file, %s from config.json" % tuple(
+            "x".join(map(str, shape)) for shape in k[1:3]) if len(k) >= 3 else "")
+            if isinstance(k, tuple) else str(k) for k in (mismatched or missing))
         raise _fail(plan.path / plan.weights, "the weights do not match %s for task %s: %d tensor(s) %s (%s); "
                     "check config.json or pass the right --task"
                     % (plan.architecture, plan.task, len(names), "of another shape" if mismatched else "missing",
@@ -319,7 +323,7 @@ def describe(plan: CheckpointPlan, backends: tuple[str, ...] = ("python", "tenso
     lines = ["checkpoint: %s" % plan.path,
              "architecture: %s (model_type %s)" % (plan.architecture, plan.model_type),
              "task: %s (%s)" % (plan.task, "inferred from the architecture" if plan.task_inferred else "--task"),
-             "loads with: transformers.%s.from_pretrained(path, local_files_only=True)%s"
+             "loads with: transformers.%s.from_pretrained(path, local_files_only=True%s)"
              % (plan.auto_class, ", use_cache=False" if plan.causal else ""),
              "weights: %s" % plan.weights,
              "samples: %s" % ("random pixel tensors at batch 1, 2, 4" if plan.vision else

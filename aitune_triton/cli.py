@@ -16,6 +16,7 @@ from aitune_triton.console import make_console
 
 from aitune_triton import defaults
 from aitune_triton.version import __version__
+from aitune_triton.checkpoint import TASKS
 from aitune_triton.errors import AituneError
 from aitune_triton.progress import stage_progress
 from aitune_triton.procs import Terminated, handle_termination
@@ -161,10 +162,13 @@ def main(debug: bool) -> None:
               help="Stage-1 tuning: measure every fallback format and keep the one this strategy picks.")
 @click.option("--budget-ms", type=float, help="Latency budget for --strategy latency-budget.")
 @click.option("--force", is_flag=True, help="Replace models of the same name.")
+@click.option("--task", type=click.Choice(TASKS),
+              help="For a checkpoint directory: the task to serve (default: from config.json's architecture).")
 @_handle_errors
 def generate(model_py, out, name, backends, max_batch_size, instances, gpus, device, max_queue_delay_us,
-             fallback_format, precision, cuda_graphs, strategy, budget_ms, force):
-    """Generate Triton model directories for MODEL_PY (defines get_model() and get_samples())."""
+             fallback_format, precision, cuda_graphs, strategy, budget_ms, force, task):
+    """Generate Triton model directories for MODEL_PY (defines get_model() and get_samples()), or for a
+    Hugging Face checkpoint directory (config.json + weights): its model.py is generated."""
     from aitune_triton.api import generate as run
     from aitune_triton.config import NOT_GIVEN
 
@@ -177,7 +181,7 @@ def generate(model_py, out, name, backends, max_batch_size, instances, gpus, dev
     overrides = {k: NOT_GIVEN if v is None else v for k, v in given.items()}
     overrides["tensorrt"] = trt
     with stage_progress(console, "generating") as progress:
-        result = run(model_py, out, overrides, force=force, progress=progress)
+        result = run(model_py, out, overrides, force=force, progress=progress, task=task)
     if result.selection is not None:
         make_console(stderr=True, width=max(console.width, 140)).print(result.selection.to_table())
     for model in result.models:
@@ -186,6 +190,18 @@ def generate(model_py, out, name, backends, max_batch_size, instances, gpus, dev
     for note in result.notes:
         console.print(note, markup=False, soft_wrap=True)
     console.print("wrote %s" % result.repository)
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--task", type=click.Choice(TASKS), help="The task to serve (default: from the architecture).")
+@_handle_errors
+def inspect(path, task):
+    """Print what generate would build from the checkpoint directory PATH, without generating."""
+    from aitune_triton.checkpoint import describe, plan_checkpoint
+
+    for line in describe(plan_checkpoint(path, task)):
+        click.echo(line)
 
 
 @main.command("build-plan")
