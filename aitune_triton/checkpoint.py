@@ -198,12 +198,6 @@ def infer_task(architecture: str, config: dict[str, Any]) -> Task | None:
     return None
 
 
-def is_checkpoint_dir(path: Path) -> bool:
-    """A directory that generate treats as a checkpoint (a model.py in it wins)."""
-    path = Path(path)
-    return path.is_dir() and not (path / "model.py").is_file()
-
-
 def plan_checkpoint(path: Path, task: str | None = None) -> CheckpointPlan:
     """Read ``config.json`` and decide what to generate. ``task`` overrides the guess."""
     path = Path(path).resolve()
@@ -280,7 +274,7 @@ def preflight(plan: CheckpointPlan) -> None:
     missing = list(info.get("missing_keys") or [])
     mismatched = list(info.get("mismatched_keys") or [])
     if missing or mismatched:
-        names = sorted(str(k[0]) + (" %s in the file, %s from config.json" % tuple(
+        names = sorted(str(k[0]) + (" [%s in the file vs %s from config.json]" % tuple(
             "x".join(map(str, shape)) for shape in k[1:3]) if len(k) >= 3 else "")
             if isinstance(k, tuple) else str(k) for k in (mismatched or missing))
         raise _fail(plan.path / plan.weights, "the weights do not match %s for task %s: %d tensor(s) %s (%s); "
