@@ -21,9 +21,10 @@ demo: setup
 test: setup
 	@bash scripts/run-tests.sh
 
-# regenerate the committed reference repository after a change to what generate writes
+# regenerate the committed reference repository after a change to what generate writes; --portable: it
+# must load on any x86-64 host CI or a newcomer has (an ExportedProgram, not a package of this CPU's ISA)
 reference: setup
-	$(CLI) generate examples/cnn/model.py --out model_repository --force
+	$(CLI) generate examples/cnn/model.py --out model_repository --force --portable
 
 # a wheel of this checkout (dist/aitune_triton-*.whl), e.g. to install the tool in a Triton container
 dist: setup

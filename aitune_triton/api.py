@@ -35,7 +35,7 @@ import torch
 from aitune_triton import __version__
 from aitune_triton.config import GenerateConfig, tolerance_for
 from aitune_triton.errors import ModelError, UserError
-from aitune_triton.integrity import verify_artifacts
+from aitune_triton.integrity import verify_model
 from aitune_triton.source import ModelSource, load_model_source
 from aitune_triton.spec import IOSpec, Sample, call_with_feed, flatten_outputs, record_spec, sample_feed
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
@@ -157,11 +157,11 @@ class Prepared:
     @property
     def notes(self) -> tuple[str, ...]:
         """What the user must know about how the model is served (batching, output dims, shapes)."""
-        return (self.probe.notes if self.probe else ()) + client_shape_notes(self.spec)
+        return self.source.notes + (self.probe.notes if self.probe else ()) + client_shape_notes(self.spec)
 
 
 def prepare(model_py: Path, overrides: dict | None = None) -> Prepared:
-    source = load_model_source(model_py)
+    source = load_model_source(model_py, (overrides or {}).get("max_detections"))
     config = source.config or GenerateConfig()
     if overrides:
         trt_over = overrides.pop("tensorrt", None) or {}
@@ -241,7 +241,8 @@ def _build_fallback(prep: Prepared, version_dir: Path, fmt: str):
 
     return build_fallback(prep.source.path, prep.source.model, prep.spec, prep.source.samples, prep.source.outputs,
                           prep.profiles, version_dir, device=prep.device, preferred=fmt,
-                          tolerance=prep.config.tolerance_override)
+                          tolerance=prep.config.tolerance_override, portable=prep.config.portable,
+                          retry_crashed=prep.config.fallback_format == "aoti")
 
 
 def _select_fallback(prep: Prepared, version_dir: Path, strategy: str, progress: Progress):
@@ -252,7 +253,7 @@ def _select_fallback(prep: Prepared, version_dir: Path, strategy: str, progress:
     from aitune_triton.tune.strategies import select_candidate
 
     built, candidates = {}, []
-    for fmt in ("aoti", "export", "eager"):
+    for fmt in ("export", "eager") if prep.config.portable else ("aoti", "export", "eager"):
         progress("stage-1 tuning: building the %s fallback" % fmt)
         trial = version_dir.parent / (".trial-" + fmt)
         trial.mkdir()
@@ -604,7 +605,7 @@ def build_plans(repo: Path, model: str | None = None, force: bool = False,
             machine = machine or this_machine()
             built.append(existing_plan(Path(repo), home, info, machine))
             continue
-        verify_artifacts(home, manifest.files)  # the ONNX and build script are about to be used
+        verify_model(home, Path(repo))  # the ONNX and build script are about to be used
         config = GenerateConfig.from_dict(manifest.config)
         with repository.stage_models(Path(repo), [trt_name], force=force) as staged:
             model_dir = staged.dir(trt_name)

@@ -18,6 +18,7 @@ from aitune_triton import defaults
 from aitune_triton.version import __version__
 from aitune_triton.checkpoint import TASKS
 from aitune_triton.errors import AituneError
+from aitune_triton.output_paths import RESOURCE_ERRNOS, resource_error
 from aitune_triton.progress import stage_progress
 from aitune_triton.procs import Terminated, handle_termination
 
@@ -56,6 +57,9 @@ def _handle_errors(fn):
         except Exception as exc:  # a bug: one line without --debug, the traceback with it
             if debug:
                 raise
+            if isinstance(exc, OSError) and exc.errno in RESOURCE_ERRNOS:  # disk, quota, descriptors, read-only
+                _print_error(resource_error(exc, "a file", exc.filename or "the disk"))
+                sys.exit(1)
             first = (str(exc).strip().splitlines() or [""])[0]
             console.print("[bold red]internal error:[/] %s: %s (rerun with --debug for the traceback)"
                           % (type(exc).__name__, first), markup=True, soft_wrap=True)
@@ -155,6 +159,10 @@ def main(debug: bool) -> None:
 @click.option("--max-queue-delay-us", type=int, help="Dynamic batching queue delay in microseconds.")
 @click.option("--fallback-format", type=click.Choice(["auto", "aoti", "export", "eager"]),
               help="Force the fallback artifact format.")
+@click.option("--portable/--no-portable", default=None,
+              help="An artifact that loads on any host: the ExportedProgram instead of an AOTInductor package "
+                   "(machine code for this host's CPU instruction set and GPU). [default: %s]"
+                   % ("portable" if defaults.PORTABLE else "no-portable"))
 @click.option("--precision", type=click.Choice(["fp32", "tf32", "fp16", "bf16", "int8", "fp8"]),
               help="TensorRT builder precision.")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=None, help="CUDA graphs for the TensorRT model.")
@@ -166,7 +174,7 @@ def main(debug: bool) -> None:
               help="For a checkpoint directory: the task to serve (default: from config.json's architecture).")
 @_handle_errors
 def generate(model_py, out, name, backends, max_batch_size, instances, gpus, device, max_queue_delay_us,
-             fallback_format, precision, cuda_graphs, strategy, budget_ms, force, task):
+             fallback_format, portable, precision, cuda_graphs, strategy, budget_ms, force, task):
     """Generate Triton model directories for MODEL_PY (defines get_model() and get_samples()), or for a
     Hugging Face checkpoint directory (config.json + weights): its model.py is generated."""
     from aitune_triton.api import generate as run
@@ -176,7 +184,7 @@ def generate(model_py, out, name, backends, max_batch_size, instances, gpus, dev
     given = {"name": name, "backends": tuple(backends) or None, "max_batch_size": max_batch_size,
              "instances": instances, "gpus": _ints(gpus) if gpus else None, "device": device,
              "max_queue_delay_us": max_queue_delay_us,
-             "fallback_format": fallback_format, "strategy": strategy, "budget_ms": budget_ms}
+             "fallback_format": fallback_format, "portable": portable, "strategy": strategy, "budget_ms": budget_ms}
     # click gives None for an option left out: that is "not given", never "set it to None"
     overrides = {k: NOT_GIVEN if v is None else v for k, v in given.items()}
     overrides["tensorrt"] = trt
@@ -278,8 +286,10 @@ def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver):
     import time
 
     from aitune_triton.errors import ServerError
+    from aitune_triton.integrity import verify_models
     from aitune_triton.triton.server import ServerOptions, TritonServer, describe_exit, served_model_names
 
+    verify_models(repo, served_model_names(repo))  # before the server loads (deserialises) anything
     # by name, not "*": Triton would also try to load hidden dirs (a generate's staging dir)
     options = ServerOptions(tritonserver=tritonserver, host=host, http_port=http_port, grpc_port=grpc_port,
                             metrics_port=metrics_port, model_control_mode="explicit",
@@ -304,15 +314,11 @@ def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver):
         server.stop()
 
 
-def _check_model_files(repo: Path, model: str) -> None:
-    """A readable manifest and artifacts matching its SHA-256s, else one line (UserError/ModelError)."""
-    from aitune_triton.config import validate_model_name
-    from aitune_triton.integrity import verify_artifacts
-    from aitune_triton.triton.manifest import Manifest
+def _check_model_files(repo: Path, model: str, report_dir: Path | None = None) -> None:
+    """The integrity check and a writable model dir before a server starts, else one line."""
+    from aitune_triton.tune.search import check_tunable
 
-    validate_model_name(model)
-    manifest = Manifest.load(Path(repo) / model)
-    verify_artifacts(Path(repo) / model, manifest.files)
+    check_tunable(Path(repo), model, report_dir)
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -365,7 +371,7 @@ def tune(repo, model, objective, budget_ms, min_throughput, instances, delays_us
                           brute=brute, report_dir=report_dir, export_model_analyzer=ma_config,
                           transports=parse_transports(transports), visible_gpus=parse_visible_gpus(visible_gpus),
                           perf=tune_perf_options(perf_stability))
-    _check_model_files(repo, model)  # before the server loads (deserialises) anything
+    _check_model_files(repo, model, report_dir)  # before the server loads (deserialises) anything
     server = TritonServer(repo, ServerOptions(tritonserver=tritonserver, load_models=(model,)))
     try:
         with console.status("starting tritonserver"):

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from aitune_triton.defaults import QUEUE_DELAY_US
+from aitune_triton.defaults import PORTABLE, QUEUE_DELAY_US
 from aitune_triton.errors import UserError
 from aitune_triton.numerics import DEFAULT_TOLERANCES, EXACT, Tolerance, tolerance_for  # noqa: F401 (re-exported)
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
@@ -91,6 +91,9 @@ class GenerateConfig:
     device: str = "auto"
     max_queue_delay_us: int | None = None
     fallback_format: str = "auto"
+    # an artifact that loads on any host: no AOTInductor package (machine code for this host's CPU
+    # instruction set and GPU), the ExportedProgram instead; for a serving fleet unlike this machine
+    portable: bool = PORTABLE
     tensorrt: TensorRTBackendConfig = field(default_factory=TensorRTBackendConfig)
     atol: float | None = None
     rtol: float | None = None
@@ -109,6 +112,9 @@ class GenerateConfig:
     # shapes validate sends where cutting the samples cannot make valid ones (called by generate,
     # stored in edge_inputs.npz; the manifest records its name only)
     make_inputs: Callable[[dict[str, tuple[int, ...]]], dict[str, Any]] | None = None
+    # a model returning one dict per image (a detector): rows per image it is served padded to
+    # (None: the most its samples returned); more are cut, ``num_detections`` says how many are real
+    max_detections: int | None = None
 
     def __post_init__(self) -> None:
         if self.name is not None:
@@ -137,6 +143,11 @@ class GenerateConfig:
         if self.fallback_format not in FALLBACK_FORMATS:
             raise UserError("fallback_format must be one of %s, got %r"
                             % (", ".join(FALLBACK_FORMATS), self.fallback_format))
+        if not isinstance(self.portable, bool):
+            raise UserError("portable must be True or False, got %r" % (self.portable,))
+        if self.portable and self.fallback_format == "aoti":
+            raise UserError("portable and fallback_format 'aoti' contradict: an AOTInductor package is machine code "
+                            "for the host that compiles it; use fallback_format 'export' or 'auto'")
         if self.max_queue_delay_us is not None and not 0 <= self.max_queue_delay_us <= 10_000_000:
             raise UserError("max_queue_delay_us must be 0..10000000, got %r" % self.max_queue_delay_us)
         for tol in ("atol", "rtol"):
@@ -156,6 +167,10 @@ class GenerateConfig:
             object.__setattr__(self, "output_dims", _output_dims(self.output_dims))
         if self.input_ranges is not None:
             object.__setattr__(self, "input_ranges", _input_ranges(self.input_ranges))
+        if self.max_detections is not None and (not isinstance(self.max_detections, int)
+                                                or isinstance(self.max_detections, bool) or self.max_detections < 1):
+            raise UserError("max_detections must be a positive integer (detections served per image), got %r"
+                            % (self.max_detections,))
         if isinstance(self.make_inputs, str):  # the name a manifest recorded: the function itself is not kept
             object.__setattr__(self, "make_inputs", None)
         if self.make_inputs is not None and not callable(self.make_inputs):

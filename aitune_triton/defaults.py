@@ -11,11 +11,18 @@ from __future__ import annotations
 # Dynamic-batching queue delay: short enough to be invisible at low load, long enough to form
 # batches under concurrency (500-2000 us measured as the useful range on CPU).
 QUEUE_DELAY_US = 500
+# an artifact for this host (AOTInductor when it matches eager: the fastest, but machine code for this
+# CPU's instruction set and GPU) rather than one that loads on any host (--portable)
+PORTABLE = False
 
 # ---------------------------------------------------------------------------- validate
 VALIDATE_CONCURRENCY = (1, 2, 4, 8)
 REQUEST_TIMEOUT_S = 30.0  # per inference request
 STARTUP_TIMEOUT_S = 120.0  # for the server to start and for each model to load
+# the open-file limit (ulimit -n) a launched tritonserver needs: validating examples/cnn on 2.51, the
+# server held 68 descriptors and its Python stub 27 while perf_analyzer ran; each client connection
+# adds one, so 256 leaves room for the tuner's highest concurrency (ulimit -n 64 failed mid-load)
+MIN_OPEN_FILES = 256
 PERF_REQUEST_COUNT = 200  # requests per perf_analyzer measurement window
 PERF_STABILITY_PCT = 20.0  # perf_analyzer --stability-percentage
 
@@ -32,9 +39,16 @@ TUNE_CONCURRENCY = (1, 2, 4, 8, 16, 32)
 # 2-core machine in 3-6 s; the spread of the windows is reported either way
 TUNE_PERF_STABILITY_PCT = 30.0
 
+# the most a reference.npz / edge_inputs.npz may decompress to (checked from the zip directory before
+# loading): generate records a few samples, megabytes; a file claiming more is broken or a bomb
+NPZ_MAX_BYTES = 1 << 30
+
 # ---------------------------------------------------------------------------- plan, deploy k8s
 PLAN_HEADROOM = 0.3  # fraction of each replica's measured capacity kept free
 PLAN_MIN_REPLICAS = 1
+# the most a plan (and deploy k8s) writes: beyond these a report is wrong, not a cluster to build
+PLAN_MAX_REPLICAS = 10_000
+K8S_MAX_GPUS_PER_REPLICA = 64
 K8S_SECRET = "aitune-s3-credentials"
 K8S_CPU = "4"
 K8S_MEMORY = "16Gi"

@@ -66,6 +66,27 @@ def _gpu() -> DoctorRow:
     return DoctorRow("gpu", True, "; ".join(gpus), "", False)
 
 
+def _cpu() -> DoctorRow:
+    """The instruction set an AOTInductor package generated here is compiled for (the serving hosts
+    need it), and an AOTInductor load that crashed here before (generate skips the compile)."""
+    import torch
+
+    from aitune_triton.export import aoti_crashes
+    from aitune_triton.runtime.aitune_runtime import cpu_flags_here, isa_flags
+
+    flags = cpu_flags_here()
+    detail = "%s, torch CPU capability %s; extensions: %s" % (
+        platform.machine(), torch.backends.cpu.get_cpu_capability(),
+        " ".join(isa_flags(flags)) if flags is not None else "unknown (no /proc/cpuinfo)")
+    hint = "AOTInductor packages generated here need these; generate --portable for hosts with other CPUs"
+    devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+    crashes = [c for c in (aoti_crashes.lookup(aoti_crashes.HostKey.here(d)) for d in devices) if c]
+    for crash in crashes:
+        hint += "; AOTInductor load crashed here on %s before (%s), generate skips it: %s" % (
+            crash.device, crash.when[:10], aoti_crashes.cache_path())
+    return DoctorRow("cpu", True, detail, hint, False)
+
+
 def _module_version(name: str, dist: str, required: bool, hint: str) -> Callable[[], DoctorRow]:
     def probe() -> DoctorRow:
         if importlib.util.find_spec(name) is None:
@@ -212,6 +233,7 @@ PROBES: tuple[tuple[str, bool, Callable[[], DoctorRow]], ...] = (
     ("python", True, _python),
     ("torch", True, _torch),
     ("gpu", False, _gpu),
+    ("cpu", False, _cpu),
     ("numpy", False, _numpy),
     ("onnx", True, _module_version("onnx", "onnx", True, SETUP_HINT)),
     ("onnxruntime", True, _onnxruntime),

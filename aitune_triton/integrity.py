@@ -1,24 +1,53 @@
-"""SHA-256 of every artifact of a model directory, recorded at generate time, checked before loading.
+"""The one integrity check of a generated model directory, run before anything loads it
+(``validate``, ``serve``, ``tune``, ``build-plan``, ``pack-env``).
 
 The artifacts are what the server executes or deserialises: everything under the numeric version
-directories (``1/model.py``, the ``.pt2`` package or program, weights, a plan) and the staged
-TensorRT files (``tensorrt/model.onnx``, ``build_plan.sh``). Some loaders fall back to pickle
-(``torch.export.load`` retries with ``weights_only=False``), so a replaced file can run code: a
-file whose hash differs from ``manifest.json``'s, a recorded file that is missing and a file that
-was added are all refused before anything loads the model. ``config.pbtxt`` (tuned and
-hand-edited by design), ``reference.npz`` (read without pickle) and warmup data are not covered;
-nor is the manifest itself (this guards against replaced artifacts, not against an attacker who
+directories (``1/model.py``, the ``.pt2`` package or program, weights, a plan), the staged
+TensorRT files (``tensorrt/model.onnx``, ``build_plan.sh``) and a packed Python environment. Some
+loaders fall back to pickle (``torch.export.load`` retries with ``weights_only=False``), so a
+replaced file can run code: a file whose hash differs from ``manifest.json``'s, a recorded file
+that is missing, a file that was added and a manifest that records no hashes are all refused.
+
+Hashes alone are not enough, because Triton loads more than the hashed files:
+
+- a symlink (to a file or a directory) is followed by Triton and the stub but not by the hash
+  walk, so no symlink may be inside a model directory, and a model directory that is a symlink
+  must stay inside the repository; this is checked before any file of the model is read;
+- Triton reads any sub-directory whose name ``std::stoll`` parses (``' 3'``, ``'+3'``, ``'3x'``)
+  as a version, so only canonical version names (``3``) are allowed;
+- ``config.pbtxt`` (tuned and hand-edited by design, so not hashed) can name other files:
+  ``default_model_filename`` and ``cc_model_filenames`` must be plain names inside the version
+  directory, ``EXECUTION_ENV_PATH`` a file inside the model directory, warm-up data plain names
+  in ``warmup/``, no repository agents, and the backend the one the model was generated for.
+
+``reference.npz`` (read without pickle) and the warm-up data are not hashed; nor is the manifest
+itself (this guards against replaced artifacts and edited configs, not against an attacker who
 can also rewrite the manifest).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aitune_triton.errors import ModelError
 
+if TYPE_CHECKING:
+    from aitune_triton.triton.manifest import Manifest
+
 STAGED_DIRS = ("tensorrt",)
+# top-level files of a model dir that run code when served (``pack-env``'s environment)
+TOP_LEVEL_ARTIFACTS = ("python_env.tar.gz",)
+# what Triton's std::stoll reads as a version number, and the only spelling allowed for one
+_VERSION_LIKE = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]")
+_CANONICAL_VERSION = re.compile(r"0|[1-9][0-9]*")
+# Triton's platform names and the backend each one loads
+_PLATFORM_BACKEND = {"tensorrt_plan": "tensorrt", "onnxruntime_onnx": "onnxruntime", "pytorch_libtorch": "pytorch",
+                     "tensorflow_savedmodel": "tensorflow", "tensorflow_graphdef": "tensorflow"}
+_MODEL_DIR_VAR = "$$TRITON_MODEL_DIRECTORY/"
 _SKIP_DIRS = {"__pycache__"}  # the Python stub writes bytecode next to model.py
 
 
@@ -34,7 +63,7 @@ def artifact_files(model_dir: Path) -> list[Path]:
     """Artifact files of a model dir, relative to it: version dirs and staged TensorRT files."""
     model_dir = Path(model_dir)
     roots = [p for p in model_dir.iterdir() if p.is_dir() and (p.name.isdigit() or p.name in STAGED_DIRS)]
-    files = []
+    files = [Path(name) for name in TOP_LEVEL_ARTIFACTS if (model_dir / name).is_file()]
     for root in roots:
         for path in root.rglob("*"):
             rel = path.relative_to(model_dir)
@@ -64,15 +93,140 @@ def artifact_problems(model_dir: Path, recorded: dict[str, str]) -> list[str]:
     return problems
 
 
-def verify_artifacts(model_dir: Path, recorded: dict[str, str] | None) -> bool:
-    """Raise ModelError (naming the files) unless the artifacts match ``recorded``.
+def _refusal(model_dir: Path, problems: list[str], advice: str) -> ModelError:
+    return ModelError("refusing to load %s: %s (%s)" % (model_dir, "; ".join(problems[:5]) + (
+        "; ..." if len(problems) > 5 else ""), advice))
 
-    Returns False, without checking, for a manifest from before hashes were recorded.
-    """
+
+def verify_artifacts(model_dir: Path, recorded: dict[str, str]) -> None:
+    """Raise ModelError (naming the files) unless the artifacts match ``recorded``; a manifest that
+    records no hashes is refused too (it would turn the check off)."""
     if not recorded:
-        return False
+        raise ModelError("refusing to load %s: its manifest records no artifact hashes, so its files cannot be "
+                         "checked (regenerate the model)" % model_dir)
     problems = artifact_problems(model_dir, recorded)
     if problems:
-        raise ModelError("refusing to load %s: %s (changed since generate: regenerate the model, or restore the "
-                         "files)" % (model_dir, "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else "")))
-    return True
+        raise _refusal(model_dir, problems, "changed since generate: regenerate the model, or restore the files")
+
+
+def tree_problems(model_dir: Path, repo: Path | None = None) -> list[str]:
+    """Symlinks in (or a model dir symlinked out of) the repository and version directories Triton
+    would read under another name; found from directory entries alone, before any file is read."""
+    model_dir = Path(model_dir)
+    root = Path(repo) if repo is not None else model_dir.parent
+    problems = []
+    if model_dir.is_symlink():
+        target = model_dir.resolve()
+        if not target.is_relative_to(root.resolve()) or target == root.resolve():
+            problems.append("%s is a symlink to %s, outside the repository" % (model_dir.name, os.readlink(model_dir)))
+            return problems
+    for top, dirs, files in os.walk(model_dir):  # does not enter symlinked directories, but lists them
+        for name in sorted(dirs + files):
+            path = Path(top) / name
+            if path.is_symlink():
+                problems.append("%s is a symlink (to %s); Triton would load what it points to, which is not "
+                                "checked" % (path.relative_to(model_dir), os.readlink(path)))
+    for entry in sorted(model_dir.iterdir()):
+        if entry.is_dir() and _VERSION_LIKE.match(entry.name) and not _CANONICAL_VERSION.fullmatch(entry.name):
+            problems.append("directory %r is read by Triton as version %s; version directories are plain numbers"
+                            % (entry.name, _stoll(entry.name)))
+    return problems
+
+
+def _stoll(name: str) -> str:
+    match = re.match(r"\s*([+-]?[0-9]+)", name)
+    return str(int(match.group(1))) if match else "?"
+
+
+def _plain_name(value: str) -> bool:
+    return bool(value) and "/" not in value and "\\" not in value and "\0" not in value and value not in (".", "..")
+
+
+def config_problems(model_dir: Path, backend: str) -> list[str]:
+    """What ``config.pbtxt`` makes Triton load beyond the checked files (see the module docstring)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    path = Path(model_dir) / "config.pbtxt"
+    try:
+        cfg = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    except FileNotFoundError:
+        return ["config.pbtxt is missing"]
+    except (text_format.ParseError, UnicodeDecodeError):
+        return []  # Triton loads nothing from it; the config reader reports where it breaks
+    problems = []
+    loads = cfg.backend or _PLATFORM_BACKEND.get(cfg.platform, cfg.platform)
+    if loads != backend:
+        problems.append("config.pbtxt names backend %r%s, but the model was generated for the %r backend"
+                        % (cfg.backend or cfg.platform, " (platform)" if not cfg.backend else "", backend))
+    names = ([("default_model_filename", cfg.default_model_filename)] if cfg.default_model_filename else []) + \
+        [("cc_model_filenames[%s]" % k, v) for k, v in sorted(cfg.cc_model_filenames.items())]
+    problems += ["config.pbtxt %s %r is not a file name inside the version directory" % (what, value)
+                 for what, value in names if not _plain_name(value)]
+    for key, param in sorted(cfg.parameters.items()):
+        value = param.string_value
+        if key == "EXECUTION_ENV_PATH":
+            rel = value[len(_MODEL_DIR_VAR):] if value.startswith(_MODEL_DIR_VAR) else None
+            if rel is None or not all(_plain_name(part) for part in rel.split("/")):
+                problems.append("config.pbtxt parameter EXECUTION_ENV_PATH %r is not a file inside the model "
+                                "directory (%s<file>)" % (value, _MODEL_DIR_VAR))
+        elif "/.." in value or value.startswith(("/", "..")):
+            problems.append("config.pbtxt parameter %s %r names a path outside the model directory" % (key, value))
+    for warmup in cfg.model_warmup:
+        for name, data in sorted(warmup.inputs.items()):
+            if data.input_data_file and not _plain_name(data.input_data_file):
+                problems.append("config.pbtxt warm-up input %s reads %r, not a file in warmup/"
+                                % (name, data.input_data_file))
+    if cfg.model_repository_agents.agents:
+        problems.append("config.pbtxt adds repository agents (%s), which run code at load"
+                        % ", ".join(a.name for a in cfg.model_repository_agents.agents))
+    return problems
+
+
+def _drop_bytecode_caches(model_dir: Path) -> None:
+    """Remove the ``__pycache__`` dirs the stub wrote beside the checked sources: Python runs a
+    cached ``.pyc`` whose header matches the source's size and mtime without reading the source,
+    so a planted one would run unchecked code. They are caches: the stub writes them again."""
+    import shutil
+
+    for cache in sorted(Path(model_dir).glob("*/**/__pycache__")):
+        if cache.is_dir() and not cache.is_symlink():
+            try:
+                shutil.rmtree(cache)
+            except OSError as exc:
+                raise ModelError("refusing to load %s: cannot remove the bytecode cache %s (%s); delete it, as a "
+                                 "cached .pyc runs instead of its checked source" % (model_dir, cache, exc.strerror)) \
+                    from None
+
+
+def verify_model(model_dir: Path, repo: Path | None = None) -> "Manifest":
+    """The integrity check before a model is loaded; returns its manifest, raises ModelError (or
+    UserError for an unreadable manifest) in one line naming what is wrong.
+
+    The directory entries are checked first, so nothing is read through a symlink; then the
+    bytecode caches beside the sources are dropped, and the manifest, the artifacts' hashes and
+    what the config names are checked.
+    """
+    from aitune_triton.triton.manifest import Manifest
+
+    model_dir = Path(model_dir)
+    problems = tree_problems(model_dir, repo)
+    if problems:
+        raise _refusal(model_dir, problems, "remove them, or regenerate the model")
+    _drop_bytecode_caches(model_dir)
+    manifest = Manifest.load(model_dir)
+    verify_artifacts(model_dir, manifest.files)
+    problems = config_problems(model_dir, manifest.backend)
+    if problems:
+        raise _refusal(model_dir, problems, "fix config.pbtxt, or regenerate the model")
+    return manifest
+
+
+def verify_models(repo: Path, names: tuple[str, ...] | list[str]) -> None:
+    """``verify_model`` for every model of ``names`` generated by aitune-triton (those with a
+    manifest) in the local repository ``repo``: what ``serve`` loads."""
+    repo = Path(repo)
+    for name in names:
+        model_dir = repo / name
+        if model_dir.is_dir() and os.path.lexists(model_dir / "manifest.json"):
+            verify_model(model_dir, repo)

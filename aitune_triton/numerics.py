@@ -44,13 +44,14 @@ def tolerance_for(dtype: str, override: Tolerance | None = None) -> Tolerance:
 
 
 def to_numpy(value: Any) -> np.ndarray:
-    """A contiguous numpy copy of a tensor or array. numpy has no bfloat16: it becomes float32
+    """A contiguous numpy copy of a tensor or array, in the tensor's own shape (a scalar stays 0-d:
+    ``np.ascontiguousarray`` would make it ``(1,)``). numpy has no bfloat16: it becomes float32
     (exact); the spec keeps the real dtype."""
     if hasattr(value, "detach"):  # a torch.Tensor, without importing torch
         t = value.detach().cpu()
         if str(t.dtype) == "torch.bfloat16":
             t = t.float()
-        return np.ascontiguousarray(t.contiguous().numpy())
+        return t.contiguous().numpy().copy(order="C")
     return np.asarray(value)
 
 
@@ -89,7 +90,7 @@ def compare(actual: Any, expected: Any, tol: Tolerance, *, strict_dtype: bool = 
     if a.size == 0:
         return Comparison(True, 0.0, 0.0, 0, 0, tol)
     floating = a.dtype.kind in "fc" or e.dtype.kind in "fc"
-    a64, e64 = a.astype(np.float64), e.astype(np.float64)
+    a64, e64 = a.astype(np.float64).reshape(-1), e.astype(np.float64).reshape(-1)  # 1-d: a 0-d result is no array
     with np.errstate(invalid="ignore", over="ignore"):
         diff = np.abs(a64 - e64)
         diff[(a64 == e64) | (np.isnan(a64) & np.isnan(e64))] = 0.0
@@ -97,13 +98,13 @@ def compare(actual: Any, expected: Any, tol: Tolerance, *, strict_dtype: bool = 
         if floating:
             bad = ~(diff <= tol.atol + tol.rtol * np.abs(np.nan_to_num(e64)))
         else:
-            bad = a != e
+            bad = a.reshape(-1) != e.reshape(-1)
         rel = diff / np.maximum(np.abs(np.nan_to_num(e64)), tol.atol or 1.0)
     n_bad = int(bad.sum())
     max_abs, max_rel = float(diff.max()), float(rel.max())
     if not n_bad:
         return Comparison(True, max_abs, max_rel, 0, a.size, tol)
-    idx = np.unravel_index(int(np.argmax(np.where(bad, diff, -1.0))), a.shape)
+    idx = np.unravel_index(int(np.argmax(np.where(bad, diff, -1.0))), a.shape)  # () for a scalar
     where = list(int(i) for i in idx)
     if floating:
         reason = ("%d/%d elements outside atol=%g rtol=%g, max |diff| %.3g at %s (got %r, expected %r)"

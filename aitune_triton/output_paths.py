@@ -9,6 +9,7 @@ directory behind. Standard library only: the option dataclasses import it.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -62,3 +63,34 @@ def check_output_file(path: Path | str, what: str, create_parents: bool = True) 
     if why:
         raise UserError("cannot write %s to %s: %s; pass a file path in a directory that can be created or written"
                         % (what, path, why))
+
+
+def inside_repository(path: Path | str, repo: Path | str) -> bool:
+    """Whether ``path`` (existing or not) is inside the local model repository ``repo``."""
+    repo_real = Path(repo).resolve()
+    return Path(path).resolve() == repo_real or Path(path).resolve().is_relative_to(repo_real)
+
+
+def check_outside_repository(path: Path | str, repo: Path | str, what: str) -> None:
+    """UserError unless ``path`` is outside ``repo``: files written into a model directory are
+    artifacts the integrity check refuses (or models Triton tries to load)."""
+    if Path(repo).is_dir() and inside_repository(path, repo):
+        raise UserError("cannot write %s to %s: it is inside the model repository %s, where it would change the "
+                        "models; pass a path outside it" % (what, path, repo))
+
+
+_RESOURCE = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+             errno.EROFS: "read-only filesystem", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+             errno.EMFILE: "too many open files for this process (raise `ulimit -n`)",
+             errno.ENFILE: "too many open files on the system"}
+
+
+# the OSErrors that mean a resource ran out or is read-only, not a bug
+RESOURCE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE})
+
+
+def resource_error(exc: OSError, what: str, path: Path | str) -> UserError:
+    """One line for an OSError while writing ``what`` at ``path``, naming the resource that ran out
+    (disk space, quota, a read-only filesystem, file descriptors)."""
+    why = _RESOURCE.get(exc.errno or 0, exc.strerror or str(exc))
+    return UserError("cannot write %s to %s: %s" % (what, path, why))

@@ -7,6 +7,7 @@ optional ``get_config() -> GenerateConfig``.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import sys
 import traceback
 import uuid
@@ -19,6 +20,7 @@ from torch.utils import _pytree as pytree
 
 from aitune_triton.config import GenerateConfig
 from aitune_triton.errors import UserError
+from aitune_triton.runtime.aitune_eager import COUNT_OUTPUT, PaddedDetections, per_image_keys
 from aitune_triton.spec import Sample, normalize_sample
 
 
@@ -29,15 +31,17 @@ class ModelSource:
     samples: tuple[Sample, ...]
     outputs: tuple[Any, ...]
     config: GenerateConfig | None
+    notes: tuple[str, ...] = ()  # how the model is served where it differs from what forward returns
 
 
-def _user_frame(exc: BaseException, path: Path) -> str:
-    """The line of the user's own file where ``exc`` came from, for a one-line message."""
+def _user_frame(exc: BaseException, path: Path, outside: str = "import") -> str:
+    """The line of the user's own file where ``exc`` came from, for a one-line message; ``outside``
+    when no frame of that file is on the stack (torch raised for the call itself)."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename) == path]
     if isinstance(exc, SyntaxError) and exc.lineno:
         return "line %d" % exc.lineno
     line = frames[-1].lineno if frames else None
-    return "import" if line is None else "line %d" % line
+    return outside if line is None else "line %d" % line
 
 
 def _fail(path: Path, problem: str) -> UserError:
@@ -87,8 +91,63 @@ def _structure_hint(raw: list) -> str:
         if any(isinstance(v, (list, tuple, dict)) for v in values):
             return ("; forward() takes a list/dict of tensors: wrap the model in an nn.Module whose forward takes "
                     "tensors (e.g. one batched image tensor) and builds the list inside, and return that from "
-                    "get_model()")
+                    "get_model(); it may return one dict of tensors per image (served padded, "
+                    "GenerateConfig.max_detections)")
     return ""
+
+
+def _list_hint(model: torch.nn.Module, raw: Any) -> str:
+    """For a sample written as a plain list that forward() could not take as separate arguments:
+    how to pass a list of images as one argument (torchvision detectors take ``images``)."""
+    if not isinstance(raw, list) or len(raw) < 2:
+        return ""
+    try:
+        params = [p for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        return ""
+    if len(params) >= len(raw) or any(p.kind is p.VAR_POSITIONAL for p in
+                                      inspect.signature(model.forward).parameters.values()):
+        return ""
+    return ("; the sample is a plain list of %d tensors, passed as %d positional arguments, but forward() takes %d "
+            "(%s): for a list of images as one argument, give them as one batched tensor (torch.stack(images); "
+            "a detector iterates it like a list)" % (len(raw), len(raw), len(params),
+                                                     ", ".join(p.name for p in params)))
+
+
+def _per_image_outputs(path: Path, model: torch.nn.Module, samples: tuple[Sample, ...], outputs: list[Any],
+                       max_detections: int | None) -> tuple[torch.nn.Module, list[Any], tuple[str, ...]]:
+    """A model returning one dict per image (torchvision detection style: ``boxes`` [n_i, 4],
+    ``scores`` [n_i], ... with n_i varying per image) is served batched: wrapped in
+    ``PaddedDetections``, which pads each field to ``max_detections`` rows and adds
+    ``num_detections``. One dict per image means: the list is as long as the batch of every sample,
+    and the samples' batches differ (or ``max_detections`` is declared), so a fixed tuple of
+    per-head dicts is not taken for detections. Other models are returned as they are."""
+    keys = [per_image_keys(o) for o in outputs]
+    if keys[0] is None:
+        return model, outputs, ()
+    # one dict per image: the list follows the batch (a tuple of per-head dicts of a fixed length does not)
+    batches = [s.flat()[0].shape[0] if s.flat() and s.flat()[0].dim() else None for s in samples]
+    follows = all(len(o) == b for o, b in zip(outputs, batches, strict=True))
+    if not follows or (len(set(batches)) < 2 and not max_detections):
+        return model, outputs, ()
+    if any(k != keys[0] for k in keys):
+        raise _fail(path, "forward() returns one dict per image but with keys %s for sample 0 and %s for another; "
+                          "return the same keys for every image" % (keys[0], next(k for k in keys if k != keys[0])))
+    if COUNT_OUTPUT in keys[0]:
+        raise _fail(path, "forward() returns one dict per image with a key %r, the name of the count output added "
+                          "when serving them batched; rename that key" % COUNT_OUTPUT)
+    seen = max(int(item[keys[0][0]].shape[0]) for out in outputs for item in out)
+    top = max_detections or max(seen, 1)
+    wrapped = PaddedDetections(model, top).eval()
+    with torch.inference_mode():
+        padded = [wrapped(*s.args, **s.kwargs) for s in samples]
+    note = ("forward() returns one dict per image (%s): served batched, each field padded to %d rows per image "
+            "(%s) with %s [batch] counting the real ones" % (
+                ", ".join(keys[0]), top, "GenerateConfig.max_detections" if max_detections else
+                "the most the samples returned; set GenerateConfig(max_detections=N) to your model's limit, more "
+                "are cut", COUNT_OUTPUT))
+    return wrapped, padded, (note,)
 
 
 def _refuse_cache(path: Path, output: Any) -> None:
@@ -103,8 +162,9 @@ def _refuse_cache(path: Path, output: Any) -> None:
                     % type(cache).__name__)
 
 
-def load_model_source(path: Path) -> ModelSource:
-    """Import model.py, fetch model/samples/config and run the model once per sample."""
+def load_model_source(path: Path, max_detections: int | None = None) -> ModelSource:
+    """Import model.py, fetch model/samples/config and run the model once per sample.
+    ``max_detections`` overrides ``get_config()``'s for a model returning one dict per image."""
     path = Path(path).resolve()
     module = load_module(path)
     for fn in ("get_model", "get_samples"):
@@ -140,7 +200,11 @@ def load_model_source(path: Path) -> ModelSource:
             try:
                 outputs.append(model(*s.args, **s.kwargs))
             except Exception as exc:
-                raise _fail(path, "forward() raised on sample %d at %s: %s: %s"
-                            % (i, _user_frame(exc, path), type(exc).__name__, exc)) from exc
+                where = _user_frame(exc, path, outside="")
+                raise _fail(path, "forward() raised on sample %d in forward%s: %s: %s%s"
+                            % (i, " at " + where if where else "", type(exc).__name__, exc,
+                               _list_hint(model, raw[i]))) from exc
         _refuse_cache(path, outputs[0])
-    return ModelSource(path, model, samples, tuple(outputs), config)
+    model, outputs, notes = _per_image_outputs(path, model, samples, outputs, max_detections or (
+        config.max_detections if config else None))
+    return ModelSource(path, model, samples, tuple(outputs), config, notes)

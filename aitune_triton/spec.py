@@ -297,7 +297,8 @@ def record_spec(model: torch.nn.Module, samples: Sequence[Sample], outputs: Sequ
             if a.dim() != b.dim() or a.dtype != b.dtype:
                 raise UserError("sample %d: a tensor has rank %d/%s but sample 0 has rank %d/%s; ranks and dtypes "
                                 "must agree across samples" % (i, a.dim(), a.dtype, b.dim(), b.dtype))
-    names = input_names(getattr(model, "forward", model), first)
+    # a wrapper the generator puts around the model (aitune_eager.PaddedDetections) names no inputs itself
+    names = input_names(getattr(model, "named_forward", None) or getattr(model, "forward", model), first)
     if len(set(names)) != len(names):
         raise UserError("input names %s are not unique after sanitising; rename forward()'s parameters" % names)
     flat_outs = [flatten_outputs(o) for o in outputs]
@@ -310,7 +311,11 @@ def record_spec(model: torch.nn.Module, samples: Sequence[Sample], outputs: Sequ
             if leaf.dtype not in SUPPORTED_DTYPES:
                 raise UserError("output %r has unsupported dtype %s; cast it in forward()" % (n, leaf.dtype))
         if [n for n, _ in fo] != out_names:
-            raise UserError("sample %d returns outputs %s but sample 0 returns %s" % (i, [n for n, _ in fo], out_names))
+            raise UserError("sample %d returns outputs %s but sample 0 returns %s; forward() must return the same "
+                            "tensors for every sample (a tensor, or a tuple, list or dict of them, batched on axis 0), "
+                            "or one dict of tensors per image with the same keys (detections: served padded to "
+                            "GenerateConfig.max_detections with a count per image)"
+                            % (i, [n for n, _ in fo], out_names))
     if len(set(out_names)) != len(out_names):
         raise UserError("output names %s are not unique; return a dict with distinct keys" % out_names)
     in_tensors = [_ordered(s, first) for s in samples]

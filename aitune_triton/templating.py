@@ -36,11 +36,11 @@ def pyrepr(value: object) -> str:
 
 @functools.lru_cache(maxsize=1)
 def template_env() -> jinja2.Environment:
+    # a source checkout's templates/ (beside the package) first: an editable install of another
+    # checkout maps aitune_triton.templates to *that* checkout's templates
     beside = Path(__file__).resolve().parents[1] / "templates"
-    if (beside / "__init__.py").is_file():  # a source checkout: its own templates/, beside the package
-        root = beside
-    else:
-        root = importlib.resources.files("aitune_triton.templates")  # type: ignore[assignment]
+    root = str(beside) if (beside / "config.pbtxt.j2").is_file() else \
+        str(importlib.resources.files("aitune_triton.templates"))
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(root)),
         undefined=jinja2.StrictUndefined,

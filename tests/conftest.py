@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def user_cache_in_tmp(tmp_path_factory):
+    """generate remembers AOTInductor load crashes under ``$XDG_CACHE_HOME/aitune-triton``: the tests
+    (and the children and servers they start) use a session tmp dir, never the real home's cache."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield Path(os.environ["XDG_CACHE_HOME"])
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
 
 
 def triton_stack_missing() -> str | None:
@@ -95,6 +109,33 @@ def s3_endpoint(tmp_path_factory):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture
+def remount():
+    """``remount(path, "ro")`` bind-mounts ``path`` read-only onto itself; ``remount(path, "full")``
+    mounts a 64 KiB tmpfs on it: the real faults (EROFS, ENOSPC) a user meets, where a mock would
+    only restate the code. Skips where mounting is not allowed (not root); unmounted afterwards."""
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(path: Path, kind: str) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        steps = ([["mount", "--bind", str(path), str(path)], ["mount", "-o", "remount,ro,bind", str(path)]]
+                 if kind == "ro" else [["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path)]])
+        for i, cmd in enumerate(steps):
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if i == 0 and proc.returncode == 0:
+                mounted.append(path)
+            if proc.returncode != 0:
+                pytest.skip("cannot mount here (%s): %s" % (" ".join(cmd[:2]), proc.stderr.strip()))
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
 
 
 SENTENCES = ["the quick brown fox jumps over the lazy dog", "a tiny model for tests", "hello world",

@@ -33,7 +33,7 @@ CASES = [
     ("ragged_structure", "ragged_structure.py", [], 2, "same arguments"),
     ("inconsistent_rank", "inconsistent_rank.py", [], 2, "forward\\(\\) raised|ranks and dtypes"),
     ("unsupported_dtype", "unsupported_dtype.py", [], 2, "unsupported dtype"),
-    ("forward_raises", "forward_raises.py", [], 2, "forward\\(\\) raised on sample 0 at line .*boom"),
+    ("forward_raises", "forward_raises.py", [], 2, "forward\\(\\) raised on sample 0 in forward at line .*boom"),
     ("non_tensor_output", "non_tensor_output.py", [], 2, "must return tensors"),
     ("nan_outputs", "nan_outputs.py", [], 1, "NaN or Inf"),
     ("profile_min_gt_max", "profile_min_gt_max.py", [], 2, "min <= opt <= max"),
@@ -49,6 +49,7 @@ CASES = [
     ("name_empty", "good_model.py", ["--name", ""], 2, "model name is empty"),
     ("name_too_long", "good_model.py", ["--name", "x" * 300], 2, "is not allowed"),
     ("name_newline", "good_model.py", ["--name", "a\nb"], 2, "is not allowed"),
+    ("name_trailing_newline", "good_model.py", ["--name", "ok\n"], 2, "is not allowed"),
     ("instances_zero", "good_model.py", ["--instances", "0"], 2, "instances must be 1..64"),
     ("quantization_without_tensorrt", "quantization_without_tensorrt.py", [], 2,
      "quantization_config \\(ONNXQuantizationConfig\\) applies to the TensorRT backend only"),
@@ -91,6 +92,22 @@ def test_bad_input(repo, case, model, options, code, pattern):
     assert len(output.splitlines()) == 1, output
     assert re.search(pattern, output), output
     assert _digest(repo.parent) == before
+
+
+def test_resource_faults_are_one_line_naming_the_resource(monkeypatch, tmp_path):
+    """ENOSPC, EROFS or EMFILE anywhere a command writes is one line, not `internal error: OSError`."""
+    import errno
+
+    from aitune_triton.deploy import capacity
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "plan.json"))
+
+    monkeypatch.setattr(capacity, "read_curve", full)
+    result = _run(["plan", str(tmp_path), "--model", "cnn", "--target-rps", "10", "--p99-ms", "50", "--report",
+                   str(Path(__file__).parent / "deploy" / "data" / "validate_report.json")])
+    assert result.exit_code == 1 and "internal error" not in result.output, result.output
+    assert re.search(r"cannot write a file to .*plan.json: no space left on the device", result.output), result.output
 
 
 def test_output_dir_is_a_file(tmp_path):
@@ -175,3 +192,20 @@ def test_generate_killed_midway_leaves_repository_as_it_was(repo, sig, delay):
     result = _run(["generate", str(GOOD), "--out", str(repo), "--fallback-format", "export"])
     assert result.exit_code == 0, result.output
     assert (repo / "cnn" / "config.pbtxt").exists() and (repo / "existing" / "config.pbtxt").exists()
+
+
+def test_validate_under_a_low_open_file_limit_is_one_line_before_any_server(tmp_path):
+    import resource
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "model_repository", repo)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "aitune_triton.cli", "validate", str(repo), "--no-perf", "--report",
+                           str(tmp_path / "report")], capture_output=True, text=True, timeout=300,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard)))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in out, out
+    assert "the open-file limit is 64 (ulimit -n), below the 256" in out
+    assert time.monotonic() - t0 < 120 and "tritonserver.log" not in out

@@ -52,3 +52,15 @@ def test_tolerance_override_fills_the_missing_half_from_the_float32_default():
     assert GenerateConfig().tolerance_override is None
     assert GenerateConfig(atol=0.5).tolerance_override == Tolerance(0.5, DEFAULT_TOLERANCES["float32"].rtol)
     assert GenerateConfig(rtol=0.5).tolerance_override == Tolerance(DEFAULT_TOLERANCES["float32"].atol, 0.5)
+
+
+def test_portable_is_a_bool_and_excludes_a_forced_aoti():
+    from aitune_triton import defaults
+
+    assert GenerateConfig().portable is defaults.PORTABLE is False
+    assert GenerateConfig(portable=True, fallback_format="export").portable
+    with pytest.raises(UserError, match="portable must be True or False, got 'yes'"):
+        GenerateConfig(portable="yes")
+    with pytest.raises(UserError, match="portable and fallback_format 'aoti' contradict: an AOTInductor package is "
+                                        "machine code for the host that compiles it"):
+        GenerateConfig(portable=True, fallback_format="aoti")

@@ -11,7 +11,8 @@ from aitune_triton import doctor
 from aitune_triton.doctor import DoctorRow
 
 EXPECTED = {
-    "python", "torch", "gpu", "numpy", "onnx", "onnxruntime", "tensorrt", "polygraphy", "generate path", "modelopt",
+    "python", "torch", "gpu", "cpu", "numpy", "onnx", "onnxruntime", "tensorrt", "polygraphy", "generate path",
+    "modelopt",
     "tritonclient", "tritonserver", "python backend stub", "perf_analyzer",
 }
 REQUIRED = {"python", "torch", "onnx", "onnxruntime", "tritonclient", "tritonserver", "python backend stub",
@@ -70,6 +71,19 @@ def test_render():
     text = console.export_text()
     for word in ("torch", "2.13.0+cpu", "tensorrt", "optional", "perf_analyzer", "MISSING", "install it"):
         assert word in text
+
+
+def test_the_cpu_row_names_the_instruction_set_and_a_remembered_crash(monkeypatch, tmp_path):
+    import platform
+
+    from aitune_triton.export import aoti_crashes
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    row = doctor._cpu()
+    assert row.ok and not row.required and row.detail.startswith("%s, torch CPU capability " % platform.machine())
+    assert "crashed" not in row.hint
+    aoti_crashes.remember(aoti_crashes.HostKey.here("cpu"), "aoti check crashed (signal SIGSEGV)")
+    assert "AOTInductor load crashed here on cpu before" in doctor._cpu().hint
 
 
 def test_generate_path_says_which_path_generate_takes(tmp_path):

@@ -81,6 +81,13 @@ def test_to_numpy_copies_tensors_contiguously_and_passes_arrays():
     assert to_numpy(given) is given or np.shares_memory(to_numpy(given), given)
 
 
+def test_a_scalar_stays_a_scalar_and_matches_a_scalar():
+    """np.ascontiguousarray made eager's () a (1,), failing ONNX's () as a shape mismatch."""
+    assert to_numpy(torch.tensor(1.5)).shape == ()
+    assert compare(np.float32(1.5), torch.tensor(1.5), TOL).ok
+    assert not compare(np.ones(1, np.float32), torch.tensor(1.0), TOL).ok  # the shape the model returns, exactly
+
+
 def test_reason_names_the_worst_element():
     expected = np.zeros((2, 3), np.float32)
     actual = expected.copy()

@@ -48,3 +48,75 @@ def test_generation_cache_output_is_refused_with_use_cache_false(monkeypatch):
                                         r"past_key_values\), which cannot be served; set use_cache=False in "
                                         r"get_model\(\)"):
         load_model_source(ZOO / "gpt2_cache.py")
+
+
+def test_plain_list_sample_unpacked_into_arguments_says_in_forward_and_how_to_pass_images(tmp_path):
+    """A sample written as a plain list is a list of positional arguments: a one-argument detector
+    fails inside forward (not "at import"), and the message says how to pass the images as one."""
+    path = tmp_path / "model.py"
+    path.write_text(textwrap.dedent("""
+        import torch
+        class Detector(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = torch.nn.Conv2d(3, 4, 1)
+            def forward(self, images):
+                return self.conv(images)
+        def get_model():
+            return Detector()
+        def get_samples():
+            return [[torch.randn(3, 8, 8), torch.randn(3, 8, 8)]]
+    """))
+    with pytest.raises(UserError, match=r"forward\(\) raised on sample 0 in forward: TypeError: .*; the sample is a "
+                                        r"plain list of 2 tensors, passed as 2 positional arguments, but forward\(\) "
+                                        r"takes 1 \(images\): for a list of images as one argument, give them as one "
+                                        r"batched tensor \(torch.stack\(images\)") as info:
+        load_model_source(path)
+    assert "\n" not in str(info.value) and "import" not in str(info.value)
+
+
+def test_forward_raising_in_the_users_code_names_its_line(tmp_path):
+    path = tmp_path / "model.py"
+    path.write_text("import torch\nclass M(torch.nn.Module):\n    def forward(self, x):\n"
+                    "        raise ValueError('no')\ndef get_model():\n    return M()\n"
+                    "def get_samples():\n    return [torch.ones(1)]\n")
+    with pytest.raises(UserError, match=r"forward\(\) raised on sample 0 in forward at line 4: ValueError: no$"):
+        load_model_source(path)
+
+
+def test_one_dict_per_image_is_served_padded_with_a_count_per_image():
+    src = load_model_source(ZOO / "detector_list.py")
+    counts = [[len(d["scores"]) for d in src.model.model(s.args[0])] for s in src.samples]
+    assert counts == [[6], [6, 6], [4, 4, 2]]  # n_i varies with the pixels
+    out = src.outputs[2]
+    assert list(out) == ["boxes", "scores", "labels", "num_detections"]
+    assert out["boxes"].shape == (3, 6, 4) and out["labels"].shape == (3, 6)
+    assert out["num_detections"].tolist() == [4, 4, 2]
+    assert float(out["scores"][2, 2:].abs().sum()) == 0.0  # padding rows are zeros
+    assert src.notes == ("forward() returns one dict per image (boxes, scores, labels): served batched, each field "
+                         "padded to 6 rows per image (the most the samples returned; set "
+                         "GenerateConfig(max_detections=N) to your model's limit, more are cut) with num_detections "
+                         "[batch] counting the real ones",)
+    capped = load_model_source(ZOO / "detector_list.py", max_detections=3)
+    assert capped.outputs[2]["boxes"].shape == (3, 3, 4) and capped.outputs[2]["num_detections"].tolist() == [3, 3, 2]
+    assert "GenerateConfig.max_detections" in capped.notes[0]
+
+
+def test_per_image_dicts_with_a_count_key_are_refused(tmp_path):
+    path = tmp_path / "model.py"
+    path.write_text("import torch\nclass M(torch.nn.Module):\n    def forward(self, x):\n"
+                    "        return [{'boxes': i[:2], 'num_detections': i[:2, 0]} for i in x]\n"
+                    "def get_model():\n    return M()\ndef get_samples():\n    return [torch.ones(b, 3, 4) for b in (1, 2)]\n")
+    with pytest.raises(UserError, match="a key 'num_detections', the name of the count output"):
+        load_model_source(path)
+
+
+def test_a_fixed_tuple_of_dicts_is_not_taken_for_detections(tmp_path):
+    """Two heads returning a dict each: the list length does not follow the batch, nothing is padded."""
+    path = tmp_path / "model.py"
+    path.write_text("import torch\nclass M(torch.nn.Module):\n    def forward(self, x):\n"
+                    "        return ({'h': x * 2}, {'h': x + 1})\n"
+                    "def get_model():\n    return M()\ndef get_samples():\n"
+                    "    return [torch.ones(b, 3) for b in (1, 2, 4)]\n")
+    src = load_model_source(path)
+    assert src.notes == () and isinstance(src.outputs[0], tuple)

@@ -70,16 +70,18 @@ class PlanRequest:
     min_replicas: int = defaults.PLAN_MIN_REPLICAS
 
     def __post_init__(self) -> None:
-        if not self.target_rps > 0:
-            raise UserError("--target-rps must be > 0, got %r" % self.target_rps)
-        if not self.p99_ms > 0:
-            raise UserError("--p99-ms must be > 0, got %r" % self.p99_ms)
+        if not (self.target_rps > 0 and math.isfinite(self.target_rps)):
+            raise UserError("--target-rps must be a finite number > 0, got %r" % self.target_rps)
+        if not (self.p99_ms > 0 and math.isfinite(self.p99_ms)):
+            raise UserError("--p99-ms must be a finite number > 0, got %r" % self.p99_ms)
         if not 0 <= self.headroom < 1:
             raise UserError("--headroom must be in [0, 1) (a fraction of capacity kept free), got %r" % self.headroom)
-        if self.gpus_per_replica is not None and self.gpus_per_replica < 0:
-            raise UserError("--gpus-per-replica must be >= 0, got %r" % self.gpus_per_replica)
-        if self.min_replicas < 1:
-            raise UserError("--min-replicas must be >= 1, got %r" % self.min_replicas)
+        if self.gpus_per_replica is not None and not 0 <= self.gpus_per_replica <= defaults.K8S_MAX_GPUS_PER_REPLICA:
+            raise UserError("--gpus-per-replica must be in [0, %d], got %r"
+                            % (defaults.K8S_MAX_GPUS_PER_REPLICA, self.gpus_per_replica))
+        if not 1 <= self.min_replicas <= defaults.PLAN_MAX_REPLICAS:
+            raise UserError("--min-replicas must be in [1, %d], got %r"
+                            % (defaults.PLAN_MAX_REPLICAS, self.min_replicas))
 
 
 @dataclass(frozen=True)
@@ -162,8 +164,13 @@ def _config_facts(model_dir: Path) -> tuple[int, str]:
     """(instances, "gpu"|"cpu") from the model's config.pbtxt and manifest (validate reports hold neither)."""
     from aitune_triton.triton.render import parse_config
 
+    from aitune_triton.integrity import tree_problems
+
     instances, device = 1, "cpu"
     config = model_dir / "config.pbtxt"
+    refused = tree_problems(model_dir) if model_dir.is_dir() else []
+    if refused:  # nothing is read through a symlink (a parse error would quote the file it points to)
+        raise UserError("refusing to read %s: %s" % (model_dir, "; ".join(refused[:3])))
     if config.exists():
         cfg = parse_config(config.read_text())
         if cfg.instance_group:
@@ -182,9 +189,37 @@ def _config_facts(model_dir: Path) -> tuple[int, str]:
     return instances, device
 
 
+def _point(row: object, report: Path) -> CurvePoint:
+    """One measured point; wrong types, NaN, infinities or negative figures are one UserError line."""
+    if not isinstance(row, dict):
+        raise UserError("%s: a measurement is %s, not an object; is it a report written by aitune-triton?"
+                        % (report, type(row).__name__))
+    try:
+        concurrency, throughput, p99 = row["concurrency"], row["throughput"], row["p99_ms"]
+    except KeyError as exc:
+        raise UserError("%s: a measurement has no %s; is it a report written by aitune-triton?" % (report, exc)) \
+            from None
+    numbers = (concurrency, throughput, p99)
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in numbers) \
+            or not all(math.isfinite(v) for v in numbers) or concurrency != int(concurrency) or concurrency < 1 \
+            or throughput < 0 or p99 <= 0:
+        raise UserError("%s: measurement %s is not valid (concurrency an integer >= 1, throughput >= 0 and p99_ms "
+                        "> 0, finite numbers)" % (report, json.dumps(row)[:200]))
+    return CurvePoint(int(concurrency), float(throughput), float(p99))
+
+
+def _rows(value: object, report: Path, what: str) -> list:
+    if not isinstance(value, list):
+        raise UserError("%s: %s is %s, not a list; is it a report written by aitune-triton?"
+                        % (report, what, type(value).__name__))
+    return value
+
+
 def read_curve(report: Path, model: str, model_dir: Path | None = None) -> Curve:
     """The measured curve of ``model`` from a validate or tune report."""
     data = _read_json(report)
+    if not isinstance(data, dict):
+        raise UserError("%s is neither a validate report.json nor a tune_report.json (not a JSON object)" % report)
     instances, device = _config_facts(model_dir) if model_dir else (1, "cpu")
     notes: list[str] = []
     if "measurements" in data and "objective" in data:
@@ -193,20 +228,29 @@ def read_curve(report: Path, model: str, model_dir: Path | None = None) -> Curve
         chosen = data.get("chosen") or data.get("previous")
         if not chosen:
             raise UserError("%s has neither a chosen nor a previous config" % report)
+        if not isinstance(chosen, dict):
+            raise UserError("%s: the chosen config is %s, not an object" % (report, type(chosen).__name__))
+        measurements = _rows(data["measurements"], report, "measurements")
+        if not all(isinstance(m, dict) for m in measurements):
+            raise UserError("%s: every measurement must be an object" % report)
         key = (chosen.get("instances"), chosen.get("max_queue_delay_us"))
-        rows = [m for m in data["measurements"] if m.get("status") == Status.OK
+        rows = [m for m in measurements if m.get("status") == Status.OK
                 and (m.get("instances"), m.get("max_queue_delay_us")) == key]
-        points = tuple(CurvePoint(int(m["concurrency"]), float(m["throughput"]), float(m["p99_ms"])) for m in rows)
-        instances = int(chosen.get("instances") or instances)
-        notes += _instance_scaling(data["measurements"], chosen)
+        points = tuple(_point(m, report) for m in rows)
+        count = chosen.get("instances") or instances
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise UserError("%s: the chosen instance count %r is not an integer >= 1" % (report, count))
+        instances = count
+        notes += _instance_scaling([m for m in measurements if isinstance(m.get("instances"), int)
+                                    and isinstance(m.get("throughput"), (int, float))], chosen)
         kind = "tune"
     elif "models" in data and "server" in data:
-        entry = next((m for m in data["models"] if m.get("name") == model), None)
+        models = [m for m in _rows(data["models"], report, "models") if isinstance(m, dict)]
+        entry = next((m for m in models if m.get("name") == model), None)
         if entry is None:
             raise UserError("%s has no model %r (it has: %s)" % (report, model,
-                                                               ", ".join(m.get("name", "?") for m in data["models"])))
-        points = tuple(CurvePoint(int(r["concurrency"]), float(r["throughput"]), float(r["p99_ms"]))
-                       for r in entry.get("perf", ()))
+                                                               ", ".join(str(m.get("name", "?")) for m in models)))
+        points = tuple(_point(r, report) for r in _rows(entry.get("perf", []), report, "perf"))
         kind = "validate"
     else:
         raise UserError("%s is neither a validate report.json nor a tune_report.json" % report)
@@ -267,6 +311,10 @@ def plan(curve: Curve, request: PlanRequest) -> CapacityPlan:
         gpus_per_replica = 1 if curve.device == "gpu" else 0
     usable = op.throughput * (1 - request.headroom)
     replicas = max(request.min_replicas, math.ceil(request.target_rps / usable - 1e-9))
+    if replicas > defaults.PLAN_MAX_REPLICAS:
+        raise UserError("%s needs %d replicas for %.1f requests/s at %.1f infer/s per replica, more than %d: check the "
+                        "target and the report (%s)" % (curve.model, replicas, request.target_rps, usable,
+                                                       defaults.PLAN_MAX_REPLICAS, curve.source))
     warnings = list(curve.notes)
     if op is curve.points[-1] and len(curve.points) > 1:
         warnings.append("the best point within the budget is the highest concurrency measured (%d): the replica may "
@@ -291,6 +339,16 @@ def save_plan(path: Path, plan: CapacityPlan) -> None:
 def load_plan(path: Path) -> dict:
     """A plan written by ``plan --out`` (for ``deploy k8s --plan``)."""
     data = _read_json(path)
-    if not isinstance(data.get("replicas"), int) or data["replicas"] < 1 or "gpus_per_replica" not in data:
-        raise UserError("%s is not a capacity plan written by `aitune-triton plan --out`" % path)
+
+    def count(key: str, low: int, high: int) -> bool:
+        v = data.get(key)
+        return not isinstance(v, bool) and isinstance(v, int) and low <= v <= high
+
+    p99 = data.get("p99_ms") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not count("replicas", 1, defaults.PLAN_MAX_REPLICAS) \
+            or not count("gpus_per_replica", 0, defaults.K8S_MAX_GPUS_PER_REPLICA) \
+            or isinstance(p99, bool) or not isinstance(p99, (int, float)) or not (math.isfinite(p99) and p99 > 0):
+        raise UserError("%s is not a capacity plan written by `aitune-triton plan --out` (replicas 1-%d, "
+                        "gpus_per_replica 0-%d, p99_ms > 0)" % (path, defaults.PLAN_MAX_REPLICAS,
+                                                                defaults.K8S_MAX_GPUS_PER_REPLICA))
     return data

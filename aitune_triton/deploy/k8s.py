@@ -39,6 +39,8 @@ CONTAINER_FOR_SERVER = {
 }
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,51}[a-z0-9])?$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+# a container image reference: [registry[:port]/]path[:tag][@digest], no spaces or control characters
+_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?")
 
 
 def _release(version: str | None) -> str | None:
@@ -104,27 +106,33 @@ class DeploySpec:
     labels: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
+        if not _NAME.fullmatch(self.name):
             raise UserError("%r is not a valid Kubernetes name (lowercase letters, digits and '-', at most 53 "
                             "characters); pass --name" % self.name)
-        if self.replicas < 1:
-            raise UserError("--replicas must be >= 1, got %d" % self.replicas)
-        if self.gpus < 0:
-            raise UserError("--gpus-per-replica must be >= 0, got %d" % self.gpus)
+        if len(self.image) > 255 or not _IMAGE.fullmatch(self.image):
+            raise UserError("--image %r is not a container image reference (registry/path:tag, no spaces or line "
+                            "breaks)" % self.image[:300])
+        top = defaults.PLAN_MAX_REPLICAS
+        for what, value, low, high in (("replicas", self.replicas, 1, top),
+                                       ("gpus-per-replica", self.gpus, 0, defaults.K8S_MAX_GPUS_PER_REPLICA),
+                                       ("max-replicas", self.max_replicas, 1, 2 * top),
+                                       ("queue-target-us", self.queue_target_us, 1, 10 ** 9)):
+            if value is None and what == "max-replicas":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise UserError("--%s must be an integer in [%d, %d], got %r" % (what, low, high, value))
         max_replicas = self.max_replicas if self.max_replicas is not None else max(2 * self.replicas, 2)
         if max_replicas < self.replicas:
             raise UserError("--max-replicas %d is below --replicas %d" % (max_replicas, self.replicas))
         object.__setattr__(self, "max_replicas", max_replicas)
         for what in ("cpu", "memory", "shm_size"):
-            if not _QUANTITY.match(getattr(self, what)):
+            if not _QUANTITY.fullmatch(getattr(self, what)):
                 raise UserError("--%s %r is not a Kubernetes quantity (e.g. 4, 500m, 16Gi)"
                                 % (what.replace("_", "-"), getattr(self, what)))
-        if self.pvc is not None and not _NAME.match(self.pvc):
+        if self.pvc is not None and not _NAME.fullmatch(self.pvc):
             raise UserError("--pvc %r is not a valid claim name" % self.pvc)
-        if not _NAME.match(self.secret):
+        if not _NAME.fullmatch(self.secret):
             raise UserError("--secret %r is not a valid Secret name" % self.secret)
-        if self.queue_target_us < 1:
-            raise UserError("the queue-time target must be >= 1 us, got %d" % self.queue_target_us)
 
     def context(self) -> dict:
         labels = {"app.kubernetes.io/name": "triton", "app.kubernetes.io/instance": self.name,

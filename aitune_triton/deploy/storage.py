@@ -65,14 +65,14 @@ class S3Location:
     https: bool = False
 
     def __post_init__(self) -> None:
-        if not _BUCKET.match(self.bucket) or ".." in self.bucket:
+        if not _BUCKET.fullmatch(self.bucket) or ".." in self.bucket:
             raise UserError("%r is not a valid S3 bucket name (3-63 characters: a-z, 0-9, '.', '-')" % self.bucket)
         if self.endpoint is not None:
-            match = _HOST_PORT.match(self.endpoint)
+            match = _HOST_PORT.fullmatch(self.endpoint)
             if not match or not 0 < int(match.group("port")) < 65536:
                 raise UserError("%r is not host:port for an S3 endpoint" % self.endpoint)
         for part in self.prefix.split("/") if self.prefix else ():
-            if not _SEGMENT.match(part) or part in (".", ".."):
+            if not _SEGMENT.fullmatch(part) or part in (".", ".."):
                 raise UserError("S3 prefix %r has an empty, '.'/'..' or unusual segment %r; use letters, digits "
                                 "and . _ - = + @ between single slashes" % (self.prefix, part))
 
@@ -86,7 +86,7 @@ class S3Location:
         rest = re.sub(r"^https?://", "", rest).strip("/")
         parts = rest.split("/") if rest else []
         endpoint = None
-        if parts and _HOST_PORT.match(parts[0]):
+        if parts and _HOST_PORT.fullmatch(parts[0]):
             endpoint = parts.pop(0)
         elif https:
             raise UserError("%r: https:// must be followed by host:port (s3://https://host:port/bucket/prefix)" % url)
@@ -234,7 +234,7 @@ def read_pointer(s3, base: S3Location) -> dict | None:
         raise _fail("reading", base.child(POINTER), exc) from None
     try:
         pointer = json.loads(body)
-        if not _VERSION_ID.match(str(pointer.get("version"))):
+        if not _VERSION_ID.fullmatch(str(pointer.get("version"))):
             raise ValueError("bad version %r" % pointer.get("version"))
     except (ValueError, AttributeError) as exc:
         raise UserError("%s is not a pointer written by aitune-triton push (%s)" % (base.child(POINTER), exc)) from None
@@ -243,12 +243,12 @@ def read_pointer(s3, base: S3Location) -> dict | None:
 
 def push(repo: Path, base: S3Location, progress: Progress | None = None) -> PushResult:
     """Upload ``repo`` under ``base/versions/<id>/``, check it, then switch ``base/current.json``."""
-    from aitune_triton.triton.repository import repository_lock
+    from aitune_triton.triton.repository import reading_lock
 
     say = progress or (lambda msg: None)
     repo = Path(repo)
     s3 = client(base)
-    with repository_lock(repo):  # no generate/tune rewrites a model while it is being read
+    with reading_lock(repo):  # no generate/tune rewrites a model while it is being read
         files = repository_files(repo)
         version = _version_id(files)
         target = base.child(VERSIONS, version)

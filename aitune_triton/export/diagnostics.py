@@ -117,6 +117,11 @@ def plain_cause(exc: BaseException, names: Sequence[str] = ()) -> str | None:
         return "Constraints violated (%s): the model accepts only some sizes of that axis%s%s; torch.export cannot " \
                "make it dynamic" % (dim.group(1) if dim else "?", " (it needs %s)" % guard_text if guard_text else "",
                                     "; with runtime asserts %s" % fails.group(1) if fails else "")
+    script_class = re.search(r"__torch__\.torch\.classes\.([\w.]+) .*does not have a field with name '__obj_flatten__'",
+                             text)
+    if script_class:  # torch.ao dynamic quantization keeps packed weights in TorchScript objects
+        return ("the model holds %s objects (packed weights of torch.ao quantized modules, e.g. quantize_dynamic), "
+                "which torch.export cannot trace" % script_class.group(1).rsplit(".", 1)[-1])
     if "FakeTensor" in text:  # a size or a Python value taken from tensor values (lengths, counts)
         return "sizes depend on input values%s; torch.export cannot trace it" % _where(exc)
     return None

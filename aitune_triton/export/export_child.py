@@ -24,7 +24,8 @@ def check(request: CheckRequest) -> dict[str, float]:
     data = torch.load(request.cases_path, weights_only=True)
     cases = list(zip(data["labels"], data["inputs"], data["outputs"], strict=True))
     try:
-        runner = load_runner(request.version_dir, request.format, request.device, request.spec)
+        runner = load_runner(request.version_dir, request.format, request.device, request.spec,
+                             request.max_detections)
     except Exception as exc:
         raise CandidateFailed("loading failed: %s" % first_line(exc)) from exc
     return check_runner(runner, request.spec, cases, request.device, request.tolerance)

@@ -7,6 +7,8 @@ to name it.
 
 from __future__ import annotations
 
+import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,18 @@ FALLBACK_LOG = Path("logs") / "fallback.log"  # in the model dir, beside the ver
 FILES = {"aoti": (AOTI_FILE,), "export": (EXPORT_FILE,), "eager": (SOURCE_FILE, STATE_FILE)}
 
 
+def aoti_package_metadata(package: Path) -> dict[str, str]:
+    """What an AOTInductor package records of the host that compiled it (``AOTI_MACHINE``,
+    ``AOTI_CPU_ISA``, ``AOTI_COMPUTE_CAPABILITY``: its ``*_metadata.json``), ``{}`` when unreadable."""
+    try:
+        with zipfile.ZipFile(package) as z:
+            name = next((n for n in sorted(z.namelist()) if n.endswith("_metadata.json")), None)
+            found = json.loads(z.read(name)) if name else {}
+    except (OSError, ValueError, zipfile.BadZipFile, KeyError):
+        return {}
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
 @dataclass(frozen=True)
 class FallbackArtifact:
     """The artifact kept in the version dir and what the generated model.py needs to serve it.
@@ -30,6 +44,9 @@ class FallbackArtifact:
     upper bound: unbounded). AOTInductor does not check input shapes or dtypes at run time, so the
     model.py validates requests against these before calling it. ``flat_io``: the artifact is a
     ``FlatIO`` export (flat tensors in spec input order in, a flat tuple in spec output order out).
+    ``max_detections``: forward returns one dict per image, served through
+    ``aitune_eager.PaddedDetections`` with that many rows per image (0: it returns tensors); an
+    exported artifact has the padding inside, the eager format wraps the user's module again.
     """
 
     format: str
@@ -40,12 +57,16 @@ class FallbackArtifact:
     axis_ranges: dict[str, tuple[tuple[int, int | None], ...]] = field(default_factory=dict)
     row_independent: bool = False
     flat_io: bool = False
+    max_detections: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": self.format, "device": self.device, "files": list(self.files),
-                "skipped": [list(s) for s in self.skipped], "max_errors": dict(self.max_errors),
-                "axis_ranges": {k: [list(r) for r in v] for k, v in self.axis_ranges.items()},
-                "row_independent": self.row_independent, "flat_io": self.flat_io}
+        d = {"format": self.format, "device": self.device, "files": list(self.files),
+             "skipped": [list(s) for s in self.skipped], "max_errors": dict(self.max_errors),
+             "axis_ranges": {k: [list(r) for r in v] for k, v in self.axis_ranges.items()},
+             "row_independent": self.row_independent, "flat_io": self.flat_io}
+        if self.max_detections:  # detectors only: other manifests stay as they were
+            d["max_detections"] = self.max_detections
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FallbackArtifact":
@@ -66,4 +87,5 @@ class FallbackArtifact:
                                for k, v in typed(d.get("max_errors", {}), dict, "artifact.max_errors").items()},
                    axis_ranges=ranges,
                    row_independent=typed(d.get("row_independent", False), bool, "artifact.row_independent"),
-                   flat_io=typed(d.get("flat_io", False), bool, "artifact.flat_io"))
+                   flat_io=typed(d.get("flat_io", False), bool, "artifact.flat_io"),
+                   max_detections=typed(d.get("max_detections", 0), int, "artifact.max_detections"))

@@ -220,7 +220,11 @@ def export_onnx(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample],
             from aitune_triton.export.diagnostics import plain_cause  # e.g. control flow on values, with the line
 
             cause = plain_cause(failure) or root_first_line(failure)
-            raise ModelError("ONNX export failed (%s): %s; %s" % (exporter, cause, hint(exporter)),
+            advice = hint(exporter)
+            if "torch.ao quantized" in cause:  # neither exporter has an ONNX form for packed int8 weights
+                advice = ("for TensorRT, give the float model and let TensorRT quantize it (--precision int8 or "
+                          "TensorRTBackendConfig(quantization_config=...)); the Python backend serves this one")
+            raise ModelError("ONNX export failed (%s): %s; %s" % (exporter, cause, advice),
                              details=out.getvalue()) from failure
         log.debug("%s exporter output:\n%s", exporter, out.getvalue())
         log.info("exported %s with the %s exporter in %.1f s", path.name, exporter, time.monotonic() - start)

@@ -2,9 +2,10 @@
 
 The ONNX file is what the TensorRT plan (and an ONNX Runtime model) is built from, so a silent
 difference (a traced branch, a specialised axis) would surface only as wrong answers from the
-server. The graph is run on every sample and on random inputs at the profiles' min and max shapes,
-and each output is compared with ``numerics.compare`` under its dtype's tolerance; the worst error
-per output goes into an ``OnnxCheck`` table.
+server. The graph is run on every sample and on inputs cut from the samples at the profiles' min and
+max shapes (``check_feeds``), and each output is compared with ``numerics.compare`` under its
+dtype's tolerance, in the shape the model returns; the worst error per output goes into an
+``OnnxCheck`` table.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from aitune_triton import numerics
 from aitune_triton.errors import ModelError
 from aitune_triton.numerics import Tolerance, tolerance_for
+from aitune_triton.sample_fit import fitted
 from aitune_triton.spec import IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed
 from aitune_triton.profile_set import ProfileSet
 
@@ -111,44 +113,25 @@ def root_first_line(exc: BaseException, limit: int = 300) -> str:
     return "%s: %s" % (type(root).__name__, line if len(line) <= limit else line[:limit] + "...")
 
 
-def _value_ranges(spec: IOSpec, samples: Sequence[Sample]) -> dict[str, tuple[float, float]]:
-    ranges = {}
-    for t in spec.inputs:
-        values = [sample_feed(spec, s)[t.name] for s in samples]
-        values = [v for v in values if v.numel()]
-        lo = min((float(v.min()) for v in values), default=0.0)
-        hi = max((float(v.max()) for v in values), default=1.0)
-        ranges[t.name] = (lo, hi)
-    return ranges
-
-
-def check_feeds(spec: IOSpec, samples: Sequence[Sample], profiles: ProfileSet,
-                seed: int = 0) -> list[tuple[str, dict[str, torch.Tensor]]]:
-    """Every sample, then random inputs at each profile's min and max shapes: values drawn from the
-    range the samples hold (token ids stay valid ids, masks stay 0/1), bools at random."""
-    cases = [("sample %d" % i, sample_feed(spec, s)) for i, s in enumerate(samples)]
-    ranges = _value_ranges(spec, samples)
-    gen = torch.Generator().manual_seed(seed)
+def check_feeds(spec: IOSpec, samples: Sequence[Sample],
+                profiles: ProfileSet) -> list[tuple[str, dict[str, torch.Tensor]]]:
+    """Every sample, then inputs at each profile's min and max shapes cut from the samples
+    (``sample_fit``: cropped or tiled, never drawn at random), so paired inputs stay valid: a
+    causal decoder's attention mask keeps a token to attend to in every row, lengths fit their
+    sequence, ids stay ids."""
+    feeds = [sample_feed(spec, s) for s in samples]
+    cases = [("sample %d" % i, feed) for i, feed in enumerate(feeds)]
     seen = set()
     for p, profile in enumerate(profiles.profiles):
         for k, which in ((0, "min"), (2, "max")):
-            shapes = {t.name: profile.shapes(t.name)[k] if t.name in profile.names() else t.shape(which)
+            shapes = {t.name: tuple(profile.shapes(t.name)[k] if t.name in profile.names() else t.shape(which))
                       for t in spec.inputs}
             key = tuple(sorted(shapes.items()))
             if key in seen:
                 continue
             seen.add(key)
-            feed = {}
-            for t in spec.inputs:
-                lo, hi = ranges[t.name]
-                shape = shapes[t.name]
-                if t.torch_dtype is torch.bool:
-                    feed[t.name] = torch.rand(shape, generator=gen) < 0.5
-                elif t.torch_dtype.is_floating_point:
-                    feed[t.name] = (torch.rand(shape, generator=gen) * (hi - lo) + lo).to(t.torch_dtype)
-                else:
-                    feed[t.name] = torch.randint(int(lo), int(hi) + 1, shape, generator=gen).to(t.torch_dtype)
-            cases.append(("profile %d %s" % (p, which), feed))
+            feed = fitted(feeds, shapes, 1 if spec.batching else 0)
+            cases.append(("profile %d %s" % (p, which), {k: v.contiguous() for k, v in feed.items()}))
     return cases
 
 

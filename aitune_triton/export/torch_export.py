@@ -3,7 +3,8 @@
 1. ``aoti``: an AOTInductor package compiled from a ``torch.export`` program with the batch and
    dynamic axes left symbolic (fastest; host-ISA or CUDA code, bound to its device kind);
 2. ``export``: the ``ExportedProgram`` itself (``.pt2``), run through ``ep.module()``;
-3. ``eager``: the user's own model file next to a ``state_dict`` (``torch.load(weights_only=True)``).
+3. ``eager``: the user's own model file next to a ``state_dict`` (``torch.load(weights_only=True)``,
+   or the full unpickler for the packed params of a quantized model: ``aitune_eager.load_state_dict``).
 
 Every candidate is compiled and checked against the eager outputs in a fresh child process with a
 timeout (``export_child.py`` through ``procs.run_child``): AOTInductor compiles are slow and can
@@ -29,6 +30,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from aitune_triton import numerics, procs
+from aitune_triton.export import aoti_crashes
 from aitune_triton.errors import CandidateFailed, ModelError, UserError
 from aitune_triton.export.diagnostics import append_text, capture_torch_output, child_failure, export_failure
 from aitune_triton.export.fallback_artifact import (
@@ -46,6 +48,7 @@ from aitune_triton.export.torch_program import AxisRanges, batch_of, export_prog
 from aitune_triton.numerics import Tolerance, tolerance_for
 from aitune_triton.spec import AxisKind, IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed
 from aitune_triton.profile_set import ProfileSet
+from aitune_triton.runtime.aitune_eager import PaddedDetections, load_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,13 @@ __all__ = ["FALLBACK_LOG", "FallbackArtifact", "build_fallback", "check_runner",
 
 COMPILE_TARGET = "aitune_triton.export.export_child:compile_aoti"
 CHECK_TARGET = "aitune_triton.export.export_child:check"
+# why a portable build skips AOTInductor
+NOT_PORTABLE = ("not portable (--portable): an AOTInductor package is machine code for this host's CPU "
+                "instruction set (and GPU), the ExportedProgram runs on any host")
+
+
+class CandidateCrashed(CandidateFailed):
+    """The child checking a candidate was killed by a signal (a crash in native code)."""
 
 
 # ----------------------------------------------------------------------------- reference cases
@@ -133,10 +143,11 @@ def compare(actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance) -> str
 # ----------------------------------------------------------------------------- loading (child side)
 
 
-def load_runner(version_dir: Path, fmt: str, device: str, spec: IOSpec) -> Callable[..., Any]:
+def load_runner(version_dir: Path, fmt: str, device: str, spec: IOSpec, max_detections: int = 0) -> Callable[..., Any]:
     """The artifact as a callable taking ``forward``'s arguments. The exported formats take flat
     tensors in spec input order and return a flat tuple (``FlatIO``); the generated model.py
-    calls them that way, here they are adapted to ``forward``'s arguments."""
+    calls them that way, here they are adapted to ``forward``'s arguments. ``max_detections``: the
+    eager module returns one dict per image, padded as the served model.py pads it."""
     version_dir = Path(version_dir)
     dev = torch.device(device)
     if fmt == "aoti":
@@ -153,7 +164,9 @@ def load_runner(version_dir: Path, fmt: str, device: str, spec: IOSpec) -> Calla
         module = importlib.util.module_from_spec(mod_spec)
         mod_spec.loader.exec_module(module)
         model = module.get_model()
-        model.load_state_dict(torch.load(version_dir / STATE_FILE, map_location=dev, weights_only=True))
+        if max_detections:
+            model = PaddedDetections(model, max_detections)
+        model.load_state_dict(load_state_dict(version_dir / STATE_FILE, dev))
         return model.to(dev).eval()
     raise ValueError("unknown fallback format %r" % fmt)
 
@@ -231,6 +244,7 @@ class CheckRequest:
     format: str
     device: str
     tolerance: Tolerance | None
+    max_detections: int = 0
 
 
 def _run_child(target: str, request: CompileRequest | CheckRequest, job: "_Job", what: str) -> Any:
@@ -242,7 +256,8 @@ def _run_child(target: str, request: CompileRequest | CheckRequest, job: "_Job",
     except procs.ChildFailed as failure:
         status = "timed out" if failure.outcome is procs.ChildOutcome.TIMEOUT else "exit %s" % failure.returncode
         append_text(job.log_path, "%s (%s)" % (what, status), failure.output)
-        raise CandidateFailed(_child_reason(what, failure)) from None
+        crashed = failure.outcome is procs.ChildOutcome.SIGNAL
+        raise (CandidateCrashed if crashed else CandidateFailed)(_child_reason(what, failure)) from None
     append_text(job.log_path, "%s (exit 0)" % what, child_log.read_text(errors="replace"))
     return value
 
@@ -260,10 +275,12 @@ class _Job:
     tolerance: Tolerance | None
     timeout_s: float
     log_path: Path
+    max_detections: int = 0
 
 
 def _check(job: _Job, fmt: str) -> dict[str, float]:
-    request = CheckRequest(job.spec, job.cases_path, job.version_dir, fmt, job.device, job.tolerance)
+    request = CheckRequest(job.spec, job.cases_path, job.version_dir, fmt, job.device, job.tolerance,
+                           job.max_detections)
     errors: dict[str, float] = _run_child(CHECK_TARGET, request, job, "%s check" % fmt)
     return errors
 
@@ -273,13 +290,34 @@ def _remove(version_dir: Path, fmt: str) -> None:
         (version_dir / name).unlink(missing_ok=True)
 
 
+def _remembered_crash(device: str) -> str | None:
+    """Why AOTInductor is skipped here: its load crashed on this machine before (None: it did not)."""
+    crash = aoti_crashes.lookup(aoti_crashes.HostKey.here(device))
+    return crash.skip_reason(aoti_crashes.cache_path()) if crash else None
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, Any]:
+    """``model.state_dict()`` on the CPU. Quantized modules keep packed params, dtypes and tuples
+    beside the tensors; the dict itself is kept (its ``_metadata`` holds the module versions that
+    quantized modules' loaders read)."""
+    state = model.state_dict()
+    for key, value in state.items():
+        state[key] = pytree.tree_map_only(torch.Tensor, lambda t: t.detach().cpu(), value)
+    return state
+
+
 def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample],
                    outputs: Sequence[Any], profiles: ProfileSet | None, version_dir: Path, device: str = "cpu",
                    preferred: str = "auto", timeout_s: float = 600, tolerance: Tolerance | None = None,
-                   log_path: Path | None = None) -> FallbackArtifact:
+                   log_path: Path | None = None, portable: bool = False,
+                   retry_crashed: bool | None = None) -> FallbackArtifact:
     """Write the best fallback artifact that matches eager into ``version_dir`` and describe it.
 
     ``preferred`` forces one format ("aoti", "export", "eager"); "auto" tries them best first.
+    ``portable`` leaves out AOTInductor (machine code for this host), so the artifact loads on any
+    host. An AOTInductor load that crashed on this machine before (``aoti_crashes``) is skipped
+    without compiling unless ``retry_crashed`` (default: when "aoti" is forced); a crash of the check
+    is remembered, a retried load that works is forgotten.
     ``timeout_s`` bounds each child process (the compile, each check). ``tolerance`` overrides the
     float tolerances of ``tolerance_for``. torch's output (export warnings, the children's output,
     tracebacks) is appended to ``log_path`` (default ``version_dir/../logs/fallback.log``), the
@@ -293,6 +331,10 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("device 'cuda' requested but torch sees no CUDA device here; generate on a GPU machine "
                         "or use --device cpu")
+    if portable and preferred == "aoti":
+        raise UserError("--portable and --fallback-format aoti contradict: an AOTInductor package is machine code "
+                        "for the host that compiles it; use --fallback-format export or auto")
+    retry_crashed = preferred == "aoti" if retry_crashed is None else retry_crashed
     version_dir = Path(version_dir)
     version_dir.mkdir(parents=True, exist_ok=True)
     log_path = Path(log_path) if log_path else version_dir.parent / FALLBACK_LOG
@@ -300,8 +342,16 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
     max_batch = profiles.max_batch_size if profiles else spec.max_sample_batch
     cases = reference_cases(model, spec, samples, outputs, max_batch)
     independent = rows_independent(model, spec, cases, tolerance)
-    wanted = FORMATS if preferred == "auto" else (preferred,)
+    wanted: tuple[str, ...] = FORMATS if preferred == "auto" else (preferred,)
     skipped = [(f, "not requested (fallback format %r)" % preferred) for f in FORMATS[:FORMATS.index(wanted[0])]]
+    if portable and "aoti" in wanted:
+        wanted = tuple(f for f in wanted if f != "aoti")
+        skipped.append(("aoti", NOT_PORTABLE))
+    crashed_before = _remembered_crash(device) if "aoti" in wanted and not retry_crashed else None
+    if crashed_before:
+        wanted = tuple(f for f in wanted if f != "aoti")
+        skipped.append(("aoti", crashed_before))
+        log.info("AOTInductor skipped: %s", crashed_before)
     eager_ranges: AxisRanges = {t.name: tuple((1, max(max_batch, 1)) if (i == 0 and t.has_batch)
                                               else (a.max, a.max) if a.kind is AxisKind.STATIC else (1, None)
                                               for i, a in enumerate(t.axes)) for t in spec.inputs}
@@ -310,7 +360,8 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
         cases_path = work / "cases.pt"
         torch.save({"labels": [c[0] for c in cases], "inputs": [{k: v.cpu() for k, v in c[1].items()} for c in cases],
                     "outputs": [{k: v.cpu() for k, v in c[2].items()} for c in cases]}, cases_path)
-        job = _Job(spec, cases_path, version_dir, work, device, tolerance, timeout_s, log_path)
+        max_detections = model.max_detections if isinstance(model, PaddedDetections) else 0
+        job = _Job(spec, cases_path, version_dir, work, device, tolerance, timeout_s, log_path, max_detections)
         ranges: AxisRanges = {}
         export_error = None
         if {"aoti", "export"} & set(wanted):
@@ -323,6 +374,7 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
                 export_error = "torch.export failed: %s" % export_failure(exc, [t.name for t in spec.inputs])
                 log.info("%s", export_error)
         for fmt in wanted:
+            checking = False  # a crash while checking (loading) a compiled candidate, not while compiling it
             try:
                 if fmt in ("aoti", "export") and export_error:
                     raise CandidateFailed(export_error)
@@ -333,15 +385,23 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
                     shutil.copyfile(work / EXPORT_FILE, version_dir / EXPORT_FILE)
                 else:
                     shutil.copyfile(source_path, version_dir / SOURCE_FILE)
-                    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, version_dir / STATE_FILE)
+                    torch.save(_cpu_state(model), version_dir / STATE_FILE)
+                checking = True
                 errors = _check(job, fmt)
+                if fmt == "aoti" and retry_crashed and aoti_crashes.forget(aoti_crashes.HostKey.here(device)):
+                    log.info("AOTInductor loads on this machine now: its remembered crash is forgotten")
             except CandidateFailed as exc:
+                if fmt == "aoti" and checking and isinstance(exc, CandidateCrashed):
+                    where = aoti_crashes.remember(aoti_crashes.HostKey.here(device), str(exc))
+                    exc = CandidateCrashed("%s; remembered in %s: the next generate here skips the AOTInductor "
+                                           "compile (retry with `%s`)" % (exc, where, aoti_crashes.RETRY_HINT))
                 _remove(version_dir, fmt)
                 skipped.append((fmt, str(exc)))
                 log.info("fallback %s rejected: %s", fmt, exc)
                 continue
             artifact = FallbackArtifact(fmt, device, FILES[fmt], tuple(skipped), errors,
-                                        eager_ranges if fmt == "eager" else ranges, independent, fmt != "eager")
+                                        eager_ranges if fmt == "eager" else ranges, independent, fmt != "eager",
+                                        max_detections)
             log.info("fallback: %s on %s, max |err| vs eager %s", fmt, device,
                      ", ".join("%s %.3g" % kv for kv in errors.items()))
             return artifact

@@ -1,16 +1,18 @@
 """The Python-backend runtime that serves a PyTorch fallback inside Triton.
 
-Its modules are not imported by aitune-triton: they are copied verbatim into each generated version
-directory (``aitune_triton.triton.python_model.write_python_model``), next to the per-model data
-file ``aitune_model.json``. ``model.py`` runs in Triton's stub, where only the model directory and
-the stub's own Python environment exist; ``aitune_runtime.py`` holds its pure, unit-tested parts.
+Its modules are copied verbatim into each generated version directory
+(``aitune_triton.triton.python_model.write_python_model``), next to the per-model data file
+``aitune_model.json``. ``model.py`` runs in Triton's stub, where only the model directory and the
+stub's own Python environment exist; ``aitune_runtime.py`` holds its pure, unit-tested parts.
+``aitune_eager.py`` (how the eager format is rebuilt) is also imported by the generator, so the
+check of an eager artifact and the served model rebuild it with the same code.
 """
 
 from __future__ import annotations
 
 from importlib import resources
 
-RUNTIME_FILES = ("model.py", "aitune_runtime.py", "aitune_staging.py")
+RUNTIME_FILES = ("model.py", "aitune_runtime.py", "aitune_staging.py", "aitune_eager.py")
 
 
 def runtime_source(name: str) -> bytes:

@@ -203,7 +203,7 @@ class PlanRunner(BaseRunner):
             raise ModelError("TensorRT refused to select the optimization profile (see the log)")
         buffers = {}
         for name in inputs:
-            value = torch.from_numpy(np.ascontiguousarray(feed_dict[name]))
+            value = torch.from_numpy(np.array(feed_dict[name], order="C"))  # a 0-d input stays 0-d
             buffers[name] = value.to(device=device(name), dtype=getattr(torch, _TORCH_DTYPES[self._dtype_name(name)]))
             if not context.set_input_shape(name, tuple(buffers[name].shape)):
                 raise ModelError("TensorRT refused input %r of shape %s (see the log)"

@@ -273,6 +273,21 @@ def check_shell_safe(repo: Path | str, model_names: tuple[str, ...] = ()) -> Non
                             % (text, what, " ".join(repr(c) for c in bad)))
 
 
+def check_open_files(needed: int | None = None) -> None:
+    """Refuse to launch under an open-file limit (``ulimit -n``) too low for tritonserver, its
+    Python stubs and the clients: such a run otherwise fails minutes later, deep in a load, with
+    the cause only in the server log."""
+    import resource
+
+    needed = defaults.MIN_OPEN_FILES if needed is None else needed
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raise UserError("the open-file limit is %d (ulimit -n), below the %d tritonserver and its stubs need; raise "
+                        "it (ulimit -n %d%s) and rerun" % (soft, needed, needed,
+                                                          "" if hard == resource.RLIM_INFINITY or hard >= needed
+                                                          else ", which needs a hard limit of at least that"))
+
+
 def check_ports_free(host: str, ports: dict[str, int]) -> None:
     """Fixed ports must be free before launch: otherwise another server would answer our probes."""
     for what, port in ports.items():

@@ -21,6 +21,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from aitune_triton import defaults
 from aitune_triton.errors import UserError
 from aitune_triton.export.fallback_artifact import FallbackArtifact
 from aitune_triton.json_fields import ints, strings, typed
@@ -270,10 +271,27 @@ def save_reference(path: Path, cases: list[ReferenceCase]) -> None:
     np.savez_compressed(path, **arrays)
 
 
+def check_npz_size(path: Path, limit: int | None = None) -> None:
+    """UserError unless the arrays of the ``.npz`` at ``path`` decompress to at most ``limit`` bytes,
+    read from the zip directory before any member is inflated (a small file can claim gigabytes)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # not a zip at all: np.load reports it
+    total = sum(m.file_size for m in members)
+    limit = defaults.NPZ_MAX_BYTES if limit is None else limit
+    if total > limit:
+        raise UserError("%s decompresses to %d MB (%d arrays), more than the %d MB a recorded sample file may hold; "
+                        "regenerate the model" % (path, total // 10 ** 6, len(members), limit // 10 ** 6))
+
+
 def load_reference(path: Path) -> list[ReferenceCase]:
-    """The recorded cases; UserError naming the file when it is missing, truncated, empty or not ours."""
+    """The recorded cases; UserError naming the file when it is missing, truncated, empty, too large
+    once decompressed or not ours."""
     cases: dict[int, ReferenceCase] = {}
     try:
+        check_npz_size(path)
         with np.load(path, allow_pickle=False) as data:
             for key in data.files:
                 idx, kind, name = key.split("/", 2)

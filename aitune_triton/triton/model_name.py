@@ -20,6 +20,6 @@ def validate_model_name(name: str) -> str:
     if name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name or "\0" in name:
         raise UserError("model name %r is not a plain directory name; use letters, digits, '_', '-' or '.', "
                         "not starting with '.'" % name)
-    if not _MODEL_NAME.match(name):
+    if not _MODEL_NAME.fullmatch(name):
         raise UserError("model name %r is not allowed; use 1-128 letters, digits, '_', '-' or '.'" % name[:140])
     return name

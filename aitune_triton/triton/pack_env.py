@@ -19,6 +19,7 @@ runs wherever it is extracted. It packs *this* interpreter, so its Python must b
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.metadata as md
 import logging
 import os
@@ -34,6 +35,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from aitune_triton.errors import ModelError, UserError
+from aitune_triton.integrity import sha256_file, verify_model
+from aitune_triton.output_paths import resource_error
 from aitune_triton.runtime.aitune_runtime import TORCH_EXACT, DataError, ModelData, release
 
 log = logging.getLogger(__name__)
@@ -171,6 +174,10 @@ def pack_env(repo: Path, model: str, python: str | None = None, compresslevel: i
                         "environment that has the model's torch installed" % (here, python, python))
     if not (model_dir / "config.pbtxt").is_file():
         raise UserError("%s is not a model directory (no config.pbtxt)" % model_dir)
+    manifest = verify_model(model_dir, Path(repo))  # its files are read (and packed for) below
+    if not os.access(model_dir, os.W_OK | os.X_OK):
+        raise UserError("cannot write %s into %s: it is not writable (a read-only repository?); pack-env adds the "
+                        "environment to the model directory" % (ENV_FILE, model_dir))
     versions = sorted((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
     if not versions:
         raise UserError("%s has no version directory" % model_dir)
@@ -211,10 +218,15 @@ def pack_env(repo: Path, model: str, python: str | None = None, compresslevel: i
                 for src, rel in _dist_files(dist, site):
                     tar.add(str(src), "lib/%s/site-packages/%s" % (py, rel), recursive=False)
         os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise resource_error(exc, "the packed environment", out) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _point_config(model_dir)
+    # the environment runs code when served: its hash joins the manifest's, as the artifacts' did at generate
+    dataclasses.replace(manifest, files={**manifest.files, ENV_FILE: sha256_file(out)}).save(model_dir)
     names = tuple(sorted("%s==%s" % (d.metadata["Name"], d.version) for d in dists.values()))
     return PackedEnv(out, out.stat().st_size, time.monotonic() - started, names)
 

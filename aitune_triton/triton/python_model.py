@@ -12,9 +12,10 @@ import json
 import logging
 import platform
 from pathlib import Path
+from typing import Any
 
 from aitune_triton.errors import UserError
-from aitune_triton.export.fallback_artifact import FallbackArtifact
+from aitune_triton.export.fallback_artifact import AOTI_FILE, FallbackArtifact, aoti_package_metadata
 from aitune_triton.runtime import RUNTIME_FILES, runtime_source
 from aitune_triton.runtime.aitune_runtime import (
     DATA_FILE,
@@ -24,6 +25,8 @@ from aitune_triton.runtime.aitune_runtime import (
     InputBinding,
     ModelData,
     Requirements,
+    cpu_flags_here,
+    isa_flags,
     release,
     sha256_file,
 )
@@ -50,8 +53,10 @@ def graph_batch_sizes(max_batch_size: int) -> list[int]:
     return sizes + [max_batch_size] if max_batch_size > 0 else []
 
 
-def runtime_requirements(fmt: str, device: str) -> Requirements:
-    """What the serving side needs for an artifact of ``fmt`` built here on ``device``."""
+def runtime_requirements(fmt: str, device: str, version_dir: Path | None = None) -> Requirements:
+    """What the serving side needs for an artifact of ``fmt`` built here on ``device``. For an
+    AOTInductor package (in ``version_dir``) that includes this host's CPU instruction set, as the
+    package itself records it, and on CUDA the GPU's compute capability."""
     import torch
 
     version = torch.__version__
@@ -62,10 +67,20 @@ def runtime_requirements(fmt: str, device: str) -> Requirements:
 
         schema = int(SCHEMA_VERSION[0])
     torch_min = "%d.%d.%d" % release(version) if rule != TORCH_MIN else TORCH_FLOOR
+    host: dict[str, Any] = {}
+    if fmt == "aoti":
+        meta = aoti_package_metadata(Path(version_dir) / AOTI_FILE) if version_dir else {}
+        isa = meta.get("AOTI_CPU_ISA") or torch.backends.cpu.get_cpu_capability()
+        capability = None
+        if device == "cuda" and torch.cuda.is_available():  # the GPU the package was compiled and checked on
+            capability = "%d.%d" % torch.cuda.get_device_capability()
+        host = {"machine": meta.get("AOTI_MACHINE") or platform.machine(),
+                "cpu_isa": None if "INVALID" in isa.upper() else isa.upper(),
+                "cpu_flags": isa_flags(cpu_flags_here() or ()), "compute_capability": capability}
     return Requirements(python="%d.%d" % tuple(map(int, platform.python_version_tuple()[:2])), torch=version,
                         torch_rule=rule, torch_min=torch_min,
                         cuda=(torch.version.cuda or "unknown") if device == "cuda" else None,
-                        triton_min=TRITON_MIN, export_schema_major=schema)
+                        triton_min=TRITON_MIN, export_schema_major=schema, **host)
 
 
 def _ranges(spec: IOSpec, artifact: FallbackArtifact, max_batch_size: int) -> dict[str, tuple]:
@@ -123,8 +138,9 @@ def python_model_data(spec: IOSpec, artifact: FallbackArtifact, max_batch_size: 
         cuda_graphs=bool(cuda_graphs),
         graph_batches=tuple(batches) if batched else (),
         max_graphs=int(max_graphs),
-        requirements=requirements or runtime_requirements(artifact.format, artifact.device),
+        requirements=requirements or runtime_requirements(artifact.format, artifact.device, Path(version_dir)),
         flat_io=bool(flat_io or getattr(artifact, "flat_io", False)) and artifact.format != "eager",
+        max_detections=artifact.max_detections if artifact.format == "eager" else 0,  # exported: padding inside
     )
 
 
@@ -145,7 +161,8 @@ def serving_readme(name: str, data: ModelData, client_notes: tuple[str, ...] = (
     cuda_line = ("a torch build for CUDA %s and a GPU (the artifact runs on cuda)" % reqs.cuda if reqs.cuda
                  else "none (the artifact runs on the CPU)")
     return render("model_readme.md.j2", name=name, version=__version__, what=what, files=sorted(data.sha256),
-                  reqs=reqs, torch_line=torch_line, cuda_line=cuda_line, client_notes=client_notes)
+                  reqs=reqs, torch_line=torch_line, cuda_line=cuda_line, host_line=reqs.host_needs(),
+                  client_notes=client_notes)
 
 
 def write_python_model(version_dir: Path, spec: IOSpec, artifact: FallbackArtifact, max_batch_size: int,

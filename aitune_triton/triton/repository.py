@@ -20,13 +20,13 @@ import fcntl
 import logging
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Iterator
 
 from aitune_triton import procs
+from aitune_triton.atomic import replace_file_atomically  # noqa: F401 (re-exported: its callers import it here)
 from aitune_triton.errors import UserError
 from aitune_triton.triton.model_name import validate_model_name
 
@@ -115,6 +115,20 @@ def repository_lock(repo: Path, wait_s: float = 0.0) -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.unlink(lock_path)
         os.close(fd)
+
+
+@contextlib.contextmanager
+def reading_lock(repo: Path) -> Iterator[None]:
+    """For a run that only reads the repository (``push``): the repository lock where one can be
+    taken, none where nobody can write (a read-only filesystem or directory: no ``generate`` or
+    ``tune`` can change it, and the lock file could not be created anyway)."""
+    real = Path(repo).resolve()
+    if not os.access(real, os.W_OK | os.X_OK):
+        log.info("%s is read-only: reading it without the repository lock", repo)
+        yield
+        return
+    with repository_lock(real):
+        yield
 
 
 def _remove_stale_staging(repo: Path) -> None:
@@ -248,18 +262,3 @@ def stage_models(repo: Path, names: list[str], force: bool = False) -> Iterator[
         if created and not committed:
             with contextlib.suppress(OSError):
                 repo.rmdir()
-
-
-def replace_file_atomically(path: Path, text: str) -> None:
-    """Write ``path`` via a temp file in the same dir and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the server may run as another user
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

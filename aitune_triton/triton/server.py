@@ -42,6 +42,7 @@ from aitune_triton.triton.launch import (
     ServerOptions,
     build_command,
     build_environment,
+    check_open_files,
     check_ports_free,
     check_shell_safe,
     free_port,
@@ -243,6 +244,7 @@ class TritonServer(ServerAPI):
         if "*" in self.options.load_models and isinstance(self.repo, Path) and self.repo.is_dir():
             names = tuple(p.name for p in self.repo.iterdir() if p.is_dir())
         check_shell_safe(self.repo, names)
+        check_open_files()
         opts = self.options
         check_ports_free(opts.host, {k: v for k, v in (("http", opts.http_port), ("grpc", opts.grpc_port),
                                                        ("metrics", opts.metrics_port)) if v})

@@ -111,7 +111,7 @@ class AccuracyReport:
 
 def _as_tensor(value: Any) -> torch.Tensor:
     if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(value))
+        return torch.from_numpy(np.array(value, order="C"))  # a 0-d output stays 0-d (not ascontiguousarray)
     if isinstance(value, torch.Tensor):
         return value
     raise TypeError("output is a %s, not a tensor" % type(value).__name__)

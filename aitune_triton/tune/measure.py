@@ -116,7 +116,7 @@ def effective_variant(server: Server, model: str) -> Variant:
     finally:
         client.close()
     count = (cfg.get("instance_group") or [{}])[0].get("count", 1)
-    if not cfg.get("max_batch_size"):
+    if not cfg.get("max_batch_size") or "dynamic_batching" not in cfg:
         return Variant(count, None)
     return Variant(count, int((cfg.get("dynamic_batching") or {}).get("max_queue_delay_microseconds", 0)))
 

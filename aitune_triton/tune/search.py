@@ -15,6 +15,7 @@ Only the winner is written (``tune.writeback``), with the reports (``tune.report
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -27,11 +28,13 @@ import numpy as np
 
 from aitune_triton import defaults
 from aitune_triton.errors import UserError
-from aitune_triton.output_paths import check_output_dir, check_output_file
+from aitune_triton.integrity import verify_model
+from aitune_triton.output_paths import check_output_dir, check_output_file, resource_error
 from aitune_triton.triton.manifest import REFERENCE, Manifest, load_reference
 from aitune_triton.triton.perf import PerfOptions, write_input_data_json
 from aitune_triton.triton.render import CONFIG, parse_config
-from aitune_triton.triton.repository import repository_lock
+from aitune_triton.triton.model_name import validate_model_name
+from aitune_triton.triton.repository import replace_file_atomically, repository_lock
 from aitune_triton.triton.server_api import Server
 from aitune_triton.tune.algorithms import brute_force, hill_climb, quick_budget
 from aitune_triton.tune.measure import LiveRunner, perf_flags, remeasure
@@ -40,7 +43,7 @@ from aitune_triton.tune.objective import Objective, decide, pick_finalists
 from aitune_triton.tune.points import Point, Variant
 from aitune_triton.tune.report import write_reports
 from aitune_triton.tune.result import TuneResult
-from aitune_triton.tune.space import build_space, check_transports, current_variant, placement
+from aitune_triton.tune.space import batching_refused, build_space, check_transports, current_variant, placement
 from aitune_triton.tune.writeback import record, reload_from_disk, write_back
 
 log = logging.getLogger(__name__)
@@ -152,6 +155,22 @@ def _load_avg() -> float:
         return float("nan")
 
 
+def check_tunable(repo: Path, model: str, report_dir: Path | None = None) -> Manifest:
+    """Before a server starts: the model passes the integrity check (nothing is loaded otherwise)
+    and its directory can take what tune writes (config.pbtxt, its backup, the manifest, the
+    reports); one line naming what is wrong."""
+    validate_model_name(model)
+    model_dir = Path(repo) / model
+    manifest = verify_model(model_dir, Path(repo))
+    for where, what in ((model_dir, "the tuned config.pbtxt and the manifest"),
+                        (Path(report_dir) if report_dir else model_dir, "the tuning report")):
+        probe = where if where.exists() else where.parent
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise UserError("cannot write %s into %s: it is not writable (a read-only repository?); tune writes the "
+                            "chosen config back" % (what, probe))
+    return manifest
+
+
 def tune_model(repo: Path, model: str, server: Server, options: TuneOptions | None = None) -> TuneResult:
     """Search ``options``' grid for ``model`` on ``server`` (started, explicit model control),
     write the best config back and the reports; returns what was measured and chosen.
@@ -165,7 +184,7 @@ def tune_model(repo: Path, model: str, server: Server, options: TuneOptions | No
     config_path = model_dir / CONFIG
     if not config_path.exists():
         raise UserError("%s not found; is %s a model in the repository %s?" % (config_path, model, repo))
-    manifest = Manifest.load(model_dir)
+    manifest = check_tunable(repo, model, options.report_dir)
     original = config_path.read_text()
     base = parse_config(original)
     num_profiles = len(manifest.profiles.profiles) if manifest.backend == "tensorrt" else 0
@@ -208,24 +227,36 @@ def tune_model(repo: Path, model: str, server: Server, options: TuneOptions | No
                                                 space.gpus),
                             finalists=tuple(finalists), improvement=decision.improvement, ties=decision.ties,
                             perf_flags=perf_flags(runner.stable_perf()))
-        if chosen is None:
-            reload_from_disk(server, model)
-            why = decision.reason if finalists else "no measured variant met the constraint (%s)" % objective.describe()
-            result = dataclasses.replace(result, reason=why + "; config.pbtxt left unchanged")
-        else:
-            result = dataclasses.replace(result, reason=decision.reason)
-            backup = write_back(server, result, chosen, base, original, limit, num_profiles, stamp)
-            result = dataclasses.replace(result, written=True, backup_path=backup)
-        result = dataclasses.replace(result, load_avg=(load_start, _load_avg()))
-        result = dataclasses.replace(result, elapsed_s=time.monotonic() - t0)
-        reports = write_reports(result, report_dir)
-        if options.export_model_analyzer is not None:
-            # Model Analyzer cannot sweep the client transport: it gets the chosen point's
-            ma_perf = dataclasses.replace(runner.perf, shared_memory=chosen.point.transport) if chosen else runner.perf
-            reports["model_analyzer"] = write_model_analyzer_config(
-                options.export_model_analyzer, repo, model, base, space, objective, result.perf_flags, ma_perf)
-        result = dataclasses.replace(result, reports=reports)
-        record(model_dir, manifest, result, original, report_dir, stamp)
+        try:
+            if chosen is None:
+                reload_from_disk(server, model)
+                why = decision.reason if finalists else \
+                    "no measured variant met the constraint (%s)" % objective.describe()
+                result = dataclasses.replace(result, reason=why + "; config.pbtxt left unchanged")
+            else:
+                result = dataclasses.replace(result, reason=decision.reason)
+                backup = write_back(server, result, chosen, base, original, limit, num_profiles, stamp)
+                result = dataclasses.replace(result, written=True, backup_path=backup)
+            refused = batching_refused(manifest)
+            if refused:
+                result = dataclasses.replace(result, reason="%s; %s" % (result.reason, refused))
+            result = dataclasses.replace(result, load_avg=(load_start, _load_avg()))
+            result = dataclasses.replace(result, elapsed_s=time.monotonic() - t0)
+            reports = write_reports(result, report_dir)
+            if options.export_model_analyzer is not None:
+                # Model Analyzer cannot sweep the client transport: it gets the chosen point's
+                ma_perf = dataclasses.replace(runner.perf, shared_memory=chosen.point.transport) if chosen \
+                    else runner.perf
+                reports["model_analyzer"] = write_model_analyzer_config(
+                    options.export_model_analyzer, repo, model, base, space, objective, result.perf_flags, ma_perf)
+            result = dataclasses.replace(result, reports=reports)
+            record(model_dir, manifest, result, original, report_dir, stamp)
+        except OSError as exc:  # a full disk or a filesystem gone read-only: the old config back, one line
+            if config_path.read_text() != original:
+                with contextlib.suppress(OSError):
+                    replace_file_atomically(config_path, original)
+                reload_from_disk(server, model)
+            raise resource_error(exc, "the tuning results", model_dir) from None
     log.info("tuning %s: %s (%d of %d points, %d loads, %.0f s)", model, result.reason, result.measured,
              result.grid_size, result.loads, result.elapsed_s)
     return result

@@ -149,12 +149,14 @@ def apply_variant(base: model_config_pb2.ModelConfig, variant: Variant,
         cfg.dynamic_batching.max_queue_delay_microseconds = variant.delay_us
         del cfg.dynamic_batching.preferred_batch_size[:]
         cfg.dynamic_batching.preferred_batch_size.extend(variant.preferred)
+    else:  # a variant that does not batch: no dynamic batcher, whatever the base had
+        cfg.ClearField("dynamic_batching")
     return cfg
 
 
 def current_variant(cfg: model_config_pb2.ModelConfig) -> Variant:
     count = cfg.instance_group[0].count if cfg.instance_group else 1
-    if cfg.max_batch_size == 0:
+    if cfg.max_batch_size == 0 or not cfg.HasField("dynamic_batching"):
         return Variant(count, None)
     db = cfg.dynamic_batching
     return Variant(count, db.max_queue_delay_microseconds, tuple(db.preferred_batch_size))
@@ -227,6 +229,16 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def batching_refused(manifest: "Manifest") -> str | None:
+    """Why dynamic batching must stay off for this model, or None: generate's probe found that a
+    row's outputs change with the rows batched beside it, so merging requests gives wrong answers."""
+    probe = getattr(getattr(manifest, "checks", None), "batching", None)
+    if probe is None or probe.rows_independent:
+        return None
+    return ("dynamic batching stays off: generate found that rows are not independent (%s), so merging requests "
+            "would change answers" % (probe.reason or "a row's outputs change with the rows beside it"))
+
+
 def build_space(cfg: model_config_pb2.ModelConfig, manifest: Manifest, options: "TuneOptions",
                 gpus: int | None = None) -> SearchSpace:
     """The grid for this model: instance counts above the usable cores are dropped for CPU
@@ -256,7 +268,8 @@ def build_space(cfg: model_config_pb2.ModelConfig, manifest: Manifest, options: 
         if kept != instances:
             log.info("instance counts %s exceed the %d usable cores: searching %s", instances, cores, kept)
         instances = kept
-    delays: tuple[int | None, ...] = (None,) if cfg.max_batch_size == 0 else tuple(options.delays_us)
+    unbatchable = cfg.max_batch_size == 0 or batching_refused(manifest) is not None
+    delays: tuple[int | None, ...] = (None,) if unbatchable else tuple(options.delays_us)
     current = tuple(cfg.dynamic_batching.preferred_batch_size)
     preferred: tuple[tuple[int, ...], ...] = (current,)
     if options.search_preferred and manifest.backend == "tensorrt" and len(manifest.profiles.profiles) > 1:

@@ -19,6 +19,7 @@ import torch
 
 from aitune_triton.errors import UserError
 from aitune_triton.spec import IOSpec
+from aitune_triton.triton.manifest import check_npz_size
 from aitune_triton.profile_set import ProfileSet
 
 EDGE_INPUTS = "edge_inputs.npz"
@@ -91,6 +92,7 @@ def load_edge_inputs(path: Path) -> list[dict[str, np.ndarray]]:
     if not Path(path).exists():
         return []
     cases: dict[int, dict[str, np.ndarray]] = {}
+    check_npz_size(path)
     with np.load(path, allow_pickle=False) as data:
         for key in data.files:
             idx, name = key.split("/", 1)

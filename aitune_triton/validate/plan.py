@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aitune_triton.errors import AituneError, UserError
+from aitune_triton.integrity import tree_problems
 from aitune_triton.tensorrt.section import TensorRTSection
 from aitune_triton.triton import tools
 from aitune_triton.triton.manifest import MANIFEST, Manifest
@@ -45,6 +46,12 @@ def plan_models(repo: Path, only: tuple[str, ...] = ()) -> list[Planned]:
         if not (model_dir / MANIFEST).exists():
             if (model_dir / "config.pbtxt").exists():
                 others.append(model_dir.name)
+            continue
+        refused = tree_problems(model_dir, repo)  # before reading anything through a symlink
+        if refused:
+            failure = CheckResult("integrity", CheckStatus.FAIL, "refusing to load %s: %s (remove them, or regenerate "
+                                  "the model)" % (model_dir, "; ".join(refused[:5])))
+            planned[model_dir.name] = Planned(model_dir.name, "unknown", failure=failure)
             continue
         try:
             manifest = Manifest.load(model_dir)

@@ -13,7 +13,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aitune_triton.output_paths import resource_error
 from aitune_triton.triton.perf import PerfRow
+from aitune_triton.triton.repository import replace_file_atomically
 from aitune_triton.validate.result import CheckResult, CheckStatus
 
 log = logging.getLogger(__name__)
@@ -106,11 +108,20 @@ class ValidationReport:
 
     @property
     def passed(self) -> bool:
-        return self.server.error is None and self.counts[CheckStatus.FAIL] == 0
+        """No check failed and at least one passed: a run that checked nothing proves nothing."""
+        counts = self.counts
+        return self.server.error is None and counts[CheckStatus.FAIL] == 0 and counts[CheckStatus.PASS] > 0
+
+    @property
+    def verdict(self) -> str:
+        if self.passed:
+            return "PASSED"
+        counts = self.counts
+        return "NOT VALIDATED" if self.server.error is None and counts[CheckStatus.FAIL] == 0 else "FAILED"
 
     @property
     def exit_code(self) -> int:
-        """0 when every check passed (skips allowed), 1 when any failed or the server did."""
+        """0 when every check passed (skips allowed, but at least one check passed), 1 otherwise."""
         return 0 if self.passed else 1
 
     def model(self, name: str) -> ModelReport:
@@ -133,16 +144,27 @@ class ValidationReport:
                    float(d.get("seconds", 0.0)), d.get("options", {}), int(d.get("schema_version", SCHEMA_VERSION)))
 
     def write(self, report_dir: Path) -> dict[str, Path]:
-        """report.json, report.md and (when perf ran) latency_throughput.png; returns their paths."""
+        """report.json, report.md and (when perf ran) latency_throughput.png; returns their paths.
+
+        Each file is written whole or not at all (a temp file renamed into place): a full disk
+        leaves the previous report, never a truncated one, and is one UserError line."""
         report_dir = Path(report_dir)
-        report_dir.mkdir(parents=True, exist_ok=True)
         paths = {"json": report_dir / REPORT_JSON, "md": report_dir / REPORT_MD}
-        paths["json"].write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         plot = report_dir / PLOT_PNG
-        if any(m.perf for m in self.models):
-            write_plot(self, plot)
-            paths["png"] = plot
-        paths["md"].write_text(to_markdown(self, plot.name if "png" in paths else None))
+        try:
+            report_dir.mkdir(parents=True, exist_ok=True)
+            replace_file_atomically(paths["json"], json.dumps(self.to_dict(), indent=2) + "\n")
+            if any(m.perf for m in self.models):
+                tmp = report_dir / (".tmp-" + PLOT_PNG)
+                try:
+                    write_plot(self, tmp)
+                    tmp.replace(plot)
+                finally:
+                    tmp.unlink(missing_ok=True)
+                paths["png"] = plot
+            replace_file_atomically(paths["md"], to_markdown(self, plot.name if "png" in paths else None))
+        except OSError as exc:
+            raise resource_error(exc, "the validation report", report_dir) from None
         return paths
 
 
@@ -162,7 +184,7 @@ def to_markdown(report: ValidationReport, plot_name: str | None = None) -> str:
         "- repository: `%s`" % report.repository,
         "- server: %s, Triton %s (http %s, grpc %s)" % (s.mode, s.version or "unknown", s.http_url, s.grpc_url),
         "- result: **%s** — %d passed, %d failed, %d skipped checks in %.0f s"
-        % ("PASSED" if report.passed else "FAILED", counts[CheckStatus.PASS], counts[CheckStatus.FAIL],
+        % (report.verdict, counts[CheckStatus.PASS], counts[CheckStatus.FAIL],
            counts[CheckStatus.SKIP], report.seconds),
     ]
     if s.log_path:
@@ -265,7 +287,7 @@ def print_summary(report: ValidationReport, console=None, report_dir: Path | Non
     if report.server.error:
         console.print(Text("server: " + report.server.error, style="red"))
     counts = report.counts
-    verdict = Text("PASSED" if report.passed else "FAILED", style="bold green" if report.passed else "bold red")
+    verdict = Text(report.verdict, style="bold green" if report.passed else "bold red")
     console.print(Text.assemble(verdict, " — %d passed, %d failed, %d skipped checks (Triton %s, %s)"
                                 % (counts[CheckStatus.PASS], counts[CheckStatus.FAIL], counts[CheckStatus.SKIP],
                                    report.server.version or "unknown", report.server.mode)))

@@ -63,10 +63,10 @@ def test_a_budget_no_point_meets_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(target_rps=0, p99_ms=5), "--target-rps must be > 0"),
-    (dict(target_rps=1, p99_ms=-1), "--p99-ms must be > 0"),
+    (dict(target_rps=0, p99_ms=5), "--target-rps must be a finite number > 0"),
+    (dict(target_rps=1, p99_ms=-1), "--p99-ms must be a finite number > 0"),
     (dict(target_rps=1, p99_ms=5, headroom=1.0), "--headroom must be in"),
-    (dict(target_rps=1, p99_ms=5, gpus_per_replica=-1), "--gpus-per-replica must be >= 0"),
+    (dict(target_rps=1, p99_ms=5, gpus_per_replica=-1), r"--gpus-per-replica must be in \[0, 64\]"),
 ])
 def test_bad_requests_are_user_errors(kwargs, message):
     with pytest.raises(UserError, match=message):
@@ -141,3 +141,64 @@ def test_plan_cli_unwritable_out_is_one_line(tmp_path):
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines()[-1].startswith("error: cannot write the plan to ")
     assert "No such file or directory" in result.output and "Traceback" not in result.output
+
+
+def _tune_report(**changes) -> dict:
+    row = {"instances": 1, "max_queue_delay_us": 0, "status": "ok", "concurrency": 1, "throughput": 100.0,
+           "p99_ms": 5.0}
+    data = {"model": "cnn", "objective": "max-throughput", "chosen": {"instances": 1, "max_queue_delay_us": 0},
+            "measurements": [row]}
+    for key, value in changes.items():
+        if key.startswith("row_"):
+            row[key[4:]] = value
+        else:
+            data[key] = value
+    return data
+
+
+@pytest.mark.parametrize("data, message", [
+    ([1, 2], "not a JSON object"),
+    ({"models": {"cnn": 1}, "server": {}}, "models is dict, not a list"),
+    ({"models": [{"name": "cnn", "perf": [{"concurrency": 1, "throughput": 5.0}]}], "server": {}}, "has no 'p99_ms'"),
+    ({"models": [{"name": "cnn", "perf": ["x"]}], "server": {}}, "a measurement is str"),
+    ({"models": [{"name": "cnn", "perf": []}], "server": {}}, "holds no throughput measurements"),
+    (_tune_report(row_throughput=float("nan")), "is not valid"),
+    (_tune_report(row_p99_ms=-1.0), "is not valid"),
+    (_tune_report(row_concurrency="8"), "is not valid"),
+    (_tune_report(measurements={"a": 1}), "measurements is dict"),
+    (_tune_report(chosen=[1]), "the chosen config is list"),
+    (_tune_report(chosen={"instances": "two", "max_queue_delay_us": 0}), "chosen instance count 'two'"),
+])
+def test_malformed_reports_are_one_line_errors(tmp_path, data, message):
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(data))  # json.dumps writes NaN as the JavaScript literal, as a broken writer would
+    with pytest.raises(UserError, match=message):
+        cap.read_curve(path, "cnn")
+
+
+def test_absurd_plans_are_refused_and_deploy_refuses_absurd_plan_files(tmp_path):
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(_tune_report(row_throughput=1e-300)))
+    with pytest.raises(UserError, match="needs .* replicas .* more than 10000"):
+        cap.plan(cap.read_curve(path, "cnn"), cap.PlanRequest(target_rps=1e3, p99_ms=10))
+    with pytest.raises(UserError, match="--target-rps must be a finite number"):
+        cap.PlanRequest(target_rps=float("inf"), p99_ms=10)
+    for plan in ({"replicas": 10 ** 303, "gpus_per_replica": 1, "p99_ms": 5}, {"replicas": 2, "gpus_per_replica": 1},
+                 {"replicas": True, "gpus_per_replica": 1, "p99_ms": 5}, [1]):
+        (tmp_path / "plan.json").write_text(json.dumps(plan))
+        with pytest.raises(UserError, match="is not a capacity plan written by"):
+            cap.load_plan(tmp_path / "plan.json")
+
+
+def test_plan_reads_nothing_through_a_symlinked_config(tmp_path):
+    """A config.pbtxt symlinked to a private file would put its first token into the error."""
+    import shutil
+
+    shutil.copytree(ROOT / "model_repository" / "cnn", tmp_path / "repo" / "cnn")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOPSECRET token\n")
+    (tmp_path / "repo" / "cnn" / "config.pbtxt").unlink()
+    (tmp_path / "repo" / "cnn" / "config.pbtxt").symlink_to(secret)
+    with pytest.raises(UserError, match="refusing to read .*cnn: config.pbtxt is a symlink") as info:
+        cap.read_curve(REAL, "cnn", tmp_path / "repo" / "cnn")
+    assert "TOPSECRET" not in str(info.value)

@@ -4,6 +4,7 @@ the CLI's one-line errors. Regenerate the golden files with AITUNE_UPDATE_GOLDEN
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def test_image_follows_the_plan_tensorrt_or_the_validated_release():
 
 @pytest.mark.parametrize("field, value, message", [
     ("name", "Bad_Name", "not a valid Kubernetes name"),
-    ("replicas", 0, "--replicas must be >= 1"),
+    ("replicas", 0, r"--replicas must be an integer in \[1, 10000\]"),
     ("memory", "16GB", "not a Kubernetes quantity"),
     ("max_replicas", 1, "--max-replicas 1 is below --replicas 3"),
 ])
@@ -150,3 +151,49 @@ def test_deploy_cli_unwritable_out_is_one_line(tmp_path):
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines() == [
         "error: cannot write the manifests into %s: Not a directory" % (tmp_path / "file" / "k8s")]
+
+
+INJECTED_SECRET = "x:1\napiVersion: v1\nkind: Secret\nmetadata: {name: stolen}\nstringData: {k: v}\n# "
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("image", "nvcr.io/nvidia/tritonserver:24.10-py3\n" + INJECTED_SECRET, "is not a container image reference"),
+    ("image", "nvcr.io/x:1 y", "is not a container image reference"),
+    ("memory", "16Gi\n", "not a Kubernetes quantity"),
+    ("name", "cnn\n", "not a valid Kubernetes name"),
+    ("pvc", "triton-models\n", "not a valid claim name"),
+    ("secret", "s3\n", "not a valid Secret name"),
+    ("replicas", 10 ** 303, r"--replicas must be an integer in \[1, 10000\]"),
+    ("replicas", "3", r"--replicas must be an integer"),
+    ("gpus", 10 ** 6, r"--gpus-per-replica must be an integer in \[0, 64\]"),
+])
+def test_values_with_line_breaks_or_absurd_sizes_are_refused(field, value, message):
+    with pytest.raises(UserError, match=message):
+        k8s.DeploySpec(**{"image": IMAGE[0], "image_reason": IMAGE[1], **EXAMPLES["s3-deployment"], field: value})
+
+
+def test_every_template_value_is_escaped_so_no_object_can_be_added():
+    """Values the spec does not restrict (the reason, the repository, labels) are written as YAML
+    strings: line breaks in them add no object."""
+    spec = dataclasses.replace(_spec("s3-deployment"), image_reason="reason\n" + INJECTED_SECRET,
+                               repository="s3://minio.models.svc:9000/models/team/cnn\n" + INJECTED_SECRET,
+                               labels={"team\nkind: Secret": "a\n" + INJECTED_SECRET})
+    files = k8s.render(spec)
+    kinds = [d["kind"] for text in files.values() for d in yaml.safe_load_all(text) if d and "kind" in d]
+    assert "Secret" not in kinds and kinds.count("Deployment") == 1
+    assert "stolen" not in yaml.safe_dump([d for t in files.values() for d in yaml.safe_load_all(t) if d and
+                                           "kind" in d and d["kind"] == "Secret"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pvc", "triton-models\n"], "--pvc 'triton-models\\\\n' is not a valid claim name"),
+    (["--pvc", "triton-models", "--name", "cnn\n"], "'cnn\\\\n' is not a valid Kubernetes name"),
+    (["--pvc", "triton-models", "--image", "nvcr.io/x:1\nkind: Secret"], "is not a container image reference"),
+    (["--pvc", "triton-models", "--replicas", "9" * 303], r"--replicas must be an integer in \[1, 10000\]"),
+])
+def test_deploy_cli_values_with_line_breaks_are_one_line_errors(tmp_path, args, message):
+    out = tmp_path / "k8s"
+    result = CliRunner().invoke(main, ["deploy", "k8s", str(ROOT / "model_repository"), "--out", str(out)] + args)
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert __import__("re").search(message, result.output) and "YAML" not in result.output, result.output
+    assert not out.exists()

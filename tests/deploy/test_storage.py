@@ -40,6 +40,8 @@ def test_parse_follows_tritons_syntax_and_round_trips(url, bucket, prefix, endpo
     ("s3://Bad_Bucket/x", "not a valid S3 bucket name"),
     ("s3://https://models/x", "must be followed by host:port"),
     ("s3://127.0.0.1:99999/models/x", "not host:port"),
+    ("s3://models\n/x", "not a valid S3 bucket name"),
+    ("s3://models/x\n", "unusual segment"),
 ])
 def test_parse_rejects_bad_urls_in_one_line(url, message):
     with pytest.raises(UserError, match=message):
@@ -84,6 +86,17 @@ def test_push_uploads_a_version_then_switches_the_pointer(repo, base):
     assert second.version != first.version and second.previous == first.version
     assert st.list_objects(s3, first.repository) == keys  # the old version stays servable
     assert st.resolve(s3, base) == (second.repository, base, second.version)
+
+
+def test_push_reads_a_read_only_repository(repo, base, remount, tmp_path):
+    """push only reads: a repository on a read-only filesystem (where no lock file can be made) is
+    pushed as it is."""
+    copy = tmp_path / "ro"
+    shutil.copytree(repo, copy)
+    remount(copy, "ro")
+    result = st.push(copy, base)
+    assert st.read_pointer(st.client(base), base)["version"] == result.version and result.files > 5
+    assert not (copy / ".aitune.lock").exists()
 
 
 def test_open_repository_follows_the_pointer_and_downloads(repo, base):

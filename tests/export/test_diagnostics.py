@@ -56,6 +56,15 @@ def test_other_failures_keep_their_first_line_and_the_model_line():
     assert "\n" not in line
 
 
+def test_quantized_packed_params_are_named_as_what_torch_export_cannot_trace():
+    model = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(4, 2)), {torch.nn.Linear},
+                                                   dtype=torch.qint8)
+    with pytest.raises(Exception) as info:
+        torch.export.export(model, (torch.randn(2, 4),))
+    assert export_failure(info.value) == ("the model holds LinearPackedParamsBase objects (packed weights of torch.ao "
+                                          "quantized modules, e.g. quantize_dynamic), which torch.export cannot trace")
+
+
 def test_build_fallback_logs_torch_output_and_a_failed_build_keeps_its_log(tmp_path):
     from aitune_triton.errors import ModelError
     from aitune_triton.export.torch_export import build_fallback, skipped_summary

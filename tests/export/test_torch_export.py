@@ -108,9 +108,10 @@ def fake_pb_utils() -> types.ModuleType:
 
 
 def serve(monkeypatch, version_dir: Path, spec, art, max_batch_size: int, params: dict | None = None,
-          kind: str = "CPU", **options):
+          kind: str = "CPU", before_init=None, **options):
     """Write the runtime for ``art`` into ``version_dir``, import its model.py as the stub would and
-    initialize one instance (the stub puts the version directory on sys.path)."""
+    initialize one instance (the stub puts the version directory on sys.path). ``before_init(module)``
+    may patch the imported model.py first (e.g. the host it sees)."""
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_pb_utils())
     monkeypatch.syspath_prepend(str(version_dir))
     monkeypatch.setattr(sys, "dont_write_bytecode", sys.dont_write_bytecode)  # the runtime sets it
@@ -120,6 +121,8 @@ def serve(monkeypatch, version_dir: Path, spec, art, max_batch_size: int, params
     module_spec = importlib.util.spec_from_file_location(name, version_dir / "model.py")
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
+    if before_init is not None:
+        before_init(module)
     model = module.TritonPythonModel()
     config = {"max_batch_size": max_batch_size,
               "parameters": {k: {"string_value": v} for k, v in (params or {}).items()}}
@@ -140,6 +143,40 @@ def assert_matches(spec, response, expected):
     assert response.error is None, response.error.message()
     for t in spec.outputs:
         assert compare(response.outputs[t.name], expected[t.name], tolerance_for(t.dtype)) is None, t.name
+
+
+# ----------------------------------------------------------------------------- the host the artifact needs
+
+
+def test_a_package_for_an_isa_the_host_lacks_is_refused_in_one_line_before_it_is_loaded(tmp_path, monkeypatch):
+    """An AVX-512 package on an AVX2-only host dies with an invalid opcode once loaded: the runtime
+    refuses it at initialize() instead, naming what the host lacks and the fix. The host is faked
+    (``cpu_flags_here``), so the test means the same on any CPU; no package is compiled or loaded."""
+    from aitune_triton.runtime.aitune_runtime import Requirements
+
+    src, spec, profiles = prepare(EXAMPLES / "cnn" / "model.py")
+    version_dir = tmp_path / "cnn" / "1"
+    version_dir.mkdir(parents=True)
+    (version_dir / "model.aoti.pt2").write_bytes(b"not loaded")
+    art = FallbackArtifact("aoti", "cpu", ("model.aoti.pt2",), flat_io=True)
+    needs = Requirements(python="3.11", torch=torch.__version__, torch_rule="exact",
+                         torch_min="%d.%d.%d" % tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:3]),
+                         cuda=None, triton_min="2.51", machine="x86_64", cpu_isa="AVX512 AVX512_VNNI",
+                         cpu_flags=("avx", "avx2", "avx512bw", "avx512f", "avx512_vnni", "fma"))
+
+    def avx2_host(module):
+        monkeypatch.setattr(module.platform, "machine", lambda: "x86_64")
+        monkeypatch.setattr(module.rt, "cpu_flags_here", lambda: frozenset({"sse4_2", "avx", "avx2", "fma"}))
+        monkeypatch.setattr(module, "_load", lambda *a: pytest.fail("the package was loaded"))
+
+    with pytest.raises(FakeModelException) as info:
+        serve(monkeypatch, version_dir, spec, art, 8, before_init=avx2_host, requirements=needs)
+    assert str(info.value) == (
+        "model m: its AOTInductor package needs x86_64 CPUs with AVX512 AVX512_VNNI but this host's CPU "
+        "lacks avx512bw avx512f avx512_vnni: regenerate it on such a host or with `--fallback-format export` / "
+        "`--portable` (any host)")
+    readme = (tmp_path / "cnn" / "README.md").read_text()
+    assert "| host | x86_64 CPUs with AVX512 AVX512_VNNI (avx avx2 avx512bw avx512f avx512_vnni fma) |" in readme
 
 
 # ----------------------------------------------------------------------------- artifact selection
@@ -365,7 +402,11 @@ def test_model_data_defaults_and_device_mismatch(tmp_path, monkeypatch):
     assert data.graph_batches == (1, 2, 4, 8)
     assert data.requirements.torch_rule == "exact" and data.requirements.torch == torch.__version__
     runtime = (ROOT / "aitune_triton" / "runtime" / "model.py").read_text()
-    assert "weights_only=True" in runtime and "pickle" not in runtime and "as_numpy" not in runtime
+    assert "eager.load_state_dict(" in runtime and "pickle" not in runtime and "as_numpy" not in runtime
+    # the state_dict is read without pickle; the full unpickler only for packed params (quantized models)
+    eager = (ROOT / "aitune_triton" / "runtime" / "aitune_eager.py").read_text()
+    assert eager.count("torch.load(") == 2 and eager.index("weights_only=True") < \
+        eager.index("except pickle.UnpicklingError:") < eager.index("weights_only=False")
     with pytest.raises(FakeModelException, match="compiled for cpu but instance m_0 is KIND_GPU"):
         serve(monkeypatch, version, spec, art, 8, kind="GPU")
     gpu_art = FallbackArtifact("aoti", "cuda", ("model.aoti.pt2",))

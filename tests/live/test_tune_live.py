@@ -134,3 +134,65 @@ def test_tune_writes_the_measured_best_and_it_loads(triton_server_factory, repo,
     assert "**chosen**" in (tmp_path / "report" / "tune_report.md").read_text()
     print("tune live: %.1f s for 2 variants + %d re-measurements, chosen %s" % (
         elapsed, result.remeasured, result.chosen.point.label()))
+
+
+MIXING = '''\
+import torch
+
+
+class Centre(torch.nn.Module):
+    """Each row minus the batch mean: a row's answer depends on the rows batched beside it."""
+
+    def forward(self, x):
+        return x - x.mean(dim=0, keepdim=True)
+
+
+def get_model():
+    return Centre()
+
+
+def get_samples():
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(b, 4, generator=g) for b in (1, 2, 4)]
+'''
+
+
+@pytest.mark.live
+def test_tune_never_enables_dynamic_batching_for_rows_that_are_not_independent(triton_server_factory, tmp_path):
+    """generate found the rows are not independent; tune measured with the batcher on and wrote it
+    back, and 368 of 400 concurrent requests got wrong answers. Now no variant batches, the written
+    config has no dynamic_batching, and the report says why."""
+    from aitune_triton.api import generate
+
+    if tools.find_perf_analyzer() is None:
+        pytest.skip("perf_analyzer not installed")
+    (tmp_path / "mixing.py").write_text(MIXING)
+    repo = tmp_path / "repo"
+    generate(tmp_path / "mixing.py", repo, overrides={"fallback_format": "export", "backends": ("python",)})
+    model_dir = repo / "mixing"
+    assert Manifest.load(model_dir).checks.batching.rows_independent is False
+    server = triton_server_factory(repo)
+    options = TuneOptions(instances=(1,), delays_us=(0, 2000), concurrency=(4,), brute=True, min_gain=0.0,
+                          finalists=1, rounds=1, perf=FAST_PERF, report_dir=tmp_path / "report")
+    result = tune_model(repo, "mixing", server, options)
+    assert result.space.delays_us == (None,) and result.grid_size == 1
+    assert "dynamic batching stays off: generate found that rows are not independent" in result.reason
+    assert "dynamic_batching" not in (model_dir / "config.pbtxt").read_text()
+    report = json.loads((tmp_path / "report" / "tune_report.json").read_text())
+    assert "dynamic batching stays off" in report["reason"]
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(server.http_url, concurrency=16)
+    try:
+        assert "dynamic_batching" not in client.get_model_config("mixing")
+        rows = np.random.default_rng(0).standard_normal((64, 1, 4)).astype(np.float32)
+        pending = []
+        for row in rows:  # all in flight at once: a batcher would merge them
+            t = httpclient.InferInput("x", [1, 4], "FP32")
+            t.set_data_from_numpy(row)
+            pending.append(client.async_infer("mixing", [t]))
+        answers = [p.get_result().as_numpy("output_0") for p in pending]
+    finally:
+        client.close()
+    wrong = sum(not np.allclose(a, 0.0, atol=1e-6) for a in answers)  # a row alone is its own mean
+    assert wrong == 0, "%d of %d concurrent requests were answered as part of a batch" % (wrong, len(answers))

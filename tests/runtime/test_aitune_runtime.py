@@ -5,6 +5,7 @@ tests/export/test_torch_export.py."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import json
 
@@ -14,11 +15,14 @@ from aitune_triton.runtime import RUNTIME_FILES, runtime_source
 from aitune_triton.runtime.aitune_runtime import (
     DATA_FILE,
     DataError,
+    HostFacts,
     InputBinding,
     ModelData,
     Requirements,
     artifact_problem,
+    cpu_flags_here,
     instance_threads,
+    isa_flags,
     pad_target,
     release,
     shape_problem,
@@ -55,7 +59,7 @@ def test_runtime_files_import_nothing_but_torch_triton_and_the_stdlib():
         assert "aitune_triton" not in imported, name
         assert imported <= {"__future__", "hashlib", "json", "os", "re", "dataclasses", "typing", "importlib",
                             "platform", "sys", "time", "uuid", "torch", "triton_python_backend_utils", "aitune_runtime",
-                            "aitune_staging"}, name
+                            "aitune_staging", "aitune_eager", "pickle"}, name
     with pytest.raises(ValueError, match="not a runtime file"):
         runtime_source("../cli.py")
 
@@ -162,3 +166,71 @@ def test_padding_and_threads():
     assert pad_target((), 3) == 3
     config = {"instance_group": [{"count": 2, "kind": "KIND_CPU"}, {"count": 1, "kind": "KIND_GPU"}]}
     assert instance_threads(config, 16) == 8 and instance_threads(config, 1) == 1 and instance_threads({}, 4) == 4
+
+
+# ----------------------------------------------------------------------------- the host an AOTInductor package needs
+
+# /proc/cpuinfo flags of an AMD EPYC with AVX2 and no AVX-512 (where the committed AVX-512 package died with
+# "trap invalid opcode"), and of the AVX-512 EPYC that compiled it
+AVX2_HOST = frozenset("fpu sse sse2 ssse3 sse4_1 sse4_2 popcnt avx avx2 fma f16c bmi1 bmi2 movbe adx sha_ni "
+                      "vaes vpclmulqdq".split())
+AVX512_HOST = AVX2_HOST | {"avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+                           "gfni"}
+AOTI_AVX512 = Requirements(python="3.11", torch="2.13.0+cpu", torch_rule="exact", torch_min="2.13.0", cuda=None,
+                           triton_min="2.51", machine="x86_64", cpu_isa="AVX512 AVX512_VNNI",
+                           cpu_flags=isa_flags(AVX512_HOST))
+AOTI_H100 = Requirements(python="3.11", torch="2.11.0+cu130", torch_rule="exact", torch_min="2.11.0", cuda="13.0",
+                         triton_min="2.51", machine="x86_64", cpu_isa="AVX2", cpu_flags=isa_flags(AVX2_HOST),
+                         compute_capability="9.0")
+
+
+def test_isa_flags_keep_the_instruction_set_extensions_only():
+    assert isa_flags(["fpu", "avx2", "sse2", "avx512f", "amx_tile", "fma", "lm", "avx512_vnni"]) == \
+        ("amx_tile", "avx2", "avx512_vnni", "avx512f", "fma")
+    assert "avx512bw" in AOTI_AVX512.cpu_flags and "fpu" not in AOTI_AVX512.cpu_flags
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx avx2 fma\n\nprocessor\t: 1\n")
+    assert cpu_flags_here(str(cpuinfo)) == {"fpu", "avx", "avx2", "fma"}
+    assert cpu_flags_here(str(tmp_path / "none")) is None
+
+
+def test_an_avx512_package_is_refused_on_an_avx2_host_in_one_line():
+    host = HostFacts("x86_64", AVX2_HOST, "AVX2")
+    msg = AOTI_AVX512.host_problem("cnn", host)
+    assert msg == ("model cnn: its AOTInductor package needs x86_64 CPUs with AVX512 AVX512_VNNI but "
+                   "this host's CPU lacks avx512_bf16 avx512_vnni avx512bw and 5 more: regenerate it on such a host or "
+                   "with `--fallback-format export` / `--portable` (any host)")
+    assert len(msg) <= 240  # validate's summary shows a detail's first 240 characters
+    assert AOTI_AVX512.host_problem("cnn", HostFacts("x86_64", AVX512_HOST | {"amx_tile"}, "AVX512")) is None
+    # no /proc/cpuinfo (not Linux): torch's own capability decides
+    assert "this host's CPU supports only AVX2" in AOTI_AVX512.host_problem("cnn", HostFacts("x86_64", None, "AVX2"))
+    assert AOTI_AVX512.host_problem("cnn", HostFacts("x86_64", None, "AVX512")) is None
+    assert "but this host is aarch64:" in AOTI_AVX512.host_problem("cnn", HostFacts("aarch64", frozenset(), None))
+
+
+def test_a_gpu_package_needs_its_compute_capability_and_cuda():
+    h100 = HostFacts("x86_64", AVX512_HOST, "AVX512", "13.0", "NVIDIA H100 80GB HBM3", "9.0")
+    assert AOTI_H100.host_problem("rn50", h100, on_gpu=True) is None
+    a100 = HostFacts("x86_64", AVX2_HOST, "AVX2", "13.0", "NVIDIA A100-SXM4-80GB", "8.0")
+    assert AOTI_H100.host_problem("rn50", a100, on_gpu=True).startswith(
+        "model rn50: its AOTInductor package needs x86_64 CPUs with AVX2 and GPUs of compute capability "
+        "9.0 with CUDA 13.0 but NVIDIA A100-SXM4-80GB has compute capability 8.0: regenerate it on such a host")
+    cu128 = HostFacts("x86_64", AVX2_HOST, "AVX2", "12.8", "NVIDIA H100 80GB HBM3", "9.0")
+    assert "but the stub's torch is built for CUDA 12.8:" in AOTI_H100.host_problem("rn50", cu128, on_gpu=True)
+    unknown = dataclasses.replace(AOTI_H100, cuda="unknown")  # generate-time torch.version.cuda was None
+    assert unknown.host_problem("rn50", cu128, on_gpu=True) is None
+
+
+def test_export_and_eager_need_nothing_of_the_host_and_old_data_reads():
+    anywhere = HostFacts("aarch64", frozenset(), "DEFAULT")
+    assert EXPORT.host_problem("m", anywhere) is None and EAGER.host_problem("m", anywhere, on_gpu=True) is None
+    assert EXPORT.host_needs() is None
+    assert Requirements.from_dict(AOTI_AVX512.to_dict()) == AOTI_AVX512
+    old = {k: v for k, v in AOTI.to_dict().items() if k not in ("machine", "cpu_isa", "cpu_flags",
+                                                                 "compute_capability")}
+    assert Requirements.from_dict(old) == AOTI  # written before the host was recorded: nothing to check
+    with pytest.raises(DataError, match="cpu_flags must be a list of strings"):
+        Requirements.from_dict(dict(AOTI.to_dict(), cpu_flags="avx2"))

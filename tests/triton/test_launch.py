@@ -177,3 +177,21 @@ def test_server_repository_arg_keeps_the_s3_url_and_absolutises_paths():
     assert server_repository_arg(Path("rel")) == str(Path("rel").resolve())
     assert is_s3_url("s3://b/p") and not is_s3_url(Path("s3:/b")) and not is_s3_url("S3://b")
 
+
+
+def test_a_too_low_open_file_limit_is_refused_before_launch():
+    """Under `ulimit -n 64` validate failed after 159 s with the cause only in the log tail."""
+    import resource
+
+    from aitune_triton.errors import UserError
+    from aitune_triton.triton.launch import check_open_files
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    check_open_files(needed=min(soft, 64))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+    try:
+        with pytest.raises(UserError, match=r"the open-file limit is 64 \(ulimit -n\), below the 256 tritonserver "
+                                            r"and its stubs need; raise it \(ulimit -n 256"):
+            check_open_files()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

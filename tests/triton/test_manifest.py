@@ -161,3 +161,23 @@ def test_wrong_history_is_one_user_error_line(committed, tmp_path, history, matc
                        % match) as err:
         Manifest.load(tmp_path)
     assert "\n" not in str(err.value)
+
+
+def test_a_reference_that_decompresses_past_the_bound_is_refused_before_inflating(tmp_path, monkeypatch):
+    """A small file whose zip directory claims more than NPZ_MAX_BYTES is one line, read from the
+    directory alone (a 3 MB file inflating to 3 GB got validate OOM-killed)."""
+    import numpy as np
+
+    from aitune_triton import defaults
+    from aitune_triton.triton.manifest import ReferenceCase, load_reference, save_reference
+    from aitune_triton.validate.edge_inputs import load_edge_inputs
+
+    path = tmp_path / "reference.npz"
+    save_reference(path, [ReferenceCase({"x": np.zeros((256, 1024), np.float32)}, {"y": np.zeros(4, np.float32)})])
+    assert path.stat().st_size < 10_000 and len(load_reference(path)) == 1
+    monkeypatch.setattr(defaults, "NPZ_MAX_BYTES", 1 << 20)  # the file claims 1 MiB + headers
+    with pytest.raises(UserError, match=r"reference.npz decompresses to 1 MB \(2 arrays\), more than the 1 MB"):
+        load_reference(path)
+    np.savez_compressed(tmp_path / "edge_inputs.npz", **{"0/x": np.zeros((256, 1024), np.float32)})
+    with pytest.raises(UserError, match="edge_inputs.npz decompresses to"):
+        load_edge_inputs(tmp_path / "edge_inputs.npz")

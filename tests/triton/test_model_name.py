@@ -21,6 +21,7 @@ def test_plain_names_pass_unchanged(name):
     ("space name", "is not allowed"),
     ("x" * 129, "is not allowed"),
     ("-leading-dash", "is not allowed"),
+    ("ok\n", "is not allowed"),  # a trailing line break: the whole name must match, not up to a `$`
 ])
 def test_names_that_are_not_plain_directory_names_are_refused(name, words):
     with pytest.raises(UserError, match=words):

@@ -51,3 +51,29 @@ def test_perf_stability_reaches_perf_analyzer():
     assert TuneOptions().perf.stability_percentage == 30.0
     assert perf_flags(tune_perf_options(80.0))["stability-percentage"] == 80
 
+
+
+def test_tune_checks_integrity_and_a_writable_model_dir_before_any_server(tmp_path, remount):
+    """A changed artifact is refused as validate refuses it; a read-only repository is one line
+    naming it (it ended in `internal error: OSError`)."""
+    import shutil
+    from pathlib import Path
+
+    from aitune_triton.errors import ModelError, UserError
+    from aitune_triton.tune.search import check_tunable
+
+    root = Path(__file__).resolve().parents[2]
+    repo = tmp_path / "repo"
+    shutil.copytree(root / "model_repository", repo)
+    assert check_tunable(repo, "cnn").name == "cnn"
+    with pytest.raises(UserError, match="model name 'cnn\\\\n' is not allowed"):
+        check_tunable(repo, "cnn\n")
+    remount(repo, "ro")
+    with pytest.raises(UserError, match="cannot write the tuned config.pbtxt and the manifest into .*cnn: it is not "
+                                        "writable"):
+        check_tunable(repo, "cnn")
+    copy = tmp_path / "copy"
+    shutil.copytree(repo, copy)
+    (copy / "cnn" / "1" / "aitune_runtime.py").write_text("import os\n")
+    with pytest.raises(ModelError, match="1/aitune_runtime.py does not match its recorded SHA-256"):
+        check_tunable(copy, "cnn")

@@ -11,13 +11,14 @@ import pytest
 
 from aitune_triton.errors import UserError
 from aitune_triton.tensorrt.profiles import ProfileSet, TensorRTProfile
+from aitune_triton.triton.manifest import BatchingProbe, ChecksSection
 from aitune_triton.triton.render import check_config, parse_config
 from aitune_triton.tune.objective import Objective
 from aitune_triton.tune.points import Point, Variant
 from aitune_triton.tune.report import to_markdown, write_reports
 from aitune_triton.tune.result import TuneResult
 from aitune_triton.tune.search import TuneOptions
-from aitune_triton.tune.space import SearchSpace, apply_variant, build_space, current_variant
+from aitune_triton.tune.space import SearchSpace, apply_variant, batching_refused, build_space, current_variant
 
 def test_space_validation_and_order():
     space = SearchSpace((1, 2), (0, 500), (4, 8))
@@ -54,9 +55,31 @@ def profiles(*opts: int) -> ProfileSet:
                       "samples_used", 16)
 
 
-def manifest(backend: str, profile_set: ProfileSet, max_batch: int = 16):
+def manifest(backend: str, profile_set: ProfileSet, max_batch: int = 16, checks=None):
     # build_space reads only these fields of a Manifest
-    return SimpleNamespace(backend=backend, profiles=profile_set, max_batch_size=max_batch)
+    return SimpleNamespace(backend=backend, profiles=profile_set, max_batch_size=max_batch,
+                           checks=checks or ChecksSection())
+
+
+def test_a_model_whose_rows_are_not_independent_is_never_given_dynamic_batching():
+    """generate's probe found a row's outputs depend on its batch-mates: no variant batches, the
+    written config has no dynamic batcher (even one the base had), and the reason is stated."""
+    probe = BatchingProbe(False, ("0", "1"), "row 0 changed by 3.1e-01 next to row 1")
+    dependent = manifest("python", profiles(1), checks=ChecksSection(batching=probe))
+    base = parse_config(PY_CONFIG)
+    space = build_space(base, dependent, TuneOptions(delays_us=(0, 500, 2000)))
+    assert space.delays_us == (None,) and all(v.delay_us is None for v in space.variants())
+    for variant in space.variants():
+        cfg = apply_variant(base, variant, 16)
+        assert not cfg.HasField("dynamic_batching") and cfg.max_batch_size == 16
+    assert batching_refused(dependent) == ("dynamic batching stays off: generate found that rows are not independent "
+                                           "(row 0 changed by 3.1e-01 next to row 1), so merging requests would "
+                                           "change answers")
+    independent = manifest("python", profiles(1), checks=ChecksSection(batching=BatchingProbe(True, (), "")))
+    assert batching_refused(independent) is None
+    assert build_space(base, independent, TuneOptions(delays_us=(0, 500))).delays_us == (0, 500)
+    no_batcher = parse_config(PY_CONFIG.replace("dynamic_batching { max_queue_delay_microseconds: 500 }", ""))
+    assert current_variant(no_batcher).delay_us is None
 
 def test_apply_variant_clamps_to_the_plan_and_stays_valid():
     base = parse_config(PY_CONFIG)

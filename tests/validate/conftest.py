@@ -70,7 +70,8 @@ def token_samples():
 
 
 def make_model_dir(root: Path, name: str, model: torch.nn.Module, raw_samples, backend: str = "python") -> Path:
-    """A model directory as generate writes it, minus the served artifact."""
+    """A model directory as generate writes it, with a placeholder for the served artifact (hashed
+    in the manifest, as generate records it)."""
     samples = [normalize_sample(s, i) for i, s in enumerate(raw_samples)]
     outputs = [model(*s.args, **s.kwargs) for s in samples]
     spec = record_spec(model, samples, outputs)
@@ -80,8 +81,10 @@ def make_model_dir(root: Path, name: str, model: torch.nn.Module, raw_samples, b
     model_dir = root / name
     model_dir.mkdir(parents=True)
     (model_dir / "config.pbtxt").write_text(render_config(plan))
+    (model_dir / "1").mkdir()
+    (model_dir / "1" / "placeholder.txt").write_text("the served artifact\n")
     Manifest(name, backend, spec, profiles, profiles.max_batch_size,
-             {t.name: tolerance_for(t.dtype) for t in spec.outputs}, versions={}).save(model_dir)
+             {t.name: tolerance_for(t.dtype) for t in spec.outputs}, versions={}).sealed(model_dir).save(model_dir)
     save_reference(model_dir / REFERENCE, reference_cases(spec, tuple(samples), tuple(outputs)))
     return model_dir
 

@@ -10,6 +10,7 @@ import pytest
 
 from aitune_triton.errors import UserError
 from aitune_triton.validate import harness
+from aitune_triton.validate.report import ServerInfo, ValidationReport
 from aitune_triton.validate.result import CheckStatus
 
 FAIL = CheckStatus.FAIL
@@ -25,7 +26,18 @@ def test_usage_errors(tmp_path, repo):
         harness.validate_repository(repo, harness.ValidateOptions(models=("nosuch",)))
 
 
+@pytest.mark.parametrize("where", ["affine/1", "affine", "."])
+def test_a_report_inside_the_repository_is_refused_before_anything_is_written(repo, where):
+    """Files written into a version directory would fail the integrity check and break the model."""
+    report_dir = repo / where / "report"
+    with pytest.raises(UserError, match="cannot write the validation report to .* inside the model repository"):
+        harness.validate_repository(repo, harness.ValidateOptions(report_dir=report_dir))
+    assert not report_dir.exists()
+
+
 def test_backend_missing_from_the_server_is_skipped(repo, tmp_path):
+    """A model generated for a backend this server lacks is not validated here (and a run of only
+    such models is not PASSED); a config naming another backend than the generated one fails."""
     shutil.copytree(repo / "affine", tmp_path / "affine")
     manifest = json.loads((tmp_path / "affine" / "manifest.json").read_text())
     manifest["backend"] = "onnxruntime"
@@ -33,8 +45,16 @@ def test_backend_missing_from_the_server_is_skipped(repo, tmp_path):
     (item,) = harness.plan_models(tmp_path)
     run = harness._Run(tmp_path, harness.ValidateOptions(perf=False), progress=lambda m: None)
     report = run.validate(item, backends=("python",))  # decided before any server is touched
+    assert report.status == "failed" and report.checks[0].name == "integrity"
+    assert "config.pbtxt names backend 'python', but the model was generated for the 'onnxruntime'" \
+        in report.checks[0].detail
+    config = tmp_path / "affine" / "config.pbtxt"
+    config.write_text(config.read_text().replace('backend: "python"', 'backend: "onnxruntime"'))
+    report = run.validate(item, backends=("python",))
     assert report.status == "skipped" and not report.checks
     assert "has no 'onnxruntime' backend (it has: python)" in report.skipped
+    whole = ValidationReport(str(tmp_path), ServerInfo("embedded"), (report,))
+    assert not whole.passed and whole.verdict == "NOT VALIDATED" and whole.exit_code == 1
 
 
 def test_the_grpc_url_defaults_to_the_http_port_plus_one():

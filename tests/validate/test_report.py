@@ -46,12 +46,44 @@ def test_exit_code_semantics():
     assert report(passing()).exit_code == 0
     skipped = ModelReport("cnn_trt", "tensorrt", skipped="TensorRT plan pending: no TensorRT here")
     only_skips = report(passing(), skipped)
-    assert only_skips.exit_code == 0 and skipped.status == "skipped"
+    assert only_skips.exit_code == 0 and skipped.status == "skipped"  # skips beside passed checks
     failed = ModelReport("bad", "python", (CheckResult("accuracy_grpc", FAIL, "output 'y' off"),))
     assert report(passing(), failed).exit_code == 1 and failed.status == "failed"
     died = ServerInfo(**{**SERVER.__dict__, "error": "tritonserver exited with code -9"})
     assert report(passing(), server=died).exit_code == 1
     assert report(passing(), failed).counts == {PASS: 2, FAIL: 1, SKIP: 1}
+
+
+def test_a_run_that_checked_nothing_is_not_passed():
+    """Zero passed checks is never PASSED (a model the server could not load used to count as a
+    skip and the run printed PASSED — 0 passed, 0 failed, 1 skipped)."""
+    nothing = report(ModelReport("m", "onnxruntime", skipped="the server has no 'onnxruntime' backend"))
+    assert nothing.counts == {PASS: 0, FAIL: 0, SKIP: 1}
+    assert not nothing.passed and nothing.exit_code == 1 and nothing.verdict == "NOT VALIDATED"
+    assert "**NOT VALIDATED** — 0 passed, 0 failed, 1 skipped" in to_markdown(nothing)
+    assert report(passing()).verdict == "PASSED"
+    assert report(ModelReport("m", "python", (CheckResult("load", FAIL, "no backend"),))).verdict == "FAILED"
+
+
+def test_a_full_disk_leaves_the_previous_report_and_is_one_line(tmp_path, remount):
+    import pytest
+
+    from aitune_triton.errors import UserError
+
+    folder = remount(tmp_path / "full", "full")  # a 64 KiB filesystem
+    report(passing(perf=False)).write(folder)
+    before = (folder / REPORT_JSON).read_text()
+    with open(folder / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"x" * 4096)
+        except OSError:
+            pass
+    big = report(*(passing("m%d" % i, perf=False) for i in range(40)))
+    with pytest.raises(UserError, match=r"cannot write the validation report to .*full: no space left on the device"):
+        big.write(folder)
+    assert (folder / REPORT_JSON).read_text() == before  # whole, not truncated
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".tmp")]
 
 
 def test_json_round_trip(tmp_path):

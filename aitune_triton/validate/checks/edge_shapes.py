@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from aitune_triton.triton.manifest import ReferenceCase
+from aitune_triton.sample_fit import fit, fit_cost
 from aitune_triton.validate.checks.registry import Check, register
 from aitune_triton.validate.result import CheckResult, CheckStatus, finished
 from aitune_triton.validate.checks.target import ModelTarget, Session
@@ -32,30 +32,6 @@ Shapes = dict[str, tuple[int, ...]]
 Ranges = dict[str, tuple[float, float]]
 
 
-def _crops_and_distance(case: ReferenceCase, shapes: Shapes, lead: int) -> tuple[int, int, int]:
-    """How badly ``case`` fits ``shapes``: non-batch axes to crop, total size difference, then
-    fewer rows (more distinct rows make a more varied batch)."""
-    crops = distance = 0
-    for name, shape in shapes.items():
-        have = np.asarray(case.inputs[name]).shape
-        for axis in range(lead, min(len(have), len(shape))):
-            crops += int(have[axis] > shape[axis])
-            distance += abs(have[axis] - shape[axis])
-    rows = max((np.asarray(v).shape[0] for v in case.inputs.values() if np.asarray(v).ndim), default=0) if lead else 0
-    return crops, distance, -rows
-
-
-def _fit(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """``arr`` cropped or tiled (its items repeated in order) to ``shape``, axis by axis."""
-    for axis, size in enumerate(shape):
-        if arr.shape[axis] == size:
-            continue
-        if arr.shape[axis] == 0:
-            return np.zeros(shape, arr.dtype)
-        arr = np.take(arr, np.arange(size) % arr.shape[axis], axis=axis)
-    return arr
-
-
 def sample_inputs(target: ModelTarget, shapes: Shapes, ranges: Ranges | None = None) -> dict[str, np.ndarray]:
     """Inputs of ``shapes`` (model shapes) cut from one recorded reference case, in request shape.
 
@@ -66,11 +42,11 @@ def sample_inputs(target: ModelTarget, shapes: Shapes, ranges: Ranges | None = N
     not). ``ranges`` (``GenerateConfig.input_ranges``) clip values the model declared valid.
     """
     lead = 1 if target.batching else 0
-    case = min(target.reference, key=lambda c: _crops_and_distance(c, shapes, lead))
+    case = min(target.reference, key=lambda c: fit_cost(c.inputs, shapes, lead))
     ranges = ranges or {}
     out = {}
     for name, tensor in target.inputs.items():
-        arr = _fit(np.asarray(case.inputs[name]), tuple(shapes[name]))
+        arr = fit(np.asarray(case.inputs[name]), tuple(shapes[name]))
         if name in ranges:
             arr = np.clip(arr, *ranges[name]).astype(arr.dtype, copy=False)
         arr = to_request(arr, tensor, target.batching)

@@ -13,7 +13,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 DATA_FILE = "aitune_model.json"
 DATA_SCHEMA = 1
@@ -21,6 +21,15 @@ FORMATS = ("aoti", "export", "eager")
 # how an artifact binds to the torch that serves it
 TORCH_EXACT, TORCH_SCHEMA, TORCH_MIN = "exact", "export-schema", "minimum"
 PACK_ENV_HINT = "aitune-triton pack-env REPO --model %s"
+# what a host lacking an AOTInductor package's CPU or GPU can do instead
+PORTABLE_FIX = "regenerate it on such a host or with `--fallback-format export` / `--portable` (any host)"
+# x86 /proc/cpuinfo flags of instruction-set extensions a C++ compiler emits code for on its own: inductor
+# compiles an AOTInductor package (the CPU kernels and the wrapper, CUDA packages too) with -march=native.
+# Extensions reached only through intrinsics (aes, sha_ni, vaes, adx...) and AMD-only ones (sse4a, xop, fma4)
+# are left out: they would refuse packages on hosts that run them fine (an AMD-built one on every Intel host)
+_ISA_FLAG = re.compile(r"^(avx|amx)|^(sse3|ssse3|sse4_1|sse4_2|fma|f16c|bmi1|bmi2|popcnt|abm|movbe|gfni)$")
+# torch.backends.cpu.get_cpu_capability() names, weakest first (x86)
+_CAPABILITY_RANK = {"DEFAULT": 0, "AVX2": 1, "AVX512": 2}
 
 Range = Tuple[int, Optional[int]]
 
@@ -37,6 +46,44 @@ def release(version: str) -> Tuple[int, int, int]:
     return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
 
 
+def _major_minor(version: Optional[str]) -> Optional[Tuple[int, int]]:
+    """``(13, 0)`` of ``"13.0"``; None for None or anything else (``"unknown"``)."""
+    m = re.match(r"\s*(\d+)\.(\d+)", version or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def isa_flags(flags: Iterable[str]) -> Tuple[str, ...]:
+    """The instruction-set extensions among ``flags`` (``/proc/cpuinfo`` names), sorted."""
+    return tuple(sorted({f for f in flags if _ISA_FLAG.match(f)}))
+
+
+def cpu_flags_here(path: str = "/proc/cpuinfo") -> Optional[FrozenSet[str]]:
+    """The flags of this host's CPU (Linux), or None where they cannot be read."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return None
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What the serving host offers an AOTInductor package: gathered by ``model.py`` in the stub and
+    passed in here, so the check is testable for any host. ``cpu_flags`` None: unknown (not Linux);
+    ``cpu_capability``: torch's ``get_cpu_capability()``."""
+
+    machine: str
+    cpu_flags: Optional[FrozenSet[str]] = None
+    cpu_capability: Optional[str] = None
+    cuda: Optional[str] = None  # the torch build's CUDA
+    gpu: Optional[str] = None  # the GPU the instance runs on: its name and compute capability
+    compute_capability: Optional[str] = None
+
+
 @dataclass(frozen=True)
 class Requirements:
     """What the serving side needs, recorded at generate time (``runtime_requirements`` in the manifest).
@@ -45,6 +92,11 @@ class Requirements:
     torch release that compiled it), ``export-schema`` (an ExportedProgram: any torch whose
     ``torch.export`` serialization schema has the same major version, ``export_schema_major``), or
     ``minimum`` (the user's module and ``state_dict``: any torch from ``torch_min``).
+
+    An AOTInductor package is also machine code for the host that compiled it: ``machine``
+    (``x86_64``), ``cpu_isa`` (the vector ISA inductor compiled its kernels for, as the package's own
+    ``AOTI_CPU_ISA``), ``cpu_flags`` (the generating CPU's instruction-set extensions: it was compiled
+    with ``-march=native``) and, on GPU, ``compute_capability``. The other formats leave them empty.
     """
 
     python: str
@@ -54,6 +106,10 @@ class Requirements:
     cuda: Optional[str]
     triton_min: str
     export_schema_major: Optional[int] = None
+    machine: Optional[str] = None
+    cpu_isa: Optional[str] = None
+    cpu_flags: Tuple[str, ...] = ()
+    compute_capability: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.torch_rule not in (TORCH_EXACT, TORCH_SCHEMA, TORCH_MIN):
@@ -63,13 +119,61 @@ class Requirements:
 
     def to_dict(self) -> dict:
         return {"python": self.python, "torch": self.torch, "torch_rule": self.torch_rule, "torch_min": self.torch_min,
-                "cuda": self.cuda, "triton_min": self.triton_min, "export_schema_major": self.export_schema_major}
+                "cuda": self.cuda, "triton_min": self.triton_min, "export_schema_major": self.export_schema_major,
+                "machine": self.machine, "cpu_isa": self.cpu_isa, "cpu_flags": list(self.cpu_flags),
+                "compute_capability": self.compute_capability}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Requirements":
+        flags = d.get("cpu_flags") or []
+        if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+            raise DataError("requirements.cpu_flags must be a list of strings, got %r" % (flags,))
         return cls(python=str(d["python"]), torch=str(d["torch"]), torch_rule=str(d["torch_rule"]),
                    torch_min=str(d["torch_min"]), cuda=d.get("cuda"), triton_min=str(d["triton_min"]),
-                   export_schema_major=d.get("export_schema_major"))
+                   export_schema_major=d.get("export_schema_major"), machine=d.get("machine"),
+                   cpu_isa=d.get("cpu_isa"), cpu_flags=tuple(flags), compute_capability=d.get("compute_capability"))
+
+    def host_needs(self, flags: bool = True) -> Optional[str]:
+        """What the artifact needs of the host's CPU and GPU, in words (None: nothing beyond torch);
+        ``flags``: list the CPU's instruction-set extensions too."""
+        parts = []
+        if self.cpu_isa or self.cpu_flags or self.machine:
+            cpu = "%s CPUs" % (self.machine or "")
+            if self.cpu_isa:
+                cpu += " with %s" % self.cpu_isa
+            if flags and self.cpu_flags:
+                cpu += " (%s)" % " ".join(self.cpu_flags)
+            parts.append(cpu.strip())
+        if self.compute_capability:
+            parts.append("GPUs of compute capability %s%s" % (self.compute_capability,
+                                                             " with CUDA %s" % self.cuda if self.cuda else ""))
+        return " and ".join(parts) or None
+
+    def host_problem(self, model: str, host: HostFacts, on_gpu: bool = False) -> Optional[str]:
+        """One line naming what ``host`` lacks of what the artifact was compiled for, and the fix; None
+        when it has everything (or nothing was recorded: export and eager artifacts)."""
+        lacks = None
+        if self.machine and host.machine and self.machine != host.machine:
+            lacks = "this host is %s" % host.machine
+        elif self.cpu_flags and host.cpu_flags is not None:
+            missing = [f for f in self.cpu_flags if f not in host.cpu_flags]
+            if missing:
+                lacks = "this host's CPU lacks %s%s" % (" ".join(missing[:3]), " and %d more" % (len(missing) - 3)
+                                                         if len(missing) > 3 else "")
+        elif self.cpu_isa and host.cpu_flags is None and host.cpu_capability in _CAPABILITY_RANK:
+            wanted = self.cpu_isa.split()[0].upper()
+            if _CAPABILITY_RANK.get(wanted, 0) > _CAPABILITY_RANK[host.cpu_capability or "DEFAULT"]:
+                lacks = "this host's CPU supports only %s" % host.cpu_capability
+        if lacks is None and on_gpu and self.compute_capability and host.compute_capability \
+                and host.compute_capability != self.compute_capability:
+            lacks = "%s has compute capability %s" % (host.gpu or "this GPU", host.compute_capability)
+        if lacks is None and on_gpu and _major_minor(self.cuda) and _major_minor(host.cuda) \
+                and _major_minor(self.cuda) != _major_minor(host.cuda):
+            lacks = "the stub's torch is built for CUDA %s" % host.cuda
+        if lacks is None:
+            return None
+        return "model %s: its AOTInductor package needs %s but %s: %s" % (
+            model, self.host_needs(flags=False), lacks, PORTABLE_FIX)
 
     def torch_wanted(self) -> str:
         """The torch this artifact loads with, in words."""
@@ -158,6 +262,7 @@ class ModelData:
     max_graphs: int
     requirements: Requirements
     flat_io: bool = False  # an exported artifact taking the inputs in spec order and returning a flat tuple
+    max_detections: int = 0  # eager: forward returns one dict per image, padded to this many (aitune_eager)
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -172,14 +277,19 @@ class ModelData:
             raise DataError("no SHA-256 recorded for %s" % ", ".join(missing))
         if self.max_batch_size < 0:
             raise DataError("max_batch_size must be >= 0, got %d" % self.max_batch_size)
+        if self.max_detections < 0:
+            raise DataError("max_detections must be >= 0, got %d" % self.max_detections)
 
     def to_dict(self) -> dict:
-        return {"schema": DATA_SCHEMA, "generator": self.generator, "format": self.format,
-                "artifact_device": self.artifact_device, "files": dict(self.files), "sha256": dict(self.sha256),
-                "max_batch_size": self.max_batch_size, "inputs": [i.to_dict() for i in self.inputs],
-                "outputs": [list(o) for o in self.outputs], "pad_to_buckets": self.pad_to_buckets,
-                "cuda_graphs": self.cuda_graphs, "graph_batches": list(self.graph_batches),
-                "max_graphs": self.max_graphs, "requirements": self.requirements.to_dict(), "flat_io": self.flat_io}
+        d = {"schema": DATA_SCHEMA, "generator": self.generator, "format": self.format,
+             "artifact_device": self.artifact_device, "files": dict(self.files), "sha256": dict(self.sha256),
+             "max_batch_size": self.max_batch_size, "inputs": [i.to_dict() for i in self.inputs],
+             "outputs": [list(o) for o in self.outputs], "pad_to_buckets": self.pad_to_buckets,
+             "cuda_graphs": self.cuda_graphs, "graph_batches": list(self.graph_batches),
+             "max_graphs": self.max_graphs, "requirements": self.requirements.to_dict(), "flat_io": self.flat_io}
+        if self.max_detections:  # detectors only: other data files stay as they were
+            d["max_detections"] = self.max_detections
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelData":
@@ -196,7 +306,8 @@ class ModelData:
                 outputs=tuple((str(n), str(t)) for n, t in d["outputs"]),
                 pad_to_buckets=d["pad_to_buckets"], cuda_graphs=bool(d["cuda_graphs"]),
                 graph_batches=tuple(int(b) for b in d["graph_batches"]), max_graphs=int(d["max_graphs"]),
-                requirements=Requirements.from_dict(d["requirements"]), flat_io=bool(d.get("flat_io", False)))
+                requirements=Requirements.from_dict(d["requirements"]), flat_io=bool(d.get("flat_io", False)),
+                max_detections=int(d.get("max_detections", 0)))
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, DataError):
                 raise

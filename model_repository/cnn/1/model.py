@@ -4,12 +4,13 @@ Copied verbatim by aitune-triton into each version directory next to ``aitune_ru
 pure helpers) and ``aitune_model.json`` (this model's data); regenerate instead of editing.
 
 Before loading, ``initialize()`` checks that the stub's Python has a torch this artifact loads
-with (one line naming what is missing and the fix) and that every artifact file matches the
-SHA-256 recorded at generate time. Tensors move through DLPack in both directions, never numpy:
-the 2.51 stub silently corrupts numpy I/O under numpy 2, bfloat16 has no numpy dtype, and DLPack
-keeps GPU inputs on the GPU. The requests of one execute() call whose non-batch dims match run as
-one forward and are split back; a request that is invalid or whose forward fails gets its own
-error, the others still run.
+with, that the host has the CPU instruction set (and GPU) an AOTInductor package was compiled for
+(one line naming what is missing and the fix: such a package dies with an invalid opcode, not an
+error, on a CPU without it) and that every artifact file matches the SHA-256 recorded at generate
+time. Tensors move through DLPack in both directions, never numpy: the 2.51 stub silently corrupts
+numpy I/O under numpy 2, bfloat16 has no numpy dtype, and DLPack keeps GPU inputs on the GPU. The
+requests of one execute() call whose non-batch dims match run as one forward and are split back; a
+request that is invalid or whose forward fails gets its own error, the others still run.
 """
 
 import importlib.util
@@ -50,16 +51,19 @@ import triton_python_backend_utils as pb_utils  # noqa: E402 - after sys.dont_wr
 
 if TYPE_CHECKING:  # the type checker sees the package; the stub imports the files either way below
     from . import aitune_runtime as rt
+    from . import aitune_eager as eager
     from . import aitune_staging as staging
 else:
     try:
         from . import aitune_runtime as rt  # the stub imports this file as "<version>.model"
     except ImportError:  # loaded as a top-level module with the version directory on sys.path
         import aitune_runtime as rt
-    if TORCH_VERSION is not None:  # host staging for GPU instances (imports torch)
+    if TORCH_VERSION is not None:  # host staging for GPU instances, the eager format (import torch)
         try:
+            from . import aitune_eager as eager
             from . import aitune_staging as staging
         except ImportError:
+            import aitune_eager as eager
             import aitune_staging as staging
 
 STAGE_TIMES_PERIOD_S = 1.0  # AITUNE_STAGE_TIMES=1: how often the stub logs its per-execute stage times
@@ -123,6 +127,19 @@ def _to_device(program, device):
     return move_to_device_pass(program, device)
 
 
+def _host_facts(on_gpu, device_id):
+    """What this host offers an AOTInductor package (``rt.HostFacts``)."""
+    gpu = capability = None
+    if on_gpu and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(device_id)
+        capability = "%d.%d" % torch.cuda.get_device_capability(device_id)
+    try:
+        cpu_capability = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001  (older torch)
+        cpu_capability = None
+    return rt.HostFacts(platform.machine(), rt.cpu_flags_here(), cpu_capability, torch.version.cuda, gpu, capability)
+
+
 def _load(data, version_dir, device):
     files = data.files
     if data.format == "aoti":
@@ -138,8 +155,9 @@ def _load(data, version_dir, device):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     model = module.get_model()
-    state = torch.load(os.path.join(version_dir, files["state_dict"]), map_location=device, weights_only=True)
-    model.load_state_dict(state)
+    if data.max_detections:  # one dict per image, served padded (the state_dict was saved from this wrapper)
+        model = eager.PaddedDetections(model, data.max_detections)
+    model.load_state_dict(eager.load_state_dict(os.path.join(version_dir, files["state_dict"]), device))
     return model.to(device).eval()
 
 
@@ -168,6 +186,9 @@ class TritonPythonModel:
                                _export_schema_major() if TORCH_VERSION else None,
                                TORCH_VERSION is not None and torch.cuda.is_available(), on_gpu)
         if problem:
+            raise pb_utils.TritonModelException(problem)
+        problem = reqs.host_problem(name, _host_facts(on_gpu, int(args.get("model_instance_device_id") or 0)), on_gpu)
+        if problem:  # before the package is loaded: on a CPU without its ISA it dies with an invalid opcode
             raise pb_utils.TritonModelException(problem)
         note = reqs.python_note(platform.python_version())
         if note:

@@ -1,0 +1,74 @@
+"""The eager format rebuilt from the user's module: its ``state_dict`` and per-image detections.
+
+Copied verbatim next to ``model.py``; imports torch only. The generator uses the same code (the
+check of the eager artifact, the padding applied while recording the model), so what is checked at
+generate time is what Triton serves.
+"""
+
+import pickle
+
+import torch
+
+COUNT_OUTPUT = "num_detections"
+
+
+def load_state_dict(path, device):
+    """The eager format's ``state_dict`` file, tensors first: ``weights_only=True`` reads plain tensors
+    without running pickle code. A quantized model (``torch.ao.quantization.quantize_dynamic``) keeps
+    packed parameters there (TorchScript objects such as an LSTM's ``CellParamsBase``) that only the
+    full unpickler restores; it is used for such a file only, after the caller checked the file's
+    SHA-256 against the one recorded when it was written (``artifact_problem``)."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        return torch.load(path, map_location=device, weights_only=False)
+
+
+def per_image_keys(output, check_sizes=True):
+    """The keys when ``output`` is a list (or tuple) of dicts of tensors, one per image, all with the
+    same keys, each tensor's axis 0 the image's detections (torchvision detection style); else None.
+    ``check_sizes=False`` skips comparing the sizes (symbolic while torch.export traces)."""
+    if not isinstance(output, (list, tuple)) or not output or not all(isinstance(o, dict) for o in output):
+        return None
+    keys = list(output[0])
+    for item in output:
+        if list(item) != keys or not keys:
+            return None
+        values = list(item.values())
+        if not all(isinstance(v, torch.Tensor) and v.dim() >= 1 for v in values):
+            return None
+        if check_sizes and len({int(v.shape[0]) for v in values}) != 1:
+            return None
+    return keys
+
+
+class PaddedDetections(torch.nn.Module):
+    """One dict per image (``boxes`` [n_i, 4], ``scores`` [n_i], ...) as batched tensors: each field
+    padded with zeros (or cut) to ``max_detections`` rows, so ``boxes`` is [batch, max_detections, 4],
+    plus ``num_detections`` [batch] (int64): how many leading rows of each image are real."""
+
+    def __init__(self, model, max_detections):
+        super().__init__()
+        self.model = model
+        self.max_detections = int(max_detections)
+        self.named_forward = model.forward  # the inputs keep the names of the model's own forward()
+
+    def forward(self, *args, **kwargs):
+        results = self.model(*args, **kwargs)
+        keys = per_image_keys(results, check_sizes=False)
+        if keys is None:
+            raise TypeError("forward() must return one dict of tensors per image (the same keys, the detections "
+                            "on axis 0), got a %s" % type(results).__name__)
+        top = self.max_detections
+        fields = {k: [] for k in keys}
+        counts = []
+        for item in results:
+            kept = item[keys[0]][:top]
+            counts.append(kept.new_full((), kept.shape[0], dtype=torch.int64))
+            for k in keys:
+                value = item[k][:top]
+                pad = value.new_zeros((top - value.shape[0],) + tuple(value.shape[1:]))
+                fields[k].append(torch.cat([value, pad]))
+        out = {k: torch.stack(v) for k, v in fields.items()}
+        out[COUNT_OUTPUT] = torch.stack(counts)
+        return out

@@ -1,0 +1,58 @@
+"""The eager format's torch half (aitune_eager.py): the quantized state_dict and per-image detections."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from aitune_triton.runtime.aitune_eager import PaddedDetections, load_state_dict, per_image_keys
+
+
+def _quantized_lstm():
+    torch.manual_seed(0)
+    return torch.ao.quantization.quantize_dynamic(nn.Sequential(nn.LSTM(4, 4)), {nn.LSTM}, dtype=torch.qint8)
+
+
+def test_packed_params_of_a_quantized_model_need_the_full_unpickler_and_get_it(tmp_path):
+    path = tmp_path / "state.pt"
+    torch.save(_quantized_lstm().state_dict(), path)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)
+    model = _quantized_lstm()
+    model.load_state_dict(load_state_dict(path, torch.device("cpu")))
+    x = torch.randn(3, 2, 4)
+    assert torch.equal(model(x)[0], _quantized_lstm()(x)[0])
+
+
+def test_plain_tensors_load_without_pickle(tmp_path, monkeypatch):
+    path = tmp_path / "state.pt"
+    torch.save(nn.Linear(2, 2).state_dict(), path)
+    calls = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k["weights_only"]) or real(*a, **k))
+    assert set(load_state_dict(path, "cpu")) == {"weight", "bias"} and calls == [True]
+
+
+class _Detector(nn.Module):
+    def forward(self, images):
+        return [{"boxes": torch.ones(n, 4) * n, "labels": torch.arange(n)} for n in (int(i.sum()) for i in images)]
+
+
+def test_padded_detections_pads_and_cuts_to_max_detections_and_counts():
+    out = PaddedDetections(_Detector(), 3)(torch.tensor([[1.0], [0.0], [5.0]]))
+    assert list(out) == ["boxes", "labels", "num_detections"]
+    assert out["boxes"].shape == (3, 3, 4) and out["num_detections"].tolist() == [1, 0, 3]
+    assert out["labels"].tolist() == [[0, 0, 0], [0, 0, 0], [0, 1, 2]]
+    assert out["boxes"][0, :, 0].tolist() == [1.0, 0.0, 0.0]
+
+
+def test_per_image_keys_wants_the_same_keys_and_one_count_per_image():
+    assert per_image_keys([{"a": torch.ones(2)}, {"a": torch.ones(0)}]) == ["a"]
+    assert per_image_keys([{"a": torch.ones(2)}, {"b": torch.ones(2)}]) is None
+    assert per_image_keys([{"a": torch.ones(2), "b": torch.ones(3)}]) is None
+    assert per_image_keys({"a": torch.ones(2)}) is None and per_image_keys([torch.ones(2)]) is None
+    with pytest.raises(TypeError, match="one dict of tensors per image"):
+        PaddedDetections(nn.Identity(), 2)(torch.ones(2))
