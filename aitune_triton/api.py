@@ -464,8 +464,8 @@ def _generate_from_checkpoint(path: Path, out: Path, overrides: dict | None, for
     if task is not None and not path.is_dir():
         raise UserError("--task applies to a checkpoint directory; %s is not one" % path)
     repository.check_repository_path(out)  # before the checkpoint is loaded, which takes a while
-    progress("checkpoint: reading %s and loading its weights%s" % (path, " and tokenizer" if task is None else ""))
-    plan = checkpoint.plan_checkpoint(path, task)
+    plan = checkpoint.plan_checkpoint(path, task)  # config.json only: instant
+    progress("checkpoint: loading the weights%s of %s" % (" and the tokenizer" if plan.has_tokenizer else "", path))
     checkpoint.preflight(plan)
     with tempfile.TemporaryDirectory(prefix="aitune-checkpoint-") as tmp:
         model_py = checkpoint.write_model_py(plan, Path(tmp))
