@@ -186,3 +186,19 @@ def test_a_model_py_in_the_directory_wins(tmp_path):
                                        "--task", "embedding"])
     assert result.exit_code == 2
     assert "--task applies to a checkpoint directory; %s is not one" % (directory / "model.py") in result.output
+
+
+def test_the_python_api_names_the_same_functions():
+    import aitune_triton
+    from aitune_triton import api
+
+    assert aitune_triton.generate is api.generate and aitune_triton.plan_checkpoint is plan_checkpoint
+    assert {"generate", "plan_checkpoint"} <= set(aitune_triton.__all__)
+
+
+def test_the_python_api_refuses_a_bad_checkpoint_before_writing(tmp_path):
+    import aitune_triton
+
+    with pytest.raises(UserError, match=r"ckpt: no weights"):
+        aitune_triton.generate(_fake(tmp_path, BERT, weights=False), tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
