@@ -48,8 +48,9 @@ from aitune_triton.triton.manifest import (REFERENCE, ChecksSection, Manifest, O
                                            ReferenceCase, Versions, save_reference)
 from aitune_triton.probe import ProbeResult, probe
 from aitune_triton.triton.mapping import MappingOptions, ModelConfigPlan, client_shape_notes, plan_model_config
-from aitune_triton.triton.render import render_config, write_config
+from aitune_triton.triton.render import SCHEMA_SKIPPED, render_config, schema, write_config
 from aitune_triton.triton.tuning_section import TuningSection
+from aitune_triton.user_code import contained, resolve_timeout
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -153,6 +154,13 @@ class Prepared:
     name: str
     device: str
     probe: ProbeResult | None = None
+    # the samples' eager outputs computed on ``device`` (the reference every artifact and validate
+    # are compared with); None: ``source.outputs``, already computed there
+    device_outputs: tuple | None = None
+
+    @property
+    def outputs(self) -> tuple:
+        return self.source.outputs if self.device_outputs is None else self.device_outputs
 
     @property
     def notes(self) -> tuple[str, ...]:
@@ -160,8 +168,10 @@ class Prepared:
         return self.source.notes + (self.probe.notes if self.probe else ()) + client_shape_notes(self.spec)
 
 
-def prepare(model_py: Path, overrides: dict | None = None) -> Prepared:
-    source = load_model_source(model_py, (overrides or {}).get("max_detections"))
+def prepare(model_py: Path, overrides: dict | None = None, model_py_timeout_s: float | None = None) -> Prepared:
+    """``model_py_timeout_s``: the limit on importing model.py and on ``get_samples()`` (None: from
+    ``$AITUNE_MODEL_PY_TIMEOUT_S`` or the default; 0: none)."""
+    source = load_model_source(model_py, (overrides or {}).get("max_detections"), resolve_timeout(model_py_timeout_s))
     config = source.config or GenerateConfig()
     if overrides:
         trt_over = overrides.pop("tensorrt", None) or {}
@@ -181,7 +191,30 @@ def prepare(model_py: Path, overrides: dict | None = None) -> Prepared:
     spec = probed.spec
     profiles = derive_profiles(spec, source.samples, config.tensorrt.profiles, config.max_batch_size)
     name = config.name or default_model_name(source.path)
-    return Prepared(source, config, spec, profiles, name, resolve_device(config.device), probed)
+    device = resolve_device(config.device)
+    return Prepared(source, config, spec, profiles, name, device, probed, outputs_on_device(source, spec, device))
+
+
+def outputs_on_device(source: ModelSource, spec: IOSpec, device: str) -> tuple | None:
+    """The samples' eager outputs computed on ``device`` with the model's own dtypes, when model.py
+    built the model elsewhere (a float16 model on the CPU served on the GPU): the served artifact
+    runs there, so its reference must too. None when the outputs were computed there already."""
+    from aitune_triton.export.torch_program import on_device
+
+    leaves = [t for out in source.outputs for _, t in flatten_outputs(out)]
+    if all(t.device.type == device for t in leaves):
+        return None
+    try:
+        model = on_device(source.model, device)
+        with torch.inference_mode():
+            return tuple(call_with_feed(model, spec, {k: v.to(device) for k, v in sample_feed(spec, s).items()})
+                         for s in source.samples)
+    except Exception as exc:  # the model's own failure on that device, in one line
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ModelError("the model runs on %s in model.py but fails on %s, where the fallback would serve it: "
+                         "%s: %s; generate with --device %s, or fix the model for %s"
+                         % (", ".join(sorted({t.device.type for t in leaves})), device, type(exc).__name__,
+                            first[:300], leaves[0].device.type if leaves else "cpu", device)) from exc
 
 
 def model_names(prep: Prepared) -> dict[str, str]:
@@ -217,7 +250,7 @@ def _manifest(prep: Prepared, name: str, backend: str, **sections) -> Manifest:
 
 
 def _write_common(prep: Prepared, model_dir: Path) -> dict:
-    save_reference(model_dir / REFERENCE, reference_cases(prep.spec, prep.source.samples, prep.source.outputs))
+    save_reference(model_dir / REFERENCE, reference_cases(prep.spec, prep.source.samples, prep.outputs))
     if prep.config.make_inputs is not None:  # validate has no model.py: its edge inputs are made now
         from aitune_triton.validate.edge_inputs import EDGE_INPUTS, save_edge_inputs
 
@@ -239,7 +272,7 @@ def _export_onnx(prep: Prepared, path: Path, progress: Progress):
 def _build_fallback(prep: Prepared, version_dir: Path, fmt: str):
     from aitune_triton.export.torch_export import build_fallback
 
-    return build_fallback(prep.source.path, prep.source.model, prep.spec, prep.source.samples, prep.source.outputs,
+    return build_fallback(prep.source.path, prep.source.model, prep.spec, prep.source.samples, prep.outputs,
                           prep.profiles, version_dir, device=prep.device, preferred=fmt,
                           tolerance=prep.config.tolerance_override, portable=prep.config.portable,
                           retry_crashed=prep.config.fallback_format == "aoti")
@@ -269,7 +302,7 @@ def _select_fallback(prep: Prepared, version_dir: Path, strategy: str, progress:
         raise ModelError("no fallback format reproduces eager PyTorch; see --debug for each format's reason")
     progress("stage-1 tuning: measuring %s" % ", ".join(c.name for c in candidates))
     feeds = [sample_feed(prep.spec, s) for s in prep.source.samples]
-    refs = [dict(flatten_outputs(o)) for o in prep.source.outputs]
+    refs = [dict(flatten_outputs(o)) for o in prep.outputs]
     batches = sorted({1, *prep.profiles.opt_batches(), max(prep.profiles.max_batch_size, 1)}) \
         if prep.spec.batching else None
     selection = select_candidate(candidates, feeds, refs, strategy, prep.config.budget_ms,
@@ -431,7 +464,8 @@ def _keep_log(exc: ModelError, model_dir: Path, final_dir: Path) -> str:
 
 
 def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bool = False,
-             progress: Progress = lambda msg: None, task: str | None = None) -> GenerateResult:
+             progress: Progress = lambda msg: None, model_py_timeout_s: float | None = None,
+             task: str | None = None) -> GenerateResult:
     """Generate the model directories for ``model_py`` into the repository ``out``.
 
     ``model_py`` may be a Hugging Face checkpoint directory (``config.json`` + weights, + tokenizer):
@@ -444,17 +478,21 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
     ``None`` sets it to None (derive it from the samples).
 
     ``progress(message)`` is called as each stage starts (spec, fallback compile + check or
-    stage-1 timing, ONNX export + check, write); the CLI prints each stage's duration."""
+    stage-1 timing, ONNX export + check, write); the CLI prints each stage's duration.
+
+    ``model_py_timeout_s`` limits importing model.py and its ``get_samples()`` (see ``prepare``); the
+    processes model.py starts and leaves running are killed when this returns or raises."""
     model_py = Path(model_py)
     if model_py.is_dir() and (model_py / "model.py").is_file():
         model_py = model_py / "model.py"
-    if model_py.is_dir() or task is not None:
-        return _generate_from_checkpoint(model_py, out, overrides, force, progress, task)
-    return _generate(model_py, out, overrides, force, progress)
+    with contained():
+        if model_py.is_dir() or task is not None:
+            return _generate_from_checkpoint(model_py, out, overrides, force, progress, task, model_py_timeout_s)
+        return _generate(model_py, out, overrides, force, progress, model_py_timeout_s)
 
 
 def _generate_from_checkpoint(path: Path, out: Path, overrides: dict | None, force: bool, progress: Progress,
-                              task: str | None) -> GenerateResult:
+                              task: str | None, model_py_timeout_s: float | None) -> GenerateResult:
     """Plan from config.json, load the checkpoint once (a bad one fails before anything is
     written), write its model.py to a temporary folder and run the pipeline on it."""
     import tempfile
@@ -469,7 +507,7 @@ def _generate_from_checkpoint(path: Path, out: Path, overrides: dict | None, for
     checkpoint.preflight(plan)
     with tempfile.TemporaryDirectory(prefix="aitune-checkpoint-") as tmp:
         model_py = checkpoint.write_model_py(plan, Path(tmp))
-        result = _generate(model_py, out, overrides, force, progress, keep_source=True)
+        result = _generate(model_py, out, overrides, force, progress, model_py_timeout_s, keep_source=True)
     kept = [m.path / "source" / "model.py" for m in result.models if (m.path / "source" / "model.py").is_file()]
     inferred = "checkpoint: %s" % plan.summary()
     written = "generated model.py (start from it to customise): %s" % ", ".join(map(str, kept)) if kept else None
@@ -477,13 +515,15 @@ def _generate_from_checkpoint(path: Path, out: Path, overrides: dict | None, for
 
 
 def _generate(model_py: Path, out: Path, overrides: dict | None, force: bool, progress: Progress,
-              keep_source: bool = False) -> GenerateResult:
+              model_py_timeout_s: float | None, keep_source: bool = False) -> GenerateResult:
     from aitune_triton.tensorrt.availability import build_status
 
     progress("spec: loading %s, recording and probing its inputs and outputs" % Path(model_py).name)
-    prep = prepare(model_py, dict(overrides or {}))
+    prep = prepare(model_py, dict(overrides or {}), model_py_timeout_s)
     names = model_names(prep)
     results, notes, selection = [], list(prep.notes), None
+    if schema() is None:
+        notes.append(SCHEMA_SKIPPED)
     trt_status = build_status() if "tensorrt" in names else None
     with repository.stage_models(out, list(names.values()), force=force) as staged:
         trt_info: TensorRTSection | None = None

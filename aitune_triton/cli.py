@@ -23,6 +23,8 @@ from aitune_triton.progress import stage_progress
 from aitune_triton.procs import Terminated, handle_termination
 
 console = make_console(stderr=True, highlight=False)
+BACKEND_DIRECTORY_HELP = ("The launched server's backends folder (default: the embedded server's, or PREFIX/backends "
+                          "beside --tritonserver's PREFIX/bin/).")
 
 
 def _print_error(exc: AituneError) -> None:
@@ -40,6 +42,17 @@ def _print_error(exc: AituneError) -> None:
 def _handle_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from aitune_triton.user_code import exit_now_if_threads_left
+
+        try:
+            result = handled(*args, **kwargs)
+        except SystemExit as exc:  # a thread model.py left must not keep the finished command alive
+            exit_now_if_threads_left(exc.code if isinstance(exc.code, int) else 1)
+            raise
+        exit_now_if_threads_left(0)
+        return result
+
+    def handled(*args, **kwargs):
         debug = click.get_current_context().find_root().params.get("debug", False)
         try:
             return fn(*args, **kwargs)
@@ -169,12 +182,23 @@ def main(debug: bool) -> None:
 @click.option("--strategy", type=click.Choice(["min-latency", "max-throughput", "latency-budget"]),
               help="Stage-1 tuning: measure every fallback format and keep the one this strategy picks.")
 @click.option("--budget-ms", type=float, help="Latency budget for --strategy latency-budget.")
+@click.option("--atol", type=float,
+              help="Absolute tolerance per element when checking exported outputs against eager (float outputs).")
+@click.option("--rtol", type=float, help="Relative tolerance per element (float outputs).")
+@click.option("--rel-l2", type=float,
+              help="Largest relative L2 error ||got - eager|| / ||eager|| a float output may have when it misses "
+                   "atol/rtol (default: %g for float16, %g for bfloat16; float32 is checked per element only)."
+                   % (defaults.REL_L2_FLOAT16, defaults.REL_L2_BFLOAT16))
 @click.option("--force", is_flag=True, help="Replace models of the same name.")
+@click.option("--model-py-timeout", type=float,
+              help="Seconds allowed for importing MODEL_PY and for its get_samples() (default: $%s, else %.0f; "
+                   "0: no limit)." % ("AITUNE_MODEL_PY_TIMEOUT_S", defaults.MODEL_PY_TIMEOUT_S))
 @click.option("--task", type=click.Choice(TASKS),
               help="For a checkpoint directory: the task to serve (default: from config.json's architecture).")
 @_handle_errors
 def generate(model_py, out, name, backends, max_batch_size, instances, gpus, device, max_queue_delay_us,
-             fallback_format, portable, precision, cuda_graphs, strategy, budget_ms, force, task):
+             fallback_format, portable, precision, cuda_graphs, strategy, budget_ms, atol, rtol, rel_l2, force,
+             model_py_timeout, task):
     """Generate Triton model directories for MODEL_PY (defines get_model() and get_samples()), or for a
     Hugging Face checkpoint directory (config.json + weights): its model.py is generated."""
     from aitune_triton.api import generate as run
@@ -184,12 +208,14 @@ def generate(model_py, out, name, backends, max_batch_size, instances, gpus, dev
     given = {"name": name, "backends": tuple(backends) or None, "max_batch_size": max_batch_size,
              "instances": instances, "gpus": _ints(gpus) if gpus else None, "device": device,
              "max_queue_delay_us": max_queue_delay_us,
-             "fallback_format": fallback_format, "portable": portable, "strategy": strategy, "budget_ms": budget_ms}
+             "fallback_format": fallback_format, "portable": portable, "strategy": strategy, "budget_ms": budget_ms,
+             "atol": atol, "rtol": rtol, "rel_l2": rel_l2}
     # click gives None for an option left out: that is "not given", never "set it to None"
     overrides = {k: NOT_GIVEN if v is None else v for k, v in given.items()}
     overrides["tensorrt"] = trt
     with stage_progress(console, "generating") as progress:
-        result = run(model_py, out, overrides, force=force, progress=progress, task=task)
+        result = run(model_py, out, overrides, force=force, progress=progress, model_py_timeout_s=model_py_timeout,
+                     task=task)
     if result.selection is not None:
         make_console(stderr=True, width=max(console.width, 140)).print(result.selection.to_table())
     for model in result.models:
@@ -233,6 +259,8 @@ def build_plan(repo, model, force):
               help="HTTP endpoint (host:port) of a running Triton to use instead of launching the embedded one.")
 @click.option("--grpc-url", help="gRPC endpoint of that server (default: the HTTP port + 1).")
 @click.option("--tritonserver", type=click.Path(path_type=Path), help="Launch this tritonserver binary instead.")
+@click.option("--backend-directory", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help=BACKEND_DIRECTORY_HELP)
 @click.option("--model", "models", multiple=True, help="Validate only this model (repeatable).")
 @click.option("--perf/--no-perf", default=True, show_default=True, help="Measure with perf_analyzer.")
 @click.option("--concurrency", default=defaults.csv(defaults.VALIDATE_CONCURRENCY), show_default=True,
@@ -251,15 +279,16 @@ def build_plan(repo, model, force):
               show_default=True,
               help="Seconds for the server to start and for each model to load.")
 @_handle_errors
-def validate(repo, url, grpc_url, tritonserver, models, perf, concurrency, shared_memory, perf_request_count,
-             perf_stability, report_dir, request_timeout_s, startup_timeout_s):
+def validate(repo, url, grpc_url, tritonserver, backend_directory, models, perf, concurrency, shared_memory,
+             perf_request_count, perf_stability, report_dir, request_timeout_s, startup_timeout_s):
     """Serve REPO on a real Triton and check every generated model (exit 0 only if all checks pass)."""
     from aitune_triton.validate.harness import ValidateOptions, default_report_dir, parse_concurrency, \
         validate_repository
     from aitune_triton.validate.report import print_summary
 
     report_dir = report_dir or default_report_dir(repo)
-    options = ValidateOptions(url=url, grpc_url=grpc_url, tritonserver=tritonserver, models=tuple(models), perf=perf,
+    options = ValidateOptions(url=url, grpc_url=grpc_url, tritonserver=tritonserver,
+                              backend_directory=backend_directory, models=tuple(models), perf=perf,
                               concurrency=parse_concurrency(concurrency), shared_memory=shared_memory,
                               report_dir=report_dir, request_timeout_s=request_timeout_s,
                               startup_timeout_s=startup_timeout_s, perf_request_count=perf_request_count,
@@ -279,9 +308,11 @@ def validate(repo, url, grpc_url, tritonserver, models, perf, concurrency, share
               help="Address to bind (127.0.0.1 keeps it local).")
 @click.option("--tritonserver", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Use this tritonserver binary instead of the bundled one.")
+@click.option("--backend-directory", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help=BACKEND_DIRECTORY_HELP)
 @_handle_errors
 @_follow_pointer
-def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver):
+def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver, backend_directory):
     """Run the embedded Triton server on REPO in the foreground (Ctrl-C stops it)."""
     import time
 
@@ -291,10 +322,11 @@ def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver):
 
     verify_models(repo, served_model_names(repo))  # before the server loads (deserialises) anything
     # by name, not "*": Triton would also try to load hidden dirs (a generate's staging dir)
-    options = ServerOptions(tritonserver=tritonserver, host=host, http_port=http_port, grpc_port=grpc_port,
+    options = ServerOptions(tritonserver=tritonserver, backend_directory=backend_directory, host=host,
+                            http_port=http_port, grpc_port=grpc_port,
                             metrics_port=metrics_port, model_control_mode="explicit",
                             load_models=served_model_names(repo))
-    server = TritonServer(repo, options)
+    server = TritonServer(repo, options, notify=lambda line: console.print(line, markup=False, soft_wrap=True))
     try:
         with console.status("starting tritonserver on %s" % repo):
             server.start()
@@ -305,6 +337,8 @@ def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver):
         console.print("Ctrl-C to stop")
         while server.returncode is None:
             time.sleep(0.5)
+            for line in server.restart_dead_stubs():  # a dead stub: its model reloaded, one line
+                console.print(line, markup=False, soft_wrap=True)
         code = server.stop()
         raise ServerError("tritonserver %s while serving %s" % (describe_exit(code), repo), log_path=server.log_path,
                           details="last lines of the server log:\n%s" % server.log_tail(30))
@@ -357,10 +391,12 @@ def _ints(text: str) -> tuple[int, ...]:
                    "perf_analyzer settings.")
 @click.option("--tritonserver", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Use this tritonserver binary instead of the bundled one.")
+@click.option("--backend-directory", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help=BACKEND_DIRECTORY_HELP)
 @_handle_errors
 @_tune_through_object_storage
 def tune(repo, model, objective, budget_ms, min_throughput, instances, delays_us, concurrency, brute, transports,
-         visible_gpus, perf_stability, report_dir, ma_config, tritonserver):
+         visible_gpus, perf_stability, report_dir, ma_config, tritonserver, backend_directory):
     """Search instances / queue delay for MODEL on a live server and write the best config back."""
     from aitune_triton.triton.server import ServerOptions, TritonServer
     from aitune_triton.tune.search import TuneOptions, tune_model, tune_perf_options
@@ -372,7 +408,8 @@ def tune(repo, model, objective, budget_ms, min_throughput, instances, delays_us
                           transports=parse_transports(transports), visible_gpus=parse_visible_gpus(visible_gpus),
                           perf=tune_perf_options(perf_stability))
     _check_model_files(repo, model, report_dir)  # before the server loads (deserialises) anything
-    server = TritonServer(repo, ServerOptions(tritonserver=tritonserver, load_models=(model,)))
+    server = TritonServer(repo, ServerOptions(tritonserver=tritonserver, backend_directory=backend_directory,
+                                              load_models=(model,)))
     try:
         with console.status("starting tritonserver"):
             server.start()

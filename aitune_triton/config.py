@@ -95,8 +95,11 @@ class GenerateConfig:
     # instruction set and GPU), the ExportedProgram instead; for a serving fleet unlike this machine
     portable: bool = PORTABLE
     tensorrt: TensorRTBackendConfig = field(default_factory=TensorRTBackendConfig)
+    # how far the fallback / ONNX outputs may be from eager: per element (atol, rtol) for float
+    # outputs, and for float16/bfloat16 also the relative L2 error (rel_l2); None: the dtype's default
     atol: float | None = None
     rtol: float | None = None
+    rel_l2: float | None = None
     warmup: bool = True
     description: str = ""
     # stage-1 tuning: measure every fallback format and pick by this strategy (None: best that works)
@@ -150,7 +153,7 @@ class GenerateConfig:
                             "for the host that compiles it; use fallback_format 'export' or 'auto'")
         if self.max_queue_delay_us is not None and not 0 <= self.max_queue_delay_us <= 10_000_000:
             raise UserError("max_queue_delay_us must be 0..10000000, got %r" % self.max_queue_delay_us)
-        for tol in ("atol", "rtol"):
+        for tol in ("atol", "rtol", "rel_l2"):
             v = getattr(self, tol)
             if v is not None and not v >= 0:
                 raise UserError("%s must be >= 0, got %r" % (tol, v))
@@ -179,10 +182,13 @@ class GenerateConfig:
 
     @property
     def tolerance_override(self) -> Tolerance | None:
-        if self.atol is None and self.rtol is None:
+        """The user's tolerance for float outputs, None when none was given. A per-element half left
+        out is float32's; ``rel_l2`` left out stays None, so half precision keeps its own."""
+        if self.atol is None and self.rtol is None and self.rel_l2 is None:
             return None
         base = DEFAULT_TOLERANCES["float32"]  # the half the user left out
-        return Tolerance(base.atol if self.atol is None else self.atol, base.rtol if self.rtol is None else self.rtol)
+        return Tolerance(base.atol if self.atol is None else self.atol, base.rtol if self.rtol is None else self.rtol,
+                         self.rel_l2)
 
     @property
     def queue_delay_us(self) -> int:

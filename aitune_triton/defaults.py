@@ -11,6 +11,9 @@ from __future__ import annotations
 # Dynamic-batching queue delay: short enough to be invisible at low load, long enough to form
 # batches under concurrency (500-2000 us measured as the useful range on CPU).
 QUEUE_DELAY_US = 500
+# time limit for importing model.py and for its get_samples()/get_config() (get_model() and forward are
+# not limited: they may download or compute for long); a loop that never ends is stopped here
+MODEL_PY_TIMEOUT_S = 600.0
 # an artifact for this host (AOTInductor when it matches eager: the fastest, but machine code for this
 # CPU's instruction set and GPU) rather than one that loads on any host (--portable)
 PORTABLE = False
@@ -30,6 +33,11 @@ PERF_STABILITY_PCT = 20.0  # perf_analyzer --stability-percentage
 # Triton's own default ports (tests and validate pick free ones instead)
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 LOOPBACK = "127.0.0.1"
+# on SIGTERM, how long tritonserver waits for open connections and in-flight requests before it exits
+# (its --exit-timeout-secs; Triton's own default is 30 s); the stop then allows this plus STOP_MARGIN_S to
+# unload the models before it kills the server
+SERVER_EXIT_TIMEOUT_S = 10
+SERVER_STOP_MARGIN_S = 15.0
 
 # ---------------------------------------------------------------------------- tune grid
 TUNE_INSTANCES = (1, 2, 4)
@@ -59,3 +67,11 @@ K8S_QUEUE_TARGET_US = 5000  # HPA target: average queue time per request, withou
 def csv(values: tuple[int, ...]) -> str:
     """``(1, 2, 4)`` as the CLI spells it: ``"1,2,4"``."""
     return ",".join(str(v) for v in values)
+
+# ---------------------------------------------------------------------------- numerics
+# float16 / bfloat16 outputs that miss the per-element atol/rtol still match when their relative L2
+# error ||actual - expected|| / ||expected|| is at most this (numerics.Tolerance.rel_l2). Measured on
+# CPU (random init, float32 as the reference): BERT-base float16 1.5e-3 and bfloat16 1.2e-2, ViT-B/16 float16
+# 3.8e-3 and bfloat16 1.1e-2, a deep residual CNN float16 4e-4; a sign flip is 2, one wrong row in 8 ~0.5.
+REL_L2_FLOAT16 = 0.02
+REL_L2_BFLOAT16 = 0.05

@@ -180,7 +180,7 @@ def _tritonserver() -> DoctorRow:
     try:
         path = tools.bundled_tritonserver()
     except tools.ToolMissing as exc:
-        return DoctorRow("tritonserver", False, str(exc), SETUP_HINT, True)
+        return DoctorRow("tritonserver", False, str(exc), tools.GET_TRITONSERVER, True)
     version = server.server_version(path)
     return DoctorRow("tritonserver", True, "%s (%s)" % (version or "version unknown", path), "", True)
 
@@ -192,7 +192,7 @@ def _stub() -> DoctorRow:
     try:
         stub = tools.bundled_stub()
     except tools.ToolMissing as exc:
-        return DoctorRow(name, False, str(exc), SETUP_HINT, True)
+        return DoctorRow(name, False, str(exc), tools.GET_TRITONSERVER, True)
     if not stub.exists():
         return DoctorRow(name, False, "no stub for Python %s in nvidia-pytriton" % tools.python_version(),
                          "use a Python version that nvidia-pytriton ships a stub for (3.8-3.13)", True)

@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from enum import Enum
@@ -103,6 +104,57 @@ def reap_group(pgid: int, shm_glob: str | None = None, wait_s: float = 10.0) -> 
                 region.unlink()
             except OSError:
                 pass
+
+
+def proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(command name, parent pid, process group) of a live process; None if gone or a zombie (Linux /proc)."""
+    try:
+        raw = Path("/proc/%d/stat" % pid).read_text()
+    except OSError:
+        return None
+    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return None if fields[0] in ("Z", "X") else (comm, int(fields[1]), int(fields[2]))
+
+
+def descendants(pid: int | None = None) -> set[int]:
+    """The live processes below ``pid`` (default: this one), children of children included."""
+    pid = os.getpid() if pid is None else pid
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = proc_stat(int(entry.name))
+            if stat is not None:
+                parents.setdefault(stat[1], []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def kill_descendants(pids: Iterable[int], wait_s: float = 5.0) -> None:
+    """SIGKILL these processes (each with what runs below it), reap the ones that are this
+    process's own children, and wait a bounded time until they are gone."""
+    pids = set(pids)
+    for pid in list(pids):
+        pids |= descendants(pid)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + wait_s
+    for pid in pids:
+        try:
+            while os.waitpid(pid, os.WNOHANG) == (0, 0) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        except ChildProcessError:  # not our child: gone once /proc says so
+            while proc_stat(pid) is not None and time.monotonic() < deadline:
+                time.sleep(0.02)
 
 
 class Watchdog:
@@ -395,7 +447,10 @@ def _child_main(job_path: str) -> int:
     tmp = result_path.with_name("result.json.tmp")
     _write_private(tmp, payload.encode())
     os.replace(tmp, result_path)
-    return 0 if result["ok"] else 1
+    code = 0 if result["ok"] else 1
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        os._exit(code)  # a thread the user's code started (model.py imported here) would keep us alive
+    return code
 
 
 # no -I (the child needs this environment's site-packages and variables); the package root first

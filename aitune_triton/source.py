@@ -22,6 +22,7 @@ from aitune_triton.config import GenerateConfig
 from aitune_triton.errors import UserError
 from aitune_triton.runtime.aitune_eager import COUNT_OUTPUT, PaddedDetections, per_image_keys
 from aitune_triton.spec import Sample, normalize_sample
+from aitune_triton.user_code import guarded
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,9 @@ def _fail(path: Path, problem: str) -> UserError:
     return UserError("%s: %s" % (path, problem))
 
 
-def load_module(path: Path):
+def load_module(path: Path, timeout_s: float = 0.0):
+    """Import model.py under ``user_code.guarded``: an exit or a run past ``timeout_s`` (0: no limit)
+    is a one-line ``UserError``."""
     path = Path(path).resolve()
     if not path.exists():
         raise UserError("%s: file not found; pass the path to your model.py" % path)
@@ -61,7 +64,10 @@ def load_module(path: Path):
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(path.parent))
     try:
-        spec.loader.exec_module(module)
+        with guarded(path, "while importing", timeout_s):
+            spec.loader.exec_module(module)
+    except UserError:
+        raise
     except SyntaxError as exc:
         raise _fail(path, "syntax error at line %s: %s" % (exc.lineno, exc.msg)) from exc
     except Exception as exc:  # the user's import-time error, shown with their own line
@@ -71,9 +77,10 @@ def load_module(path: Path):
     return module
 
 
-def _call(module, path: Path, fn: str) -> Any:
+def _call(module, path: Path, fn: str, timeout_s: float = 0.0) -> Any:
     try:
-        return getattr(module, fn)()
+        with guarded(path, "in %s()" % fn, timeout_s):
+            return getattr(module, fn)()
     except UserError:
         raise
     except Exception as exc:
@@ -162,20 +169,25 @@ def _refuse_cache(path: Path, output: Any) -> None:
                     % type(cache).__name__)
 
 
-def load_model_source(path: Path, max_detections: int | None = None) -> ModelSource:
+def load_model_source(path: Path, max_detections: int | None = None, timeout_s: float = 0.0) -> ModelSource:
     """Import model.py, fetch model/samples/config and run the model once per sample.
-    ``max_detections`` overrides ``get_config()``'s for a model returning one dict per image."""
+    ``max_detections`` overrides ``get_config()``'s for a model returning one dict per image.
+
+    ``timeout_s`` (0: none) limits the import, ``get_samples()`` and ``get_config()``; ``get_model()``
+    and the forward passes may legitimately take long (downloads, big models) and are not limited.
+    Every call into model.py turns ``sys.exit``/``os._exit`` into a ``UserError``."""
     path = Path(path).resolve()
-    module = load_module(path)
+    module = load_module(path, timeout_s)
     for fn in ("get_model", "get_samples"):
         if not callable(getattr(module, fn, None)):
             raise _fail(path, "no %s() function; model.py must define get_model() and get_samples()" % fn)
     model = _call(module, path, "get_model")
     if not isinstance(model, torch.nn.Module):
         raise _fail(path, "get_model() returned a %s, not a torch.nn.Module" % type(model).__name__)
-    raw = _call(module, path, "get_samples")
+    raw = _call(module, path, "get_samples", timeout_s)
     try:
-        raw = list(raw)
+        with guarded(path, "in get_samples()", timeout_s):  # a generator runs the user's code now
+            raw = list(raw)
     except TypeError:
         raise _fail(path, "get_samples() returned a %s; return a list (or iterable) of samples"
                     % type(raw).__name__) from None
@@ -187,7 +199,7 @@ def load_model_source(path: Path, max_detections: int | None = None) -> ModelSou
         raise _fail(path, str(exc) + _structure_hint(raw)) from None
     config = None
     if hasattr(module, "get_config"):
-        config = _call(module, path, "get_config")
+        config = _call(module, path, "get_config", timeout_s)
         if isinstance(config, dict):
             config = GenerateConfig.from_dict(config)
         if not isinstance(config, GenerateConfig):
@@ -198,7 +210,10 @@ def load_model_source(path: Path, max_detections: int | None = None) -> ModelSou
     with torch.inference_mode():
         for i, s in enumerate(samples):
             try:
-                outputs.append(model(*s.args, **s.kwargs))
+                with guarded(path, "in forward() on sample %d" % i):
+                    outputs.append(model(*s.args, **s.kwargs))
+            except UserError:
+                raise
             except Exception as exc:
                 where = _user_frame(exc, path, outside="")
                 raise _fail(path, "forward() raised on sample %d in forward%s: %s: %s%s"

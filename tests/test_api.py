@@ -49,3 +49,74 @@ def test_prepare_probes_and_checks_declared_input_names(tmp_path):
     model_py.write_text(model_py.read_text().replace("{'x': (-5, 5)}", "{'nope': (0, 1)}"))
     with pytest.raises(UserError, match=r"input_ranges names unknown input\(s\) \['nope'\]; the inputs are \['x'\]"):
         prepare(model_py)
+
+
+# a meta-path finder that makes tritonclient unimportable, installed by sitecustomize before anything runs
+_NO_TRITONCLIENT = '''
+import sys
+
+
+class _NoTritonClient:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tritonclient", "tritongrpcclient"):
+            raise ModuleNotFoundError("No module named %r (hidden by the test)" % name, name=name)
+        return None
+
+
+sys.meta_path.insert(0, _NoTritonClient())
+'''
+
+
+def test_generate_needs_no_client_library(tmp_path):
+    """``generate`` where tritonclient is not installed (a GPU image with torch only): the model is
+    written and one line says the config was not checked against Triton's schema."""
+    import os
+    import subprocess
+    import sys
+
+    from aitune_triton.triton.render import SCHEMA_SKIPPED
+
+    (tmp_path / "hide").mkdir()
+    (tmp_path / "hide" / "sitecustomize.py").write_text(_NO_TRITONCLIENT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "hide"), str(ROOT)]),
+               TORCHINDUCTOR_CACHE_DIR=str(ROOT / ".cache" / "inductor"))
+    probe = subprocess.run([sys.executable, "-c", "import tritonclient"], env=env, capture_output=True, text=True)
+    assert probe.returncode == 1 and "hidden by the test" in probe.stderr
+    out = tmp_path / "repo"
+    proc = subprocess.run([sys.executable, "-m", "aitune_triton.cli", "generate", str(ROOT / "examples" / "cnn" /
+                           "model.py"), "--out", str(out), "--backend", "python", "--fallback-format", "eager"],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "cnn (python, ready)" in proc.stderr
+    assert SCHEMA_SKIPPED in " ".join(proc.stderr.split())
+    assert (out / "cnn" / "config.pbtxt").is_file() and (out / "cnn" / "1" / "model.py").is_file()
+    from aitune_triton.triton.render import check_config, parse_config  # the text written is still valid
+
+    check_config(parse_config((out / "cnn" / "config.pbtxt").read_text()))
+
+
+def test_the_reference_is_recomputed_where_the_fallback_runs(tmp_path):
+    """Outputs computed by model.py on another device are recomputed on the fallback's device (here
+    the meta device stands in for a GPU); a model that fails there is one line naming --device."""
+    from aitune_triton.api import outputs_on_device
+    from aitune_triton.errors import ModelError
+    from aitune_triton.source import load_model_source
+    from aitune_triton.spec import record_spec
+
+    src = load_model_source(ROOT / "examples" / "cnn" / "model.py")
+    spec = record_spec(src.model, src.samples, src.outputs)
+    assert outputs_on_device(src, spec, "cpu") is None  # computed there already: kept as they are
+    moved = outputs_on_device(src, spec, "meta")
+    assert [o.device.type for o in moved] == ["meta"] * len(src.outputs)
+    assert [o.shape for o in moved] == [o.shape for o in src.outputs]
+    (tmp_path / "model.py").write_text(
+        "import torch\n"
+        "class M(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return torch.from_numpy(x.numpy() * 2)\n"
+        "def get_model():\n    return M()\n"
+        "def get_samples():\n    return [torch.randn(2, 3)]\n")
+    host_only = load_model_source(tmp_path / "model.py")
+    with pytest.raises(ModelError, match=r"^the model runs on cpu in model.py but fails on meta, where the fallback "
+                                         r"would serve it: .*; generate with --device cpu, or fix the model for meta"):
+        outputs_on_device(host_only, record_spec(host_only.model, host_only.samples, host_only.outputs), "meta")

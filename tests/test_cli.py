@@ -57,9 +57,12 @@ def test_options_not_given_keep_get_config_values(tmp_path):
     model_py.write_text(MODEL_WITH_CONFIG)
     result = CliRunner().invoke(main, ["generate", str(model_py), "--out", str(tmp_path / "repo"), "--name", "m",
                                        "--backend", "python", "--fallback-format", "eager", "--device", "cpu",
-                                       "--instances", "3"])
+                                       "--instances", "3", "--rtol", "0.05", "--rel-l2", "0.1"])
     assert result.exit_code == 0, result.output
-    config = json.loads((tmp_path / "repo" / "m" / "manifest.json").read_text())["config"]
+    manifest = json.loads((tmp_path / "repo" / "m" / "manifest.json").read_text())
+    config = manifest["config"]
     assert (config["instances"], config["max_batch_size"], config["max_queue_delay_us"]) == (3, 4, 100)
+    assert (config["atol"], config["rtol"], config["rel_l2"]) == (None, 0.05, 0.1)  # --atol not given: the default
+    assert list(manifest["tolerances"].values()) == [{"atol": 1e-4, "rtol": 0.05, "rel_l2": 0.1}]
     pbtxt = (tmp_path / "repo" / "m" / "config.pbtxt").read_text()
     assert "max_batch_size: 4" in pbtxt and "count: 3" in pbtxt and "max_queue_delay_microseconds: 100" in pbtxt

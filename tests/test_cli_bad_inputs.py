@@ -57,6 +57,14 @@ CASES = [
      "ONNXQuantizationConfig\\(precision='fp8'\\) cannot use calibration_method='awq_clip'; use max or entropy"),
     ("quantization_and_precision", "quantization_int8.py", ["--precision", "fp16"], 2,
      "precision='fp16' and quantization_config=ONNXQuantizationConfig both choose the precision"),
+    # model.py that exits or hangs: one line naming the step, never a silent exit 0
+    ("sys_exit_0_at_import", "exit_at_import.py", [], 2, "model.py called sys.exit\\(0\\) while importing"),
+    ("sys_exit_3_in_samples", "exit3_in_samples.py", [], 2, "model.py called sys.exit\\(3\\) in get_samples\\(\\)"),
+    ("os_exit_0_at_import", "os_exit_at_import.py", [], 2, "model.py called os._exit\\(0\\) while importing"),
+    ("loops_in_samples", "loops_in_samples.py", ["--model-py-timeout", "1"], 2,
+     "get_samples\\(\\) did not finish within 1 s \\(at line 5\\); .*--model-py-timeout"),
+    ("sleeps_at_import", "sleeps_at_import.py", ["--model-py-timeout", "1"], 2,
+     "importing did not finish within 1 s \\(at line 2\\)"),
 ]
 
 

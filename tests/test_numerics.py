@@ -99,7 +99,8 @@ def test_reason_names_the_worst_element():
 def test_tolerance_per_dtype_and_override_for_floats_only():
     assert tolerance_for("float32") == DEFAULT_TOLERANCES["float32"] == Tolerance(1e-4, 1e-3)
     assert tolerance_for("int64") == EXACT and tolerance_for("bool") == EXACT
-    assert tolerance_for("float16", TOL) == TOL and tolerance_for("int32", TOL) == EXACT
+    assert tolerance_for("float32", TOL) == TOL and tolerance_for("int32", TOL) == EXACT
+    assert tolerance_for("float16", TOL) == Tolerance(TOL.atol, TOL.rtol, DEFAULT_TOLERANCES["float16"].rel_l2)
     assert Tolerance(1e-4, 1e-3).to_dict() == {"atol": 1e-4, "rtol": 1e-3}
 
 
@@ -108,3 +109,90 @@ def test_module_imports_numpy_only():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------- half precision, deep networks
+
+
+class DeepResidualMLP(torch.nn.Module):
+    """A deep pre-norm residual stack (a transformer's shape without attention) whose head scales its
+    logits up, as a randomly initialised ResNet-50's are: float16 rounding accumulates over 32 blocks
+    and the large logits put absolute errors of ~0.05 next to values near zero."""
+
+    def __init__(self, depth: int = 32, width: int = 128, gain: float = 20.0):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, 2 * width), torch.nn.GELU(),
+                                torch.nn.Linear(2 * width, width)) for _ in range(depth))
+        self.head = torch.nn.Linear(width, 64)
+        with torch.no_grad():
+            self.head.weight.mul_(gain)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = x + block(x)
+        return self.head(x)
+
+
+@pytest.fixture(scope="module")
+def deep_outputs():
+    """(float32 reference, float16 run, bfloat16 run) of the same weights and inputs, on the CPU."""
+    torch.manual_seed(0)
+    model = DeepResidualMLP().eval()
+    x = torch.randn(8, 128)
+    with torch.inference_mode():
+        reference = model(x)
+        half = model.half()(x.half())
+        bf16 = model.float().bfloat16()(x.bfloat16())
+    return reference, half, bf16
+
+
+@pytest.mark.parametrize("which, dtype", [(1, "float16"), (2, "bfloat16")])
+def test_a_healthy_deep_half_precision_network_passes_on_its_relative_l2_error(deep_outputs, which, dtype):
+    reference, run = deep_outputs[0], deep_outputs[which]
+    tol = tolerance_for(dtype)
+    per_element = compare(run, reference, Tolerance(tol.atol, tol.rtol))
+    assert not per_element.ok and per_element.bad > 0  # the per-element rule alone refuses a healthy network
+    c = compare(run, reference, tol)
+    assert c.ok and c.reason is None and c.bad == per_element.bad
+    assert 0 < c.rel_l2 < tol.rel_l2 / 2  # with a margin: ~1.5e-3 (float16), ~1e-2 (bfloat16)
+
+
+@pytest.mark.parametrize("which, dtype", [(1, "float16"), (2, "bfloat16")])
+def test_a_wrong_half_precision_export_is_still_caught(deep_outputs, which, dtype):
+    reference, run = deep_outputs[0], deep_outputs[which]
+    tol = tolerance_for(dtype)
+    flipped = compare(-run, reference, tol)  # a sign flip in the one output
+    assert not flipped.ok and flipped.rel_l2 == pytest.approx(2.0, rel=0.01)
+    assert flipped.reason.startswith("relative L2 error 2 > %g and " % tol.rel_l2)
+    swapped = run.clone()
+    swapped[3] = run[4]  # one row of the batch answered with another sample's result
+    assert not compare(swapped, reference, tol).ok
+    shuffled = run.flatten()[torch.randperm(run.numel(), generator=torch.Generator().manual_seed(0))].view_as(run)
+    assert not compare(shuffled, reference, tol).ok
+
+
+def test_float32_keeps_the_per_element_rule_and_overrides_keep_the_half_precision_statistic():
+    assert DEFAULT_TOLERANCES["float32"].rel_l2 is None
+    e = np.linspace(-50, 50, 101)
+    a = e + 0.05  # relative L2 error 1.7e-3: fine for float16, not for float32 per element
+    assert not compare(a, e, tolerance_for("float32")).ok
+    assert compare(a.astype(np.float16), e.astype(np.float16), tolerance_for("float16")).ok
+    user = Tolerance(1e-3, 1e-3)
+    assert tolerance_for("float16", user) == Tolerance(1e-3, 1e-3, DEFAULT_TOLERANCES["float16"].rel_l2)
+    assert tolerance_for("float32", user) == user
+    assert tolerance_for("float16", Tolerance(0.0, 0.0, 0.5)).rel_l2 == 0.5
+    assert tolerance_for("int64", user) == EXACT
+    assert Tolerance(0.01, 0.01, 0.02).to_dict() == {"atol": 0.01, "rtol": 0.01, "rel_l2": 0.02}
+    assert Tolerance(0.01, 0.01).to_dict() == {"atol": 0.01, "rtol": 0.01}
+
+
+def test_relative_l2_of_zeros_and_non_finite_values():
+    zeros = np.zeros(4, np.float16)
+    assert compare(zeros, zeros, tolerance_for("float16")).rel_l2 == 0.0
+    c = compare(np.full(4, 0.5, np.float16), zeros, tolerance_for("float16"))
+    assert not c.ok and math.isinf(c.rel_l2)  # nothing to be relative to: the per-element rule decides
+    big = np.array([60000.0, -60000.0, 1.0], np.float16)  # squares overflow float16 (and nearly float32)
+    assert compare(big, big.copy(), tolerance_for("float16")).rel_l2 == 0.0
+    assert not compare(np.array([np.inf, 1.0], np.float16), np.array([1.0, 1.0], np.float16),
+                       tolerance_for("float16")).ok

@@ -28,4 +28,4 @@ def check(request: CheckRequest) -> dict[str, float]:
                              request.max_detections)
     except Exception as exc:
         raise CandidateFailed("loading failed: %s" % first_line(exc)) from exc
-    return check_runner(runner, request.spec, cases, request.device, request.tolerance)
+    return check_runner(runner, request.spec, cases, request.device, request.tolerance, request.refuse_mismatch)

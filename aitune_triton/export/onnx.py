@@ -29,7 +29,7 @@ import torch
 
 from aitune_triton.errors import ModelError
 from aitune_triton.export.onnx_check import OnnxCheck, check_onnx, hint, model_device, root_first_line
-from aitune_triton.numerics import Tolerance
+from aitune_triton.numerics import LOOSEN_HINT, Tolerance
 from aitune_triton.spec import AxisKind, IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed
 from aitune_triton.profile_set import ProfileSet
 
@@ -240,8 +240,8 @@ def export_onnx(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample],
         opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
         check = check_onnx(model, spec, target, samples, profiles, tolerance, exporter)
         if not check.ok:
-            raise ModelError("ONNX export (%s) does not match eager PyTorch (%s):\n%s\nraise atol/rtol if this is "
-                             "numerical noise; otherwise %s" % (exporter, check.runtime, check.table(), hint(exporter)))
+            raise ModelError("ONNX export (%s) does not match eager PyTorch (%s):\n%s\n%s; otherwise %s"
+                             % (exporter, check.runtime, check.table(), LOOSEN_HINT, hint(exporter)))
         for f in sorted(staging.iterdir(), key=lambda f: f.name == path.name):  # data files first, model last
             os.replace(f, path.parent / f.name)
     finally:

@@ -111,7 +111,8 @@ def dynamic_dims(spec: IOSpec, samples: Sequence[Sample], profiles: ProfileSet |
     return dims, {k: tuple(v) for k, v in ranges.items()}
 
 
-def _on_device(model: torch.nn.Module, device: str) -> torch.nn.Module:
+def on_device(model: torch.nn.Module, device: str) -> torch.nn.Module:
+    """``model`` itself when its parameters and buffers are on ``device`` already, else a copy there."""
     tensors = list(model.parameters()) + list(model.buffers())
     if all(t.device.type == device for t in tensors):
         return model
@@ -126,7 +127,7 @@ def export_program(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sampl
     max_batch = profiles.max_batch_size if profiles else spec.max_sample_batch
     dims, ranges = dynamic_dims(spec, samples, profiles, max_batch)
     feed = {k: v.to(device) for k, v in _example(spec, samples, max_batch).items()}
-    target = flat_model(_on_device(model, device).eval(), spec)
+    target = flat_model(on_device(model, device).eval(), spec)
     args = flat_inputs(spec, feed)
     shapes = {"inputs": tuple(dims[t.name] or None for t in spec.inputs)}
     try:

@@ -300,7 +300,7 @@ class TritonPythonModel:
     def _respond(self, members, outs, responses):
         if not isinstance(outs, Exception):
             try:
-                built = [[pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(y))
+                built = [[pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(y.contiguous()))
                           for (name, _), y in zip(self.data.outputs, per)] for per in outs]
             except Exception as exc:
                 outs = exc

@@ -107,9 +107,10 @@ def plan_tolerances(output_dtypes: Mapping[str, str], eager_outputs: Sequence[Ma
     from aitune_triton.tensorrt.quantized_onnx import QUANTIZED_TOLERANCES
 
     floats = [name for name, dtype in output_dtypes.items() if dtype in ("float32", "float16", "bfloat16")]
-    if override is not None:
-        return {name: override for name in floats}, "the configured tolerance (atol=%g, rtol=%g)" % (
-            override.atol, override.rtol)
+    if override is not None:  # through tolerance_for: a float16/bfloat16 output keeps its relative L2 rule
+        return {name: tolerance_for(output_dtypes[name], override) for name in floats}, \
+            "the configured tolerance (atol=%g, rtol=%g%s)" % (
+                override.atol, override.rtol, "" if override.rel_l2 is None else ", rel_l2=%g" % override.rel_l2)
     precision = trt_config.effective_precision
     if precision not in QUANTIZED_TOLERANCES and (trt_config.enable_tf32 or precision == "tf32"):
         precision = TF32_AS

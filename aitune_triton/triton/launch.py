@@ -63,9 +63,11 @@ def server_repository_arg(repo: "str | os.PathLike[str]") -> str:
 
 @dataclass(frozen=True)
 class ServerOptions:
-    """How to launch tritonserver. Ports left as None are picked free at start."""
+    """How to launch tritonserver. Ports left as None are picked free at start; ``backend_directory``
+    None is derived from the binary (``resolve_backend_directory``)."""
 
     tritonserver: Path | None = None
+    backend_directory: Path | None = None
     host: str = defaults.LOOPBACK
     http_port: int | None = None
     grpc_port: int | None = None
@@ -78,6 +80,13 @@ class ServerOptions:
     allow_client_shm: bool = True
     exit_on_error: bool = False
     disable_auto_complete: bool = True
+    exit_timeout_s: int = defaults.SERVER_EXIT_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if self.backend_directory is not None and not Path(self.backend_directory).is_dir():
+            raise UserError("backend directory %s is not a directory; pass the folder that holds one folder per "
+                            "backend (python/, onnxruntime/...), e.g. /opt/tritonserver/backends"
+                            % self.backend_directory)
 
 
 @dataclass(frozen=True)
@@ -136,6 +145,24 @@ def server_binary(options: ServerOptions) -> Path:
     return Path(options.tritonserver) if options.tritonserver else tools.bundled_tritonserver()
 
 
+def resolve_backend_directory(options: ServerOptions) -> Path | None:
+    """Where the server finds its backends: ``options.backend_directory`` when given; for the bundled
+    binary the venv's backends dir (its Python stub matches this interpreter); for another binary
+    ``PREFIX/backends`` beside its ``PREFIX/bin/`` (Triton's install tree: the NGC container's
+    /opt/tritonserver, the pip wheel's ``pytriton/tritonserver``), through a symlinked binary too;
+    else None, Triton's own default (/opt/tritonserver/backends)."""
+    if options.backend_directory is not None:
+        return Path(options.backend_directory)
+    if options.tritonserver is None:
+        return tools.backends_dir()
+    given = Path(options.tritonserver)
+    for binary in dict.fromkeys((given.absolute(), given.resolve())):
+        candidate = binary.parent.parent / "backends"
+        if binary.parent.name == "bin" and candidate.is_dir():
+            return candidate
+    return None
+
+
 def build_command(
     repo: Path | str,
     options: ServerOptions,
@@ -150,16 +177,16 @@ def build_command(
     """The tritonserver argv. Launches nothing.
 
     ``flags`` is what the binary accepts (None: unknown); flags newer than 2.51, such as
-    ``--allow-client-shm``, are only passed when listed. The bundled server gets the venv's
-    backends dir unless ``backend_directory`` says otherwise.
+    ``--allow-client-shm``, are only passed when listed. ``backend_directory`` None:
+    ``resolve_backend_directory(options)``.
     """
     if options.load_models and options.model_control_mode != "explicit":
         raise ValueError("load_models needs model_control_mode='explicit'")
     if "*" in options.load_models and len(options.load_models) > 1:
         raise ValueError("load_models=('*',) must be the only entry")
     binary = binary or server_binary(options)
-    if backend_directory is None and options.tritonserver is None:
-        backend_directory = tools.backends_dir()
+    if backend_directory is None:
+        backend_directory = resolve_backend_directory(options)
 
     def knows(flag: str, default: bool) -> bool:
         return default if flags is None else flag in flags
@@ -180,6 +207,8 @@ def build_command(
         "--exit-on-error=%s" % str(options.exit_on_error).lower(),
         "--log-verbose=%d" % options.log_verbose,
     ]
+    if knows("--exit-timeout-secs", True):
+        cmd.append("--exit-timeout-secs=%d" % options.exit_timeout_s)
     cmd += ["--load-model=%s" % name for name in options.load_models]
     if options.disable_auto_complete:
         cmd.append("--disable-auto-complete-config")

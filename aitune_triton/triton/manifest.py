@@ -223,7 +223,8 @@ class Manifest:
             name=d["name"], backend=d["backend"], spec=IOSpec.from_dict(d["spec"]),
             profiles=ProfileSet.from_dict(d["profiles"]), max_batch_size=int(d["max_batch_size"]),
             tolerances={k: Tolerance(typed(v["atol"], (int, float), "tolerances.%s.atol" % k),
-                                     typed(v["rtol"], (int, float), "tolerances.%s.rtol" % k))
+                                     typed(v["rtol"], (int, float), "tolerances.%s.rtol" % k),
+                                     typed(v.get("rel_l2"), (int, float, type(None)), "tolerances.%s.rel_l2" % k))
                         for k, v in d["tolerances"].items()},
             versions=Versions.from_dict(d.get("versions", {})), artifact=artifact_from_dict(d.get("artifact", {})),
             config=typed(d.get("config", {}), dict, "config"),

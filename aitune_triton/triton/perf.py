@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -169,6 +170,22 @@ def _tail(text: str, n: int = 30) -> str:
     return "\n".join(text.strip().splitlines()[-n:])
 
 
+# perf_analyzer's own error lines ("Thread [0] had error: ...", "error: failed to ...", "Failed to obtain
+# stable measurement"); its banner ("Successfully read data ...", "*** Measurement Settings ***") is not one
+_ERROR_LINE = re.compile(r"error|failed|fail to|timed? ?out|timeout|deadline|unavailable|not healthy|refused", re.I)
+
+
+def failure_cause(text: str) -> str | None:
+    """The line of perf_analyzer's output that says why it failed: the last error line, prefixed by
+    the "Failed to ..." summary before it when that is a different line; None when there is none."""
+    lines = [line.strip() for line in text.splitlines() if _ERROR_LINE.search(line)]
+    if not lines:
+        return None
+    last = lines[-1]
+    summary = next((line for line in lines if line.lower().startswith("failed") and line != last), None)
+    return "%s %s" % (summary, last) if summary and len(summary) + len(last) < 300 else last
+
+
 def run_perf(
     model: str,
     url: str,
@@ -202,9 +219,12 @@ def run_perf(
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=options.timeout_s)
         except subprocess.TimeoutExpired as exc:
-            text = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-            raise PerfError("perf_analyzer timed out after %.0f s at concurrency %d\n%s"
-                            % (options.timeout_s, level, _tail(text)), partial()) from exc
+            text = "".join((part or b"").decode(errors="replace") if isinstance(part, bytes) else (part or "")
+                           for part in (exc.stdout, exc.stderr))
+            cause = failure_cause(text)
+            raise PerfError("perf_analyzer timed out after %.0f s at concurrency %d: %s\n%s"
+                            % (options.timeout_s, level, cause or "no responses from the model in that time (a "
+                               "stalled server or model instance?)", _tail(text)), partial()) from exc
         text = out.stdout + out.stderr
         tails.append("[concurrency %d, exit %d]\n%s" % (level, out.returncode, _tail(text, 12)))
         if out.returncode == EXIT_UNSTABLE or (out.returncode != 0 and "stable measurement" in text):
@@ -212,8 +232,9 @@ def run_perf(
             unstable.append(level)
             continue
         if out.returncode != 0 or not csv_path.exists():
-            raise PerfError("perf_analyzer failed (exit %d) at concurrency %d: %s"
-                            % (out.returncode, level, _tail(text, 15)), partial())
+            raise PerfError("perf_analyzer failed (exit %d) at concurrency %d: %s\n%s"
+                            % (out.returncode, level, failure_cause(text) or "no error line in its output (below)",
+                               _tail(text, 15)), partial())
         rows.extend(parse_csv(csv_path))
         paths.append(csv_path)
     return partial()

@@ -6,14 +6,21 @@
 mapping's invariants are checked again on the parsed message, so neither a template bug nor a
 tuned variant can ship a config that Triton rejects at load time; ``write_config`` checks once
 more and writes atomically, for both.
+
+Triton's schema comes with the client library (``tritonclient``), which ``generate`` does not
+otherwise need: where it is not installed the rendered text is written unchecked and ``generate``
+says so in one line (``SCHEMA_SKIPPED``); the server still checks the config when it loads the
+model, and the test suite checks every template path with the schema. Vendoring the generated
+descriptor instead would pin a second copy of Triton's schema that could drift from the client's.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2
 
 from aitune_triton.errors import ModelError
 from aitune_triton.templating import render
@@ -21,12 +28,37 @@ from aitune_triton.triton.mapping import ModelConfigPlan
 from aitune_triton.triton.repository import replace_file_atomically
 from aitune_triton.version import __version__
 
+if TYPE_CHECKING:
+    from tritonclient.grpc import model_config_pb2
+
+log = logging.getLogger(__name__)
+
 CONFIG = "config.pbtxt"
+SCHEMA_SKIPPED = ("config.pbtxt was not checked against Triton's ModelConfig schema: tritonclient is not installed "
+                  "here (pip install 'tritonclient[grpc]' adds the check); Triton checks it when it loads the model")
+
+
+def schema() -> Any | None:
+    """tritonclient's ``model_config_pb2`` module (Triton's ModelConfig schema), None when tritonclient
+    cannot be imported."""
+    try:
+        from tritonclient.grpc import model_config_pb2 as pb2
+    except ImportError:
+        return None
+    return pb2
+
+
+def _check_text(text: str, num_profiles: int) -> None:
+    """Parse and check ``text`` with Triton's schema; without tritonclient there is nothing to parse with."""
+    if schema() is None:
+        log.info("%s", SCHEMA_SKIPPED)
+        return
+    check_config(parse_config(text), num_profiles)
 
 
 def render_config(plan: ModelConfigPlan) -> str:
     text = render("config.pbtxt.j2", plan=plan, tool_version=__version__)
-    check_config(parse_config(text), num_profiles=plan.num_profiles)
+    _check_text(text, plan.num_profiles)
     return text
 
 
@@ -44,13 +76,15 @@ def config_text(cfg: model_config_pb2.ModelConfig, header: str = "", num_profile
 def write_config(model_dir: Path, text: str, num_profiles: int = 0) -> Path:
     """Check ``text`` and write it as ``model_dir``'s config.pbtxt, atomically (a reader or a
     server loading the model sees the old text or the new one, never half of it)."""
-    check_config(parse_config(text), num_profiles)
+    _check_text(text, num_profiles)
     path = Path(model_dir) / CONFIG
     replace_file_atomically(path, text)
     return path
 
 
 def parse_config(text: str) -> model_config_pb2.ModelConfig:
+    from tritonclient.grpc import model_config_pb2
+
     try:
         return text_format.Parse(text, model_config_pb2.ModelConfig())
     except text_format.ParseError as exc:
@@ -59,6 +93,8 @@ def parse_config(text: str) -> model_config_pb2.ModelConfig:
 
 def config_problems(cfg: model_config_pb2.ModelConfig, num_profiles: int = 0) -> list[str]:
     """Rule violations Triton would report at load time (or worse, at request time)."""
+    from tritonclient.grpc import model_config_pb2
+
     problems = []
     names = [t.name for t in list(cfg.input) + list(cfg.output)]
     if len(set(names)) != len(names):

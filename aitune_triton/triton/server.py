@@ -30,12 +30,14 @@ import re
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
-from aitune_triton import procs
+from aitune_triton import defaults, procs
+from aitune_triton.triton import tools
 from aitune_triton.errors import ServerError
 from aitune_triton.triton.launch import (
     Ports,
@@ -68,6 +70,12 @@ SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "triton_python_backend_shm_region_"
 # error lines a CPU-only server always logs
 _NOISE = ("CudaDriverHelper", "NVML", "DCGM", "pinned system memory", "CUDA driver")
+# what tritonserver logs once a second while it drains before exiting (2.51: http_server.cc, server.cc)
+_DRAINING = re.compile(r'"Timeout (\d+): Found (\d+) (HTTP service connections|model versions that have in-flight '
+                       r'inferences)')
+_DRAINED_WHAT = {"HTTP service connections": "open HTTP connection(s) to close",
+                 "model versions that have in-flight inferences": "model version(s) to finish their requests in flight"}
+STUB_BINARY = b"triton_python_backend_stub"
 
 
 def describe_exit(code: int | None) -> str:
@@ -80,24 +88,13 @@ def describe_exit(code: int | None) -> str:
     return "exited with code %s" % code
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(comm, pgid) of a live process, None if gone or a zombie."""
-    try:
-        raw = Path("/proc/%d/stat" % pid).read_text()
-    except OSError:
-        return None
-    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return None if fields[0] == "Z" else (comm, int(fields[2]))
-
-
 def group_members(pgid: int) -> dict[int, str]:
     """Live processes of a process group, pid -> command name (Linux /proc)."""
     members = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat and stat[1] == pgid:
+            stat = procs.proc_stat(int(entry.name))
+            if stat and stat[2] == pgid:
                 members[int(entry.name)] = stat[0]
     return members
 
@@ -119,11 +116,19 @@ class TritonServer(ServerAPI):
         *,
         log_path: Path | None = None,
         env: dict[str, str] | None = None,
-        stop_grace_s: float = 30.0,
+        stop_grace_s: float | None = None,
+        notify: Callable[[str], None] | None = None,
     ):
+        """``stop_grace_s``: how long ``stop`` waits after SIGTERM before SIGKILL (default: the
+        server's own drain limit, ``options.exit_timeout_s``, plus a margin to unload the models).
+        ``notify(line)`` gets what the person running the server should hear while it stops or
+        serves (a drain in progress, a Python stub that died); default: the module's log."""
         self.repo = repo if is_s3_url(repo) else Path(repo)  # Path() would fold the s3:// double slash
         self.options = options if options is not None else ServerOptions()
-        self.stop_grace_s = stop_grace_s
+        self.stop_grace_s = stop_grace_s if stop_grace_s is not None else \
+            self.options.exit_timeout_s + defaults.SERVER_STOP_MARGIN_S
+        self._notify = notify or (lambda line: log.info("%s", line))
+        self._stubs: dict[tuple[str, str], int] | None = None
         self._env = env
         self.log_path: Path | None = Path(log_path) if log_path else None
         self.shm_prefix = "%s%s_" % (SHM_PREFIX, uuid.uuid4().hex[:12])
@@ -239,7 +244,7 @@ class TritonServer(ServerAPI):
     def _start_once(self) -> "TritonServer":
         binary = server_binary(self.options)
         if not binary.exists():
-            raise ServerError("tritonserver not found at %s" % binary)
+            raise ServerError("tritonserver not found at %s; get one with %s" % (binary, tools.GET_TRITONSERVER))
         names = tuple(n for n in self.options.load_models if n != "*")
         if "*" in self.options.load_models and isinstance(self.repo, Path) and self.repo.is_dir():
             names = tuple(p.name for p in self.repo.iterdir() if p.is_dir())
@@ -278,7 +283,16 @@ class TritonServer(ServerAPI):
             self.stop()
             raise
         log.info("tritonserver ready: pid %d, http %s, grpc %s", proc.pid, self.http_url, self.grpc_url)
+        self._stubs = self.stubs()  # what restart_dead_stubs compares with
         return self
+
+    def _backend_hint(self, failed: list[str]) -> str:
+        """For a backend the server could not find: where it looked and the option that names the folder."""
+        if not any("unable to find backend library" in f for f in failed):
+            return ""
+        flag = next((a.split("=", 1)[1] for a in self.command if a.startswith("--backend-directory=")), None)
+        return ("; the server looked in %s: pass its backends folder with --backend-directory"
+                % (flag or "its default (/opt/tritonserver/backends)"))
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.options.startup_timeout_s
@@ -294,7 +308,7 @@ class TritonServer(ServerAPI):
                 # never becomes a model state), so the requested models are checked by name
                 failed = self._startup_failures(final=status == 200)
                 if failed:
-                    raise self._error("model(s) failed to load: %s" % "; ".join(failed))
+                    raise self._error("model(s) failed to load: %s%s" % ("; ".join(failed), self._backend_hint(failed)))
                 if status == 200:
                     self._confirm_endpoints()
                     return
@@ -351,30 +365,110 @@ class TritonServer(ServerAPI):
                 failed.append("%s: %s" % (name, reason or "not loaded (see the log)"))
         return failed
 
+    def load_model(self, name: str, config_json: str | None = None, timeout_s: float = 300.0) -> None:
+        """As ``ServerAPI.load_model``, but a server that dies during the load fails it at once
+        (quoting its log) instead of after ``timeout_s``: its stubs can keep the connection open."""
+        self._running()
+        outcome: list[BaseException | None] = []
+
+        def load() -> None:
+            try:
+                ServerAPI.load_model(self, name, config_json, timeout_s)
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                outcome.append(exc)
+
+        worker = threading.Thread(target=load, name="aitune-load-%s" % name, daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.25)
+            code = self.returncode
+            if code is not None and worker.is_alive():
+                raise self._error("tritonserver %s while loading model %r" % (describe_exit(code), name))
+        if outcome and outcome[0] is not None:
+            code = self.returncode
+            if code is not None:
+                raise self._error("tritonserver %s while loading model %r" % (describe_exit(code), name))
+            raise outcome[0]
+
+    def stubs(self) -> dict[tuple[str, str], int]:
+        """The server's Python-backend stubs: (model, instance) -> pid (from each stub's command line:
+        the model.py path of a version directory, then the instance name)."""
+        found = {}
+        for pid in self.children():
+            try:
+                argv = Path("/proc/%d/cmdline" % pid).read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if len(argv) > 8 and argv[0].endswith(STUB_BINARY):
+                found[(Path(os.fsdecode(argv[1])).parent.parent.name, os.fsdecode(argv[8]))] = pid
+        return found
+
+    def restart_dead_stubs(self) -> list[str]:
+        """Call periodically while serving. A Python stub that died (a crash, an OOM kill) leaves its
+        model failing every request while Triton still reports it ready: such a model is reloaded
+        (Triton starts new stubs), or unloaded if that fails, so readiness tells the truth. Returns one
+        line per model it acted on."""
+        current = self.stubs()
+        known, self._stubs = self._stubs, current
+        if known is None:
+            return []
+        lines = []
+        for model in sorted({m for (m, instance) in known if (m, instance) not in current}):
+            if not self.model_ready(model):
+                continue  # unloaded (or being reloaded) on purpose
+            pids = ", ".join(str(pid) for (m, _), pid in sorted(known.items()) if m == model)
+            try:
+                self.load_model(model, timeout_s=self.options.startup_timeout_s)
+                lines.append("the Python stub of model %s (pid %s) died; reloaded the model (log: %s)"
+                             % (model, pids, self.log_path))
+            except ServerError as exc:
+                try:
+                    self.unload_model(model, timeout_s=self.options.startup_timeout_s)
+                except ServerError:
+                    pass
+                lines.append("the Python stub of model %s (pid %s) died and reloading it failed (%s): the model is "
+                             "unavailable (log: %s)" % (model, pids, str(exc).splitlines()[0], self.log_path))
+            self._stubs = self.stubs()
+        return lines
+
+    def draining(self) -> str | None:
+        """What a stopping tritonserver is still waiting for, from its log ("7 open HTTP connection(s)
+        to close (up to 25 s more)"), or None when it is not waiting on clients."""
+        for line in reversed(self.log_tail(10).splitlines()):
+            match = _DRAINING.search(line)
+            if match:
+                count = int(match.group(2))
+                return "%d %s (up to %s s more)" % (count, _DRAINED_WHAT[match.group(3)], match.group(1)) \
+                    if count else None
+        return None
+
     def stop(self) -> int | None:
         """SIGTERM the process group, SIGKILL after the grace period; returns the exit code.
 
-        Shared-memory regions under this server's own prefix are removed only after an unclean end
-        (a clean shutdown removes them itself).
+        While tritonserver drains open connections or requests in flight, ``notify`` hears so once;
+        a Ctrl-C (or SIGTERM) during the wait kills the group at once and is re-raised. Shared-memory
+        regions under this server's own prefix are removed only after an unclean end (a clean
+        shutdown removes them itself).
         """
         proc = self._proc
         if proc is None:
             return None
+        interrupted: BaseException | None = None
         if proc.poll() is None:
             _signal_group(proc.pid, signal.SIGTERM)
             _signal_group(proc.pid, signal.SIGCONT)  # a stopped server only sees SIGTERM once continued
             try:
-                proc.wait(self.stop_grace_s)
-            except subprocess.TimeoutExpired:
-                log.warning("tritonserver %d ignored SIGTERM for %.0f s, killing it", proc.pid, self.stop_grace_s)
+                self._wait_exit(proc)
+            except KeyboardInterrupt as exc:  # asked again: stop waiting
+                interrupted = exc
                 _signal_group(proc.pid, signal.SIGKILL)
                 proc.wait()
-                self._unclean = True
         if proc.returncode != 0:
             self._unclean = True
         leftovers = group_members(proc.pid)
-        if leftovers:
-            log.warning("killing processes left in tritonserver's group: %s", leftovers)
+        if leftovers:  # after a crash of the server its stubs remain: routine cleanup, not news
+            log.info("killing processes left in tritonserver's group: %s", leftovers)
             _signal_group(proc.pid, signal.SIGKILL)
             self._unclean = True
             deadline = time.monotonic() + 5
@@ -388,7 +482,32 @@ class TritonServer(ServerAPI):
         if self._log_file:
             self._log_file.close()
             self._log_file = None
+        if interrupted is not None:
+            raise interrupted
         return proc.returncode
+
+    def _wait_exit(self, proc: subprocess.Popen) -> None:
+        """Wait for the exit after SIGTERM; SIGKILL after ``stop_grace_s`` with a message that says
+        what the server was still doing."""
+        deadline = time.monotonic() + self.stop_grace_s
+        told = False
+        while True:
+            try:
+                proc.wait(0.25)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+            waiting = self.draining()
+            if waiting and not told:
+                self._notify("tritonserver is waiting for %s before it exits" % waiting)
+                told = True
+            if time.monotonic() > deadline:
+                break
+        log.warning("tritonserver %d did not exit within %.0f s of SIGTERM%s; killed it", proc.pid, self.stop_grace_s,
+                    " (still waiting for %s)" % waiting if waiting else " (still unloading its models)")
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+        self._unclean = True
 
     def _remove_own_shm(self) -> None:
         for region in SHM_DIR.glob(self.shm_prefix + "*"):

@@ -28,6 +28,10 @@ from aitune_triton.errors import ToolMissing  # noqa: F401  (re-exported)
 log = logging.getLogger(__name__)
 
 PERF_ANALYZER_WHEEL = "tritonclient==2.48.0"
+# the ways a user gets a server, for every message about a missing one
+GET_TRITONSERVER = ("`pip install nvidia-pytriton` (bundles tritonserver), or run inside NVIDIA's Triton container "
+                    "(nvcr.io/nvidia/tritonserver:<yy.mm>-py3) and pass "
+                    "--tritonserver /opt/tritonserver/bin/tritonserver")
 
 
 def python_version() -> str:
@@ -42,14 +46,15 @@ def venv_dir() -> Path:
 def triton_root() -> Path:
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        raise ToolMissing("nvidia-pytriton is not installed: run `make test` or `pip install nvidia-pytriton`")
+        raise ToolMissing("no embedded tritonserver (nvidia-pytriton is not installed): %s" % GET_TRITONSERVER)
     return Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
 
 
 def bundled_tritonserver() -> Path:
     path = triton_root() / "bin" / "tritonserver"
     if not path.exists():
-        raise ToolMissing("tritonserver binary missing from nvidia-pytriton at %s" % path)
+        raise ToolMissing("tritonserver binary missing from nvidia-pytriton at %s; reinstall it: %s"
+                          % (path, GET_TRITONSERVER))
     return path
 
 

@@ -96,7 +96,8 @@ class _Run:
             log_path = Path(opts.report_dir) / SERVER_LOG
             log_path.unlink(missing_ok=True)
         launched = TritonServer(opts.server_repository or self.repo,
-                                ServerOptions(tritonserver=opts.tritonserver, startup_timeout_s=opts.startup_timeout_s),
+                                ServerOptions(tritonserver=opts.tritonserver, backend_directory=opts.backend_directory,
+                                              startup_timeout_s=opts.startup_timeout_s),
                                 log_path=log_path)
         self._server = launched
         self.say("starting %s" % launched.describe())

@@ -19,6 +19,7 @@ class ValidateOptions:
 
     url: str | None = None
     tritonserver: Path | None = None
+    backend_directory: Path | None = None  # the launched server's backends (None: derived from tritonserver)
     models: tuple[str, ...] = ()
     perf: bool = True
     concurrency: tuple[int, ...] = defaults.VALIDATE_CONCURRENCY
@@ -38,6 +39,8 @@ class ValidateOptions:
     def __post_init__(self) -> None:
         if self.url and self.tritonserver:
             raise UserError("--url attaches to a running server and --tritonserver launches one; give only one")
+        if self.url and self.backend_directory:
+            raise UserError("--backend-directory is for a server validate launches; a server at --url has its own")
         if self.shared_memory not in ("none", "system"):
             raise UserError("shared memory must be 'none' or 'system', got %r" % (self.shared_memory,))
         conc = tuple(self.concurrency)

@@ -11,6 +11,7 @@ from aitune_triton.errors import AituneError, UserError
 from aitune_triton.integrity import tree_problems
 from aitune_triton.tensorrt.section import TensorRTSection
 from aitune_triton.triton import tools
+from aitune_triton.triton.launch import ServerOptions, resolve_backend_directory
 from aitune_triton.triton.manifest import MANIFEST, Manifest
 from aitune_triton.validate.options import ValidateOptions
 from aitune_triton.validate.result import CheckResult, CheckStatus
@@ -93,12 +94,10 @@ def server_backends(options: ValidateOptions) -> tuple[str, ...] | None:
     if options.url:
         return None
     try:
-        if options.tritonserver is None:
-            root = tools.backends_dir()
-        else:
-            root = Path(options.tritonserver).resolve().parents[1] / "backends"
-    except (tools.ToolMissing, IndexError, OSError):
+        root = resolve_backend_directory(ServerOptions(tritonserver=options.tritonserver,
+                                                       backend_directory=options.backend_directory))
+    except (tools.ToolMissing, UserError, OSError):
         return None
-    if not root.is_dir():
+    if root is None or not root.is_dir():
         return None
     return tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))

@@ -17,7 +17,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
+import http.client as http_client
 from pathlib import Path
 
 import pytest
@@ -341,3 +343,137 @@ def test_serve_reports_a_crash_with_the_log_tail(repo):
         assert wait_gone(pid, prefix) == ([], [])
     finally:
         cli.kill_all()
+
+
+# ---------------------------------------------------------------- a dead stub, a dead server, a drain
+
+
+def _infer_cnn(http: int) -> int:
+    body = json.dumps({"inputs": [{"name": "image", "shape": [1, 3, 32, 32], "datatype": "FP32",
+                                   "data": [0.0] * 3072}]}).encode()
+    request = urllib.request.Request("http://127.0.0.1:%d/v2/models/cnn/infer" % http, data=body, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _stubs(pid: int) -> list[int]:
+    return [p for p in group(pid) if p != pid]
+
+
+def test_serve_reloads_a_model_whose_stub_died_and_says_so(repo):
+    """Before: a SIGKILLed stub left the model failing every request while /ready said 200, serve said
+    nothing, and stopping took 30 s. Now serve reloads the model, says so in one line, and stops quickly."""
+    http, grpc, metrics = free_ports(3)
+    cli = Cli("serve", str(repo), "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics))
+    try:
+        cli.wait_for(lambda: "Ctrl-C to stop" in cli.output)
+        pid, prefix = server_of(repo)
+        assert _infer_cnn(http) == 200
+        stub = _stubs(pid)[0]
+        os.kill(stub, signal.SIGKILL)
+        cli.wait_for(lambda: "reloaded the model" in cli.output, timeout=120)
+        line = next(x for x in cli.output.splitlines() if "reloaded the model" in x)
+        assert line.startswith("the Python stub of model cnn (pid %d) died; reloaded the model" % stub), line
+        assert _infer_cnn(http) == 200
+        t0 = time.monotonic()
+        os.kill(cli.proc.pid, signal.SIGINT)
+        assert cli.finish() == 0
+        assert time.monotonic() - t0 < 15, cli.output
+        assert "ignored SIGTERM" not in cli.output and "WARNING" not in cli.output, cli.output
+        assert wait_gone(pid, prefix) == ([], [])
+    finally:
+        cli.kill_all()
+
+
+@pytest.mark.parametrize("asked_twice", [False, True], ids=["drained", "second_signal"])
+def test_serve_stopped_with_clients_connected_says_it_drains_them(repo, asked_twice):
+    """Before: 30 s, then "tritonserver N ignored SIGTERM" (it was draining 7 open HTTP connections).
+    Now the line says what it waits for, and the drain is bounded by the server's exit timeout; a
+    second signal during the drain ends the server and its stubs at once."""
+    http, grpc, metrics = free_ports(3)
+    cli = Cli("serve", str(repo), "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics))
+    connections = []
+    try:
+        cli.wait_for(lambda: "Ctrl-C to stop" in cli.output)
+        pid, prefix = server_of(repo)
+        for _ in range(7):  # idle keep-alive clients
+            connection = http_client.HTTPConnection("127.0.0.1", http, timeout=30)
+            connection.request("GET", "/v2/health/ready")
+            connection.getresponse().read()
+            connections.append(connection)
+        t0 = time.monotonic()
+        os.kill(cli.proc.pid, signal.SIGINT)
+        cli.wait_for(lambda: "tritonserver is waiting for 7 open HTTP connection(s) to close (up to" in cli.output)
+        if asked_twice:
+            os.kill(cli.proc.pid, signal.SIGTERM)
+            assert cli.finish() == 128 + signal.SIGTERM
+            assert time.monotonic() - t0 < 8, cli.output
+            assert wait_gone(pid, prefix, timeout=5) == ([], [])
+            return
+        assert cli.finish() == 0
+        took = time.monotonic() - t0
+        assert "ignored SIGTERM" not in cli.output and "WARNING" not in cli.output, cli.output
+        assert took < 25, took  # the server's own drain limit (10 s) plus its unload
+        assert wait_gone(pid, prefix) == ([], [])
+    finally:
+        for connection in connections:
+            connection.close()
+        cli.kill_all()
+
+
+def test_server_dying_during_a_load_fails_the_load_at_once(repo):
+    """Before: a tritonserver that crashed (SIGSEGV) while loading left the load waiting out its whole
+    timeout (its stubs keep the connection open). Now the load fails as soon as the server is gone,
+    naming the signal and quoting the log."""
+    from aitune_triton.errors import ServerError
+    from aitune_triton.triton.server import ServerOptions, TritonServer
+
+    server = TritonServer(repo, ServerOptions(load_models=()))
+    server.start()
+    try:
+        def kill_when_a_stub_runs() -> None:
+            deadline = time.monotonic() + 60
+            while not server.children() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            os.kill(server.pid, signal.SIGSEGV)  # the server only: its stubs stay
+
+        killer = threading.Thread(target=kill_when_a_stub_runs, daemon=True)
+        killer.start()
+        t0 = time.monotonic()
+        with pytest.raises(ServerError, match=r"^tritonserver crashed \(SIGSEGV\) while loading model 'cnn'") as info:
+            server.load_model("cnn", timeout_s=120)
+        assert time.monotonic() - t0 < 30
+        assert "last lines of" in (info.value.details or "")
+    finally:
+        server.stop()
+
+
+def test_stub_stopped_during_perf_is_named_in_the_perf_check(repo, tmp_path):
+    """Before: after ``kill -STOP`` of the stub the perf check quoted perf_analyzer's first line
+    ("Successfully read data for 1 stream/streams ..."); now it quotes the error that says what happened."""
+    stopped: list[int] = []
+
+    def progress(message: str) -> None:
+        if "perf_analyzer at concurrency" in message and not stopped:
+            pid, _ = server_of(repo)
+            stopped.extend(_stubs(pid))
+            for stub in stopped:
+                os.kill(stub, signal.SIGSTOP)
+
+    try:
+        report = validate_repository(repo, ValidateOptions(concurrency=(1,), report_dir=tmp_path / "r"), progress)
+    finally:
+        for stub in stopped:
+            try:
+                os.kill(stub, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    assert stopped
+    perf = next(c for c in report.model("cnn").checks if c.name == "perf")
+    first = perf.detail.splitlines()[0]
+    assert perf.status == FAIL and first.startswith("perf_analyzer "), perf.detail
+    assert "Stub process 'cnn_0_0' is not healthy" in first or "no responses from the model" in first, first
+    assert "Successfully read data" not in first

@@ -192,3 +192,15 @@ def test_dynamic_batching_switched_on_by_hand_fails_naming_the_cause(zoo):
     batching = next(c for c in report.model("forced").checks if c.name == "dynamic_batching")
     assert batching.status == FAIL and "do not match their request" in batching.detail
     assert "generate found the rows not independent (output 'output_0' of sample" in batching.detail
+
+
+def test_non_contiguous_outputs_are_served(tmp_path):
+    """A bidirectional LSTM's whole output sequence (a transposed view out of ``nn.LSTM``) and a
+    transpose of it beside the logits: before, warm-up failed at load with "DLPack tensor is not
+    contiguous" (and tritonserver sometimes died with SIGSEGV); now every output is served and matches."""
+    repo = tmp_path / "repo"
+    generate(ZOO / "bilstm_sequence.py", repo, {"backends": ("python",), "fallback_format": "eager"})
+    report = validate_repository(repo, ValidateOptions(perf=False, report_dir=tmp_path / "report"))
+    assert output_dims(repo, "bilstm_sequence") == {"output_0": [3], "output_1": [-1, 16], "output_2": [16, -1]}
+    assert_validated(report, "bilstm_sequence")
+    assert report.exit_code == 0

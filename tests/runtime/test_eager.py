@@ -16,15 +16,20 @@ def _quantized_lstm():
     return torch.ao.quantization.quantize_dynamic(nn.Sequential(nn.LSTM(4, 4)), {nn.LSTM}, dtype=torch.qint8)
 
 
-def test_packed_params_of_a_quantized_model_need_the_full_unpickler_and_get_it(tmp_path):
+def test_packed_params_of_a_quantized_model_load_weights_only_with_script_objects_allowed(tmp_path, monkeypatch):
     path = tmp_path / "state.pt"
     torch.save(_quantized_lstm().state_dict(), path)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
+    calls = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k["weights_only"]) or real(*a, **k))
     model = _quantized_lstm()
     model.load_state_dict(load_state_dict(path, torch.device("cpu")))
     x = torch.randn(3, 2, 4)
-    assert torch.equal(model(x)[0], _quantized_lstm()(x)[0])
+    assert torch.equal(model(x)[0], _quantized_lstm()(x)[0]) and calls == [True, True]
+    with pytest.raises(pickle.UnpicklingError):  # the allowance was scoped to that one load
+        real(path, weights_only=True)
 
 
 def test_plain_tensors_load_without_pickle(tmp_path, monkeypatch):

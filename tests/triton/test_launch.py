@@ -92,6 +92,45 @@ def test_bundled_server_gets_the_venv_backends_dir(tmp_path, monkeypatch):
     assert flag_values(cmd, "--backend-directory") == [str(tmp_path / "backends")]
 
 
+def test_another_binary_gets_the_backends_dir_of_its_install_tree(tmp_path):
+    """``PREFIX/bin/tritonserver`` serves with ``PREFIX/backends`` (the pip wheel's and the NGC
+    container's layout), also through a symlink to it; ``--backend-directory`` wins over both, and a
+    binary outside any such layout is left to Triton's own default."""
+    prefix = tmp_path / "triton"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "backends" / "python").mkdir(parents=True)
+    binary = prefix / "bin" / "tritonserver"
+    binary.write_text("")
+    cmd = build_command(tmp_path, ServerOptions(tritonserver=binary), PORTS, flags=frozenset())
+    assert flag_values(cmd, "--backend-directory") == [str(prefix / "backends")]
+    (tmp_path / "elsewhere").mkdir()
+    link = tmp_path / "elsewhere" / "tritonserver"
+    link.symlink_to(binary)
+    assert launch.resolve_backend_directory(ServerOptions(tritonserver=link)) == prefix / "backends"
+    mine = tmp_path / "my_backends"
+    mine.mkdir()
+    cmd = build_command(tmp_path, ServerOptions(tritonserver=link, backend_directory=mine), PORTS, flags=frozenset())
+    assert flag_values(cmd, "--backend-directory") == [str(mine)]
+    loose = tmp_path / "elsewhere" / "tritonserver-copy"
+    loose.write_text("")
+    assert launch.resolve_backend_directory(ServerOptions(tritonserver=loose)) is None
+
+
+def test_a_backend_directory_that_is_not_a_directory_is_refused(tmp_path):
+    with pytest.raises(UserError, match=r"backend directory .*nowhere is not a directory; pass the folder that holds "
+                                        r"one folder per backend"):
+        ServerOptions(backend_directory=tmp_path / "nowhere")
+
+
+def test_a_missing_server_names_the_ways_to_get_one(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(tools.ToolMissing) as info:
+        tools.triton_root()
+    message = str(info.value)
+    assert "pip install nvidia-pytriton" in message and "nvcr.io/nvidia/tritonserver" in message
+    assert "make" not in message
+
+
 @pytest.mark.parametrize(
     "opts,why",
     [(ServerOptions(model_control_mode="none", load_models=("a",)), "needs model_control_mode='explicit'"),
@@ -177,6 +216,16 @@ def test_server_repository_arg_keeps_the_s3_url_and_absolutises_paths():
     assert server_repository_arg(Path("rel")) == str(Path("rel").resolve())
     assert is_s3_url("s3://b/p") and not is_s3_url(Path("s3:/b")) and not is_s3_url("S3://b")
 
+
+
+def test_exit_timeout_is_passed_when_the_binary_knows_it(tmp_path):
+    """Triton's own drain limit on SIGTERM (its default, 30 s, equalled the stop's grace: a false "ignored SIGTERM")."""
+    assert flag_values(build_command(tmp_path, ServerOptions(tritonserver=FAKE), PORTS, flags=None),
+                       "--exit-timeout-secs") == ["10"]
+    assert flag_values(build_command(tmp_path, ServerOptions(tritonserver=FAKE, exit_timeout_s=3), PORTS,
+                                     flags=frozenset({"--exit-timeout-secs"})), "--exit-timeout-secs") == ["3"]
+    assert not flag_values(build_command(tmp_path, ServerOptions(tritonserver=FAKE), PORTS, flags=frozenset()),
+                           "--exit-timeout-secs")
 
 
 def test_a_too_low_open_file_limit_is_refused_before_launch():

@@ -14,6 +14,7 @@ from aitune_triton.triton.perf import (
     PerfOptions,
     PerfRow,
     build_perf_command,
+    failure_cause,
     parse_csv,
     run_perf,
     write_input_data_json,
@@ -163,7 +164,8 @@ def test_run_perf_reports_unstable_points(tmp_path):
 
 def test_run_perf_error_quotes_perf_analyzer(tmp_path):
     pa = fake_perf_analyzer(tmp_path, fail=4)
-    with pytest.raises(PerfError, match="unknown model") as info:
+    with pytest.raises(PerfError, match=r"^perf_analyzer failed \(exit 99\) at concurrency 4: error: failed to get "
+                                         r"model metadata: Request for unknown model\n") as info:
         run_perf("m", "u", PerfOptions(concurrency=(1, 4)), workdir=tmp_path / "w", perf_analyzer=pa)
     assert [r.concurrency for r in info.value.partial.rows] == [1]
 
@@ -172,8 +174,28 @@ def test_run_perf_timeout(tmp_path):
     pa = tmp_path / "slow"
     pa.write_text("#!/bin/sh\nsleep 5\n")
     pa.chmod(0o755)
-    with pytest.raises(PerfError, match="timed out"):
+    with pytest.raises(PerfError, match=r"^perf_analyzer timed out after 0 s at concurrency 1: no responses from the "
+                                         r"model in that time"):
         run_perf("m", "u", PerfOptions(concurrency=(1,), timeout_s=0.5), workdir=tmp_path, perf_analyzer=pa)
+
+
+STALLED_STUB = """Successfully read data for 1 stream/streams with 4 step/steps.
+*** Measurement Settings ***
+  Batch size: 1
+  Using "count_windows" mode for stabilization
+
+Request concurrency: 1
+Failed to maintain requested inference load. Worker thread(s) failed to generate concurrent requests.
+Thread [0] had error: Stub process 'cnn_0_0' is not healthy.
+"""
+
+
+def test_failure_cause_is_the_error_line_not_the_banner():
+    """A stopped stub: the message quoted perf_analyzer's first line ("Successfully read data ...")."""
+    assert failure_cause(STALLED_STUB) == ("Failed to maintain requested inference load. Worker thread(s) failed to "
+                                           "generate concurrent requests. Thread [0] had error: Stub process "
+                                           "'cnn_0_0' is not healthy.")
+    assert failure_cause("*** Measurement Settings ***\n  Batch size: 1\n") is None
 
 
 def test_write_input_data_json(tmp_path):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from aitune_triton.errors import UserError
+from aitune_triton import procs
 from aitune_triton.triton import server as srv
 from aitune_triton.triton import tools
 from aitune_triton.triton.perf import PerfOptions, parse_csv, run_perf, write_input_data_json
@@ -175,8 +176,8 @@ def test_shutdown_leaves_no_process(triton_server_factory, repo):
     assert "triton_python_b" in stubs.values()  # comm is cut to 15 characters
     assert list(Path("/dev/shm").glob(s.shm_prefix + "*"))
     assert s.stop() == 0
-    assert srv._proc_stat(pid) is None
-    assert all(srv._proc_stat(p) is None for p in stubs)
+    assert procs.proc_stat(pid) is None
+    assert all(procs.proc_stat(p) is None for p in stubs)
     assert not srv.group_members(pid)
     assert not list(Path("/dev/shm").glob(s.shm_prefix + "*"))
     assert s.stop() == 0  # idempotent
@@ -189,7 +190,7 @@ def test_crash_cleanup_removes_own_leftovers(triton_server_factory, repo):
     os.kill(s.pid, signal.SIGKILL)  # no shutdown: stubs and shared memory are left behind
     assert list(Path("/dev/shm").glob(s.shm_prefix + "*"))
     assert s.stop() == -signal.SIGKILL
-    assert all(srv._proc_stat(p) is None for p in stubs)
+    assert all(procs.proc_stat(p) is None for p in stubs)
     assert not list(Path("/dev/shm").glob(s.shm_prefix + "*"))
 
 
@@ -240,3 +241,19 @@ def test_each_launch_has_its_own_id(tmp_path):
 def test_describe_exit():
     assert srv.describe_exit(-signal.SIGSEGV) == "crashed (SIGSEGV)"
     assert srv.describe_exit(1) == "exited with code 1"
+
+
+@pytest.mark.parametrize("tail, expected", [
+    ('I1206 21:42:33.848062 30535 http_server.cc:248] "Timeout 25: Found 7 HTTP service connections"',
+     "7 open HTTP connection(s) to close (up to 25 s more)"),
+    ('I1206 21:56:12.987301 9439 server.cc:321] "Timeout 10: Found 2 model versions that have in-flight inferences"',
+     "2 model version(s) to finish their requests in flight (up to 10 s more)"),
+    ('I1206 21:56:12.987301 9439 server.cc:321] "Timeout 10: Found 0 model versions that have in-flight inferences"',
+     None),
+    ('I1206 21:56:13.987542 9439 server.cc:345] "Timeout 9: Found 1 live models and 0 in-flight non-inference '
+     'requests"', None),
+])
+def test_draining_reads_what_a_stopping_server_waits_for(tmp_path, tail, expected):
+    log = tmp_path / "tritonserver.log"
+    log.write_text('Signal (15) received.\n%s\n' % tail)
+    assert srv.TritonServer(tmp_path, log_path=log).draining() == expected

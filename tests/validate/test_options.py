@@ -45,3 +45,10 @@ def test_defaults_come_from_the_one_defaults_module():
     server = ServerOptions()
     assert (server.host, server.startup_timeout_s) == (defaults.LOOPBACK, defaults.STARTUP_TIMEOUT_S)
     assert Endpoint.__dataclass_fields__["timeout_s"].default == defaults.REQUEST_TIMEOUT_S
+
+
+def test_a_backend_directory_is_for_a_launched_server_only(tmp_path):
+    with pytest.raises(UserError, match="--backend-directory is for a server validate launches"):
+        ValidateOptions(url="localhost:8000", backend_directory=tmp_path)
+    assert ValidateOptions(tritonserver=tmp_path / "tritonserver", backend_directory=tmp_path).backend_directory \
+        == tmp_path

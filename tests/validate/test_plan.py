@@ -50,3 +50,20 @@ def test_manifest_field_of_wrong_type(repo, tmp_path, field, value):
     planned = {p.name: p for p in plan_models(model_dir.parent)}
     failure = planned["affine"].failure
     assert failure.status == CheckStatus.FAIL and "not a valid manifest" in failure.detail
+
+
+def test_server_backends_come_from_the_backend_directory_or_the_binary_install_tree(tmp_path):
+    """What the launched server can load: the folders of --backend-directory, else of PREFIX/backends
+    beside PREFIX/bin/tritonserver; unknown (None) for a binary outside such a layout."""
+    from aitune_triton.validate.options import ValidateOptions
+    from aitune_triton.validate.plan import server_backends
+
+    (tmp_path / "prefix" / "bin").mkdir(parents=True)
+    (tmp_path / "prefix" / "backends" / "python").mkdir(parents=True)
+    (tmp_path / "prefix" / "backends" / "onnxruntime").mkdir()
+    binary = tmp_path / "prefix" / "bin" / "tritonserver"
+    binary.write_text("")
+    assert server_backends(ValidateOptions(tritonserver=binary)) == ("onnxruntime", "python")
+    (tmp_path / "mine" / "python").mkdir(parents=True)
+    assert server_backends(ValidateOptions(tritonserver=binary, backend_directory=tmp_path / "mine")) == ("python",)
+    assert server_backends(ValidateOptions(tritonserver=tmp_path / "tritonserver")) is None

@@ -1,0 +1,387 @@
+"""GPU acceptance lane: the default path, as a new user runs it, for the models people serve on a GPU.
+
+Every model goes through the CLI with default settings and no ``get_config()`` (the examples keep their own):
+``aitune-triton generate MODEL_PY`` (device auto, backends python + tensorrt), then one ``aitune-triton validate``
+of all the generated models on the GPU server with ``--concurrency 1,8``. The result is a dated JSON (per model:
+fallback format, generate seconds, validate verdict and failed checks, infer/s at c=1 and c=8, max_batch_size;
+the commit, the date, the GPU) and the same as a BENCHMARKS.md table. ResNet-50 is generated twice in a row into
+the same repository (``--force``) and both times and console lines are kept: a remembered AOTInductor load crash
+should make the second one skip the doomed compile.
+
+Models (``--models``, default all): ``resnet50_fp16`` (torchvision, float16), ``bert_base_fp16`` (Hugging Face
+BertModel, BertConfig() defaults, float16, sequence 128), ``vit_bf16`` (Hugging Face ViTModel, ViTConfig()
+defaults, bfloat16), all random init from ``benchmarks/acceptance_models/``, and ``cnn``, ``custom_profiles``,
+``encoder``, ``multi_io`` from ``examples/``.
+
+Budget: the generates run ``--jobs`` at a time (largest first; each one ``--generate-timeout`` at most, its
+process group killed past it, and none runs into the last ``--validate-reserve-s`` of ``--budget-s``), validate
+gets what is left; the JSON is rewritten after every step, so a run cut short still reports what it measured,
+and a model cut short is rerun alone with ``--models``. Generate times are measured with ``--jobs`` generates
+sharing the machine (recorded in the JSON); ``--jobs 1`` gives each one the whole machine.
+
+On the GPU machine, from a clean checkout with ``.devbundle`` (``bash ../shared/tools/make-device-bundle.sh
+.venv .devbundle``, or the project's copy) and ``.whl`` (``bash benchmarks/fetch_gpu_wheels.sh``) carried along
+(about 32 MB together), as one device call with a 600 s limit:
+
+    AITUNE_COMMIT=<sha> bash benchmarks/run_gpu_acceptance.sh          # everything, under 9 minutes on an H100
+    AITUNE_COMMIT=<sha> bash benchmarks/run_gpu_acceptance.sh --models resnet50_fp16,cnn
+
+(``AITUNE_COMMIT`` only where the copy on the GPU machine has no ``.git``.)
+
+Results land in ``$OUT`` (``gpu_acceptance_<date>.json``, ``.md``, ``logs/``); commit the JSON and paste the
+table into BENCHMARKS.md. Here, on the CPU, the same logic end to end on one small model (the smoke mode):
+
+    .venv/bin/python benchmarks/gpu_acceptance.py --device cpu --models cnn --out /tmp/acceptance
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {
+    "resnet50_fp16": ROOT / "benchmarks" / "acceptance_models" / "resnet50_fp16" / "model.py",
+    "bert_base_fp16": ROOT / "benchmarks" / "acceptance_models" / "bert_base_fp16" / "model.py",
+    "vit_bf16": ROOT / "benchmarks" / "acceptance_models" / "vit_bf16" / "model.py",
+    "cnn": ROOT / "examples" / "cnn" / "model.py",
+    "custom_profiles": ROOT / "examples" / "custom_profiles" / "model.py",
+    "encoder": ROOT / "examples" / "encoder" / "model.py",
+    "multi_io": ROOT / "examples" / "multi_io" / "model.py",
+}
+PRECISION = {"resnet50_fp16": "fp16", "bert_base_fp16": "fp16", "vit_bf16": "bf16"}
+TWICE = "resnet50_fp16"  # generated twice in a row: the second run should reuse what the first learned
+CLI = [sys.executable, "-m", "aitune_triton.cli"]
+
+
+@dataclass
+class ModelResult:
+    name: str
+    source: str
+    precision: str
+    generate_exit: int | None = None
+    generate_s: float | None = None
+    generate_line: str = ""  # the "✓ name (python, ready): fallback ..." line, or the error line
+    generate_stages: list[str] = field(default_factory=list)  # "building the PyTorch fallback ... (98.1 s)"
+    second_generate_exit: int | None = None
+    second_generate_s: float | None = None
+    second_generate_line: str = ""
+    second_generate_stages: list[str] = field(default_factory=list)
+    format: str | None = None  # the fallback artifact served (aoti, export, eager) and its device
+    skipped_formats: list[list[str]] = field(default_factory=list)
+    tensorrt: str | None = None  # the staged TensorRT model's status (pending without TensorRT)
+    max_batch_size: int | None = None
+    models: list[str] = field(default_factory=list)  # the Triton model directories generate wrote
+    validate: str = "not run"  # passed / failed / skipped / not run / timed out
+    failed_checks: list[str] = field(default_factory=list)
+    infer_per_s: dict[str, float] = field(default_factory=dict)  # concurrency -> throughput
+    p99_ms: dict[str, float] = field(default_factory=dict)
+    perf_unstable: list[int] = field(default_factory=list)  # concurrencies perf_analyzer could not stabilise
+
+
+# ----------------------------------------------------------------------------- child processes
+
+
+def run_logged(cmd: list[str], log_path: Path, timeout_s: float, env: dict | None = None) -> tuple[int | None, float]:
+    """Run ``cmd`` in its own process group with its output in ``log_path``; past ``timeout_s`` the whole
+    group is killed (AOTInductor compile workers, a tritonserver) and the exit code is None."""
+    start = time.monotonic()
+    with open(log_path, "w") as log:
+        log.write("$ %s\n" % " ".join(cmd))
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT), env=env,
+                                start_new_session=True)
+        try:
+            code: int | None = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGINT)  # the CLI stops its servers and removes staging on SIGINT
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            code = None
+            log.write("\n[gpu_acceptance] killed after %.0f s\n" % timeout_s)
+    return code, time.monotonic() - start
+
+
+def console_lines(log_path: Path) -> tuple[str, list[str]]:
+    """(the verdict line, the stage lines with their seconds) of a generate's console output."""
+    text = log_path.read_text(errors="replace")
+    lines = [re.sub(r"\s+", " ", line).strip() for line in text.splitlines()]
+    stages = [line for line in lines if re.search(r"\(\d+(\.\d+)? s\)$", line)]
+    verdict = next((line for line in lines if line.startswith(("✓", "error:", "internal error:"))), "")
+    if verdict.startswith("error:"):  # the error's first line may wrap: keep what follows up to the log line
+        tail = text[text.find("error:"):].split("\nlog:")[0]
+        verdict = re.sub(r"\s+", " ", tail).strip()
+    return verdict[:2000], stages
+
+
+# ----------------------------------------------------------------------------- the steps
+
+
+def generate(result: ModelResult, repo: Path, logs: Path, args, env: dict, deadline: float,
+             second: bool = False) -> None:
+    """One ``generate`` with its time, exit code and console lines; it gets ``--generate-timeout`` or what is
+    left before ``deadline`` (the time kept for validate), whichever is less."""
+    timeout = min(args.generate_timeout, deadline - time.monotonic())
+    if timeout < 30:
+        line = "not run: %.0f s left before the time kept for validate" % max(timeout, 0)
+        if second:
+            result.second_generate_line = line
+        else:
+            result.generate_line = line
+        return
+    cmd = CLI + ["generate", result.source, "--out", str(repo)]
+    if args.device != "auto":
+        cmd += ["--device", args.device]
+    if second:
+        cmd.append("--force")
+    log_path = logs / ("%s.generate%s.log" % (result.name, "2" if second else ""))
+    code, seconds = run_logged(cmd, log_path, timeout, env)
+    line, stages = console_lines(log_path)
+    if code is None:
+        line = "timed out after %.0f s; %s" % (timeout, stages[-1] if stages else "no stage finished")
+    if second:
+        result.second_generate_exit, result.second_generate_s = code, round(seconds, 1)
+        result.second_generate_line, result.second_generate_stages = line, stages
+    else:
+        result.generate_exit, result.generate_s = code, round(seconds, 1)
+        result.generate_line, result.generate_stages = line, stages
+
+
+def read_manifests(result: ModelResult, repo: Path) -> None:
+    for manifest_path in sorted(repo.glob("*/manifest.json")):
+        manifest = json.loads(manifest_path.read_text())
+        result.models.append(manifest_path.parent.name)
+        artifact = manifest.get("artifact") or {}
+        if manifest.get("backend") == "python" and artifact.get("format"):
+            result.format = "%s on %s" % (artifact["format"], artifact.get("device"))
+            result.skipped_formats = [list(s) for s in artifact.get("skipped", [])]
+            result.max_batch_size = manifest.get("max_batch_size")
+        elif result.max_batch_size is None:
+            result.max_batch_size = manifest.get("max_batch_size")
+        trt = manifest.get("tensorrt") or {}
+        if trt.get("status"):
+            result.tensorrt = trt["status"]
+
+
+def gather(results: dict[str, ModelResult], work: Path, combined: Path) -> None:
+    """Move every generated model directory into one repository, so one server validates them all."""
+    combined.mkdir(parents=True, exist_ok=True)
+    for result in results.values():
+        repo = work / result.name
+        if result.generate_exit != 0 or not repo.is_dir():
+            continue
+        read_manifests(result, repo)
+        for name in result.models:
+            target = combined / name
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.move(str(repo / name), str(target))
+
+
+def validate(results: dict[str, ModelResult], combined: Path, logs: Path, out: Path, args, env: dict,
+             timeout_s: float) -> dict:
+    served = [r for r in results.values() if r.models]
+    if not served:
+        return {"exit": None, "seconds": 0.0, "note": "nothing generated"}
+    report_dir = out / "validation_report"
+    cmd = CLI + ["validate", str(combined), "--report", str(report_dir), "--concurrency", args.concurrency,
+                 "--perf-request-count", str(args.perf_request_count), "--perf-stability", str(args.perf_stability)]
+    if os.environ.get("TRITONSERVER"):  # the bundle's server, outside the venv: its backends dir is derived
+        cmd += ["--tritonserver", os.environ["TRITONSERVER"]]
+    code, seconds = run_logged(cmd, logs / "validate.log", timeout_s, env)
+    summary = {"exit": code, "seconds": round(seconds, 1), "command": " ".join(cmd[2:])}
+    report_path = report_dir / "report.json"
+    if not report_path.is_file():
+        for r in served:
+            r.validate = "timed out" if code is None else "no report (exit %s)" % code
+        return summary
+    summary["server"] = read_report(served, report_path)
+    return summary
+
+
+def read_report(served: list[ModelResult], report_path: Path) -> dict:
+    """Each model's verdict, failed checks and perf points from validate's report.json; returns its server."""
+    report = json.loads(report_path.read_text())
+    by_name = {m["name"]: m for m in report.get("models", [])}
+    for r in served:
+        statuses = []
+        for name in r.models:
+            model = by_name.get(name)
+            if model is None:
+                continue
+            statuses.append(model["status"])
+            r.failed_checks += ["%s: %s: %s" % (name, c["name"], c["detail"][:300])
+                                for c in model.get("checks", []) if c["status"] == "fail"]
+            for row in model.get("perf", []):
+                r.infer_per_s[str(row["concurrency"])] = round(row["throughput"], 1)
+                r.p99_ms[str(row["concurrency"])] = round(row["p99_ms"], 2)
+            r.perf_unstable += list(model.get("perf_unstable", []))
+        r.validate = "failed" if "failed" in statuses else "passed" if "passed" in statuses else \
+            "skipped" if statuses else "not in the report"
+    return {k: report.get("server", {}).get(k) for k in ("version", "binary", "backends", "error")}
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def gpu_name() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return "none (CPU)"
+
+
+def commit() -> str:
+    """The checkout's commit (``AITUNE_COMMIT`` where the copy has no .git), with ``+dirty`` when it has changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                              cwd=str(ROOT), timeout=30)
+        if head.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                   text=True, cwd=str(ROOT), timeout=30).stdout.strip()
+            return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return os.environ.get("AITUNE_COMMIT", "unknown")
+
+
+def table(doc: dict) -> str:
+    """The BENCHMARKS.md table: one row per model."""
+    lines = ["GPU acceptance, %s, %s, commit %s (default settings, no get_config(); validate --concurrency %s)"
+             % (doc["date"], doc["gpu"], doc["commit"], doc["concurrency"]), "",
+             "| model | precision | fallback | generate s | validate | infer/s c=1 | infer/s c=8 | max_batch_size |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in doc["models"]:
+        gen = "%.0f" % r["generate_s"] if r["generate_s"] is not None else "-"
+        if r["generate_exit"] != 0:
+            gen += " (%s)" % ("timed out" if r["generate_exit"] is None else "exit %s" % r["generate_exit"])
+        if r["second_generate_s"] is not None:
+            gen += ", again %.0f" % r["second_generate_s"]
+        def rate(c: str, r: dict = r) -> str:
+            if c in r["infer_per_s"]:
+                return "%.0f" % r["infer_per_s"][c]
+            return "unstable" if int(c) in r["perf_unstable"] else "-"
+
+        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            r["name"], r["precision"], r["format"] or "-", gen, r["validate"], rate("1"), rate("8"),
+            r["max_batch_size"] if r["max_batch_size"] is not None else "-"))
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated, from: %s" % ", ".join(MODELS))
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="generate --device (auto: the default; cpu: the local smoke mode)")
+    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "acceptance_out")),
+                   help="the JSON, the table, the logs and validate's report (small files only)")
+    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "aitune_acceptance",
+                   help="the generated repositories (hundreds of MB: kept out of --out)")
+    p.add_argument("--jobs", type=int, default=4, help="generates at a time")
+    p.add_argument("--generate-timeout", type=float, default=420.0, help="seconds per generate")
+    p.add_argument("--budget-s", type=float, default=540.0, help="the whole run; validate gets what is left")
+    p.add_argument("--validate-reserve-s", type=float, default=170.0,
+                   help="kept for validate: generates still running this close to the budget are stopped")
+    p.add_argument("--concurrency", default="1,8")
+    p.add_argument("--perf-request-count", type=int, default=200)
+    p.add_argument("--perf-stability", type=float, default=50.0,
+                   help="perf_analyzer's band: wide, the lane checks the path works and records the rate")
+    args = p.parse_args(argv)
+    unknown = sorted(set(args.models.split(",")) - set(MODELS))
+    if unknown:
+        p.error("unknown model(s) %s; choose from %s" % (", ".join(unknown), ", ".join(MODELS)))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t0 = time.monotonic()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    out = args.out.resolve()
+    work, logs = args.work.resolve(), out / "logs"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    logs.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+               PYTHONUNBUFFERED="1")
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(out / "inductor"))
+    names = [n for n in MODELS if n in args.models.split(",")]
+    results = {n: ModelResult(n, str(MODELS[n]), PRECISION.get(n, "fp32")) for n in names}
+    stem = "gpu_acceptance_%s" % now.strftime("%Y%m%dT%H%M%SZ")
+    doc = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(), "gpu": gpu_name(),
+           "device": args.device, "jobs": args.jobs, "concurrency": args.concurrency,
+           "generate_timeout_s": args.generate_timeout, "python": sys.version.split()[0], "models": [],
+           "validate": None, "seconds": None}
+    try:
+        import torch
+
+        doc["torch"] = torch.__version__
+    except ImportError:
+        pass
+    lock = threading.Lock()
+
+    def save() -> None:
+        with lock:
+            doc["models"] = [asdict(r) for r in results.values()]
+            doc["seconds"] = round(time.monotonic() - t0, 1)
+            (out / (stem + ".json")).write_text(json.dumps(doc, indent=2) + "\n")
+            (out / (stem + ".md")).write_text(table(doc))
+
+    deadline = t0 + args.budget_s - args.validate_reserve_s
+
+    def job(name: str) -> None:
+        repo = work / name
+        generate(results[name], repo, logs, args, env, deadline)
+        save()
+        print("[%4.0f s] %s: generate %s in %.0f s: %s" % (time.monotonic() - t0, name, results[name].generate_exit,
+                                                           results[name].generate_s or 0,
+                                                           results[name].generate_line[:300]), flush=True)
+        if name == TWICE and results[name].generate_exit == 0:
+            generate(results[name], repo, logs, args, env, deadline, second=True)
+            save()
+            print("[%4.0f s] %s: generate again %s in %.0f s: %s" % (
+                time.monotonic() - t0, name, results[name].second_generate_exit,
+                results[name].second_generate_s or 0, results[name].second_generate_line[:300]), flush=True)
+
+    print("gpu acceptance: %s on %s, commit %s; logs in %s" % (", ".join(names), doc["gpu"], doc["commit"], logs),
+          flush=True)
+    save()
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for future in [pool.submit(job, n) for n in names]:
+            future.result()
+    combined = work / "repository"
+    gather(results, work, combined)
+    left = args.budget_s - (time.monotonic() - t0)
+    doc["validate"] = validate(results, combined, logs, out, args, env, max(left, 90.0))
+    save()
+    print(table(doc), flush=True)
+    print("wrote %s and %s" % (out / (stem + ".json"), out / (stem + ".md")), flush=True)
+    ok = all(r.generate_exit == 0 and r.validate == "passed" for r in results.values())
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,6 @@
+import torch
+def get_model():
+    return torch.nn.Linear(2, 2)
+def get_samples():
+    while True:
+        pass
