@@ -19,6 +19,8 @@ _EXPORTS = {
     "TorchQuantizationConfig": "aitune_triton.tensorrt.config",
     "ProfileMode": "aitune_triton.tensorrt.profiles",
     "TensorRTProfile": "aitune_triton.tensorrt.profiles",
+    "generate": "aitune_triton.api",
+    "plan_checkpoint": "aitune_triton.checkpoint",
 }
 
 if TYPE_CHECKING:
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
         TorchQuantizationConfig,
     )
     from aitune_triton.profile_set import ProfileMode, TensorRTProfile
+    from aitune_triton.api import generate
+    from aitune_triton.checkpoint import plan_checkpoint
 
 
 def __getattr__(name: str) -> Any:
@@ -46,4 +50,4 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["GenerateConfig", "TensorRTBackendConfig", "TensorRTProfile", "ProfileMode", "ONNXAutoCastConfig",
-           "ONNXQuantizationConfig", "TorchQuantizationConfig", "__version__"]
+           "ONNXQuantizationConfig", "TorchQuantizationConfig", "generate", "plan_checkpoint", "__version__"]

@@ -505,8 +505,14 @@ def _keep_log(exc: ModelError, model_dir: Path, final_dir: Path) -> str:
 
 
 def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bool = False,
-             progress: Progress = lambda msg: None, model_py_timeout_s: float | None = None) -> GenerateResult:
+             progress: Progress = lambda msg: None, model_py_timeout_s: float | None = None,
+             task: str | None = None) -> GenerateResult:
     """Generate the model directories for ``model_py`` into the repository ``out``.
+
+    ``model_py`` may be a Hugging Face checkpoint directory (``config.json`` + weights, + tokenizer):
+    a ``model.py`` is generated for it (``task`` overrides the task guessed from the architecture),
+    the normal pipeline runs on that file and it is kept in the model directory's ``source/``. A
+    directory that holds a ``model.py`` uses that file (a model.py always wins).
 
     ``overrides`` changes ``GenerateConfig`` fields of ``get_config()`` (``"tensorrt"``: a dict of
     ``TensorRTBackendConfig`` fields): a value of ``config.NOT_GIVEN`` leaves the field as it is,
@@ -517,12 +523,40 @@ def generate(model_py: Path, out: Path, overrides: dict | None = None, force: bo
 
     ``model_py_timeout_s`` limits importing model.py and its ``get_samples()`` (see ``prepare``); the
     processes model.py starts and leaves running are killed when this returns or raises."""
+    model_py = Path(model_py)
+    if model_py.is_dir() and (model_py / "model.py").is_file():
+        model_py = model_py / "model.py"
     with contained():
+        if model_py.is_dir() or task is not None:
+            return _generate_from_checkpoint(model_py, out, overrides, force, progress, task, model_py_timeout_s)
         return _generate(model_py, out, overrides, force, progress, model_py_timeout_s)
 
 
+def _generate_from_checkpoint(path: Path, out: Path, overrides: dict | None, force: bool, progress: Progress,
+                              task: str | None, model_py_timeout_s: float | None) -> GenerateResult:
+    """Plan from config.json, load the checkpoint once (a bad one fails before anything is
+    written), write its model.py to a temporary folder and run the pipeline on it."""
+    import tempfile
+
+    from aitune_triton import checkpoint
+
+    if task is not None and not path.is_dir():
+        raise UserError("--task applies to a checkpoint directory; %s is not one" % path)
+    repository.check_repository_path(out)  # before the checkpoint is loaded, which takes a while
+    plan = checkpoint.plan_checkpoint(path, task)  # config.json only: instant
+    progress("checkpoint: loading the weights%s of %s" % (" and the tokenizer" if plan.has_tokenizer else "", path))
+    checkpoint.preflight(plan)
+    with tempfile.TemporaryDirectory(prefix="aitune-checkpoint-") as tmp:
+        model_py = checkpoint.write_model_py(plan, Path(tmp))
+        result = _generate(model_py, out, overrides, force, progress, model_py_timeout_s, keep_source=True)
+    kept = [m.path / "source" / "model.py" for m in result.models if (m.path / "source" / "model.py").is_file()]
+    inferred = "checkpoint: %s" % plan.summary()
+    written = "generated model.py (start from it to customise): %s" % ", ".join(map(str, kept)) if kept else None
+    return dataclasses.replace(result, notes=(inferred,) + tuple(n for n in (written,) if n) + result.notes)
+
+
 def _generate(model_py: Path, out: Path, overrides: dict | None, force: bool, progress: Progress,
-              model_py_timeout_s: float | None) -> GenerateResult:
+              model_py_timeout_s: float | None, keep_source: bool = False) -> GenerateResult:
     from aitune_triton.tensorrt.availability import build_status
 
     progress("spec: loading %s, recording and probing its inputs and outputs" % Path(model_py).name)
@@ -603,6 +637,9 @@ def _generate(model_py: Path, out: Path, overrides: dict | None, force: bool, pr
             onnx_manifest.sealed(onnx_dir).save(onnx_dir)
             results.append(GeneratedModel(names["onnxruntime"], "onnxruntime", out / names["onnxruntime"],
                                           ModelStatus.READY, "ONNX opset %s" % onnx.opset))
+        if keep_source and home_name is not None:  # the generated model.py, for the user to start from
+            (staged.dir(home_name) / "source").mkdir()
+            shutil.copy2(prep.source.path, staged.dir(home_name) / "source" / "model.py")
         progress("writing %s into %s" % (", ".join(names.values()), out))
     return GenerateResult(Path(out), tuple(results), tuple(notes), selection, prep.envelope_lines)
 

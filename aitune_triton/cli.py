@@ -16,6 +16,7 @@ from aitune_triton.console import make_console
 
 from aitune_triton import defaults
 from aitune_triton.version import __version__
+from aitune_triton.checkpoint import TASKS
 from aitune_triton.errors import AituneError
 from aitune_triton.output_paths import RESOURCE_ERRNOS, resource_error
 from aitune_triton.progress import stage_progress
@@ -196,11 +197,14 @@ def main(debug: bool) -> None:
 @click.option("--model-py-timeout", type=float,
               help="Seconds allowed for importing MODEL_PY and for its get_samples() (default: $%s, else %.0f; "
                    "0: no limit)." % ("AITUNE_MODEL_PY_TIMEOUT_S", defaults.MODEL_PY_TIMEOUT_S))
+@click.option("--task", type=click.Choice(TASKS),
+              help="For a checkpoint directory: the task to serve (default: from config.json's architecture).")
 @_handle_errors
 def generate(model_py, out, name, backends, max_batch_size, axes, instances, gpus, device, max_queue_delay_us,
              fallback_format, portable, precision, cuda_graphs, strategy, budget_ms, atol, rtol, rel_l2, force,
-             model_py_timeout):
-    """Generate Triton model directories for MODEL_PY (defines get_model() and get_samples())."""
+             model_py_timeout, task):
+    """Generate Triton model directories for MODEL_PY (defines get_model() and get_samples()), or for a
+    Hugging Face checkpoint directory (config.json + weights): its model.py is generated."""
     from aitune_triton.api import generate as run
     from aitune_triton.config import NOT_GIVEN
     from aitune_triton.envelope import parse_axis_options
@@ -216,7 +220,8 @@ def generate(model_py, out, name, backends, max_batch_size, axes, instances, gpu
     overrides = {k: NOT_GIVEN if v is None else v for k, v in given.items()}
     overrides["tensorrt"] = trt
     with stage_progress(console, "generating") as progress:
-        result = run(model_py, out, overrides, force=force, progress=progress, model_py_timeout_s=model_py_timeout)
+        result = run(model_py, out, overrides, force=force, progress=progress, model_py_timeout_s=model_py_timeout,
+                     task=task)
     if result.selection is not None:
         make_console(stderr=True, width=max(console.width, 140)).print(result.selection.to_table())
     for model in result.models:
@@ -227,6 +232,18 @@ def generate(model_py, out, name, backends, max_batch_size, axes, instances, gpu
     for note in result.notes:
         console.print(note, markup=False, soft_wrap=True)
     console.print("wrote %s" % result.repository)
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--task", type=click.Choice(TASKS), help="The task to serve (default: from the architecture).")
+@_handle_errors
+def inspect(path, task):
+    """Print what generate would build from the checkpoint directory PATH, without generating."""
+    from aitune_triton.checkpoint import describe, plan_checkpoint
+
+    for line in describe(plan_checkpoint(path, task)):
+        click.echo(line)
 
 
 @main.command("build-plan")
