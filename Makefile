@@ -23,8 +23,9 @@ test: setup
 
 # regenerate the committed reference repository after a change to what generate writes; --portable: it
 # must load on any x86-64 host CI or a newcomer has (an ExportedProgram, not a package of this CPU's ISA)
+# the batch is declared: a measured max_batch_size would depend on the machine that regenerates it
 reference: setup
-	$(CLI) generate examples/cnn/model.py --out model_repository --force --portable
+	$(CLI) generate examples/cnn/model.py --out model_repository --force --portable --max-batch-size 8
 
 # a wheel of this checkout (dist/aitune_triton-*.whl), e.g. to install the tool in a Triton container
 dist: setup

@@ -43,6 +43,7 @@ _EXPORTS = {
     "DeployK8sResult": "aitune_triton.commands",
     "pack_env": "aitune_triton.commands",
     "build_plan": "aitune_triton.commands",
+    "plan_checkpoint": "aitune_triton.checkpoint",
     "BuildPlanResult": "aitune_triton.commands",
 }
 _CALLABLE_SUBPACKAGES = ("validate", "tune")
@@ -76,6 +77,7 @@ if TYPE_CHECKING:
     from aitune_triton.tune.options import TuneOptions
     from aitune_triton.validate.options import ValidateOptions
     from aitune_triton.validate.report import ValidationReport
+    from aitune_triton.checkpoint import plan_checkpoint
 
 
 def __getattr__(name: str) -> Any:
@@ -98,5 +100,5 @@ __all__ = [
     "ONNXAutoCastConfig", "ONNXQuantizationConfig", "PlanOptions", "ProfileMode", "ServeOptions", "ServerTarget",
     "ServerURLs", "TensorRTBackendConfig", "TensorRTProfile", "TorchQuantizationConfig", "TuneOptions", "TuneOutcome",
     "ValidateOptions", "ValidationReport", "__version__", "build_plan", "deploy_k8s", "generate", "pack_env", "plan",
-    "push", "serve", "tune", "validate",
+    "plan_checkpoint", "push", "serve", "tune", "validate",
 ]

@@ -35,13 +35,15 @@ import torch
 from aitune_triton.version import __version__
 from aitune_triton.config import NOT_GIVEN, GenerateConfig, NotGiven
 from aitune_triton.numerics import tolerance_for
+from aitune_triton.envelope import Envelope, Source, apply_envelope, choose_envelope
 from aitune_triton.errors import ModelError, UserError
 from aitune_triton.triton.model_check import verify_model
 from aitune_triton.source import ModelSource, load_model_source
 from aitune_triton.spec import IOSpec, Sample, call_with_feed, flatten_outputs, record_spec, sample_feed
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
 from aitune_triton.profile_set import ProfileSet
-from aitune_triton.tensorrt.profiles import derive_profiles
+from aitune_triton.profile_set import ProfileMode
+from aitune_triton.tensorrt.profiles import derive_profiles, narrower_than
 from aitune_triton.tensorrt.section import PlanStatus, TensorRTSection
 from aitune_triton.tensorrt.stamp import LoaderFacts
 from aitune_triton.triton import repository
@@ -86,6 +88,7 @@ class GenerateResult:
     models: tuple[GeneratedModel, ...]
     notes: tuple[str, ...] = field(default=())
     selection: Any = None
+    envelope: tuple[str, ...] = field(default=())  # one line per input: the sizes it accepts
 
 
 @dataclass(frozen=True)
@@ -107,17 +110,19 @@ class GenerateOptions:
     portable: bool | NotGiven = NOT_GIVEN
     strategy: str | None | NotGiven = NOT_GIVEN
     budget_ms: float | None | NotGiven = NOT_GIVEN
+    axis_ranges: dict[str, Any] | None | NotGiven = NOT_GIVEN
     atol: float | None | NotGiven = NOT_GIVEN
     rtol: float | None | NotGiven = NOT_GIVEN
     rel_l2: float | None | NotGiven = NOT_GIVEN
     tensorrt: dict[str, Any] = field(default_factory=dict)
     force: bool = False
     model_py_timeout_s: float | None = None  # importing model.py and get_samples(); None: the default, 0: none
+    task: str | None = None  # for a Hugging Face checkpoint directory: the task to serve
 
     def overrides(self) -> dict[str, Any]:
         """The ``GenerateConfig`` changes, as ``generate``'s ``overrides`` takes them."""
         changes: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                                   if f.name not in ("tensorrt", "force", "model_py_timeout_s")
+                                   if f.name not in ("tensorrt", "force", "model_py_timeout_s", "task")
                                    and getattr(self, f.name) is not NOT_GIVEN}
         changes["tensorrt"] = dict(self.tensorrt)
         return changes
@@ -192,6 +197,7 @@ class Prepared:
     name: str
     device: str
     probe: ProbeResult | None = None
+    envelope: Envelope | None = None
     # the samples' eager outputs computed on ``device`` (the reference every artifact and validate
     # are compared with); None: ``source.outputs``, already computed there
     device_outputs: tuple | None = None
@@ -203,16 +209,44 @@ class Prepared:
     @property
     def notes(self) -> tuple[str, ...]:
         """What the user must know about how the model is served (batching, output dims, shapes)."""
-        return self.source.notes + (self.probe.notes if self.probe else ()) + client_shape_notes(self.spec)
+        notes = self.source.notes + (self.probe.notes if self.probe else ()) + client_shape_notes(self.spec)
+        if "tensorrt" in self.config.backends:
+            narrow = narrower_than(self.spec, self.profiles)
+            if narrow:
+                notes += ("the TensorRT profiles (%s) take a narrower range than the fallback: %s; requests outside "
+                          "them are refused by the TensorRT model (ProfileMode.SINGLE or wider profiles cover it)"
+                          % (self.profiles.mode, "; ".join(narrow)),)
+        return notes
+
+    @property
+    def envelope_lines(self) -> tuple[str, ...]:
+        return self.envelope.lines(self.spec) if self.envelope else ()
+
+
+def _envelope(source: ModelSource, spec: IOSpec, config: GenerateConfig, device: str) -> Envelope:
+    """The serving envelope (``aitune_triton.envelope``); user TensorRT profiles without a
+    ``max_batch_size`` keep deciding the batch, as they did before the envelope existed."""
+    by_profiles = not isinstance(config.tensorrt.profiles, ProfileMode) and config.max_batch_size is None
+    env = choose_envelope(source.model, spec, source.samples, device=device, declared=config.axis_ranges,
+                          max_batch_size=1 if by_profiles else config.max_batch_size, budget_ms=config.budget_ms)
+    if by_profiles:  # the max batch is the profiles' (prepare sets it once they are derived)
+        env = dataclasses.replace(env, batch_source=Source.DECLARED, batch_detail="the TensorRT profiles")
+    return env
 
 
 def prepare(model_py: Path, overrides: dict | None = None, model_py_timeout_s: float | None = None) -> Prepared:
-    """``model_py_timeout_s``: the limit on importing model.py and on ``get_samples()`` (None: from
-    ``$AITUNE_MODEL_PY_TIMEOUT_S`` or the default; 0: none)."""
+    """Everything derived from model.py before anything is written, the serving envelope included
+    (part of the spec stage: its errors come before anything else is printed). ``model_py_timeout_s``:
+    the limit on importing model.py and on ``get_samples()`` (None: from ``$AITUNE_MODEL_PY_TIMEOUT_S``
+    or the default; 0: none)."""
     source = load_model_source(model_py, (overrides or {}).get("max_detections"), resolve_timeout(model_py_timeout_s))
     config = source.config or GenerateConfig()
     if overrides:
         trt_over = overrides.pop("tensorrt", None) or {}
+        cli_axes = overrides.get("axis_ranges")
+        if isinstance(cli_axes, dict) and config.axis_ranges:  # --axis adds to get_config()'s ranges
+            overrides["axis_ranges"] = {**config.axis_ranges, **{k: {**config.axis_ranges.get(k, {}), **v}
+                                                                 for k, v in cli_axes.items()}}
         config = config.replace(**overrides)
         if trt_over:
             config = config.replace(tensorrt=config.tensorrt.replace(**trt_over))
@@ -226,11 +260,18 @@ def prepare(model_py: Path, overrides: dict | None = None, model_py_timeout_s: f
         raise UserError("input_ranges names unknown input(s) %s; the inputs are %s"
                         % (unknown, [t.name for t in spec.inputs]))
     probed = probe(source.model, spec, source.samples, config.tolerance_override, config.output_dims)
-    spec = probed.spec
-    profiles = derive_profiles(spec, source.samples, config.tensorrt.profiles, config.max_batch_size)
-    name = config.name or default_model_name(source.path)
     device = resolve_device(config.device)
-    return Prepared(source, config, spec, profiles, name, device, probed, outputs_on_device(source, spec, device))
+    env = _envelope(source, probed.spec, config, device)
+    spec = apply_envelope(probed.spec, env)
+    custom = not isinstance(config.tensorrt.profiles, ProfileMode)
+    profiles = derive_profiles(spec, source.samples, config.tensorrt.profiles,
+                               config.max_batch_size if custom else (env.max_batch_size if spec.batching else None),
+                               declared=config.axis_ranges)
+    if custom and spec.batching:
+        env = dataclasses.replace(env, max_batch_size=profiles.max_batch_size)
+    name = config.name or default_model_name(source.path)
+    return Prepared(source, config, spec, profiles, name, device, probed, env,
+                    outputs_on_device(source, spec, device))
 
 
 def outputs_on_device(source: ModelSource, spec: IOSpec, device: str) -> tuple | None:
@@ -284,7 +325,7 @@ def _manifest(prep: Prepared, name: str, backend: str, **sections) -> Manifest:
         tolerances={t.name: tolerance_for(t.dtype, override) for t in prep.spec.outputs},
         versions=versions(prep.device), config=prep.config.to_dict(),
         checks=dataclasses.replace(prep.probe.checks if prep.probe else ChecksSection(), notes=prep.notes),
-        **sections)
+        envelope=prep.envelope, **sections)
 
 
 def _write_common(prep: Prepared, model_dir: Path) -> dict:
@@ -293,7 +334,8 @@ def _write_common(prep: Prepared, model_dir: Path) -> dict:
         from aitune_triton.validate.edge_inputs import EDGE_INPUTS, save_edge_inputs
 
         save_edge_inputs(model_dir / EDGE_INPUTS, prep.config.make_inputs, prep.spec, prep.profiles,
-                         prep.profiles.max_batch_size)
+                         prep.profiles.max_batch_size,
+                         joint_corner=prep.envelope.joint_corner_ok() if prep.envelope else True)
     return write_warmup(prep.spec, prep.source.samples[0], model_dir / "warmup")
 
 
@@ -313,7 +355,8 @@ def _build_fallback(prep: Prepared, version_dir: Path, fmt: str):
     return build_fallback(prep.source.path, prep.source.model, prep.spec, prep.source.samples, prep.outputs,
                           prep.profiles, version_dir, device=prep.device, preferred=fmt,
                           tolerance=prep.config.tolerance_override, portable=prep.config.portable,
-                          retry_crashed=prep.config.fallback_format == "aoti")
+                          retry_crashed=prep.config.fallback_format == "aoti",
+                          joint_corner=prep.envelope.joint_corner_ok() if prep.envelope else True)
 
 
 def _select_fallback(prep: Prepared, version_dir: Path, strategy: str, progress: Progress):
@@ -368,7 +411,8 @@ def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress
     else:
         progress("building the PyTorch fallback (AOTInductor, ExportedProgram or eager)")
         artifact, selection = _build_fallback(prep, version_dir, prep.config.fallback_format), None
-    served = write_python_model(version_dir, prep.spec, artifact, prep.profiles.max_batch_size, model_name=name)
+    served = write_python_model(version_dir, prep.spec, artifact, prep.profiles.max_batch_size, model_name=name,
+                                accepted=prep.envelope.readme_lines(prep.spec) if prep.envelope else ())
     plan = _mapping(prep, name, "python", warmup_dims)
     write_config(model_dir, render_config(plan), plan.num_profiles)
     manifest = _manifest(prep, name, "python", artifact=artifact,
@@ -504,10 +548,15 @@ def _keep_log(exc: ModelError, model_dir: Path, final_dir: Path) -> str:
 
 def generate(model_py: Path | str, out: Path | str = Path("model_repository"),
              overrides: GenerateOptions | dict | None = None, force: bool = False,
-             progress: Progress = lambda msg: None, model_py_timeout_s: float | None = None) -> GenerateResult:
+             progress: Progress = lambda msg: None, model_py_timeout_s: float | None = None,
+             task: str | None = None) -> GenerateResult:
     """Generate the model directories for ``model_py`` into the repository ``out``.
 
     ``overrides``: a ``GenerateOptions`` (its ``force`` counts too), or the same changes as a dict.
+    ``model_py`` may be a Hugging Face checkpoint directory (``config.json`` + weights, + tokenizer):
+    a ``model.py`` is generated for it (``task`` overrides the task guessed from the architecture),
+    the normal pipeline runs on that file and it is kept in the model directory's ``source/``. A
+    directory that holds a ``model.py`` uses that file (a model.py always wins).
 
     ``overrides`` changes ``GenerateConfig`` fields of ``get_config()`` (``"tensorrt"``: a dict of
     ``TensorRTBackendConfig`` fields): a value of ``config.NOT_GIVEN`` leaves the field as it is,
@@ -522,13 +571,42 @@ def generate(model_py: Path | str, out: Path | str = Path("model_repository"),
         force = force or overrides.force
         if model_py_timeout_s is None:
             model_py_timeout_s = overrides.model_py_timeout_s
+        task = task or overrides.task
         overrides = overrides.overrides()
+    model_py, out = Path(model_py), Path(out)
+    if model_py.is_dir() and (model_py / "model.py").is_file():
+        model_py = model_py / "model.py"
     with contained():
-        return _generate(Path(model_py), Path(out), overrides, force, progress, model_py_timeout_s)
+        if model_py.is_dir() or task is not None:
+            return _generate_from_checkpoint(model_py, out, overrides, force, progress, task, model_py_timeout_s)
+        return _generate(model_py, out, overrides, force, progress, model_py_timeout_s)
+
+
+def _generate_from_checkpoint(path: Path, out: Path, overrides: dict | None, force: bool, progress: Progress,
+                              task: str | None, model_py_timeout_s: float | None) -> GenerateResult:
+    """Plan from config.json, load the checkpoint once (a bad one fails before anything is
+    written), write its model.py to a temporary folder and run the pipeline on it."""
+    import tempfile
+
+    from aitune_triton import checkpoint
+
+    if task is not None and not path.is_dir():
+        raise UserError("--task applies to a checkpoint directory; %s is not one" % path)
+    repository.check_repository_path(out)  # before the checkpoint is loaded, which takes a while
+    plan = checkpoint.plan_checkpoint(path, task)  # config.json only: instant
+    progress("checkpoint: loading the weights%s of %s" % (" and the tokenizer" if plan.has_tokenizer else "", path))
+    checkpoint.preflight(plan)
+    with tempfile.TemporaryDirectory(prefix="aitune-checkpoint-") as tmp:
+        model_py = checkpoint.write_model_py(plan, Path(tmp))
+        result = _generate(model_py, out, overrides, force, progress, model_py_timeout_s, keep_source=True)
+    kept = [m.path / "source" / "model.py" for m in result.models if (m.path / "source" / "model.py").is_file()]
+    inferred = "checkpoint: %s" % plan.summary()
+    written = "generated model.py (start from it to customise): %s" % ", ".join(map(str, kept)) if kept else None
+    return dataclasses.replace(result, notes=(inferred,) + tuple(n for n in (written,) if n) + result.notes)
 
 
 def _generate(model_py: Path, out: Path, overrides: dict | None, force: bool, progress: Progress,
-              model_py_timeout_s: float | None) -> GenerateResult:
+              model_py_timeout_s: float | None, keep_source: bool = False) -> GenerateResult:
     from aitune_triton.tensorrt.availability import build_status
 
     progress("spec: loading %s, recording and probing its inputs and outputs" % model_py.name)
@@ -609,8 +687,11 @@ def _generate(model_py: Path, out: Path, overrides: dict | None, force: bool, pr
             onnx_manifest.sealed(onnx_dir).save(onnx_dir)
             results.append(GeneratedModel(names["onnxruntime"], "onnxruntime", out / names["onnxruntime"],
                                           ModelStatus.READY, "ONNX opset %s" % onnx.opset))
+        if keep_source and home_name is not None:  # the generated model.py, for the user to start from
+            (staged.dir(home_name) / "source").mkdir()
+            shutil.copy2(prep.source.path, staged.dir(home_name) / "source" / "model.py")
         progress("writing %s into %s" % (", ".join(names.values()), out))
-    return GenerateResult(Path(out), tuple(results), tuple(notes), selection)
+    return GenerateResult(Path(out), tuple(results), tuple(notes), selection, prep.envelope_lines)
 
 
 

@@ -76,6 +76,26 @@ def _input_ranges(value: Any) -> dict[str, tuple[float, float]]:
     return out
 
 
+def _axis_ranges(value: Any) -> dict[str, dict[int, tuple[int, int]]]:
+    if not isinstance(value, dict):
+        raise UserError("axis_ranges must be a dict of input name -> {axis: (min, max)}, e.g. "
+                        "{'input_ids': {1: (1, 512)}}; got a %s" % type(value).__name__)
+    out: dict[str, dict[int, tuple[int, int]]] = {}
+    for name, axes in value.items():
+        if not isinstance(name, str) or not isinstance(axes, dict):
+            raise UserError("axis_ranges[%r] = %r: give {axis: (min, max)}, e.g. {1: (1, 512)}" % (name, axes))
+        for axis, bounds in axes.items():
+            axis_i = int(axis) if isinstance(axis, str) and axis.isdigit() else axis  # JSON keys are strings
+            ok = isinstance(axis_i, int) and not isinstance(axis_i, bool) and axis_i >= 0 and \
+                isinstance(bounds, (tuple, list)) and len(bounds) == 2 and \
+                all(isinstance(b, int) and not isinstance(b, bool) for b in bounds)
+            if not ok or not 1 <= bounds[0] <= bounds[1]:
+                raise UserError("axis_ranges[%r][%r] = %r: give (min, max) sizes with 1 <= min <= max"
+                                % (name, axis, bounds))
+            out.setdefault(name, {})[axis_i] = (int(bounds[0]), int(bounds[1]))
+    return out
+
+
 @dataclass(frozen=True)
 class GenerateConfig:
     """What to generate. ``None`` fields are derived from the samples (and recorded in the manifest)."""
@@ -111,6 +131,10 @@ class GenerateConfig:
     # (low, high) of the values valid for an input; validate draws values outside the samples'
     # own ones only within these (e.g. {"lengths": (1, 16)})
     input_ranges: dict[str, tuple[float, float]] | None = None
+    # the sizes an input axis accepts, e.g. {"input_ids": {1: (1, 512)}} (--axis input_ids:1=1..512);
+    # axes not named get a range chosen for serving (the model's own limit, else probed beyond the
+    # samples: aitune_triton/envelope.py); the batch axis is max_batch_size
+    axis_ranges: dict[str, dict[int, tuple[int, int]]] | None = None
     # fn({input name: full shape}) -> {input name: tensor}: valid inputs of any shape, for the edge
     # shapes validate sends where cutting the samples cannot make valid ones (called by generate,
     # stored in edge_inputs.npz; the manifest records its name only)
@@ -170,6 +194,8 @@ class GenerateConfig:
             object.__setattr__(self, "output_dims", _output_dims(self.output_dims))
         if self.input_ranges is not None:
             object.__setattr__(self, "input_ranges", _input_ranges(self.input_ranges))
+        if self.axis_ranges is not None:
+            object.__setattr__(self, "axis_ranges", _axis_ranges(self.axis_ranges))
         if self.max_detections is not None and (not isinstance(self.max_detections, int)
                                                 or isinstance(self.max_detections, bool) or self.max_detections < 1):
             raise UserError("max_detections must be a positive integer (detections served per image), got %r"
@@ -205,6 +231,8 @@ class GenerateConfig:
         for key in ("output_dims", "input_ranges"):
             if d[key] is not None:
                 d[key] = {k: list(v) for k, v in d[key].items()}
+        if self.axis_ranges is not None:
+            d["axis_ranges"] = {k: {str(a): list(r) for a, r in v.items()} for k, v in self.axis_ranges.items()}
         if self.make_inputs is not None:
             d["make_inputs"] = getattr(self.make_inputs, "__qualname__", repr(self.make_inputs))
         return d

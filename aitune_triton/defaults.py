@@ -18,6 +18,25 @@ MODEL_PY_TIMEOUT_S = 600.0
 # CPU's instruction set and GPU) rather than one that loads on any host (--portable)
 PORTABLE = False
 
+# The serving envelope (aitune_triton/envelope.py): how far generate looks beyond the samples.
+# A dynamic axis grows x2, x4, ... up to AXIS_GROWTH_CAP times the samples' largest size (or the
+# model's own stated limit), while one batch-1 forward stays under AXIS_PROBE_MAX_MS.
+AXIS_GROWTH_CAP = 16
+AXIS_PROBE_MAX_MS = 1000.0
+# max_batch_size doubles while rows/s improves by BATCH_GAIN and the batch's latency stays under
+# --budget-ms (else BATCH_PROBE_MAX_MS), up to the cap of the target device
+MAX_BATCH_CAP_GPU = 128
+MAX_BATCH_CAP_CPU = 64
+BATCH_GAIN = 0.10
+BATCH_PROBE_MAX_MS = 1000.0
+# a limit the model's config states is run once at batch 1 when at most this long (a 128k-token
+# context is probed like an unstated one instead)
+MODEL_LIMIT_RUN_CAP = 8192
+# the joint corner (max batch, every axis at its max) is checked only under this estimated eager time
+CORNER_MAX_MS = 3000.0
+# wall-clock spent probing the axes, and again measuring the batch curve, before generate stops growing
+ENVELOPE_PROBE_BUDGET_S = 8.0
+
 # ---------------------------------------------------------------------------- validate
 VALIDATE_CONCURRENCY = (1, 2, 4, 8)
 REQUEST_TIMEOUT_S = 30.0  # per inference request

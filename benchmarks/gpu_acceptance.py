@@ -26,7 +26,7 @@ On the GPU machine, from a clean checkout with ``.devbundle`` (``bash ../shared/
     AITUNE_COMMIT=<sha> bash benchmarks/run_gpu_acceptance.sh          # everything, under 9 minutes on an H100
     AITUNE_COMMIT=<sha> bash benchmarks/run_gpu_acceptance.sh --models resnet50_fp16,cnn
 
-(``AITUNE_COMMIT`` only where the copy on the GPU machine has no ``.git``.)
+(``AITUNE_COMMIT`` names the commit: the copy on the GPU machine may carry a stale ``.git``.)
 
 Results land in ``$OUT`` (``gpu_acceptance_<date>.json``, ``.md``, ``logs/``); commit the JSON and paste the
 table into BENCHMARKS.md. Here, on the CPU, the same logic end to end on one small model (the smoke mode):
@@ -252,7 +252,10 @@ def gpu_name() -> str:
 
 
 def commit() -> str:
-    """The checkout's commit (``AITUNE_COMMIT`` where the copy has no .git), with ``+dirty`` when it has changes."""
+    """``AITUNE_COMMIT`` when given (a copy of the working tree may carry a stale .git), else the
+    checkout's commit, with ``+dirty`` when it has changes."""
+    if os.environ.get("AITUNE_COMMIT"):
+        return os.environ["AITUNE_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
                               cwd=str(ROOT), timeout=30)
@@ -262,7 +265,7 @@ def commit() -> str:
             return head.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.TimeoutExpired):
         pass
-    return os.environ.get("AITUNE_COMMIT", "unknown")
+    return "unknown"
 
 
 def table(doc: dict) -> str:

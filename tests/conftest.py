@@ -137,3 +137,49 @@ def remount():
     yield mount
     for path in reversed(mounted):
         subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+SENTENCES = ["the quick brown fox jumps over the lazy dog", "a tiny model for tests", "hello world",
+             "serving models with triton"]
+
+
+def _save_tokenizer(directory: Path) -> None:
+    """A word-level tokenizer trained on a few sentences, saved the way a checkpoint ships one."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(SENTENCES, trainers.WordLevelTrainer(special_tokens=special))
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                            sep_token="[SEP]", mask_token="[MASK]").save_pretrained(directory)
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random-init Hugging Face checkpoints saved with ``save_pretrained`` (no download): BERT
+    classification and BERT embedding (with a tokenizer), ViT classification, GPT-2 (use_cache=False,
+    no tokenizer: the samples are random ids)."""
+    import torch
+    from transformers import (BertConfig, BertForSequenceClassification, BertModel, GPT2Config, GPT2LMHeadModel,
+                              ViTConfig, ViTForImageClassification)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    root = tmp_path_factory.mktemp("checkpoints")
+    torch.manual_seed(0)
+    bert = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                max_position_embeddings=64)
+    paths = {name: root / name for name in ("bert_cls", "bert_emb", "vit", "gpt2")}
+    BertForSequenceClassification(BertConfig(num_labels=3, **bert)).save_pretrained(paths["bert_cls"])
+    BertModel(BertConfig(**bert)).save_pretrained(paths["bert_emb"])
+    for name in ("bert_cls", "bert_emb"):
+        _save_tokenizer(paths[name])
+    ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=2, intermediate_size=64, num_labels=5)
+                              ).save_pretrained(paths["vit"])
+    GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=64, n_embd=32, n_layer=2, n_head=2, use_cache=False,
+                               bos_token_id=0, eos_token_id=0)).save_pretrained(paths["gpt2"])
+    return paths

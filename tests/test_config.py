@@ -54,6 +54,20 @@ def test_tolerance_override_fills_the_missing_half_from_the_float32_default():
     assert GenerateConfig(rtol=0.5).tolerance_override == Tolerance(DEFAULT_TOLERANCES["float32"].atol, 0.5)
 
 
+def test_axis_ranges_are_checked_and_round_trip_through_the_manifest_dict():
+    cfg = GenerateConfig(axis_ranges={"input_ids": {1: (1, 512)}})
+    assert cfg.axis_ranges == {"input_ids": {1: (1, 512)}}
+    d = cfg.to_dict()
+    assert d["axis_ranges"] == {"input_ids": {"1": [1, 512]}}  # JSON keys are strings
+    assert GenerateConfig.from_dict(d).axis_ranges == {"input_ids": {1: (1, 512)}}
+    for bad in ({"input_ids": {1: (0, 4)}}, {"input_ids": {1: (8, 4)}}, {"input_ids": {-1: (1, 4)}},
+                {"input_ids": {1: (1.5, 4)}}, {"input_ids": (1, 4)}):
+        with pytest.raises(UserError, match=r"axis_ranges\[.*give"):
+            GenerateConfig(axis_ranges=bad)
+    with pytest.raises(UserError, match=r"axis_ranges must be a dict of input name -> \{axis: \(min, max\)\}"):
+        GenerateConfig(axis_ranges=[("input_ids", 1, 512)])
+
+
 def test_portable_is_a_bool_and_excludes_a_forced_aoti():
     from aitune_triton import defaults
 

@@ -50,9 +50,10 @@ def _runtime_data(path: Path) -> dict:
 
 
 def test_committed_repository_matches_the_code(tmp_path):
-    """As `make reference` writes it: portable, so it loads on any x86-64 host CI or a newcomer has."""
+    """As `make reference` writes it: portable, so it loads on any x86-64 host CI or a newcomer has, and
+    with a declared max_batch_size (a measured one depends on the machine)."""
     out = tmp_path / "model_repository"
-    generate(ROOT / "examples" / "cnn" / "model.py", out, {"portable": True})
+    generate(ROOT / "examples" / "cnn" / "model.py", out, {"portable": True, "max_batch_size": 8})
     committed, fresh = _files(COMMITTED), _files(out)
     assert committed == fresh
     for rel in fresh:

@@ -26,6 +26,6 @@ def main(debug: bool) -> None:
     handle_termination()  # TERM and HUP unwind like Ctrl-C: servers stopped, staging removed
 
 
-for command in (model.generate, model.build_plan, serving.validate, serving.serve, serving.tune, model.pack_env,
-                model.doctor, scaleout.push, scaleout.plan, scaleout.deploy):
+for command in (model.generate, model.inspect, model.build_plan, serving.validate, serving.serve, serving.tune,
+                model.pack_env, model.doctor, scaleout.push, scaleout.plan, scaleout.deploy):
     main.add_command(command)

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from aitune_triton import defaults
+from aitune_triton.checkpoint import TASKS
 from aitune_triton.cli.output import console, handle_errors, ints
 from aitune_triton.console import make_console
 from aitune_triton.progress import stage_progress
@@ -20,7 +21,11 @@ from aitune_triton.progress import stage_progress
 @click.option("--name", help="Triton model name (default: get_config().name or the model.py's folder name).")
 @click.option("--backend", "backends", multiple=True, type=click.Choice(["python", "tensorrt", "onnxruntime"]),
               help="Backends to generate (repeatable; default python + tensorrt).")
-@click.option("--max-batch-size", type=int, help="Largest batch to serve (default: from the samples).")
+@click.option("--max-batch-size", type=int,
+              help="Largest batch to serve (default: measured on the target device while rows/s improves).")
+@click.option("--axis", "axes", multiple=True, metavar="INPUT:AXIS=LO..HI",
+              help="Sizes an input axis accepts, e.g. input_ids:1=1..512 (repeatable; default: the model's own "
+                   "limit, else probed beyond the samples).")
 @click.option("--instances", type=int, help="Model instances per device.")
 @click.option("--gpus",
               help="GPU instances: comma-separated GPU indices to place them on (default: every visible GPU).")
@@ -49,22 +54,27 @@ from aitune_triton.progress import stage_progress
 @click.option("--model-py-timeout", type=float,
               help="Seconds allowed for importing MODEL_PY and for its get_samples() (default: $%s, else %.0f; "
                    "0: no limit)." % ("AITUNE_MODEL_PY_TIMEOUT_S", defaults.MODEL_PY_TIMEOUT_S))
+@click.option("--task", type=click.Choice(TASKS),
+              help="For a checkpoint directory: the task to serve (default: from config.json's architecture).")
 @handle_errors
-def generate(model_py, out, name, backends, max_batch_size, instances, gpus, device, max_queue_delay_us,
+def generate(model_py, out, name, backends, max_batch_size, axes, instances, gpus, device, max_queue_delay_us,
              fallback_format, portable, precision, cuda_graphs, strategy, budget_ms, atol, rtol, rel_l2, force,
-             model_py_timeout):
-    """Generate Triton model directories for MODEL_PY (defines get_model() and get_samples())."""
+             model_py_timeout, task):
+    """Generate Triton model directories for MODEL_PY (defines get_model() and get_samples()), or for a
+    Hugging Face checkpoint directory (config.json + weights): its model.py is generated."""
     from aitune_triton.api import GenerateOptions, generate as run
+    from aitune_triton.envelope import parse_axis_options
 
     trt = {k: v for k, v in {"precision": precision, "use_cuda_graphs": cuda_graphs}.items() if v is not None}
     given = {"name": name, "backends": tuple(backends) or None, "max_batch_size": max_batch_size,
              "instances": instances, "gpus": ints(gpus) if gpus else None, "device": device,
              "max_queue_delay_us": max_queue_delay_us,
              "fallback_format": fallback_format, "portable": portable, "strategy": strategy, "budget_ms": budget_ms,
-             "atol": atol, "rtol": rtol, "rel_l2": rel_l2}
+             "atol": atol, "rtol": rtol, "rel_l2": rel_l2,
+             "axis_ranges": parse_axis_options(axes) if axes else None}
     # click gives None for an option left out: that is "not given", never "set it to None"
     options = GenerateOptions(**{k: v for k, v in given.items() if v is not None}, tensorrt=trt, force=force,
-                              model_py_timeout_s=model_py_timeout)
+                              model_py_timeout_s=model_py_timeout, task=task)
     with stage_progress(console, "generating") as progress:
         result = run(model_py, out, options, progress=progress)
     if result.selection is not None:
@@ -72,9 +82,23 @@ def generate(model_py, out, name, backends, max_batch_size, instances, gpus, dev
     for model in result.models:
         console.print("[green]✓[/] %s (%s, %s): %s" % (model.name, model.backend, model.status, model.detail),
                       soft_wrap=True)  # one line even when not a terminal: a skipped format's cause and log
+    for line in result.envelope:
+        console.print(line, markup=False, soft_wrap=True)
     for note in result.notes:
         console.print(note, markup=False, soft_wrap=True)
     console.print("wrote %s" % result.repository)
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--task", type=click.Choice(TASKS), help="The task to serve (default: from the architecture).")
+@handle_errors
+def inspect(path, task):
+    """Print what generate would build from the checkpoint directory PATH, without generating."""
+    from aitune_triton.checkpoint import describe, plan_checkpoint
+
+    for line in describe(plan_checkpoint(path, task)):
+        click.echo(line)
 
 
 @click.command("build-plan")

@@ -51,7 +51,7 @@ from aitune_triton.export.fallback_artifact import (
 )
 from aitune_triton.export.flat_io import forward_caller
 from aitune_triton.export.torch_program import (AxisRanges, batch_of, export_program, first_line, on_device,
-                                                resize_batch)
+                                                resize_axis, resize_batch)
 from aitune_triton.numerics import LOOSEN_HINT, Tolerance, tolerance_for
 from aitune_triton.spec import AxisKind, IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed
 from aitune_triton.profile_set import ProfileSet
@@ -79,6 +79,23 @@ def _run_eager(model: torch.nn.Module, spec: IOSpec, feed: dict[str, torch.Tenso
         return {n: t.detach() for n, t in flatten_outputs(call_with_feed(model, spec, feed))}
 
 
+def _envelope_feed(feed: dict[str, torch.Tensor], spec: IOSpec, batch: int | None,
+                   which: str) -> dict[str, torch.Tensor]:
+    """``feed`` with ``batch`` rows and every dynamic non-batch axis at its ``min``/``max`` (the spec
+    holds the serving envelope), tiled or cut from the feed's own entries."""
+    out = {}
+    for name, value in feed.items():
+        t = spec.input(name)
+        for axis, a in enumerate(t.axes):
+            if axis == 0 and t.has_batch:
+                if batch is not None:
+                    value = resize_batch(value, batch)
+            elif a.kind is AxisKind.DYNAMIC:
+                value = resize_axis(value, axis, getattr(a, which))
+        out[name] = value
+    return out
+
+
 def _outputs_on(outputs: Sequence[Any], device: str) -> bool:
     """Whether every tensor of the given eager outputs lives on ``device`` (so they were computed there)."""
     leaves = [t for out in outputs for _, t in flatten_outputs(out)]
@@ -86,10 +103,12 @@ def _outputs_on(outputs: Sequence[Any], device: str) -> bool:
 
 
 def reference_cases(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample], outputs: Sequence[Any] | None,
-                    max_batch: int, device: str | None = None,
+                    max_batch: int, device: str | None = None, joint_corner: bool = True,
                     ) -> list[tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
-    """The samples with their eager outputs, plus batch 1 and ``max_batch`` cut from the largest sample:
-    export's 0/1 specialisation and range bugs show up exactly at the ends of the batch range.
+    """The samples with their eager outputs, plus the corners of the serving envelope cut or tiled from
+    the largest sample: batch 1 with every dynamic axis at its min and at its max, ``max_batch`` at the
+    axes' min and (``joint_corner``: when affordable) at their max. Export's 0/1 specialisation and range
+    bugs show up exactly at the ends of the ranges.
     With ``device`` the feeds are moved there and every output is recomputed by ``model`` (which must
     be on it) unless ``outputs`` were computed on that device already."""
     if device is not None:
@@ -107,19 +126,35 @@ def reference_cases(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Samp
             cases.append(("sample %d" % i, feed, _run_eager(model, spec, feed)))
         else:
             cases.append(("sample %d" % i, feed, dict(flatten_outputs(outputs[i]))))
-    if not spec.batching or max_batch < 1:
+    batching = spec.batching and max_batch >= 1
+    enveloped = any(a.kind is AxisKind.DYNAMIC and a.min < a.max and not (i == 0 and t.has_batch)
+                    for t in spec.inputs for i, a in enumerate(t.axes))
+    if not batching and not enveloped:
         return cases
-    label, big, _ = max(cases, key=lambda c: batch_of(c[1], spec))
-    size = batch_of(big, spec)
-    extra = [("batch 1 (from %s)" % label, 1)]
-    if max_batch > size:
-        extra.append(("batch %d (from %s)" % (max_batch, label), max_batch))
-    for name, batch in extra:
-        feed = {k: resize_batch(v, batch) if spec.input(k).has_batch else v for k, v in big.items()}
+    label, big, _ = max(cases, key=lambda c: batch_of(c[1], spec) if spec.batching else 0)
+    corners: list[tuple[int | None, str]] = []
+    if batching:
+        corners.append((1, "min"))
+        if enveloped:
+            corners.append((1, "max"))
+        if max_batch > 1:
+            corners.append((max_batch, "min"))
+            if enveloped and joint_corner:
+                corners.append((max_batch, "max"))
+    else:
+        corners = [(None, "min"), (None, "max")]
+    seen = {tuple((k, tuple(v.shape)) for k, v in c[1].items()) for c in cases}
+    for batch, which in corners:
+        feed = _envelope_feed(big, spec, batch, which)
+        key = tuple((k, tuple(v.shape)) for k, v in feed.items())
+        if key in seen:
+            continue
+        seen.add(key)
+        name = "%saxes at their %s (from %s)" % ("batch %d, " % batch if batch else "", which, label)
         try:
             cases.append((name, feed, _run_eager(model, spec, feed)))
-        except Exception as exc:  # the model itself cannot take that batch: nothing to compare against
-            log.warning("eager forward failed at %s, not checking it: %s", name, first_line(exc))
+        except Exception as exc:  # the model itself cannot take that shape: nothing to compare against
+            log.info("eager forward failed at %s, not checking it: %s", name, first_line(exc))
     return cases
 
 
@@ -342,7 +377,7 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
                    outputs: Sequence[Any], profiles: ProfileSet | None, version_dir: Path, device: str = "cpu",
                    preferred: str = "auto", timeout_s: float = 600, tolerance: Tolerance | None = None,
                    log_path: Path | None = None, portable: bool = False,
-                   retry_crashed: bool | None = None) -> FallbackArtifact:
+                   retry_crashed: bool | None = None, joint_corner: bool = True) -> FallbackArtifact:
     """Write the best fallback artifact that matches eager into ``version_dir`` and describe it.
 
     ``preferred`` forces one format ("aoti", "export", "eager"); "auto" tries them best first.
@@ -373,7 +408,7 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
     append_text(log_path, "fallback build (format %s, device %s)" % (preferred, device), str(version_dir))
     max_batch = profiles.max_batch_size if profiles else spec.max_sample_batch
     model = on_device(model, device)  # the reference runs where the artifact will (a copy when moved)
-    cases = reference_cases(model, spec, samples, outputs, max_batch, device)
+    cases = reference_cases(model, spec, samples, outputs, max_batch, device, joint_corner)
     independent = rows_independent(model, spec, cases, tolerance)
     wanted: tuple[str, ...] = FORMATS if preferred == "auto" else (preferred,)
     skipped = [(f, "not requested (fallback format %r)" % preferred) for f in FORMATS[:FORMATS.index(wanted[0])]]
@@ -386,7 +421,7 @@ def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samp
         skipped.append(("aoti", crashed_before))
         log.info("AOTInductor skipped: %s", crashed_before)
     eager_ranges: AxisRanges = {t.name: tuple((1, max(max_batch, 1)) if (i == 0 and t.has_batch)
-                                              else (a.max, a.max) if a.kind is AxisKind.STATIC else (1, None)
+                                              else (a.max, a.max) if a.kind is AxisKind.STATIC else (a.min, a.max)
                                               for i, a in enumerate(t.axes)) for t in spec.inputs}
     with tempfile.TemporaryDirectory(prefix="aitune-fallback-") as tmp:
         work = Path(tmp)

@@ -43,11 +43,12 @@ def batch_of(feed: dict[str, torch.Tensor], spec: IOSpec) -> int:
 
 
 def _axis_bounds(spec: IOSpec, profiles: ProfileSet | None, name: str, axis: int) -> tuple[int, int]:
+    """The spec's range (the serving envelope), widened to any TensorRT profile reaching further."""
     t = spec.input(name)
     lo, hi = t.axes[axis].min, t.axes[axis].max
     shapes = [p.shapes(name) for p in (profiles.profiles if profiles else ()) if name in p.names()]
     if shapes:
-        lo, hi = min(s[0][axis] for s in shapes), max(s[2][axis] for s in shapes)
+        lo, hi = min(lo, *(s[0][axis] for s in shapes)), max(hi, *(s[2][axis] for s in shapes))
     return lo, hi
 
 
@@ -81,7 +82,7 @@ def dynamic_dims(spec: IOSpec, samples: Sequence[Sample], profiles: ProfileSet |
 
     One ``batch`` Dim for all batched inputs. Dynamic axes whose sizes agree in every sample share a
     Dim (an attention mask's sequence axis is the ids' sequence axis); separate Dims would fail with
-    "must always be equal". Ranges come from the profiles, else from the samples.
+    "must always be equal". Ranges come from the spec (the serving envelope) and the profiles.
     """
     feeds = [sample_feed(spec, s) for s in samples]
     groups: dict[tuple, list[tuple[str, int]]] = {}
@@ -147,7 +148,7 @@ def export_program(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sampl
     return program, ranges
 
 
-def _resize_axis(t: torch.Tensor, axis: int, size: int) -> torch.Tensor:
+def resize_axis(t: torch.Tensor, axis: int, size: int) -> torch.Tensor:
     """``size`` entries along ``axis``: the tensor's own entries cut or repeated cyclically."""
     return t.index_select(axis, torch.arange(size, device=t.device) % t.shape[axis])
 
@@ -165,7 +166,7 @@ def _probe_ranges(program, spec: IOSpec, feed: dict[str, torch.Tensor], dims: di
         for size in sorted({lo, min(lo + 1, hi), (lo + hi) // 2, max(hi - 1, lo), hi}):
             probe = dict(feed)
             for name, axis in members:
-                probe[name] = _resize_axis(feed[name], axis, size)
+                probe[name] = resize_axis(feed[name], axis, size)
             try:
                 with torch.inference_mode():
                     module(*flat_inputs(spec, probe))

@@ -277,6 +277,8 @@ class TritonPythonModel:
             problem = rt.shape_problem(binding, tuple(x.shape))
             if problem:
                 raise RequestError(problem)
+            if not binding.ranges and x.dim() == 1:  # a scalar input, sent as [1] (Triton has no scalars)
+                x = x.reshape(())
             if binding.batched:
                 if batch is not None and x.shape[0] != batch:
                     raise RequestError("input %r has batch %d but another input has %d" % (name, x.shape[0], batch))
@@ -368,8 +370,8 @@ class TritonPythonModel:
         if len(flat) != len(self.data.outputs):
             raise RuntimeError("the model returned %d outputs, expected %d" % (len(flat), len(self.data.outputs)))
         flat = [y.clone() if static else y for y in flat]  # the next replay overwrites the static outputs
-        if not batched:
-            return [flat]
+        if not batched:  # a scalar output leaves as [1]: Triton has no scalar tensors
+            return [[y.reshape(1) if y.dim() == 0 else y for y in flat]]
         return list(zip(*[y[:total].split(sizes) for y in flat]))
 
     def _call(self, batch):

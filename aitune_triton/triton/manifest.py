@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Union
 
 
+from aitune_triton.envelope import Envelope
 from aitune_triton.errors import UserError
 from aitune_triton.export.fallback_artifact import FallbackArtifact
 from aitune_triton.json_fields import typed
@@ -108,6 +109,8 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)  # artifact path -> SHA-256 (aitune_triton.integrity)
     # what the serving side needs for a Python-backend model; None for the other backends
     runtime_requirements: Requirements | None = None
+    # the sizes each input axis accepts and how they were chosen, with the measured batch curve
+    envelope: Envelope | None = None
 
     def __post_init__(self) -> None:
         # sections given as their JSON dicts (from_dict, or callers building a manifest by hand)
@@ -125,6 +128,8 @@ class Manifest:
         if any(isinstance(h, dict) for h in self.history):
             object.__setattr__(self, "history", tuple(TuneHistoryEntry.from_dict(h) if isinstance(h, dict) else h
                                                       for h in self.history))
+        if isinstance(self.envelope, dict):
+            object.__setattr__(self, "envelope", Envelope.from_dict(self.envelope) if self.envelope else None)
         if isinstance(self.runtime_requirements, dict):
             object.__setattr__(self, "runtime_requirements", Requirements.from_dict(self.runtime_requirements)
                                if self.runtime_requirements else None)
@@ -136,7 +141,7 @@ class Manifest:
         return dataclasses.replace(self, files=artifact_hashes(model_dir))
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "schema_version": SCHEMA_VERSION,
             "name": self.name,
             "backend": self.backend,
@@ -154,6 +159,9 @@ class Manifest:
             "files": dict(self.files),
             "runtime_requirements": self.runtime_requirements.to_dict() if self.runtime_requirements else {},
         }
+        if self.envelope is not None:  # manifests written before the envelope existed read back unchanged
+            d["envelope"] = self.envelope.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Manifest":
@@ -175,6 +183,7 @@ class Manifest:
             files=dict(d.get("files", {})),
             runtime_requirements=Requirements.from_dict(d["runtime_requirements"])
             if d.get("runtime_requirements") else None,
+            envelope=Envelope.from_dict(typed(d["envelope"], dict, "envelope")) if d.get("envelope") else None,
         )
 
     def save(self, model_dir: Path) -> None:

@@ -130,24 +130,32 @@ def triton_dtype(dtype: str) -> str:
 
 
 def tensor_config(t: TensorSpec, dtype: str | None = None) -> TensorConfig:
-    """Dims exclude the batch axis; dynamic axes are -1; a batch-only (or scalar) tensor is
-    declared ``dims: [1]`` with ``reshape: { shape: [] }`` because ``dims: []`` is illegal."""
+    """Dims exclude the batch axis; dynamic axes are -1. A batch-only tensor is declared ``dims: [1]``
+    with ``reshape: { shape: [] }`` because ``dims: []`` is illegal; a scalar of a model without a batch
+    axis is plain ``dims: [1]`` (Triton refuses an empty reshape there: it has no scalar tensors)."""
     dims = t.triton_dims()
     if not dims:
-        return TensorConfig(t.name, triton_dtype(dtype or t.dtype), (1,), ())
+        return TensorConfig(t.name, triton_dtype(dtype or t.dtype), (1,), () if t.has_batch else None)
     return TensorConfig(t.name, triton_dtype(dtype or t.dtype), dims)
 
 
 def client_shape_notes(spec: IOSpec) -> tuple[str, ...]:
-    """What clients receive where it differs from eager PyTorch: a tensor with no axis besides the
-    batch (or a scalar) is declared ``dims: [1]`` + ``reshape: { shape: [] }`` (Triton refuses
-    empty dims), so the model sees ``[batch]`` but the response carries ``[batch, 1]`` (``[1]``)."""
+    """What clients send or receive where it differs from eager PyTorch: a tensor with no axis besides
+    the batch is declared ``dims: [1]`` + ``reshape: { shape: [] }`` (Triton refuses empty dims), so the
+    model sees ``[batch]`` but the wire carries ``[batch, 1]``; a scalar of a model without a batch axis
+    is ``dims: [1]`` on the wire (the served model turns it into a scalar and back)."""
     notes = []
-    for t in spec.outputs:
-        if not t.triton_dims():
-            eager, client = ("[batch]", "[batch, 1]") if t.has_batch else ("[] (a scalar)", "[1]")
-            notes.append("output %r is served as dims [1] with reshape [] (Triton refuses empty dims): clients "
-                         "receive shape %s where eager PyTorch returns %s" % (t.name, client, eager))
+    for kind, tensors, verb, side in (("input", spec.inputs, "send", "takes"),
+                                      ("output", spec.outputs, "receive", "returns")):
+        for t in tensors:
+            if t.triton_dims():
+                continue
+            if t.has_batch:
+                notes.append("%s %r is served as dims [1] with reshape [] (Triton refuses empty dims): clients %s "
+                             "shape [batch, 1] where eager PyTorch %s [batch]" % (kind, t.name, verb, side))
+            else:
+                notes.append("%s %r is a scalar, served as dims [1] (Triton has no scalar tensors): clients %s "
+                             "shape [1] where eager PyTorch %s [] (a scalar)" % (kind, t.name, verb, side))
     return tuple(notes)
 
 

@@ -8,6 +8,7 @@ failure raises ``PerfError`` quoting perf_analyzer.
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import logging
@@ -16,7 +17,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -249,8 +250,12 @@ def _request_entry(sample: Mapping[str, np.ndarray], has_batch_dim: bool) -> dic
                 raise ValueError("input %r: expected a leading batch dim of 1, got shape %s" % (name, arr.shape))
             arr = arr[0]
         flat = arr.reshape(-1)
+        content: Any
         if arr.dtype.kind in "SO":
             content = [v.decode() if isinstance(v, bytes) else str(v) for v in flat.tolist()]
+        elif arr.dtype.itemsize == 2 and arr.dtype.kind in "fV":
+            # perf_analyzer takes no explicit values for FP16/BF16 tensors: their raw bytes, base64
+            content = {"b64": base64.b64encode(np.ascontiguousarray(arr).tobytes()).decode()}
         else:
             content = flat.tolist()
         entry[name] = {"content": content, "shape": list(arr.shape)}

@@ -90,7 +90,7 @@ def _ranges(spec: IOSpec, artifact: FallbackArtifact, max_batch_size: int) -> di
         if given and len(given) == t.rank:
             ranges = [tuple(r) for r in given]
         else:
-            ranges = [(a.max, a.max) if a.kind is AxisKind.STATIC else (1, None) for a in t.axes]
+            ranges = [(a.max, a.max) if a.kind is AxisKind.STATIC else (a.min, a.max) for a in t.axes]
         if t.has_batch and max_batch_size > 0:
             ranges[0] = (1, max_batch_size)
         out[t.name] = tuple(ranges)
@@ -144,10 +144,12 @@ def python_model_data(spec: IOSpec, artifact: FallbackArtifact, max_batch_size: 
     )
 
 
-def serving_readme(name: str, data: ModelData, client_notes: tuple[str, ...] = ()) -> str:
+def serving_readme(name: str, data: ModelData, client_notes: tuple[str, ...] = (),
+                   accepted: tuple[str, ...] = ()) -> str:
     """``README.md`` for the model directory: what the serving side needs (the manifest's
     ``runtime_requirements`` in words) and how to get it; ``client_notes``: where the shapes
-    clients receive differ from eager PyTorch (``mapping.client_shape_notes``)."""
+    clients receive differ from eager PyTorch (``mapping.client_shape_notes``); ``accepted``: the
+    serving envelope, one line per input (``Envelope.lines``)."""
     from aitune_triton.templating import render
 
     reqs = data.requirements
@@ -162,13 +164,13 @@ def serving_readme(name: str, data: ModelData, client_notes: tuple[str, ...] = (
                  else "none (the artifact runs on the CPU)")
     return render("model_readme.md.j2", name=name, version=__version__, what=what, files=sorted(data.sha256),
                   reqs=reqs, torch_line=torch_line, cuda_line=cuda_line, host_line=reqs.host_needs(),
-                  client_notes=client_notes)
+                  client_notes=client_notes, accepted=accepted)
 
 
 def write_python_model(version_dir: Path, spec: IOSpec, artifact: FallbackArtifact, max_batch_size: int,
-                       model_name: str | None = None, **options) -> ModelData:
+                       model_name: str | None = None, accepted: tuple[str, ...] = (), **options) -> ModelData:
     """Copy the runtime into ``version_dir``, write its data file and the model directory's README.md
-    (``options``: see ``python_model_data``)."""
+    (``accepted``: the envelope's lines; ``options``: see ``python_model_data``)."""
     version_dir = Path(version_dir)
     data = python_model_data(spec, artifact, max_batch_size, version_dir, **options)
     for name in RUNTIME_FILES:
@@ -177,5 +179,5 @@ def write_python_model(version_dir: Path, spec: IOSpec, artifact: FallbackArtifa
     from aitune_triton.triton.mapping import client_shape_notes
 
     (version_dir.parent / "README.md").write_text(serving_readme(model_name or version_dir.parent.name, data,
-                                                                 client_shape_notes(spec)))
+                                                                 client_shape_notes(spec), accepted))
     return data

@@ -106,6 +106,9 @@ def config_problems(cfg: model_config_pb2.ModelConfig, num_profiles: int = 0) ->
             problems.append("%s.dims: empty dims are illegal; use dims [1] with reshape { shape: [] }" % t.name)
         if any(d == 0 or d < -1 for d in t.dims):
             problems.append("%s.dims: %s has a size that is neither -1 nor positive" % (t.name, list(t.dims)))
+        if cfg.max_batch_size == 0 and t.HasField("reshape") and len(t.reshape.shape) == 0:
+            problems.append("%s.reshape: an empty reshape is refused for a model without a batch axis (no scalar "
+                            "tensors); declare dims [1] without reshape" % t.name)
     if cfg.max_batch_size < 0:
         problems.append("max_batch_size: must be >= 0")
     if cfg.HasField("dynamic_batching"):

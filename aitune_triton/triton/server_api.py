@@ -110,6 +110,27 @@ class ServerAPI:
             raise ServerError("repository index failed (HTTP %s): %s" % (status, body.decode(errors="replace")))
         return json.loads(body)
 
+    def log_tail(self, n: int = 20) -> str:
+        """The server log's last ``n`` lines (a launched server's; none for an attached one)."""
+        return ""
+
+    def load_reason(self, name: str) -> str:
+        """Triton's own reason a model did not load: its repository index entry, else the server log's
+        last error line naming it (a config Triton refuses fails the load with only "failed to poll
+        from model repository"; the cause is in the log)."""
+        try:
+            entry = next((m for m in self.repository_index() if m.get("name") == name), {})
+        except (ServerError, ValueError):
+            entry = {}
+        reason = str(entry.get("reason") or "")
+        if reason and reason != "unloaded":
+            return reason
+        quoted = "'%s'" % name
+        for line in reversed(self.log_tail(400).splitlines()):
+            if quoted in line and line[:1] == "E":  # Triton's error lines: "E1206 21:00:00.1 pid file.cc:12] text"
+                return line.split("] ", 1)[-1].strip()[:500]
+        return ""
+
     def _client(self, timeout_s: float) -> Any:
         import tritonclient.http as httpclient  # gevent-based; only imported when needed
 
@@ -123,7 +144,11 @@ class ServerAPI:
         try:
             client.load_model(name, config=config_json)
         except InferenceServerException as exc:
-            raise self._error("loading model %r failed: %s" % (name, exc.message())) from exc
+            message = exc.message() or ""
+            reason = self.load_reason(name)
+            if reason and reason not in message:
+                message = "%s: %s" % (message, reason) if message else reason
+            raise self._error("loading model %r failed: %s" % (name, message)) from exc
         except Exception as exc:  # noqa: BLE001 - a timeout or a dropped connection (gevent raises several kinds)
             raise self._error("loading model %r did not finish within %.0f s (%s: %s)"
                               % (name, timeout_s, type(exc).__name__, exc)) from exc

@@ -26,15 +26,21 @@ EDGE_INPUTS = "edge_inputs.npz"
 Shapes = dict[str, tuple[int, ...]]
 
 
-def edge_shapes_for(spec: IOSpec, profiles: ProfileSet, max_batch_size: int) -> list[tuple[str, Shapes]]:
-    """(label, model shapes) at the min and max of every profile, at batch 1 and max batch;
-    a shape several corners share is tried once, with all their names."""
+def edge_shapes_for(spec: IOSpec, profiles: ProfileSet, max_batch_size: int, from_profiles: bool = True,
+                    joint_corner: bool = True) -> list[tuple[str, Shapes]]:
+    """(label, model shapes) at the min and max of every profile (``from_profiles``: a TensorRT
+    model takes what its profiles take), else of the serving envelope (the spec's ranges), at batch 1
+    and max batch; ``joint_corner`` False leaves out max batch with every axis at its max (too slow to
+    run, see ``Envelope.corner_ms``). A shape several corners share is tried once, with all their names."""
     batching = max_batch_size > 0
     batches = sorted({1, max_batch_size}) if batching else [None]
     found: dict[tuple, tuple[list[str], dict]] = {}
-    for p, profile in enumerate(profiles.profiles or (None,)):
+    sources = list(enumerate(profiles.profiles)) if from_profiles and profiles.profiles else [(None, None)]
+    for p, profile in sources:
         for which, idx in (("min", 0), ("max", 2)):
             for batch in batches:
+                if which == "max" and batch == max_batch_size and batch != 1 and not joint_corner:
+                    continue
                 shapes = {}
                 for t in spec.inputs:
                     shape = list(profile.shapes(t.name)[idx]) if profile and t.name in profile.names() \
@@ -42,7 +48,8 @@ def edge_shapes_for(spec: IOSpec, profiles: ProfileSet, max_batch_size: int) -> 
                     if batch is not None and t.has_batch:
                         shape[0] = batch
                     shapes[t.name] = tuple(shape)
-                label = "profile %d %s%s" % (p, which, "" if batch is None else " batch %d" % batch)
+                label = "%s %s%s" % ("envelope" if p is None else "profile %d" % p, which,
+                                     "" if batch is None else " batch %d" % batch)
                 found.setdefault(tuple(sorted(shapes.items())), ([], shapes))[0].append(label)
     return [(" = ".join(labels), shapes) for labels, shapes in found.values()]
 
@@ -68,11 +75,14 @@ def _checked(spec: IOSpec, shapes: Shapes, made: Any, name: str) -> dict[str, np
 
 
 def save_edge_inputs(path: Path, make_inputs: Callable[[Shapes], Any], spec: IOSpec, profiles: ProfileSet,
-                     max_batch_size: int) -> int:
-    """Call ``make_inputs`` for every edge shape and store the inputs; returns how many shapes."""
+                     max_batch_size: int, joint_corner: bool = True) -> int:
+    """Call ``make_inputs`` for every edge shape (the profiles' and the envelope's) and store the
+    inputs; returns how many shapes."""
     name = getattr(make_inputs, "__qualname__", repr(make_inputs))
     arrays = {}
-    corners = edge_shapes_for(spec, profiles, max_batch_size)
+    corners = edge_shapes_for(spec, profiles, max_batch_size, True, joint_corner)
+    corners += [c for c in edge_shapes_for(spec, profiles, max_batch_size, False, joint_corner)
+                if c[1] not in [k[1] for k in corners]]
     for i, (label, shapes) in enumerate(corners):
         try:
             made = make_inputs(dict(shapes))

@@ -292,7 +292,7 @@ def test_real_specialisation_is_not_deferred_to_a_runtime_assert(tmp_path):
     assert art.format == "eager"
     reason = dict(art.skipped)["export"]
     assert "Constraints violated" in reason and "with runtime asserts size 5 of x_1 fails" in reason
-    assert art.axis_ranges["x"] == ((1, 4), (1, None))  # eager takes any length
+    assert art.axis_ranges["x"] == ((1, 4), (4, 8))  # eager too is bounded by the spec's range (the envelope)
 
 
 def test_check_rejects_a_mismatching_artifact(tmp_path):
@@ -398,15 +398,38 @@ def test_reference_cases_add_both_ends_of_the_batch_range():
     src, spec, profiles = prepare(EXAMPLES / "cnn" / "model.py", max_batch_size=16)
     cases = reference_cases(src.model, spec, src.samples, src.outputs, 16)
     batches = [feed["image"].shape[0] for _, feed, _ in cases]
-    assert batches == [1, 4, 8, 8, 1, 16]
+    assert batches == [1, 4, 8, 8, 16]  # batch 1 is sample 0's shape already
     label, feed, out = cases[-1]
-    assert label.startswith("batch 16") and torch.equal(feed["image"][8:], feed["image"][:8])
+    assert label == "batch 16, axes at their min (from sample 2)" and torch.equal(feed["image"][8:], feed["image"][:8])
     assert out["output_0"].shape == (16, 10)
     # Triton never sends more than max_batch_size: larger samples are checked on their first rows
     small = reference_cases(src.model, spec, src.samples, src.outputs, 4)
     assert [(label, f["image"].shape[0]) for label, f, _ in small][1:] == [
-        ("sample 1", 4), ("sample 2 cut to batch 4", 4), ("sample 3 cut to batch 4", 4), ("batch 1 (from sample 1)", 1)]
+        ("sample 1", 4), ("sample 2 cut to batch 4", 4), ("sample 3 cut to batch 4", 4)]
     assert torch.allclose(small[2][2]["output_0"], src.outputs[2][:4], atol=1e-6)
+
+
+def test_reference_cases_reach_the_envelope_corners_of_every_dynamic_axis():
+    """The spec holds the serving envelope: batch 1 and max batch at each axis's min, batch 1 at the
+    max, and the joint corner only when it is affordable."""
+    import dataclasses
+
+    from aitune_triton.spec import AxisKind, AxisSpec
+
+    src, spec, _ = prepare(EXAMPLES / "encoder" / "model.py", max_batch_size=8)
+    wide = dataclasses.replace(spec, inputs=tuple(
+        dataclasses.replace(t, axes=(t.axes[0], AxisSpec(AxisKind.DYNAMIC, 1, 40, 16))) for t in spec.inputs))
+    cases = reference_cases(src.model, wide, src.samples, src.outputs, 8)
+    corners = {label.split(" (")[0]: tuple(feed["input_ids"].shape) for label, feed, _ in cases
+               if not label.startswith("sample")}
+    assert corners == {"batch 1, axes at their min": (1, 1), "batch 1, axes at their max": (1, 40),
+                       "batch 8, axes at their min": (8, 1), "batch 8, axes at their max": (8, 40)}
+    label, feed, out = next(c for c in cases if c[0].startswith("batch 8, axes at their max"))
+    assert label.endswith("(from sample 2)")  # the largest batch: 4 rows of 12 tokens, tiled
+    assert torch.equal(feed["input_ids"][:, 12:24], feed["input_ids"][:, :12])
+    assert out["last_hidden_state"].shape == (8, 40, 32)
+    no_joint = reference_cases(src.model, wide, src.samples, src.outputs, 8, joint_corner=False)
+    assert not any(label.startswith("batch 8, axes at their max") for label, _, _ in no_joint)
 
 
 def test_compare_tolerances():

@@ -33,6 +33,11 @@ def repo(tmp_path_factory):
         assert re.search(r"^%s.* \(\d+\.\d s\)$" % stage, proc.stderr, re.M), (stage, proc.stderr)
     assert "output 'output_1' is served as dims [1] with reshape []" in proc.stderr
     assert "clients receive shape [batch, 1] where eager PyTorch returns [batch]" in proc.stderr
+    # the envelope: one line per input, the batch measured on this machine
+    assert re.search(r"^features: batch 1\.\.\d+, axis 1: 4 \(batch: measurement\)$", proc.stderr, re.M), proc.stderr
+    assert re.search(r"^category: batch 1\.\.\d+ \(batch: measurement\)$", proc.stderr, re.M), proc.stderr
+    assert ("input 'category' is served as dims [1] with reshape [] (Triton refuses empty dims): clients send shape "
+            "[batch, 1] where eager PyTorch takes [batch]") in proc.stderr
     return out
 
 
@@ -112,7 +117,8 @@ def serve_and_stop(repo, *extra: str) -> None:
             time.sleep(0.2)
         assert any("curl" in line for line in lines), "".join(lines)
         with urllib.request.urlopen("http://127.0.0.1:%d/v2/models/multi_io/config" % http, timeout=5) as r:
-            assert json.loads(r.read())["max_batch_size"] == 8
+            served = json.loads(r.read())["max_batch_size"]
+        assert served == json.loads((repo / "multi_io" / "manifest.json").read_text())["max_batch_size"] >= 8
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=60)

@@ -156,9 +156,17 @@ def test_shape_checks_name_the_axis_and_the_range():
     image = ModelData.from_dict(data()).inputs[0]
     assert shape_problem(image, (2, 3, 8)) is None and shape_problem(image, (8, 3, 4096)) is None
     assert shape_problem(image, (2, 3)) == "input 'image' has shape [2, 3], the model takes rank 3"
-    assert shape_problem(image, (9, 3, 8)) == "input 'image' axis 0 is 9, the model takes 1..8"
+    assert shape_problem(image, (9, 3, 8)) == ("input 'image' axis 0 is 9, the model takes 1..8 (widen it with "
+                                               "--max-batch-size at generate)")
     assert shape_problem(image, (1, 4, 8)) == "input 'image' axis 1 is 4, the model takes 3"
-    assert shape_problem(image, (1, 3, 7)) == "input 'image' axis 2 is 7, the model takes 8.."
+    assert shape_problem(image, (1, 3, 7)) == ("input 'image' axis 2 is 7, the model takes 8.. (widen it with "
+                                               "--axis image:2=LO..HI (axis_ranges in get_config()) at generate)")
+
+
+def test_a_scalar_input_of_a_model_without_batch_axis_arrives_as_one_element():
+    scalar = InputBinding("t", "float32", "arg", 0, False, ())
+    assert shape_problem(scalar, (1,)) is None and shape_problem(scalar, ()) is None
+    assert shape_problem(scalar, (2,)) == "input 't' has shape [2], the model takes rank 0"
 
 
 def test_padding_and_threads():

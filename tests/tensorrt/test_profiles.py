@@ -148,3 +148,29 @@ def test_profile_set_round_trip(encoder):
     assert ProfileSet.from_dict(ps.to_dict()) == ps
     assert profiles_from_dict("single") is ProfileMode.SINGLE
     assert profiles_from_dict([p.to_dict() for p in ps.profiles]) == list(ps.profiles)
+
+
+def test_staged_profiles_cover_the_declared_ranges_and_say_when_narrower_than_the_fallback(encoder):
+    import dataclasses
+
+    from aitune_triton.spec import AxisKind, AxisSpec
+    from aitune_triton.tensorrt.profiles import narrower_than
+
+    spec, samples = encoder
+    declared = {"tokens": {1: (2, 64)}, "mask": {1: (2, 64)}}
+    ps = derive_profiles(spec, samples, ProfileMode.SAMPLES_USED, 8, declared=declared)
+    for p in ps.profiles:  # each sample shape stays the opt; every profile takes the declared 2..64
+        (lo, opt, hi) = p.shapes("tokens")
+        assert (lo[1], hi[1]) == (2, 64) and opt[1] in (4, 8, 16)
+    assert narrower_than(spec, ps) == []
+    # the fallback's envelope (the spec's range) reaching beyond what the profiles take is named
+    wide = dataclasses.replace(spec, inputs=tuple(
+        dataclasses.replace(t, axes=(t.axes[0], AxisSpec(AxisKind.DYNAMIC, 1, 512, 16)) + t.axes[2:])
+        for t in spec.inputs))
+    narrow = derive_profiles(spec, samples, ProfileMode.SAMPLES_USED, 8)
+    assert narrower_than(wide, narrow)[0] == "input 'tokens' axis 1: 4..4, 8..8, 16..16 of the fallback's 1..512"
+    short = TensorRTProfile().add_input_shape("tokens", (1, 4, 8), (4, 16, 8), (8, 32, 8)) \
+        .add_input_shape("mask", (1, 4), (4, 16), (8, 32))
+    with pytest.raises(UserError, match=r"do not cover input 'tokens' axis 1 = 2\.\.64 declared in axis_ranges "
+                                        r"\(size 2 is in no profile\)"):
+        derive_profiles(spec, samples, [short], declared={"tokens": {1: (2, 64)}})

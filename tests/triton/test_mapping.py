@@ -5,6 +5,7 @@ from aitune_triton.errors import UserError
 from aitune_triton.spec import AxisKind, AxisSpec, IOSpec, TensorSpec
 from aitune_triton.profile_set import ProfileSet, TensorRTProfile
 from aitune_triton.triton import mapping as m
+from aitune_triton.triton.render import render_config
 
 
 def _t(name, dtype, *axes):
@@ -164,3 +165,20 @@ def test_client_shape_notes_name_each_batch_only_output():
     assert "clients receive shape [batch, 1] where eager PyTorch returns [batch]" in note
     scalar = IOSpec((_t("x", "float32", S(2)),), (_t("total", "float32"),), False)
     assert "receive shape [1] where eager PyTorch returns [] (a scalar)" in m.client_shape_notes(scalar)[0]
+
+
+def test_batch_only_inputs_get_the_same_note_as_outputs():
+    spec = IOSpec((_t("index", "int32", B), _t("x", "float32", B, S(3))), (_t("y", "float32", B),), True)
+    notes = m.client_shape_notes(spec)
+    assert notes[0] == ("input 'index' is served as dims [1] with reshape [] (Triton refuses empty dims): clients send "
+                        "shape [batch, 1] where eager PyTorch takes [batch]")
+    assert notes[1].startswith("output 'y' is served as dims [1] with reshape []") and len(notes) == 2
+
+
+def test_scalars_of_a_model_without_batch_axis_are_dims_1_without_reshape():
+    """Triton refuses an empty reshape for a non-batching model ("scalar tensors are not supported")."""
+    spec = IOSpec((_t("t", "float32"),), (_t("total", "float32"),), False)
+    assert m.tensor_config(spec.inputs[0]) == m.TensorConfig("t", "TYPE_FP32", (1,), None)
+    plan = m.plan_model_config(spec, None, m.MappingOptions(name="s", backend="python", max_batch_size=0))
+    text = render_config(plan)
+    assert "reshape" not in text and text.count("dims: [ 1 ]") == 2

@@ -221,3 +221,16 @@ def test_write_input_data_json_single_and_unbatched(tmp_path):
         write_input_data_json({"X": np.ones((2, 4))}, tmp_path / "d.json")
     with pytest.raises(ValueError, match="no samples"):
         write_input_data_json([], tmp_path / "e.json")
+
+
+def test_half_precision_inputs_are_written_as_base64_bytes(tmp_path):
+    """perf_analyzer 2.48 refuses explicit values for FP16 tensors ("Can not use explicit tensor
+    description for fp16 datatype"); their raw bytes go base64-encoded instead."""
+    import base64
+
+    half = np.arange(6, dtype=np.float16).reshape(1, 2, 3)
+    entry = json.loads(write_input_data_json({"X": half, "I": np.ones((1, 2), np.int64)}, tmp_path / "h.json")
+                       .read_text())["data"][0]
+    assert entry["X"]["shape"] == [2, 3] and entry["I"]["content"] == [1, 1]
+    raw = base64.b64decode(entry["X"]["content"]["b64"])
+    assert np.array_equal(np.frombuffer(raw, np.float16).reshape(2, 3), half[0])

@@ -17,8 +17,8 @@ from aitune_triton.validate.checks import registry
 from aitune_triton.validate.checks.registry import Check, CheckContext
 from aitune_triton.validate.result import CheckResult, CheckStatus
 
-PER_MODEL = ["ready", "metadata", "accuracy_http", "accuracy_grpc", "edge_shapes", "bad_requests", "dynamic_batching",
-             "version_stamp"]
+PER_MODEL = ["ready", "metadata", "accuracy_http", "accuracy_grpc", "edge_shapes", "envelope_bounds", "bad_requests",
+             "dynamic_batching", "version_stamp"]
 # modules that hold what the checks share rather than checks
 SHARED = {"registry", "target", "wire"}
 

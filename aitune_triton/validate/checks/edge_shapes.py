@@ -1,5 +1,6 @@
 """``edge_shapes``: requests at the min and max of every profile, at batch 1 and max batch, are
-served with outputs of the declared shapes.
+served with outputs of the declared shapes; ``envelope_bounds``: one shape just outside each bound
+of the serving envelope is refused by the runtime, naming the range (not crashed, not hung).
 
 Inputs are the model's own (``GenerateConfig.make_inputs``, stored in edge_inputs.npz) where
 generate stored them, else cut from the recorded samples so paired inputs stay valid.
@@ -64,9 +65,13 @@ def edge_inputs(target: ModelTarget, shapes: Shapes, stored: Sequence[dict[str, 
 
 
 def edge_shapes(target: ModelTarget) -> list[tuple[str, Shapes]]:
-    """(label, model shapes) at the min and max of every profile, at batch 1 and max batch;
-    a shape several corners share is tried once, with all their names."""
-    return edge_shapes_for(target.manifest.spec, target.manifest.profiles, target.max_batch_size)
+    """(label, model shapes) at the corners of the serving envelope (a TensorRT model: of every
+    profile), at batch 1 and max batch; a shape several corners share is tried once, with all their
+    names. The joint corner (max batch, every axis at its max) only where generate estimated it affordable."""
+    envelope = target.manifest.envelope
+    return edge_shapes_for(target.manifest.spec, target.manifest.profiles, target.max_batch_size,
+                           from_profiles=target.manifest.backend == "tensorrt",
+                           joint_corner=envelope.joint_corner_ok() if envelope else True)
 
 
 def _output_shape_problem(target: ModelTarget, got: dict[str, np.ndarray], batch: int | None) -> str | None:
@@ -108,4 +113,64 @@ def check_edge_shapes(target: ModelTarget, session: Session) -> CheckResult:
     return finished("edge_shapes", CheckStatus.PASS, "%d shapes served: %s" % (len(done), "; ".join(done)), t0)
 
 
+def outside_shapes(target: ModelTarget) -> list[tuple[str, Shapes]]:
+    """(label, model shapes) one size past each end of every enveloped axis, at batch 1, the other
+    axes at their usual size; axes with the same range move together (ids and their mask)."""
+    spec = target.manifest.spec
+    base = {t.name: list(t.shape("common", batch=1 if target.batching else None)) for t in spec.inputs}
+    ranges: dict[tuple[int, int], list[tuple[str, int]]] = {}
+    for t in spec.inputs:
+        for axis, a in enumerate(t.axes):
+            if a.kind.value == "dynamic" and not (axis == 0 and t.has_batch):
+                ranges.setdefault((a.min, a.max), []).append((t.name, axis))
+    out = []
+    for (lo, hi), members in ranges.items():
+        for size, side in ((hi + 1, "above"), (lo - 1, "below")):
+            if size < 1:
+                continue
+            shapes = {k: list(v) for k, v in base.items()}
+            for name, axis in members:
+                shapes[name][axis] = size
+            name, axis = members[0]
+            out.append(("%s axis %d = %d (%s %d..%d)" % (name, axis, size, side, lo, hi),
+                        {k: tuple(v) for k, v in shapes.items()}))
+    return out
+
+
+def check_envelope_bounds(target: ModelTarget, session: Session) -> CheckResult:
+    t0 = time.monotonic()
+    if target.manifest.backend != "python":
+        return finished("envelope_bounds", CheckStatus.SKIP, "the envelope is enforced by the Python-backend runtime; "
+                        "a %s model takes what its engine takes" % target.manifest.backend, t0)
+    cases = outside_shapes(target)
+    if not cases:
+        return finished("envelope_bounds", CheckStatus.SKIP, "no dynamic axis besides the batch", t0)
+    ranges = target.manifest.config.get("input_ranges") or {}
+    refused, problems = [], []
+    for label, shapes in cases:
+        if request_bytes(target, shapes) > MAX_REQUEST_BYTES:
+            refused.append("%s not sent (over the %d MiB cap)" % (label, MAX_REQUEST_BYTES >> 20))
+            continue
+        try:
+            infer(session, target, sample_inputs(target, shapes, ranges))
+        except Exception as exc:  # noqa: BLE001 - the refusal is the expected outcome
+            text = short(exc, 300)
+            if "the model takes" in text:
+                refused.append("%s: %s" % (label, text))
+            else:
+                problems.append("%s failed without the runtime's range message: %s" % (label, text))
+            continue
+        problems.append("%s was served; the envelope says it is refused" % label)
+    if not problems:
+        try:
+            infer(session, target, request_arrays(target, target.reference[0].inputs, 0, 1))
+        except Exception as exc:  # noqa: BLE001
+            problems.append("a good request failed afterwards: %s" % short(exc))
+    if problems:
+        return finished("envelope_bounds", CheckStatus.FAIL, "; ".join(problems), t0)
+    return finished("envelope_bounds", CheckStatus.PASS, "%d shapes outside the envelope refused: %s"
+                    % (len(refused), " | ".join(refused)), t0)
+
+
 register(Check("edge_shapes", 50, lambda ctx: check_edge_shapes(ctx.target, ctx.session)))
+register(Check("envelope_bounds", 55, lambda ctx: check_envelope_bounds(ctx.target, ctx.session)))

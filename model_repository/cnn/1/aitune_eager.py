@@ -13,15 +13,19 @@ COUNT_OUTPUT = "num_detections"
 
 
 def load_state_dict(path, device):
-    """The eager format's ``state_dict`` file, tensors first: ``weights_only=True`` reads plain tensors
-    without running pickle code. A quantized model (``torch.ao.quantization.quantize_dynamic``) keeps
-    packed parameters there (TorchScript objects such as an LSTM's ``CellParamsBase``) that only the
-    full unpickler restores; it is used for such a file only, after the caller checked the file's
-    SHA-256 against the one recorded when it was written (``artifact_problem``)."""
+    """The eager format's ``state_dict`` file, always with ``weights_only=True`` (no pickle code runs).
+    A quantized model (``torch.ao.quantization.quantize_dynamic``) keeps packed parameters there,
+    TorchScript objects such as an LSTM's ``CellParamsBase``: for such a file ``torch.ScriptObject``
+    is allowed too, and nothing else. The caller has checked the file's SHA-256 first."""
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError:
-        return torch.load(path, map_location=device, weights_only=False)
+        allowed = getattr(torch.serialization, "safe_globals", None)  # scoped form: torch 2.5 on
+        if allowed is None:
+            torch.serialization.add_safe_globals([torch.ScriptObject])
+            return torch.load(path, map_location=device, weights_only=True)
+        with allowed([torch.ScriptObject]):
+            return torch.load(path, map_location=device, weights_only=True)
 
 
 def per_image_keys(output, check_sizes=True):

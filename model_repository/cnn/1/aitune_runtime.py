@@ -353,13 +353,24 @@ def artifact_problem(version_dir: str, data: ModelData) -> Optional[str]:
 
 
 def shape_problem(binding: InputBinding, shape: Sequence[int]) -> Optional[str]:
-    """Why a request tensor of ``shape`` does not fit ``binding``'s ranges, or None."""
+    """Why a request tensor of ``shape`` does not fit ``binding``'s ranges (and how to widen them), or None.
+
+    A scalar input of a model without a batch axis arrives as ``[1]`` (Triton has no scalar tensors)."""
+    if not binding.ranges and tuple(shape) == (1,):
+        return None
     if len(shape) != len(binding.ranges):
         return "input %r has shape %s, the model takes rank %d" % (binding.name, list(shape), len(binding.ranges))
     for axis, (size, (lo, hi)) in enumerate(zip(shape, binding.ranges)):
         if size < lo or (hi is not None and size > hi):
-            return "input %r axis %d is %d, the model takes %s" % (
-                binding.name, axis, size, lo if lo == hi else "%d..%s" % (lo, "" if hi is None else hi))
+            if lo == hi:
+                return "input %r axis %d is %d, the model takes %d" % (binding.name, axis, size, lo)
+            if axis == 0 and binding.batched:
+                how = "widen it with --max-batch-size at generate"
+            else:
+                how = "widen it with --axis %s:%d=LO..HI (axis_ranges in get_config()) at generate" % (
+                    binding.name, axis)
+            return "input %r axis %d is %d, the model takes %d..%s (%s)" % (
+                binding.name, axis, size, lo, "" if hi is None else hi, how)
     return None
 
 
