@@ -81,34 +81,52 @@ class GenerateConfig:
     """What to generate. ``None`` fields are derived from the samples (and recorded in the manifest)."""
 
     name: str | None = None
+    """Triton model name; ``None``: the model.py's folder name. Letters, digits, ``_`` and ``-``."""
     backends: tuple[str, ...] = ("python", "tensorrt")
+    """Which models to write: ``python`` (the PyTorch fallback, serves anywhere), ``tensorrt`` (the plan, or its
+    staging where TensorRT is not installed), ``onnxruntime`` (the checked ONNX on Triton's ONNX Runtime backend)."""
     max_batch_size: int | None = None
+    """Largest batch a request (or a dynamic batch) may have; ``None``: chosen by measurement on the target device.
+    Overrides the measured value."""
     batch_axis: bool | None = None
-    instances: int = 1  # per GPU for GPU instances (Triton's count is per listed GPU)
-    # GPU instances: the GPUs to place them on, written out as instance_group gpus; None: every GPU
-    # visible at generate time
+    """Whether axis 0 is a batch axis; ``None``: decided from the samples (every input and output shares a leading
+    size that varies across samples)."""
+    instances: int = 1
+    """Model instances per device (per GPU for GPU instances: Triton's count is per listed GPU)."""
     gpus: tuple[int, ...] | None = None
+    """GPUs to place GPU instances on (``instance_group gpus``); ``None``: every GPU visible at generate time."""
     device: str = "auto"
+    """Where the fallback runs: ``cpu``, ``cuda``, or ``auto`` (``cuda`` where a GPU is visible)."""
     max_queue_delay_us: int | None = None
+    """Dynamic batching queue delay in microseconds; ``None``: the default in ``aitune_triton/defaults.py``."""
     fallback_format: str = "auto"
+    """The PyTorch fallback's format: ``aoti`` (AOTInductor package), ``export`` (a ``torch.export`` program),
+    ``eager`` (your module's source and weights), or ``auto`` (the first of those that matches eager)."""
     tensorrt: TensorRTBackendConfig = field(default_factory=TensorRTBackendConfig)
+    """How the TensorRT plan is built: profiles, precision, quantization and builder options."""
     atol: float | None = None
+    """Absolute tolerance of the checks against eager PyTorch; ``None``: per output dtype."""
     rtol: float | None = None
+    """Relative tolerance of the checks against eager PyTorch; ``None``: per output dtype."""
     warmup: bool = True
+    """Write ``model_warmup`` entries (from the samples) so the first request does not pay for warm-up."""
     description: str = ""
-    # stage-1 tuning: measure every fallback format and pick by this strategy (None: best that works)
+    """Free text written into the model README."""
     strategy: str | None = None
+    """Build every fallback format, time each and keep the best by this rule: ``min-latency``, ``max-throughput``
+    or ``latency-budget`` (with ``budget_ms``); ``None``: the first format that matches eager."""
     budget_ms: float | None = None
-    # Triton dims per output (no batch axis, -1 for a size that varies with the values) where
-    # probing the model cannot tell, e.g. {"boxes": (-1, 4)} for a detector
+    """Latency budget in milliseconds for ``strategy="latency-budget"``."""
     output_dims: dict[str, tuple[int, ...]] | None = None
-    # (low, high) of the values valid for an input; validate draws values outside the samples'
-    # own ones only within these (e.g. {"lengths": (1, 16)})
+    """Triton dims per output (no batch axis, ``-1`` for a size that varies with the values) where probing the model
+    cannot tell, e.g. ``{"boxes": (-1, 4)}`` for a detector."""
     input_ranges: dict[str, tuple[float, float]] | None = None
-    # fn({input name: full shape}) -> {input name: tensor}: valid inputs of any shape, for the edge
-    # shapes validate sends where cutting the samples cannot make valid ones (called by generate,
-    # stored in edge_inputs.npz; the manifest records its name only)
+    """``(low, high)`` of the values valid for an input; validate draws values outside the samples' own ones only
+    within these, e.g. ``{"lengths": (1, 16)}``."""
     make_inputs: Callable[[dict[str, tuple[int, ...]]], dict[str, Any]] | None = None
+    """``fn({input name: full shape}) -> {input name: tensor}``: valid inputs of any shape, for the edge shapes
+    validate sends where cutting the samples cannot make valid ones (called by generate and stored in
+    ``edge_inputs.npz``; the manifest records its name only)."""
 
     def __post_init__(self) -> None:
         if self.name is not None:
