@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import enum
 import inspect
 import sys
 import textwrap
@@ -91,7 +92,7 @@ def field_docs(cls: type) -> dict[str, str]:
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs = {}
-    for stmt, nxt in zip(body, body[1:]):
+    for stmt, nxt in zip(body, body[1:], strict=False):
         if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and \
                 isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
             docs[stmt.target.id] = inspect.cleandoc(nxt.value.value)
@@ -107,7 +108,7 @@ def _default(f: dataclasses.Field) -> str:
             return "`%s()`" % type(value).__name__
     else:
         return "required"
-    if hasattr(value, "value") and isinstance(getattr(value, "value"), str):  # a str Enum
+    if isinstance(value, enum.Enum):
         return "`%s.%s`" % (type(value).__name__, value.name)
     return "`%r`" % (value,)
 
