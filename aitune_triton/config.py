@@ -101,47 +101,66 @@ class GenerateConfig:
     """What to generate. ``None`` fields are derived from the samples (and recorded in the manifest)."""
 
     name: str | None = None
+    """Triton model name; ``None``: the model.py's folder name. Letters, digits, ``_`` and ``-``."""
     backends: tuple[str, ...] = ("python", "tensorrt")
+    """Which models to write: ``python`` (the PyTorch fallback, serves anywhere), ``tensorrt`` (the plan where
+    TensorRT and a GPU are here, else its staging), ``onnxruntime`` (the checked ONNX on Triton's ONNX Runtime
+    backend)."""
     max_batch_size: int | None = None
+    """Largest batch a request (or a dynamic batch) may have; ``None``: measured on the target device (doubling
+    while rows/s still improves and latency stays inside ``budget_ms``), recorded with its curve in the manifest."""
     batch_axis: bool | None = None
-    instances: int = 1  # per GPU for GPU instances (Triton's count is per listed GPU)
-    # GPU instances: the GPUs to place them on, written out as instance_group gpus; None: every GPU
-    # visible at generate time
+    """Whether axis 0 is a batch axis; ``None``: decided from the samples (every input and output shares a leading
+    size that varies across samples)."""
+    instances: int = 1
+    """Model instances per device (per GPU for GPU instances: Triton's count is per listed GPU)."""
     gpus: tuple[int, ...] | None = None
+    """GPUs to place GPU instances on (``instance_group gpus``); ``None``: every GPU visible at generate time."""
     device: str = "auto"
+    """Where the fallback runs: ``cpu``, ``cuda``, or ``auto`` (``cuda`` where a GPU is visible)."""
     max_queue_delay_us: int | None = None
+    """Dynamic batching queue delay in microseconds; ``None``: the default in ``aitune_triton/defaults.py``."""
     fallback_format: str = "auto"
-    # an artifact that loads on any host: no AOTInductor package (machine code for this host's CPU
-    # instruction set and GPU), the ExportedProgram instead; for a serving fleet unlike this machine
+    """The PyTorch fallback's format: ``aoti`` (AOTInductor package), ``export`` (a ``torch.export`` program),
+    ``eager`` (your module's source and weights), or ``auto`` (the first of those that matches eager)."""
     portable: bool = PORTABLE
+    """An artifact that loads on any host: no AOTInductor package (machine code for this host's CPU instruction set
+    and GPU), the ExportedProgram instead. For a serving fleet unlike the generating machine."""
     tensorrt: TensorRTBackendConfig = field(default_factory=TensorRTBackendConfig)
-    # how far the fallback / ONNX outputs may be from eager: per element (atol, rtol) for float
-    # outputs, and for float16/bfloat16 also the relative L2 error (rel_l2); None: the dtype's default
+    """How the TensorRT plan is built: profiles, precision, quantization and builder options."""
     atol: float | None = None
+    """Absolute per-element tolerance of the checks against eager PyTorch; ``None``: the output dtype's default."""
     rtol: float | None = None
+    """Relative per-element tolerance of the checks against eager PyTorch; ``None``: the output dtype's default."""
     rel_l2: float | None = None
+    """For float16/bfloat16 outputs, the relative L2 error ``|got - eager| / |eager|`` that still passes (deep
+    networks' rounding grows with depth); ``None``: 0.02 for float16, 0.05 for bfloat16."""
     warmup: bool = True
+    """Write ``model_warmup`` entries (from the samples) so the first request does not pay for warm-up."""
     description: str = ""
-    # stage-1 tuning: measure every fallback format and pick by this strategy (None: best that works)
+    """Free text written into the model README."""
     strategy: str | None = None
+    """Build every fallback format, time each and keep the best by this rule: ``min-latency``, ``max-throughput``
+    or ``latency-budget`` (with ``budget_ms``); ``None``: the first format that matches eager."""
     budget_ms: float | None = None
-    # Triton dims per output (no batch axis, -1 for a size that varies with the values) where
-    # probing the model cannot tell, e.g. {"boxes": (-1, 4)} for a detector
+    """Latency budget in milliseconds: for ``strategy="latency-budget"`` and for the measured ``max_batch_size``."""
     output_dims: dict[str, tuple[int, ...]] | None = None
-    # (low, high) of the values valid for an input; validate draws values outside the samples'
-    # own ones only within these (e.g. {"lengths": (1, 16)})
+    """Triton dims per output (no batch axis, ``-1`` for a size that varies with the values) where probing the model
+    cannot tell, e.g. ``{"boxes": (-1, 4)}`` for a detector."""
     input_ranges: dict[str, tuple[float, float]] | None = None
-    # the sizes an input axis accepts, e.g. {"input_ids": {1: (1, 512)}} (--axis input_ids:1=1..512);
-    # axes not named get a range chosen for serving (the model's own limit, else probed beyond the
-    # samples: aitune_triton/envelope.py); the batch axis is max_batch_size
+    """``(low, high)`` of the values valid for an input; validate draws values outside the samples' own ones only
+    within these, e.g. ``{"lengths": (1, 16)}``."""
     axis_ranges: dict[str, dict[int, tuple[int, int]]] | None = None
-    # fn({input name: full shape}) -> {input name: tensor}: valid inputs of any shape, for the edge
-    # shapes validate sends where cutting the samples cannot make valid ones (called by generate,
-    # stored in edge_inputs.npz; the manifest records its name only)
+    """The sizes an input axis accepts, e.g. ``{"input_ids": {1: (1, 512)}}`` (``--axis input_ids:1=1..512``).
+    Axes not named get a range chosen for serving: the model's own limit (``max_position_embeddings``), else probed
+    beyond the samples. The batch axis is ``max_batch_size``."""
     make_inputs: Callable[[dict[str, tuple[int, ...]]], dict[str, Any]] | None = None
-    # a model returning one dict per image (a detector): rows per image it is served padded to
-    # (None: the most its samples returned); more are cut, ``num_detections`` says how many are real
+    """``fn({input name: full shape}) -> {input name: tensor}``: valid inputs of any shape, for the edge shapes
+    validate sends where cutting the samples cannot make valid ones (called by generate and stored in
+    ``edge_inputs.npz``; the manifest records its name only)."""
     max_detections: int | None = None
+    """For a model returning one dict per image (a detector): the rows per image it is served padded to; more are
+    cut, and the ``num_detections`` output says how many are real. ``None``: the most its samples returned."""
 
     def __post_init__(self) -> None:
         if self.name is not None:

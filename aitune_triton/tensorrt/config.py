@@ -47,9 +47,13 @@ class ONNXAutoCastConfig:
     so the engine is built strongly typed."""
 
     precision: str = "fp16"
+    """The low precision: ``fp16`` or ``bf16``."""
     low_precision_type: str | None = None
+    """ModelOpt's name for ``precision``; leave ``None`` (it must agree with ``precision``)."""
     nodes_to_exclude: tuple[str, ...] = ()
+    """Regular expressions of ONNX node names kept in fp32."""
     data_max: float = 512.0
+    """Nodes whose outputs exceed this magnitude on the samples stay in fp32 (overflow guard)."""
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp16", "bf16"):
@@ -67,8 +71,12 @@ class ONNXQuantizationConfig:
     """Post-training quantization of the ONNX graph with ModelOpt (``modelopt.onnx.quantization``)."""
 
     precision: str = "int8"
+    """Quantized precision: ``int8``, ``fp8``, ``fp16`` or ``int4``."""
     calibration_method: str = "max"
+    """Calibration method (per precision: int8/fp8 ``max`` or ``entropy``; int4 ``awq_clip``, ``awq_lite``,
+    ``awq_full``, ``rtn_dq``)."""
     nodes_to_exclude: tuple[str, ...] = ()
+    """Regular expressions of ONNX node names left unquantized."""
 
     def __post_init__(self) -> None:
         if self.precision not in CALIBRATION_METHODS:
@@ -89,7 +97,9 @@ class TorchQuantizationConfig:
     ``quantization_config`` names one of ModelOpt's configs, e.g. ``"FP8_DEFAULT_CFG"``."""
 
     quantization_config: str = "INT8_DEFAULT_CFG"
+    """The name of one of ModelOpt's quantization configs, e.g. ``"FP8_DEFAULT_CFG"``."""
     calibration_steps: int = 8
+    """How many sample batches calibrate the quantizers."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.calibration_steps, int) or self.calibration_steps < 1:
@@ -125,21 +135,39 @@ class TensorRTBackendConfig:
     """How the TensorRT plan is built (AITune's field names and defaults)."""
 
     use_dynamo: bool = True
+    """Export to ONNX with the dynamo-based exporter (``torch.onnx.export(dynamo=True)``); ``False``: TorchScript."""
     workspace_size: int | None = None
+    """TensorRT builder workspace limit in bytes; ``None``: TensorRT's default (the GPU's memory)."""
     opset_version: int | None = None
+    """ONNX opset of the export (9..23); ``None``: the exporter's default."""
     optimization_level: int | None = None
+    """TensorRT builder optimization level 0..5 (higher searches longer for faster kernels); ``None``: TensorRT's
+    default (3)."""
     compatibility_level: str | None = None
+    """Hardware compatibility of the plan: ``ampere_plus`` (runs on any Ampere or newer GPU) or
+    ``same_compute_capability``; ``None``: only GPUs like the build GPU."""
     timing_cache: Path | None = None
+    """A TensorRT timing cache file, read before the build and written after it (faster rebuilds)."""
     profiles: Any = ProfileMode.SINGLE
+    """Optimization profiles: ``ProfileMode.SINGLE`` (one min/opt/max profile over the serving range),
+    ``ProfileMode.SAMPLES_USED`` (one profile per sample shape), or a list of ``TensorRTProfile``."""
     device: str = "cuda"
+    """The device the plan is built for."""
     quantization_config: QuantizationConfig | None = None
+    """Quantize before the build: ``ONNXAutoCastConfig``, ``ONNXQuantizationConfig`` or ``TorchQuantizationConfig``;
+    ``None``: no quantization (``precision`` chooses the builder flags)."""
     enable_tf32: bool = True
+    """Allow TF32 tensor-core math for fp32 layers."""
     use_cuda_graphs: bool = False
+    """Serve the plan with CUDA graphs (Triton's TensorRT ``graphs`` optimization, one graph per profile's max
+    batch)."""
     version_compatible: bool = False
-    # extensions beyond AITune's API: builder precision flags when no quantization_config is given
-    # (weakly typed build), and the child-process build timeout
+    """Build a version-compatible plan, which a newer TensorRT runtime (e.g. a newer Triton container) can load."""
     precision: str = "fp32"
+    """Builder precision flags when no ``quantization_config`` is given (a weakly typed build): ``fp32``, ``tf32``,
+    ``fp16``, ``bf16``, ``int8`` or ``fp8``."""
     build_timeout_s: float = 3600.0
+    """Time limit of the build's child process in seconds."""
 
     def __post_init__(self) -> None:
         if isinstance(self.profiles, str):
