@@ -17,6 +17,7 @@ import ast
 import dataclasses
 import enum
 import inspect
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -61,7 +62,9 @@ def cli_page() -> str:
         ctx = click.Context(cmd, info_name=path, parent=None)
         usage = " ".join([path] + cmd.collect_usage_pieces(ctx))
         lines += ["## `%s`" % path.removeprefix("aitune-triton "), "", "```", usage, "```", ""]
-        helptext = inspect.cleandoc(cmd.help or "").split("\f")[0].strip()
+        # the whole docstring: --help stops at click's \f marker, the page also gives the behaviour after it
+        helptext = "\n".join(line for line in inspect.cleandoc(cmd.help or "").splitlines() if line.strip() != "\f")
+        helptext = re.sub(r"\n{3,}", "\n\n", helptext.replace("\f", "")).strip()
         if helptext:
             lines += [helptext, ""]
         lines += _params_table(cmd, ctx)
