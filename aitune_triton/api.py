@@ -15,6 +15,11 @@ The TensorRT model takes one of two paths, decided by ``tensorrt.availability.bu
   staging only, ``pending``, for ``build-plan`` or ``build_plan.sh`` in a TensorRT/Triton container.
 
 ``build-plan`` (``build_plans``) runs the same ``build_tensorrt_model`` on a staged repository.
+
+This module only orchestrates: each step's work lives with its step. ``prepared`` derives
+everything from model.py (``prepare``) and writes the pieces every model dir shares; the
+fallback's stage-1 format selection is ``tune.stage1``; warm-up files are ``triton.warmup``; the
+TensorRT staging, plan build and ``build-plan`` flow are ``tensorrt_model``.
 """
 
 from __future__ import annotations

@@ -28,9 +28,7 @@ from aitune_triton.triton.mapping import MappingOptions, plan_model_config
 from aitune_triton.triton.render import render_config, write_config
 from aitune_triton.prepared import Prepared, Progress, _export_onnx, _manifest, _mapping
 
-
 TRT_STAGE_DIR = "tensorrt"
-
 
 
 class ModelStatus(str, Enum):
