@@ -26,20 +26,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aitune_triton.tensorrt_model import (TRT_STAGE_DIR, GeneratedModel, ModelStatus, _build_in_generate,
-                                          _check_words, _stage_tensorrt)
 from aitune_triton.config import NOT_GIVEN, NotGiven
 from aitune_triton.errors import ModelError, UserError
 from aitune_triton.prepared import (Prepared, Progress, _build_fallback, _export_onnx, _manifest, _mapping,
                                     _write_common, prepare)
 from aitune_triton.tensorrt.section import PlanStatus, TensorRTSection
+from aitune_triton.tensorrt_model import (TRT_STAGE_DIR, GeneratedModel, ModelStatus, _build_in_generate,
+                                          _check_words, _stage_tensorrt)
 from aitune_triton.triton import repository
 from aitune_triton.triton.manifest import Manifest, OnnxSection
 from aitune_triton.triton.render import SCHEMA_SKIPPED, render_config, schema, write_config
@@ -47,7 +46,6 @@ from aitune_triton.triton.tuning_section import TuningSection
 from aitune_triton.tune.stage1 import select_fallback
 from aitune_triton.user_code import contained
 
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ the ONNX export and the fallback build."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,6 @@ from aitune_triton.triton.mapping import MappingOptions, ModelConfigPlan, client
 from aitune_triton.triton.warmup import write_warmup
 from aitune_triton.user_code import resolve_timeout
 
-log = logging.getLogger(__name__)
 Progress = Callable[[str], None]  # called with a message as each stage starts
 
 
