@@ -30,7 +30,7 @@ def served(tmp_path_factory, triton_server_factory):
     return repo, server
 
 
-def _malformed(rng: random.Random, good: dict[str, np.ndarray], types: dict[str, str]):
+def _malformed(rng: random.Random, good: dict[str, np.ndarray], types: dict[str, str], max_batch: int):
     """One malformed request: (name -> (array, datatype)), chosen among the ways a client goes wrong."""
     req = {n: (a, types[n]) for n, a in good.items()}
     name = rng.choice(sorted(req))
@@ -59,7 +59,8 @@ def _malformed(rng: random.Random, good: dict[str, np.ndarray], types: dict[str,
     elif kind == "extra":
         req["not_an_input"] = (arr, dt)
     elif kind == "batch_over":
-        req = {n: (np.concatenate([a] * 9)[:9], d) for n, (a, d) in req.items()}
+        over = max_batch + 1  # the served max_batch_size is measured: one past it, whatever it is
+        req = {n: (np.concatenate([a] * over)[:over], d) for n, (a, d) in req.items()}
     elif kind == "empty_batch":
         req = {n: (a[:0], d) for n, (a, d) in req.items()}
     else:
@@ -87,7 +88,7 @@ def test_malformed_requests_all_fail_cleanly_and_server_keeps_answering(served):
     with Session(Endpoint(server.http_url, server.grpc_url)) as session:
         for burst in range(6):
             for _ in range(50):
-                kind, req = _malformed(rng, good, types)
+                kind, req = _malformed(rng, good, types, target.max_batch_size)
                 protocol = rng.choice(["grpc", "http"])
                 with pytest.raises(InferenceServerException, match=r"\w"):  # the message varies; it is never empty
                     _send(protocol, server.grpc_url if protocol == "grpc" else server.http_url, req)
