@@ -198,3 +198,32 @@ def test_tune_never_enables_dynamic_batching_for_rows_that_are_not_independent(t
         client.close()
     wrong = sum(not np.allclose(a, 0.0, atol=1e-6) for a in answers)  # a row alone is its own mean
     assert wrong == 0, "%d of %d concurrent requests were answered as part of a batch" % (wrong, len(answers))
+
+
+def test_a_full_disk_while_tune_writes_its_results_is_one_line_and_the_config_is_restored(
+        triton_server_factory, repo, tmp_path, monkeypatch):
+    """The filesystem fills up after the tuned config.pbtxt was written, while the reports are: one
+    line naming the resource, the previous config.pbtxt back byte for byte, loaded again."""
+    import errno
+    import shutil
+
+    from aitune_triton.errors import UserError
+    from aitune_triton.tune import search
+
+    if tools.find_perf_analyzer() is None:
+        pytest.skip("perf_analyzer not installed")
+    mine = tmp_path / "repo"
+    shutil.copytree(repo, mine)
+    before = (mine / "cnn" / "config.pbtxt").read_text()
+    server = triton_server_factory(mine, load_models=("cnn",))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(search, "write_reports", disk_full)
+    options = TuneOptions(instances=(1,), delays_us=(0,), concurrency=(4,), brute=True, min_gain=0.0, finalists=1,
+                          rounds=1, perf=FAST_PERF, report_dir=tmp_path / "report")
+    with pytest.raises(UserError, match=r"^cannot write the tuning results to .*cnn: no space left on the device$"):
+        tune_model(mine, "cnn", server, options)
+    assert (mine / "cnn" / "config.pbtxt").read_text() == before
+    assert server.model_ready("cnn")
