@@ -49,6 +49,7 @@ from aitune_triton.tensorrt.stamp import LoaderFacts
 from aitune_triton.triton import repository
 from aitune_triton.numerics import to_numpy
 from aitune_triton.probe_section import ChecksSection
+from aitune_triton import pipeline
 from aitune_triton.reference_data import REFERENCE, ReferenceCase, save_reference
 from aitune_triton.triton.manifest import Manifest, OnnxSection, Versions
 from aitune_triton.probe import ProbeResult, probe
@@ -616,7 +617,9 @@ def _generate(model_py: Path, out: Path, overrides: dict | None, force: bool, pr
     if schema() is None:
         notes.append(SCHEMA_SKIPPED)
     trt_status = build_status() if "tensorrt" in names else None
-    with repository.stage_models(out, list(names.values()), force=force) as staged:
+    hooks = pipeline.load_hooks(prep.source.path, resolve_timeout(model_py_timeout_s)) if "python" in names else None
+    pipe_names = pipeline.model_names(names["python"]) if hooks else {}
+    with repository.stage_models(out, list(names.values()) + list(pipe_names.values()), force=force) as staged:
         trt_info: TensorRTSection | None = None
         home_name = names.get("python") or names.get("tensorrt")
         failure = None
@@ -635,8 +638,18 @@ def _generate(model_py: Path, out: Path, overrides: dict | None, force: bool, pr
                                                            progress)
             manifest = dataclasses.replace(manifest, tensorrt=trt_info)
             manifest.sealed(home).save(home)
+            if hooks is not None:
+                progress("raw-data pipeline: recording %d raw samples through the hooks, writing %s"
+                         % (len(hooks.raw), ", ".join(pipe_names.values())))
+                pipeline.write_pipeline(hooks, prep.source.model, home, manifest,
+                                        {role: staged.dir(n) for role, n in pipe_names.items()})
+                pipe_result = GeneratedModel(pipe_names["pipeline"], "ensemble", out / pipe_names["pipeline"],
+                                             ModelStatus.READY, "raw data -> pre -> %s -> post (%d raw samples "
+                                             "recorded)" % (names["python"], len(hooks.raw)))
             results.append(GeneratedModel(names["python"], "python", out / names["python"], ModelStatus.READY,
                                           detail))
+            if hooks is not None:
+                results.append(pipe_result)
         elif "tensorrt" in names:
             assert trt_status is not None
             home = staged.dir(names["tensorrt"])

@@ -179,9 +179,9 @@ class _Run:
         endpoint = Endpoint(server.http_url, server.grpc_url, self.options.request_timeout_s)
         with Session(endpoint) as session:
             ctx = CheckContext(target, session, batching_in_flight=self.options.batching_in_flight)
-            results, ready = self._checks(ctx, registry.registered(final=False))
+            results, ready = self._checks(ctx, registry.registered(final=False, target=target.kind))
             checks += results
-            if self.options.perf and ready and not self.dead:
+            if self.options.perf and ready and not self.dead and target.kind == "model":
                 perf_check, rows, unstable = self.perf(target)
                 checks.append(perf_check)
                 if perf_check.status == CheckStatus.FAIL:
@@ -192,7 +192,7 @@ class _Run:
                 except Exception as exc:  # noqa: BLE001 - statistics are informative only
                     log.warning("no statistics for %s: %s", item.name, short(exc))
             if last and ready and not self.dead:
-                checks += self._checks(ctx, registry.registered(final=True))[0]
+                checks += self._checks(ctx, registry.registered(final=True, target=target.kind))[0]
         if self.dead:
             checks.append(CheckResult("server", CheckStatus.FAIL, self.dead))
         elif checks and checks[-1].status == CheckStatus.WARN:
