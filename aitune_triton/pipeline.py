@@ -116,8 +116,8 @@ def _hook(fn: Callable, arg: Any, what: str, path: Path, row: int) -> dict:
     try:
         result = fn(arg)
     except Exception as exc:
-        raise UserError("%s: the %s hook failed on raw sample %d: %s: %s" % (path, what, row, type(exc).__name__, exc)) \
-            from exc
+        raise UserError("%s: the %s hook failed on raw sample %d: %s: %s"
+                        % (path, what, row, type(exc).__name__, exc)) from exc
     if not isinstance(result, dict) or not result:
         raise UserError("%s: the %s hook returned %s for raw sample %d; return a dict of named values"
                         % (path, what, type(result).__name__, row))
@@ -136,7 +136,8 @@ def record(hooks: Hooks, model: torch.nn.Module, spec: IOSpec, model_cfg: Any) -
     """Run the raw samples through pre -> eager model -> post, as the ensemble will."""
     in_types = {t.name: _np_dtype(t.data_type) for t in model_cfg.input}
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    answers, out_types = [], {}
+    answers: list[dict[str, np.ndarray]] = []
+    out_types: dict[str, str] = {}
     for i, raw in enumerate(hooks.raw):
         feed = _hook(hooks.pre, raw, "preprocess", hooks.path, i)
         if set(feed) != set(in_types):
