@@ -1,4 +1,4 @@
-"""Raw data in, answers out, as a user runs it: ``generate`` the text_pipeline example (hooks ->
+"""Raw data in, answers out, as a user runs it: ``generate`` the text and image pipeline examples (hooks ->
 ``<name>_pre``/``_post`` + the ensemble), ``validate`` it on the embedded Triton (raw requests over
 HTTP and gRPC against the recorded answers), and a plain tritonclient call with raw text whose
 answer is the in-process hooks + eager model's; bad raw rows fail their own request only."""
@@ -15,6 +15,7 @@ import torch
 pytestmark = pytest.mark.live
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "text_pipeline" / "model.py"
+IMAGE_EXAMPLE = ROOT / "examples" / "image_pipeline" / "model.py"
 CLI = [sys.executable, "-m", "aitune_triton.cli"]
 PIPELINE = "text_pipeline_pipeline"
 
@@ -22,16 +23,18 @@ PIPELINE = "text_pipeline_pipeline"
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     out = tmp_path_factory.mktemp("pipeline") / "model_repository"
-    proc = subprocess.run(CLI + ["generate", str(EXAMPLE), "--out", str(out), "--backend", "python",
-                                 "--fallback-format", "export"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    assert "%s (ensemble, ready): raw data -> pre -> text_pipeline -> post (5 raw samples recorded)" % PIPELINE \
-        in proc.stderr
+    for example, recorded in ((EXAMPLE, 5), (IMAGE_EXAMPLE, 4)):
+        proc = subprocess.run(CLI + ["generate", str(example), "--out", str(out), "--backend", "python",
+                                     "--fallback-format", "export"], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        name = example.parent.name
+        assert "%s_pipeline (ensemble, ready): raw data -> pre -> %s -> post (%d raw samples recorded)" % (
+            name, name, recorded) in proc.stderr
     return out
 
 
-def _example():
-    spec = importlib.util.spec_from_file_location("text_pipeline_example", EXAMPLE)
+def _example(path=EXAMPLE):
+    spec = importlib.util.spec_from_file_location("%s_example" % path.parent.name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -46,14 +49,18 @@ def _eager_answer(module, text: str) -> tuple[bytes, float]:
 
 
 def test_validate_checks_the_pipeline_with_raw_requests(repo, tmp_path):
-    proc = subprocess.run(CLI + ["validate", str(repo), "--no-perf", "--model", PIPELINE, "--report",
-                                 str(tmp_path / "report")], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(CLI + ["validate", str(repo), "--no-perf", "--model", PIPELINE, "--model",
+                                 "image_pipeline_pipeline", "--report", str(tmp_path / "report")],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((tmp_path / "report" / "report.json").read_text())
-    [model] = report["models"]
-    statuses = {c["name"]: c["status"] for c in model["checks"]}
-    assert statuses == {"load": "pass", "ready": "pass", "raw_answers_http": "pass", "raw_answers_grpc": "pass",
-                        "raw_bad_input": "pass"}
+    assert [m["name"] for m in report["models"]] == [PIPELINE, "image_pipeline_pipeline"]
+    for model in report["models"]:
+        statuses = {c["name"]: c["status"] for c in model["checks"]}
+        assert statuses == {"load": "pass", "ready": "pass", "raw_answers_http": "pass", "raw_answers_grpc": "pass",
+                            "raw_bad_input": "pass"}, model
+    image = {c["name"]: c["detail"] for c in report["models"][1]["checks"]}
+    assert "undecodable bytes refused" in image["raw_bad_input"] and "UnidentifiedImageError" in image["raw_bad_input"]
 
 
 def test_raw_text_in_label_out_and_bad_rows_fail_alone(repo, triton_server_factory):
@@ -83,3 +90,20 @@ def test_raw_text_in_label_out_and_bad_rows_fail_alone(repo, triton_server_facto
     # the composing models were loaded with the ensemble; the model stays callable on its own
     assert {m["name"] for m in client.get_model_repository_index() if m.get("state") == "READY"} == \
         {PIPELINE, "text_pipeline", "text_pipeline_pre", "text_pipeline_post"}
+
+
+def test_png_bytes_in_top3_labels_out(repo, triton_server_factory):
+    import tritonclient.grpc as grpcclient
+
+    server = triton_server_factory(repo, load_models=("image_pipeline_pipeline",))
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    module = _example(IMAGE_EXAMPLE)
+    png = module.get_raw_samples()[1]
+    raw = grpcclient.InferInput("raw", [1, 1], "BYTES")
+    raw.set_data_from_numpy(np.array([[png]], dtype=object))
+    result = client.infer("image_pipeline_pipeline", [raw])
+    feed = {k: torch.from_numpy(v)[None] for k, v in module.get_preprocess()(png).items()}
+    with torch.inference_mode():
+        expected = module.get_postprocess()({"output_0": module.get_model()(**feed)[0].numpy()})
+    assert [v.decode() for v in result.as_numpy("labels")[0]] == expected["labels"]
+    np.testing.assert_allclose(result.as_numpy("scores")[0], expected["scores"], rtol=1e-4)
