@@ -34,7 +34,7 @@ from aitune_triton.errors import ServerError
 from aitune_triton.triton.server import TritonServer
 from aitune_triton.triton.server_api import Server
 from aitune_triton.triton.session import server_for, stop_if_launched
-from aitune_triton.validate.checks import registry
+from aitune_triton.validate.checks import raw_pipeline, registry
 from aitune_triton.validate.checks.batching import batch_histogram, model_stats
 from aitune_triton.validate.checks.registry import Check, CheckContext
 from aitune_triton.validate.checks.target import Endpoint, ModelTarget, Session
@@ -181,9 +181,12 @@ class _Run:
             ctx = CheckContext(target, session, batching_in_flight=self.options.batching_in_flight)
             results, ready = self._checks(ctx, registry.registered(final=False, target=target.kind))
             checks += results
-            if self.options.perf and ready and not self.dead and target.kind == "model":
+            if self.options.perf and ready and not self.dead:
+                before = raw_pipeline.step_totals(session, target) if target.kind == "pipeline" else None
                 perf_check, rows, unstable = self.perf(target)
                 checks.append(perf_check)
+                if before is not None and perf_check.status == CheckStatus.PASS:  # the time in pre / model / post
+                    checks.append(raw_pipeline.check_step_times(before, raw_pipeline.step_totals(session, target)))
                 if perf_check.status == CheckStatus.FAIL:
                     self.check_alive("perf_analyzer on %s" % item.name)
             if ready and not self.dead:
@@ -316,7 +319,8 @@ def perf_options(target: ModelTarget, options: ValidateOptions, workdir: Path) -
     are used. BF16 inputs get random data: perf_analyzer's JSON has no bf16."""
     samples: list[dict[str, np.ndarray]] = []
     for case in target.reference:
-        sample = request_arrays(target, case.inputs, 0, 1)  # (a non-batching case is taken whole)
+        sample = raw_pipeline.raw_request([case.inputs[raw_pipeline.RAW].tobytes()]) if target.kind == "pipeline" \
+            else request_arrays(target, case.inputs, 0, 1)  # (a non-batching case is taken whole)
         shapes = {n: np.asarray(a).shape for n, a in sample.items()}
         if not samples or shapes == {n: np.asarray(a).shape for n, a in samples[0].items()}:
             samples.append(sample)

@@ -93,3 +93,33 @@ register(Check("raw_answers_http", 32, lambda ctx: check_raw_answers(ctx.target,
 register(Check("raw_answers_grpc", 42, lambda ctx: check_raw_answers(ctx.target, ctx.session, "grpc"),
                needs_grpc=True, targets=("pipeline",)))
 register(Check("raw_bad_input", 62, lambda ctx: check_raw_bad_input(ctx.target, ctx.session), targets=("pipeline",)))
+
+
+STEP_FIELDS = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+def step_totals(session: Session, target: ModelTarget) -> dict[str, tuple[int, int]]:
+    """Per step of the pipeline (pre, model, post): (successful requests, total ns spent in the
+    queue and computing), from Triton's per-model statistics of the ensemble's composing models."""
+    from aitune_triton.validate.checks.batching import model_stats
+
+    totals = {}
+    for role in ("pre", "model", "post"):
+        name = str(target.manifest.pipeline[role])
+        stats = model_stats(session, name).get("inference_stats", {})
+        count = int(stats.get("success", {}).get("count", 0))
+        totals[role] = (count, sum(int(stats.get(f, {}).get("ns", 0)) for f in STEP_FIELDS))
+    return totals
+
+
+def check_step_times(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> CheckResult:
+    """The mean time per request in each step between two ``step_totals`` (the perf run)."""
+    parts, ms = [], {}
+    for role, (count, ns) in after.items():
+        n, spent = count - before[role][0], ns - before[role][1]
+        if n <= 0:
+            return CheckResult("step_times", CheckStatus.SKIP, "no requests reached the %s step" % role)
+        ms[role] = spent / n / 1e6
+        parts.append("%s %.3f ms" % (role, ms[role]))
+    return CheckResult("step_times", CheckStatus.PASS, "per request (queue + compute): %s; %d requests"
+                       % (" / ".join(parts), after["model"][0] - before["model"][0]))
