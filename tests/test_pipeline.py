@@ -41,6 +41,14 @@ def test_configs_match_golden_files_and_triton_schema(repo, name):
     assert cfg.max_batch_size == 64  # the model's
 
 
+def test_steps_record_what_the_hooks_import(repo):
+    import json
+
+    data = json.loads((repo / "text_pipeline_pre" / "1" / "aitune_pipeline.json").read_text())
+    assert set(data["requires"]) == {"numpy", "tokenizers", "torch"}
+    assert data["role"] == "pre" and data["hook"] == "get_preprocess" and data["inputs"] == ["raw"]
+
+
 def test_ensemble_wires_raw_through_pre_model_post(repo):
     cfg = parse_config((repo / "text_pipeline_pipeline" / "config.pbtxt").read_text())
     assert cfg.platform == "ensemble"

@@ -153,7 +153,8 @@ class _Run:
         except (AituneError, OSError, ValueError, KeyError) as exc:
             return ModelReport(item.name, item.backend, (CheckResult("model_files", CheckStatus.FAIL,
                                                                      short(exc, 400)),))
-        if backends is not None and item.backend not in backends:
+        # an ensemble is scheduled by the server itself, not by a backend library
+        if backends is not None and item.backend not in backends and item.backend != "ensemble":
             return ModelReport(item.name, item.backend, skipped=(
                 "the %s server has no %r backend (it has: %s); validate it on a Triton that has one with --url"
                 % ("embedded" if self.options.tritonserver is None else "launched", item.backend,
@@ -186,7 +187,7 @@ class _Run:
                 perf_check, rows, unstable = self.perf(target)
                 checks.append(perf_check)
                 if before is not None and perf_check.status == CheckStatus.PASS:  # the time in pre / model / post
-                    checks.append(raw_pipeline.check_step_times(before, raw_pipeline.step_totals(session, target)))
+                    checks.append(raw_pipeline.step_times_result(before, raw_pipeline.step_totals(session, target)))
                 if perf_check.status == CheckStatus.FAIL:
                     self.check_alive("perf_analyzer on %s" % item.name)
             if ready and not self.dead:

@@ -100,5 +100,4 @@ def server_backends(options: ValidateOptions) -> tuple[str, ...] | None:
         return None
     if root is None or not root.is_dir():
         return None
-    # ensembles are scheduled by the server itself, not by a backend library
-    return tuple(sorted({p.name for p in root.iterdir() if p.is_dir()} | {"ensemble"}))
+    return tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))

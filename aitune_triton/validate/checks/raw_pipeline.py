@@ -112,7 +112,7 @@ def step_totals(session: Session, target: ModelTarget) -> dict[str, tuple[int, i
     return totals
 
 
-def check_step_times(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> CheckResult:
+def step_times_result(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> CheckResult:
     """The mean time per request in each step between two ``step_totals`` (the perf run)."""
     parts, ms = [], {}
     for role, (count, ns) in after.items():
