@@ -4,6 +4,7 @@ HTTP and gRPC against the recorded answers), and a plain tritonclient call with 
 answer is the in-process hooks + eager model's; bad raw rows fail their own request only."""
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,17 @@ def test_png_bytes_in_top3_labels_out(repo, triton_server_factory):
         expected = module.get_postprocess()({"output_0": module.get_model()(**feed)[0].numpy()})
     assert [v.decode() for v in result.as_numpy("labels")[0]] == expected["labels"]
     np.testing.assert_allclose(result.as_numpy("scores")[0], expected["scores"], rtol=1e-4)
+
+
+def test_perf_of_the_pipeline_reports_time_in_pre_model_post(repo, tmp_path):
+    proc = subprocess.run(CLI + ["validate", str(repo), "--model", PIPELINE, "--concurrency", "2",
+                                 "--perf-request-count", "100", "--report", str(tmp_path / "report")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [model] = json.loads((tmp_path / "report" / "report.json").read_text())["models"]
+    checks = {c["name"]: c for c in model["checks"]}
+    assert checks["perf"]["status"] == "pass"
+    steps = checks["step_times"]
+    assert steps["status"] == "pass"
+    assert re.fullmatch(r"per request \(queue \+ compute\): pre [0-9.]+ ms / model [0-9.]+ ms / post [0-9.]+ ms; "
+                        r"\d+ requests", steps["detail"]), steps["detail"]
