@@ -703,7 +703,7 @@ def _generate(model_py: Path, out: Path, overrides: dict | None, force: bool, pr
         if keep_source and home_name is not None:  # the generated model.py, for the user to start from
             (staged.dir(home_name) / "source").mkdir()
             shutil.copy2(prep.source.path, staged.dir(home_name) / "source" / "model.py")
-        progress("writing %s into %s" % (", ".join(names.values()), out))
+        progress("writing %s into %s" % (", ".join(list(names.values()) + list(pipe_names.values())), out))
     return GenerateResult(Path(out), tuple(results), tuple(notes), selection, prep.envelope_lines)
 
 
