@@ -15,72 +15,38 @@ The TensorRT model takes one of two paths, decided by ``tensorrt.availability.bu
   staging only, ``pending``, for ``build-plan`` or ``build_plan.sh`` in a TensorRT/Triton container.
 
 ``build-plan`` (``build_plans``) runs the same ``build_tensorrt_model`` on a staged repository.
+
+This module only orchestrates: each step's work lives with its step. ``prepared`` derives
+everything from model.py (``prepare``) and writes the pieces every model dir shares; the
+fallback's stage-1 format selection is ``tune.stage1``; warm-up files are ``triton.warmup``; the
+TensorRT staging, plan build and ``build-plan`` flow are ``tensorrt_model``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
-import platform
 import shlex
 import shutil
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import torch
-
-from aitune_triton.version import __version__
-from aitune_triton.config import NOT_GIVEN, GenerateConfig, NotGiven
-from aitune_triton.numerics import tolerance_for
-from aitune_triton.envelope import Envelope, Source, apply_envelope, choose_envelope
-from aitune_triton.errors import ModelError, UserError
-from aitune_triton.triton.model_check import verify_model
-from aitune_triton.source import ModelSource, load_model_source
-from aitune_triton.spec import IOSpec, Sample, call_with_feed, flatten_outputs, record_spec, sample_feed
-from aitune_triton.tensorrt.config import TensorRTBackendConfig
-from aitune_triton.profile_set import ProfileSet
-from aitune_triton.profile_set import ProfileMode
-from aitune_triton.tensorrt.profiles import derive_profiles, narrower_than
-from aitune_triton.tensorrt.section import PlanStatus, TensorRTSection
-from aitune_triton.tensorrt.stamp import LoaderFacts
-from aitune_triton.triton import repository
-from aitune_triton.numerics import to_numpy
-from aitune_triton.probe_section import ChecksSection
 from aitune_triton import pipeline
-from aitune_triton.reference_data import REFERENCE, ReferenceCase, save_reference
-from aitune_triton.triton.manifest import Manifest, OnnxSection, Versions
-from aitune_triton.probe import ProbeResult, probe
-from aitune_triton.triton.mapping import MappingOptions, ModelConfigPlan, client_shape_notes, plan_model_config
+from aitune_triton.config import NOT_GIVEN, NotGiven
+from aitune_triton.errors import ModelError, UserError
+from aitune_triton.prepared import (Prepared, Progress, _build_fallback, _export_onnx, _manifest, _mapping,
+                                    _write_common, prepare)
+from aitune_triton.tensorrt.section import PlanStatus, TensorRTSection
+from aitune_triton.tensorrt_model import (TRT_STAGE_DIR, GeneratedModel, ModelStatus, _build_in_generate,
+                                          _check_words, _stage_tensorrt)
+from aitune_triton.triton import repository
+from aitune_triton.triton.manifest import Manifest, OnnxSection
 from aitune_triton.triton.render import SCHEMA_SKIPPED, render_config, schema, write_config
 from aitune_triton.triton.tuning_section import TuningSection
+from aitune_triton.tune.stage1 import select_fallback
 from aitune_triton.user_code import contained, resolve_timeout
 
-log = logging.getLogger(__name__)
-Progress = Callable[[str], None]
-
-TRT_STAGE_DIR = "tensorrt"
-
-
-class ModelStatus(str, Enum):
-    """A generated model: ``ready`` to serve, or ``pending`` (a staged TensorRT plan not built yet)."""
-
-    READY = "ready"
-    PENDING = "pending"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-@dataclass(frozen=True)
-class GeneratedModel:
-    name: str
-    backend: str
-    path: Path
-    status: ModelStatus
-    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -129,174 +95,6 @@ class GenerateOptions:
         return changes
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' was requested but torch sees no GPU; use --device cpu")
-    return device
-
-
-def versions(device: str) -> Versions:
-    exporters: dict[str, str | None] = {}
-    for mod in ("onnx", "onnxruntime"):
-        try:
-            exporters[mod] = __import__(mod).__version__
-        except ImportError:
-            exporters[mod] = None
-    gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
-    capability = "%d.%d" % torch.cuda.get_device_capability(0) if device == "cuda" else None
-    return Versions(aitune_triton=__version__, python=platform.python_version(), torch=torch.__version__,
-                    cuda=torch.version.cuda, device=device, onnx=exporters["onnx"],
-                    onnxruntime=exporters["onnxruntime"], gpu=gpu, compute_capability=capability)
-
-
-def default_model_name(path: Path) -> str:
-    stem = path.parent.name if path.stem == "model" else path.stem
-    name = "".join(c if c.isalnum() or c in "_-" else "_" for c in stem).lstrip("._-")
-    return name or "model"
-
-
-def check_outputs_finite(spec: IOSpec, outputs: tuple) -> None:
-    for i, out in enumerate(outputs):
-        for name, t in flatten_outputs(out):
-            if t.is_floating_point() and not torch.isfinite(t).all():
-                raise ModelError("output %r of sample %d contains NaN or Inf; fix the model or the sample "
-                                 "(reference outputs must be finite to validate against)" % (name, i))
-
-
-def reference_cases(spec: IOSpec, samples: tuple[Sample, ...], outputs: tuple) -> list[ReferenceCase]:
-    return [ReferenceCase({k: to_numpy(v) for k, v in sample_feed(spec, s).items()},
-                          {k: to_numpy(v) for k, v in flatten_outputs(o)})
-            for s, o in zip(samples, outputs, strict=True)]
-
-
-def write_warmup(spec: IOSpec, sample: Sample, warmup_dir: Path) -> dict[str, tuple[int, ...]]:
-    """One batch item per input as raw row-major bytes (Triton replicates it to the batch size)."""
-    warmup_dir.mkdir()
-    dims = {}
-    for t in spec.inputs:
-        value = sample_feed(spec, sample)[t.name]
-        item = value[0] if spec.batching else value
-        if item.dim() == 0:
-            item = item.reshape(1)
-        (warmup_dir / ("%s.bin" % t.name)).write_bytes(item.contiguous().cpu().view(torch.uint8).numpy().tobytes()
-                                                     if item.dtype == torch.bfloat16 else
-                                                     item.contiguous().cpu().numpy().tobytes())
-        dims[t.name] = tuple(item.shape)
-    return dims
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """Everything derived from model.py before anything is written."""
-
-    source: ModelSource
-    config: GenerateConfig
-    spec: IOSpec
-    profiles: ProfileSet
-    name: str
-    device: str
-    probe: ProbeResult | None = None
-    envelope: Envelope | None = None
-    # the samples' eager outputs computed on ``device`` (the reference every artifact and validate
-    # are compared with); None: ``source.outputs``, already computed there
-    device_outputs: tuple | None = None
-
-    @property
-    def outputs(self) -> tuple:
-        return self.source.outputs if self.device_outputs is None else self.device_outputs
-
-    @property
-    def notes(self) -> tuple[str, ...]:
-        """What the user must know about how the model is served (batching, output dims, shapes)."""
-        notes = self.source.notes + (self.probe.notes if self.probe else ()) + client_shape_notes(self.spec)
-        if "tensorrt" in self.config.backends:
-            narrow = narrower_than(self.spec, self.profiles)
-            if narrow:
-                notes += ("the TensorRT profiles (%s) take a narrower range than the fallback: %s; requests outside "
-                          "them are refused by the TensorRT model (ProfileMode.SINGLE or wider profiles cover it)"
-                          % (self.profiles.mode, "; ".join(narrow)),)
-        return notes
-
-    @property
-    def envelope_lines(self) -> tuple[str, ...]:
-        return self.envelope.lines(self.spec) if self.envelope else ()
-
-
-def _envelope(source: ModelSource, spec: IOSpec, config: GenerateConfig, device: str) -> Envelope:
-    """The serving envelope (``aitune_triton.envelope``); user TensorRT profiles without a
-    ``max_batch_size`` keep deciding the batch, as they did before the envelope existed."""
-    by_profiles = not isinstance(config.tensorrt.profiles, ProfileMode) and config.max_batch_size is None
-    env = choose_envelope(source.model, spec, source.samples, device=device, declared=config.axis_ranges,
-                          max_batch_size=1 if by_profiles else config.max_batch_size, budget_ms=config.budget_ms)
-    if by_profiles:  # the max batch is the profiles' (prepare sets it once they are derived)
-        env = dataclasses.replace(env, batch_source=Source.DECLARED, batch_detail="the TensorRT profiles")
-    return env
-
-
-def prepare(model_py: Path, overrides: dict | None = None, model_py_timeout_s: float | None = None) -> Prepared:
-    """Everything derived from model.py before anything is written, the serving envelope included
-    (part of the spec stage: its errors come before anything else is printed). ``model_py_timeout_s``:
-    the limit on importing model.py and on ``get_samples()`` (None: from ``$AITUNE_MODEL_PY_TIMEOUT_S``
-    or the default; 0: none)."""
-    source = load_model_source(model_py, (overrides or {}).get("max_detections"), resolve_timeout(model_py_timeout_s))
-    config = source.config or GenerateConfig()
-    if overrides:
-        trt_over = overrides.pop("tensorrt", None) or {}
-        cli_axes = overrides.get("axis_ranges")
-        if isinstance(cli_axes, dict) and config.axis_ranges:  # --axis adds to get_config()'s ranges
-            overrides["axis_ranges"] = {**config.axis_ranges, **{k: {**config.axis_ranges.get(k, {}), **v}
-                                                                 for k, v in cli_axes.items()}}
-        config = config.replace(**overrides)
-        if trt_over:
-            config = config.replace(tensorrt=config.tensorrt.replace(**trt_over))
-    from aitune_triton.tensorrt.quantized_onnx import check_applicable
-
-    check_applicable(config.backends, config.tensorrt)
-    spec = record_spec(source.model, source.samples, source.outputs, config.batch_axis)
-    check_outputs_finite(spec, source.outputs)
-    unknown = sorted(set(config.input_ranges or {}) - {t.name for t in spec.inputs})
-    if unknown:
-        raise UserError("input_ranges names unknown input(s) %s; the inputs are %s"
-                        % (unknown, [t.name for t in spec.inputs]))
-    probed = probe(source.model, spec, source.samples, config.tolerance_override, config.output_dims)
-    device = resolve_device(config.device)
-    env = _envelope(source, probed.spec, config, device)
-    spec = apply_envelope(probed.spec, env)
-    custom = not isinstance(config.tensorrt.profiles, ProfileMode)
-    profiles = derive_profiles(spec, source.samples, config.tensorrt.profiles,
-                               config.max_batch_size if custom else (env.max_batch_size if spec.batching else None),
-                               declared=config.axis_ranges)
-    if custom and spec.batching:
-        env = dataclasses.replace(env, max_batch_size=profiles.max_batch_size)
-    name = config.name or default_model_name(source.path)
-    return Prepared(source, config, spec, profiles, name, device, probed, env,
-                    outputs_on_device(source, spec, device))
-
-
-def outputs_on_device(source: ModelSource, spec: IOSpec, device: str) -> tuple | None:
-    """The samples' eager outputs computed on ``device`` with the model's own dtypes, when model.py
-    built the model elsewhere (a float16 model on the CPU served on the GPU): the served artifact
-    runs there, so its reference must too. None when the outputs were computed there already."""
-    from aitune_triton.export.torch_program import on_device
-
-    leaves = [t for out in source.outputs for _, t in flatten_outputs(out)]
-    if all(t.device.type == device for t in leaves):
-        return None
-    try:
-        model = on_device(source.model, device)
-        with torch.inference_mode():
-            return tuple(call_with_feed(model, spec, {k: v.to(device) for k, v in sample_feed(spec, s).items()})
-                         for s in source.samples)
-    except Exception as exc:  # the model's own failure on that device, in one line
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise ModelError("the model runs on %s in model.py but fails on %s, where the fallback would serve it: "
-                         "%s: %s; generate with --device %s, or fix the model for %s"
-                         % (", ".join(sorted({t.device.type for t in leaves})), device, type(exc).__name__,
-                            first[:300], leaves[0].device.type if leaves else "cpu", device)) from exc
-
-
 def model_names(prep: Prepared) -> dict[str, str]:
     """Triton model name per backend: the fallback keeps the plain name (it serves first)."""
     names = {}
@@ -306,96 +104,6 @@ def model_names(prep: Prepared) -> dict[str, str]:
     if "python" not in names and "tensorrt" in names:
         names["tensorrt"] = prep.name
     return names
-
-
-def _mapping(prep: Prepared, name: str, backend: str, warmup_dims, **extra) -> ModelConfigPlan:
-    kind = "KIND_GPU" if prep.device == "cuda" else "KIND_CPU"
-    return plan_model_config(prep.spec, prep.profiles, MappingOptions(
-        name=name, backend=backend, max_batch_size=prep.profiles.max_batch_size, instances=prep.config.instances,
-        kind=kind, gpus=(prep.config.gpus or ()) if "GPU" in kind or backend == "tensorrt" else (),
-        visible_gpus=torch.cuda.device_count(), queue_delay_us=prep.config.queue_delay_us,
-        use_cuda_graphs=prep.config.tensorrt.use_cuda_graphs,
-        warmup_dims=warmup_dims if prep.config.warmup else None, description=prep.config.description, **extra))
-
-
-def _manifest(prep: Prepared, name: str, backend: str, **sections) -> Manifest:
-    override = prep.config.tolerance_override
-    return Manifest(
-        name=name, backend=backend, spec=prep.spec, profiles=prep.profiles,
-        max_batch_size=prep.profiles.max_batch_size,
-        tolerances={t.name: tolerance_for(t.dtype, override) for t in prep.spec.outputs},
-        versions=versions(prep.device), config=prep.config.to_dict(),
-        checks=dataclasses.replace(prep.probe.checks if prep.probe else ChecksSection(), notes=prep.notes),
-        envelope=prep.envelope, **sections)
-
-
-def _write_common(prep: Prepared, model_dir: Path) -> dict:
-    save_reference(model_dir / REFERENCE, reference_cases(prep.spec, prep.source.samples, prep.outputs))
-    if prep.config.make_inputs is not None:  # validate has no model.py: its edge inputs are made now
-        from aitune_triton.validate.edge_inputs import EDGE_INPUTS, save_edge_inputs
-
-        save_edge_inputs(model_dir / EDGE_INPUTS, prep.config.make_inputs, prep.spec, prep.profiles,
-                         prep.profiles.max_batch_size,
-                         joint_corner=prep.envelope.joint_corner_ok() if prep.envelope else True)
-    return write_warmup(prep.spec, prep.source.samples[0], model_dir / "warmup")
-
-
-def _export_onnx(prep: Prepared, path: Path, progress: Progress):
-    from aitune_triton.export.onnx import export_onnx
-
-    progress("exporting ONNX and checking it with ONNX Runtime")
-    trt: TensorRTBackendConfig = prep.config.tensorrt
-    return export_onnx(prep.source.model, prep.spec, prep.source.samples, prep.profiles, path,
-                       use_dynamo=trt.use_dynamo, opset_version=trt.opset_version,
-                       tolerance=prep.config.tolerance_override)
-
-
-def _build_fallback(prep: Prepared, version_dir: Path, fmt: str):
-    from aitune_triton.export.torch_export import build_fallback
-
-    return build_fallback(prep.source.path, prep.source.model, prep.spec, prep.source.samples, prep.outputs,
-                          prep.profiles, version_dir, device=prep.device, preferred=fmt,
-                          tolerance=prep.config.tolerance_override, portable=prep.config.portable,
-                          retry_crashed=prep.config.fallback_format == "aoti",
-                          joint_corner=prep.envelope.joint_corner_ok() if prep.envelope else True)
-
-
-def _select_fallback(prep: Prepared, version_dir: Path, strategy: str, progress: Progress):
-    """Stage-1 tuning: build every fallback format, measure each against eager in-process and keep
-    the one the strategy picks (eager when nothing beats it by the margin)."""
-    from aitune_triton.export.torch_export import load_runner
-    from aitune_triton.tune.candidates import Candidate
-    from aitune_triton.tune.strategies import select_candidate
-
-    built, candidates = {}, []
-    for fmt in ("export", "eager") if prep.config.portable else ("aoti", "export", "eager"):
-        progress("stage-1 tuning: building the %s fallback" % fmt)
-        trial = version_dir.parent / (".trial-" + fmt)
-        trial.mkdir()
-        try:
-            built[fmt] = (trial, _build_fallback(prep, trial, fmt))
-        except ModelError as exc:
-            log.info("fallback format %s is not a candidate: %s", fmt, exc)
-            continue
-        runner = load_runner(trial, fmt, prep.device, prep.spec)
-        candidates.append(Candidate(fmt, "eager" if fmt == "eager" else fmt, "fp32",
-                                    functools.partial(call_with_feed, runner, prep.spec)))
-    if not candidates:
-        raise ModelError("no fallback format reproduces eager PyTorch; see --debug for each format's reason")
-    progress("stage-1 tuning: measuring %s" % ", ".join(c.name for c in candidates))
-    feeds = [sample_feed(prep.spec, s) for s in prep.source.samples]
-    refs = [dict(flatten_outputs(o)) for o in prep.outputs]
-    batches = sorted({1, *prep.profiles.opt_batches(), max(prep.profiles.max_batch_size, 1)}) \
-        if prep.spec.batching else None
-    selection = select_candidate(candidates, feeds, refs, strategy, prep.config.budget_ms,
-                                 batch_sizes=batches)
-    chosen = selection.chosen or "eager"
-    trial, artifact = built[chosen]
-    for f in artifact.files:
-        shutil.move(str(trial / f), str(version_dir / f))
-    for trial, _ in built.values():
-        shutil.rmtree(trial, ignore_errors=True)
-    return artifact, selection
 
 
 def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress,
@@ -408,7 +116,10 @@ def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress
     version_dir = model_dir / "1"
     version_dir.mkdir()
     if prep.config.strategy:
-        artifact, selection = _select_fallback(prep, version_dir, prep.config.strategy, progress)
+        artifact, selection = select_fallback(functools.partial(_build_fallback, prep), prep.spec,
+                                              prep.source.samples, prep.outputs, prep.profiles, prep.device,
+                                              prep.config.portable, prep.config.budget_ms, version_dir,
+                                              prep.config.strategy, progress)
     else:
         progress("building the PyTorch fallback (AOTInductor, ExportedProgram or eager)")
         artifact, selection = _build_fallback(prep, version_dir, prep.config.fallback_format), None
@@ -424,116 +135,6 @@ def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress
         skipped += "; log: %s" % ((final_dir or model_dir) / FALLBACK_LOG)
     return manifest, "fallback %s on %s%s" % (artifact.format, artifact.device, " (%s)" % skipped if skipped else ""), \
         selection
-
-
-def _stage_tensorrt(prep: Prepared, home_dir: Path, trt_name: str, repo: Path, progress: Progress,
-                    reason: str) -> TensorRTSection:
-    """Keep the checked ONNX, the TensorRT config and a build script under the model's
-    ``tensorrt/`` dir (not a version dir, so Triton never loads it): what ``build-plan`` and the
-    plan build in ``generate`` start from, and what the user retries in a container with when this
-    machine cannot build. A ``quantization_config`` is applied to that ONNX here
-    (``tensorrt/quantized_onnx.py``). ``reason`` is why no plan is built yet."""
-    from aitune_triton.tensorrt.trtexec import render_build_script
-    from aitune_triton.tensorrt.quantized_onnx import stage_onnx
-
-    stage = home_dir / TRT_STAGE_DIR
-    stage.mkdir()
-    quantization = None
-    try:
-        if prep.config.tensorrt.quantization_config is None:
-            onnx = _export_onnx(prep, stage / "model.onnx", progress)
-        else:
-            staged_onnx = stage_onnx(prep.source.model, prep.spec, prep.source.samples, prep.source.outputs,
-                                     prep.profiles, stage / "model.onnx", prep.config.tensorrt,
-                                     tolerance=prep.config.tolerance_override, progress=progress)
-            onnx, quantization = staged_onnx.artifact, staged_onnx.quantization
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)  # no half-staged TensorRT model next to the fallback
-        raise
-    plan = _mapping(prep, trt_name, "tensorrt", None)
-    write_config(stage, render_config(plan), plan.num_profiles)
-    script = stage / "build_plan.sh"
-    script.write_text(render_build_script(onnx_path=Path("model.onnx"), plan_path=Path("model.plan"),
-                                          trt_config=prep.config.tensorrt, profile_set=prep.profiles,
-                                          model_name=trt_name, repository=str(repo), home_model=home_dir.name,
-                                          quantization=quantization.summary() if quantization else None))
-    script.chmod(0o755)
-    return TensorRTSection(
-        status=PlanStatus.PENDING, model_name=trt_name, onnx="%s/model.onnx" % TRT_STAGE_DIR,
-        build_script="%s/build_plan.sh" % TRT_STAGE_DIR, config="%s/config.pbtxt" % TRT_STAGE_DIR,
-        reason=reason, onnx_check=onnx.check.to_dict(), opset=onnx.opset, exporter=onnx.exporter,
-        settings=prep.config.tensorrt.to_dict(), quantization=quantization)
-
-
-def build_tensorrt_model(model_dir: Path, home: Path, info: TensorRTSection, spec: IOSpec, profiles: ProfileSet,
-                         max_batch_size: int, config: GenerateConfig, progress: Progress | None = None,
-                         log_path: Path | None = None) -> TensorRTSection:
-    """Build the plan from ``home``'s staged ONNX, check it and write the TensorRT model into ``model_dir``:
-    ``generate`` (where TensorRT can build) and ``build-plan`` both come here.
-
-    The plan is built in a child process with ``config.tensorrt``'s settings (profiles, precision,
-    quantization, timing cache, version and hardware compatibility, optimization level), run on
-    ``home``'s recorded samples against their eager outputs with the tolerance of its precision,
-    and only then written as ``1/model.plan``, with ``config.pbtxt`` mapped from the profiles and
-    the engine's own I/O types. Returns ``info`` as built: the plan's stamp and the check. A failed
-    stage raises one ``ModelError`` line naming it (parse / build / check) and the log."""
-    from aitune_triton.tensorrt.builder import build_plan
-    from aitune_triton.tensorrt.plan_check import PlanCheckRequest, plan_tolerances
-    from aitune_triton.reference_data import load_reference
-
-    reference = (home / REFERENCE).resolve()
-    tolerances, rule = plan_tolerances({t.name: t.dtype for t in spec.outputs},
-                                       [case.outputs for case in load_reference(reference)], config.tensorrt,
-                                       config.tolerance_override)
-    (model_dir / "1").mkdir(exist_ok=True)
-    artifact = build_plan(home / str(info.onnx), model_dir / "1" / "model.plan", config.tensorrt, profiles,
-                          timeout_s=config.tensorrt.build_timeout_s, progress=progress,
-                          check=PlanCheckRequest(reference, tolerances, rule), log_path=log_path)
-    io_dtypes = {t.name: t.dtype for t in artifact.engine_io.tensors}
-    plan = plan_model_config(spec, profiles, MappingOptions(
-        name=str(info.model_name), backend="tensorrt", max_batch_size=max_batch_size, instances=config.instances,
-        kind="KIND_GPU", gpus=config.gpus or (), visible_gpus=torch.cuda.device_count(),
-        queue_delay_us=config.queue_delay_us, use_cuda_graphs=config.tensorrt.use_cuda_graphs, io_dtypes=io_dtypes))
-    write_config(model_dir, render_config(plan), plan.num_profiles)
-    if model_dir.resolve() != home.resolve():
-        for extra in (REFERENCE, "edge_inputs.npz"):
-            if (home / extra).exists():
-                shutil.copy2(home / extra, model_dir / extra)
-    return info.replace(status=PlanStatus.BUILT, stamp=artifact.stamp_dict(), reason="",
-                        check=artifact.check.to_dict() if artifact.check else None)
-
-
-TRT_BUILD_LOG = "logs/tensorrt_build.log"
-
-
-def _unbuilt(model_dir: Path, home: Path) -> None:
-    """Remove what a failed build wrote into ``model_dir`` (all of it, unless it is ``home`` itself)."""
-    if model_dir.resolve() != home.resolve():
-        shutil.rmtree(model_dir, ignore_errors=True)
-        return
-    shutil.rmtree(home / "1", ignore_errors=True)
-    (home / "config.pbtxt").unlink(missing_ok=True)
-
-
-def _build_in_generate(prep: Prepared, staged: repository.StagedModels, home: Path, home_final: Path,
-                       info: TensorRTSection, progress: Progress) -> tuple[TensorRTSection, str | None]:
-    """``generate``'s plan build: the TensorRT model dir on success, or the staging kept and the failure
-    as one line (with the build log's final path) for the notes."""
-    trt_name = str(info.model_name)
-    model_dir = home if trt_name == home.name else staged.dir(trt_name)
-    log_path = home / TRT_BUILD_LOG
-    try:
-        built = build_tensorrt_model(model_dir, home, info, prep.spec, prep.profiles, prep.profiles.max_batch_size,
-                                     prep.config, progress, log_path=log_path)
-    except ModelError as exc:
-        _unbuilt(model_dir, home)
-        if model_dir != home:
-            staged.discard(trt_name)
-        log_note = "; log: %s" % (home_final / TRT_BUILD_LOG) if log_path.exists() else ""
-        return info.replace(reason=str(exc)), "%s%s" % (exc, log_note)
-    if model_dir != home:
-        _manifest(prep, trt_name, "tensorrt", tensorrt=built).sealed(model_dir).save(model_dir)
-    return built, None
 
 
 def _keep_log(exc: ModelError, model_dir: Path, final_dir: Path) -> str:
@@ -706,82 +307,3 @@ def _generate(model_py: Path, out: Path, overrides: dict | None, force: bool, pr
         progress("writing %s into %s" % (", ".join(list(names.values()) + list(pipe_names.values())), out))
     return GenerateResult(Path(out), tuple(results), tuple(notes), selection, prep.envelope_lines)
 
-
-
-def pending_plans(repo: Path, model: str | None = None,
-                  include_built: bool = False) -> list[tuple[Path, Manifest]]:
-    """Model dirs whose manifest has a staged TensorRT model not yet built (or, with
-    ``include_built``, already built from its staged ONNX)."""
-    repo = Path(repo)
-    if not repo.is_dir():
-        raise UserError("%s is not a model repository directory" % repo)
-    found = []
-    for model_dir in sorted(p for p in repo.iterdir() if (p / "manifest.json").exists()):
-        manifest = Manifest.load(model_dir)
-        trt = manifest.tensorrt
-        wanted = (PlanStatus.PENDING, PlanStatus.BUILT) if include_built else (PlanStatus.PENDING,)
-        if trt and trt.status in wanted and trt.onnx and (model_dir / trt.onnx).is_file() \
-                and model in (None, model_dir.name, trt.model_name):
-            found.append((model_dir, manifest))
-    if not found:
-        raise UserError("no staged TensorRT model%s in %s; generate with the tensorrt backend first"
-                        % (" named %s" % model if model else "", repo))
-    return found
-
-
-def build_plans(repo: Path, model: str | None = None, force: bool = False,
-                progress: Progress = lambda msg: None) -> list[GeneratedModel]:
-    """Build each staged plan from its checked ONNX and activate the TensorRT model atomically."""
-    from aitune_triton.tensorrt.availability import build_status
-    from aitune_triton.tensorrt.stamp import this_machine
-
-    status = build_status()
-    if not status.available:
-        raise UserError("TensorRT is not available here (%s); run build-plan inside the TensorRT or Triton "
-                        "container that will serve the plan (nvcr.io/nvidia/tensorrt:YY.MM-py3), or run the "
-                        "staged build_plan.sh there" % status.reason)
-    built = []
-    machine = None
-    for home, manifest in pending_plans(repo, model, include_built=True):
-        info = manifest.tensorrt
-        assert info is not None and info.model_name
-        trt_name = info.model_name
-        if info.status is PlanStatus.BUILT and not force:
-            machine = machine or this_machine()
-            built.append(existing_plan(Path(repo), home, info, machine))
-            continue
-        verify_model(home, Path(repo))  # the ONNX and build script are about to be used
-        config = GenerateConfig.from_dict(manifest.config)
-        with repository.stage_models(Path(repo), [trt_name], force=force) as staged:
-            model_dir = staged.dir(trt_name)
-            section = build_tensorrt_model(model_dir, home, info, manifest.spec, manifest.profiles,
-                                           manifest.max_batch_size, config, progress)
-            stamp = section.stamp or {}
-            dataclasses.replace(manifest, name=trt_name, backend="tensorrt",
-                                tensorrt=section).sealed(model_dir).save(model_dir)
-        dataclasses.replace(manifest, tensorrt=section).save(home)
-        built.append(GeneratedModel(trt_name, "tensorrt", Path(repo) / trt_name, ModelStatus.READY,
-                                    "TensorRT %s, checked against eager PyTorch: %s"
-                                    % (stamp.get("tensorrt_version"), _check_words(section.check or {}))))
-    return built
-
-
-def _check_words(check: dict) -> str:
-    """The one-line summary of a check as the manifest records it."""
-    from aitune_triton.tensorrt.plan_check import PlanCheck
-
-    return PlanCheck.from_dict(check).summary() if check else "no check recorded"
-
-
-def existing_plan(repo: Path, home: Path, info: TensorRTSection, machine: "LoaderFacts") -> GeneratedModel:
-    """A plan ``build-plan`` built before: kept when its stamp matches ``machine``, refused with the
-    rebuild command otherwise (Triton would only fail to load it, with an opaque error)."""
-    from aitune_triton.tensorrt.stamp import describe_stamp, require_loadable
-
-    plan = repo / str(info.model_name) / "1" / "model.plan"
-    stamp = info.stamp or {}
-    require_loadable(stamp, machine, plan, "aitune-triton build-plan %s --model %s --force"
-                     % (shlex.quote(str(repo)), home.name))
-    return GeneratedModel(str(info.model_name), "tensorrt", repo / str(info.model_name), ModelStatus.READY,
-                          "already built, matches %s (%s); --force rebuilds it"
-                          % (machine.where, describe_stamp(stamp)))

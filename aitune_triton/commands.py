@@ -24,7 +24,7 @@ from aitune_triton.triton.session import ServerTarget
 from aitune_triton.waiting import poll
 
 if TYPE_CHECKING:
-    from aitune_triton.api import GeneratedModel
+    from aitune_triton.tensorrt_model import GeneratedModel
     from aitune_triton.deploy.capacity import CapacityPlan
     from aitune_triton.deploy.k8s import DeploySpec
     from aitune_triton.deploy.storage import PushResult
@@ -349,7 +349,7 @@ def build_plan(repo: Path | str, model: str | None = None, force: bool = False,
                progress: Progress = _quiet) -> BuildPlanResult:
     """Build the staged TensorRT plans of ``repo`` (``model``: only that one) here, inside a
     TensorRT or Triton container, and activate each TensorRT model atomically."""
-    from aitune_triton.api import build_plans
+    from aitune_triton.tensorrt_model import build_plans
 
     built = build_plans(_local_repository(repo, "build-plan"), model, force=force, progress=progress)
     return BuildPlanResult(tuple(built))

@@ -37,7 +37,7 @@ import time
 import traceback
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from aitune_triton import child_codec
 from aitune_triton.waiting import poll
@@ -121,15 +121,34 @@ def proc_stat(pid: int) -> tuple[str, int, int] | None:
     return None if fields[0] in ("Z", "X") else (comm, int(fields[1]), int(fields[2]))
 
 
-def descendants(pid: int | None = None) -> set[int]:
-    """The live processes below ``pid`` (default: this one), children of children included."""
-    pid = os.getpid() if pid is None else pid
-    parents: dict[int, list[int]] = {}
+def _live_processes() -> Iterator[tuple[int, tuple[str, int, int]]]:
+    """Every live process: (pid, ``proc_stat``) (Linux /proc)."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             stat = proc_stat(int(entry.name))
             if stat is not None:
-                parents.setdefault(stat[1], []).append(int(entry.name))
+                yield int(entry.name), stat
+
+
+def cmdline(pid: int) -> list[bytes] | None:
+    """A process's command line, one item per argument (Linux /proc); None if it is gone."""
+    try:
+        return Path("/proc/%d/cmdline" % pid).read_bytes().split(b"\0")
+    except OSError:
+        return None
+
+
+def group_members(pgid: int) -> dict[int, str]:
+    """Live processes of a process group, pid -> command name (Linux /proc)."""
+    return {pid: stat[0] for pid, stat in _live_processes() if stat[2] == pgid}
+
+
+def descendants(pid: int | None = None) -> set[int]:
+    """The live processes below ``pid`` (default: this one), children of children included."""
+    pid = os.getpid() if pid is None else pid
+    parents: dict[int, list[int]] = {}
+    for child, stat in _live_processes():
+        parents.setdefault(stat[1], []).append(child)
     found: set[int] = set()
     todo = [pid]
     while todo:

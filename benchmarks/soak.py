@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT))
 from aitune_triton.api import generate  # noqa: E402
 from aitune_triton.source import load_model_source  # noqa: E402
 from aitune_triton.triton.launch import ServerOptions  # noqa: E402
-from aitune_triton.triton.server import TritonServer, group_members  # noqa: E402
+from aitune_triton.procs import group_members  # noqa: E402
+from aitune_triton.triton.server import TritonServer  # noqa: E402
 
 
 def rss_mb(pgid: int) -> float:

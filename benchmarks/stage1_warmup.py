@@ -27,7 +27,7 @@ FORMATS = ("export", "eager")
 
 
 def measure(model_py: Path, protocol: str) -> dict:
-    from aitune_triton.api import _build_fallback, prepare
+    from aitune_triton.prepared import _build_fallback, prepare
     from aitune_triton.export.torch_export import load_runner
     from aitune_triton.spec import call_with_feed, sample_feed
     from aitune_triton.tune.candidates import measure_candidates, tile_batch

@@ -17,6 +17,7 @@ import ast
 import dataclasses
 import enum
 import inspect
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -50,7 +51,8 @@ def _commands(group: click.Group, prefix: str) -> Iterator[tuple[str, click.Comm
 def cli_page() -> str:
     from aitune_triton.cli import main
 
-    root_ctx = click.Context(main, info_name="aitune-triton")
+    # contexts as click builds them for --help: the group's context_settings (-h) reach every command
+    root_ctx = click.Context(main, info_name="aitune-triton", **main.context_settings)
     lines = [GENERATED, "", "# Command line reference", "",
              "Every command of `aitune-triton`, with each option as `--help` prints it. Options before the command:",
              ""]
@@ -58,10 +60,12 @@ def cli_page() -> str:
     lines += ["", "Exit codes: 0 success; 1 a model or a check failed; 2 a usage error (one line on stderr). "
               "`--debug` before the command shows tracebacks.", ""]
     for path, cmd in _commands(main, "aitune-triton"):
-        ctx = click.Context(cmd, info_name=path, parent=None)
+        ctx = click.Context(cmd, info_name=path, parent=root_ctx)
         usage = " ".join([path] + cmd.collect_usage_pieces(ctx))
         lines += ["## `%s`" % path.removeprefix("aitune-triton "), "", "```", usage, "```", ""]
-        helptext = inspect.cleandoc(cmd.help or "").split("\f")[0].strip()
+        # the whole docstring: --help stops at click's \f marker, the page also gives the behaviour after it
+        helptext = "\n".join(line for line in inspect.cleandoc(cmd.help or "").splitlines() if line.strip() != "\f")
+        helptext = re.sub(r"\n{3,}", "\n\n", helptext.replace("\f", "")).strip()
         if helptext:
             lines += [helptext, ""]
         lines += _params_table(cmd, ctx)

@@ -31,7 +31,7 @@ def test_latency_budget_needs_a_budget(tmp_path):
 
 
 def test_prepare_probes_and_checks_declared_input_names(tmp_path):
-    from aitune_triton.api import prepare
+    from aitune_triton.prepared import prepare
 
     model_py = tmp_path / "model.py"
     model_py.write_text(
@@ -98,7 +98,7 @@ def test_generate_needs_no_client_library(tmp_path):
 def test_the_reference_is_recomputed_where_the_fallback_runs(tmp_path):
     """Outputs computed by model.py on another device are recomputed on the fallback's device (here
     the meta device stands in for a GPU); a model that fails there is one line naming --device."""
-    from aitune_triton.api import outputs_on_device
+    from aitune_triton.prepared import outputs_on_device
     from aitune_triton.errors import ModelError
     from aitune_triton.source import load_model_source
     from aitune_triton.spec import record_spec

@@ -21,7 +21,10 @@ from aitune_triton.procs import (
     Terminated,
     Watchdog,
     child_env,
+    cmdline,
+    group_members,
     handle_termination,
+    proc_stat,
     run_child,
 )
 
@@ -305,3 +308,21 @@ def test_child_env_puts_the_package_first_and_drops_what_is_unset(monkeypatch):
     root = str(Path(__file__).resolve().parents[1])
     assert env["PYTHONPATH"].split(os.pathsep) == [root, "/elsewhere"] and env["PYTHONUNBUFFERED"] == "1"
     assert env["AITUNE_TEST_SET"] == "x" and "AITUNE_TEST_DROP" not in env
+
+
+
+def test_group_members_sees_this_process():
+    members = group_members(os.getpgid(0))
+    stat = proc_stat(os.getpid())
+    assert stat is not None and members[os.getpid()] == stat[0]
+
+
+def test_cmdline_reads_a_live_process_and_none_once_it_is_gone():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "marker-arg"])
+    try:
+        assert cmdline(child.pid) == [os.fsencode(sys.executable), b"-c", b"import time; time.sleep(30)",
+                                      b"marker-arg", b""]
+    finally:
+        child.kill()
+        child.wait()
+    assert cmdline(child.pid) is None

@@ -65,3 +65,19 @@ def test_the_script_runs_in_check_mode():
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "reference_docs.py"), "--check"],
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
+
+
+def test_readme_tables_have_no_paragraph_in_a_cell_and_link_existing_pages():
+    readme = (ROOT / "README.md").read_text()
+    cells = [cell for line in readme.splitlines() if line.startswith("|") for cell in line.strip("|").split(" | ")]
+    assert max(len(cell) for cell in cells) < 300
+    for page in ("cli.md", "config.md", "python-api.md", "deploy.md", "limitations.md", "glossary.md"):
+        assert "(docs/%s)" % page in readme and (ROOT / "docs" / page).exists(), page
+
+
+def test_benchmarks_start_with_a_dated_summary_and_name_no_issues():
+    import re
+
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    assert text.splitlines()[2] == "## Summary" and re.search(r"\| 20\d\d-\d\d-\d\d \|", text.split("\n## ", 2)[1])
+    assert not re.search(r"\bissues? \d+|issue:", text, re.IGNORECASE)

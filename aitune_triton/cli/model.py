@@ -61,7 +61,19 @@ def generate(model_py, out, name, backends, max_batch_size, axes, instances, gpu
              fallback_format, portable, precision, cuda_graphs, strategy, budget_ms, atol, rtol, rel_l2, force,
              model_py_timeout, task):
     """Generate Triton model directories for MODEL_PY (defines get_model() and get_samples()), or for a
-    Hugging Face checkpoint directory (config.json + weights): its model.py is generated."""
+    Hugging Face checkpoint directory (config.json + weights): its model.py is generated.
+
+    \f
+    Model directories are staged and renamed into REPO atomically, and never replace an existing model without
+    --force. Every artifact is checked against eager PyTorch computed on the same device with the model's own
+    dtypes: float32 outputs per element, float16/bfloat16 outputs per element or by their relative L2 error
+    (--atol/--rtol/--rel-l2 loosen the check, and a failed check names them); the eager fallback is never refused
+    against itself. The serving envelope (batch range and every dynamic axis' range) is chosen on purpose: declared
+    (--axis, --max-batch-size), the model's own limit, a probe beyond the samples, or a measurement, and printed one
+    line per input. --strategy builds every fallback format and keeps the fastest by measurement. GPU instances go on
+    every GPU visible at generate time unless --gpus lists them. --portable writes an artifact that loads on any
+    host (no AOTInductor package, which is machine code for this host's CPU and GPU). Where TensorRT and a GPU are
+    present the plan is built and checked; elsewhere it is staged for build-plan."""
     from aitune_triton.api import GenerateOptions, generate as run
     from aitune_triton.envelope import parse_axis_options
 
@@ -107,7 +119,12 @@ def inspect(path, task):
 @click.option("--force", is_flag=True, help="Replace an existing TensorRT model directory.")
 @handle_errors
 def build_plan(repo, model, force):
-    """Build staged TensorRT plans in REPO (run inside a TensorRT or Triton container)."""
+    """Build staged TensorRT plans in REPO (run inside a TensorRT or Triton container).
+
+    \f
+    Each plan is checked against eager PyTorch like generate does, stamped with the TensorRT version and compute
+    capability, and activated as `<name>_trt`. A plan whose stamp does not match this machine is refused with the
+    command that rebuilds it (--force)."""
     from aitune_triton.commands import build_plan as run
 
     with stage_progress(console, "building TensorRT plans") as progress:
@@ -123,7 +140,12 @@ def build_plan(repo, model, force):
               help="The serving stub's Python; must be this interpreter's (the default).")
 @handle_errors
 def pack_env(repo, model, python_version):
-    """Pack torch and what MODEL imports into REPO/MODEL/python_env.tar.gz (Triton's EXECUTION_ENV_PATH)."""
+    """Pack torch and what MODEL imports into REPO/MODEL/python_env.tar.gz (Triton's EXECUTION_ENV_PATH).
+
+    \f
+    The model then serves on a Triton whose Python has no torch. The archive holds this interpreter's Python, so run
+    it from a Python of the stub's version (--python checks it) whose torch is the model's; about 300 MB and a
+    minute for the CPU torch. Its SHA-256 is recorded with the model's other files."""
     from aitune_triton.commands import pack_env as run
 
     console.print("packing the Python environment of %s (a few hundred MB; a minute or two)" % model, markup=False)

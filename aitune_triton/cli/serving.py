@@ -34,7 +34,14 @@ from aitune_triton.progress import stage_progress
 def validate(repo, url, grpc_url, tritonserver, backend_directory, startup_timeout_s, models, perf, concurrency,
              shared_memory, perf_request_count, perf_stability, report_dir, request_timeout_s):
     """Serve REPO (a folder or an s3:// URL) on a real Triton and check every generated model (exit 0 only
-    if all checks pass)."""
+    if all checks pass).
+
+    \f
+    The checks: the files' integrity (hashes, no symlinks, configs that name only their own files), load,
+    config/metadata, reference outputs over HTTP and gRPC, the envelope's corner shapes and one shape just outside
+    each bound (refused with the runtime's message), bad requests, dynamic batching, and perf_analyzer latency and
+    throughput per concurrency. The report (JSON, Markdown, a plot, the server log) goes to REPO_validation_report
+    unless --report names another folder."""
     from aitune_triton.commands import validate as run
     from aitune_triton.validate.options import ValidateOptions, parse_concurrency
     from aitune_triton.validate.report import print_summary
@@ -65,7 +72,12 @@ def validate(repo, url, grpc_url, tritonserver, backend_directory, startup_timeo
 @handle_errors
 def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver, backend_directory):
     """Run the embedded Triton server on REPO (a folder, or an s3:// URL written by push) in the foreground
-    (Ctrl-C stops it)."""
+    (Ctrl-C stops it).
+
+    \f
+    The models' files are checked first, as validate does. --tritonserver runs another binary (e.g. the NGC
+    container's /opt/tritonserver/bin/tritonserver); its backends folder is PREFIX/backends beside PREFIX/bin unless
+    --backend-directory names it. A Python stub that dies is reported in one line and its model reloaded."""
     from aitune_triton.commands import ServeOptions, serve as run
 
     options = ServeOptions(host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
@@ -123,7 +135,17 @@ def tune(repo, model, url, grpc_url, tritonserver, backend_directory, startup_ti
          min_throughput, instances, delays_us, concurrency, brute, transports, visible_gpus, perf_stability, report_dir,
          ma_config):
     """Search instances / queue delay for MODEL on a live server and write the best config back (an s3://
-    REPO written by push: tuned locally and pushed back as a new version)."""
+    REPO written by push: tuned locally and pushed back as a new version).
+
+    \f
+    Where the instance group is on GPU and the server sees GPUs, instance counts are per GPU and the client
+    transport (perf_analyzer shared memory none/system/cuda) is searched too, as a measurement dimension. Every point
+    is the median of perf_analyzer's windows with their min-max as its spread, and a point beats another only when
+    the spreads do not overlap. The quick search measures 10 % of the grid (at least 6 points); --brute measures it
+    all (recommended on small grids). The best configs and the current one are re-measured interleaved, and the
+    current config stays unless beaten beyond both spreads. Dynamic batching is never switched on for a model whose
+    rows are not independent. The choice is written back atomically (config.pbtxt.bak and the manifest history keep
+    the old one) with a report and a plot."""
     from aitune_triton.commands import tune as run
     from aitune_triton.triton.session import ServerTarget
     from aitune_triton.tune.options import TuneOptions, parse_transports, parse_visible_gpus, tune_perf_options

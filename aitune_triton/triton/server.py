@@ -79,17 +79,6 @@ def describe_exit(code: int | None) -> str:
     return "exited with code %s" % code
 
 
-def group_members(pgid: int) -> dict[int, str]:
-    """Live processes of a process group, pid -> command name (Linux /proc)."""
-    members = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            stat = procs.proc_stat(int(entry.name))
-            if stat and stat[2] == pgid:
-                members[int(entry.name)] = stat[0]
-    return members
-
-
 def _signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -210,7 +199,7 @@ class TritonServer(ServerAPI):
         """Other processes in the server's group (Python-backend stubs), pid -> name."""
         if self._proc is None:
             return {}
-        return {p: c for p, c in group_members(self._proc.pid).items() if p != self._proc.pid}
+        return {p: c for p, c in procs.group_members(self._proc.pid).items() if p != self._proc.pid}
 
     def start(self) -> "TritonServer":
         """Launch and wait until ready; raises ServerError (with Triton's log) otherwise.
@@ -392,11 +381,8 @@ class TritonServer(ServerAPI):
         the model.py path of a version directory, then the instance name)."""
         found = {}
         for pid in self.children():
-            try:
-                argv = Path("/proc/%d/cmdline" % pid).read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if len(argv) > 8 and argv[0].endswith(STUB_BINARY):
+            argv = procs.cmdline(pid)
+            if argv is not None and len(argv) > 8 and argv[0].endswith(STUB_BINARY):
                 found[(Path(os.fsdecode(argv[1])).parent.parent.name, os.fsdecode(argv[8]))] = pid
         return found
 
@@ -462,12 +448,12 @@ class TritonServer(ServerAPI):
                 proc.wait()
         if proc.returncode != 0:
             self._unclean = True
-        leftovers = group_members(proc.pid)
+        leftovers = procs.group_members(proc.pid)
         if leftovers:  # after a crash of the server its stubs remain: routine cleanup, not news
             log.info("killing processes left in tritonserver's group: %s", leftovers)
             _signal_group(proc.pid, signal.SIGKILL)
             self._unclean = True
-            poll(lambda: not group_members(proc.pid), 5.0, 0.05)
+            poll(lambda: not procs.group_members(proc.pid), 5.0, 0.05)
         if self._unclean:
             self._remove_own_shm()
         if self._watchdog is not None:

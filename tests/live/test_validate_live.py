@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aitune_triton.triton import server as srv
+from aitune_triton import procs
 from aitune_triton.reference_data import REFERENCE, load_reference, save_reference
 from aitune_triton.validate.result import CheckResult, CheckStatus
 from aitune_triton.validate.checks.registry import registered
@@ -185,7 +185,7 @@ def test_server_killed_mid_run_is_reported(generated, tmp_path):
     assert error.startswith("tritonserver exited with code -9 during check 'edge_shapes' of cnn; last lines of")
     assert "successfully loaded 'cnn'" in error  # the log tail
     assert "## Server failure" in (report_dir / REPORT_MD).read_text()
-    assert not tritonservers_of_this_process(generated) and not srv.group_members(killed[0])
+    assert not tritonservers_of_this_process(generated) and not procs.group_members(killed[0])
 
 
 def test_url_mode_model_not_loaded_fails_ready_and_skips_the_rest(served):

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from aitune_triton.api import ModelStatus, build_plans, generate
+from aitune_triton.api import generate
+from aitune_triton.tensorrt_model import ModelStatus, build_plans
 from aitune_triton.tensorrt.section import PlanStatus
 from aitune_triton.triton.render import check_config, parse_config
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from aitune_triton import api
+from aitune_triton import tensorrt_model
 from aitune_triton.errors import UserError
 from aitune_triton.tensorrt import stamp as st
 from aitune_triton.tensorrt.section import PlanStatus, TensorRTSection
@@ -76,7 +76,7 @@ def built_repo(tmp_path):
 
 def test_build_plan_keeps_a_plan_that_matches(built_repo):
     repo, home, section = built_repo
-    kept = api.existing_plan(repo, home, section, LoaderFacts("10.6.0.26", "9.0"))
+    kept = tensorrt_model.existing_plan(repo, home, section, LoaderFacts("10.6.0.26", "9.0"))
     assert kept.name == "cnn_trt" and kept.status == "ready"
     assert kept.detail.startswith("already built, matches this machine (TensorRT 10.6.0.26, compute capability 9.0")
 
@@ -86,7 +86,7 @@ def test_build_plan_refuses_a_plan_that_does_not(built_repo):
     with pytest.raises(UserError, match=r"cnn_trt/1/model\.plan does not match this machine: plan built with "
                                         r"TensorRT 10\.6\.0\.26 .*rebuild it there with `aitune-triton build-plan "
                                         r".*repo --model cnn --force`"):
-        api.existing_plan(repo, home, section, LoaderFacts("10.13.0.35", "9.0"))
+        tensorrt_model.existing_plan(repo, home, section, LoaderFacts("10.13.0.35", "9.0"))
 
 
 def test_refusal_here_without_tensorrt_gives_no_verdict():

@@ -170,7 +170,7 @@ def test_a_reference_that_decompresses_past_the_bound_is_refused_before_inflatin
     import numpy as np
 
     from aitune_triton import defaults
-    from aitune_triton.triton.manifest import ReferenceCase, load_reference, save_reference
+    from aitune_triton.reference_data import ReferenceCase, load_reference, save_reference
     from aitune_triton.validate.edge_inputs import load_edge_inputs
 
     path = tmp_path / "reference.npz"

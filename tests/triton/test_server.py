@@ -24,11 +24,6 @@ from aitune_triton.errors import ServerError
 from aitune_triton.triton.server_api import http_get
 
 
-def test_group_members_sees_this_process():
-    members = srv.group_members(os.getpgid(0))
-    assert os.getpid() in members
-
-
 # ---------------------------------------------------------------- live: the real server
 
 ADD_MODEL = textwrap.dedent(
@@ -179,7 +174,7 @@ def test_shutdown_leaves_no_process(triton_server_factory, repo):
     assert s.stop() == 0
     assert procs.proc_stat(pid) is None
     assert all(procs.proc_stat(p) is None for p in stubs)
-    assert not srv.group_members(pid)
+    assert not procs.group_members(pid)
     assert not list(Path("/dev/shm").glob(s.shm_prefix + "*"))
     assert s.stop() == 0  # idempotent
 

@@ -10,7 +10,7 @@ from typing import Callable
 import pytest
 import torch
 
-from aitune_triton.api import reference_cases
+from aitune_triton.prepared import reference_cases
 from aitune_triton.numerics import tolerance_for
 from aitune_triton.spec import normalize_sample, record_spec
 from aitune_triton.profile_set import ProfileMode
