@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aitune_triton import pipeline
 from aitune_triton.config import NOT_GIVEN, NotGiven
 from aitune_triton.errors import ModelError, UserError
 from aitune_triton.prepared import (Prepared, Progress, _build_fallback, _export_onnx, _manifest, _mapping,
@@ -44,7 +45,7 @@ from aitune_triton.triton.manifest import Manifest, OnnxSection
 from aitune_triton.triton.render import SCHEMA_SKIPPED, render_config, schema, write_config
 from aitune_triton.triton.tuning_section import TuningSection
 from aitune_triton.tune.stage1 import select_fallback
-from aitune_triton.user_code import contained
+from aitune_triton.user_code import contained, resolve_timeout
 
 
 
@@ -217,7 +218,9 @@ def _generate(model_py: Path, out: Path, overrides: dict | None, force: bool, pr
     if schema() is None:
         notes.append(SCHEMA_SKIPPED)
     trt_status = build_status() if "tensorrt" in names else None
-    with repository.stage_models(out, list(names.values()), force=force) as staged:
+    hooks = pipeline.load_hooks(prep.source.path, resolve_timeout(model_py_timeout_s)) if "python" in names else None
+    pipe_names = pipeline.model_names(names["python"]) if hooks else {}
+    with repository.stage_models(out, list(names.values()) + list(pipe_names.values()), force=force) as staged:
         trt_info: TensorRTSection | None = None
         home_name = names.get("python") or names.get("tensorrt")
         failure = None
@@ -236,8 +239,18 @@ def _generate(model_py: Path, out: Path, overrides: dict | None, force: bool, pr
                                                            progress)
             manifest = dataclasses.replace(manifest, tensorrt=trt_info)
             manifest.sealed(home).save(home)
+            if hooks is not None:
+                progress("raw-data pipeline: recording %d raw samples through the hooks, writing %s"
+                         % (len(hooks.raw), ", ".join(pipe_names.values())))
+                pipeline.write_pipeline(hooks, prep.source.model, home, manifest,
+                                        {role: staged.dir(n) for role, n in pipe_names.items()})
+                pipe_result = GeneratedModel(pipe_names["pipeline"], "ensemble", out / pipe_names["pipeline"],
+                                             ModelStatus.READY, "raw data -> pre -> %s -> post (%d raw samples "
+                                             "recorded)" % (names["python"], len(hooks.raw)))
             results.append(GeneratedModel(names["python"], "python", out / names["python"], ModelStatus.READY,
                                           detail))
+            if hooks is not None:
+                results.append(pipe_result)
         elif "tensorrt" in names:
             assert trt_status is not None
             home = staged.dir(names["tensorrt"])
@@ -291,6 +304,6 @@ def _generate(model_py: Path, out: Path, overrides: dict | None, force: bool, pr
         if keep_source and home_name is not None:  # the generated model.py, for the user to start from
             (staged.dir(home_name) / "source").mkdir()
             shutil.copy2(prep.source.path, staged.dir(home_name) / "source" / "model.py")
-        progress("writing %s into %s" % (", ".join(names.values()), out))
+        progress("writing %s into %s" % (", ".join(list(names.values()) + list(pipe_names.values())), out))
     return GenerateResult(Path(out), tuple(results), tuple(notes), selection, prep.envelope_lines)
 

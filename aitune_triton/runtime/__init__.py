@@ -13,10 +13,14 @@ from __future__ import annotations
 from importlib import resources
 
 RUNTIME_FILES = ("model.py", "aitune_runtime.py", "aitune_staging.py", "aitune_eager.py")
+# the raw-data pipeline's pre/post model, copied as ``model.py`` into ``<name>_pre`` and ``<name>_post``
+PIPELINE_FILES = ("aitune_pipeline.py",)
+# beside it: the copy of the user's model.py whose hooks it runs
+PIPELINE_USER_FILE = "user_model.py"
 
 
 def runtime_source(name: str) -> bytes:
     """The bytes of one runtime file, as shipped in the package."""
-    if name not in RUNTIME_FILES:
+    if name not in RUNTIME_FILES + PIPELINE_FILES:
         raise ValueError("not a runtime file: %r" % name)
     return resources.files(__name__).joinpath(name).read_bytes()

@@ -111,6 +111,9 @@ class Manifest:
     runtime_requirements: Requirements | None = None
     # the sizes each input axis accepts and how they were chosen, with the measured batch curve
     envelope: Envelope | None = None
+    # a model of a raw-data pipeline (aitune_triton.pipeline): its role ("pre", "post", "ensemble")
+    # and the models it composes; empty for every other model
+    pipeline: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # sections given as their JSON dicts (from_dict, or callers building a manifest by hand)
@@ -161,6 +164,8 @@ class Manifest:
         }
         if self.envelope is not None:  # manifests written before the envelope existed read back unchanged
             d["envelope"] = self.envelope.to_dict()
+        if self.pipeline:
+            d["pipeline"] = dict(self.pipeline)
         return d
 
     @classmethod
@@ -184,6 +189,7 @@ class Manifest:
             runtime_requirements=Requirements.from_dict(d["runtime_requirements"])
             if d.get("runtime_requirements") else None,
             envelope=Envelope.from_dict(typed(d["envelope"], dict, "envelope")) if d.get("envelope") else None,
+            pipeline=typed(d.get("pipeline", {}), dict, "pipeline"),
         )
 
     def save(self, model_dir: Path) -> None:

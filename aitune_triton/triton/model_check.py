@@ -31,6 +31,9 @@ def verify_model(model_dir: Path, repo: Path | None = None) -> Manifest:
     problems = config_problems(model_dir, manifest.backend)
     if problems:
         raise refusal(model_dir, problems, "fix config.pbtxt, or regenerate the model")
+    if manifest.pipeline.get("role") == "pipeline":  # an ensemble loads its pre/post steps with it
+        for role in ("pre", "post"):
+            verify_model(model_dir.parent / str(manifest.pipeline[role]), repo)
     return manifest
 
 

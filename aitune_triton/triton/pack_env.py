@@ -36,8 +36,10 @@ from tritonclient.grpc import model_config_pb2
 
 from aitune_triton.errors import ModelError, UserError
 from aitune_triton.integrity import sha256_file
+from aitune_triton.triton.manifest import Manifest
 from aitune_triton.triton.model_check import verify_model
 from aitune_triton.output_paths import resource_error
+from aitune_triton.runtime import PIPELINE_USER_FILE
 from aitune_triton.runtime.aitune_runtime import TORCH_EXACT, DataError, ModelData, release
 
 log = logging.getLogger(__name__)
@@ -182,6 +184,9 @@ def pack_env(repo: Path, model: str, python: str | None = None, compresslevel: i
     versions = sorted((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
     if not versions:
         raise UserError("%s has no version directory" % model_dir)
+    if manifest.pipeline.get("role") in ("pre", "post"):  # a raw-data pipeline step: what its hooks import
+        roots = list(ALWAYS) + imported_distributions(versions[-1] / PIPELINE_USER_FILE)
+        return _pack(model_dir, manifest, closure(roots), here, started, compresslevel)
     try:
         data = ModelData.load(str(versions[-1]))
     except DataError as exc:
@@ -198,7 +203,11 @@ def pack_env(repo: Path, model: str, python: str | None = None, compresslevel: i
     roots = list(ALWAYS)
     if data.format == "eager":
         roots += imported_distributions(versions[-1] / data.files["source"])
-    dists = closure(roots)
+    return _pack(model_dir, manifest, closure(roots), here, started, compresslevel)
+
+
+def _pack(model_dir: Path, manifest: Manifest, dists: dict[str, md.Distribution], here: str, started: float,
+          compresslevel: int) -> PackedEnv:
     site = Path(sysconfig.get_paths()["purelib"])
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     libdir = Path(sysconfig.get_config_var("LIBDIR") or "")

@@ -241,6 +241,16 @@ def run_perf(
     return partial()
 
 
+def _utf8(values: np.ndarray) -> bool:
+    try:
+        for v in values.tolist():
+            if isinstance(v, bytes):
+                v.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _request_entry(sample: Mapping[str, np.ndarray], has_batch_dim: bool) -> dict:
     entry = {}
     for name, value in sample.items():
@@ -251,7 +261,12 @@ def _request_entry(sample: Mapping[str, np.ndarray], has_batch_dim: bool) -> dic
             arr = arr[0]
         flat = arr.reshape(-1)
         content: Any
-        if arr.dtype.kind in "SO":
+        if arr.dtype.kind in "SO" and not _utf8(flat):
+            # binary strings (an encoded image): the tensor serialised as Triton sends BYTES, base64
+            from tritonclient.utils import serialize_byte_tensor
+
+            content = {"b64": base64.b64encode(serialize_byte_tensor(flat.astype(object)).item()).decode()}
+        elif arr.dtype.kind in "SO":
             content = [v.decode() if isinstance(v, bytes) else str(v) for v in flat.tolist()]
         elif arr.dtype.itemsize == 2 and arr.dtype.kind in "fV":
             # perf_analyzer takes no explicit values for FP16/BF16 tensors: their raw bytes, base64

@@ -34,7 +34,7 @@ from aitune_triton.errors import ServerError
 from aitune_triton.triton.server import TritonServer
 from aitune_triton.triton.server_api import Server
 from aitune_triton.triton.session import server_for, stop_if_launched
-from aitune_triton.validate.checks import registry
+from aitune_triton.validate.checks import raw_pipeline, registry
 from aitune_triton.validate.checks.batching import batch_histogram, model_stats
 from aitune_triton.validate.checks.registry import Check, CheckContext
 from aitune_triton.validate.checks.target import Endpoint, ModelTarget, Session
@@ -153,7 +153,8 @@ class _Run:
         except (AituneError, OSError, ValueError, KeyError) as exc:
             return ModelReport(item.name, item.backend, (CheckResult("model_files", CheckStatus.FAIL,
                                                                      short(exc, 400)),))
-        if backends is not None and item.backend not in backends:
+        # an ensemble is scheduled by the server itself, not by a backend library
+        if backends is not None and item.backend not in backends and item.backend != "ensemble":
             return ModelReport(item.name, item.backend, skipped=(
                 "the %s server has no %r backend (it has: %s); validate it on a Triton that has one with --url"
                 % ("embedded" if self.options.tritonserver is None else "launched", item.backend,
@@ -179,11 +180,14 @@ class _Run:
         endpoint = Endpoint(server.http_url, server.grpc_url, self.options.request_timeout_s)
         with Session(endpoint) as session:
             ctx = CheckContext(target, session, batching_in_flight=self.options.batching_in_flight)
-            results, ready = self._checks(ctx, registry.registered(final=False))
+            results, ready = self._checks(ctx, registry.registered(final=False, target=target.kind))
             checks += results
             if self.options.perf and ready and not self.dead:
+                before = raw_pipeline.step_totals(session, target) if target.kind == "pipeline" else None
                 perf_check, rows, unstable = self.perf(target)
                 checks.append(perf_check)
+                if before is not None and perf_check.status == CheckStatus.PASS:  # the time in pre / model / post
+                    checks.append(raw_pipeline.step_times_result(before, raw_pipeline.step_totals(session, target)))
                 if perf_check.status == CheckStatus.FAIL:
                     self.check_alive("perf_analyzer on %s" % item.name)
             if ready and not self.dead:
@@ -192,7 +196,7 @@ class _Run:
                 except Exception as exc:  # noqa: BLE001 - statistics are informative only
                     log.warning("no statistics for %s: %s", item.name, short(exc))
             if last and ready and not self.dead:
-                checks += self._checks(ctx, registry.registered(final=True))[0]
+                checks += self._checks(ctx, registry.registered(final=True, target=target.kind))[0]
         if self.dead:
             checks.append(CheckResult("server", CheckStatus.FAIL, self.dead))
         elif checks and checks[-1].status == CheckStatus.WARN:
@@ -316,7 +320,8 @@ def perf_options(target: ModelTarget, options: ValidateOptions, workdir: Path) -
     are used. BF16 inputs get random data: perf_analyzer's JSON has no bf16."""
     samples: list[dict[str, np.ndarray]] = []
     for case in target.reference:
-        sample = request_arrays(target, case.inputs, 0, 1)  # (a non-batching case is taken whole)
+        sample = raw_pipeline.raw_request([case.inputs[raw_pipeline.RAW].tobytes()]) if target.kind == "pipeline" \
+            else request_arrays(target, case.inputs, 0, 1)  # (a non-batching case is taken whole)
         shapes = {n: np.asarray(a).shape for n, a in sample.items()}
         if not samples or shapes == {n: np.asarray(a).shape for n, a in samples[0].items()}:
             samples.append(sample)

@@ -58,6 +58,8 @@ def plan_models(repo: Path, only: tuple[str, ...] = ()) -> list[Planned]:
             failure = CheckResult("manifest", CheckStatus.FAIL, str(exc))
             planned[model_dir.name] = Planned(model_dir.name, "unknown", failure=failure)
             continue
+        if manifest.pipeline.get("role") in ("pre", "post"):
+            continue  # a step of a raw-data pipeline: loaded and checked through its ensemble
         trt = manifest.tensorrt
         if manifest.backend == "tensorrt" and not _has_plan(model_dir):
             planned[model_dir.name] = Planned(model_dir.name, "tensorrt", skipped=_pending_reason(model_dir, trt))

@@ -19,18 +19,21 @@ from aitune_triton.validate.result import CheckResult, CheckStatus
 
 PER_MODEL = ["ready", "metadata", "accuracy_http", "accuracy_grpc", "edge_shapes", "envelope_bounds", "bad_requests",
              "dynamic_batching", "version_stamp"]
+PIPELINE = ["ready", "raw_answers_http", "raw_answers_grpc", "raw_bad_input"]
 # modules that hold what the checks share rather than checks
 SHARED = {"registry", "target", "wire"}
 
 
 def test_run_order_and_needs():
-    assert [c.name for c in registry.registered(final=False)] == PER_MODEL
-    assert [c.name for c in registry.registered(final=True)] == ["oversized_shape"]
+    assert [c.name for c in registry.registered(final=False, target="model")] == PER_MODEL
+    assert [c.name for c in registry.registered(final=False, target="pipeline")] == PIPELINE
+    assert [c.name for c in registry.registered(final=True, target="model")] == ["oversized_shape"]
+    assert [c.name for c in registry.registered(final=True, target="pipeline")] == []
     everything = registry.registered()
     assert [c.order for c in everything] == sorted(c.order for c in everything)
     assert [c.name for c in everything if c.gate] == ["ready"]  # first: nothing else is asked of a model not ready
     assert everything[0].name == "ready"
-    assert [c.name for c in everything if c.needs_grpc] == ["accuracy_grpc"]
+    assert [c.name for c in everything if c.needs_grpc] == ["accuracy_grpc", "raw_answers_grpc"]
     oversized = everything[-1]
     assert oversized.final and oversized.needs_own_server and "did not start" in oversized.why
 

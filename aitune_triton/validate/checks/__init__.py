@@ -18,6 +18,7 @@ from aitune_triton.validate.checks import (  # noqa: F401 - imported to register
     batching,
     edge_shapes,
     metadata,
+    raw_pipeline,
     ready,
     version_stamp,
 )

@@ -16,4 +16,5 @@ def check_ready(target: ModelTarget, session: Session) -> CheckResult:
     return finished("ready", CheckStatus.FAIL, "model %s is not ready on the server" % target.name, t0)
 
 
-register(Check("ready", 10, lambda ctx: check_ready(ctx.target, ctx.session), gate=True))
+register(Check("ready", 10, lambda ctx: check_ready(ctx.target, ctx.session), gate=True,
+               targets=("model", "pipeline")))

@@ -47,6 +47,8 @@ class Check:
     final: bool = False
     needs_own_server: bool = False
     why: str = ""  # the skip detail where needs_own_server is not met
+    # the models it applies to: "model" (a served model's tensors), "pipeline" (a raw-data ensemble)
+    targets: tuple[str, ...] = ("model",)
 
     def __post_init__(self) -> None:
         if self.needs_own_server and not self.why:
@@ -67,10 +69,11 @@ def register(check: Check) -> Check:
     return check
 
 
-def registered(final: bool | None = None) -> tuple[Check, ...]:
-    """The registered checks in run order; ``final`` selects the per-model (False) or the final (True) ones."""
+def registered(final: bool | None = None, target: str | None = None) -> tuple[Check, ...]:
+    """The registered checks in run order; ``final`` selects the per-model (False) or the final (True)
+    ones, ``target`` those applying to that kind of model (``ModelTarget.kind``)."""
     checks = sorted(_REGISTRY.values(), key=lambda c: c.order)
-    return tuple(c for c in checks if final is None or c.final == final)
+    return tuple(c for c in checks if (final is None or c.final == final) and (target is None or target in c.targets))
 
 
 def run_check(check: Check, ctx: CheckContext) -> CheckResult:

@@ -51,6 +51,11 @@ class ModelTarget:
         return cls(model_dir.name, model_dir, manifest, config, reference)
 
     @property
+    def kind(self) -> str:
+        """"pipeline" for a raw-data ensemble (checked with raw requests), "model" otherwise."""
+        return "pipeline" if self.manifest.pipeline.get("role") == "pipeline" else "model"
+
+    @property
     def max_batch_size(self) -> int:
         return int(self.config.max_batch_size)
 

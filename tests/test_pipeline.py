@@ -1,0 +1,115 @@
+"""Raw-data pipelines written by generate: the hooks' contract (one-line errors), the three model
+dirs with schema-checked configs (golden files), the recorded raw reference, and the integrity
+check covering the copied user code of the pre/post steps."""
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aitune_triton import api, pipeline
+from aitune_triton.errors import ModelError, UserError
+from aitune_triton.reference_data import load_reference
+from aitune_triton.triton.manifest import Manifest
+from aitune_triton.triton.model_check import verify_model
+from aitune_triton.triton.render import parse_config
+from aitune_triton.validate.plan import plan_models
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "text_pipeline" / "model.py"
+GOLDEN = Path(__file__).parent / "golden"
+NAMES = ("text_pipeline_pre", "text_pipeline_post", "text_pipeline_pipeline")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline") / "repo"
+    result = api.generate(EXAMPLE, out, {"backends": ("python",), "fallback_format": "eager"})
+    assert [m.name for m in result.models] == ["text_pipeline", "text_pipeline_pipeline"]
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_configs_match_golden_files_and_triton_schema(repo, name):
+    text = (repo / name / "config.pbtxt").read_text()
+    cfg = parse_config(text)  # Triton's ModelConfig schema
+    golden = GOLDEN / ("pipeline_%s.pbtxt" % name.rsplit("_", 1)[1])
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text(), "rendered config changed; rerun with UPDATE_GOLDEN=1 if intended"
+    assert cfg.max_batch_size == 64  # the model's
+
+
+def test_steps_record_what_the_hooks_import(repo):
+    import json
+
+    data = json.loads((repo / "text_pipeline_pre" / "1" / "aitune_pipeline.json").read_text())
+    assert set(data["requires"]) == {"numpy", "tokenizers", "torch"}
+    assert data["role"] == "pre" and data["hook"] == "get_preprocess" and data["inputs"] == ["raw"]
+
+
+def test_ensemble_wires_raw_through_pre_model_post(repo):
+    cfg = parse_config((repo / "text_pipeline_pipeline" / "config.pbtxt").read_text())
+    assert cfg.platform == "ensemble"
+    assert [s.model_name for s in cfg.ensemble_scheduling.step] == ["text_pipeline_pre", "text_pipeline",
+                                                                     "text_pipeline_post"]
+    assert [t.name for t in cfg.input] == ["raw"] and [t.name for t in cfg.output] == ["label", "score"]
+
+
+def test_reference_holds_raw_rows_and_answers_without_pickle(repo):
+    cases = load_reference(repo / "text_pipeline_pipeline" / "reference.npz")
+    assert [c.inputs["raw"].tobytes() for c in cases][:2] == [b"what a wonderful movie",
+                                                              b"the food was cold and boring"]
+    assert all(c.outputs["label"].dtype.kind == "S" and c.outputs["label"].shape == (1, 1) for c in cases)
+    assert all(c.outputs["score"].dtype == np.float32 for c in cases)
+
+
+def test_steps_are_hashed_and_checked_through_the_ensemble(repo, tmp_path):
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy)
+    manifest = verify_model(copy / "text_pipeline_pipeline", copy)
+    assert manifest.pipeline == {"role": "pipeline", "model": "text_pipeline", "pre": "text_pipeline_pre",
+                                 "post": "text_pipeline_post", "pipeline": "text_pipeline_pipeline"}
+    assert "1/user_model.py" in Manifest.load(copy / "text_pipeline_pre").files
+    # the steps load with their ensemble: validate plans the model and the ensemble only
+    assert [p.name for p in plan_models(copy)] == ["text_pipeline", "text_pipeline_pipeline"]
+    with (copy / "text_pipeline_post" / "1" / "user_model.py").open("a") as f:
+        f.write("\nimport os  # planted\n")
+    with pytest.raises(ModelError, match=r"text_pipeline_post: 1/user_model.py does not match its recorded SHA-256"):
+        verify_model(copy / "text_pipeline_pipeline", copy)
+
+
+def _model_py(tmp_path: Path, extra: str) -> Path:
+    path = tmp_path / "model.py"
+    path.write_text(EXAMPLE.read_text().split("def get_preprocess")[0] + extra)
+    return path
+
+
+def test_no_hooks_means_no_pipeline(tmp_path):
+    assert pipeline.load_hooks(_model_py(tmp_path, "")) is None
+
+
+@pytest.mark.parametrize("extra, match", [
+    ("def get_preprocess():\n    return len\n", r"defines get_preprocess but not get_postprocess, get_raw_samples"),
+    ("def get_preprocess():\n    return 3\ndef get_postprocess():\n    return len\n"
+     "def get_raw_samples():\n    return ['x']\n", r"get_preprocess\(\) returned int; return a function of one row"),
+    ("def get_preprocess():\n    return len\ndef get_postprocess():\n    return len\n"
+     "def get_raw_samples():\n    return 'abc'\n", r"get_raw_samples\(\) must return a non-empty list"),
+    ("def get_preprocess():\n    return len\ndef get_postprocess():\n    return len\n"
+     "def get_raw_samples():\n    return ['ok', '']\n", r"get_raw_samples\(\) row 1 is ''"),
+])
+def test_bad_hooks_are_one_line_user_errors(tmp_path, extra, match):
+    with pytest.raises(UserError, match=match):
+        pipeline.load_hooks(_model_py(tmp_path, extra))
+
+
+def test_a_hook_returning_wrong_inputs_fails_generate_before_anything_is_written(tmp_path):
+    bad = ("def get_preprocess():\n    return lambda raw: {'ids': np.zeros(16, dtype=np.int64)}\n"
+           "def get_postprocess():\n    return lambda out: {'x': 1}\n"
+           "def get_raw_samples():\n    return ['hello']\n")
+    out = tmp_path / "repo"
+    with pytest.raises(UserError, match=r"the preprocess hook returned \['ids'\] for raw sample 0; return the "
+                                        r"model's inputs \['attention_mask', 'input_ids'\]"):
+        api.generate(_model_py(tmp_path, bad), out, {"backends": ("python",), "fallback_format": "eager"})
+    assert not out.exists()
