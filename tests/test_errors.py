@@ -27,9 +27,12 @@ INTERNAL = {
 }
 
 
+STUB_ONLY = ("aitune_triton.runtime.model", "aitune_triton.runtime.aitune_pipeline")  # import Triton's stub module
+
+
 def _package_modules():
     for info in pkgutil.walk_packages(aitune_triton.__path__, "aitune_triton."):
-        if info.name == "aitune_triton.runtime.model":  # imports Triton's stub-only module
+        if info.name in STUB_ONLY:
             continue
         yield importlib.import_module(info.name)
 
@@ -52,7 +55,7 @@ def package_exceptions() -> dict[str, type]:
 
 def test_every_package_exception_is_in_the_tree_or_internal(package_exceptions):
     outside = sorted(name for name, cls in package_exceptions.items()
-                     if not issubclass(cls, errors.AituneError) and not name.startswith("aitune_triton.runtime.model")
+                     if not issubclass(cls, errors.AituneError) and not name.startswith(STUB_ONLY)
                      and "._" not in name and "<locals>" not in name)
     assert outside == sorted(n for n in INTERNAL if n in package_exceptions), \
         "new exceptions outside the tree: derive them from aitune_triton.errors or list why here"

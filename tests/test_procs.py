@@ -320,6 +320,9 @@ def test_group_members_sees_this_process():
 def test_cmdline_reads_a_live_process_and_none_once_it_is_gone():
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "marker-arg"])
     try:
+        deadline = time.monotonic() + 10  # between fork and exec the command line is still empty
+        while cmdline(child.pid) in ([b""], None) and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert cmdline(child.pid) == [os.fsencode(sys.executable), b"-c", b"import time; time.sleep(30)",
                                       b"marker-arg", b""]
     finally:
