@@ -109,6 +109,7 @@ class TritonServer(ServerAPI):
             self.options.exit_timeout_s + defaults.SERVER_STOP_MARGIN_S
         self._notify = notify or (lambda line: log.info("%s", line))
         self._stubs: dict[tuple[str, str], int] | None = None
+        self._stubs_missing: set[tuple[str, str]] = set()
         self._env = env
         self.log_path: Path | None = Path(log_path) if log_path else None
         self.shm_prefix = "%s%s_" % (SHM_PREFIX, uuid.uuid4().hex[:12])
@@ -264,6 +265,7 @@ class TritonServer(ServerAPI):
             raise
         log.info("tritonserver ready: pid %d, http %s, grpc %s", proc.pid, self.http_url, self.grpc_url)
         self._stubs = self.stubs()  # what restart_dead_stubs compares with
+        self._stubs_missing = set()
         return self
 
     def _backend_hint(self, failed: list[str]) -> str:
@@ -391,12 +393,21 @@ class TritonServer(ServerAPI):
         model failing every request while Triton still reports it ready: such a model is reloaded
         (Triton starts new stubs), or unloaded if that fails, so readiness tells the truth. Returns one
         line per model it acted on."""
+        if self.returncode is not None or http_get(self.http_url, "/v2/health/ready")[0] != 200:
+            return []  # stopping (a Ctrl-C reaches Triton too) or not up: its stubs go on purpose
         current = self.stubs()
-        known, self._stubs = self._stubs, current
+        known = self._stubs
         if known is None:
+            self._stubs = current
             return []
+        gone = {key for key in known if key not in current}
+        # a stub seen gone twice in a row (0.5 s apart) is dead: one /proc read can miss a process
+        confirmed, self._stubs_missing = gone & self._stubs_missing, gone
+        if not confirmed:
+            return []
+        self._stubs = current
         lines = []
-        for model in sorted({m for (m, instance) in known if (m, instance) not in current}):
+        for model in sorted({m for (m, instance) in confirmed}):
             if not self.model_ready(model):
                 continue  # unloaded (or being reloaded) on purpose
             pids = ", ".join(str(pid) for (m, _), pid in sorted(known.items()) if m == model)
