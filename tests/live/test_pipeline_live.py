@@ -111,7 +111,8 @@ def test_png_bytes_in_top3_labels_out(repo, triton_server_factory):
 
 
 def test_perf_of_the_pipeline_reports_time_in_pre_model_post(repo, tmp_path):
-    proc = subprocess.run(CLI + ["validate", str(repo), "--model", PIPELINE, "--concurrency", "2", "--perf-stability", "100",
+    proc = subprocess.run(CLI + ["validate", str(repo), "--model", PIPELINE, "--concurrency", "2",
+                                 "--perf-stability", "100",
                                  "--perf-request-count", "100", "--report", str(tmp_path / "report")],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
