@@ -13,6 +13,11 @@ BertModel, BertConfig() defaults, float16, sequence 128), ``vit_bf16`` (Hugging 
 defaults, bfloat16), all random init from ``benchmarks/acceptance_models/``, and ``cnn``, ``custom_profiles``,
 ``encoder``, ``multi_io`` from ``examples/``.
 
+Two checks beside the table (``checks`` in the JSON): ``generate_without_tritonclient`` generates ``multi_io``
+again with tritonclient made unimportable (a GPU image with torch only), and ``serve_outside_layout`` serves the
+generated ``multi_io`` with ``serve --tritonserver WRAPPER --backend-directory DIR``, the server binary reached
+through a script outside any PREFIX/bin layout, then checks it with ``validate --url`` (no perf) and Ctrl-C.
+
 Budget: the generates run ``--jobs`` at a time (largest first; each one ``--generate-timeout`` at most, its
 process group killed past it, and none runs into the last ``--validate-reserve-s`` of ``--budget-s``), validate
 gets what is left; the JSON is rewritten after every step, so a run cut short still reports what it measured,
@@ -90,6 +95,34 @@ class ModelResult:
     infer_per_s: dict[str, float] = field(default_factory=dict)  # concurrency -> throughput
     p99_ms: dict[str, float] = field(default_factory=dict)
     perf_unstable: list[int] = field(default_factory=list)  # concurrencies perf_analyzer could not stabilise
+
+
+@dataclass
+class CheckResult:
+    """One pass/fail check of the lane beside the models' table."""
+
+    name: str
+    status: str = "not run"  # passed / failed / not run
+    seconds: float | None = None
+    detail: str = ""
+
+
+# a meta-path finder that makes tritonclient unimportable, installed by sitecustomize before anything runs
+NO_TRITONCLIENT = '''
+import sys
+
+
+class _NoTritonClient:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tritonclient", "tritongrpcclient"):
+            raise ModuleNotFoundError("No module named %r (hidden by gpu_acceptance)" % name, name=name)
+        return None
+
+
+sys.meta_path.insert(0, _NoTritonClient())
+'''
+NO_CLIENT_MODEL = "multi_io"
+SERVE_CHECK_S = 75.0  # kept after validate for serve_outside_layout
 
 
 # ----------------------------------------------------------------------------- child processes
@@ -237,6 +270,88 @@ def read_report(served: list[ModelResult], report_path: Path) -> dict:
     return {k: report.get("server", {}).get(k) for k in ("version", "binary", "backends", "error")}
 
 
+def generate_without_client(check: CheckResult, work: Path, logs: Path, args, env: dict, deadline: float) -> None:
+    """``generate`` of NO_CLIENT_MODEL where ``import tritonclient`` fails: it must still write the model."""
+    timeout = min(args.generate_timeout, deadline - time.monotonic())
+    if timeout < 30:
+        check.detail = "not run: %.0f s left before the time kept for validate" % max(timeout, 0)
+        return
+    hide = work / "no_tritonclient"
+    hide.mkdir(parents=True, exist_ok=True)
+    (hide / "sitecustomize.py").write_text(NO_TRITONCLIENT)
+    hidden = dict(env, PYTHONPATH=os.pathsep.join([str(hide), env.get("PYTHONPATH", "")]))
+    probe = subprocess.run([sys.executable, "-c", "import tritonclient"], env=hidden, capture_output=True, text=True)
+    if probe.returncode == 0 or "hidden by gpu_acceptance" not in probe.stderr:
+        check.status, check.detail = "failed", "tritonclient could not be hidden: %s" % probe.stderr[-300:]
+        return
+    repo = work / "no_tritonclient_repo"
+    cmd = CLI + ["generate", str(MODELS[NO_CLIENT_MODEL]), "--out", str(repo)]
+    if args.device != "auto":
+        cmd += ["--device", args.device]
+    code, seconds = run_logged(cmd, logs / "generate_without_tritonclient.log", timeout, hidden)
+    line, _ = console_lines(logs / "generate_without_tritonclient.log")
+    written = sorted(p.parent.name for p in repo.glob("*/config.pbtxt"))
+    check.seconds = round(seconds, 1)
+    check.status = "passed" if code == 0 and written else "failed"
+    check.detail = "exit %s, wrote %s: %s" % (code, ", ".join(written) or "nothing", line[:400])
+
+
+def serve_outside_layout(check: CheckResult, combined: Path, work: Path, logs: Path, args, env: dict) -> None:
+    """``serve`` with the server binary behind a wrapper outside PREFIX/bin and ``--backend-directory``; the
+    served model is then checked by ``validate --url`` (no perf) and the server stopped with Ctrl-C."""
+    from aitune_triton.triton import tools
+    from aitune_triton.triton.launch import free_ports
+
+    source = combined / NO_CLIENT_MODEL
+    if not source.is_dir():
+        check.detail = "not run: %s was not generated" % NO_CLIENT_MODEL
+        return
+    start = time.monotonic()
+    binary = os.environ.get("TRITONSERVER") or str(tools.bundled_tritonserver())
+    backends = os.environ.get("TRITON_BACKENDS") or str(tools.backends_dir())
+    wrapper = work / "elsewhere" / "tritonserver"  # no PREFIX/backends beside it to derive
+    wrapper.parent.mkdir(parents=True, exist_ok=True)
+    wrapper.write_text('#!/bin/sh\nexec "%s" "$@"\n' % binary)
+    wrapper.chmod(0o755)
+    repo = work / "serve_repository"
+    shutil.rmtree(repo, ignore_errors=True)
+    shutil.copytree(source, repo / NO_CLIENT_MODEL)
+    http, grpc, metrics = free_ports(3)
+    cmd = CLI + ["serve", str(repo), "--tritonserver", str(wrapper), "--backend-directory", backends,
+                 "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    log_path = logs / "serve_outside_layout.log"
+    with open(log_path, "w") as log:
+        log.write("$ %s\n" % " ".join(cmd))
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT), env=env,
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline and proc.poll() is None and \
+                    "Ctrl-C to stop" not in log_path.read_text(errors="replace"):
+                time.sleep(0.5)
+            if proc.poll() is not None or "Ctrl-C to stop" not in log_path.read_text(errors="replace"):
+                check.status = "failed"
+                check.detail = "serve did not come up (exit %s): %s" % (proc.poll(), " ".join(
+                    log_path.read_text(errors="replace").split())[-400:])
+                return
+            code, _ = run_logged(CLI + ["validate", str(repo), "--url", "127.0.0.1:%d" % http, "--grpc-url",
+                                        "127.0.0.1:%d" % grpc, "--no-perf", "--report",
+                                        str(work / "serve_outside_layout_report")],
+                                 logs / "serve_outside_layout.validate.log", 240, env)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+    check.seconds = round(time.monotonic() - start, 1)
+    check.status = "passed" if code == 0 and proc.returncode == 0 else "failed"
+    check.detail = "validate --url exit %s; serve exit %s after Ctrl-C" % (code, proc.returncode)
+
+
 # ----------------------------------------------------------------------------- the report
 
 
@@ -288,6 +403,11 @@ def table(doc: dict) -> str:
         lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
             r["name"], r["precision"], r["format"] or "-", gen, r["validate"], rate("1"), rate("8"),
             r["max_batch_size"] if r["max_batch_size"] is not None else "-"))
+    if doc.get("checks"):
+        lines += ["", "| check | result | s | detail |", "|---|---|---|---|"]
+        lines += ["| %s | %s | %s | %s |" % (c["name"], c["status"], "-" if c["seconds"] is None else
+                                           "%.0f" % c["seconds"], c["detail"].replace("|", "/")[:200])
+                  for c in doc["checks"]]
     return "\n".join(lines) + "\n"
 
 
@@ -337,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(), "gpu": gpu_name(),
            "device": args.device, "jobs": args.jobs, "concurrency": args.concurrency,
            "generate_timeout_s": args.generate_timeout, "python": sys.version.split()[0], "models": [],
-           "validate": None, "seconds": None}
+           "validate": None, "checks": [], "seconds": None}
     try:
         import torch
 
@@ -345,10 +465,13 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
     lock = threading.Lock()
+    checks = {n: CheckResult(n) for n in ("generate_without_tritonclient", "serve_outside_layout")
+              if NO_CLIENT_MODEL in names}
 
     def save() -> None:
         with lock:
             doc["models"] = [asdict(r) for r in results.values()]
+            doc["checks"] = [asdict(c) for c in checks.values()]
             doc["seconds"] = round(time.monotonic() - t0, 1)
             (out / (stem + ".json")).write_text(json.dumps(doc, indent=2) + "\n")
             (out / (stem + ".md")).write_text(table(doc))
@@ -372,17 +495,31 @@ def main(argv: list[str] | None = None) -> int:
     print("gpu acceptance: %s on %s, commit %s; logs in %s" % (", ".join(names), doc["gpu"], doc["commit"], logs),
           flush=True)
     save()
+    def no_client_job() -> None:
+        generate_without_client(checks["generate_without_tritonclient"], work, logs, args, env, deadline)
+        save()
+        print("[%4.0f s] generate without tritonclient: %s" % (
+            time.monotonic() - t0, checks["generate_without_tritonclient"].detail[:300]), flush=True)
+
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for future in [pool.submit(job, n) for n in names]:
+        futures = [pool.submit(job, n) for n in names]
+        if checks:
+            futures.append(pool.submit(no_client_job))
+        for future in futures:
             future.result()
     combined = work / "repository"
     gather(results, work, combined)
-    left = args.budget_s - (time.monotonic() - t0)
+    left = args.budget_s - (time.monotonic() - t0) - (SERVE_CHECK_S if checks else 0)
     doc["validate"] = validate(results, combined, logs, out, args, env, max(left, 90.0))
     save()
+    if checks:
+        serve_outside_layout(checks["serve_outside_layout"], combined, work, logs, args, env)
+        save()
+        print("serve outside the standard layout: %s" % checks["serve_outside_layout"].detail, flush=True)
     print(table(doc), flush=True)
     print("wrote %s and %s" % (out / (stem + ".json"), out / (stem + ".md")), flush=True)
-    ok = all(r.generate_exit == 0 and r.validate == "passed" for r in results.values())
+    ok = all(r.generate_exit == 0 and r.validate == "passed" for r in results.values()) and \
+        all(c.status == "passed" for c in checks.values())
     return 0 if ok else 1
 
 

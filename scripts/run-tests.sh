@@ -14,18 +14,10 @@ parallel=()
 if [ "$workers" -gt 1 ] && .venv/bin/python -c "import xdist" 2>/dev/null; then
   parallel=(-n "$workers" --dist loadfile)
 fi
-# Tests marked ctrl_c send SIGINT to a child and wait for it to unwind. Inside the parallel pass
-# the children of an xdist worker did not stop on SIGINT (the cause is not yet found; each passes
-# alone), so they run in a second, serial pass.
-.venv/bin/python -m pytest -q -ra --durations=15 "${parallel[@]}" -m "not ctrl_c" "$@"
+.venv/bin/python -m pytest -q -ra --durations=15 "${parallel[@]}" "$@"
 rc=$?
-.venv/bin/python -m pytest -q -ra -p no:xdist -m ctrl_c "$@"
-rc2=$?
-for code in "$rc" "$rc2"; do
-  if [ "$code" -eq 5 ]; then
-    echo "run-tests: pytest collected no tests; failing" >&2
-    exit 1
-  fi
-done
-[ "$rc" -ne 0 ] && exit "$rc"
-exit "$rc2"
+if [ "$rc" -eq 5 ]; then
+  echo "run-tests: pytest collected no tests; failing" >&2
+  exit 1
+fi
+exit "$rc"

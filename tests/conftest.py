@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config):
+    """A test run started as a background job of a non-interactive shell (``make test &``) inherits
+    SIGINT ignored, and so would every child it starts: the tests that Ctrl-C a child (``serve``, a
+    killed ``generate``) would then wait on a child that never stops. The children get the default back."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)

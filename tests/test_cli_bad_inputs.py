@@ -180,7 +180,6 @@ def test_read_only_output(tmp_path):
     assert result.exit_code == 2 and "not writable" in result.output
 
 
-@pytest.mark.ctrl_c
 @pytest.mark.parametrize("sig, delay", [(signal.SIGINT, 3.0), (signal.SIGKILL, 3.0), (signal.SIGKILL, 8.0)])
 def test_generate_killed_midway_leaves_repository_as_it_was(repo, sig, delay):
     """Killed while exporting / compiling / writing: the repository is byte-for-byte unchanged and

@@ -76,12 +76,10 @@ def test_validate_passes_and_skips_the_pending_plan(repo, tmp_path):
     assert "WARNING aitune_triton" not in proc.stderr, proc.stderr
 
 
-@pytest.mark.ctrl_c
 def test_serve_foreground_and_ctrl_c(repo):
     serve_and_stop(repo)
 
 
-@pytest.mark.ctrl_c
 def test_serve_a_server_outside_the_standard_layout_with_backend_directory(repo, tmp_path):
     """A tritonserver that is not PREFIX/bin/tritonserver (here a wrapper script elsewhere) has no
     backends dir to derive: Triton's default would miss the python backend, --backend-directory names it."""

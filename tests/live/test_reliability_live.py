@@ -364,7 +364,6 @@ def _stubs(pid: int) -> list[int]:
     return [p for p in group(pid) if p != pid]
 
 
-@pytest.mark.ctrl_c
 def test_serve_reloads_a_model_whose_stub_died_and_says_so(repo):
     """Before: a SIGKILLed stub left the model failing every request while /ready said 200, serve said
     nothing, and stopping took 30 s. Now serve reloads the model, says so in one line, and stops quickly."""
@@ -390,7 +389,6 @@ def test_serve_reloads_a_model_whose_stub_died_and_says_so(repo):
         cli.kill_all()
 
 
-@pytest.mark.ctrl_c
 @pytest.mark.parametrize("asked_twice", [False, True], ids=["drained", "second_signal"])
 def test_serve_stopped_with_clients_connected_says_it_drains_them(repo, asked_twice):
     """Before: 30 s, then "tritonserver N ignored SIGTERM" (it was draining 7 open HTTP connections).

@@ -94,7 +94,6 @@ def test_tune_on_s3_writes_back_as_a_new_version(pushed):
     assert s3.get_object(Bucket=old.bucket, Key=old.key("cnn/config.pbtxt"))["Body"].read() == old_config
 
 
-@pytest.mark.ctrl_c
 def test_serve_follows_the_pointer_and_serves_from_s3(pushed):
     import signal
     import time

@@ -99,7 +99,6 @@ def test_concurrent_writer_loses_cleanly(tmp_path):
     assert sorted(os.listdir(repo)) == ["a"]
 
 
-@pytest.mark.ctrl_c
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_killed_writer_leaves_repository_as_it_was(tmp_path, sig):
     repo = tmp_path / "repo"
