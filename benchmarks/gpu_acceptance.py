@@ -107,20 +107,7 @@ class CheckResult:
     detail: str = ""
 
 
-# a meta-path finder that makes tritonclient unimportable, installed by sitecustomize before anything runs
-NO_TRITONCLIENT = '''
-import sys
-
-
-class _NoTritonClient:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tritonclient", "tritongrpcclient"):
-            raise ModuleNotFoundError("No module named %r (hidden by gpu_acceptance)" % name, name=name)
-        return None
-
-
-sys.meta_path.insert(0, _NoTritonClient())
-'''
+NO_TRITONCLIENT = ROOT / "scripts" / "no_tritonclient"  # first on PYTHONPATH: tritonclient does not import
 NO_CLIENT_MODEL = "multi_io"
 SERVE_CHECK_S = 75.0  # kept after validate for serve_outside_layout
 
@@ -128,25 +115,36 @@ SERVE_CHECK_S = 75.0  # kept after validate for serve_outside_layout
 # ----------------------------------------------------------------------------- child processes
 
 
-def run_logged(cmd: list[str], log_path: Path, timeout_s: float, env: dict | None = None) -> tuple[int | None, float]:
-    """Run ``cmd`` in its own process group with its output in ``log_path``; past ``timeout_s`` the whole
-    group is killed (AOTInductor compile workers, a tritonserver) and the exit code is None."""
-    start = time.monotonic()
+def start_logged(cmd: list[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start ``cmd`` in its own process group with the command line and then its output in ``log_path``."""
     with open(log_path, "w") as log:
         log.write("$ %s\n" % " ".join(cmd))
         log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT), env=env,
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT), env=env,
                                 start_new_session=True)
-        try:
-            code: int | None = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGINT)  # the CLI stops its servers and removes staging on SIGINT
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            code = None
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGINT the process group (the CLI stops its servers and removes staging on it), SIGKILL past 20 s."""
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def run_logged(cmd: list[str], log_path: Path, timeout_s: float, env: dict | None = None) -> tuple[int | None, float]:
+    """Run ``cmd`` with its output in ``log_path``; past ``timeout_s`` the whole process group is stopped
+    (AOTInductor compile workers, a tritonserver) and the exit code is None."""
+    start = time.monotonic()
+    proc = start_logged(cmd, log_path, env)
+    try:
+        code: int | None = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        stop_group(proc)
+        code = None
+        with open(log_path, "a") as log:
             log.write("\n[gpu_acceptance] killed after %.0f s\n" % timeout_s)
     return code, time.monotonic() - start
 
@@ -276,12 +274,9 @@ def generate_without_client(check: CheckResult, work: Path, logs: Path, args, en
     if timeout < 30:
         check.detail = "not run: %.0f s left before the time kept for validate" % max(timeout, 0)
         return
-    hide = work / "no_tritonclient"
-    hide.mkdir(parents=True, exist_ok=True)
-    (hide / "sitecustomize.py").write_text(NO_TRITONCLIENT)
-    hidden = dict(env, PYTHONPATH=os.pathsep.join([str(hide), env.get("PYTHONPATH", "")]))
+    hidden = dict(env, PYTHONPATH=os.pathsep.join([str(NO_TRITONCLIENT), env.get("PYTHONPATH", "")]))
     probe = subprocess.run([sys.executable, "-c", "import tritonclient"], env=hidden, capture_output=True, text=True)
-    if probe.returncode == 0 or "hidden by gpu_acceptance" not in probe.stderr:
+    if probe.returncode == 0 or "hidden by scripts/no_tritonclient" not in probe.stderr:
         check.status, check.detail = "failed", "tritonclient could not be hidden: %s" % probe.stderr[-300:]
         return
     repo = work / "no_tritonclient_repo"
@@ -320,33 +315,24 @@ def serve_outside_layout(check: CheckResult, combined: Path, work: Path, logs: P
     cmd = CLI + ["serve", str(repo), "--tritonserver", str(wrapper), "--backend-directory", backends,
                  "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
     log_path = logs / "serve_outside_layout.log"
-    with open(log_path, "w") as log:
-        log.write("$ %s\n" % " ".join(cmd))
-        log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT), env=env,
-                                start_new_session=True)
-        try:
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline and proc.poll() is None and \
-                    "Ctrl-C to stop" not in log_path.read_text(errors="replace"):
-                time.sleep(0.5)
-            if proc.poll() is not None or "Ctrl-C to stop" not in log_path.read_text(errors="replace"):
-                check.status = "failed"
-                check.detail = "serve did not come up (exit %s): %s" % (proc.poll(), " ".join(
-                    log_path.read_text(errors="replace").split())[-400:])
-                return
-            code, _ = run_logged(CLI + ["validate", str(repo), "--url", "127.0.0.1:%d" % http, "--grpc-url",
-                                        "127.0.0.1:%d" % grpc, "--no-perf", "--report",
-                                        str(work / "serve_outside_layout_report")],
-                                 logs / "serve_outside_layout.validate.log", 240, env)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGINT)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+    proc = start_logged(cmd, log_path, env)
+    try:
+        up = time.monotonic() + 180
+        while time.monotonic() < up and proc.poll() is None and \
+                "Ctrl-C to stop" not in log_path.read_text(errors="replace"):
+            time.sleep(0.5)
+        if proc.poll() is not None or "Ctrl-C to stop" not in log_path.read_text(errors="replace"):
+            check.status = "failed"
+            check.detail = "serve did not come up (exit %s): %s" % (proc.poll(), " ".join(
+                log_path.read_text(errors="replace").split())[-400:])
+            return
+        code, _ = run_logged(CLI + ["validate", str(repo), "--url", "127.0.0.1:%d" % http, "--grpc-url",
+                                    "127.0.0.1:%d" % grpc, "--no-perf", "--report",
+                                    str(work / "serve_outside_layout_report")],
+                             logs / "serve_outside_layout.validate.log", 240, env)
+    finally:
+        if proc.poll() is None:
+            stop_group(proc)
     check.seconds = round(time.monotonic() - start, 1)
     check.status = "passed" if code == 0 and proc.returncode == 0 else "failed"
     check.detail = "validate --url exit %s; serve exit %s after Ctrl-C" % (code, proc.returncode)

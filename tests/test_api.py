@@ -41,7 +41,8 @@ def test_prepare_probes_and_checks_declared_input_names(tmp_path):
         "    def forward(self, x):\n"
         "        return x * 2 if x.sum() > 0 else x\n"
         "def get_model():\n    return M()\n"
-        "def get_samples():\n    return [torch.randn(b, 3, generator=torch.Generator().manual_seed(b)) for b in (1, 2)]\n"
+        "def get_samples():\n"
+        "    return [torch.randn(b, 3, generator=torch.Generator().manual_seed(b)) for b in (1, 2)]\n"
         "def get_config():\n    return GenerateConfig(input_ranges=RANGES)\n"
         "RANGES = {'x': (-5, 5)}\n")
     prep = prepare(model_py)
@@ -49,22 +50,6 @@ def test_prepare_probes_and_checks_declared_input_names(tmp_path):
     model_py.write_text(model_py.read_text().replace("{'x': (-5, 5)}", "{'nope': (0, 1)}"))
     with pytest.raises(UserError, match=r"input_ranges names unknown input\(s\) \['nope'\]; the inputs are \['x'\]"):
         prepare(model_py)
-
-
-# a meta-path finder that makes tritonclient unimportable, installed by sitecustomize before anything runs
-_NO_TRITONCLIENT = '''
-import sys
-
-
-class _NoTritonClient:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tritonclient", "tritongrpcclient"):
-            raise ModuleNotFoundError("No module named %r (hidden by the test)" % name, name=name)
-        return None
-
-
-sys.meta_path.insert(0, _NoTritonClient())
-'''
 
 
 def test_generate_needs_no_client_library(tmp_path):
@@ -76,12 +61,10 @@ def test_generate_needs_no_client_library(tmp_path):
 
     from aitune_triton.triton.render import SCHEMA_SKIPPED
 
-    (tmp_path / "hide").mkdir()
-    (tmp_path / "hide" / "sitecustomize.py").write_text(_NO_TRITONCLIENT)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "hide"), str(ROOT)]),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "scripts" / "no_tritonclient"), str(ROOT)]),
                TORCHINDUCTOR_CACHE_DIR=str(ROOT / ".cache" / "inductor"))
     probe = subprocess.run([sys.executable, "-c", "import tritonclient"], env=env, capture_output=True, text=True)
-    assert probe.returncode == 1 and "hidden by the test" in probe.stderr
+    assert probe.returncode == 1 and "hidden by scripts/no_tritonclient" in probe.stderr
     out = tmp_path / "repo"
     proc = subprocess.run([sys.executable, "-m", "aitune_triton.cli", "generate", str(ROOT / "examples" / "cnn" /
                            "model.py"), "--out", str(out), "--backend", "python", "--fallback-format", "eager"],

@@ -65,7 +65,8 @@ def test_failing_probe_becomes_a_row(monkeypatch):
 
 def test_render():
     console = Console(record=True, width=200)
-    rows = [DoctorRow("torch", True, "2.13.0+cpu", "", True), DoctorRow("tensorrt", False, "not installed", "pip", False),
+    rows = [DoctorRow("torch", True, "2.13.0+cpu", "", True),
+            DoctorRow("tensorrt", False, "not installed", "pip", False),
             DoctorRow("perf_analyzer", False, "not found", "install it", True)]
     doctor.render(rows, console)
     text = console.export_text()

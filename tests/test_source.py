@@ -106,7 +106,8 @@ def test_per_image_dicts_with_a_count_key_are_refused(tmp_path):
     path = tmp_path / "model.py"
     path.write_text("import torch\nclass M(torch.nn.Module):\n    def forward(self, x):\n"
                     "        return [{'boxes': i[:2], 'num_detections': i[:2, 0]} for i in x]\n"
-                    "def get_model():\n    return M()\ndef get_samples():\n    return [torch.ones(b, 3, 4) for b in (1, 2)]\n")
+                    "def get_model():\n    return M()\n"
+                    "def get_samples():\n    return [torch.ones(b, 3, 4) for b in (1, 2)]\n")
     with pytest.raises(UserError, match="a key 'num_detections', the name of the count output"):
         load_model_source(path)
 

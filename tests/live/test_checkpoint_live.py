@@ -4,7 +4,6 @@ maximum sequence length, the outputs match eager)."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

@@ -364,7 +364,8 @@ class Builder:
                                 "%d.)" % (t.name, index))
                     return None
                 for shape in profile.shapes[t.name]:
-                    if len(shape) != len(t.shape) or any(d != -1 and d != s for d, s in zip(t.shape, shape)):
+                    if len(shape) != len(t.shape) or \
+                            any(d != -1 and d != s for d, s in zip(t.shape, shape, strict=True)):
                         self._error("Error Code 4: API Usage Error (%s: profile %d shape %s does not match the "
                                     "network's %s)" % (t.name, index, list(shape), list(t.shape)))
                         return None
@@ -446,7 +447,7 @@ class IExecutionContext:
         profiles = self.engine._header["profiles"]
         if profiles:
             lo, _, hi = profiles[self.active_optimization_profile][name]
-            if len(shape) != len(lo) or any(not a <= s <= b for a, s, b in zip(lo, shape, hi)):
+            if len(shape) != len(lo) or any(not a <= s <= b for a, s, b in zip(lo, shape, hi, strict=True)):
                 print("[fake TRT] [E] IExecutionContext::setInputShape: Error Code 3: API Usage Error (%s: shape %s "
                       "is outside profile %d's range %s..%s)" % (name, list(shape), self.active_optimization_profile,
                                                                  lo, hi), file=sys.stderr)
