@@ -26,8 +26,9 @@ CONFIG_FILE = "config.json"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model")
-# The batch the generated get_config() declares (the samples use 1, 2 and 4).
-MAX_BATCH = 8
+# The generated get_config() declares no batch: generate measures it on the target device (the samples use
+# 1, 2 and 4 rows).
+BATCH = "batch 1..measured"
 # Sequence lengths the samples use (those up to the checkpoint's maximum).
 SAMPLE_LENGTHS = (8, 16, 32)
 
@@ -124,7 +125,7 @@ class CheckpointPlan:
         return name or "model"
 
     def inputs(self) -> tuple[TensorPlan, ...]:
-        batch = "batch 1..%d" % MAX_BATCH
+        batch = BATCH
         if self.vision:
             return (TensorPlan("pixel_values", "float32", "[%s, %d, %d, %d]"
                                % (batch, self.num_channels or 3, self.image_size or 0, self.image_size or 0)),)
@@ -150,9 +151,8 @@ class CheckpointPlan:
     def envelope(self) -> str:
         """The serving envelope get_config() declares, in words."""
         if self.vision:
-            return "batch 1..%d, image %dx%d fixed (config.image_size)" % (MAX_BATCH, self.image_size or 0,
-                                                                          self.image_size or 0)
-        return "batch 1..%d, sequence 1..%s (config.%s)" % (MAX_BATCH, self.max_length, self.length_key)
+            return "%s, image %dx%d fixed (config.image_size)" % (BATCH, self.image_size or 0, self.image_size or 0)
+        return "%s, sequence 1..%s (config.%s)" % (BATCH, self.max_length, self.length_key)
 
     @property
     def length_key(self) -> str:
@@ -299,7 +299,7 @@ def render_model_py(plan: CheckpointPlan) -> str:
                   has_tokenizer=plan.has_tokenizer, vocab_size=plan.vocab_size or 0,
                   max_length=plan.max_length or 0, length_key=plan.length_key,
                   image_size=plan.image_size or 0, num_channels=plan.num_channels or 3,
-                  lengths=plan.sample_lengths, max_batch=MAX_BATCH, name=plan.name)
+                  lengths=plan.sample_lengths, name=plan.name)
 
 
 def write_model_py(plan: CheckpointPlan, directory: Path) -> Path:

@@ -76,12 +76,13 @@ def test_the_plan_reads_the_envelope_from_the_config(hf_checkpoints):
         (Task.TEXT_CLASSIFICATION, True, 64, True)
     assert bert.sample_lengths == (8, 16, 32)
     assert bert.summary() == ("BertForSequenceClassification (bert) -> task text-classification; inputs input_ids, "
-                              "attention_mask; envelope batch 1..8, sequence 1..64 (config.max_position_embeddings)")
+                              "attention_mask; envelope batch 1..measured, sequence 1..64 "
+                              "(config.max_position_embeddings)")
     gpt2 = plan_checkpoint(hf_checkpoints["gpt2"])
     assert (gpt2.task, gpt2.max_length, gpt2.length_key, gpt2.has_tokenizer) == (Task.CAUSAL_LM, 64, "n_positions",
                                                                                  False)
     vit = plan_checkpoint(hf_checkpoints["vit"])
-    assert vit.envelope() == "batch 1..8, image 32x32 fixed (config.image_size)"
+    assert vit.envelope() == "batch 1..measured, image 32x32 fixed (config.image_size)"
     overridden = plan_checkpoint(hf_checkpoints["vit"], "image-embedding")
     assert (overridden.task, overridden.task_inferred, overridden.auto_class) == \
         (Task.IMAGE_EMBEDDING, False, "AutoModel")
@@ -111,7 +112,7 @@ def test_the_generated_model_py_meets_the_model_py_contract(hf_checkpoints, tmp_
     assert shapes == [(1, 8), (2, 16), (4, 32), (4, 16)]
     assert all(s.kwargs["attention_mask"].min() == 0 for s in source.samples[1:])  # padded rows
     assert source.outputs[0]["logits"].shape == (1, 3)
-    assert source.config is not None and source.config.max_batch_size == 8
+    assert source.config is not None and source.config.max_batch_size is None  # measured by generate
     assert source.config.axis_ranges == {"input_ids": {1: (1, 64)}, "attention_mask": {1: (1, 64)}}
     edge = source.config.make_inputs({"input_ids": (2, 64), "attention_mask": (2, 64)})
     assert edge["input_ids"].max() < 64 and edge["attention_mask"].shape == (2, 64)
@@ -123,16 +124,16 @@ def test_inspect_prints_the_plan_without_generating(hf_checkpoints):
     lines = result.output.splitlines()
     for expected in ("architecture: BertForSequenceClassification (model_type bert)",
                      "task: text-classification (inferred from the architecture)",
-                     "input: input_ids int64 [batch 1..8, seq 1..64] values 0..63",
-                     "input: attention_mask int64 [batch 1..8, seq 1..64] values 0..1",
+                     "input: input_ids int64 [batch 1..measured, seq 1..64] values 0..63",
+                     "input: attention_mask int64 [batch 1..measured, seq 1..64] values 0..1",
                      "output: logits float32 [batch, 3]",
-                     "envelope: batch 1..8, sequence 1..64 (config.max_position_embeddings)",
+                     "envelope: batch 1..measured, sequence 1..64 (config.max_position_embeddings)",
                      "samples: the checkpoint's tokenizer on built-in sentences at batch 1, 2, 4, lengths 8, 16, 32",
                      "model name: bert_cls"):
         assert expected in lines, (expected, result.output)
     assert any(line.startswith("format: python backend: PyTorch fallback") for line in lines)
     vit = CliRunner().invoke(main, ["inspect", str(hf_checkpoints["vit"])])
-    assert "input: pixel_values float32 [batch 1..8, 3, 32, 32]" in vit.output.splitlines()
+    assert "input: pixel_values float32 [batch 1..measured, 3, 32, 32]" in vit.output.splitlines()
     assert not list(hf_checkpoints["bert_cls"].parent.glob("*repo*"))
 
 

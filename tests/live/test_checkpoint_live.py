@@ -26,12 +26,12 @@ def repo(hf_checkpoints, tmp_path_factory):
 
 @pytest.mark.parametrize("name, inferred, inputs, outputs", [
     ("bert_cls", "BertForSequenceClassification (bert) -> task text-classification; inputs input_ids, attention_mask; "
-                 "envelope batch 1..8, sequence 1..64 (config.max_position_embeddings)",
+                 "envelope batch 1..measured, sequence 1..64 (config.max_position_embeddings)",
      {"input_ids": [-1], "attention_mask": [-1]}, {"logits": [3]}),
     ("bert_emb", "BertModel (bert) -> task embedding", {"input_ids": [-1], "attention_mask": [-1]},
      {"last_hidden_state": [-1, 32], "pooler_output": [32]}),
-    ("vit", "ViTForImageClassification (vit) -> task image-classification; inputs pixel_values; envelope batch 1..8, "
-            "image 32x32 fixed", {"pixel_values": [3, 32, 32]}, {"logits": [5]}),
+    ("vit", "ViTForImageClassification (vit) -> task image-classification; inputs pixel_values; "
+            "envelope batch 1..measured, image 32x32 fixed", {"pixel_values": [3, 32, 32]}, {"logits": [5]}),
     ("gpt2", "GPT2LMHeadModel (gpt2) -> task causal-lm", {"input_ids": [-1], "attention_mask": [-1]},
      {"logits": [-1, 64]}),
 ])
@@ -41,11 +41,12 @@ def test_each_checkpoint_generates_without_a_model_py(repo, name, inferred, inpu
     manifest = Manifest.load(repo / name)
     assert {t.name: list(t.triton_dims()) for t in manifest.spec.inputs} == inputs
     assert {t.name: list(t.triton_dims()) for t in manifest.spec.outputs} == outputs
-    assert manifest.max_batch_size == 8
+    assert manifest.max_batch_size >= 4  # measured on this machine, never under the samples' batch 4
     source = (repo / name / "source" / "model.py").read_text()
     assert "local_files_only=True" in source and inferred.split(" ")[0] in source
     if name != "vit":  # the sequence range declared from the config reaches its maximum
-        assert [list(s) for s in manifest.profiles.profiles[0].shapes("input_ids")] == [[1, 1], [4, 16], [8, 64]]
+        assert [list(s) for s in manifest.profiles.profiles[0].shapes("input_ids")] == \
+            [[1, 1], [4, 16], [manifest.max_batch_size, 64]]
 
 
 def test_the_served_models_match_eager_up_to_the_maximum_length(repo, tmp_path):
@@ -55,7 +56,10 @@ def test_the_served_models_match_eager_up_to_the_maximum_length(repo, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((report_dir / "report.json").read_text())
     checks = {(m["name"], c["name"]): c for m in report["models"] for c in m["checks"]}
+    from aitune_triton.triton.manifest import Manifest
+
     for name in ("bert_cls", "gpt2"):
         assert checks[(name, "accuracy_http")]["status"] == "pass"
         edge = checks[(name, "edge_shapes")]
-        assert edge["status"] == "pass" and "input_ids 8x64" in edge["detail"], edge
+        corner = "input_ids %dx64" % Manifest.load(repo / name).max_batch_size
+        assert edge["status"] == "pass" and corner in edge["detail"], edge
