@@ -19,10 +19,10 @@ again with tritonclient made unimportable (a GPU image with torch only), and ``s
 generated ``multi_io`` with ``serve --tritonserver WRAPPER --backend-directory DIR``, the server binary reached
 through a script outside any PREFIX/bin layout, then checks it with ``validate --url`` (no perf) and Ctrl-C.
 
-A machine where AOTInductor packages crash at load (the lane's GPU image) pays for that compile once: ``--first``
-(a small model) is generated alone, the crash is remembered, and the other generates skip the compile, as a
-user's later generates on that machine would. The first generate on a fresh machine therefore costs more than
-the table shows for the models after it.
+On a machine where AOTInductor packages crash at load (the lane's GPU image), the first generates there pay for
+that compile (about 110-140 s each, much of it fixed cost: a small MLP alone took 109 s on an H100) and the later
+ones skip it. ``--first MODEL`` generates one model alone before the others; it is off by default, as serialising
+that compile did not shorten the lane.
 
 Budget: the generates run ``--jobs`` at a time (largest first; each one ``--generate-timeout`` at most, its
 process group killed past it, and none runs into the last ``--validate-reserve-s`` of ``--budget-s``), validate
@@ -34,7 +34,7 @@ On the GPU machine, from a clean checkout with ``.devbundle`` (``bash ../shared/
 .venv .devbundle``, or the project's copy) and ``.whl`` (``bash benchmarks/fetch_gpu_wheels.sh``) carried along
 (about 32 MB together), as one device call with a 600 s limit:
 
-    AITUNE_COMMIT=<sha> bash benchmarks/run_gpu_acceptance.sh          # everything, under 9 minutes on an H100
+    AITUNE_COMMIT=<sha> bash benchmarks/run_gpu_acceptance.sh          # everything: needs the full 600 s
     AITUNE_COMMIT=<sha> bash benchmarks/run_gpu_acceptance.sh --models resnet50_fp16,cnn
 
 (``AITUNE_COMMIT`` names the commit: the copy on the GPU machine may carry a stale ``.git``.)
@@ -429,9 +429,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "aitune_acceptance",
                    help="the generated repositories (hundreds of MB: kept out of --out)")
     p.add_argument("--jobs", type=int, default=4, help="generates at a time")
-    p.add_argument("--first", default="custom_profiles",
-                   help="generated alone before the others (a small model: an AOTInductor load that crashes on "
-                        "this machine is learnt once, and the other generates skip that compile); '' for none")
+    p.add_argument("--first", default="",
+                   help="a model generated alone before the others (an AOTInductor load that crashes on this machine "
+                        "is learnt once and the others skip that compile); none by default")
     p.add_argument("--generate-timeout", type=float, default=420.0, help="seconds per generate")
     p.add_argument("--budget-s", type=float, default=540.0, help="the whole run; validate gets what is left")
     p.add_argument("--validate-reserve-s", type=float, default=170.0,
