@@ -21,8 +21,8 @@ through a script outside any PREFIX/bin layout, then checks it with ``validate -
 
 On a machine where AOTInductor packages crash at load (the lane's GPU image), the first generates there pay for
 that compile (about 110-140 s each, much of it fixed cost: a small MLP alone took 109 s on an H100) and the later
-ones skip it. ``--first MODEL`` generates one model alone before the others; it is off by default, as serialising
-that compile did not shorten the lane.
+ones skip it. Generating one small model alone first, so that the crash is learnt once, did not shorten the lane:
+the generates run side by side from the start.
 
 Budget: the generates run ``--jobs`` at a time (largest first; each one ``--generate-timeout`` at most, its
 process group killed past it, and none runs into the last ``--validate-reserve-s`` of ``--budget-s``), validate
@@ -175,28 +175,40 @@ def console_lines(log_path: Path) -> tuple[str, list[str]]:
 # ----------------------------------------------------------------------------- the steps
 
 
-def generate(result: ModelResult, repo: Path, logs: Path, args, env: dict, deadline: float,
-             second: bool = False) -> None:
-    """One ``generate`` with its time, exit code and console lines; it gets ``--generate-timeout`` or what is
-    left before ``deadline`` (the time kept for validate), whichever is less."""
+def generate_timeout(args, deadline: float) -> tuple[float, str]:
+    """(seconds a generate gets: ``--generate-timeout`` or what is left before ``deadline``, the time kept for
+    validate, whichever is less; the "not run" line when that is under 30 s, else "")."""
     timeout = min(args.generate_timeout, deadline - time.monotonic())
-    if timeout < 30:
-        line = "not run: %.0f s left before the time kept for validate" % max(timeout, 0)
-        if second:
-            result.second_generate_line = line
-        else:
-            result.generate_line = line
-        return
-    cmd = CLI + ["generate", result.source, "--out", str(repo)]
+    return timeout, "not run: %.0f s left before the time kept for validate" % max(timeout, 0) if timeout < 30 else ""
+
+
+def run_generate(source: str, repo: Path, log_path: Path, timeout: float, args, env: dict,
+                 *extra: str) -> tuple[int | None, float, str, list[str]]:
+    """One ``aitune-triton generate SOURCE --out REPO``: (exit code or None, seconds, verdict line, stages)."""
+    cmd = CLI + ["generate", source, "--out", str(repo), *extra]
     if args.device != "auto":
         cmd += ["--device", args.device]
-    if second:
-        cmd.append("--force")
-    log_path = logs / ("%s.generate%s.log" % (result.name, "2" if second else ""))
     code, seconds = run_logged(cmd, log_path, timeout, env)
     line, stages = console_lines(log_path)
     if code is None:
         line = "timed out after %.0f s; %s" % (timeout, stages[-1] if stages else "no stage finished")
+    return code, seconds, line, stages
+
+
+def generate(result: ModelResult, repo: Path, logs: Path, args, env: dict, deadline: float,
+             second: bool = False) -> None:
+    """One ``generate`` of the model with its time, exit code and console lines (the second one with
+    ``--force`` into the same repository)."""
+    timeout, not_run = generate_timeout(args, deadline)
+    if not_run:
+        if second:
+            result.second_generate_line = not_run
+        else:
+            result.generate_line = not_run
+        return
+    log_path = logs / ("%s.generate%s.log" % (result.name, "2" if second else ""))
+    code, seconds, line, stages = run_generate(result.source, repo, log_path, timeout, args, env,
+                                               *(["--force"] if second else []))
     if second:
         result.second_generate_exit, result.second_generate_s = code, round(seconds, 1)
         result.second_generate_line, result.second_generate_stages = line, stages
@@ -287,9 +299,8 @@ def read_report(served: list[ModelResult], report_path: Path) -> dict:
 
 def generate_without_client(check: CheckResult, work: Path, logs: Path, args, env: dict, deadline: float) -> None:
     """``generate`` of NO_CLIENT_MODEL where ``import tritonclient`` fails: it must still write the model."""
-    timeout = min(args.generate_timeout, deadline - time.monotonic())
-    if timeout < 30:
-        check.detail = "not run: %.0f s left before the time kept for validate" % max(timeout, 0)
+    timeout, check.detail = generate_timeout(args, deadline)
+    if check.detail:
         return
     hidden = dict(env, PYTHONPATH=os.pathsep.join([str(NO_TRITONCLIENT), env.get("PYTHONPATH", "")]))
     probe = subprocess.run([sys.executable, "-c", "import tritonclient"], env=hidden, capture_output=True, text=True)
@@ -297,11 +308,8 @@ def generate_without_client(check: CheckResult, work: Path, logs: Path, args, en
         check.status, check.detail = "failed", "tritonclient could not be hidden: %s" % probe.stderr[-300:]
         return
     repo = work / "no_tritonclient_repo"
-    cmd = CLI + ["generate", str(MODELS[NO_CLIENT_MODEL]), "--out", str(repo)]
-    if args.device != "auto":
-        cmd += ["--device", args.device]
-    code, seconds = run_logged(cmd, logs / "generate_without_tritonclient.log", timeout, hidden)
-    line, _ = console_lines(logs / "generate_without_tritonclient.log")
+    log_path = logs / "generate_without_tritonclient.log"
+    code, seconds, line, _ = run_generate(str(MODELS[NO_CLIENT_MODEL]), repo, log_path, timeout, args, hidden)
     written = sorted(p.parent.name for p in repo.glob("*/config.pbtxt"))
     check.seconds = round(seconds, 1)
     check.status = "passed" if code == 0 and written else "failed"
@@ -429,9 +437,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "aitune_acceptance",
                    help="the generated repositories (hundreds of MB: kept out of --out)")
     p.add_argument("--jobs", type=int, default=4, help="generates at a time")
-    p.add_argument("--first", default="",
-                   help="a model generated alone before the others (an AOTInductor load that crashes on this machine "
-                        "is learnt once and the others skip that compile); none by default")
     p.add_argument("--generate-timeout", type=float, default=420.0, help="seconds per generate")
     p.add_argument("--budget-s", type=float, default=540.0, help="the whole run; validate gets what is left")
     p.add_argument("--validate-reserve-s", type=float, default=170.0,
@@ -503,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     print("gpu acceptance: %s on %s, commit %s; logs in %s" % (", ".join(names), doc["gpu"], doc["commit"], logs),
           flush=True)
     save()
+
     def no_client_job() -> None:
         generate_without_client(checks["generate_without_tritonclient"], work, logs, args, env, deadline)
         save()
@@ -510,9 +516,7 @@ def main(argv: list[str] | None = None) -> int:
             time.monotonic() - t0, checks["generate_without_tritonclient"].detail[:300]), flush=True)
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        if args.first in names:  # alone: what it learns (a crashed AOTInductor load) the others reuse
-            job(args.first)
-        futures = [pool.submit(job, n) for n in names if n != args.first]
+        futures = [pool.submit(job, n) for n in names]
         if checks:
             futures.append(pool.submit(no_client_job))
         for future in futures:

@@ -61,3 +61,17 @@ def test_the_tritonclient_hiding_folder_hides_it(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(lane.NO_TRITONCLIENT))
     proc = subprocess.run([sys.executable, "-c", "import tritonclient.http"], env=env, capture_output=True, text=True)
     assert proc.returncode == 1 and "hidden by scripts/no_tritonclient" in proc.stderr
+
+
+def test_a_generate_gets_what_is_left_before_the_time_kept_for_validate():
+    import time
+    from types import SimpleNamespace
+
+    lane = load_lane()
+    args = SimpleNamespace(generate_timeout=420.0)
+    timeout, not_run = lane.generate_timeout(args, time.monotonic() + 1000)
+    assert (timeout, not_run) == (420.0, "")
+    timeout, not_run = lane.generate_timeout(args, time.monotonic() + 100)
+    assert 99 < timeout <= 100 and not_run == ""
+    _, not_run = lane.generate_timeout(args, time.monotonic() - 5)
+    assert not_run == "not run: 0 s left before the time kept for validate"
