@@ -14,6 +14,7 @@ every later stage): an exit, a hang, a thread or a process it leaves behind must
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -29,6 +30,8 @@ from aitune_triton.errors import UserError
 TIMEOUT_ENV = "AITUNE_MODEL_PY_TIMEOUT_S"
 # after the timer fires, how long the step may take to unwind before the backstop ends the process
 _BACKSTOP_GRACE_S = 10.0
+# the longest limit: setitimer and the backstop's Event.wait overflow time_t near 9.2e9 s
+_MAX_TIMEOUT_S = 1e8
 
 _real_exit = os._exit
 _left_threads: list[threading.Thread] = []
@@ -48,7 +51,10 @@ class _UserTimeout(BaseException):
 
 def resolve_timeout(timeout_s: float | None = None) -> float:
     """The time limit for importing model.py and for ``get_samples()``/``get_config()``: the value
-    given (``--model-py-timeout``), else ``$AITUNE_MODEL_PY_TIMEOUT_S``, else the default; 0 turns it off."""
+    given (``--model-py-timeout``), else ``$AITUNE_MODEL_PY_TIMEOUT_S``, else the default; 0 turns it off.
+    Checked here because ``guarded`` arms a timer and a backstop thread with it: inf, NaN or a huge
+    value would raise OverflowError there (and kill the backstop) instead of limiting anything."""
+    where = "the model.py time limit (--model-py-timeout, model_py_timeout_s or %s)" % TIMEOUT_ENV
     if timeout_s is None:
         text = os.environ.get(TIMEOUT_ENV, "").strip()
         if not text:
@@ -57,8 +63,10 @@ def resolve_timeout(timeout_s: float | None = None) -> float:
             timeout_s = float(text)
         except ValueError:
             raise UserError("%s=%r is not a number of seconds" % (TIMEOUT_ENV, text)) from None
-    if not timeout_s >= 0:
-        raise UserError("the model.py time limit must be >= 0 seconds (0 turns it off), got %r" % timeout_s)
+        where = "%s=%r" % (TIMEOUT_ENV, text)
+    if timeout_s != 0 and not (math.isfinite(timeout_s) and 0 < timeout_s <= _MAX_TIMEOUT_S):
+        raise UserError("%s must be a number of seconds > 0 and <= %g, or 0 for no limit; got %r"
+                        % (where, _MAX_TIMEOUT_S, timeout_s))
     return float(timeout_s)
 
 
@@ -101,25 +109,31 @@ def guarded(path: Path, step: str, timeout_s: float = 0.0) -> Iterator[None]:
         _hard_exit(_exit_message(path, "os._exit(%r) in a thread" % code, step))
 
     done = threading.Event()
-    fired = threading.Event()
+    finishing = threading.Event()  # the step has ended: a timer firing now is too late to matter
+    # Off the main thread no timer runs, so the backstop is the limit and the step may be slow
+    # Python as well as native code; on the main thread it fires only when the timer could not.
+    why = " (stuck in native code)" if main else " (run off the main thread, where no timer can interrupt it)"
 
     def backstop() -> None:
         if not done.wait(timeout_s + (_BACKSTOP_GRACE_S if main else 0.0)):
-            _hard_exit(_timeout_message(path, step.replace("while ", ""), timeout_s, " (stuck in native code)"))
+            _hard_exit(_timeout_message(path, step.replace("while ", ""), timeout_s, why))
 
     def on_alarm(signum: int, frame: object) -> None:
-        fired.set()
-        raise _UserTimeout()
+        if not finishing.is_set():
+            raise _UserTimeout()
 
     threads = set(threading.enumerate())
-    previous = None
-    if timeout_s > 0:
-        threading.Thread(target=backstop, name="aitune-model-py-backstop", daemon=True).start()
-        if main:
-            previous = signal.signal(signal.SIGALRM, on_alarm)
-            signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    armed, previous = False, None
     os._exit = exit_guard  # type: ignore[assignment]
     try:
+        # Armed inside the try: a limit shorter than the next few bytecodes fires before the body
+        # starts, and must still become the one-line UserError (and set ``done`` below).
+        if timeout_s > 0:
+            threading.Thread(target=backstop, name="aitune-model-py-backstop", daemon=True).start()
+            if main:
+                previous = signal.signal(signal.SIGALRM, on_alarm)
+                armed = True  # a flag, not ``previous``: signal.signal returns None for a C-installed handler
+                signal.setitimer(signal.ITIMER_REAL, timeout_s)
         yield
     except _UserTimeout as exc:
         raise UserError(_timeout_message(path, step.replace("while ", ""), timeout_s,
@@ -129,9 +143,10 @@ def guarded(path: Path, step: str, timeout_s: float = 0.0) -> Iterator[None]:
     except SystemExit as exc:
         raise UserError(_exit_message(path, "sys.exit(%r)" % (exc.code,), step)) from None
     finally:
-        if previous is not None:
+        finishing.set()
+        if armed:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
         os._exit = _real_exit
         done.set()
         _left_threads.extend(t for t in threading.enumerate() if t not in threads and not t.daemon)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -100,3 +102,60 @@ def test_hang_the_timer_cannot_interrupt_ends_in_one_line(tmp_path):
     assert "importing did not finish within 1 s (stuck in native code)" in result.stderr
     assert time.monotonic() - start < 40
     assert not (tmp_path / "repo").exists()
+
+
+def test_a_limit_shorter_than_arming_the_timer_is_still_a_one_line_user_error():
+    """Before: the timer was armed before the ``try``, so a 1e-9 s limit fired there and a raw
+    _UserTimeout escaped; ``done`` was never set and the backstop hard-exited 10 s later."""
+    before = signal.getsignal(signal.SIGALRM)
+    for _ in range(20):
+        with pytest.raises(UserError, match=r"in get_samples\(\) did not finish within"):
+            with guarded(PATH, "in get_samples()", 1e-9):
+                time.sleep(0.01)
+    assert signal.getsignal(signal.SIGALRM) is before and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    deadline = time.monotonic() + 5
+    while any(t.name == "aitune-model-py-backstop" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(t.name == "aitune-model-py-backstop" for t in threading.enumerate())
+
+
+def test_the_timer_is_disarmed_when_the_previous_handler_was_not_installed_from_python(monkeypatch):
+    """signal.signal returns None for a handler C code installed; before, that None meant "never
+    armed" and the timer stayed armed after the step, to interrupt whatever ran next."""
+    real, before = signal.signal, signal.getsignal(signal.SIGALRM)
+    monkeypatch.setattr(signal, "signal", lambda sig, handler: (real(sig, handler), None)[1])
+    try:
+        with guarded(PATH, "in get_samples()", 30):
+            pass
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+        assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        real(signal.SIGALRM, before)
+
+
+@pytest.mark.parametrize("text", ["inf", "-inf", "nan", "1e300", "-1"])
+def test_a_limit_the_timer_cannot_hold_is_a_user_error_naming_the_variable(monkeypatch, text):
+    """Before: inf passed, and setitimer raised OverflowError inside the import (reported as
+    "import failed"), killing the backstop thread too."""
+    monkeypatch.setenv(TIMEOUT_ENV, text)
+    with pytest.raises(UserError, match=r"^AITUNE_MODEL_PY_TIMEOUT_S='%s' must be a number of seconds > 0" % text):
+        resolve_timeout()
+    with pytest.raises(UserError, match=r"^the model.py time limit \(--model-py-timeout.*AITUNE_MODEL_PY_TIMEOUT_S"):
+        resolve_timeout(float(text))
+    assert resolve_timeout(0) == 0.0 and resolve_timeout(1e-9) == 1e-9
+
+
+def test_the_backstop_off_the_main_thread_does_not_blame_native_code():
+    """Off the main thread no timer runs, so the backstop ends slow Python too: the message said
+    "stuck in native code" for a plain Python loop."""
+    code = ("import threading; from pathlib import Path; from aitune_triton.user_code import guarded\n"
+            "def step():\n"
+            "    with guarded(Path('/x/model.py'), 'in get_samples()', 0.5):\n"
+            "        while True:\n"
+            "            pass\n"
+            "threading.Thread(target=step).start()\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == UserError.exit_code
+    assert "in get_samples() did not finish within 0 s (run off the main thread" in result.stderr
+    assert "native code" not in result.stderr
