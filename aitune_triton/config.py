@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from aitune_triton.defaults import PORTABLE, QUEUE_DELAY_US
 from aitune_triton.errors import UserError
-from aitune_triton.numerics import DEFAULT_TOLERANCES, Tolerance
+from aitune_triton.numerics import ToleranceOverride
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
 from aitune_triton.triton.model_name import validate_model_name
 
@@ -226,14 +226,13 @@ class GenerateConfig:
                             % type(self.make_inputs).__name__)
 
     @property
-    def tolerance_override(self) -> Tolerance | None:
-        """The user's tolerance for float outputs, None when none was given. A per-element half left
-        out is float32's; ``rel_l2`` left out stays None, so half precision keeps its own."""
+    def tolerance_override(self) -> ToleranceOverride | None:
+        """The user's tolerance for float outputs, None when none was given. A field left out stays
+        None: ``numerics.tolerance_for`` fills it from each output dtype's own default (filling it
+        here from float32's tightened a float16/bfloat16 output's other per-element bound)."""
         if self.atol is None and self.rtol is None and self.rel_l2 is None:
             return None
-        base = DEFAULT_TOLERANCES["float32"]  # the half the user left out
-        return Tolerance(base.atol if self.atol is None else self.atol, base.rtol if self.rtol is None else self.rtol,
-                         self.rel_l2)
+        return ToleranceOverride(self.atol, self.rtol, self.rel_l2)
 
     @property
     def queue_delay_us(self) -> int:

@@ -43,10 +43,21 @@ class Tolerance:
             d["rel_l2"] = self.rel_l2
         return d
 
+
+@dataclass(frozen=True)
+class ToleranceOverride:
+    """The user's tolerance for float outputs (``--atol``/``--rtol``/``--rel-l2``). A field left
+    None is not a value: :func:`tolerance_for` fills it from the output dtype's own default, so
+    ``--atol 0.05`` alone loosens atol without dragging a float16 output's rtol down to float32's."""
+
+    atol: float | None = None
+    rtol: float | None = None
+    rel_l2: float | None = None
+
     def describe(self) -> str:
-        """``atol=0.01 rtol=0.01`` (`` or relative L2 <= 0.01``): the rule in a failure message."""
-        text = "atol=%g rtol=%g" % (self.atol, self.rtol)
-        return text + (" or relative L2 <= %g" % self.rel_l2 if self.rel_l2 is not None else "")
+        """``atol=0.05, rtol per dtype, rel_l2 per dtype``: the override in a rule's description."""
+        return ", ".join("%s per dtype" % k if v is None else "%s=%g" % (k, v)
+                         for k, v in (("atol", self.atol), ("rtol", self.rtol), ("rel_l2", self.rel_l2)))
 
 
 # Per dtype: float16/bfloat16 carry ~3 significant digits; fp32 paths (ORT, AOTI) reorder sums.
@@ -62,13 +73,17 @@ LOOSEN_HINT = ("if the difference is expected at this precision, loosen the chec
                "(per element) or --rel-l2 (relative L2 error), or GenerateConfig(atol=, rtol=, rel_l2=)")
 
 
-def tolerance_for(dtype: str, override: Tolerance | None = None) -> Tolerance:
-    """The tolerance for an output of ``dtype``. ``override`` applies to float outputs only; its
-    ``rel_l2`` left as None keeps the dtype's own (so an override never tightens half precision)."""
+def tolerance_for(dtype: str, override: ToleranceOverride | Tolerance | None = None) -> Tolerance:
+    """The tolerance for an output of ``dtype``. ``override`` applies to float outputs only; each of
+    its fields left None keeps the dtype's own (so a partial override never tightens half precision:
+    ``rtol`` alone keeps float16's atol and relative L2 rule). A full ``Tolerance`` overrides all of
+    atol/rtol, and its ``rel_l2`` of None keeps the dtype's too."""
     base = DEFAULT_TOLERANCES.get(dtype, EXACT)
-    if override is not None and dtype in DEFAULT_TOLERANCES:
-        return Tolerance(override.atol, override.rtol, base.rel_l2 if override.rel_l2 is None else override.rel_l2)
-    return base
+    if override is None or dtype not in DEFAULT_TOLERANCES:
+        return base
+    return Tolerance(base.atol if override.atol is None else override.atol,
+                     base.rtol if override.rtol is None else override.rtol,
+                     base.rel_l2 if override.rel_l2 is None else override.rel_l2)
 
 
 def to_numpy(value: Any) -> np.ndarray:

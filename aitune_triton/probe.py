@@ -27,7 +27,7 @@ from typing import Mapping, Sequence
 import torch
 
 from aitune_triton.errors import UserError
-from aitune_triton.numerics import Tolerance, compare, tolerance_for
+from aitune_triton.numerics import ToleranceOverride, compare, tolerance_for
 from aitune_triton.spec import (AxisKind, AxisSpec, IOSpec, Sample, TensorSpec, call_with_feed, flatten_outputs,
                                 sample_feed)
 from aitune_triton.probe_section import BatchingProbe, ChecksSection
@@ -105,7 +105,7 @@ def _cat(rows: Sequence[Feed]) -> Feed:
 
 
 def check_rows(model: torch.nn.Module, spec: IOSpec, rows: Sequence[tuple[str, Feed]],
-               tolerance: Tolerance | None, observed: dict[str, list[tuple[int, ...]]]) -> str | None:
+               tolerance: ToleranceOverride | None, observed: dict[str, list[tuple[int, ...]]]) -> str | None:
     """None when each row's outputs inside mixed batches equal the row run alone, else why not.
     Every output shape seen is added to ``observed`` (for the output-size probe)."""
     alone = []
@@ -187,7 +187,7 @@ def apply_output_dims(spec: IOSpec, declared: Mapping[str, Sequence[int]]) -> IO
     return dataclasses.replace(spec, outputs=tuple(outs))
 
 
-def probe(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample], tolerance: Tolerance | None = None,
+def probe(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample], tolerance: ToleranceOverride | None = None,
           output_dims: Mapping[str, Sequence[int]] | None = None) -> ProbeResult:
     """Run the probes, apply ``output_dims`` and return the updated spec with notes for the user."""
     feeds = [sample_feed(spec, s) for s in samples]

@@ -46,12 +46,22 @@ def test_none_where_a_value_is_required_is_a_user_error(field, value, match):
         GenerateConfig().replace(**{field: value})
 
 
-def test_tolerance_override_fills_the_missing_half_from_the_float32_default():
-    from aitune_triton.numerics import DEFAULT_TOLERANCES, Tolerance
+def test_a_partial_tolerance_override_fills_the_missing_fields_from_each_dtypes_own_default():
+    """Before: the half left out was float32's, so ``--atol 0.05`` alone judged a float16 output
+    at rtol 1e-3 instead of its own 1e-2 (tightening half precision)."""
+    from aitune_triton.numerics import DEFAULT_TOLERANCES, Tolerance, ToleranceOverride, tolerance_for
 
     assert GenerateConfig().tolerance_override is None
-    assert GenerateConfig(atol=0.5).tolerance_override == Tolerance(0.5, DEFAULT_TOLERANCES["float32"].rtol)
-    assert GenerateConfig(rtol=0.5).tolerance_override == Tolerance(DEFAULT_TOLERANCES["float32"].atol, 0.5)
+    assert GenerateConfig(atol=0.5).tolerance_override == ToleranceOverride(0.5, None, None)
+    fp16, fp32 = DEFAULT_TOLERANCES["float16"], DEFAULT_TOLERANCES["float32"]
+    assert tolerance_for("float16", GenerateConfig(atol=0.5).tolerance_override) == Tolerance(0.5, fp16.rtol,
+                                                                                              fp16.rel_l2)
+    assert tolerance_for("float32", GenerateConfig(atol=0.5).tolerance_override) == Tolerance(0.5, fp32.rtol)
+    assert tolerance_for("float16", GenerateConfig(rtol=0.5).tolerance_override) == Tolerance(fp16.atol, 0.5,
+                                                                                              fp16.rel_l2)
+    assert tolerance_for("bfloat16", GenerateConfig(rel_l2=0.1).tolerance_override) == Tolerance(
+        DEFAULT_TOLERANCES["bfloat16"].atol, DEFAULT_TOLERANCES["bfloat16"].rtol, 0.1)
+    assert tolerance_for("int64", GenerateConfig(atol=0.5).tolerance_override).atol == 0.0
 
 
 def test_axis_ranges_are_checked_and_round_trip_through_the_manifest_dict():

@@ -29,7 +29,7 @@ import torch
 
 from aitune_triton.errors import ModelError
 from aitune_triton.export.onnx_check import OnnxCheck, check_onnx, hint, model_device, root_first_line
-from aitune_triton.numerics import LOOSEN_HINT, Tolerance
+from aitune_triton.numerics import LOOSEN_HINT, Tolerance, ToleranceOverride
 from aitune_triton.spec import AxisKind, IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed
 from aitune_triton.profile_set import ProfileSet
 
@@ -190,7 +190,7 @@ def _check_graph(proto: onnx.ModelProto, spec: IOSpec, groups: dict, exporter: s
 
 def export_onnx(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample], profiles: ProfileSet, path: Path,
                 use_dynamo: bool = True, opset_version: int | None = None,
-                tolerance: "Tolerance | Mapping[str, Tolerance] | None" = None,
+                tolerance: "ToleranceOverride | Mapping[str, Tolerance] | None" = None,
                 postprocess: Callable[[Path], None] | None = None) -> OnnxArtifact:
     """Export ``model`` to ``path`` and check it against eager on ONNX Runtime CPU.
 

@@ -22,7 +22,7 @@ import torch
 
 from aitune_triton import numerics
 from aitune_triton.errors import ModelError
-from aitune_triton.numerics import Tolerance, tolerance_for
+from aitune_triton.numerics import Tolerance, ToleranceOverride, tolerance_for
 from aitune_triton.sample_fit import fitted
 from aitune_triton.spec import IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed
 from aitune_triton.profile_set import ProfileSet
@@ -136,7 +136,8 @@ def check_feeds(spec: IOSpec, samples: Sequence[Sample],
 
 
 def compare_outputs(spec: IOSpec, cases: Sequence[tuple[str, Sequence[np.ndarray], Sequence[np.ndarray]]],
-                    runtime: str = "onnxruntime", tolerance: "Tolerance | Mapping[str, Tolerance] | None" = None,
+                    runtime: str = "onnxruntime",
+                    tolerance: "ToleranceOverride | Mapping[str, Tolerance] | None" = None,
                     strict_dtypes: bool = True) -> OnnxCheck:
     """Per output, the worst error over ``cases`` of ``(label, eager outputs, onnx outputs)`` in spec order.
     A shape (or, with ``strict_dtypes``, dtype) difference fails the output outright. ``tolerance``
@@ -239,7 +240,7 @@ def _open(path: Path, spec: IOSpec) -> tuple[Any, bool, str]:
 
 
 def check_onnx(model: torch.nn.Module, spec: IOSpec, path: Path, samples: Sequence[Sample], profiles: ProfileSet,
-               tolerance: "Tolerance | Mapping[str, Tolerance] | None" = None,
+               tolerance: "ToleranceOverride | Mapping[str, Tolerance] | None" = None,
                exporter: str | None = None, profile_edges: bool = True) -> OnnxCheck:
     """Run ``path`` on ORT CPU and ``model`` eagerly on the same inputs (see ``check_feeds``).
 

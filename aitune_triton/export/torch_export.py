@@ -52,7 +52,7 @@ from aitune_triton.export.fallback_artifact import (
 from aitune_triton.export.flat_io import forward_caller
 from aitune_triton.export.torch_program import (AxisRanges, batch_of, export_program, first_line, on_device,
                                                 resize_axis, resize_batch)
-from aitune_triton.numerics import LOOSEN_HINT, Tolerance, tolerance_for
+from aitune_triton.numerics import LOOSEN_HINT, Tolerance, ToleranceOverride, tolerance_for
 from aitune_triton.spec import AxisKind, IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed
 from aitune_triton.profile_set import ProfileSet
 from aitune_triton.runtime.aitune_eager import PaddedDetections, load_state_dict
@@ -158,7 +158,7 @@ def reference_cases(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Samp
     return cases
 
 
-def rows_independent(model: torch.nn.Module, spec: IOSpec, cases: list, tolerance: Tolerance | None) -> bool:
+def rows_independent(model: torch.nn.Module, spec: IOSpec, cases: list, tolerance: ToleranceOverride | None) -> bool:
     """Whether row 0 of the largest case equals the same row run alone: padding a batch with extra
     rows (to replay a captured CUDA graph) is exact only then."""
     if not spec.batching:
@@ -230,7 +230,7 @@ def load_runner(version_dir: Path, fmt: str, device: str, spec: IOSpec, max_dete
 
 
 def check_runner(runner: Callable[..., Any], spec: IOSpec, cases: list, device: str,
-                 tolerance: Tolerance | None = None, refuse_mismatch: bool = True) -> dict[str, float]:
+                 tolerance: ToleranceOverride | None = None, refuse_mismatch: bool = True) -> dict[str, float]:
     """Run every case; raise CandidateFailed on the first output outside tolerance (with
     ``refuse_mismatch`` False, as for the eager artifact, a numeric miss is only logged: shapes,
     dtypes and the output count must still match)."""
@@ -307,7 +307,7 @@ class CheckRequest:
     version_dir: Path
     format: str
     device: str
-    tolerance: Tolerance | None
+    tolerance: ToleranceOverride | None
     max_detections: int = 0
     refuse_mismatch: bool = True  # False for eager: the reference module itself is never refused on numbers
 
@@ -339,7 +339,7 @@ class _Job:
     version_dir: Path
     work: Path
     device: str
-    tolerance: Tolerance | None
+    tolerance: ToleranceOverride | None
     timeout_s: float
     log_path: Path
     max_detections: int = 0
@@ -375,7 +375,7 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, Any]:
 
 def build_fallback(source_path: Path, model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample],
                    outputs: Sequence[Any], profiles: ProfileSet | None, version_dir: Path, device: str = "cpu",
-                   preferred: str = "auto", timeout_s: float = 600, tolerance: Tolerance | None = None,
+                   preferred: str = "auto", timeout_s: float = 600, tolerance: ToleranceOverride | None = None,
                    log_path: Path | None = None, portable: bool = False,
                    retry_crashed: bool | None = None, joint_corner: bool = True) -> FallbackArtifact:
     """Write the best fallback artifact that matches eager into ``version_dir`` and describe it.

@@ -26,7 +26,7 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 
 from aitune_triton.errors import ModelError
-from aitune_triton.numerics import Comparison, Tolerance, compare, tolerance_for
+from aitune_triton.numerics import Comparison, Tolerance, ToleranceOverride, compare, tolerance_for
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
 
 if TYPE_CHECKING:  # the type checker reads TensorRT's API from tensorrt-stubs; at run time it is imported lazily
@@ -97,7 +97,8 @@ class PlanCheck:
 
 
 def plan_tolerances(output_dtypes: Mapping[str, str], eager_outputs: Sequence[Mapping[str, np.ndarray]],
-                    trt_config: TensorRTBackendConfig, override: Tolerance | None) -> tuple[dict[str, Tolerance], str]:
+                    trt_config: TensorRTBackendConfig,
+                    override: ToleranceOverride | None) -> tuple[dict[str, Tolerance], str]:
     """The tolerance per output for the plan's precision, and the rule in words.
 
     A user tolerance wins for float outputs. A reduced-precision plan (fp16/bf16/int8/fp8 flags or
@@ -109,8 +110,7 @@ def plan_tolerances(output_dtypes: Mapping[str, str], eager_outputs: Sequence[Ma
     floats = [name for name, dtype in output_dtypes.items() if dtype in ("float32", "float16", "bfloat16")]
     if override is not None:  # through tolerance_for: a float16/bfloat16 output keeps its relative L2 rule
         return {name: tolerance_for(output_dtypes[name], override) for name in floats}, \
-            "the configured tolerance (atol=%g, rtol=%g%s)" % (
-                override.atol, override.rtol, "" if override.rel_l2 is None else ", rel_l2=%g" % override.rel_l2)
+            "the configured tolerance (%s)" % override.describe()
     precision = trt_config.effective_precision
     if precision not in QUANTIZED_TOLERANCES and (trt_config.enable_tf32 or precision == "tf32"):
         precision = TF32_AS

@@ -42,7 +42,7 @@ import torch
 from aitune_triton.errors import ModelError, UserError
 from aitune_triton.export.onnx import OnnxArtifact, export_onnx
 from aitune_triton.export.onnx_check import check_onnx
-from aitune_triton.numerics import Tolerance
+from aitune_triton.numerics import Tolerance, ToleranceOverride
 from aitune_triton.spec import IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed
 from aitune_triton.tensorrt import quantization
 from aitune_triton.tensorrt.config import (
@@ -211,7 +211,7 @@ def _move_into(src_dir: Path, path: Path) -> None:
 
 def _onnx_quantized(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample], outputs: Sequence[object],
                     profiles: ProfileSet, path: Path, trt_config: TensorRTBackendConfig,
-                    tolerance: Tolerance | None, progress: Progress) -> StagedOnnx:
+                    tolerance: ToleranceOverride | None, progress: Progress) -> StagedOnnx:
     q = trt_config.quantization_config
     assert isinstance(q, (ONNXQuantizationConfig, ONNXAutoCastConfig))
     work = Path(tempfile.mkdtemp(prefix=".quantize-", dir=path.parent))
@@ -314,7 +314,7 @@ def _build_flags(trt_config: TensorRTBackendConfig) -> tuple[str, ...]:
 
 def stage_onnx(model: torch.nn.Module, spec: IOSpec, samples: Sequence[Sample], outputs: Sequence[object],
                profiles: ProfileSet, path: Path | str, trt_config: TensorRTBackendConfig,
-               tolerance: Tolerance | None = None, progress: Progress = lambda msg: None) -> StagedOnnx:
+               tolerance: ToleranceOverride | None = None, progress: Progress = lambda msg: None) -> StagedOnnx:
     """Write the ONNX the plan is built from to ``path``, quantized as ``trt_config`` asks, checked.
 
     ``outputs`` are the eager outputs of ``samples`` (they scale the quantized tolerances). Nothing

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from aitune_triton.errors import ModelError
-from aitune_triton.numerics import Tolerance
+from aitune_triton.numerics import Tolerance, ToleranceOverride
 from aitune_triton.tensorrt.config import ONNXQuantizationConfig, TensorRTBackendConfig
 from aitune_triton.tensorrt.plan_check import OutputCheck, PlanCheck, PlanRunner, plan_tolerances
 
@@ -27,8 +27,10 @@ def test_plan_tolerances_follow_the_plans_precision(config, rule, atol, rtol):
 
 
 def test_a_configured_tolerance_wins():
-    tolerances, said = plan_tolerances(DTYPES, EAGER, TensorRTBackendConfig(precision="fp16"), Tolerance(0.5, 0.0))
-    assert tolerances == {"logits": Tolerance(0.5, 0.0)} and said == "the configured tolerance (atol=0.5, rtol=0)"
+    override = ToleranceOverride(0.5, 0.0)
+    tolerances, said = plan_tolerances(DTYPES, EAGER, TensorRTBackendConfig(precision="fp16"), override)
+    assert tolerances == {"logits": Tolerance(0.5, 0.0)}
+    assert said == "the configured tolerance (atol=0.5, rtol=0, rel_l2 per dtype)"
 
 
 def test_the_check_record_round_trips_and_reads_as_one_line():
