@@ -119,7 +119,7 @@ def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress
         artifact, selection = select_fallback(functools.partial(_build_fallback, prep), prep.spec,
                                               prep.source.samples, prep.outputs, prep.profiles, prep.device,
                                               prep.config.portable, prep.config.budget_ms, version_dir,
-                                              prep.config.strategy, progress)
+                                              prep.config.strategy, progress, prep.config.tolerance_override)
     else:
         progress("building the PyTorch fallback (AOTInductor, ExportedProgram or eager)")
         artifact, selection = _build_fallback(prep, version_dir, prep.config.fallback_format), None

@@ -47,19 +47,28 @@ PRECISION_TOLERANCES = {
 class Candidate:
     """One way to run the model. ``run`` maps a feed (input name -> tensor) to the outputs: a
     mapping by output name, a sequence in reference order, or a single tensor.
-    ``backend`` "eager" marks the reference the others must beat by the selection margin."""
+    ``backend`` "eager" marks the reference the others must beat by the selection margin.
+    ``tolerance``: one for every output, or one per output name (stage 1 judges each output by
+    its dtype and the user's override, as the fallback's build check does); an output it does not
+    name, or None, gets the tolerance of ``precision``."""
 
     name: str
     backend: str
     precision: str
     run: RunFn
-    tolerance: Tolerance | None = None
+    tolerance: Tolerance | Mapping[str, Tolerance] | None = None
 
     @property
     def effective_tolerance(self) -> Tolerance:
-        if self.tolerance is not None:
+        """The tolerance of an output ``tolerance`` does not name."""
+        if isinstance(self.tolerance, Tolerance):
             return self.tolerance
         return PRECISION_TOLERANCES.get(self.precision, DEFAULT_TOLERANCES["float32"])
+
+    def output_tolerance(self, name: str) -> Tolerance:
+        if isinstance(self.tolerance, Mapping) and name in self.tolerance:
+            return self.tolerance[name]
+        return self.effective_tolerance
 
     @property
     def is_eager(self) -> bool:
@@ -68,7 +77,7 @@ class Candidate:
 
 @dataclass(frozen=True)
 class OutputError:
-    """Worst error of one output over all samples."""
+    """Worst error of one output over all samples, and the tolerance it was judged by."""
 
     name: str
     max_abs: float
@@ -76,14 +85,21 @@ class OutputError:
     mismatched: float
     ok: bool
     detail: str = ""
+    tolerance: Tolerance | None = None
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "max_abs": self.max_abs, "max_rel": self.max_rel,
-                "mismatched": self.mismatched, "ok": self.ok, "detail": self.detail}
+        d = {"name": self.name, "max_abs": self.max_abs, "max_rel": self.max_rel,
+             "mismatched": self.mismatched, "ok": self.ok, "detail": self.detail}
+        if self.tolerance is not None:
+            d["tolerance"] = self.tolerance.to_dict()
+        return d
 
 
 @dataclass(frozen=True)
 class AccuracyReport:
+    """A candidate's accuracy: ``tolerance`` is the candidate's default (``effective_tolerance``);
+    each output row carries the tolerance it was actually judged by."""
+
     candidate: str
     tolerance: Tolerance
     outputs: tuple[OutputError, ...]
@@ -101,8 +117,8 @@ class AccuracyReport:
         if not bad:
             return "ok (max abs %.2g)" % (worst.max_abs if worst else 0.0)
         o = bad[0]
-        return "%s: %s" % (o.name, o.detail or "max abs %.2g > atol %g + rtol %g" % (
-            o.max_abs, self.tolerance.atol, self.tolerance.rtol))
+        tol = o.tolerance or self.tolerance
+        return "%s: %s" % (o.name, o.detail or "max abs %.2g > atol %g + rtol %g" % (o.max_abs, tol.atol, tol.rtol))
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "atol": self.tolerance.atol, "rtol": self.tolerance.rtol, "error": self.error,
@@ -136,7 +152,7 @@ def compare_output(name: str, got: torch.Tensor, want: torch.Tensor, tol: Tolera
     """One output against its reference by ``numerics.compare`` (the package's one comparison
     rule), as the selection table's row."""
     c = compare(got, want, tol)
-    return OutputError(name, c.max_abs, c.max_rel, c.bad_fraction, c.ok, c.reason or "")
+    return OutputError(name, c.max_abs, c.max_rel, c.bad_fraction, c.ok, c.reason or "", tol)
 
 
 def check_accuracy(candidate: Candidate, feeds: Sequence[Feed],
@@ -152,14 +168,14 @@ def check_accuracy(candidate: Candidate, feeds: Sequence[Feed],
                 names = list(ref)
                 got = named_outputs(candidate.run(feed), names)
                 for n in names:
-                    e = compare_output(n, got[n], _as_tensor(ref[n]), tol)
+                    e = compare_output(n, got[n], _as_tensor(ref[n]), candidate.output_tolerance(n))
                     prev = worst.get(n)
                     if prev is None:
                         worst[n] = e
                     else:
                         worst[n] = OutputError(n, max(prev.max_abs, e.max_abs), max(prev.max_rel, e.max_rel),
                                                max(prev.mismatched, e.mismatched), prev.ok and e.ok,
-                                               prev.detail or e.detail)
+                                               prev.detail or e.detail, e.tolerance)
     except Exception as exc:  # a candidate that cannot even run is rejected, not fatal
         log.warning("candidate %s failed the accuracy run: %s", candidate.name, exc)
         return AccuracyReport(candidate.name, tol, tuple(worst.values()), "%s: %s" % (type(exc).__name__, exc))
