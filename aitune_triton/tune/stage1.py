@@ -36,31 +36,38 @@ def select_fallback(build: Callable[[Path, str], FallbackArtifact], spec: IOSpec
     built: dict[str, tuple[Path, FallbackArtifact]] = {}
     candidates = []
     tolerances = {t.name: tolerance_for(t.dtype, tolerance) for t in spec.outputs}
-    for fmt in ("export", "eager") if portable else ("aoti", "export", "eager"):
-        progress("stage-1 tuning: building the %s fallback" % fmt)
-        trial = version_dir.parent / (".trial-" + fmt)
-        trial.mkdir()
-        try:
-            built[fmt] = (trial, build(trial, fmt))
-        except ModelError as exc:
-            log.info("fallback format %s is not a candidate: %s", fmt, exc)
-            continue
-        runner = load_runner(trial, fmt, device, spec)
-        candidates.append(Candidate(fmt, "eager" if fmt == "eager" else fmt, "fp32",
-                                    functools.partial(call_with_feed, runner, spec), tolerances))
-    if not candidates:
-        raise ModelError("no fallback format reproduces eager PyTorch; see --debug for each format's reason")
-    progress("stage-1 tuning: measuring %s" % ", ".join(c.name for c in candidates))
-    feeds = [sample_feed(spec, s) for s in samples]
-    refs = [dict(flatten_outputs(o)) for o in outputs]
-    batches = sorted({1, *profiles.opt_batches(), max(profiles.max_batch_size, 1)}) \
-        if spec.batching else None
-    selection = select_candidate(candidates, feeds, refs, strategy, budget_ms,
-                                 batch_sizes=batches)
-    chosen = selection.chosen or "eager"
-    trial, artifact = built[chosen]
-    for f in artifact.files:
-        shutil.move(str(trial / f), str(version_dir / f))
-    for trial, _ in built.values():
-        shutil.rmtree(trial, ignore_errors=True)
+    trials = []
+    try:  # every .trial-<fmt>/ goes, whatever fails: it sits inside the model directory that ships
+        for fmt in ("export", "eager") if portable else ("aoti", "export", "eager"):
+            progress("stage-1 tuning: building the %s fallback" % fmt)
+            trial = version_dir.parent / (".trial-" + fmt)
+            trial.mkdir()
+            trials.append(trial)
+            try:
+                built[fmt] = (trial, build(trial, fmt))
+            except ModelError as exc:
+                log.info("fallback format %s is not a candidate: %s", fmt, exc)
+                continue
+            runner = load_runner(trial, fmt, device, spec)
+            candidates.append(Candidate(fmt, "eager" if fmt == "eager" else fmt, "fp32",
+                                        functools.partial(call_with_feed, runner, spec), tolerances))
+        if not candidates:
+            raise ModelError("no fallback format reproduces eager PyTorch; see --debug for each format's reason")
+        progress("stage-1 tuning: measuring %s" % ", ".join(c.name for c in candidates))
+        feeds = [sample_feed(spec, s) for s in samples]
+        refs = [dict(flatten_outputs(o)) for o in outputs]
+        batches = sorted({1, *profiles.opt_batches(), max(profiles.max_batch_size, 1)}) \
+            if spec.batching else None
+        selection = select_candidate(candidates, feeds, refs, strategy, budget_ms,
+                                     batch_sizes=batches)
+        chosen = selection.chosen or "eager"
+        if chosen not in built:  # nothing passed, and eager (the usual last resort) did not build
+            raise ModelError("no fallback format is usable: eager did not build (see --debug) and %s"
+                             % "; ".join("%s %s" % (r.name, r.accuracy.summary()) for r in selection.rows))
+        trial, artifact = built[chosen]
+        for f in artifact.files:
+            shutil.move(str(trial / f), str(version_dir / f))
+    finally:
+        for trial in trials:
+            shutil.rmtree(trial, ignore_errors=True)
     return artifact, selection

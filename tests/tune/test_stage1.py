@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from aitune_triton.errors import ModelError
 from aitune_triton.numerics import DEFAULT_TOLERANCES
 from aitune_triton.prepared import _build_fallback, prepare
 from aitune_triton.tune.stage1 import select_fallback
@@ -58,3 +59,44 @@ def test_a_float16_output_is_judged_by_float16s_tolerance(prep, tmp_path):
         assert row.accuracy.ok, row.accuracy.summary()
         assert row.accuracy.to_dict()["outputs"][0]["tolerance"] == DEFAULT_TOLERANCES["float16"].to_dict()
     assert artifact.format == (selection.chosen or "eager")
+
+
+def _failing(prep, fmt: str):
+    """The real build, except ``fmt``, which leaves a file in its trial directory and fails as AOTI often does."""
+    def build(trial: Path, which: str):
+        if which == fmt:
+            (trial / "half_written.bin").write_bytes(b"\0" * 16)
+            raise ModelError("%s does not reproduce eager" % which)
+        return _build_fallback(prep, trial, which)
+    return build
+
+
+def test_a_format_that_fails_to_build_leaves_no_trial_directory(prep, tmp_path):
+    """Before: a format raising ModelError kept its .trial-<fmt>/ inside the generated model directory."""
+    artifact, selection = _select(prep, tmp_path / "m", prep.outputs, _failing(prep, "export"))
+    assert [r.name for r in selection.rows] == ["eager"] and artifact.format == "eager"
+    assert not list((tmp_path / "m").glob(".trial-*"))
+
+
+def test_nothing_usable_and_no_eager_is_a_one_line_model_error(prep, tmp_path):
+    """Before: eager failing to build while export missed the reference raised KeyError('eager')."""
+    wrong = [o * 3 + 1 for o in prep.outputs]
+    with pytest.raises(ModelError, match=r"^no fallback format is usable: eager did not build \(see --debug\) and "
+                                         r"export output_0: .*elements outside") as info:
+        _select(prep, tmp_path / "m", wrong, _failing(prep, "eager"))
+    assert "\n" not in str(info.value)
+    assert not list((tmp_path / "m").glob(".trial-*"))
+
+
+def test_any_failure_after_the_builds_removes_every_trial_directory(prep, tmp_path):
+    version_dir = tmp_path / "m" / "1"
+    version_dir.mkdir(parents=True)
+
+    def progress(message: str) -> None:
+        if message.startswith("stage-1 tuning: measuring"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        select_fallback(functools.partial(_build_fallback, prep), prep.spec, prep.source.samples, prep.outputs,
+                        prep.profiles, prep.device, True, None, version_dir, "min-latency", progress)
+    assert not list((tmp_path / "m").glob(".trial-*"))
