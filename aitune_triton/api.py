@@ -243,7 +243,8 @@ def _generate(model_py: Path, out: Path, overrides: dict | None, force: bool, pr
                 progress("raw-data pipeline: recording %d raw samples through the hooks, writing %s"
                          % (len(hooks.raw), ", ".join(pipe_names.values())))
                 pipeline.write_pipeline(hooks, prep.source.model, home, manifest,
-                                        {role: staged.dir(n) for role, n in pipe_names.items()})
+                                        {role: staged.dir(n) for role, n in pipe_names.items()},
+                                        prep.config.tolerance_override)
                 pipe_result = GeneratedModel(pipe_names["pipeline"], "ensemble", out / pipe_names["pipeline"],
                                              ModelStatus.READY, "raw data -> pre -> %s -> post (%d raw samples "
                                              "recorded)" % (names["python"], len(hooks.raw)))

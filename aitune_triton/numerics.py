@@ -21,7 +21,7 @@ importing torch here, so ``export/``, ``triton/`` and ``validate/`` can share th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -84,6 +84,15 @@ def tolerance_for(dtype: str, override: ToleranceOverride | Tolerance | None = N
     return Tolerance(base.atol if override.atol is None else override.atol,
                      base.rtol if override.rtol is None else override.rtol,
                      base.rel_l2 if override.rel_l2 is None else override.rel_l2)
+
+
+def loosest_float(dtypes: Iterable[str]) -> str:
+    """The float dtype among ``dtypes`` whose default tolerance is loosest ("float32" when none is
+    float16/bfloat16): the precision a computation on a model with these outputs carries, for
+    values derived from them in another dtype (a post-processing hook's float64 score of a float16
+    model still holds float16's rounding)."""
+    return max((d for d in dtypes if d in DEFAULT_TOLERANCES), default="float32",
+               key=lambda d: (DEFAULT_TOLERANCES[d].atol, DEFAULT_TOLERANCES[d].rtol))
 
 
 def to_numpy(value: Any) -> np.ndarray:

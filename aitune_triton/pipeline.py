@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from aitune_triton.errors import UserError
-from aitune_triton.numerics import tolerance_for
+from aitune_triton.numerics import Tolerance, ToleranceOverride, loosest_float, tolerance_for
 from aitune_triton.reference_data import REFERENCE, ReferenceCase, save_reference
 from aitune_triton.runtime import PIPELINE_USER_FILE, runtime_source
 from aitune_triton.source import _call, load_module
@@ -213,10 +213,23 @@ def _write_step(model_dir: Path, hooks: Hooks, role: str, inputs: list[str], out
                                              "pipeline (row-wise, so dynamically batched)." % role))
 
 
+def answer_tolerances(out_types: dict[str, str], spec: IOSpec,
+                      override: ToleranceOverride | None) -> dict[str, Tolerance]:
+    """The tolerance of each recorded answer the ensemble must reproduce (text is compared exactly).
+    A float answer of any width (numpy float64 from a hook included) carries the model's
+    rounding, so it is judged by the loosest float dtype among the model's outputs, with the
+    user's override; anything else by its own dtype (integers exactly). A served export, AOTI or
+    dynamically batched model differs from the eager recording by exactly that rounding."""
+    precision = loosest_float(t.dtype for t in spec.outputs)
+    return {k: tolerance_for(precision if np.dtype(d).kind in "fc" else d, override)
+            for k, d in out_types.items() if d != "bytes"}
+
+
 def write_pipeline(hooks: Hooks, model: torch.nn.Module, home: Path, manifest: Manifest,
-                   dirs: dict[str, Path]) -> Recorded:
+                   dirs: dict[str, Path], tolerance: ToleranceOverride | None = None) -> Recorded:
     """Write ``<name>_pre``, ``<name>_post`` and ``<name>_pipeline`` into ``dirs`` (staged model
-    dirs keyed by role) for the served model in ``home`` described by ``manifest``."""
+    dirs keyed by role) for the served model in ``home`` described by ``manifest``. ``tolerance``:
+    the user's override (``GenerateConfig.tolerance_override``), for the recorded answers."""
     from tritonclient.grpc import model_config_pb2
 
     model_cfg = parse_config((home / "config.pbtxt").read_text())
@@ -276,7 +289,7 @@ def write_pipeline(hooks: Hooks, model: torch.nn.Module, home: Path, manifest: M
             manifest, name=model_dir.name, backend="ensemble" if role == "pipeline" else "python", artifact=None,
             tensorrt=None, tuning=TuningSection(), history=(), files={},
             runtime_requirements=None if role == "pipeline" else manifest.runtime_requirements,
-            tolerances={k: tolerance_for(d) for k, d in recorded.out_types.items() if d != "bytes"}
+            tolerances=answer_tolerances(recorded.out_types, manifest.spec, tolerance)
             if role == "pipeline" else manifest.tolerances,
             pipeline={"role": role, **role_info})
         step_manifest.sealed(model_dir).save(model_dir)

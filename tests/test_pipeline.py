@@ -113,3 +113,41 @@ def test_a_hook_returning_wrong_inputs_fails_generate_before_anything_is_written
                                         r"model's inputs \['attention_mask', 'input_ids'\]"):
         api.generate(_model_py(tmp_path, bad), out, {"backends": ("python",), "fallback_format": "eager"})
     assert not out.exists()
+
+
+def test_recorded_answers_are_judged_at_the_models_precision_with_the_users_override(repo):
+    """Before: each answer got ``tolerance_for(its numpy dtype)`` alone: a hook's float64 score was
+    compared exactly, --atol/--rtol/--rel-l2 were ignored, and a float16 model's float32 answer
+    was held to float32's rule, so a healthy served export or batched model failed raw_answers_*."""
+    import dataclasses
+
+    from aitune_triton.numerics import DEFAULT_TOLERANCES, EXACT, Tolerance, ToleranceOverride
+
+    spec = Manifest.load(repo / "text_pipeline").spec
+    assert {t.dtype for t in spec.outputs} == {"float32"}
+    types = {"label": "bytes", "score": "float64", "index": "int64"}
+    assert pipeline.answer_tolerances(types, spec, None) == {"score": DEFAULT_TOLERANCES["float32"], "index": EXACT}
+    assert pipeline.answer_tolerances(types, spec, ToleranceOverride(atol=0.05))["score"] == Tolerance(0.05, 1e-3)
+    half = dataclasses.replace(spec, outputs=tuple(dataclasses.replace(t, dtype="float16") for t in spec.outputs))
+    assert pipeline.answer_tolerances({"score": "float32"}, half, None)["score"] == DEFAULT_TOLERANCES["float16"]
+
+
+def test_a_float64_answer_passes_with_rounding_noise_and_fails_when_wrong(tmp_path):
+    from types import SimpleNamespace
+
+    from aitune_triton.validate.checks.raw_pipeline import _mismatch
+
+    model_py = tmp_path / "model.py"
+    model_py.write_text(EXAMPLE.read_text().replace('"score": np.float32(probs[best])', '"score": probs[best]'))
+    out = tmp_path / "repo"
+    result = api.generate(model_py, out, {"backends": ("python",), "fallback_format": "eager", "rel_l2": 0.5})
+    pipe = result.models[-1].path
+    manifest = Manifest.load(pipe)
+    case = load_reference(pipe / "reference.npz")[0]
+    assert case.outputs["score"].dtype == np.float64
+    target = SimpleNamespace(manifest=manifest)
+    noisy = dict(case.outputs, score=case.outputs["score"] * (1 + 2e-4))  # float32 rounding of a served model
+    assert _mismatch(target, noisy, case.outputs) is None
+    wrong = dict(case.outputs, score=case.outputs["score"] * 3)
+    assert "score: " in _mismatch(target, wrong, case.outputs)
+    assert manifest.tolerances["score"].rel_l2 == 0.5  # the user's override reaches the answers
