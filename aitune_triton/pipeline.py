@@ -295,9 +295,3 @@ def write_pipeline(hooks: Hooks, model: torch.nn.Module, home: Path, manifest: M
         step_manifest.sealed(model_dir).save(model_dir)
     return recorded
 
-
-def composing(model_dir: Path, manifest: Manifest) -> list[Path]:
-    """The pre/post model dirs an ensemble ``manifest`` loads (none for another model)."""
-    if manifest.pipeline.get("role") != "pipeline":
-        return []
-    return [Path(model_dir).parent / manifest.pipeline[role] for role in ("pre", "post")]
