@@ -119,6 +119,7 @@ class TritonServer(ServerAPI):
         self.command: list[str] = []
         self._proc: subprocess.Popen | None = None
         self._log_file: BinaryIO | None = None
+        self._log_start = 0  # where this launch's part of the (appended) log begins
         self._unclean = False
 
     @property
@@ -159,27 +160,27 @@ class TritonServer(ServerAPI):
     def metrics_url(self) -> str:
         return self._url(self.ports.metrics if self.ports else None)
 
-    def log_tail(self, n: int = 20) -> str:
+    def _log_text(self, limit: int | None = None) -> str:
+        """What this launch wrote to the log (at most its last ``limit`` bytes). The log is appended
+        to (a retry after a port clash, a log path given twice), so what came before this launch's
+        start offset belongs to an earlier one: its "already in use" line must not fail this one."""
         if self.log_path is None:
             return ""
         try:
             with open(self.log_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 256 * 1024))
-                lines = f.read().decode(errors="replace").splitlines()
+                end = f.seek(0, os.SEEK_END)
+                start = self._log_start if self._log_start <= end else 0  # truncated meanwhile: all of it
+                f.seek(start if limit is None else max(start, end - limit))
+                return f.read().decode(errors="replace")
         except OSError:
             return ""
-        return "\n".join(lines[-n:])
+
+    def log_tail(self, n: int = 20) -> str:
+        return "\n".join(self._log_text(256 * 1024).splitlines()[-n:])
 
     def error_lines(self, n: int = 10) -> list[str]:
         """Triton's ``E...`` log lines, without the CPU-only noise (NVML, DCGM, CUDA driver)."""
-        if self.log_path is None:
-            return []
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return []
-        lines = [line for line in text.splitlines()
+        lines = [line for line in self._log_text().splitlines()
                  if re.match(r"^E\d{4} ", line) and not any(x in line for x in _NOISE)]
         return lines[-n:]
 
@@ -247,6 +248,7 @@ class TritonServer(ServerAPI):
         log.info("tritonserver log: %s", self.log_path)
         self._unclean = False
         self._log_file = open(self.log_path, "ab")
+        self._log_start = self._log_file.seek(0, os.SEEK_END)
         self._proc = proc = subprocess.Popen(
             self.command,
             stdin=subprocess.DEVNULL,

@@ -253,3 +253,17 @@ def test_draining_reads_what_a_stopping_server_waits_for(tmp_path, tail, expecte
     log = tmp_path / "tritonserver.log"
     log.write_text('Signal (15) received.\n%s\n' % tail)
     assert srv.TritonServer(tmp_path, log_path=log).draining() == expected
+
+
+@pytest.mark.live
+def test_an_earlier_launchs_clash_in_the_log_does_not_fail_this_one(triton_server_factory, tmp_path):
+    """The log is appended to: a retry after a port clash (or a reused log path) found the first
+    attempt's "already in use" line and failed with "tritonserver failed after start-up"."""
+    log = tmp_path / "tritonserver.log"
+    log.write_text('E0101 00:00:00.000000 1 main.cc:245] "failed to start Metrics service: Unavailable - Socket '
+                   '\'127.0.0.1:8002\' already in use"\n')
+    (tmp_path / "repo").mkdir()
+    with srv.TritonServer(tmp_path / "repo", launch.ServerOptions(startup_timeout_s=60), log_path=log) as s:
+        assert http_get(s.metrics_url, "/metrics")[0] == 200
+        assert s.error_lines() == [] and "already in use" not in s.log_tail(1000)
+    assert "already in use" in log.read_text()  # appended to, not overwritten
