@@ -292,9 +292,12 @@ def check_shell_safe(repo: Path | str, model_names: tuple[str, ...] = ()) -> Non
     """Refuse a repository path or model name the Python backend would pass through a shell unquoted.
 
     Triton's Python backend (2.51 at least) launches its stub with ``bash -c`` and the model path
-    unquoted, so ``$(...)``, backticks, quotes or spaces in it run code or break the launch.
+    unquoted, so ``$(...)``, backticks, quotes or spaces in it run code or break the launch. An
+    ``s3://`` repository is downloaded by the server to a folder of its own choosing: only the model
+    names are checked then (resolving the URL as a path would judge the current directory instead).
     """
-    for what, text in [("repository path", str(Path(repo).resolve()))] + [("model name", n) for n in model_names]:
+    paths = [] if is_s3_url(repo) else [("repository path", str(Path(repo).resolve()))]
+    for what, text in paths + [("model name", n) for n in model_names]:
         bad = shell_unsafe_chars(text)
         if bad:
             raise UserError("refusing to serve %r: its %s contains shell metacharacters (%s), which Triton's Python "

@@ -244,3 +244,13 @@ def test_a_too_low_open_file_limit_is_refused_before_launch():
             check_open_files()
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_an_s3_repository_is_not_judged_by_the_current_directory(tmp_path, monkeypatch):
+    """``serve s3://...`` from a folder with a space was refused: the URL was resolved as a path under it."""
+    odd = tmp_path / "my models"
+    odd.mkdir()
+    monkeypatch.chdir(odd)
+    launch.check_shell_safe("s3://127.0.0.1:9000/bucket/repo/versions/x", ("cnn",))
+    with pytest.raises(UserError, match=r"refusing to serve 'bad\$\(x\)': its model name contains shell"):
+        launch.check_shell_safe("s3://bucket/repo", ("ok", "bad$(x)"))
