@@ -15,6 +15,7 @@ Facts about the bundled 2.51 binary this module relies on (checked, not assumed)
 
 from __future__ import annotations
 
+import errno
 import functools
 import importlib.metadata
 import logging
@@ -320,13 +321,33 @@ def check_open_files(needed: int | None = None) -> None:
                                                           else ", which needs a hard limit of at least that"))
 
 
+def _bad_host(host: str, exc: OSError) -> UserError:
+    return UserError("--host %s cannot be listened on here (%s); pass an IPv4 address of this machine, e.g. 127.0.0.1 "
+                     "(this machine only) or 0.0.0.0 (every interface)" % (host, exc.strerror or exc))
+
+
+def check_host(host: str) -> None:
+    """Refuse a listening address this machine cannot bind before anything depends on it: port
+    picking and the busy-port check would otherwise fail on it with an unrelated message (or a
+    traceback). IPv4 only, as everywhere here: the URLs handed out are written ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, 0))
+        except OSError as exc:
+            raise _bad_host(host, exc) from None
+
+
 def check_ports_free(host: str, ports: dict[str, int]) -> None:
-    """Fixed ports must be free before launch: otherwise another server would answer our probes."""
+    """Fixed ports must be free before launch: otherwise another server would answer our probes.
+    Only "in use" (or "not permitted": a privileged port) is about the port; any other failure to
+    bind is about the host, and says so."""
     for what, port in ports.items():
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are not "in use"
             try:
                 sock.bind((host, port))
             except OSError as exc:
+                if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                    raise _bad_host(host, exc) from None
                 raise UserError("%s port %d on %s is not free (%s); stop what uses it or pass another --%s-port"
                                 % (what, port, host, exc.strerror, what)) from None

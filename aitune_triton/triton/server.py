@@ -43,6 +43,7 @@ from aitune_triton.triton.launch import (
     ServerOptions,
     build_command,
     build_environment,
+    check_host,
     check_open_files,
     check_ports_free,
     check_shell_safe,
@@ -233,6 +234,7 @@ class TritonServer(ServerAPI):
         check_shell_safe(self.repo, names)
         check_open_files()
         opts = self.options
+        check_host(opts.host)
         check_ports_free(opts.host, {k: v for k, v in (("http", opts.http_port), ("grpc", opts.grpc_port),
                                                        ("metrics", opts.metrics_port)) if v})
         if self.log_path is None:
