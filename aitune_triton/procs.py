@@ -161,10 +161,15 @@ def descendants(pid: int | None = None) -> set[int]:
 
 def kill_descendants(pids: Iterable[int], wait_s: float = 5.0) -> None:
     """SIGKILL these processes (each with what runs below it), reap the ones that are this
-    process's own children, and wait a bounded time until they are gone."""
+    process's own children, and wait a bounded time until they are gone.
+
+    Armed watchdogs are left out: this runs just before a hard exit (``os._exit``), which is
+    exactly when they must live on to remove what the exit leaves (staging dirs, locks, /dev/shm).
+    """
     pids = set(pids)
     for pid in list(pids):
         pids |= descendants(pid)
+    pids -= _armed_watchdogs
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -179,6 +184,10 @@ def kill_descendants(pids: Iterable[int], wait_s: float = 5.0) -> None:
     deadline = time.monotonic() + wait_s
     for pid in pids:
         poll(functools.partial(gone, pid), max(0.0, deadline - time.monotonic()), 0.02)
+
+
+# pids of the watchdogs armed (and not yet disarmed) in this process: kill_descendants spares them
+_armed_watchdogs: set[int] = set()
 
 
 class Watchdog:
@@ -209,6 +218,7 @@ class Watchdog:
         finally:
             os.close(read_fd)
         self._write_fd = write_fd
+        _armed_watchdogs.add(self._proc.pid)
 
     def disarm(self) -> None:
         """The group was stopped cleanly: tell the watchdog to exit without killing anything."""
@@ -225,6 +235,7 @@ class Watchdog:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+            _armed_watchdogs.discard(self._proc.pid)
             self._proc = None
 
 

@@ -132,6 +132,27 @@ def test_watchdog_removes_a_killed_writers_staging_dir_and_lock(tmp_path):
     assert not staging.exists() and not lock.exists()
 
 
+def test_a_hard_exit_kills_the_children_but_not_the_watchdogs_that_clean_up_after_it(tmp_path):
+    """``user_code._hard_exit`` (model.py called os._exit in a thread, or hung in native code) killed
+    every descendant, the armed watchdogs included: the staging dir and the server's group they
+    exist to clean up after such an exit were left behind."""
+    staging = tmp_path / ".aitune-staging-x"
+    code = ("import subprocess, sys; from pathlib import Path; from aitune_triton import procs, user_code; "
+            "staging = Path(sys.argv[1]); staging.mkdir(); "
+            "server = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], "
+            "                          start_new_session=True); "
+            "procs.Watchdog().arm(server.pid, remove=(staging,)); print(server.pid, flush=True); "
+            "user_code._hard_exit('model.py called os._exit(0) in a thread')")
+    proc = subprocess.run([sys.executable, "-c", code, str(staging)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "error: model.py called os._exit(0) in a thread" in proc.stderr
+    server = int(proc.stdout.split()[0])
+    deadline = time.monotonic() + 15
+    while (staging.exists() or _alive(server)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(server)
+    assert not staging.exists()  # only the watchdog removes it: the exit itself ran no cleanup
+
+
 def test_watchdog_leaves_a_lock_held_by_a_live_run(tmp_path):
     lock = tmp_path / ".aitune.lock"
     fd = os.open(lock, os.O_RDWR | os.O_CREAT)
