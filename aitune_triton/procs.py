@@ -47,16 +47,39 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
-    """``preexec_fn`` for subprocess.Popen: SIGKILL this child when its parent dies (Linux).
+def _load_prctl() -> Callable[..., int] | None:
+    """libc's ``prctl``, looked up once at import: loading (or looking up) a symbol in a forked child
+    of a threaded process can deadlock on a lock another thread held at the fork."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
+def die_with_parent(parent_pid: int | None = None) -> None:
+    """``preexec_fn`` for subprocess.Popen: SIGKILL this child when its parent dies (Linux); use it
+    as ``die_with_this_process()`` gives it.
 
     The signal fires when the *thread* that started the child ends, so start long-lived children
-    from the main thread.
+    from the main thread. It is only armed once the child runs this: a parent that died between the
+    fork and here would never send it, so with ``parent_pid`` (the parent's pid, taken before the
+    fork) a child whose parent is already another process ends itself at once.
     """
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
+    if _PRCTL is None:
+        return
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGKILL)  # what the parent-death signal would have done
+
+
+def die_with_this_process() -> Callable[[], None]:
+    """The ``preexec_fn`` that ties a child to this process: ``die_with_parent`` bound to this pid."""
+    return functools.partial(die_with_parent, os.getpid())
 
 
 class Terminated(KeyboardInterrupt):
@@ -406,7 +429,7 @@ def run_child(target: str, request: Any, *, log_path: Path, timeout_s: float,
         with open(log_path, "wb") as out:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     env=dict(env) if env is not None else child_env(), start_new_session=True,
-                                    preexec_fn=die_with_parent)
+                                    preexec_fn=die_with_this_process())
         watchdog = Watchdog()
         try:
             watchdog.arm(proc.pid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import shlex
 import signal
@@ -22,6 +23,8 @@ from aitune_triton.procs import (
     Watchdog,
     child_env,
     cmdline,
+    die_with_parent,
+    die_with_this_process,
     group_members,
     handle_termination,
     proc_stat,
@@ -33,12 +36,13 @@ from aitune_triton.procs import (
 OWNER = textwrap.dedent("""
     import subprocess, sys, time
     from pathlib import Path
-    from aitune_triton.procs import Watchdog, die_with_parent
+    from aitune_triton.procs import Watchdog, die_with_this_process
     leader = subprocess.Popen([sys.executable, "-c",
                                "import subprocess, sys, time; "
                                "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
                                "print(c.pid, flush=True); time.sleep(600)"],
-                              stdout=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=die_with_parent)
+                              stdout=subprocess.PIPE, text=True, start_new_session=True,
+                              preexec_fn=die_with_this_process())
     stub = int(leader.stdout.readline())
     Path("/dev/shm/%s0" % sys.argv[1]).write_bytes(b"x")
     dog = Watchdog()
@@ -95,6 +99,32 @@ def test_disarmed_watchdog_touches_nothing(shm_prefix):
     finally:
         owner.kill()
         owner.wait()
+
+
+PDEATHSIG_OF_SELF = ("import ctypes; v = ctypes.c_int(); ctypes.CDLL('libc.so.6').prctl(2, ctypes.byref(v)); "
+                     "print(v.value)")  # PR_GET_PDEATHSIG
+
+
+def test_the_parent_death_signal_is_armed_without_loading_libc_in_the_child(monkeypatch):
+    """die_with_parent called ctypes.CDLL in the forked child: a dlopen there can deadlock when
+    another thread held the loader's lock at the fork. libc is loaded at import now."""
+    import ctypes
+
+    def no_dlopen(*args, **kwargs):
+        raise RuntimeError("dlopen in the child")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_dlopen)  # in the child too: it is a fork of this process
+    out = subprocess.run([sys.executable, "-c", PDEATHSIG_OF_SELF],
+                         capture_output=True, text=True, timeout=60, preexec_fn=die_with_this_process())
+    assert out.returncode == 0 and out.stdout.strip() == str(int(signal.SIGKILL)), out.stderr
+
+
+def test_a_child_whose_parent_is_already_gone_ends_itself():
+    """The parent-death signal only covers a parent that dies after the child armed it: a child
+    that finds another parent than the one that forked it (here: a pid that is not ours) ends."""
+    proc = subprocess.run([sys.executable, "-c", "print('ran')"], capture_output=True, text=True, timeout=60,
+                          preexec_fn=functools.partial(die_with_parent, os.getpid() + 1))
+    assert proc.returncode == -signal.SIGKILL and proc.stdout == ""
 
 
 def test_disarm_without_arm_is_a_no_op():

@@ -258,7 +258,7 @@ class TritonServer(ServerAPI):
             stderr=subprocess.STDOUT,
             env=build_environment(self._env),
             start_new_session=True,  # its own group: stop() and the watchdog signal it with its stubs
-            preexec_fn=procs.die_with_parent,
+            preexec_fn=procs.die_with_this_process(),
         )
         try:
             self._watchdog = procs.Watchdog()
