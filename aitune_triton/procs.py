@@ -21,6 +21,7 @@ exit without a result) is a ``ChildFailed`` that names the outcome and carries t
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import importlib
@@ -106,6 +107,32 @@ def handle_termination() -> None:
     """Make SIGTERM and SIGHUP unwind the main thread like Ctrl-C (only callable from it)."""
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_terminated)
+
+
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP back for the block, then deliver them. Around starting a
+    child and arming its watchdog: one arriving in between unwinds before anybody holds the
+    child's pid (Popen has not returned, or the cleanup's ``try`` is not entered yet), and its
+    process group is left running. Only the main thread runs signal handlers, so elsewhere this
+    holds nothing. Handlers that record the signal, not ``pthread_sigmask``: a blocked mask is
+    inherited by the child across exec, and tritonserver would then ignore the SIGTERM that stops it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in _HELD_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+        for sig in dict.fromkeys(pending):
+            signal.raise_signal(sig)
 
 
 def _group_alive(pgid: int) -> bool:
@@ -426,17 +453,20 @@ def run_child(target: str, request: Any, *, log_path: Path, timeout_s: float,
         log_path.parent.mkdir(parents=True, exist_ok=True)
         kept_job = Path(keep_dir or log_path.parent) / (log_path.stem + ".job.json")
         cmd = [sys.executable, "-X", "faulthandler", "-c", _CHILD_MAIN, _PACKAGE_ROOT, str(job_path)]
-        with open(log_path, "wb") as out:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    env=dict(env) if env is not None else child_env(), start_new_session=True,
-                                    preexec_fn=die_with_this_process())
         watchdog = Watchdog()
+        proc: subprocess.Popen[bytes] | None = None
         try:
-            watchdog.arm(proc.pid)
+            with signals_held():  # a Ctrl-C before the watchdog is armed would leak the child
+                with open(log_path, "wb") as out:
+                    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                            env=dict(env) if env is not None else child_env(),
+                                            start_new_session=True, preexec_fn=die_with_this_process())
+                watchdog.arm(proc.pid)
             returncode = _wait_child(proc, timeout_s, tick)
         except BaseException:  # Ctrl-C, SIGTERM: the child is in its own session and would not see them
-            reap_group(proc.pid)
-            proc.wait()
+            if proc is not None:
+                reap_group(proc.pid)
+                proc.wait()
             raise
         finally:
             watchdog.disarm()

@@ -380,3 +380,16 @@ def test_cmdline_reads_a_live_process_and_none_once_it_is_gone():
         child.kill()
         child.wait()
     assert cmdline(child.pid) is None
+
+
+def test_signals_held_are_delivered_after_the_block():
+    from aitune_triton.procs import signals_held
+
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+            reached.append("after the signal")
+    assert reached == ["after the signal"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored

@@ -251,18 +251,25 @@ class TritonServer(ServerAPI):
         self._unclean = False
         self._log_file = open(self.log_path, "ab")
         self._log_start = self._log_file.seek(0, os.SEEK_END)
-        self._proc = proc = subprocess.Popen(
-            self.command,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            env=build_environment(self._env),
-            start_new_session=True,  # its own group: stop() and the watchdog signal it with its stubs
-            preexec_fn=procs.die_with_this_process(),
-        )
+        self._proc = None  # an earlier attempt's, already stopped
         try:
-            self._watchdog = procs.Watchdog()
-            self._watchdog.arm(proc.pid, self.shm_prefix + "*")
+            with procs.signals_held():  # a Ctrl-C before the watchdog is armed would leak the group
+                try:
+                    self._proc = proc = subprocess.Popen(
+                        self.command,
+                        stdin=subprocess.DEVNULL,
+                        stdout=self._log_file,
+                        stderr=subprocess.STDOUT,
+                        env=build_environment(self._env),
+                        start_new_session=True,  # its own group: stop() and the watchdog signal it with its stubs
+                        preexec_fn=procs.die_with_this_process(),
+                    )
+                except OSError as exc:
+                    raise ServerError("cannot run %s (%s); it must be an executable tritonserver: fix its "
+                                      "permissions or name another with --tritonserver"
+                                      % (binary, exc.strerror or exc)) from None
+                self._watchdog = procs.Watchdog()
+                self._watchdog.arm(proc.pid, self.shm_prefix + "*")
             self._wait_ready()
         except BaseException:
             self.stop()
@@ -449,7 +456,10 @@ class TritonServer(ServerAPI):
         shutdown removes them itself).
         """
         proc = self._proc
-        if proc is None:
+        if proc is None:  # never started, or it failed to: only the log may be open
+            if self._log_file:
+                self._log_file.close()
+                self._log_file = None
             return None
         interrupted: BaseException | None = None
         if proc.poll() is None:
