@@ -127,19 +127,32 @@ def resolve_ports(options: ServerOptions) -> Ports:
     )
 
 
+class _FlagsUnknown(Exception):
+    """``--help`` could not be read: raised through the cache so that a failure is not kept."""
+
+
 @functools.lru_cache(maxsize=8)
 def _flags_cached(binary: str, mtime: float) -> frozenset[str]:
     try:
         out = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        log.warning("cannot read the flags of %s: %s", binary, exc)
-        return frozenset()
-    return frozenset(re.findall(r"^\s*(--[a-z0-9][a-z0-9-]*)", out.stdout + out.stderr, re.M))
+        raise _FlagsUnknown(str(exc)) from None
+    flags = frozenset(re.findall(r"^\s*(--[a-z0-9][a-z0-9-]*)", out.stdout + out.stderr, re.M))
+    if not flags:
+        raise _FlagsUnknown("its --help lists no flags (exit code %d)" % out.returncode)
+    return flags
 
 
-def supported_flags(binary: Path) -> frozenset[str]:
-    """Flags listed by ``tritonserver --help`` (exit code 1 there, but the usage is complete)."""
-    return _flags_cached(str(binary), binary.stat().st_mtime)
+def supported_flags(binary: Path) -> frozenset[str] | None:
+    """Flags listed by ``tritonserver --help`` (exit code 1 there, but the usage is complete), or
+    None when they cannot be read (a timeout on a loaded machine, a binary that does not run):
+    ``build_command`` then passes what a 2.4x+ server knows (``--id``, ``--exit-timeout-secs``)
+    instead of dropping everything, and the next launch asks again."""
+    try:
+        return _flags_cached(str(binary), binary.stat().st_mtime)
+    except (_FlagsUnknown, OSError) as exc:
+        log.warning("cannot read the flags of %s (%s): passing the defaults", binary, exc)
+        return None
 
 
 def server_binary(options: ServerOptions) -> Path:

@@ -289,3 +289,19 @@ def test_serve_refuses_a_bad_host_in_one_line_before_anything_runs(tmp_path):
     assert result.exit_code == 2, result.output
     assert "--host ::1 cannot be listened on here" in result.output and "--http-port" not in result.output
     assert "Traceback" not in result.output and "internal error" not in result.output
+
+
+def test_flags_that_cannot_be_read_are_unknown_not_empty_and_not_kept(tmp_path):
+    """A failed or timed-out `tritonserver --help` gave frozenset(), which the cache kept: every later
+    launch then dropped --id and --exit-timeout-secs as flags the binary did not know."""
+    binary = tmp_path / "bin" / "tritonserver"
+    binary.parent.mkdir()
+    binary.write_text("#!/bin/sh\necho 'Usage: tritonserver [options]'\necho '  --id <string>'\n"
+                      "echo '  --exit-timeout-secs <integer>'\nexit 1\n")
+    binary.chmod(0o644)  # cannot run yet
+    assert launch.supported_flags(binary) is None
+    cmd = build_command(tmp_path, ServerOptions(tritonserver=binary), PORTS, flags=launch.supported_flags(binary),
+                        server_id="aitune-x")
+    assert "--id=aitune-x" in cmd and flag_values(cmd, "--exit-timeout-secs") == ["10"]
+    binary.chmod(0o755)  # same mtime: a cached failure would still answer
+    assert launch.supported_flags(binary) == frozenset({"--id", "--exit-timeout-secs"})
