@@ -244,8 +244,10 @@ class Watchdog:
     """Kills a process group and removes its shared memory once this process is gone, however it ends.
 
     ``arm(pgid)`` starts the watchdog; ``disarm()`` (after a clean stop) lets it exit without
-    touching anything. Only this process holds the pipe's write end (the fd is not inheritable),
-    so the pipe closes exactly when this process exits, SIGKILL included.
+    touching anything. The pipe's write end is not inheritable, so no program this process
+    executes holds it, and the pipe closes when this process exits, SIGKILL included. A child
+    forked without exec (multiprocessing's "fork") does inherit it: then the pipe closes, and the
+    watchdog acts, only once that child has exited too.
     """
 
     def __init__(self) -> None:

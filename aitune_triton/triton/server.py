@@ -97,17 +97,15 @@ class TritonServer(ServerAPI):
         *,
         log_path: Path | None = None,
         env: dict[str, str] | None = None,
-        stop_grace_s: float | None = None,
         notify: Callable[[str], None] | None = None,
     ):
-        """``stop_grace_s``: how long ``stop`` waits after SIGTERM before SIGKILL (default: the
-        server's own drain limit, ``options.exit_timeout_s``, plus a margin to unload the models).
-        ``notify(line)`` gets what the person running the server should hear while it stops or
+        """``notify(line)`` gets what the person running the server should hear while it stops or
         serves (a drain in progress, a Python stub that died); default: the module's log."""
         self.repo = repo if is_s3_url(repo) else Path(repo)  # Path() would fold the s3:// double slash
         self.options = options if options is not None else ServerOptions()
-        self.stop_grace_s = stop_grace_s if stop_grace_s is not None else \
-            self.options.exit_timeout_s + defaults.SERVER_STOP_MARGIN_S
+        # how long stop() waits after SIGTERM before SIGKILL: the server's own drain limit, plus a
+        # margin to unload the models
+        self.stop_grace_s = self.options.exit_timeout_s + defaults.SERVER_STOP_MARGIN_S
         self._notify = notify or (lambda line: log.info("%s", line))
         self._stubs: dict[tuple[str, str], int] | None = None
         self._stubs_missing: set[tuple[str, str]] = set()
@@ -296,7 +294,7 @@ class TritonServer(ServerAPI):
         has exited or a model failed to load."""
         code = self._running().poll()
         if code is not None:
-            raise self._error("tritonserver exited with code %d during start-up" % code)
+            raise self._error("tritonserver %s during start-up" % describe_exit(code))
         status, _ = http_get(self.http_url, "/v2/health/ready")
         if status is not None and not self._answer_is_ours():
             status = None  # another server on this port: ours will fail to bind and exit
@@ -405,7 +403,7 @@ class TritonServer(ServerAPI):
         (Triton starts new stubs), or unloaded if that fails, so readiness tells the truth. Returns one
         line per model it acted on."""
         if self.returncode is not None or http_get(self.http_url, "/v2/health/ready")[0] != 200:
-            return []  # stopping (a Ctrl-C reaches Triton too) or not up: its stubs go on purpose
+            return []  # stopping (stop() signalled it: it has its own session) or not up: its stubs go on purpose
         current = self.stubs()
         known = self._stubs
         if known is None:

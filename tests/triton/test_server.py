@@ -315,3 +315,25 @@ def test_a_ctrl_c_while_the_server_starts_leaves_no_process(triton_server_factor
         if started and started[0].poll() is None:
             procs.reap_group(started[0].pid)
             started[0].wait()
+
+
+@pytest.mark.live
+def test_a_server_killed_during_start_up_is_described_by_its_signal(triton_server_factory, tmp_path, monkeypatch):
+    """The start-up failure said "exited with code -9" for a server ended by SIGKILL."""
+    import subprocess
+
+    real_popen = subprocess.Popen
+
+    def popen_then_kill(*args, **kwargs):
+        proc = real_popen(*args, **kwargs)
+        if any(str(a).startswith("--model-repository=") for a in args[0]):  # the server
+            os.kill(proc.pid, signal.SIGKILL)
+        return proc
+
+    monkeypatch.setattr(subprocess, "Popen", popen_then_kill)
+    (tmp_path / "repo").mkdir()
+    server = srv.TritonServer(tmp_path / "repo", launch.ServerOptions(startup_timeout_s=60),
+                              log_path=tmp_path / "tritonserver.log")
+    with pytest.raises(ServerError, match=r"^tritonserver crashed \(SIGKILL\) during start-up$"):
+        server.start()
+    assert server.returncode == -signal.SIGKILL
