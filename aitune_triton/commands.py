@@ -193,10 +193,11 @@ def serve(repo: Path | str, options: ServeOptions | None = None, progress: Progr
             print(running.urls.http)
     """
     from aitune_triton.triton.model_check import verify_models
-    from aitune_triton.triton.launch import ServerOptions, served_model_names
+    from aitune_triton.triton.launch import ServerOptions, check_host, served_model_names
     from aitune_triton.triton.session import running_server
 
     options = options or ServeOptions()
+    check_host(options.host)  # before an s3:// repository is downloaded and the models are checked
     with open_repository(repo, progress=progress) as view:
         if not view.remote:  # before the server loads (deserialises) anything
             verify_models(view.local, served_model_names(view.local))

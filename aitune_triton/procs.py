@@ -21,6 +21,7 @@ exit without a result) is a ``ChildFailed`` that names the outcome and carries t
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import importlib
@@ -47,16 +48,39 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
-    """``preexec_fn`` for subprocess.Popen: SIGKILL this child when its parent dies (Linux).
+def _load_prctl() -> Callable[..., int] | None:
+    """libc's ``prctl``, looked up once at import: loading (or looking up) a symbol in a forked child
+    of a threaded process can deadlock on a lock another thread held at the fork."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
+def die_with_parent(parent_pid: int | None = None) -> None:
+    """``preexec_fn`` for subprocess.Popen: SIGKILL this child when its parent dies (Linux); use it
+    as ``die_with_this_process()`` gives it.
 
     The signal fires when the *thread* that started the child ends, so start long-lived children
-    from the main thread.
+    from the main thread. It is only armed once the child runs this: a parent that died between the
+    fork and here would never send it, so with ``parent_pid`` (the parent's pid, taken before the
+    fork) a child whose parent is already another process ends itself at once.
     """
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
+    if _PRCTL is None:
+        return
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGKILL)  # what the parent-death signal would have done
+
+
+def die_with_this_process() -> Callable[[], None]:
+    """The ``preexec_fn`` that ties a child to this process: ``die_with_parent`` bound to this pid."""
+    return functools.partial(die_with_parent, os.getpid())
 
 
 class Terminated(KeyboardInterrupt):
@@ -83,6 +107,32 @@ def handle_termination() -> None:
     """Make SIGTERM and SIGHUP unwind the main thread like Ctrl-C (only callable from it)."""
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_terminated)
+
+
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP back for the block, then deliver them. Around starting a
+    child and arming its watchdog: one arriving in between unwinds before anybody holds the
+    child's pid (Popen has not returned, or the cleanup's ``try`` is not entered yet), and its
+    process group is left running. Only the main thread runs signal handlers, so elsewhere this
+    holds nothing. Handlers that record the signal, not ``pthread_sigmask``: a blocked mask is
+    inherited by the child across exec, and tritonserver would then ignore the SIGTERM that stops it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in _HELD_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+        for sig in dict.fromkeys(pending):
+            signal.raise_signal(sig)
 
 
 def _group_alive(pgid: int) -> bool:
@@ -161,10 +211,15 @@ def descendants(pid: int | None = None) -> set[int]:
 
 def kill_descendants(pids: Iterable[int], wait_s: float = 5.0) -> None:
     """SIGKILL these processes (each with what runs below it), reap the ones that are this
-    process's own children, and wait a bounded time until they are gone."""
+    process's own children, and wait a bounded time until they are gone.
+
+    Armed watchdogs are left out: this runs just before a hard exit (``os._exit``), which is
+    exactly when they must live on to remove what the exit leaves (staging dirs, locks, /dev/shm).
+    """
     pids = set(pids)
     for pid in list(pids):
         pids |= descendants(pid)
+    pids -= _armed_watchdogs
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -181,12 +236,18 @@ def kill_descendants(pids: Iterable[int], wait_s: float = 5.0) -> None:
         poll(functools.partial(gone, pid), max(0.0, deadline - time.monotonic()), 0.02)
 
 
+# pids of the watchdogs armed (and not yet disarmed) in this process: kill_descendants spares them
+_armed_watchdogs: set[int] = set()
+
+
 class Watchdog:
     """Kills a process group and removes its shared memory once this process is gone, however it ends.
 
     ``arm(pgid)`` starts the watchdog; ``disarm()`` (after a clean stop) lets it exit without
-    touching anything. Only this process holds the pipe's write end (the fd is not inheritable),
-    so the pipe closes exactly when this process exits, SIGKILL included.
+    touching anything. The pipe's write end is not inheritable, so no program this process
+    executes holds it, and the pipe closes when this process exits, SIGKILL included. A child
+    forked without exec (multiprocessing's "fork") does inherit it: then the pipe closes, and the
+    watchdog acts, only once that child has exited too.
     """
 
     def __init__(self) -> None:
@@ -209,6 +270,7 @@ class Watchdog:
         finally:
             os.close(read_fd)
         self._write_fd = write_fd
+        _armed_watchdogs.add(self._proc.pid)
 
     def disarm(self) -> None:
         """The group was stopped cleanly: tell the watchdog to exit without killing anything."""
@@ -225,6 +287,7 @@ class Watchdog:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+            _armed_watchdogs.discard(self._proc.pid)
             self._proc = None
 
 
@@ -392,17 +455,20 @@ def run_child(target: str, request: Any, *, log_path: Path, timeout_s: float,
         log_path.parent.mkdir(parents=True, exist_ok=True)
         kept_job = Path(keep_dir or log_path.parent) / (log_path.stem + ".job.json")
         cmd = [sys.executable, "-X", "faulthandler", "-c", _CHILD_MAIN, _PACKAGE_ROOT, str(job_path)]
-        with open(log_path, "wb") as out:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    env=dict(env) if env is not None else child_env(), start_new_session=True,
-                                    preexec_fn=die_with_parent)
         watchdog = Watchdog()
+        proc: subprocess.Popen[bytes] | None = None
         try:
-            watchdog.arm(proc.pid)
+            with signals_held():  # a Ctrl-C before the watchdog is armed would leak the child
+                with open(log_path, "wb") as out:
+                    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                            env=dict(env) if env is not None else child_env(),
+                                            start_new_session=True, preexec_fn=die_with_this_process())
+                watchdog.arm(proc.pid)
             returncode = _wait_child(proc, timeout_s, tick)
         except BaseException:  # Ctrl-C, SIGTERM: the child is in its own session and would not see them
-            reap_group(proc.pid)
-            proc.wait()
+            if proc is not None:
+                reap_group(proc.pid)
+                proc.wait()
             raise
         finally:
             watchdog.disarm()

@@ -83,14 +83,14 @@ def s3_endpoint(tmp_path_factory):
     import time
     import urllib.request
 
-    from aitune_triton.procs import die_with_parent
+    from aitune_triton.procs import die_with_this_process
     from aitune_triton.triton.launch import free_port
 
     port = free_port()
     log = open(tmp_path_factory.mktemp("moto") / "moto_server.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                            preexec_fn=die_with_parent)  # no leaked server if the test run is killed
+                            preexec_fn=die_with_this_process())  # no leaked server if the test run is killed
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
     os.environ.update(AWS_ACCESS_KEY_ID="aitune-test-key", AWS_SECRET_ACCESS_KEY="aitune-test-secret-0f3c9",
                       AWS_DEFAULT_REGION="us-east-1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import shlex
 import signal
@@ -22,6 +23,8 @@ from aitune_triton.procs import (
     Watchdog,
     child_env,
     cmdline,
+    die_with_parent,
+    die_with_this_process,
     group_members,
     handle_termination,
     proc_stat,
@@ -33,12 +36,13 @@ from aitune_triton.procs import (
 OWNER = textwrap.dedent("""
     import subprocess, sys, time
     from pathlib import Path
-    from aitune_triton.procs import Watchdog, die_with_parent
+    from aitune_triton.procs import Watchdog, die_with_this_process
     leader = subprocess.Popen([sys.executable, "-c",
                                "import subprocess, sys, time; "
                                "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
                                "print(c.pid, flush=True); time.sleep(600)"],
-                              stdout=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=die_with_parent)
+                              stdout=subprocess.PIPE, text=True, start_new_session=True,
+                              preexec_fn=die_with_this_process())
     stub = int(leader.stdout.readline())
     Path("/dev/shm/%s0" % sys.argv[1]).write_bytes(b"x")
     dog = Watchdog()
@@ -97,6 +101,32 @@ def test_disarmed_watchdog_touches_nothing(shm_prefix):
         owner.wait()
 
 
+PDEATHSIG_OF_SELF = ("import ctypes; v = ctypes.c_int(); ctypes.CDLL('libc.so.6').prctl(2, ctypes.byref(v)); "
+                     "print(v.value)")  # PR_GET_PDEATHSIG
+
+
+def test_the_parent_death_signal_is_armed_without_loading_libc_in_the_child(monkeypatch):
+    """die_with_parent called ctypes.CDLL in the forked child: a dlopen there can deadlock when
+    another thread held the loader's lock at the fork. libc is loaded at import now."""
+    import ctypes
+
+    def no_dlopen(*args, **kwargs):
+        raise RuntimeError("dlopen in the child")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_dlopen)  # in the child too: it is a fork of this process
+    out = subprocess.run([sys.executable, "-c", PDEATHSIG_OF_SELF],
+                         capture_output=True, text=True, timeout=60, preexec_fn=die_with_this_process())
+    assert out.returncode == 0 and out.stdout.strip() == str(int(signal.SIGKILL)), out.stderr
+
+
+def test_a_child_whose_parent_is_already_gone_ends_itself():
+    """The parent-death signal only covers a parent that dies after the child armed it: a child
+    that finds another parent than the one that forked it (here: a pid that is not ours) ends."""
+    proc = subprocess.run([sys.executable, "-c", "print('ran')"], capture_output=True, text=True, timeout=60,
+                          preexec_fn=functools.partial(die_with_parent, os.getpid() + 1))
+    assert proc.returncode == -signal.SIGKILL and proc.stdout == ""
+
+
 def test_disarm_without_arm_is_a_no_op():
     Watchdog().disarm()
 
@@ -130,6 +160,27 @@ def test_watchdog_removes_a_killed_writers_staging_dir_and_lock(tmp_path):
     while (staging.exists() or lock.exists()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not staging.exists() and not lock.exists()
+
+
+def test_a_hard_exit_kills_the_children_but_not_the_watchdogs_that_clean_up_after_it(tmp_path):
+    """``user_code._hard_exit`` (model.py called os._exit in a thread, or hung in native code) killed
+    every descendant, the armed watchdogs included: the staging dir and the server's group they
+    exist to clean up after such an exit were left behind."""
+    staging = tmp_path / ".aitune-staging-x"
+    code = ("import subprocess, sys; from pathlib import Path; from aitune_triton import procs, user_code; "
+            "staging = Path(sys.argv[1]); staging.mkdir(); "
+            "server = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], "
+            "                          start_new_session=True); "
+            "procs.Watchdog().arm(server.pid, remove=(staging,)); print(server.pid, flush=True); "
+            "user_code._hard_exit('model.py called os._exit(0) in a thread')")
+    proc = subprocess.run([sys.executable, "-c", code, str(staging)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "error: model.py called os._exit(0) in a thread" in proc.stderr
+    server = int(proc.stdout.split()[0])
+    deadline = time.monotonic() + 15
+    while (staging.exists() or _alive(server)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(server)
+    assert not staging.exists()  # only the watchdog removes it: the exit itself ran no cleanup
 
 
 def test_watchdog_leaves_a_lock_held_by_a_live_run(tmp_path):
@@ -329,3 +380,16 @@ def test_cmdline_reads_a_live_process_and_none_once_it_is_gone():
         child.kill()
         child.wait()
     assert cmdline(child.pid) is None
+
+
+def test_signals_held_are_delivered_after_the_block():
+    from aitune_triton.procs import signals_held
+
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+            reached.append("after the signal")
+    assert reached == ["after the signal"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored

@@ -15,6 +15,7 @@ Facts about the bundled 2.51 binary this module relies on (checked, not assumed)
 
 from __future__ import annotations
 
+import errno
 import functools
 import importlib.metadata
 import logging
@@ -126,19 +127,32 @@ def resolve_ports(options: ServerOptions) -> Ports:
     )
 
 
+class _FlagsUnknown(Exception):
+    """``--help`` could not be read: raised through the cache so that a failure is not kept."""
+
+
 @functools.lru_cache(maxsize=8)
 def _flags_cached(binary: str, mtime: float) -> frozenset[str]:
     try:
         out = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        log.warning("cannot read the flags of %s: %s", binary, exc)
-        return frozenset()
-    return frozenset(re.findall(r"^\s*(--[a-z0-9][a-z0-9-]*)", out.stdout + out.stderr, re.M))
+        raise _FlagsUnknown(str(exc)) from None
+    flags = frozenset(re.findall(r"^\s*(--[a-z0-9][a-z0-9-]*)", out.stdout + out.stderr, re.M))
+    if not flags:
+        raise _FlagsUnknown("its --help lists no flags (exit code %d)" % out.returncode)
+    return flags
 
 
-def supported_flags(binary: Path) -> frozenset[str]:
-    """Flags listed by ``tritonserver --help`` (exit code 1 there, but the usage is complete)."""
-    return _flags_cached(str(binary), binary.stat().st_mtime)
+def supported_flags(binary: Path) -> frozenset[str] | None:
+    """Flags listed by ``tritonserver --help`` (exit code 1 there, but the usage is complete), or
+    None when they cannot be read (a timeout on a loaded machine, a binary that does not run):
+    ``build_command`` then passes what a 2.4x+ server knows (``--id``, ``--exit-timeout-secs``)
+    instead of dropping everything, and the next launch asks again."""
+    try:
+        return _flags_cached(str(binary), binary.stat().st_mtime)
+    except (_FlagsUnknown, OSError) as exc:
+        log.warning("cannot read the flags of %s (%s): passing the defaults", binary, exc)
+        return None
 
 
 def server_binary(options: ServerOptions) -> Path:
@@ -292,9 +306,12 @@ def check_shell_safe(repo: Path | str, model_names: tuple[str, ...] = ()) -> Non
     """Refuse a repository path or model name the Python backend would pass through a shell unquoted.
 
     Triton's Python backend (2.51 at least) launches its stub with ``bash -c`` and the model path
-    unquoted, so ``$(...)``, backticks, quotes or spaces in it run code or break the launch.
+    unquoted, so ``$(...)``, backticks, quotes or spaces in it run code or break the launch. An
+    ``s3://`` repository is downloaded by the server to a folder of its own choosing: only the model
+    names are checked then (resolving the URL as a path would judge the current directory instead).
     """
-    for what, text in [("repository path", str(Path(repo).resolve()))] + [("model name", n) for n in model_names]:
+    paths = [] if is_s3_url(repo) else [("repository path", str(Path(repo).resolve()))]
+    for what, text in paths + [("model name", n) for n in model_names]:
         bad = shell_unsafe_chars(text)
         if bad:
             raise UserError("refusing to serve %r: its %s contains shell metacharacters (%s), which Triton's Python "
@@ -317,13 +334,33 @@ def check_open_files(needed: int | None = None) -> None:
                                                           else ", which needs a hard limit of at least that"))
 
 
+def _bad_host(host: str, exc: OSError) -> UserError:
+    return UserError("--host %s cannot be listened on here (%s); pass an IPv4 address of this machine, e.g. 127.0.0.1 "
+                     "(this machine only) or 0.0.0.0 (every interface)" % (host, exc.strerror or exc))
+
+
+def check_host(host: str) -> None:
+    """Refuse a listening address this machine cannot bind before anything depends on it: port
+    picking and the busy-port check would otherwise fail on it with an unrelated message (or a
+    traceback). IPv4 only, as everywhere here: the URLs handed out are written ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, 0))
+        except OSError as exc:
+            raise _bad_host(host, exc) from None
+
+
 def check_ports_free(host: str, ports: dict[str, int]) -> None:
-    """Fixed ports must be free before launch: otherwise another server would answer our probes."""
+    """Fixed ports must be free before launch: otherwise another server would answer our probes.
+    Only "in use" (or "not permitted": a privileged port) is about the port; any other failure to
+    bind is about the host, and says so."""
     for what, port in ports.items():
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are not "in use"
             try:
                 sock.bind((host, port))
             except OSError as exc:
+                if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                    raise _bad_host(host, exc) from None
                 raise UserError("%s port %d on %s is not free (%s); stop what uses it or pass another --%s-port"
                                 % (what, port, host, exc.strerror, what)) from None

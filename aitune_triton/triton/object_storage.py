@@ -12,9 +12,10 @@ get.
 
 Credentials come only from the standard environment variables (``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, optional ``AWS_SESSION_TOKEN``, ``AWS_DEFAULT_REGION``), never from
-files, and are never written or logged: the launched tritonserver inherits them from the
-environment, and botocore's debug logging (which prints request headers) stays off even with
-``--debug``.
+``~/.aws/credentials`` or instance metadata, and are never written or logged: the launched
+tritonserver inherits them from the environment, and botocore's debug logging (which prints request
+headers) stays off even with ``--debug``. botocore still reads ``~/.aws/config`` (the profile
+``AWS_PROFILE`` names, which must then exist) for settings other than the credentials and region.
 """
 
 from __future__ import annotations
@@ -127,17 +128,28 @@ def _env_credentials() -> dict[str, str]:
 
 
 def client(location: S3Location):
-    """A boto3 S3 client for ``location`` with credentials from the environment only (no
-    ~/.aws files, no instance metadata: the server must see the same credentials)."""
+    """A boto3 S3 client for ``location`` with credentials from the environment only, passed
+    explicitly so that neither ~/.aws/credentials nor instance metadata is consulted: the server
+    must see the same credentials. botocore still reads ~/.aws/config while it builds the client,
+    so a bad setting there (``AWS_PROFILE`` naming no profile) is a one-line ``UserError`` here,
+    not an internal error."""
     import boto3
     from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ProfileNotFound
 
+    credentials = _env_credentials()
     config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=120,
                     s3={"addressing_style": "path"} if location.endpoint else {})
-    return boto3.session.Session().client(
-        "s3", endpoint_url=location.endpoint_url, config=config,
-        region_name=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
-        **_env_credentials())
+    try:
+        return boto3.session.Session().client(
+            "s3", endpoint_url=location.endpoint_url, config=config,
+            region_name=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
+            **credentials)
+    except BotoCoreError as exc:
+        hint = ("; unset AWS_PROFILE or name a profile of ~/.aws/config (the credentials still come from "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)" if isinstance(exc, ProfileNotFound)
+                else "; check the AWS_* variables and ~/.aws/config")
+        raise UserError("cannot set up an S3 client for %s: %s%s" % (location.url, exc, hint)) from None
 
 
 def storage_failure(action: str, location: S3Location, exc: Exception) -> UserError:

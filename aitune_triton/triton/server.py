@@ -43,6 +43,7 @@ from aitune_triton.triton.launch import (
     ServerOptions,
     build_command,
     build_environment,
+    check_host,
     check_open_files,
     check_ports_free,
     check_shell_safe,
@@ -96,17 +97,15 @@ class TritonServer(ServerAPI):
         *,
         log_path: Path | None = None,
         env: dict[str, str] | None = None,
-        stop_grace_s: float | None = None,
         notify: Callable[[str], None] | None = None,
     ):
-        """``stop_grace_s``: how long ``stop`` waits after SIGTERM before SIGKILL (default: the
-        server's own drain limit, ``options.exit_timeout_s``, plus a margin to unload the models).
-        ``notify(line)`` gets what the person running the server should hear while it stops or
+        """``notify(line)`` gets what the person running the server should hear while it stops or
         serves (a drain in progress, a Python stub that died); default: the module's log."""
         self.repo = repo if is_s3_url(repo) else Path(repo)  # Path() would fold the s3:// double slash
         self.options = options if options is not None else ServerOptions()
-        self.stop_grace_s = stop_grace_s if stop_grace_s is not None else \
-            self.options.exit_timeout_s + defaults.SERVER_STOP_MARGIN_S
+        # how long stop() waits after SIGTERM before SIGKILL: the server's own drain limit, plus a
+        # margin to unload the models
+        self.stop_grace_s = self.options.exit_timeout_s + defaults.SERVER_STOP_MARGIN_S
         self._notify = notify or (lambda line: log.info("%s", line))
         self._stubs: dict[tuple[str, str], int] | None = None
         self._stubs_missing: set[tuple[str, str]] = set()
@@ -119,6 +118,7 @@ class TritonServer(ServerAPI):
         self.command: list[str] = []
         self._proc: subprocess.Popen | None = None
         self._log_file: BinaryIO | None = None
+        self._log_start = 0  # where this launch's part of the (appended) log begins
         self._unclean = False
 
     @property
@@ -159,27 +159,27 @@ class TritonServer(ServerAPI):
     def metrics_url(self) -> str:
         return self._url(self.ports.metrics if self.ports else None)
 
-    def log_tail(self, n: int = 20) -> str:
+    def _log_text(self, limit: int | None = None) -> str:
+        """What this launch wrote to the log (at most its last ``limit`` bytes). The log is appended
+        to (a retry after a port clash, a log path given twice), so what came before this launch's
+        start offset belongs to an earlier one: its "already in use" line must not fail this one."""
         if self.log_path is None:
             return ""
         try:
             with open(self.log_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 256 * 1024))
-                lines = f.read().decode(errors="replace").splitlines()
+                end = f.seek(0, os.SEEK_END)
+                start = self._log_start if self._log_start <= end else 0  # truncated meanwhile: all of it
+                f.seek(start if limit is None else max(start, end - limit))
+                return f.read().decode(errors="replace")
         except OSError:
             return ""
-        return "\n".join(lines[-n:])
+
+    def log_tail(self, n: int = 20) -> str:
+        return "\n".join(self._log_text(256 * 1024).splitlines()[-n:])
 
     def error_lines(self, n: int = 10) -> list[str]:
         """Triton's ``E...`` log lines, without the CPU-only noise (NVML, DCGM, CUDA driver)."""
-        if self.log_path is None:
-            return []
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return []
-        lines = [line for line in text.splitlines()
+        lines = [line for line in self._log_text().splitlines()
                  if re.match(r"^E\d{4} ", line) and not any(x in line for x in _NOISE)]
         return lines[-n:]
 
@@ -232,6 +232,7 @@ class TritonServer(ServerAPI):
         check_shell_safe(self.repo, names)
         check_open_files()
         opts = self.options
+        check_host(opts.host)
         check_ports_free(opts.host, {k: v for k, v in (("http", opts.http_port), ("grpc", opts.grpc_port),
                                                        ("metrics", opts.metrics_port)) if v})
         if self.log_path is None:
@@ -247,18 +248,26 @@ class TritonServer(ServerAPI):
         log.info("tritonserver log: %s", self.log_path)
         self._unclean = False
         self._log_file = open(self.log_path, "ab")
-        self._proc = proc = subprocess.Popen(
-            self.command,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            env=build_environment(self._env),
-            start_new_session=True,  # its own group: stop() and the watchdog signal it with its stubs
-            preexec_fn=procs.die_with_parent,
-        )
+        self._log_start = self._log_file.seek(0, os.SEEK_END)
+        self._proc = None  # an earlier attempt's, already stopped
         try:
-            self._watchdog = procs.Watchdog()
-            self._watchdog.arm(proc.pid, self.shm_prefix + "*")
+            with procs.signals_held():  # a Ctrl-C before the watchdog is armed would leak the group
+                try:
+                    self._proc = proc = subprocess.Popen(
+                        self.command,
+                        stdin=subprocess.DEVNULL,
+                        stdout=self._log_file,
+                        stderr=subprocess.STDOUT,
+                        env=build_environment(self._env),
+                        start_new_session=True,  # its own group: stop() and the watchdog signal it with its stubs
+                        preexec_fn=procs.die_with_this_process(),
+                    )
+                except OSError as exc:
+                    raise ServerError("cannot run %s (%s); it must be an executable tritonserver: fix its "
+                                      "permissions or name another with --tritonserver"
+                                      % (binary, exc.strerror or exc)) from None
+                self._watchdog = procs.Watchdog()
+                self._watchdog.arm(proc.pid, self.shm_prefix + "*")
             self._wait_ready()
         except BaseException:
             self.stop()
@@ -285,7 +294,7 @@ class TritonServer(ServerAPI):
         has exited or a model failed to load."""
         code = self._running().poll()
         if code is not None:
-            raise self._error("tritonserver exited with code %d during start-up" % code)
+            raise self._error("tritonserver %s during start-up" % describe_exit(code))
         status, _ = http_get(self.http_url, "/v2/health/ready")
         if status is not None and not self._answer_is_ours():
             status = None  # another server on this port: ours will fail to bind and exit
@@ -394,7 +403,7 @@ class TritonServer(ServerAPI):
         (Triton starts new stubs), or unloaded if that fails, so readiness tells the truth. Returns one
         line per model it acted on."""
         if self.returncode is not None or http_get(self.http_url, "/v2/health/ready")[0] != 200:
-            return []  # stopping (a Ctrl-C reaches Triton too) or not up: its stubs go on purpose
+            return []  # stopping (stop() signalled it: it has its own session) or not up: its stubs go on purpose
         current = self.stubs()
         known = self._stubs
         if known is None:
@@ -445,7 +454,10 @@ class TritonServer(ServerAPI):
         shutdown removes them itself).
         """
         proc = self._proc
-        if proc is None:
+        if proc is None:  # never started, or it failed to: only the log may be open
+            if self._log_file:
+                self._log_file.close()
+                self._log_file = None
             return None
         interrupted: BaseException | None = None
         if proc.poll() is None:

@@ -180,3 +180,25 @@ def test_cli_storage_errors_exit_2_without_a_traceback(repo, s3_endpoint, args, 
     result = CliRunner().invoke(main, [a.format(repo=repo, ep=s3_endpoint) for a in args])
     assert result.exit_code == code, result.output
     assert "Traceback" not in result.output and message in result.output
+
+
+def test_a_bad_aws_profile_is_a_one_line_error(tmp_path, monkeypatch):
+    """AWS_PROFILE naming no profile made botocore raise ProfileNotFound while building the client,
+    outside any handler: the CLI printed "internal error"."""
+    from click.testing import CliRunner
+
+    from aitune_triton.cli import main
+
+    (tmp_path / "config").write_text("")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_PROFILE", "nope")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    with pytest.raises(UserError, match=r"cannot set up an S3 client for s3://models/x: The config profile \(nope\) "
+                                        r"could not be found; unset AWS_PROFILE or name a profile"):
+        obs.client(obs.S3Location.parse("s3://models/x"))
+    result = CliRunner().invoke(main, ["validate", "s3://models/x"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output
+    assert "unset AWS_PROFILE" in result.output

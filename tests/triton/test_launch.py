@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -244,3 +245,63 @@ def test_a_too_low_open_file_limit_is_refused_before_launch():
             check_open_files()
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_an_s3_repository_is_not_judged_by_the_current_directory(tmp_path, monkeypatch):
+    """``serve s3://...`` from a folder with a space was refused: the URL was resolved as a path under it."""
+    odd = tmp_path / "my models"
+    odd.mkdir()
+    monkeypatch.chdir(odd)
+    launch.check_shell_safe("s3://127.0.0.1:9000/bucket/repo/versions/x", ("cnn",))
+    with pytest.raises(UserError, match=r"refusing to serve 'bad\$\(x\)': its model name contains shell"):
+        launch.check_shell_safe("s3://bucket/repo", ("ok", "bad$(x)"))
+
+
+@pytest.mark.parametrize("host, why", [("::1", "Address family for hostname not supported"),
+                                       ("no-such-host.invalid", "Name or service not known"),
+                                       ("192.0.2.1", "Cannot assign requested address")])
+def test_a_host_this_machine_cannot_listen_on_names_host_not_a_port(host, why):
+    """`serve --host ::1` said "http port 8000 on ::1 is not free ... pass another --http-port", and
+    an unresolvable host made port picking raise gaierror ("internal error")."""
+    message = r"^--host %s cannot be listened on here \(%s\); pass an IPv4 address" % (re.escape(host), why)
+    with pytest.raises(UserError, match=message):
+        launch.check_host(host)
+    with pytest.raises(UserError, match=message):
+        launch.check_ports_free(host, {"http": free_port()})
+
+
+def test_a_busy_port_is_still_a_busy_port():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(UserError, match=r"grpc port %d on 127.0.0.1 is not free \(Address already in use\); stop "
+                                            r"what uses it or pass another --grpc-port" % port):
+            launch.check_ports_free("127.0.0.1", {"grpc": port})
+
+
+def test_serve_refuses_a_bad_host_in_one_line_before_anything_runs(tmp_path):
+    from click.testing import CliRunner
+
+    from aitune_triton.cli import main
+
+    result = CliRunner().invoke(main, ["serve", str(tmp_path), "--host", "::1"])
+    assert result.exit_code == 2, result.output
+    assert "--host ::1 cannot be listened on here" in result.output and "--http-port" not in result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output
+
+
+def test_flags_that_cannot_be_read_are_unknown_not_empty_and_not_kept(tmp_path):
+    """A failed or timed-out `tritonserver --help` gave frozenset(), which the cache kept: every later
+    launch then dropped --id and --exit-timeout-secs as flags the binary did not know."""
+    binary = tmp_path / "bin" / "tritonserver"
+    binary.parent.mkdir()
+    binary.write_text("#!/bin/sh\necho 'Usage: tritonserver [options]'\necho '  --id <string>'\n"
+                      "echo '  --exit-timeout-secs <integer>'\nexit 1\n")
+    binary.chmod(0o644)  # cannot run yet
+    assert launch.supported_flags(binary) is None
+    cmd = build_command(tmp_path, ServerOptions(tritonserver=binary), PORTS, flags=launch.supported_flags(binary),
+                        server_id="aitune-x")
+    assert "--id=aitune-x" in cmd and flag_values(cmd, "--exit-timeout-secs") == ["10"]
+    binary.chmod(0o755)  # same mtime: a cached failure would still answer
+    assert launch.supported_flags(binary) == frozenset({"--id", "--exit-timeout-secs"})

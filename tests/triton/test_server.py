@@ -253,3 +253,87 @@ def test_draining_reads_what_a_stopping_server_waits_for(tmp_path, tail, expecte
     log = tmp_path / "tritonserver.log"
     log.write_text('Signal (15) received.\n%s\n' % tail)
     assert srv.TritonServer(tmp_path, log_path=log).draining() == expected
+
+
+@pytest.mark.live
+def test_an_earlier_launchs_clash_in_the_log_does_not_fail_this_one(triton_server_factory, tmp_path):
+    """The log is appended to: a retry after a port clash (or a reused log path) found the first
+    attempt's "already in use" line and failed with "tritonserver failed after start-up"."""
+    log = tmp_path / "tritonserver.log"
+    log.write_text('E0101 00:00:00.000000 1 main.cc:245] "failed to start Metrics service: Unavailable - Socket '
+                   '\'127.0.0.1:8002\' already in use"\n')
+    (tmp_path / "repo").mkdir()
+    with srv.TritonServer(tmp_path / "repo", launch.ServerOptions(startup_timeout_s=60), log_path=log) as s:
+        assert http_get(s.metrics_url, "/metrics")[0] == 200
+        assert s.error_lines() == [] and "already in use" not in s.log_tail(1000)
+    assert "already in use" in log.read_text()  # appended to, not overwritten
+
+
+def test_a_binary_that_cannot_run_is_a_one_line_server_error(tmp_path):
+    """Popen failing (a tritonserver without the execute bit) reached the user as "internal error:
+    PermissionError", with the log file left open."""
+    binary = tmp_path / "bin" / "tritonserver"
+    binary.parent.mkdir()
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o644)
+    (tmp_path / "repo").mkdir()
+    server = srv.TritonServer(tmp_path / "repo", launch.ServerOptions(tritonserver=binary),
+                              log_path=tmp_path / "tritonserver.log")
+    with pytest.raises(ServerError, match=r"^cannot run .*/bin/tritonserver \(Permission denied\); it must be an "
+                                          r"executable tritonserver: fix its permissions or name another with "
+                                          r"--tritonserver$"):
+        server.start()
+    assert server._log_file is None and server.pid is None
+
+
+@pytest.mark.live
+def test_a_ctrl_c_while_the_server_starts_leaves_no_process(triton_server_factory, tmp_path, monkeypatch):
+    """A signal between Popen returning and the watchdog being armed unwound before the cleanup's
+    ``try``: the server's group ran on. Here SIGINT lands just as Popen returns."""
+    import subprocess
+
+    real_popen, started = subprocess.Popen, []
+
+    def popen_then_ctrl_c(*args, **kwargs):
+        proc = real_popen(*args, **kwargs)
+        if not started and any(str(a).startswith("--model-repository=") for a in args[0]):  # the server
+            started.append(proc)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)  # the handler runs here, before Popen would have returned
+        return proc
+
+    monkeypatch.setattr(subprocess, "Popen", popen_then_ctrl_c)
+    (tmp_path / "repo").mkdir()
+    server = srv.TritonServer(tmp_path / "repo", launch.ServerOptions(startup_timeout_s=60),
+                              log_path=tmp_path / "tritonserver.log")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            server.start()
+        assert started and started[0].returncode is not None  # stopped and reaped
+        assert not procs.group_members(started[0].pid)
+    finally:
+        if started and started[0].poll() is None:
+            procs.reap_group(started[0].pid)
+            started[0].wait()
+
+
+@pytest.mark.live
+def test_a_server_killed_during_start_up_is_described_by_its_signal(triton_server_factory, tmp_path, monkeypatch):
+    """The start-up failure said "exited with code -9" for a server ended by SIGKILL."""
+    import subprocess
+
+    real_popen = subprocess.Popen
+
+    def popen_then_kill(*args, **kwargs):
+        proc = real_popen(*args, **kwargs)
+        if any(str(a).startswith("--model-repository=") for a in args[0]):  # the server
+            os.kill(proc.pid, signal.SIGKILL)
+        return proc
+
+    monkeypatch.setattr(subprocess, "Popen", popen_then_kill)
+    (tmp_path / "repo").mkdir()
+    server = srv.TritonServer(tmp_path / "repo", launch.ServerOptions(startup_timeout_s=60),
+                              log_path=tmp_path / "tritonserver.log")
+    with pytest.raises(ServerError, match=r"^tritonserver crashed \(SIGKILL\) during start-up$"):
+        server.start()
+    assert server.returncode == -signal.SIGKILL
