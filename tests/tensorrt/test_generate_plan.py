@@ -16,8 +16,11 @@ from pathlib import Path
 import pytest
 
 from aitune_triton.api import generate
+from aitune_triton.numerics import compare
+from aitune_triton.reference_data import load_reference
 from aitune_triton.tensorrt_model import ModelStatus, build_plans
 from aitune_triton.tensorrt.section import PlanStatus
+from aitune_triton.triton.manifest import Manifest
 from aitune_triton.triton.render import check_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,6 +113,33 @@ def test_generate_records_the_settings_and_the_precision_tolerance(fake_tensorrt
     _check_served_config(trt.path)
 
 
+def _assert_served_under_the_plan_check(model_dir, offset):
+    """validate's accuracy and batching checks compare with the manifest's tolerances: they must be the
+    ones the plan was accepted under, so the plan's answers (eager + the fake's offset) pass there too."""
+    manifest = Manifest.load(model_dir)
+    for check in manifest.tensorrt.check["outputs"]:
+        served = manifest.tolerances[check["name"]]
+        assert (served.atol, served.rtol) == (check["atol"], check["rtol"])
+        for case in load_reference(model_dir / "reference.npz"):
+            expected = case.outputs[check["name"]]
+            assert compare(expected + offset, expected, served).ok
+
+
+def test_the_served_manifest_carries_the_tolerance_the_plan_was_checked_with(fake_tensorrt_installed, tiny,
+                                                                             tmp_path):
+    fake_tensorrt_installed.setenv("FAKE_TENSORRT_OUTPUT_OFFSET", "0.001")  # over float32's atol, within fp16's
+    out = tmp_path / "repo"
+    result = _generate(tiny, out, tensorrt={"precision": "fp16"})
+    assert {m.backend: m.status for m in result.models}["tensorrt"] is ModelStatus.READY
+    _assert_served_under_the_plan_check(out / "tiny_trt", 0.001)
+    assert Manifest.load(out / "tiny_trt").tolerances["output_0"].atol > 1e-3
+    assert Manifest.load(out / "tiny").tolerances["output_0"].atol == 1e-4  # the PyTorch model: eager's own
+
+    built = build_plans(out, force=True)  # build-plan writes the same
+    assert [(m.name, m.status) for m in built] == [("tiny_trt", ModelStatus.READY)]
+    _assert_served_under_the_plan_check(out / "tiny_trt", 0.001)
+
+
 def test_a_failed_build_keeps_the_staging_and_names_the_stage(fake_tensorrt_installed, tiny, tmp_path):
     fake_tensorrt_installed.setenv("FAKE_TENSORRT_FAIL", "build")
     out = tmp_path / "repo"
@@ -178,6 +208,8 @@ def test_tensorrt_only_builds_into_the_model_itself(fake_tensorrt_installed, tin
     manifest = _manifest(out / "tiny")
     assert manifest["backend"] == "tensorrt" and manifest["tensorrt"]["status"] == PlanStatus.BUILT.value
     _check_served_config(out / "tiny")
+    _assert_served_under_the_plan_check(out / "tiny", 0.0)  # TF32 (on by default): judged as fp16
+    assert manifest["tolerances"]["output_0"]["atol"] > 1e-4
 
 
 @pytest.mark.usefixtures("no_tensorrt")
