@@ -75,11 +75,14 @@ def artifact_hashes(model_dir: Path) -> dict[str, str]:
     return {str(rel): sha256_file(Path(model_dir) / rel) for rel in artifact_files(model_dir)}
 
 
-def artifact_problems(model_dir: Path, recorded: dict[str, str]) -> list[str]:
-    """What differs from the recorded hashes: changed, missing and unrecorded files."""
+def artifact_problems(model_dir: Path, recorded: dict[str, str], versions: bool = True) -> list[str]:
+    """What differs from the recorded hashes: changed, missing and unrecorded files. ``versions=False``
+    leaves the version directories out (``build-plan`` replaces them of a model it builds in place)."""
     model_dir = Path(model_dir)
     problems = []
-    present = {str(rel) for rel in artifact_files(model_dir)}
+    present = {str(rel) for rel in artifact_files(model_dir) if versions or not rel.parts[0].isdigit()}
+    if not versions:
+        recorded = {rel: sha for rel, sha in recorded.items() if not Path(rel).parts[0].isdigit()}
     for rel, expected in sorted(recorded.items()):
         path = model_dir / rel
         if rel not in present:
@@ -95,13 +98,13 @@ def refusal(model_dir: Path, problems: list[str], advice: str) -> ModelError:
         "; ..." if len(problems) > 5 else ""), advice))
 
 
-def verify_artifacts(model_dir: Path, recorded: dict[str, str]) -> None:
-    """Raise ModelError (naming the files) unless the artifacts match ``recorded``; a manifest that
-    records no hashes is refused too (it would turn the check off)."""
+def verify_artifacts(model_dir: Path, recorded: dict[str, str], versions: bool = True) -> None:
+    """Raise ModelError (naming the files) unless the artifacts match ``recorded`` (``versions``: see
+    ``artifact_problems``); a manifest that records no hashes is refused too (it would turn the check off)."""
     if not recorded:
         raise ModelError("refusing to load %s: its manifest records no artifact hashes, so its files cannot be "
                          "checked (regenerate the model)" % model_dir)
-    problems = artifact_problems(model_dir, recorded)
+    problems = artifact_problems(model_dir, recorded, versions)
     if problems:
         raise refusal(model_dir, problems, "changed since generate: regenerate the model, or restore the files")
 

@@ -17,7 +17,7 @@ import torch
 from aitune_triton.config import GenerateConfig
 from aitune_triton.errors import ModelError, UserError
 from aitune_triton.numerics import Tolerance
-from aitune_triton.triton.model_check import verify_model
+from aitune_triton.triton.model_check import verify_artifacts_of
 from aitune_triton.spec import IOSpec
 from aitune_triton.profile_set import ProfileSet
 from aitune_triton.tensorrt.section import PlanStatus, TensorRTSection
@@ -203,7 +203,11 @@ def pending_plans(repo: Path, model: str | None = None,
 
 def build_plans(repo: Path, model: str | None = None, force: bool = False,
                 progress: Progress = lambda msg: None) -> list[GeneratedModel]:
-    """Build each staged plan from its checked ONNX and activate the TensorRT model atomically."""
+    """Build each staged plan from its checked ONNX and activate the TensorRT model atomically.
+
+    A TensorRT-only model (its TensorRT name is its own) is built in place, as ``generate`` does:
+    into a staged copy of the model dir that then replaces it, so its ``tensorrt/`` staging stays and
+    the manifest is sealed over the files that are actually there."""
     from aitune_triton.tensorrt.availability import build_status
     from aitune_triton.tensorrt.stamp import this_machine
 
@@ -212,27 +216,35 @@ def build_plans(repo: Path, model: str | None = None, force: bool = False,
         raise UserError("TensorRT is not available here (%s); run build-plan inside the TensorRT or Triton "
                         "container that will serve the plan (nvcr.io/nvidia/tensorrt:YY.MM-py3), or run the "
                         "staged build_plan.sh there" % status.reason)
+    repo = Path(repo)
     built = []
     machine = None
     for home, manifest in pending_plans(repo, model, include_built=True):
         info = manifest.tensorrt
         assert info is not None and info.model_name
         trt_name = info.model_name
+        in_place = trt_name == home.name
         if info.status is PlanStatus.BUILT and not force:
             machine = machine or this_machine()
-            built.append(existing_plan(Path(repo), home, info, machine))
+            built.append(existing_plan(repo, home, info, machine))
             continue
-        verify_model(home, Path(repo))  # the ONNX and build script are about to be used
+        verify_artifacts_of(home, repo, versions=not in_place)  # the ONNX and build script are about to be used
         config = GenerateConfig.from_dict(manifest.config)
-        with repository.stage_models(Path(repo), [trt_name], force=force) as staged:
+        with repository.stage_models(repo, [trt_name], force=force or in_place) as staged:
             model_dir = staged.dir(trt_name)
-            section = build_tensorrt_model(model_dir, home, info, manifest.spec, manifest.profiles,
+            source = home
+            if in_place:  # the copy is built and replaces the model; a plan built before goes first
+                shutil.copytree(home, model_dir, dirs_exist_ok=True)
+                _unbuilt(model_dir, model_dir)
+                source = model_dir
+            section = build_tensorrt_model(model_dir, source, info, manifest.spec, manifest.profiles,
                                            manifest.max_batch_size, config, progress)
             stamp = section.stamp or {}
             with_plan_tolerances(dataclasses.replace(manifest, name=trt_name, backend="tensorrt", tensorrt=section),
-                                 home).sealed(model_dir).save(model_dir)
-        dataclasses.replace(manifest, tensorrt=section).save(home)
-        built.append(GeneratedModel(trt_name, "tensorrt", Path(repo) / trt_name, ModelStatus.READY,
+                                 source).sealed(model_dir).save(model_dir)
+        if not in_place:
+            dataclasses.replace(manifest, tensorrt=section).save(home)
+        built.append(GeneratedModel(trt_name, "tensorrt", repo / trt_name, ModelStatus.READY,
                                     "TensorRT %s, checked against eager PyTorch: %s"
                                     % (stamp.get("tensorrt_version"), _check_words(section.check or {}))))
     return built

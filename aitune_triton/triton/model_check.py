@@ -13,6 +13,22 @@ from aitune_triton.integrity import config_problems, drop_bytecode_caches, refus
 from aitune_triton.triton.manifest import Manifest
 
 
+def verify_artifacts_of(model_dir: Path, repo: Path | None = None, versions: bool = True) -> Manifest:
+    """The checks of ``verify_model`` that need no ``config.pbtxt``: the directory entries, the
+    bytecode caches, the manifest and the artifacts' hashes. ``build-plan`` uses them on the model
+    whose staged ONNX and build script it runs: a TensorRT-only model that is still pending has its
+    config in ``tensorrt/`` only, so the load-time config check could never pass there; and one it
+    builds in place gets new version directories, so those are not checked (``versions=False``)."""
+    model_dir = Path(model_dir)
+    problems = tree_problems(model_dir, repo)
+    if problems:
+        raise refusal(model_dir, problems, "remove them, or regenerate the model")
+    drop_bytecode_caches(model_dir)
+    manifest = Manifest.load(model_dir)
+    verify_artifacts(model_dir, manifest.files, versions)
+    return manifest
+
+
 def verify_model(model_dir: Path, repo: Path | None = None) -> Manifest:
     """The integrity check before a model is loaded; returns its manifest, raises ModelError (or
     UserError for an unreadable manifest) in one line naming what is wrong.
@@ -22,12 +38,7 @@ def verify_model(model_dir: Path, repo: Path | None = None) -> Manifest:
     what the config names are checked.
     """
     model_dir = Path(model_dir)
-    problems = tree_problems(model_dir, repo)
-    if problems:
-        raise refusal(model_dir, problems, "remove them, or regenerate the model")
-    drop_bytecode_caches(model_dir)
-    manifest = Manifest.load(model_dir)
-    verify_artifacts(model_dir, manifest.files)
+    manifest = verify_artifacts_of(model_dir, repo)
     problems = config_problems(model_dir, manifest.backend)
     if problems:
         raise refusal(model_dir, problems, "fix config.pbtxt, or regenerate the model")

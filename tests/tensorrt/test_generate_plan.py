@@ -21,6 +21,7 @@ from aitune_triton.reference_data import load_reference
 from aitune_triton.tensorrt_model import ModelStatus, build_plans
 from aitune_triton.tensorrt.section import PlanStatus
 from aitune_triton.triton.manifest import Manifest
+from aitune_triton.triton.model_check import verify_model
 from aitune_triton.triton.render import check_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -210,6 +211,27 @@ def test_tensorrt_only_builds_into_the_model_itself(fake_tensorrt_installed, tin
     _check_served_config(out / "tiny")
     _assert_served_under_the_plan_check(out / "tiny", 0.0)  # TF32 (on by default): judged as fp16
     assert manifest["tolerances"]["output_0"]["atol"] > 1e-4
+
+
+def test_build_plan_builds_a_tensorrt_only_model_in_place(fake_tensorrt_installed, tiny, tmp_path):
+    """The command generate prints for a pending TensorRT-only model works: the model has no
+    config.pbtxt yet (only tensorrt/ has one) and its TensorRT name is its own."""
+    fake_tensorrt_installed.setenv("FAKE_TENSORRT_GPU", "0")
+    out = tmp_path / "repo"
+    result = _generate(tiny, out, backends=("tensorrt",))
+    assert [(m.name, m.status) for m in result.models] == [("tiny", ModelStatus.PENDING)]
+    assert any("`aitune-triton build-plan %s --model tiny`" % out in n for n in result.notes)
+    fake_tensorrt_installed.setenv("FAKE_TENSORRT_GPU", "1")
+    for force in (False, True):  # and once more over the built one
+        built = build_plans(out, model="tiny", force=force)
+        assert [(m.name, m.status) for m in built] == [("tiny", ModelStatus.READY)]
+        assert "checked against eager PyTorch: 2 sample(s)" in built[0].detail
+        assert (out / "tiny" / "1" / "model.plan").is_file() and (out / "tiny" / "tensorrt" / "model.onnx").is_file()
+        manifest = verify_model(out / "tiny", out)  # sealed over the files that are there
+        assert manifest.backend == "tensorrt" and manifest.tensorrt.status is PlanStatus.BUILT
+        _check_served_config(out / "tiny")
+        _assert_served_under_the_plan_check(out / "tiny", 0.0)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["tiny"]
 
 
 @pytest.mark.usefixtures("no_tensorrt")
