@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from aitune_triton.config import GenerateConfig
-from aitune_triton.errors import ModelError, UserError
+from aitune_triton.errors import AituneError, ModelError, UserError
 from aitune_triton.numerics import Tolerance
-from aitune_triton.triton.model_check import verify_artifacts_of
+from aitune_triton.triton.model_check import verify_artifacts_of, verify_model
 from aitune_triton.spec import IOSpec
 from aitune_triton.profile_set import ProfileSet
 from aitune_triton.tensorrt.section import PlanStatus, TensorRTSection
@@ -207,7 +207,8 @@ def build_plans(repo: Path, model: str | None = None, force: bool = False,
 
     A TensorRT-only model (its TensorRT name is its own) is built in place, as ``generate`` does:
     into a staged copy of the model dir that then replaces it, so its ``tensorrt/`` staging stays and
-    the manifest is sealed over the files that are actually there."""
+    the manifest is sealed over the files that are actually there. A plan recorded as built whose
+    model dir is gone or fails its integrity check is built again rather than reported ready."""
     from aitune_triton.tensorrt.availability import build_status
     from aitune_triton.tensorrt.stamp import this_machine
 
@@ -224,13 +225,17 @@ def build_plans(repo: Path, model: str | None = None, force: bool = False,
         assert info is not None and info.model_name
         trt_name = info.model_name
         in_place = trt_name == home.name
+        broken = None
         if info.status is PlanStatus.BUILT and not force:
-            machine = machine or this_machine()
-            built.append(existing_plan(repo, home, info, machine))
-            continue
+            broken = _built_plan_problem(repo, trt_name)
+            if broken is None:
+                machine = machine or this_machine()
+                built.append(existing_plan(repo, home, info, machine))
+                continue
+            progress("%s is recorded as built, but %s: building it again" % (trt_name, broken))
         verify_artifacts_of(home, repo, versions=not in_place)  # the ONNX and build script are about to be used
         config = GenerateConfig.from_dict(manifest.config)
-        with repository.stage_models(repo, [trt_name], force=force or in_place) as staged:
+        with repository.stage_models(repo, [trt_name], force=force or in_place or broken is not None) as staged:
             model_dir = staged.dir(trt_name)
             source = home
             if in_place:  # the copy is built and replaces the model; a plan built before goes first
@@ -248,6 +253,19 @@ def build_plans(repo: Path, model: str | None = None, force: bool = False,
                                     "TensorRT %s, checked against eager PyTorch: %s"
                                     % (stamp.get("tensorrt_version"), _check_words(section.check or {}))))
     return built
+
+
+def _built_plan_problem(repo: Path, name: str) -> str | None:
+    """Why the TensorRT model ``name``, recorded as built, cannot be kept as it is (its plan is
+    missing, or the model fails the integrity check a load would run), or None."""
+    plan = repo / name / "1" / "model.plan"
+    if not plan.is_file():
+        return "its plan %s is missing" % plan
+    try:
+        verify_model(repo / name, repo)
+    except AituneError as exc:
+        return str(exc)
+    return None
 
 
 def _check_words(check: dict) -> str:

@@ -9,6 +9,7 @@ that computes the wrong values.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -232,6 +233,30 @@ def test_build_plan_builds_a_tensorrt_only_model_in_place(fake_tensorrt_installe
         _check_served_config(out / "tiny")
         _assert_served_under_the_plan_check(out / "tiny", 0.0)
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["tiny"]
+
+
+@pytest.mark.parametrize("backends, trt_name, lose", [
+    (("python", "tensorrt"), "tiny_trt", lambda m: (m / "1" / "model.plan").unlink()),
+    (("python", "tensorrt"), "tiny_trt", shutil.rmtree),
+    (("python", "tensorrt"), "tiny_trt", lambda m: (m / "1" / "model.plan").write_bytes(b"FAKETRT1 replaced")),
+    (("tensorrt",), "tiny", lambda m: (m / "1" / "model.plan").unlink()),
+])
+def test_build_plan_builds_again_a_plan_recorded_as_built_that_is_gone(fake_tensorrt_installed, tiny, tmp_path,
+                                                                      backends, trt_name, lose):
+    """The manifest saying "built" is not enough to report it ready: the plan must be there and intact."""
+    out = tmp_path / "repo"
+    _generate(tiny, out, backends=backends)
+    lose(out / trt_name)
+    said = []
+    built = build_plans(out, progress=said.append)
+    assert [(m.name, m.status) for m in built] == [(trt_name, ModelStatus.READY)]
+    assert "already built" not in built[0].detail and "checked against eager PyTorch" in built[0].detail
+    assert any(s.startswith("%s is recorded as built, but " % trt_name) and s.endswith(": building it again")
+               for s in said)
+    verify_model(out / trt_name, out)
+    assert (out / trt_name / "1" / "model.plan").read_bytes().startswith(b"FAKETRT1") and \
+        (out / "tiny" / "tensorrt" / "model.onnx").is_file()
+    assert build_plans(out)[0].detail.startswith("already built, matches")  # intact now: kept
 
 
 @pytest.mark.usefixtures("no_tensorrt")
