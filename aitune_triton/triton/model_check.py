@@ -39,7 +39,7 @@ def verify_model(model_dir: Path, repo: Path | None = None) -> Manifest:
     """
     model_dir = Path(model_dir)
     manifest = verify_artifacts_of(model_dir, repo)
-    problems = config_problems(model_dir, manifest.backend)
+    problems = config_problems(model_dir, manifest.backend, manifest.files)
     if problems:
         raise refusal(model_dir, problems, "fix config.pbtxt, or regenerate the model")
     if manifest.pipeline.get("role") == "pipeline":  # an ensemble loads its pre/post steps with it
