@@ -42,9 +42,15 @@ def verify_model(model_dir: Path, repo: Path | None = None) -> Manifest:
     problems = config_problems(model_dir, manifest.backend, manifest.files)
     if problems:
         raise refusal(model_dir, problems, "fix config.pbtxt, or regenerate the model")
-    if manifest.pipeline.get("role") == "pipeline":  # an ensemble loads its pre/post steps with it
-        for role in ("pre", "post"):
-            verify_model(model_dir.parent / str(manifest.pipeline[role]), repo)
+    if manifest.pipeline.get("role") == "pipeline":
+        # loading the ensemble makes Triton load every model it composes: the served model too, not only
+        # the pre/post steps; a missing one is this model's problem (one line), not an unhandled OSError
+        for role in ("pre", "model", "post"):
+            step = model_dir.parent / str(manifest.pipeline[role])
+            if not step.is_dir():
+                raise refusal(model_dir, ["its pipeline step %r (%s) is missing from the repository" % (
+                    step.name, role)], "regenerate the model")
+            verify_model(step, repo)
     return manifest
 
 
