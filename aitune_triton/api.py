@@ -39,7 +39,7 @@ from aitune_triton.prepared import (Prepared, Progress, _build_fallback, _export
                                     _write_common, prepare)
 from aitune_triton.tensorrt.section import PlanStatus, TensorRTSection
 from aitune_triton.tensorrt_model import (TRT_STAGE_DIR, GeneratedModel, ModelStatus, _build_in_generate,
-                                          _check_words, _stage_tensorrt)
+                                          _check_words, _stage_tensorrt, with_plan_tolerances)
 from aitune_triton.triton import repository
 from aitune_triton.triton.manifest import Manifest, OnnxSection
 from aitune_triton.triton.render import SCHEMA_SKIPPED, render_config, schema, write_config
@@ -260,7 +260,10 @@ def _generate(model_py: Path, out: Path, overrides: dict | None, force: bool, pr
             if trt_status.available:
                 trt_info, failure = _build_in_generate(prep, staged, home, out / names["tensorrt"], trt_info,
                                                        progress)
-            _manifest(prep, names["tensorrt"], "tensorrt", tensorrt=trt_info).sealed(home).save(home)
+            trt_manifest = _manifest(prep, names["tensorrt"], "tensorrt", tensorrt=trt_info)
+            if trt_info.status is PlanStatus.BUILT:  # the home is the TensorRT model: held to its plan's check
+                trt_manifest = with_plan_tolerances(trt_manifest, home)
+            trt_manifest.sealed(home).save(home)
         if trt_info is not None and trt_info.status is PlanStatus.BUILT:
             check = trt_info.check or {}
             results.append(GeneratedModel(names["tensorrt"], "tensorrt", out / names["tensorrt"], ModelStatus.READY,

@@ -17,7 +17,7 @@ Hashes alone are not enough, because Triton loads more than the hashed files:
   as a version, so only canonical version names (``3``) are allowed;
 - ``config.pbtxt`` (tuned and hand-edited by design, so not hashed) can name other files:
   ``default_model_filename`` and ``cc_model_filenames`` must be plain names inside the version
-  directory, ``EXECUTION_ENV_PATH`` a file inside the model directory, warm-up data plain names
+  directory, ``EXECUTION_ENV_PATH`` a hashed artifact inside the model directory, warm-up data plain names
   in ``warmup/``, no repository agents, and the backend the one the model was generated for.
 
 ``reference.npz`` (read without pickle) and the warm-up data are not hashed; nor is the manifest
@@ -31,6 +31,7 @@ import hashlib
 import os
 import re
 from pathlib import Path
+from typing import Mapping
 
 from aitune_triton.errors import ModelError
 
@@ -75,11 +76,14 @@ def artifact_hashes(model_dir: Path) -> dict[str, str]:
     return {str(rel): sha256_file(Path(model_dir) / rel) for rel in artifact_files(model_dir)}
 
 
-def artifact_problems(model_dir: Path, recorded: dict[str, str]) -> list[str]:
-    """What differs from the recorded hashes: changed, missing and unrecorded files."""
+def artifact_problems(model_dir: Path, recorded: dict[str, str], versions: bool = True) -> list[str]:
+    """What differs from the recorded hashes: changed, missing and unrecorded files. ``versions=False``
+    leaves the version directories out (``build-plan`` replaces them of a model it builds in place)."""
     model_dir = Path(model_dir)
     problems = []
-    present = {str(rel) for rel in artifact_files(model_dir)}
+    present = {str(rel) for rel in artifact_files(model_dir) if versions or not rel.parts[0].isdigit()}
+    if not versions:
+        recorded = {rel: sha for rel, sha in recorded.items() if not Path(rel).parts[0].isdigit()}
     for rel, expected in sorted(recorded.items()):
         path = model_dir / rel
         if rel not in present:
@@ -95,13 +99,13 @@ def refusal(model_dir: Path, problems: list[str], advice: str) -> ModelError:
         "; ..." if len(problems) > 5 else ""), advice))
 
 
-def verify_artifacts(model_dir: Path, recorded: dict[str, str]) -> None:
-    """Raise ModelError (naming the files) unless the artifacts match ``recorded``; a manifest that
-    records no hashes is refused too (it would turn the check off)."""
+def verify_artifacts(model_dir: Path, recorded: dict[str, str], versions: bool = True) -> None:
+    """Raise ModelError (naming the files) unless the artifacts match ``recorded`` (``versions``: see
+    ``artifact_problems``); a manifest that records no hashes is refused too (it would turn the check off)."""
     if not recorded:
         raise ModelError("refusing to load %s: its manifest records no artifact hashes, so its files cannot be "
                          "checked (regenerate the model)" % model_dir)
-    problems = artifact_problems(model_dir, recorded)
+    problems = artifact_problems(model_dir, recorded, versions)
     if problems:
         raise refusal(model_dir, problems, "changed since generate: regenerate the model, or restore the files")
 
@@ -139,8 +143,13 @@ def _plain_name(value: str) -> bool:
     return bool(value) and "/" not in value and "\\" not in value and "\0" not in value and value not in (".", "..")
 
 
-def config_problems(model_dir: Path, backend: str) -> list[str]:
-    """What ``config.pbtxt`` makes Triton load beyond the checked files (see the module docstring)."""
+def config_problems(model_dir: Path, backend: str, recorded: Mapping[str, str]) -> list[str]:
+    """What ``config.pbtxt`` makes Triton load beyond the checked files (see the module docstring).
+
+    ``recorded`` is the manifest's artifact hashes: ``EXECUTION_ENV_PATH`` must name one of them. A
+    path merely inside the model directory is not enough, because only the version dirs, the staged
+    TensorRT files and ``python_env.tar.gz`` are hashed: a tarball planted beside them would be
+    neither checked nor reported as added, yet the stub would extract and run it."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
@@ -167,6 +176,10 @@ def config_problems(model_dir: Path, backend: str) -> list[str]:
             if rel is None or not all(_plain_name(part) for part in rel.split("/")):
                 problems.append("config.pbtxt parameter EXECUTION_ENV_PATH %r is not a file inside the model "
                                 "directory (%s<file>)" % (value, _MODEL_DIR_VAR))
+            elif rel not in recorded:
+                problems.append("config.pbtxt parameter EXECUTION_ENV_PATH %r names a file the manifest does not "
+                                "record, so it is not checked (pack-env writes and records %s)"
+                                % (value, TOP_LEVEL_ARTIFACTS[0]))
         elif "/.." in value or value.startswith(("/", "..")):
             problems.append("config.pbtxt parameter %s %r names a path outside the model directory" % (key, value))
     for warmup in cfg.model_warmup:

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 from aitune_triton.config import GenerateConfig
-from aitune_triton.errors import ModelError, UserError
-from aitune_triton.triton.model_check import verify_model
+from aitune_triton.errors import AituneError, ModelError, UserError
+from aitune_triton.numerics import Tolerance
+from aitune_triton.triton.model_check import verify_artifacts_of, verify_model
 from aitune_triton.spec import IOSpec
 from aitune_triton.profile_set import ProfileSet
 from aitune_triton.tensorrt.section import PlanStatus, TensorRTSection
@@ -102,17 +103,13 @@ def build_tensorrt_model(model_dir: Path, home: Path, info: TensorRTSection, spe
     the engine's own I/O types. Returns ``info`` as built: the plan's stamp and the check. A failed
     stage raises one ``ModelError`` line naming it (parse / build / check) and the log."""
     from aitune_triton.tensorrt.builder import build_plan
-    from aitune_triton.tensorrt.plan_check import PlanCheckRequest, plan_tolerances
-    from aitune_triton.reference_data import load_reference
+    from aitune_triton.tensorrt.plan_check import PlanCheckRequest
 
-    reference = (home / REFERENCE).resolve()
-    tolerances, rule = plan_tolerances({t.name: t.dtype for t in spec.outputs},
-                                       [case.outputs for case in load_reference(reference)], config.tensorrt,
-                                       config.tolerance_override)
+    tolerances, rule = _plan_check_tolerances(home, spec, config)
     (model_dir / "1").mkdir(exist_ok=True)
     artifact = build_plan(home / str(info.onnx), model_dir / "1" / "model.plan", config.tensorrt, profiles,
                           timeout_s=config.tensorrt.build_timeout_s, progress=progress,
-                          check=PlanCheckRequest(reference, tolerances, rule), log_path=log_path)
+                          check=PlanCheckRequest((home / REFERENCE).resolve(), tolerances, rule), log_path=log_path)
     io_dtypes = {t.name: t.dtype for t in artifact.engine_io.tensors}
     plan = plan_model_config(spec, profiles, MappingOptions(
         name=str(info.model_name), backend="tensorrt", max_batch_size=max_batch_size, instances=config.instances,
@@ -125,6 +122,28 @@ def build_tensorrt_model(model_dir: Path, home: Path, info: TensorRTSection, spe
                 shutil.copy2(home / extra, model_dir / extra)
     return info.replace(status=PlanStatus.BUILT, stamp=artifact.stamp_dict(), reason="",
                         check=artifact.check.to_dict() if artifact.check else None)
+
+
+def _plan_check_tolerances(home: Path, spec: IOSpec, config: GenerateConfig) -> tuple[dict[str, Tolerance], str]:
+    """The tolerance per float output the plan is checked with (``plan_tolerances`` for the plan's
+    precision, scaled by ``home``'s recorded eager outputs), and the rule in words."""
+    from aitune_triton.tensorrt.plan_check import plan_tolerances
+    from aitune_triton.reference_data import load_reference
+
+    return plan_tolerances({t.name: t.dtype for t in spec.outputs},
+                           [case.outputs for case in load_reference((home / REFERENCE).resolve())], config.tensorrt,
+                           config.tolerance_override)
+
+
+def with_plan_tolerances(manifest: Manifest, home: Path) -> Manifest:
+    """The manifest of a served TensorRT model with the tolerances its plan was accepted under.
+
+    ``validate``'s accuracy and dynamic-batching checks compare with ``manifest.tolerances``; the
+    eager dtype's (float32: atol 1e-4) are far tighter than a reduced-precision plan's (fp16, or
+    TF32 as it is on by default: atol a fraction of the output's peak), so a plan that passed its
+    check in ``generate``/``build-plan`` would fail ``validate``. Integer and bool outputs stay exact."""
+    tolerances, _ = _plan_check_tolerances(home, manifest.spec, GenerateConfig.from_dict(manifest.config))
+    return dataclasses.replace(manifest, tolerances={**manifest.tolerances, **tolerances})
 
 
 TRT_BUILD_LOG = "logs/tensorrt_build.log"
@@ -156,7 +175,8 @@ def _build_in_generate(prep: Prepared, staged: repository.StagedModels, home: Pa
         log_note = "; log: %s" % (home_final / TRT_BUILD_LOG) if log_path.exists() else ""
         return info.replace(reason=str(exc)), "%s%s" % (exc, log_note)
     if model_dir != home:
-        _manifest(prep, trt_name, "tensorrt", tensorrt=built).sealed(model_dir).save(model_dir)
+        with_plan_tolerances(_manifest(prep, trt_name, "tensorrt", tensorrt=built), home).sealed(model_dir) \
+            .save(model_dir)
     return built, None
 
 
@@ -183,7 +203,12 @@ def pending_plans(repo: Path, model: str | None = None,
 
 def build_plans(repo: Path, model: str | None = None, force: bool = False,
                 progress: Progress = lambda msg: None) -> list[GeneratedModel]:
-    """Build each staged plan from its checked ONNX and activate the TensorRT model atomically."""
+    """Build each staged plan from its checked ONNX and activate the TensorRT model atomically.
+
+    A TensorRT-only model (its TensorRT name is its own) is built in place, as ``generate`` does:
+    into a staged copy of the model dir that then replaces it, so its ``tensorrt/`` staging stays and
+    the manifest is sealed over the files that are actually there. A plan recorded as built whose
+    model dir is gone or fails its integrity check is built again rather than reported ready."""
     from aitune_triton.tensorrt.availability import build_status
     from aitune_triton.tensorrt.stamp import this_machine
 
@@ -192,30 +217,55 @@ def build_plans(repo: Path, model: str | None = None, force: bool = False,
         raise UserError("TensorRT is not available here (%s); run build-plan inside the TensorRT or Triton "
                         "container that will serve the plan (nvcr.io/nvidia/tensorrt:YY.MM-py3), or run the "
                         "staged build_plan.sh there" % status.reason)
+    repo = Path(repo)
     built = []
     machine = None
     for home, manifest in pending_plans(repo, model, include_built=True):
         info = manifest.tensorrt
         assert info is not None and info.model_name
         trt_name = info.model_name
+        in_place = trt_name == home.name
+        broken = None
         if info.status is PlanStatus.BUILT and not force:
-            machine = machine or this_machine()
-            built.append(existing_plan(Path(repo), home, info, machine))
-            continue
-        verify_model(home, Path(repo))  # the ONNX and build script are about to be used
+            broken = _built_plan_problem(repo, trt_name)
+            if broken is None:
+                machine = machine or this_machine()
+                built.append(existing_plan(repo, home, info, machine))
+                continue
+            progress("%s is recorded as built, but %s: building it again" % (trt_name, broken))
+        verify_artifacts_of(home, repo, versions=not in_place)  # the ONNX and build script are about to be used
         config = GenerateConfig.from_dict(manifest.config)
-        with repository.stage_models(Path(repo), [trt_name], force=force) as staged:
+        with repository.stage_models(repo, [trt_name], force=force or in_place or broken is not None) as staged:
             model_dir = staged.dir(trt_name)
-            section = build_tensorrt_model(model_dir, home, info, manifest.spec, manifest.profiles,
+            source = home
+            if in_place:  # the copy is built and replaces the model; a plan built before goes first
+                shutil.copytree(home, model_dir, dirs_exist_ok=True)
+                _unbuilt(model_dir, model_dir)
+                source = model_dir
+            section = build_tensorrt_model(model_dir, source, info, manifest.spec, manifest.profiles,
                                            manifest.max_batch_size, config, progress)
             stamp = section.stamp or {}
-            dataclasses.replace(manifest, name=trt_name, backend="tensorrt",
-                                tensorrt=section).sealed(model_dir).save(model_dir)
-        dataclasses.replace(manifest, tensorrt=section).save(home)
-        built.append(GeneratedModel(trt_name, "tensorrt", Path(repo) / trt_name, ModelStatus.READY,
+            with_plan_tolerances(dataclasses.replace(manifest, name=trt_name, backend="tensorrt", tensorrt=section),
+                                 source).sealed(model_dir).save(model_dir)
+        if not in_place:
+            dataclasses.replace(manifest, tensorrt=section).save(home)
+        built.append(GeneratedModel(trt_name, "tensorrt", repo / trt_name, ModelStatus.READY,
                                     "TensorRT %s, checked against eager PyTorch: %s"
                                     % (stamp.get("tensorrt_version"), _check_words(section.check or {}))))
     return built
+
+
+def _built_plan_problem(repo: Path, name: str) -> str | None:
+    """Why the TensorRT model ``name``, recorded as built, cannot be kept as it is (its plan is
+    missing, or the model fails the integrity check a load would run), or None."""
+    plan = repo / name / "1" / "model.plan"
+    if not plan.is_file():
+        return "its plan %s is missing" % plan
+    try:
+        verify_model(repo / name, repo)
+    except AituneError as exc:
+        return str(exc)
+    return None
 
 
 def _check_words(check: dict) -> str:

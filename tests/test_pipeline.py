@@ -80,6 +80,23 @@ def test_steps_are_hashed_and_checked_through_the_ensemble(repo, tmp_path):
         verify_model(copy / "text_pipeline_pipeline", copy)
 
 
+@pytest.mark.parametrize("role, name", [("model", "text_pipeline"), ("pre", "text_pipeline_pre")])
+def test_the_ensemble_checks_every_model_it_loads(repo, tmp_path, role, name):
+    """Loading the ensemble loads the served model as well as the steps: a changed one is refused, and
+    a missing one is a one-line ModelError (validate reports those; anything else aborts the run)."""
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy)
+    assert "1/model.py" in Manifest.load(copy / name).files
+    with (copy / name / "1" / "model.py").open("a") as f:
+        f.write("\nimport os  # planted\n")
+    with pytest.raises(ModelError, match=r"%s: 1/model.py does not match its recorded SHA-256" % name):
+        verify_model(copy / "text_pipeline_pipeline", copy)
+    shutil.rmtree(copy / name)
+    with pytest.raises(ModelError, match=r"refusing to load .*text_pipeline_pipeline: its pipeline step '%s' \(%s\) "
+                                         r"is missing from the repository \(regenerate the model\)$" % (name, role)):
+        verify_model(copy / "text_pipeline_pipeline", copy)
+
+
 def _model_py(tmp_path: Path, extra: str) -> Path:
     path = tmp_path / "model.py"
     path.write_text(EXAMPLE.read_text().split("def get_preprocess")[0] + extra)

@@ -214,6 +214,29 @@ def test_a_backend_other_than_the_generated_one_is_refused(cnn, backend):
         verify_model(cnn)
 
 
+ENV_LINE = 'parameters { key: "EXECUTION_ENV_PATH" value { string_value: "$$TRITON_MODEL_DIRECTORY/%s" } }\n'
+
+
+def test_an_execution_environment_must_be_a_recorded_artifact(cnn):
+    """A tarball planted beside the hashed files is neither hashed nor reported as added: the config
+    may only point the stub at one the manifest records (what pack-env writes)."""
+    from aitune_triton.errors import ModelError
+    from aitune_triton.triton.manifest import Manifest
+    from aitune_triton.triton.model_check import verify_model
+
+    config = cnn / "config.pbtxt"
+    original = config.read_text()
+    (cnn / "evil.tar.gz").write_bytes(b"\x1f\x8b planted")
+    config.write_text(original + ENV_LINE % "evil.tar.gz")
+    with pytest.raises(ModelError, match=r"refusing to load .*EXECUTION_ENV_PATH '\$\$TRITON_MODEL_DIRECTORY/"
+                                         r"evil.tar.gz' names a file the manifest does not record"):
+        verify_model(cnn)
+    (cnn / "python_env.tar.gz").write_bytes(b"\x1f\x8b packed")  # as pack-env leaves it: recorded
+    Manifest.load(cnn).sealed(cnn).save(cnn)
+    config.write_text(original + ENV_LINE % "python_env.tar.gz")
+    verify_model(cnn)
+
+
 def test_a_packed_environment_is_an_artifact(cnn):
     from aitune_triton.errors import ModelError
     from aitune_triton.triton.model_check import verify_model

@@ -13,6 +13,22 @@ from aitune_triton.integrity import config_problems, drop_bytecode_caches, refus
 from aitune_triton.triton.manifest import Manifest
 
 
+def verify_artifacts_of(model_dir: Path, repo: Path | None = None, versions: bool = True) -> Manifest:
+    """The checks of ``verify_model`` that need no ``config.pbtxt``: the directory entries, the
+    bytecode caches, the manifest and the artifacts' hashes. ``build-plan`` uses them on the model
+    whose staged ONNX and build script it runs: a TensorRT-only model that is still pending has its
+    config in ``tensorrt/`` only, so the load-time config check could never pass there; and one it
+    builds in place gets new version directories, so those are not checked (``versions=False``)."""
+    model_dir = Path(model_dir)
+    problems = tree_problems(model_dir, repo)
+    if problems:
+        raise refusal(model_dir, problems, "remove them, or regenerate the model")
+    drop_bytecode_caches(model_dir)
+    manifest = Manifest.load(model_dir)
+    verify_artifacts(model_dir, manifest.files, versions)
+    return manifest
+
+
 def verify_model(model_dir: Path, repo: Path | None = None) -> Manifest:
     """The integrity check before a model is loaded; returns its manifest, raises ModelError (or
     UserError for an unreadable manifest) in one line naming what is wrong.
@@ -22,18 +38,19 @@ def verify_model(model_dir: Path, repo: Path | None = None) -> Manifest:
     what the config names are checked.
     """
     model_dir = Path(model_dir)
-    problems = tree_problems(model_dir, repo)
-    if problems:
-        raise refusal(model_dir, problems, "remove them, or regenerate the model")
-    drop_bytecode_caches(model_dir)
-    manifest = Manifest.load(model_dir)
-    verify_artifacts(model_dir, manifest.files)
-    problems = config_problems(model_dir, manifest.backend)
+    manifest = verify_artifacts_of(model_dir, repo)
+    problems = config_problems(model_dir, manifest.backend, manifest.files)
     if problems:
         raise refusal(model_dir, problems, "fix config.pbtxt, or regenerate the model")
-    if manifest.pipeline.get("role") == "pipeline":  # an ensemble loads its pre/post steps with it
-        for role in ("pre", "post"):
-            verify_model(model_dir.parent / str(manifest.pipeline[role]), repo)
+    if manifest.pipeline.get("role") == "pipeline":
+        # loading the ensemble makes Triton load every model it composes: the served model too, not only
+        # the pre/post steps; a missing one is this model's problem (one line), not an unhandled OSError
+        for role in ("pre", "model", "post"):
+            step = model_dir.parent / str(manifest.pipeline[role])
+            if not step.is_dir():
+                raise refusal(model_dir, ["its pipeline step %r (%s) is missing from the repository" % (
+                    step.name, role)], "regenerate the model")
+            verify_model(step, repo)
     return manifest
 
 

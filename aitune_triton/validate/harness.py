@@ -196,6 +196,8 @@ class _Run:
                 except Exception as exc:  # noqa: BLE001 - statistics are informative only
                     log.warning("no statistics for %s: %s", item.name, short(exc))
             if last and ready and not self.dead:
+                checks += [CheckResult(c.name, CheckStatus.SKIP, _not_for(target))
+                           for c in registry.registered(final=True) if target.kind not in c.targets]
                 checks += self._checks(ctx, registry.registered(final=True, target=target.kind))[0]
         if self.dead:
             checks.append(CheckResult("server", CheckStatus.FAIL, self.dead))
@@ -302,6 +304,23 @@ class _Run:
         return CheckResult("perf", CheckStatus.PASS, detail, time.monotonic() - t0), result.rows, result.unstable
 
 
+def final_model(planned: list[Planned]) -> Planned | None:
+    """The model the final checks run on, which the run therefore validates last: the last planned
+    one that is served as a model (the final checks send a model's own tensors; a raw-data pipeline,
+    backend ``ensemble``, has none of them), else the last one validated at all, where they are
+    reported as skipped rather than silently never run."""
+    served = [p for p in planned if p.model_dir]
+    return next((p for p in reversed(served) if p.backend != "ensemble"), served[-1] if served else None)
+
+
+def _not_for(target: ModelTarget) -> str:
+    """Why a final check does not run on ``target``: the run validates only raw-data pipelines
+    (``--model x_pipeline``), whose requests are raw bytes, not a served model's tensors."""
+    model = target.manifest.pipeline.get("model")
+    return "applies to a served model, not a raw-data pipeline; %s to have it checked" % (
+        "add --model %s" % model if model else "validate a served model in the same run")
+
+
 def _with_details(exc: Exception) -> str:
     """An error's message with its details (a launched server's log excerpt) below, as the report shows it."""
     details = exc.details if isinstance(exc, AituneError) else None
@@ -375,13 +394,17 @@ def _validate(repo: Path, options: ValidateOptions, progress: Progress | None) -
         except (ServerError, tools.ToolMissing, OSError) as exc:
             info, reports = run.unusable(planned, exc)
         else:
-            last = next((p for p in reversed(planned) if p.model_dir), None)
-            for item in planned:
+            last = final_model(planned)
+            done: dict[int, ModelReport] = {}
+            # the final checks may bring the server down, so their model goes last; the report keeps the plan's order
+            for i in sorted(range(len(planned)), key=lambda i: planned[i] is last):
+                item = planned[i]
                 if run.dead and item.model_dir:
-                    reports.append(ModelReport(item.name, item.backend, (CheckResult(
-                        "server", CheckStatus.FAIL, "not validated: the server died earlier in the run"),)))
+                    done[i] = ModelReport(item.name, item.backend, (CheckResult(
+                        "server", CheckStatus.FAIL, "not validated: the server died earlier in the run"),))
                     continue
-                reports.append(run.validate(item, info.backends, last=item is last))
+                done[i] = run.validate(item, info.backends, last=item is last)
+            reports = [done[i] for i in range(len(planned))]
             if run.dead:
                 info = dataclasses.replace(info, error=run.dead)
     finally:

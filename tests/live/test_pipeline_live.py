@@ -56,12 +56,26 @@ def test_validate_checks_the_pipeline_with_raw_requests(repo, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert [m["name"] for m in report["models"]] == [PIPELINE, "image_pipeline_pipeline"]
-    for model in report["models"]:
-        statuses = {c["name"]: c["status"] for c in model["checks"]}
-        assert statuses == {"load": "pass", "ready": "pass", "raw_answers_http": "pass", "raw_answers_grpc": "pass",
-                            "raw_bad_input": "pass"}, model
-    image = {c["name"]: c["detail"] for c in report["models"][1]["checks"]}
-    assert "undecodable bytes refused" in image["raw_bad_input"] and "UnidentifiedImageError" in image["raw_bad_input"]
+    raw = {"load": "pass", "ready": "pass", "raw_answers_http": "pass", "raw_answers_grpc": "pass",
+           "raw_bad_input": "pass"}
+    text, image = ({c["name"]: c for c in model["checks"]} for model in report["models"])
+    assert {n: c["status"] for n, c in text.items()} == raw
+    # the final check sends a model's tensors: with only pipelines in the run it is reported as skipped
+    assert {n: c["status"] for n, c in image.items()} == {**raw, "oversized_shape": "skip"}
+    assert image["oversized_shape"]["detail"].endswith("add --model image_pipeline to have it checked")
+    detail = image["raw_bad_input"]["detail"]
+    assert "undecodable bytes refused" in detail and "UnidentifiedImageError" in detail
+
+
+def test_validate_runs_the_final_check_on_the_model_when_its_pipeline_comes_last(repo, tmp_path):
+    proc = subprocess.run(CLI + ["validate", str(repo), "--no-perf", "--model", "text_pipeline", "--model", PIPELINE,
+                                 "--report", str(tmp_path / "report")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert [m["name"] for m in report["models"]] == ["text_pipeline", PIPELINE]  # as asked, though run model last
+    model, pipe = ({c["name"]: c["status"] for c in m["checks"]} for m in report["models"])
+    assert model["oversized_shape"] in ("pass", "warn") and "oversized_shape" not in pipe
+    assert proc.stderr.index("%s: loading" % PIPELINE) < proc.stderr.index("text_pipeline: loading")
 
 
 def test_raw_text_in_label_out_and_bad_rows_fail_alone(repo, triton_server_factory):

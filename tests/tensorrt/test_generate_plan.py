@@ -9,6 +9,7 @@ that computes the wrong values.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,12 @@ from pathlib import Path
 import pytest
 
 from aitune_triton.api import generate
+from aitune_triton.numerics import compare
+from aitune_triton.reference_data import load_reference
 from aitune_triton.tensorrt_model import ModelStatus, build_plans
 from aitune_triton.tensorrt.section import PlanStatus
+from aitune_triton.triton.manifest import Manifest
+from aitune_triton.triton.model_check import verify_model
 from aitune_triton.triton.render import check_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,6 +115,33 @@ def test_generate_records_the_settings_and_the_precision_tolerance(fake_tensorrt
     _check_served_config(trt.path)
 
 
+def _assert_served_under_the_plan_check(model_dir, offset):
+    """validate's accuracy and batching checks compare with the manifest's tolerances: they must be the
+    ones the plan was accepted under, so the plan's answers (eager + the fake's offset) pass there too."""
+    manifest = Manifest.load(model_dir)
+    for check in manifest.tensorrt.check["outputs"]:
+        served = manifest.tolerances[check["name"]]
+        assert (served.atol, served.rtol) == (check["atol"], check["rtol"])
+        for case in load_reference(model_dir / "reference.npz"):
+            expected = case.outputs[check["name"]]
+            assert compare(expected + offset, expected, served).ok
+
+
+def test_the_served_manifest_carries_the_tolerance_the_plan_was_checked_with(fake_tensorrt_installed, tiny,
+                                                                             tmp_path):
+    fake_tensorrt_installed.setenv("FAKE_TENSORRT_OUTPUT_OFFSET", "0.001")  # over float32's atol, within fp16's
+    out = tmp_path / "repo"
+    result = _generate(tiny, out, tensorrt={"precision": "fp16"})
+    assert {m.backend: m.status for m in result.models}["tensorrt"] is ModelStatus.READY
+    _assert_served_under_the_plan_check(out / "tiny_trt", 0.001)
+    assert Manifest.load(out / "tiny_trt").tolerances["output_0"].atol > 1e-3
+    assert Manifest.load(out / "tiny").tolerances["output_0"].atol == 1e-4  # the PyTorch model: eager's own
+
+    built = build_plans(out, force=True)  # build-plan writes the same
+    assert [(m.name, m.status) for m in built] == [("tiny_trt", ModelStatus.READY)]
+    _assert_served_under_the_plan_check(out / "tiny_trt", 0.001)
+
+
 def test_a_failed_build_keeps_the_staging_and_names_the_stage(fake_tensorrt_installed, tiny, tmp_path):
     fake_tensorrt_installed.setenv("FAKE_TENSORRT_FAIL", "build")
     out = tmp_path / "repo"
@@ -178,6 +210,53 @@ def test_tensorrt_only_builds_into_the_model_itself(fake_tensorrt_installed, tin
     manifest = _manifest(out / "tiny")
     assert manifest["backend"] == "tensorrt" and manifest["tensorrt"]["status"] == PlanStatus.BUILT.value
     _check_served_config(out / "tiny")
+    _assert_served_under_the_plan_check(out / "tiny", 0.0)  # TF32 (on by default): judged as fp16
+    assert manifest["tolerances"]["output_0"]["atol"] > 1e-4
+
+
+def test_build_plan_builds_a_tensorrt_only_model_in_place(fake_tensorrt_installed, tiny, tmp_path):
+    """The command generate prints for a pending TensorRT-only model works: the model has no
+    config.pbtxt yet (only tensorrt/ has one) and its TensorRT name is its own."""
+    fake_tensorrt_installed.setenv("FAKE_TENSORRT_GPU", "0")
+    out = tmp_path / "repo"
+    result = _generate(tiny, out, backends=("tensorrt",))
+    assert [(m.name, m.status) for m in result.models] == [("tiny", ModelStatus.PENDING)]
+    assert any("`aitune-triton build-plan %s --model tiny`" % out in n for n in result.notes)
+    fake_tensorrt_installed.setenv("FAKE_TENSORRT_GPU", "1")
+    for force in (False, True):  # and once more over the built one
+        built = build_plans(out, model="tiny", force=force)
+        assert [(m.name, m.status) for m in built] == [("tiny", ModelStatus.READY)]
+        assert "checked against eager PyTorch: 2 sample(s)" in built[0].detail
+        assert (out / "tiny" / "1" / "model.plan").is_file() and (out / "tiny" / "tensorrt" / "model.onnx").is_file()
+        manifest = verify_model(out / "tiny", out)  # sealed over the files that are there
+        assert manifest.backend == "tensorrt" and manifest.tensorrt.status is PlanStatus.BUILT
+        _check_served_config(out / "tiny")
+        _assert_served_under_the_plan_check(out / "tiny", 0.0)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["tiny"]
+
+
+@pytest.mark.parametrize("backends, trt_name, lose", [
+    (("python", "tensorrt"), "tiny_trt", lambda m: (m / "1" / "model.plan").unlink()),
+    (("python", "tensorrt"), "tiny_trt", shutil.rmtree),
+    (("python", "tensorrt"), "tiny_trt", lambda m: (m / "1" / "model.plan").write_bytes(b"FAKETRT1 replaced")),
+    (("tensorrt",), "tiny", lambda m: (m / "1" / "model.plan").unlink()),
+])
+def test_build_plan_builds_again_a_plan_recorded_as_built_that_is_gone(fake_tensorrt_installed, tiny, tmp_path,
+                                                                      backends, trt_name, lose):
+    """The manifest saying "built" is not enough to report it ready: the plan must be there and intact."""
+    out = tmp_path / "repo"
+    _generate(tiny, out, backends=backends)
+    lose(out / trt_name)
+    said = []
+    built = build_plans(out, progress=said.append)
+    assert [(m.name, m.status) for m in built] == [(trt_name, ModelStatus.READY)]
+    assert "already built" not in built[0].detail and "checked against eager PyTorch" in built[0].detail
+    assert any(s.startswith("%s is recorded as built, but " % trt_name) and s.endswith(": building it again")
+               for s in said)
+    verify_model(out / trt_name, out)
+    assert (out / trt_name / "1" / "model.plan").read_bytes().startswith(b"FAKETRT1") and \
+        (out / "tiny" / "tensorrt" / "model.onnx").is_file()
+    assert build_plans(out)[0].detail.startswith("already built, matches")  # intact now: kept
 
 
 @pytest.mark.usefixtures("no_tensorrt")

@@ -102,3 +102,19 @@ def test_nothing_answers_at_the_url(repo):
                                                                         models=("affine",)))
     assert report.exit_code == 1 and "no Triton server answers at 127.0.0.1:" in report.server.error
     assert report.server.mode == "url" and report.models[0].checks[0].status == FAIL
+
+
+def test_the_final_checks_go_to_the_last_served_model_not_a_pipeline(tmp_path):
+    """The final checks send a model's own tensors: after ``x`` a raw-data ``x_pipeline`` would leave
+    them never run (and unreported). The model they pick is validated last; with only pipelines in
+    the run the last one gets them, as skipped."""
+    from aitune_triton.validate.harness import final_model
+    from aitune_triton.validate.plan import Planned
+
+    model = Planned("x", "python", tmp_path / "x")
+    pipe = Planned("x_pipeline", "ensemble", tmp_path / "x_pipeline")
+    pending = Planned("x_trt", "tensorrt", skipped="TensorRT plan pending")
+    assert final_model([model, pipe, pending]) is model
+    assert final_model([pipe, model]) is model
+    assert final_model([pipe, pending]) is pipe
+    assert final_model([pending]) is None
