@@ -471,9 +471,17 @@ def _choose(model: Any, spec: IOSpec, samples: Sequence[Sample], device: str, de
                     name, axis = members[0]
                     raise UserError("axis_ranges %s axis %d = %d..%d: eager PyTorch fails at size %d (%s); declare "
                                     "a range the model takes" % (name, axis, lo, hi, size, why))
+            # the group's sizes always agree (one Dim in the export), so only lo..hi was run and only lo..hi
+            # is claimed: an axis declared wider keeps the common range, and says so
             for n, i in members:
                 own = declared.get(n, {}).get(i, (lo, hi))
-                axes.append(AxisRange(n, i, own[0], own[1], Source.DECLARED))
+                detail = ""
+                if own != (lo, hi):
+                    detail = "declared %d..%d, narrowed to %d..%d shared with %s" % (
+                        own[0], own[1], lo, hi, ", ".join("%s axis %d" % m for m in members if m != (n, i)))
+                    log.warning("axis_ranges %s axis %d: %s (their sizes always agree; declare one range for all)",
+                                n, i, detail)
+                axes.append(AxisRange(n, i, lo, hi, Source.DECLARED, detail))
             continue
         seen = (min(spec.input(n).axes[i].min for n, i in members), max(spec.input(n).axes[i].max for n, i in members))
         lo, hi, source, detail, ms = _probe_group(runner, base, members, seen, model_limit(model, spec, members),

@@ -82,6 +82,21 @@ def test_declared_ranges_win_and_a_range_eager_cannot_take_is_refused_in_one_lin
         choose_envelope(model, spec, samples, declared={"ids": {1: (1, 8)}})
 
 
+def test_axes_whose_sizes_agree_claim_only_the_common_declared_range_that_was_run():
+    model = Tokens(positions=40).eval()
+    spec, samples = _spec(model)
+    ran: list[int] = []
+    forward = model.forward
+    model.forward = lambda ids, mask: (ran.append(ids.shape[1]), forward(ids, mask))[1]
+    env = choose_envelope(model, spec, samples, declared={"input_ids": {1: (1, 32)}, "attention_mask": {1: (4, 24)}},
+                          max_batch_size=2)
+    ranges = {r.input: r for r in env.axes}
+    assert {(n, r.lo, r.hi) for n, r in ranges.items()} == {("input_ids", 4, 24), ("attention_mask", 4, 24)}
+    assert max(ran) == 24 and min(ran) == 4  # nothing claimed that eager did not take
+    assert ranges["input_ids"].detail == "declared 1..32, narrowed to 4..24 shared with attention_mask axis 1"
+    assert ranges["attention_mask"].detail == ""
+
+
 def test_a_declared_range_makes_a_static_axis_dynamic():
     model = Tokens(positions=40).eval()
     spec, samples = _spec(model, ((1, 8), (2, 8)))
