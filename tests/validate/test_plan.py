@@ -8,7 +8,9 @@ import shutil
 import pytest
 
 from aitune_triton.errors import UserError
+from aitune_triton.tensorrt.section import PlanStatus
 from aitune_triton.triton.manifest import Manifest
+from aitune_triton.validate import plan
 from aitune_triton.validate.plan import plan_models
 from aitune_triton.validate.result import CheckStatus
 
@@ -31,6 +33,23 @@ def test_plan_reports_pending_plans_and_broken_manifests(repo, tmp_path):
     assert failure.status == CheckStatus.FAIL and "not a valid manifest" in failure.detail
     only = plan_models(tmp_path / "r", ("affine_trt",))
     assert [p.name for p in only] == ["affine_trt"] and only[0].skipped
+
+
+def test_not_built_is_every_real_plan_status_but_built():
+    assert plan._NOT_BUILT == set(PlanStatus) - {PlanStatus.BUILT}
+
+
+@pytest.mark.parametrize("status", list(PlanStatus))
+def test_a_tensorrt_sibling_is_reported_skipped_unless_its_plan_was_built(repo, tmp_path, status):
+    shutil.copytree(repo, tmp_path / "r")
+    home = tmp_path / "r" / "affine"
+    manifest = json.loads((home / "manifest.json").read_text())
+    manifest["tensorrt"] = {"status": status.value, "model_name": "affine_trt", "reason": "why"}
+    (home / "manifest.json").write_text(json.dumps(manifest))
+    planned = {p.name: p for p in plan_models(tmp_path / "r")}
+    assert ("affine_trt" in planned) is (status is not PlanStatus.BUILT)
+    if status is not PlanStatus.BUILT:
+        assert planned["affine_trt"].skipped == "TensorRT plan %s: why" % status.value
 
 
 def test_tensorrt_model_without_plan_is_skipped(tmp_path, model_dir_factory):
