@@ -37,7 +37,15 @@ def _config_json(config: model_config_pb2.ModelConfig) -> dict:
     return json_format.MessageToDict(config, preserving_proto_field_name=True)
 
 
+def _reshape_words(reshape: list[int] | None) -> str:
+    return "none" if reshape is None else str(reshape)
+
+
 def _diff_configs(a: dict, b: dict, a_name: str, b_name: str, dtypes: bool = True) -> list[str]:
+    """Differences between two normalized configs. A reshape must match on both sides, absent
+    included: the server's config JSON keeps an empty ``reshape {}`` (backends find it there to
+    serve dims [1] as [batch]), so only a changed config lacks it. The model metadata carries no
+    reshape at all (its shape is the dims), which is why ``metadata_problems`` compares dims there."""
     problems = []
     if a["max_batch_size"] != b["max_batch_size"]:
         problems.append("max_batch_size %d in %s but %d in %s" % (a["max_batch_size"], a_name, b["max_batch_size"],
@@ -53,8 +61,9 @@ def _diff_configs(a: dict, b: dict, a_name: str, b_name: str, dtypes: bool = Tru
                 problems.append("%s %r: dtype %s in %s but %s in %s" % (kind, name, da, a_name, db, b_name))
             if dims_a != dims_b:
                 problems.append("%s %r: dims %s in %s but %s in %s" % (kind, name, dims_a, a_name, dims_b, b_name))
-            if ra != rb and ra is not None and rb is not None:
-                problems.append("%s %r: reshape %s in %s but %s in %s" % (kind, name, ra, a_name, rb, b_name))
+            if ra != rb:  # one side without a reshape is a difference too: [batch, 1] on the wire vs [batch]
+                problems.append("%s %r: reshape %s in %s but %s in %s" % (kind, name, _reshape_words(ra), a_name,
+                                                                         _reshape_words(rb), b_name))
     return problems
 
 

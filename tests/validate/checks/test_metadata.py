@@ -40,3 +40,28 @@ def test_config_against_manifest(repo, tmp_path):
     cfg, meta = _server_view(target)
     assert md.metadata_problems(target, cfg, meta) == ["input 'x': dims [2, 4] in manifest.json but [2, 8] in "
                                                        "config.pbtxt"]
+
+
+def test_a_reshape_on_one_side_only_is_a_difference(repo, tmp_path):
+    shutil.copytree(repo / "tokens", tmp_path / "tokens")
+    pbtxt = tmp_path / "tokens" / "config.pbtxt"
+    text = pbtxt.read_text()
+    assert text.count("reshape: { shape: [  ] }") == 1  # the batch-only output 'flag'
+    pbtxt.write_text(text.replace("reshape: { shape: [  ] }", ""))
+    target = ModelTarget.load(tmp_path / "tokens")
+    cfg, meta = _server_view(target)
+    assert md.metadata_problems(target, cfg, meta) == ["output 'flag': reshape [] in manifest.json but none in "
+                                                       "config.pbtxt"]
+    # the server's config keeps an empty reshape: one that lost it is not the config.pbtxt that was served
+    original = ModelTarget.load(repo / "tokens")
+    cfg, meta = _server_view(original)
+    del next(o for o in cfg["output"] if o["name"] == "flag")["reshape"]
+    assert md.metadata_problems(original, cfg, meta) == ["output 'flag': reshape [] in config.pbtxt but none in the "
+                                                         "server's config"]
+    shutil.copytree(repo / "affine", tmp_path / "affine")
+    pbtxt = tmp_path / "affine" / "config.pbtxt"
+    pbtxt.write_text(pbtxt.read_text().replace("dims: [ 2, 4 ]", "dims: [ 2, 4 ]\n  reshape: { shape: [ 8 ] }"))
+    target = ModelTarget.load(tmp_path / "affine")
+    cfg, meta = _server_view(target)
+    assert md.metadata_problems(target, cfg, meta) == ["input 'x': reshape none in manifest.json but [8] in "
+                                                       "config.pbtxt"]
