@@ -108,13 +108,17 @@ def tune(repo: Path | str, model: str, options: TuneOptions | None = None, serve
 def _tune_local(repo: Path, model: str, options: TuneOptions, target: ServerTarget, progress: Progress) -> TuneResult:
     from aitune_triton.triton.launch import ServerOptions
     from aitune_triton.triton.session import running_server
-    from aitune_triton.tune.search import check_tunable, tune_model
+    from aitune_triton.triton.repository import repository_lock
+    from aitune_triton.tune.search import check_tunable, tune_model_locked
 
-    check_tunable(repo, model, options.report_dir)  # before the server loads (deserialises) anything
-    progress("starting tritonserver" if not target.attached else "attaching to %s" % target.url)
-    with running_server(repo, target, ServerOptions(load_models=(model,))) as server:
-        progress("tuning %s" % model)
-        return tune_model(repo, model, server, options)
+    # the lock first: a generate --force between the check, the server's load and the search would
+    # have tune search the old config and record the old manifest over the new model
+    with repository_lock(repo, options.lock_wait_s):
+        check_tunable(repo, model, options.report_dir)  # before the server loads (deserialises) anything
+        progress("starting tritonserver" if not target.attached else "attaching to %s" % target.url)
+        with running_server(repo, target, ServerOptions(load_models=(model,))) as server:
+            progress("tuning %s" % model)
+            return tune_model_locked(repo, model, server, options)
 
 
 def _local_repository(repo: Path | str, command: str) -> Path:

@@ -71,6 +71,22 @@ def test_tune_attached_to_a_url_where_nothing_answers_is_a_server_error(repo):
         aitune_triton.tune(repo, "cnn", aitune_triton.TuneOptions(instances=(1,), delays_us=(0,)), target)
 
 
+
+def test_tune_takes_the_repository_lock_before_it_reads_the_model_or_starts_a_server(repo):
+    """A generate --force of the model under way (it holds the lock until its commit): tune refuses
+    with one line before its integrity check or a server reads the model that is being replaced,
+    else it would search the old config and record the old manifest over the new model."""
+    from aitune_triton.triton.repository import stage_models
+
+    heard: list[str] = []
+    with stage_models(repo, ["cnn"], force=True) as staged:
+        shutil.copytree(repo / "cnn", staged.dir("cnn"), dirs_exist_ok=True)
+        with pytest.raises(UserError, match="^another aitune-triton run is writing to .*; wait for it to finish$"):
+            aitune_triton.tune(repo, "cnn", aitune_triton.TuneOptions(instances=(1,), delays_us=(0,)),
+                               progress=heard.append)
+    assert heard == []  # no server was started (or attached) before the lock
+
+
 def test_server_target_refuses_contradictions():
     with pytest.raises(UserError, match="give only one"):
         aitune_triton.ServerTarget(url="127.0.0.1:8000", tritonserver=Path("/bin/tritonserver"))

@@ -5,7 +5,9 @@ place only when complete, so the rename never crosses filesystems (a repository 
 point, a Docker volume or a symlink to another disk works) and nothing is left beside it. A lock
 file inside the repository (opened without following symlinks, so the same directory reached
 through a symlink is the same lock) serialises concurrent ``generate`` runs and is removed on
-release. A run that was killed leaves at most its staging dir, which the next run removes.
+release. A run that was killed leaves at most its staging dir, which the next run removes. A commit
+of several models is all or none: one that fails part-way is rolled back before the staging dir
+(which holds the replaced models until then) is removed.
 
 Triton 2.51 does not skip hidden directories: a server that polls the repository while a staging
 dir exists logs ``Poll failed for model directory '.aitune-staging-…'`` for it and serves the
@@ -34,6 +36,7 @@ from aitune_triton.waiting import poll
 log = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".aitune-staging-"
+UNRESTORED_PREFIX = ".aitune-unrestored-"  # a failed rollback's backups: never swept automatically
 LOCK_NAME = ".aitune.lock"
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 # characters that mean nothing to a POSIX shell in an unquoted word (plus any non-ASCII letter/digit)
@@ -149,6 +152,7 @@ class StagedModels:
         self.repo = repo
         self.root = root
         self.names: list[str] = []
+        self.keep = False  # a failed rollback left the only copy of a replaced model in root
 
     def dir(self, name: str) -> Path:
         validate_model_name(name)
@@ -176,19 +180,68 @@ def _remove_replaced(backup: Path, name: str) -> None:
 
 
 def _commit(staged: StagedModels, force: bool) -> None:
+    """Move every staged model into the repository, all or none.
+
+    Every target is checked here, under the lock, before anything is renamed: the up-front check in
+    ``stage_models`` runs before the lock, so a model may have appeared since. A rename that fails
+    part-way is undone in reverse (new dirs back into staging, old dirs back into place), so the
+    caller's cleanup never deletes a backup of a model that is no longer in the repository.
+    """
     repo = staged.repo
-    backups = []
     for name in staged.names:
         target = repo / name
-        if target.exists() or target.is_symlink():
-            if not force:
-                raise UserError("model %s already exists in %s; pass --force to replace it" % (name, repo))
-            backup = staged.root / (".old-" + name)
-            os.rename(target, backup)
-            backups.append((backup, name))
-        os.rename(staged.root / name, target)
-    for backup, name in backups:
-        _remove_replaced(backup, name)
+        if (target.exists() or target.is_symlink()) and not force:
+            raise UserError("model %s already exists in %s; pass --force to replace it" % (name, repo))
+    done: list[tuple[str, Path | None, bool]] = []  # (name, its backup, whether the new dir is in place)
+    try:
+        for name in staged.names:
+            target = repo / name
+            backup = None
+            if target.exists() or target.is_symlink():
+                backup = staged.root / (".old-" + name)
+                os.rename(target, backup)
+            done.append((name, backup, False))
+            os.rename(staged.root / name, target)
+            done[-1] = (name, backup, True)
+    except OSError as exc:
+        _roll_back(staged, done)
+        if exc.errno in _DISK_FULL:
+            raise  # stage_models names the full filesystem
+        raise UserError("cannot move model %s into %s (%s: %s); the repository is unchanged"
+                        % (name, repo, exc.filename, exc.strerror)) from exc
+    except BaseException:
+        _roll_back(staged, done)
+        raise
+    for name, backup, _ in done:
+        if backup is not None:
+            _remove_replaced(backup, name)
+
+
+def _roll_back(staged: StagedModels, done: list[tuple[str, Path | None, bool]]) -> None:
+    """Undo a partial commit, newest first, going on past a step that fails so that every model that
+    can be restored is. Should any step fail, the staging dir (then holding the only copy of a
+    replaced model) is renamed to a name the stale-staging sweep leaves alone, and the user is told
+    where it is."""
+    repo = staged.repo
+    failed: OSError | None = None
+    for name, backup, placed in reversed(done):
+        try:
+            if placed:
+                os.rename(repo / name, staged.root / name)
+            if backup is not None:
+                os.rename(backup, repo / name)
+        except OSError as exc:
+            failed = failed or exc
+    if failed is None:
+        return
+    kept = repo / (UNRESTORED_PREFIX + staged.root.name[len(STAGING_PREFIX):])
+    with contextlib.suppress(OSError):
+        os.rename(staged.root, kept)
+        staged.root = kept
+    staged.keep = True
+    raise UserError("writing the models into %s failed and could not be undone (%s: %s); the previous versions "
+                    "of the replaced models are in %s: move them back by hand"
+                    % (repo, failed.filename, failed.strerror, staged.root)) from failed
 
 
 def _disk_full(exc: BaseException, where: Path) -> bool:
@@ -212,11 +265,13 @@ def _mount_point(path: Path) -> Path:
 
 @contextlib.contextmanager
 def stage_models(repo: Path, names: list[str], force: bool = False) -> Iterator[StagedModels]:
-    """Yield a staging area; on normal exit move every staged model dir into ``repo`` at once.
+    """Yield a staging area; on normal exit move every staged model dir into ``repo``, all or none.
 
     Existing models (dangling symlinks included) are refused up front, before any work, unless
-    ``force``; other models in the repository are never touched. On any exception (Ctrl-C
-    included) the staging area is removed, and a repository this call created is removed again.
+    ``force``, and again under the lock just before the commit; other models in the repository are
+    never touched. A commit that fails part-way is rolled back, so the repository is as it was. On
+    any exception (Ctrl-C included) the staging area is removed, and a repository this call created
+    is removed again.
     """
     repo = check_repository_path(repo)
     for name in names:
@@ -252,14 +307,16 @@ def stage_models(repo: Path, names: list[str], force: bool = False) -> Iterator[
                 _commit(staged, force)
                 committed = True
             except Exception as exc:
-                if _disk_full(exc, root):
+                if not staged.keep and _disk_full(exc, root):
                     free = shutil.disk_usage(root).free
                     raise UserError("no space left on the filesystem of %s (%s, %d KiB free); free some space or "
                                     "pass --out on another filesystem; the repository is unchanged"
                                     % (repo, _mount_point(real), free // 1024)) from exc
                 raise
             finally:
-                shutil.rmtree(root, ignore_errors=True)
+                # only now: a commit that failed has been rolled back, so no backup here is still needed
+                if not staged.keep:
+                    shutil.rmtree(root, ignore_errors=True)
     finally:
         watchdog.disarm()
         if created and not committed:

@@ -112,10 +112,20 @@ def tune_model(repo: Path, model: str, server: Server, options: TuneOptions | No
     """Search ``options``' grid for ``model`` on ``server`` (started, explicit model control),
     write the best config back and the reports; returns what was measured and chosen.
 
-    The repository lock is held throughout, so no ``generate`` replaces the model mid-search.
-    The model is left loaded with the config now on disk.
+    The repository lock is taken before the model is read and held throughout, so no ``generate``
+    replaces the model mid-search. A caller that starts the server itself takes the lock first
+    (before the server loads the model) and calls ``tune_model_locked``. The model is left loaded
+    with the config now on disk.
     """
     options = options or TuneOptions()
+    with repository_lock(Path(repo), options.lock_wait_s):
+        return tune_model_locked(repo, model, server, options)
+
+
+def tune_model_locked(repo: Path, model: str, server: Server, options: TuneOptions) -> TuneResult:
+    """``tune_model`` for a caller that holds the repository lock: every read of the model (the
+    integrity check, the manifest, the config the search starts from and writes back over) happens
+    under it, so what is searched and recorded is the model on disk (the lock is not re-entrant)."""
     repo = Path(repo)
     model_dir = repo / model
     config_path = model_dir / CONFIG
@@ -132,68 +142,67 @@ def tune_model(repo: Path, model: str, server: Server, options: TuneOptions | No
     report_dir = Path(options.report_dir) if options.report_dir else model_dir / "tuning"
     report_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    with repository_lock(repo, options.lock_wait_s):
-        runner = LiveRunner(server, model, base, limit, num_profiles,
-                            perf_inputs(model_dir, manifest, options.perf, report_dir), report_dir / "perf",
-                            output_bytes=output_bytes(manifest, options.perf.batch_size))
-        start = Point(Variant(space.snap("instances", previous.instances), space.snap("delay_us", previous.delay_us),
-                              space.snap("preferred", previous.preferred)),
-                      space.concurrency[len(space.concurrency) // 2], space.transports[0])
-        budget = options.max_measurements or quick_budget(space.size)
-        log.info("tuning %s: %s over %d grid points (%s)", model, objective.describe(), space.size,
-                 "brute force" if options.brute else "quick search, at most %d points" % budget)
-        load_start = _load_avg()
-        try:
-            if options.brute:
-                measurements = brute_force(space, runner)
-            else:
-                measurements = hill_climb(space, runner, objective, start, options.min_gain, budget)
-            points = pick_finalists(measurements, objective, previous, options.finalists)
-            log.info("re-measuring %d finalists, %d interleaved rounds", len(points), options.rounds)
-            finalists = remeasure(runner, points, options.rounds) if points else []
-        except BaseException:
+    runner = LiveRunner(server, model, base, limit, num_profiles,
+                        perf_inputs(model_dir, manifest, options.perf, report_dir), report_dir / "perf",
+                        output_bytes=output_bytes(manifest, options.perf.batch_size))
+    start = Point(Variant(space.snap("instances", previous.instances), space.snap("delay_us", previous.delay_us),
+                          space.snap("preferred", previous.preferred)),
+                  space.concurrency[len(space.concurrency) // 2], space.transports[0])
+    budget = options.max_measurements or quick_budget(space.size)
+    log.info("tuning %s: %s over %d grid points (%s)", model, objective.describe(), space.size,
+             "brute force" if options.brute else "quick search, at most %d points" % budget)
+    load_start = _load_avg()
+    try:
+        if options.brute:
+            measurements = brute_force(space, runner)
+        else:
+            measurements = hill_climb(space, runner, objective, start, options.min_gain, budget)
+        points = pick_finalists(measurements, objective, previous, options.finalists)
+        log.info("re-measuring %d finalists, %d interleaved rounds", len(points), options.rounds)
+        finalists = remeasure(runner, points, options.rounds) if points else []
+    except BaseException:
+        reload_from_disk(server, model)
+        raise
+    decision = decide(finalists, objective, previous, options.min_gain, previous in space.variants())
+    chosen = decision.chosen
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    result = TuneResult(model, objective, space, "brute" if options.brute else "quick", tuple(measurements),
+                        chosen, decision.incumbent, previous, runner.loads, False, "", 0.0, config_path,
+                        placement=placement(base, (chosen.point.variant if chosen else previous).instances,
+                                            runner.perf, chosen.point.transport if chosen else None,
+                                            space.gpus),
+                        finalists=tuple(finalists), improvement=decision.improvement, ties=decision.ties,
+                        perf_flags=perf_flags(runner.stable_perf()))
+    try:
+        if chosen is None:
             reload_from_disk(server, model)
-            raise
-        decision = decide(finalists, objective, previous, options.min_gain, previous in space.variants())
-        chosen = decision.chosen
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        result = TuneResult(model, objective, space, "brute" if options.brute else "quick", tuple(measurements),
-                            chosen, decision.incumbent, previous, runner.loads, False, "", 0.0, config_path,
-                            placement=placement(base, (chosen.point.variant if chosen else previous).instances,
-                                                runner.perf, chosen.point.transport if chosen else None,
-                                                space.gpus),
-                            finalists=tuple(finalists), improvement=decision.improvement, ties=decision.ties,
-                            perf_flags=perf_flags(runner.stable_perf()))
-        try:
-            if chosen is None:
-                reload_from_disk(server, model)
-                why = decision.reason if finalists else \
-                    "no measured variant met the constraint (%s)" % objective.describe()
-                result = dataclasses.replace(result, reason=why + "; config.pbtxt left unchanged")
-            else:
-                result = dataclasses.replace(result, reason=decision.reason)
-                backup = write_back(server, result, chosen, base, original, limit, num_profiles, stamp)
-                result = dataclasses.replace(result, written=True, backup_path=backup)
-            refused = batching_refused(manifest)
-            if refused:
-                result = dataclasses.replace(result, reason="%s; %s" % (result.reason, refused))
-            result = dataclasses.replace(result, load_avg=(load_start, _load_avg()))
-            result = dataclasses.replace(result, elapsed_s=time.monotonic() - t0)
-            reports = write_reports(result, report_dir)
-            if options.export_model_analyzer is not None:
-                # Model Analyzer cannot sweep the client transport: it gets the chosen point's
-                ma_perf = dataclasses.replace(runner.perf, shared_memory=chosen.point.transport) if chosen \
-                    else runner.perf
-                reports["model_analyzer"] = write_model_analyzer_config(
-                    options.export_model_analyzer, repo, model, base, space, objective, result.perf_flags, ma_perf)
-            result = dataclasses.replace(result, reports=reports)
-            record(model_dir, manifest, result, original, report_dir, stamp)
-        except OSError as exc:  # a full disk or a filesystem gone read-only: the old config back, one line
-            if config_path.read_text() != original:
-                with contextlib.suppress(OSError):
-                    replace_file_atomically(config_path, original)
-                reload_from_disk(server, model)
-            raise resource_error(exc, "the tuning results", model_dir) from None
+            why = decision.reason if finalists else \
+                "no measured variant met the constraint (%s)" % objective.describe()
+            result = dataclasses.replace(result, reason=why + "; config.pbtxt left unchanged")
+        else:
+            result = dataclasses.replace(result, reason=decision.reason)
+            backup = write_back(server, result, chosen, base, original, limit, num_profiles, stamp)
+            result = dataclasses.replace(result, written=True, backup_path=backup)
+        refused = batching_refused(manifest)
+        if refused:
+            result = dataclasses.replace(result, reason="%s; %s" % (result.reason, refused))
+        result = dataclasses.replace(result, load_avg=(load_start, _load_avg()))
+        result = dataclasses.replace(result, elapsed_s=time.monotonic() - t0)
+        reports = write_reports(result, report_dir)
+        if options.export_model_analyzer is not None:
+            # Model Analyzer cannot sweep the client transport: it gets the chosen point's
+            ma_perf = dataclasses.replace(runner.perf, shared_memory=chosen.point.transport) if chosen \
+                else runner.perf
+            reports["model_analyzer"] = write_model_analyzer_config(
+                options.export_model_analyzer, repo, model, base, space, objective, result.perf_flags, ma_perf)
+        result = dataclasses.replace(result, reports=reports)
+        record(model_dir, manifest, result, original, report_dir, stamp)
+    except OSError as exc:  # a full disk or a filesystem gone read-only: the old config back, one line
+        if config_path.read_text() != original:
+            with contextlib.suppress(OSError):
+                replace_file_atomically(config_path, original)
+            reload_from_disk(server, model)
+        raise resource_error(exc, "the tuning results", model_dir) from None
     log.info("tuning %s: %s (%d of %d points, %d loads, %.0f s)", model, result.reason, result.measured,
              result.grid_size, result.loads, result.elapsed_s)
     return result

@@ -65,6 +65,69 @@ def test_no_clobber_without_force(tmp_path):
     assert (repo / "m" / "config.pbtxt").read_text() == "new"
 
 
+
+def _failing_renames(monkeypatch, fail_at):
+    """Make the calls numbered in ``fail_at`` (1-based, counted from now) of os.rename fail with EIO."""
+    real, calls = os.rename, [0]
+
+    def rename(src, dst):
+        calls[0] += 1
+        if calls[0] in fail_at:
+            raise OSError(5, "Input/output error", str(src))
+        return real(src, dst)
+    monkeypatch.setattr(os, "rename", rename)
+
+
+@pytest.mark.parametrize("fail_at", [1, 2, 3, 4, 5, 6])
+def test_commit_that_fails_part_way_is_rolled_back(tmp_path, monkeypatch, fail_at):
+    # a, b, c all exist: the commit renames old-a, new-a, old-b, new-b, old-c, new-c; whichever fails,
+    # the repository must be exactly as before (no model replaced, none deleted)
+    repo = tmp_path / "repo"
+    for name in "abc":
+        (repo / name).mkdir(parents=True)
+        (repo / name / "config.pbtxt").write_text("old " + name)
+    before = _tree(repo)
+    with pytest.raises(UserError, match="cannot move model .* the repository is unchanged"):
+        with repository.stage_models(repo, ["a", "b", "c"], force=True) as staged:
+            for name in "abc":
+                (staged.dir(name) / "config.pbtxt").write_text("new " + name)
+            _failing_renames(monkeypatch, {fail_at})
+    monkeypatch.undo()
+    assert _tree(repo) == before and not _leftovers(tmp_path)
+
+
+def test_failed_rollback_keeps_the_replaced_models_and_says_where(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    for name in "ab":
+        (repo / name).mkdir(parents=True)
+        (repo / name / "config.pbtxt").write_text("old " + name)
+    # 4th rename (new b into place) fails, then so does putting old b back (5th); old a is restored
+    with pytest.raises(UserError, match="could not be undone .* are in .*%s" % repository.UNRESTORED_PREFIX):
+        with repository.stage_models(repo, ["a", "b"], force=True) as staged:
+            for name in "ab":
+                (staged.dir(name) / "config.pbtxt").write_text("new " + name)
+            _failing_renames(monkeypatch, {4, 5})
+    monkeypatch.undo()
+    kept = [p for p in repo.iterdir() if p.name.startswith(repository.UNRESTORED_PREFIX)]
+    assert len(kept) == 1 and (kept[0] / ".old-b" / "config.pbtxt").read_text() == "old b"
+    assert (repo / "a" / "config.pbtxt").read_text() == "old a" and not (repo / "b").exists()
+    # the next run's stale-staging sweep leaves the only copy of b alone
+    with repository.stage_models(repo, ["c"]) as staged:
+        staged.dir("c")
+    assert (kept[0] / ".old-b" / "config.pbtxt").read_text() == "old b"
+
+
+def test_model_that_appears_after_the_up_front_check_commits_nothing(tmp_path):
+    repo = tmp_path / "repo"
+    with pytest.raises(UserError, match="model b already exists"):
+        with repository.stage_models(repo, ["a", "b"]) as staged:
+            (staged.dir("a") / "config.pbtxt").write_text("new a")
+            (staged.dir("b") / "config.pbtxt").write_text("new b")
+            (repo / "b").mkdir()  # another writer (not holding the lock) created it meanwhile
+            (repo / "b" / "config.pbtxt").write_text("theirs")
+    assert sorted(os.listdir(repo)) == ["b"] and (repo / "b" / "config.pbtxt").read_text() == "theirs"
+
+
 @pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", "", "x" * 200, "..", "a\\b"])
 def test_hostile_names_rejected(tmp_path, name):
     with pytest.raises(UserError, match="model name .*(is not a plain directory name|is not allowed|is empty)"):
