@@ -7,6 +7,10 @@
 # generated gRPC/protobuf code needs grpcio and protobuf at least as new as the ones it was generated with, so those
 # two travel too (pinned to this checkout's venv). The benchmark drivers install them with
 #   python3 -m pip install --no-index --no-deps --target /tmp/site .whl/*.whl
+# numpy travels too: the image's numpy 2 breaks BYTES tensors in the bundled Triton 2.51 Python-backend stub (its
+# pybind11 predates numpy 2), and the package pins numpy<2. Its wheel (18 MB) would take the carried paths over the
+# device tool's 64 MiB, so it travels as numpy-cp312.tar.xz (8 MB: the wheel's files without numpy's own tests),
+# which the drivers unpack into /tmp/site.
 # Every wheel is fetched with --no-deps for the GPU machine's platform, so nothing here depends on this host.
 #   usage: bash benchmarks/fetch_gpu_wheels.sh [DEST]   (default .whl; about 20 MB; .whl/ is git-ignored)
 set -euo pipefail
@@ -19,12 +23,25 @@ PINNED=(tritonclient grpcio protobuf polygraphy gevent geventhttpclient greenlet
         python-rapidjson certifi urllib3 ml_dtypes)
 SPECS=()
 for name in "${PINNED[@]}"; do SPECS+=("$name==$(version "$name")"); done
-common=(download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 --abi abi3
-        --abi none -d "$DEST")
+fetch=(download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 --abi abi3
+       --abi none)
+common=("${fetch[@]}" -d "$DEST")
 # tritonclient's pure-Python wheel (py3-none-any): the manylinux one adds a 15 MB perf_analyzer the bundle carries
 "$PY" -m pip "${common[@]}" --platform any "${SPECS[0]}"
 "$PY" -m pip "${common[@]}" --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 --platform any \
   "${SPECS[@]:1}"
+NUMPY="numpy==$(version numpy)"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$PY" -m pip "${fetch[@]}" -d "$work" --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 "$NUMPY"
+"$PY" - "$work" <<'PY'
+import pathlib, sys, zipfile
+work = pathlib.Path(sys.argv[1])
+wheel, = work.glob("numpy-*.whl")
+with zipfile.ZipFile(wheel) as zf:
+    zf.extractall(work / "site", [n for n in zf.namelist() if "/tests/" not in n])
+PY
+tar -C "$work/site" -cJf "$DEST/numpy-cp312.tar.xz" .
 ls -la "$DEST"
 du -sh "$DEST"

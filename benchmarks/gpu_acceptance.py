@@ -39,6 +39,17 @@ On the GPU machine, from a clean checkout with ``.devbundle`` (``bash ../shared/
 
 (``AITUNE_COMMIT`` names the commit: the copy on the GPU machine may carry a stale ``.git``.)
 
+A fresh machine needs more than one 600 s call: its first generates pay for the first CUDA work and the doomed
+AOTInductor compile (220-310 s each for the large models), and validate of every model takes about 230 s. Then
+split the lane over two calls on the same machine, the second made while it is still warm (the generated
+repositories, the compile caches and the remembered crash stay in /tmp and ~/.cache):
+
+    AITUNE_COMMIT=<sha> bash benchmarks/run_gpu_acceptance.sh --generate-only   # call 1: the generates
+    AITUNE_COMMIT=<sha> bash benchmarks/run_gpu_acceptance.sh --resume          # call 2: the rest, and validate
+
+``--resume`` keeps the generates of the state file in ``--work`` that passed at the same commit, runs those that
+did not, then validate and the checks; the JSON lists both calls under ``calls``.
+
 Results land in ``$OUT`` (``gpu_acceptance_<date>.json``, ``.md``, ``logs/``); commit the JSON and paste the
 table into BENCHMARKS.md. Here, on the CPU, the same logic end to end on one small model (the smoke mode):
 
@@ -116,6 +127,30 @@ class CheckResult:
     status: str = "not run"  # passed / failed / not run
     seconds: float | None = None
     detail: str = ""
+
+
+VALIDATE_FIELDS = ("validate", "failed_checks", "perf_model", "pipeline_model", "infer_per_s", "pipeline_infer_per_s",
+                   "p99_ms", "perf_unstable")  # what a resumed run measures again
+
+
+def resumed_results(prior: dict, results: dict[str, ModelResult], checks: dict[str, CheckResult]) -> list[str]:
+    """Take over from ``prior`` (an earlier call's state at the same commit) the models that generated and the
+    checks that passed, with their validate fields cleared: validate always runs again. Returns their names."""
+    kept = []
+    defaults = ModelResult("", "", "")
+    for entry in prior.get("models", []):
+        if entry.get("name") in results and entry.get("generate_exit") == 0:
+            result = ModelResult(**entry)
+            for name in VALIDATE_FIELDS:
+                setattr(result, name, getattr(defaults, name))
+            results[result.name] = result
+            kept.append(result.name)
+    for entry in prior.get("checks", []):
+        if entry.get("name") == "generate_without_tritonclient" and entry["name"] in checks \
+                and entry.get("status") == "passed":
+            checks[entry["name"]] = CheckResult(**entry)
+            kept.append(entry["name"])
+    return kept
 
 
 NO_TRITONCLIENT = ROOT / "scripts" / "no_tritonclient"  # first on PYTHONPATH: tritonclient does not import
@@ -241,8 +276,11 @@ def gather(results: dict[str, ModelResult], work: Path, combined: Path) -> None:
     combined.mkdir(parents=True, exist_ok=True)
     for result in results.values():
         repo = work / result.name
+        if result.models and all((combined / name).is_dir() for name in result.models):
+            continue  # gathered by an earlier call (--resume)
         if result.generate_exit != 0 or not repo.is_dir():
             continue
+        result.models = []
         read_manifests(result, repo)
         for name in result.models:
             target = combined / name
@@ -441,11 +479,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=540.0, help="the whole run; validate gets what is left")
     p.add_argument("--validate-reserve-s", type=float, default=170.0,
                    help="kept for validate: generates still running this close to the budget are stopped")
+    p.add_argument("--generate-only", action="store_true",
+                   help="stop after the generates (call 1 of 2 on a fresh machine; no time kept for validate)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the passed generates of the last call at this commit (state in --work), run the rest")
     p.add_argument("--concurrency", default="1,8")
     p.add_argument("--perf-request-count", type=int, default=200)
     p.add_argument("--perf-stability", type=float, default=50.0,
                    help="perf_analyzer's band: wide, the lane checks the path works and records the rate")
     args = p.parse_args(argv)
+    if args.generate_only and args.resume:
+        p.error("--generate-only is call 1 and --resume call 2: pass one")
     unknown = sorted(set(args.models.split(",")) - set(MODELS))
     if unknown:
         p.error("unknown model(s) %s; choose from %s" % (", ".join(unknown), ", ".join(MODELS)))
@@ -458,8 +502,15 @@ def main(argv: list[str] | None = None) -> int:
     now = datetime.datetime.now(datetime.timezone.utc)
     out = args.out.resolve()
     work, logs = args.work.resolve(), out / "logs"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    state_path = work / "state.json"
+    prior = json.loads(state_path.read_text()) if args.resume and state_path.is_file() else None
+    if prior is not None and prior.get("commit") != commit():
+        print("not resuming: the state in %s is of commit %s, this is %s" % (work, prior.get("commit"), commit()),
+              flush=True)
+        prior = None
+    if prior is None:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
                PYTHONUNBUFFERED="1")
@@ -470,7 +521,9 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(), "gpu": gpu_name(),
            "device": args.device, "jobs": args.jobs, "concurrency": args.concurrency,
            "generate_timeout_s": args.generate_timeout, "python": sys.version.split()[0], "models": [],
-           "validate": None, "checks": [], "seconds": None}
+           "validate": None, "checks": [], "seconds": None, "calls": list(prior.get("calls", [])) if prior else []}
+    doc["calls"].append({"date": doc["date"], "phase": "generate only" if args.generate_only else
+                         "resumed" if prior else "whole", "seconds": None})
     try:
         import torch
 
@@ -480,21 +533,30 @@ def main(argv: list[str] | None = None) -> int:
     lock = threading.Lock()
     checks = {n: CheckResult(n) for n in ("generate_without_tritonclient", "serve_outside_layout")
               if NO_CLIENT_MODEL in names}
+    if prior is not None:
+        kept = resumed_results(prior, results, checks)
+        print("resuming at commit %s: kept %s" % (doc["commit"], ", ".join(kept) or "nothing"), flush=True)
 
     def save() -> None:
         with lock:
             doc["models"] = [asdict(r) for r in results.values()]
             doc["checks"] = [asdict(c) for c in checks.values()]
-            doc["seconds"] = round(time.monotonic() - t0, 1)
-            (out / (stem + ".json")).write_text(json.dumps(doc, indent=2) + "\n")
+            doc["seconds"] = doc["calls"][-1]["seconds"] = round(time.monotonic() - t0, 1)
+            text = json.dumps(doc, indent=2) + "\n"
+            (out / (stem + ".json")).write_text(text)
+            state_path.write_text(text)
             (out / (stem + ".md")).write_text(table(doc))
 
-    deadline = t0 + args.budget_s - args.validate_reserve_s
+    deadline = t0 + args.budget_s - (0 if args.generate_only else args.validate_reserve_s)
 
     def job(name: str) -> None:
         repo = work / name
-        generate(results[name], repo, logs, args, env, deadline)
-        save()
+        if results[name].generate_exit == 0 and results[name].generate_s is not None and prior is not None:
+            if name != TWICE or results[name].second_generate_exit is not None:
+                return  # kept from the earlier call
+        else:
+            generate(results[name], repo, logs, args, env, deadline)
+            save()
         print("[%4.0f s] %s: generate %s in %.0f s: %s" % (time.monotonic() - t0, name, results[name].generate_exit,
                                                            results[name].generate_s or 0,
                                                            results[name].generate_line[:300]), flush=True)
@@ -510,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
     save()
 
     def no_client_job() -> None:
+        if checks["generate_without_tritonclient"].status == "passed":
+            return  # kept from the earlier call
         generate_without_client(checks["generate_without_tritonclient"], work, logs, args, env, deadline)
         save()
         print("[%4.0f s] generate without tritonclient: %s" % (
@@ -523,6 +587,11 @@ def main(argv: list[str] | None = None) -> int:
             future.result()
     combined = work / "repository"
     gather(results, work, combined)
+    if args.generate_only:
+        save()
+        print(table(doc), flush=True)
+        print("generates done; now, while this machine is warm: run_gpu_acceptance.sh --resume", flush=True)
+        return 0 if all(r.generate_exit == 0 for r in results.values()) else 1
     left = args.budget_s - (time.monotonic() - t0) - (SERVE_CHECK_S if checks else 0)
     doc["validate"] = validate(results, combined, logs, out, args, env, max(left, 90.0))
     save()

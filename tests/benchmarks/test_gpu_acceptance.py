@@ -75,3 +75,30 @@ def test_a_generate_gets_what_is_left_before_the_time_kept_for_validate():
     assert 99 < timeout <= 100 and not_run == ""
     _, not_run = lane.generate_timeout(args, time.monotonic() - 5)
     assert not_run == "not run: 0 s left before the time kept for validate"
+
+
+def test_a_resumed_call_keeps_passed_generates_and_measures_validate_again():
+    lane = load_lane()
+    passed = lane.ModelResult("cnn", "examples/cnn/model.py", "fp32", generate_exit=0, generate_s=58.0,
+                              models=["cnn"], validate="passed", failed_checks=["x"], infer_per_s={"1": 5.0})
+    timed_out = lane.ModelResult("vit_bf16", "vit.py", "bf16", generate_exit=None, generate_s=420.0)
+    prior = {"models": [asdict(passed), asdict(timed_out)],
+             "checks": [asdict(lane.CheckResult("generate_without_tritonclient", "passed", 32.0, "exit 0")),
+                        asdict(lane.CheckResult("serve_outside_layout", "passed", 25.0, "ok"))]}
+    results = {n: lane.ModelResult(n, "m.py", "fp32") for n in ("cnn", "vit_bf16")}
+    checks = {n: lane.CheckResult(n) for n in ("generate_without_tritonclient", "serve_outside_layout")}
+    kept = lane.resumed_results(prior, results, checks)
+    assert kept == ["cnn", "generate_without_tritonclient"]
+    cnn = results["cnn"]
+    assert (cnn.generate_s, cnn.models) == (58.0, ["cnn"])
+    assert (cnn.validate, cnn.failed_checks, cnn.infer_per_s) == ("not run", [], {})  # measured again
+    assert results["vit_bf16"].generate_exit is None and results["vit_bf16"].generate_s is None  # runs again
+    assert checks["serve_outside_layout"].status == "not run"  # a server check always runs in the last call
+
+
+def test_generate_only_and_resume_are_two_calls_not_one():
+    import pytest
+
+    lane = load_lane()
+    with pytest.raises(SystemExit):
+        lane.parse_args(["--generate-only", "--resume"])
