@@ -32,7 +32,7 @@ sharing the machine (recorded in the JSON); ``--jobs 1`` gives each one the whol
 
 On the GPU machine, from a clean checkout with ``.devbundle`` (``bash ../shared/tools/make-device-bundle.sh
 .venv .devbundle``, or the project's copy) and ``.whl`` (``bash benchmarks/fetch_gpu_wheels.sh``) carried along
-(about 32 MB together), as one device call with a 600 s limit:
+(about 60 MB together, under the device tool's 64 MiB), as one device call with a 600 s limit:
 
     AITUNE_COMMIT=<sha> bash benchmarks/run_gpu_acceptance.sh          # everything: needs the full 600 s
     AITUNE_COMMIT=<sha> bash benchmarks/run_gpu_acceptance.sh --models resnet50_fp16,cnn
