@@ -105,7 +105,8 @@ def looser(perf: PerfOptions) -> PerfOptions:
 
 
 def effective_variant(server: Server, model: str) -> Variant:
-    """What the server says it runs (GET /v2/models/M/config)."""
+    """What the server says it runs (GET /v2/models/M/config), preferred batch sizes included, so
+    a write-back is checked against every setting a variant holds."""
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
@@ -119,7 +120,9 @@ def effective_variant(server: Server, model: str) -> Variant:
     count = (cfg.get("instance_group") or [{}])[0].get("count", 1)
     if not cfg.get("max_batch_size") or "dynamic_batching" not in cfg:
         return Variant(count, None)
-    return Variant(count, int((cfg.get("dynamic_batching") or {}).get("max_queue_delay_microseconds", 0)))
+    batcher = cfg.get("dynamic_batching") or {}
+    return Variant(count, int(batcher.get("max_queue_delay_microseconds", 0)),
+                   tuple(int(b) for b in batcher.get("preferred_batch_size", ())))
 
 
 class LiveRunner:

@@ -170,6 +170,9 @@ def tune_model(repo: Path, model: str, server: Server, options: TuneOptions | No
                 why = decision.reason if finalists else \
                     "no measured variant met the constraint (%s)" % objective.describe()
                 result = dataclasses.replace(result, reason=why + "; config.pbtxt left unchanged")
+            elif decision.kept:  # the config on disk is the chosen one: nothing to write, its text stays
+                reload_from_disk(server, model)
+                result = dataclasses.replace(result, reason=decision.reason + "; config.pbtxt left unchanged")
             else:
                 result = dataclasses.replace(result, reason=decision.reason)
                 backup = write_back(server, result, chosen, base, original, limit, num_profiles, stamp)
