@@ -134,7 +134,7 @@ def test_tune_writes_the_measured_best_and_it_loads(triton_server_factory, repo,
     entry = ma["profile_models"]["cnn"]
     assert ma["model_repository"] == str(repo.resolve())
     assert entry["model_config_parameters"]["instance_group"][0]["count"] == [1, 2]
-    assert entry["perf_analyzer_flags"]["input-data"] == str((tmp_path / "report" / "input_data.json").resolve())
+    assert entry["perf_analyzer_flags"]["input-data"] == str((tmp_path / "report" / "cnn_input.json").resolve())
     assert Path(entry["perf_analyzer_flags"]["input-data"]).exists()
     assert (tmp_path / "report" / "tune_variants.png").stat().st_size > 10_000
     assert "**chosen**" in (tmp_path / "report" / "tune_report.md").read_text()
