@@ -168,3 +168,22 @@ def test_a_float64_answer_passes_with_rounding_noise_and_fails_when_wrong(tmp_pa
     wrong = dict(case.outputs, score=case.outputs["score"] * 3)
     assert "score: " in _mismatch(target, wrong, case.outputs)
     assert manifest.tolerances["score"].rel_l2 == 0.5  # the user's override reaches the answers
+
+
+def test_tune_sends_the_pipeline_raw_rows_as_bytes_like_validate(repo, tmp_path):
+    """tune gave perf_analyzer the reference's uint8 arrays as integer lists for the ensemble's BYTES
+    input; it now sends what validate's perf check sends: each raw row as one BYTES element."""
+    import json
+
+    from aitune_triton.tune.options import tune_perf_options
+    from aitune_triton.tune.search import perf_inputs
+    from aitune_triton.validate import harness
+    from aitune_triton.validate.checks.target import ModelTarget
+
+    model_dir = repo / "text_pipeline_pipeline"
+    tune = perf_inputs(model_dir, Manifest.load(model_dir), tune_perf_options(), tmp_path / "tune")
+    validate = harness.perf_options(ModelTarget.load(model_dir), harness.ValidateOptions(), tmp_path / "validate")
+    data = json.loads(tune.input_data.read_text())["data"]
+    assert data == json.loads(validate.input_data.read_text())["data"]
+    rows = [case.inputs["raw"].tobytes() for case in load_reference(model_dir / "reference.npz")]
+    assert [d["raw"] for d in data] == [{"content": [r.decode()], "shape": [1]} for r in rows[:len(data)]]

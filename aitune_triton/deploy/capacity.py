@@ -13,7 +13,8 @@ the plan carries a warning instead of hiding it.
 Report formats read: ``report.json`` of ``validate`` (``models[].perf[]`` rows with
 ``concurrency``, ``throughput``, ``p99_ms``) and ``tune_report.json`` of ``tune``
 (``measurements[]`` with the variant, ``status`` and the same figures; the chosen variant's
-points are the curve, since that is the config written back).
+points are the curve, since that is the config written back: the same instances, queue delay and
+preferred batch sizes, over plain messages where those were measured, one point per concurrency).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from aitune_triton import defaults
 from aitune_triton.errors import UserError
@@ -233,16 +235,24 @@ def read_curve(report: Path, model: str, model_dir: Path | None = None) -> Curve
         measurements = _rows(data["measurements"], report, "measurements")
         if not all(isinstance(m, dict) for m in measurements):
             raise UserError("%s: every measurement must be an object" % report)
-        key = (chosen.get("instances"), chosen.get("max_queue_delay_us"))
-        rows = [m for m in measurements if m.get("status") == Status.OK
-                and (m.get("instances"), m.get("max_queue_delay_us")) == key]
-        points = tuple(_point(m, report) for m in rows)
+        preferred = _preferred(chosen, report)
+        key = (chosen.get("instances"), chosen.get("max_queue_delay_us"), preferred)
+        ok = [m for m in measurements if m.get("status") == Status.OK]
+        mine = [m for m in ok if (m.get("instances"), m.get("max_queue_delay_us"), _preferred(m, report)) == key]
+        transport = _transport(mine, chosen)
+        if transport != "none":
+            notes.append("the chosen config was measured only over %s shared memory, which clients reaching Triton "
+                         "through a Service cannot use: capacity is overstated; tune with --transports none to plan "
+                         "from plain requests" % transport)
+        points = _one_per_concurrency(_point(m, report) for m in mine if m.get("transport", "none") == transport)
         count = chosen.get("instances") or instances
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise UserError("%s: the chosen instance count %r is not an integer >= 1" % (report, count))
         instances = count
-        notes += _instance_scaling([m for m in measurements if isinstance(m.get("instances"), int)
-                                    and isinstance(m.get("throughput"), (int, float))], chosen)
+        notes += _instance_scaling([m for m in ok if isinstance(m.get("instances"), int)
+                                    and isinstance(m.get("throughput"), (int, float))
+                                    and _preferred(m, report) == preferred
+                                    and m.get("transport", "none") == transport], chosen)
         kind = "tune"
     elif "models" in data and "server" in data:
         models = [m for m in _rows(data["models"], report, "models") if isinstance(m, dict)]
@@ -259,6 +269,36 @@ def read_curve(report: Path, model: str, model_dir: Path | None = None) -> Curve
         raise UserError("%s holds no throughput measurements for %s; run validate with perf (not --no-perf) or tune"
                         % (report, model))
     return Curve(model, Path(report), kind, points, instances, device, tuple(notes))
+
+
+def _preferred(row: dict, report: Path) -> tuple[int, ...]:
+    """A tune row's preferred batch sizes (none recorded: the config's own, as ``()``)."""
+    value = row.get("preferred") or []
+    if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+        raise UserError("%s: preferred batch sizes %r are not a list of integers; is it a report written by "
+                        "aitune-triton?" % (report, value))
+    return tuple(value)
+
+
+def _transport(rows: list[dict], chosen: dict) -> str:
+    """The client transport whose points make the curve: plain messages ("none") wherever the chosen
+    config was measured with them, since clients behind a Kubernetes Service cannot share memory with
+    the server and a shared-memory point overstates what they get; else the chosen point's own."""
+    measured = {m.get("transport", "none") for m in rows}
+    if "none" in measured or not measured:
+        return "none"
+    wanted = str(chosen.get("transport"))
+    return wanted if wanted in measured else sorted(measured)[0]
+
+
+def _one_per_concurrency(points: Iterable[CurvePoint]) -> tuple[CurvePoint, ...]:
+    """One point per concurrency: where a level was measured twice, the lower throughput, so a lucky
+    run never sizes the deployment."""
+    kept: dict[int, CurvePoint] = {}
+    for p in points:
+        if p.concurrency not in kept or p.throughput < kept[p.concurrency].throughput:
+            kept[p.concurrency] = p
+    return tuple(kept.values())
 
 
 def _instance_scaling(measurements: list[dict], chosen: dict) -> list[str]:

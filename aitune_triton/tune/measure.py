@@ -35,7 +35,7 @@ from aitune_triton.triton.perf import EXIT_UNSTABLE, PerfOptions, build_perf_com
 from aitune_triton.triton.render import check_config
 from aitune_triton.triton.server_api import Server
 from aitune_triton.tune.points import Measure, Measurement, Point, Remeasured, Status, Variant
-from aitune_triton.tune.space import apply_variant
+from aitune_triton.tune.space import apply_variant, instance_copies, instances_on_gpu, visible_gpus
 from aitune_triton.waiting import poll
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,19 @@ def looser(perf: PerfOptions) -> PerfOptions:
                                stability_percentage=min(100, 2 * perf.stability_percentage))
 
 
+def settled_stubs(before: int | None, serving: int, instances: int, copies: int) -> int | None:
+    """The stub count a reload from ``serving`` to ``instances`` settles at, given ``before`` stubs
+    now and ``copies`` instances per unit of count (one per GPU the groups use); None: nothing to
+    wait for. Only Python-backend instances have stubs: ``before`` 0 (ONNX, TensorRT, libtorch)
+    means none will come or go, and a wait for a negative count would time out on every load."""
+    if not before:
+        return None
+    return max(before - serving * copies, 0) + instances * copies
+
+
 def effective_variant(server: Server, model: str) -> Variant:
-    """What the server says it runs (GET /v2/models/M/config)."""
+    """What the server says it runs (GET /v2/models/M/config), preferred batch sizes included, so
+    a write-back is checked against every setting a variant holds."""
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
@@ -119,7 +130,9 @@ def effective_variant(server: Server, model: str) -> Variant:
     count = (cfg.get("instance_group") or [{}])[0].get("count", 1)
     if not cfg.get("max_batch_size") or "dynamic_batching" not in cfg:
         return Variant(count, None)
-    return Variant(count, int((cfg.get("dynamic_batching") or {}).get("max_queue_delay_microseconds", 0)))
+    batcher = cfg.get("dynamic_batching") or {}
+    return Variant(count, int(batcher.get("max_queue_delay_microseconds", 0)),
+                   tuple(int(b) for b in batcher.get("preferred_batch_size", ())))
 
 
 class LiveRunner:
@@ -136,6 +149,7 @@ class LiveRunner:
         # default to 100 KB, too small for e.g. an encoder's hidden states
         self.output_bytes = output_bytes
         self.loaded: Variant | None = None
+        self._visible: int | None = None  # GPUs the embedded server sees, detected when a reload needs it
         self.loads = 0
         self.count = 0
         self.serving = 0
@@ -158,6 +172,14 @@ class LiveRunner:
         if expected is not None:
             poll(lambda: (self._stubs() or 0) <= expected, timeout_s, 0.1)
 
+    def _copies(self, cfg: model_config_pb2.ModelConfig) -> int:
+        """Instances per unit of count. Stubs are counted only for the embedded server, which
+        inherits this process's GPUs (nvidia-smi, CUDA_VISIBLE_DEVICES), so those are what it places
+        GPU instances on, whatever ``--visible-gpus`` told the search."""
+        if self._visible is None:
+            self._visible = visible_gpus() if instances_on_gpu(cfg) else 0
+        return instance_copies(cfg, self._visible)
+
     def load(self, variant: Variant) -> None:
         cfg = apply_variant(self.base, variant, self.max_batch_size)
         check_config(cfg, self.num_profiles)
@@ -167,7 +189,7 @@ class LiveRunner:
         self.server.load_model(self.model, config_json=json_format.MessageToJson(cfg, preserving_proto_field_name=True))
         self.loads += 1
         self.loaded = variant
-        self._settle(None if before is None else before - self.serving + variant.instances)
+        self._settle(settled_stubs(before, self.serving, variant.instances, self._copies(cfg) if before else 1))
         self.serving = variant.instances
         log.info("loaded %s with %s in %.1f s", self.model, variant.label(), time.monotonic() - t0)
 

@@ -113,7 +113,8 @@ def pick_finalists(measurements: Iterable[Measurement], objective: Objective, pr
 class Decision:
     """What the interleaved re-measurement decided: the chosen finalist (its summary over rounds),
     the current config's summary, and the claim of improvement that the figures support (None:
-    no claim)."""
+    no claim). ``kept``: the chosen one is the current config, so there is nothing to write (a
+    rewrite would only drop the user's comments and layout)."""
 
     chosen: Measurement | None
     incumbent: Measurement | None
@@ -139,7 +140,7 @@ def decide(finalists: Iterable[Remeasured], objective: Objective, previous: Vari
                  and not objective.better(best, m, min_gain))
     if (keep_current and incumbent is not None and objective.feasible(incumbent)
             and not objective.better(best, incumbent, min_gain)):
-        return Decision(incumbent, incumbent, incumbent is not best, None,
+        return Decision(incumbent, incumbent, True, None,
                         tuple(p for p in ties if p != incumbent.point) + ((best.point,) if best is not incumbent
                                                                             else ()),
                         "current config kept: no finalist beats it beyond the re-measured spread")

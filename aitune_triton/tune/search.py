@@ -30,7 +30,7 @@ from aitune_triton.triton.model_check import verify_model
 from aitune_triton.output_paths import resource_error
 from aitune_triton.reference_data import REFERENCE, load_reference
 from aitune_triton.triton.manifest import Manifest
-from aitune_triton.triton.perf import PerfOptions, write_input_data_json
+from aitune_triton.triton.perf import PerfOptions
 from aitune_triton.triton.render import CONFIG, parse_config
 from aitune_triton.triton.model_name import validate_model_name
 from aitune_triton.atomic import replace_file_atomically
@@ -46,6 +46,8 @@ from aitune_triton.tune.result import TuneResult
 from aitune_triton.tune.options import TuneOptions
 from aitune_triton.tune.space import batching_refused, build_space, current_variant, placement
 from aitune_triton.tune.writeback import record, reload_from_disk, write_back
+from aitune_triton.validate.checks.target import ModelTarget, parse_config_file
+from aitune_triton.validate.perf_inputs import perf_input_options
 
 log = logging.getLogger(__name__)
 
@@ -67,22 +69,16 @@ def output_bytes(manifest: Manifest, batch_size: int = 1) -> int | None:
 
 
 def perf_inputs(model_dir: Path, manifest: Manifest, perf: PerfOptions, workdir: Path) -> PerfOptions:
-    """perf_analyzer gets the recorded sample inputs (one batch item each): random data can be
-    out of range for ids or masks. Without reference data, concrete shapes for dynamic dims."""
+    """``perf`` with the requests validate's perf check sends (``perf_input_options``, one home):
+    the recorded sample inputs, as the model's wire types take them; a ``--input-data`` or
+    ``--shape`` the caller gave wins."""
     if perf.input_data is not None:
         return perf
     ref = model_dir / REFERENCE
-    if ref.exists():
-        batching = manifest.spec.batching
-        requests = [{k: (v[:1] if batching else v) for k, v in case.inputs.items()} for case in load_reference(ref)]
-        path = write_input_data_json(requests, workdir / "input_data.json", has_batch_dim=batching)
-        return dataclasses.replace(perf, input_data=path)
-    shapes = dict(perf.shapes)
-    for t in manifest.spec.inputs:
-        if -1 in t.triton_dims() and t.name not in shapes:
-            axes = t.axes[1:] if t.has_batch else t.axes
-            shapes[t.name] = tuple(a.common for a in axes)
-    return dataclasses.replace(perf, shapes=shapes)
+    target = ModelTarget(model_dir.name, model_dir, manifest, parse_config_file(model_dir / CONFIG),
+                         tuple(load_reference(ref)) if ref.exists() else ())
+    data, shapes = perf_input_options(target, workdir)
+    return dataclasses.replace(perf, input_data=data, shapes={**shapes, **perf.shapes})
 
 
 def _load_avg() -> float:
@@ -179,6 +175,9 @@ def tune_model_locked(repo: Path, model: str, server: Server, options: TuneOptio
             why = decision.reason if finalists else \
                 "no measured variant met the constraint (%s)" % objective.describe()
             result = dataclasses.replace(result, reason=why + "; config.pbtxt left unchanged")
+        elif decision.kept:  # the config on disk is the chosen one: nothing to write, its text stays
+            reload_from_disk(server, model)
+            result = dataclasses.replace(result, reason=decision.reason + "; config.pbtxt left unchanged")
         else:
             result = dataclasses.replace(result, reason=decision.reason)
             backup = write_back(server, result, chosen, base, original, limit, num_profiles, stamp)

@@ -188,6 +188,17 @@ def instances_on_gpu(cfg: model_config_pb2.ModelConfig) -> bool:
     return bool(kinds & {model_config_pb2.ModelInstanceGroup.KIND_GPU, model_config_pb2.ModelInstanceGroup.KIND_AUTO})
 
 
+def instance_copies(cfg: model_config_pb2.ModelConfig, visible: int) -> int:
+    """How many model instances one unit of the instance_group ``count`` makes, over all groups:
+    a GPU group (or KIND_AUTO with GPUs visible) gets ``count`` on each listed GPU, or on each of
+    the ``visible`` ones when it lists none; any other group gets ``count``. For the Python backend
+    each instance is one stub process, which is what reloads wait on."""
+    gpu, auto = model_config_pb2.ModelInstanceGroup.KIND_GPU, model_config_pb2.ModelInstanceGroup.KIND_AUTO
+    groups = list(cfg.instance_group) or [model_config_pb2.ModelInstanceGroup(kind=auto)]
+    return sum((len(g.gpus) or visible or 1) if g.kind == gpu or (g.kind == auto and visible) else 1
+               for g in groups)
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))

@@ -21,11 +21,11 @@ from aitune_triton.triton.render import CONFIG, config_text, write_config
 from aitune_triton.atomic import replace_file_atomically
 from aitune_triton.triton.server_api import Server
 from aitune_triton.tune.measure import effective_variant
-from aitune_triton.tune.points import TRANSPORTS, Measurement
+from aitune_triton.tune.points import TRANSPORTS, Measurement, Variant
 from aitune_triton.tune.report import BACKUP
 from aitune_triton.tune.result import TuneResult
 from aitune_triton.triton.tuning_section import TuneHistoryEntry, TuneSummary
-from aitune_triton.tune.space import apply_variant
+from aitune_triton.tune.space import apply_variant, current_variant
 from aitune_triton.version import __version__
 
 log = logging.getLogger(__name__)
@@ -53,25 +53,45 @@ def tuned_header(result: TuneResult, chosen: Measurement, stamp: str) -> str:
 def write_back(server: Server, result: TuneResult, chosen: Measurement, base: model_config_pb2.ModelConfig,
                original: str, max_batch_size: int, num_profiles: int, stamp: str) -> Path:
     """config.pbtxt.bak <- the old text; config.pbtxt <- the winner; reload from disk to prove it
-    loads and says what was chosen (else the old text is restored and ModelError raised)."""
+    loads and says what was chosen (else the old text is restored and ModelError raised).
+
+    Anything that ends the confirmation early (a Ctrl-C, a dying server) restores the old text
+    too: the manifest gets no history entry for this write, so a config left behind would be
+    one nobody can trace or undo with the tool."""
     cfg = apply_variant(base, chosen.point.variant, max_batch_size)
     text = config_text(cfg, tuned_header(result, chosen, stamp), num_profiles)
     model_dir = result.config_path.parent
     backup = model_dir / BACKUP
     replace_file_atomically(backup, original)
-    path = write_config(model_dir, text, num_profiles)
+    write_config(model_dir, text, num_profiles)
     try:
         server.load_model(result.model)
         effective = effective_variant(server, result.model)
-        wanted = chosen.point.variant
-        if (effective.instances, effective.delay_us) != (wanted.instances, wanted.delay_us):
+        wanted = current_variant(cfg)  # the chosen variant as the written config holds it
+        if not _serves(effective, wanted):
             raise ServerError("server reports %s, expected %s" % (effective.label(), wanted.label()))
     except ServerError as exc:
-        replace_file_atomically(path, original)  # the user's text back, byte for byte
-        reload_from_disk(server, result.model)
-        raise ModelError("the tuned config did not load as written (%s); %s restored" % (exc, path),
+        _restore(server, result, original)
+        raise ModelError("the tuned config did not load as written (%s); %s restored" % (exc, result.config_path),
                          log_path=exc.log_path, details=exc.details) from exc
+    except BaseException:
+        _restore(server, result, original)
+        raise
     return backup
+
+
+def _serves(effective: Variant, wanted: Variant) -> bool:
+    """Whether the server runs ``wanted``: the same instances and queue delay, and the same
+    preferred batch sizes where the config names any (where it names none, Triton fills in its
+    default, e.g. [max_batch_size] for the Python backend)."""
+    return (effective.instances, effective.delay_us) == (wanted.instances, wanted.delay_us) \
+        and (not wanted.preferred or effective.preferred == wanted.preferred)
+
+
+def _restore(server: Server, result: TuneResult, original: str) -> None:
+    """The user's text back, byte for byte, and loaded."""
+    replace_file_atomically(result.config_path, original)
+    reload_from_disk(server, result.model)
 
 
 def record(model_dir: Path, manifest: Manifest, result: TuneResult, original: str, report_dir: Path,

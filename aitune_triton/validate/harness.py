@@ -21,15 +21,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from aitune_triton.errors import AituneError
 from aitune_triton.triton.model_check import verify_model
 from aitune_triton.output_paths import check_outside_repository
 from aitune_triton.triton import tools
 from aitune_triton.tensorrt.stamp import refusal_here
 from aitune_triton.errors import PerfError
-from aitune_triton.triton.perf import PerfOptions, PerfResult, PerfRow, run_perf, write_input_data_json
+from aitune_triton.triton.perf import PerfOptions, PerfResult, PerfRow, run_perf
 from aitune_triton.errors import ServerError
 from aitune_triton.triton.server import TritonServer
 from aitune_triton.triton.server_api import Server
@@ -38,8 +36,9 @@ from aitune_triton.validate.checks import raw_pipeline, registry
 from aitune_triton.validate.checks.batching import batch_histogram, model_stats
 from aitune_triton.validate.checks.registry import Check, CheckContext
 from aitune_triton.validate.checks.target import Endpoint, ModelTarget, Session
-from aitune_triton.validate.checks.wire import request_arrays, short, wire_dtype
+from aitune_triton.validate.checks.wire import short
 from aitune_triton.validate.options import ValidateOptions
+from aitune_triton.validate.perf_inputs import perf_input_options
 from aitune_triton.validate.plan import Planned, plan_models, server_backends
 from aitune_triton.validate.report import ModelReport, ServerInfo, ValidationReport
 from aitune_triton.validate.result import CheckResult, CheckStatus
@@ -333,31 +332,12 @@ def _merged(a: PerfResult, b: PerfResult) -> PerfResult:
 
 
 def perf_options(target: ModelTarget, options: ValidateOptions, workdir: Path) -> PerfOptions:
-    """perf_analyzer over gRPC with the reference inputs (one batch item per case) as --input-data
-    and --shape for every dynamic dim. perf_analyzer refuses entries whose shape differs from
-    --shape, and the batcher would not merge them anyway, so only cases of the first case's shapes
-    are used. BF16 inputs get random data: perf_analyzer's JSON has no bf16."""
-    samples: list[dict[str, np.ndarray]] = []
-    for case in target.reference:
-        sample = raw_pipeline.raw_request([case.inputs[raw_pipeline.RAW].tobytes()]) if target.kind == "pipeline" \
-            else request_arrays(target, case.inputs, 0, 1)  # (a non-batching case is taken whole)
-        shapes = {n: np.asarray(a).shape for n, a in sample.items()}
-        if not samples or shapes == {n: np.asarray(a).shape for n, a in samples[0].items()}:
-            samples.append(sample)
-    samples = samples[:16]
-    dynamic_shapes: dict[str, tuple[int, ...]] = {}
-    for name, tensor in target.inputs.items():
-        if samples and any(d < 0 for d in tensor.dims):
-            shape = np.asarray(samples[0][name]).shape
-            dynamic_shapes[name] = tuple(shape[1:] if target.batching else shape)
-    bf16 = any(wire_dtype(t.data_type) == "BF16" for t in target.inputs.values())
-    data = None
-    if samples and not bf16:
-        data = write_input_data_json(samples, workdir / ("%s_input.json" % target.name), has_batch_dim=target.batching)
+    """perf_analyzer over gRPC with the requests ``perf_input_options`` builds (shared with tune)."""
+    data, shapes = perf_input_options(target, workdir)
     return PerfOptions(concurrency=options.concurrency, protocol="grpc", shared_memory=options.shared_memory,
                        measurement_request_count=options.perf_request_count,
                        stability_percentage=options.perf_stability_pct, max_trials=options.perf_max_trials,
-                       shapes=dynamic_shapes, input_data=data)
+                       shapes=shapes, input_data=data)
 
 
 def validate_repository(repo: Path | str, options: ValidateOptions | None = None,

@@ -92,6 +92,32 @@ def test_tune_report_uses_the_chosen_variant_and_reports_instance_scaling(tmp_pa
         cap.read_curve(path, "other")
 
 
+def test_tune_curve_is_the_chosen_variant_over_plain_messages_one_point_per_concurrency(tmp_path):
+    """The curve kept every row of the chosen instances and delay: a CUDA shared-memory row (which a
+    client behind a Service cannot use) at 300/s planned 5 replicas where plain requests at 100/s
+    need 15, and rows of another preferred-batch variant were mixed in."""
+    def m(conc, thr, transport="none", preferred=(), inst=2):
+        return {"instances": inst, "max_queue_delay_us": 100, "preferred": list(preferred), "concurrency": conc,
+                "throughput": thr, "p99_ms": 5.0, "status": "ok", "transport": transport}
+
+    chosen = {**m(4, 300, "cuda"), "preferred": []}
+    rows = [m(4, 100), m(4, 300, "cuda"), m(4, 250, "system"), m(4, 400, preferred=(2, 4)), m(8, 120),
+            m(8, 90), m(4, 60, inst=1)]
+    path = tmp_path / cap.TUNE_REPORT
+    path.write_text(json.dumps({"model": "cnn", "objective": {}, "chosen": chosen, "measurements": rows}))
+    curve = cap.read_curve(path, "cnn")
+    assert [(p.concurrency, p.throughput) for p in curve.points] == [(4, 100), (8, 90)]
+    plan = cap.plan(curve, cap.PlanRequest(target_rps=1500, p99_ms=10, headroom=0.0))
+    assert plan.replica_capacity == 100 and plan.replicas == 15
+    assert any("1 -> 2 instances gave 60.0 -> 120.0" in n for n in curve.notes)
+    # measured over shared memory only: those points, with a warning that says what to do
+    path.write_text(json.dumps({"model": "cnn", "objective": {}, "chosen": chosen,
+                                "measurements": [m(4, 300, "cuda"), m(4, 250, "system")]}))
+    shm = cap.read_curve(path, "cnn")
+    assert [p.throughput for p in shm.points] == [300]
+    assert any("only over cuda shared memory" in n and "--transports none" in n for n in shm.notes)
+
+
 def test_reports_without_measurements_or_of_another_kind(tmp_path):
     with pytest.raises(UserError, match="no throughput measurements"):
         cap.read_curve(_validate_report(tmp_path, []), "cnn")
@@ -168,6 +194,7 @@ def _tune_report(**changes) -> dict:
     (_tune_report(measurements={"a": 1}), "measurements is dict"),
     (_tune_report(chosen=[1]), "the chosen config is list"),
     (_tune_report(chosen={"instances": "two", "max_queue_delay_us": 0}), "chosen instance count 'two'"),
+    (_tune_report(row_preferred="4"), "preferred batch sizes '4' are not a list of integers"),
 ])
 def test_malformed_reports_are_one_line_errors(tmp_path, data, message):
     path = tmp_path / "report.json"

@@ -27,6 +27,9 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cnn" / "model.py"
 # short windows and a loose band: the test checks the mechanics, not the figures
 FAST_PERF = PerfOptions(measurement_mode="time_windows", measurement_interval_ms=500, stability_percentage=50,
                         max_trials=4, timeout_s=90)
+# for the tests of what is written: any three windows count as settled, however busy the machine
+SETTLED_PERF = PerfOptions(measurement_mode="time_windows", measurement_interval_ms=1000, stability_percentage=1000,
+                           max_trials=3, timeout_s=90)
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +65,9 @@ def test_tune_writes_the_measured_best_and_it_loads(triton_server_factory, repo,
     history_before = Manifest.load(model_dir).history
     server = triton_server_factory(repo)
     t0 = time.monotonic()
-    # min_gain 0: the spreads alone decide; the best config and the current one in two interleaved rounds
-    options = TuneOptions(instances=(1, 2), delays_us=(500,), concurrency=(4,), brute=True, min_gain=0.0,
+    # min_gain 0: the spreads alone decide; the best config and the current one (1 instance, 500 us: outside
+    # the grid, so only the baseline, and a config is always written) in two interleaved rounds
+    options = TuneOptions(instances=(1, 2), delays_us=(1000,), concurrency=(4,), brute=True, min_gain=0.0,
                           finalists=1, rounds=2, perf=FAST_PERF, report_dir=tmp_path / "report",
                           export_model_analyzer=tmp_path / "ma" / "profile.yaml")
     result = tune_model(repo, "cnn", server, options)
@@ -84,7 +88,7 @@ def test_tune_writes_the_measured_best_and_it_loads(triton_server_factory, repo,
     round_one = [f.runs[0].index for f in result.finalists]
     assert round_one == sorted(round_one) and max(round_one) < min(f.runs[1].index for f in result.finalists)
     summaries = [f.summary() for f in result.finalists]
-    feasible = [m for m in summaries if m.ok]
+    feasible = [m for m in summaries if m.ok and m.point.variant in result.space.variants()]
     best = max(feasible, key=lambda m: m.throughput)
     assert result.chosen.point in (best.point, Point(result.previous, best.point.concurrency))
     assert result.chosen.lo <= result.chosen.throughput <= result.chosen.hi
@@ -130,7 +134,7 @@ def test_tune_writes_the_measured_best_and_it_loads(triton_server_factory, repo,
     entry = ma["profile_models"]["cnn"]
     assert ma["model_repository"] == str(repo.resolve())
     assert entry["model_config_parameters"]["instance_group"][0]["count"] == [1, 2]
-    assert entry["perf_analyzer_flags"]["input-data"] == str((tmp_path / "report" / "input_data.json").resolve())
+    assert entry["perf_analyzer_flags"]["input-data"] == str((tmp_path / "report" / "cnn_input.json").resolve())
     assert Path(entry["perf_analyzer_flags"]["input-data"]).exists()
     assert (tmp_path / "report" / "tune_variants.png").stat().st_size > 10_000
     assert "**chosen**" in (tmp_path / "report" / "tune_report.md").read_text()
@@ -227,3 +231,96 @@ def test_a_full_disk_while_tune_writes_its_results_is_one_line_and_the_config_is
         tune_model(mine, "cnn", server, options)
     assert (mine / "cnn" / "config.pbtxt").read_text() == before
     assert server.model_ready("cnn")
+
+
+def _copy(repo: Path, tmp_path: Path):
+    """A copy of the generated repository (an earlier test may have tuned it) and its current variant."""
+    import shutil
+
+    mine = tmp_path / "repo"
+    shutil.copytree(repo, mine)
+    return mine, current_variant(parse_config((mine / "cnn" / "config.pbtxt").read_text()))
+
+
+def _served(server, model: str = "cnn") -> dict:
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        return client.get_model_config(model)
+    finally:
+        client.close()
+
+
+@pytest.mark.live
+def test_a_kept_current_config_is_not_rewritten(triton_server_factory, repo, tmp_path):
+    """decide kept the current config, and write_back still rewrote config.pbtxt through
+    apply_variant: the user's comments were dropped and a history entry recorded a non-change."""
+    if tools.find_perf_analyzer() is None:
+        pytest.skip("perf_analyzer not installed")
+    mine, current = _copy(repo, tmp_path)
+    config = mine / "cnn" / "config.pbtxt"
+    config.write_text("# hand-tuned for the batch jobs: keep\n" + config.read_text())
+    backup = mine / "cnn" / "config.pbtxt.bak"
+    before, history = config.read_bytes(), Manifest.load(mine / "cnn").history
+    backup_before = backup.read_bytes() if backup.exists() else None
+    server = triton_server_factory(mine, load_models=("cnn",))
+    options = TuneOptions(instances=(current.instances,), delays_us=(current.delay_us,), concurrency=(4,),
+                          brute=True, finalists=1, rounds=2, perf=SETTLED_PERF, report_dir=tmp_path / "report")
+    result = tune_model(mine, "cnn", server, options)
+    assert result.chosen is not None and result.chosen.point.variant == current, (
+        result.reason, [(m.status, m.detail) for m in result.measurements])
+    assert not result.written and "config.pbtxt left unchanged" in result.reason
+    assert config.read_bytes() == before and (backup.read_bytes() if backup.exists() else None) == backup_before
+    assert Manifest.load(mine / "cnn").history == history
+    assert server.model_ready("cnn") and _served(server)["instance_group"][0]["count"] == current.instances
+
+
+@pytest.mark.live
+def test_write_back_checks_preferred_sizes_and_rolls_back_on_ctrl_c(triton_server_factory, repo, tmp_path,
+                                                                      monkeypatch):
+    """The reload check compared only instances and delay, and only a ServerError rolled back: a
+    Ctrl-C after the write left an unconfirmed config with no history entry."""
+    from aitune_triton.errors import ModelError
+    from aitune_triton.tune import writeback
+    from aitune_triton.tune.measure import LiveRunner, effective_variant
+    from aitune_triton.tune.points import Variant
+
+    if tools.find_perf_analyzer() is None:
+        pytest.skip("perf_analyzer not installed")
+    import re
+
+    mine, current = _copy(repo, tmp_path)
+    config = mine / "cnn" / "config.pbtxt"
+    config.write_text(re.sub(r"(max_queue_delay_microseconds: \d+)", r"\1\n  preferred_batch_size: [ 2, 4 ]",
+                             config.read_text()))
+    current = current_variant(parse_config(config.read_text()))
+    assert current.preferred == (2, 4)
+    before, history = config.read_bytes(), Manifest.load(mine / "cnn").history
+    server = triton_server_factory(mine, load_models=("cnn",))
+    # the server reports preferred batch sizes, and the check reads them
+    runner = LiveRunner(server, "cnn", parse_config(before.decode()), Manifest.load(mine / "cnn").max_batch_size, 0,
+                        FAST_PERF, tmp_path / "perf")
+    runner.load(Variant(current.instances, 700, (4,)))
+    assert effective_variant(server, "cnn") == Variant(current.instances, 700, (4,))
+    options = TuneOptions(instances=(current.instances,), delays_us=(current.delay_us + 100,), concurrency=(4,),
+                          brute=True, finalists=1, rounds=2, perf=SETTLED_PERF, report_dir=tmp_path / "report")
+
+    def other_preferred(server, model):
+        return Variant(current.instances, current.delay_us + 100, (3,))
+
+    monkeypatch.setattr(writeback, "effective_variant", other_preferred)
+    with pytest.raises(ModelError, match=r"server reports .*preferred \[3\], expected"):
+        tune_model(mine, "cnn", server, options)
+    assert config.read_bytes() == before and Manifest.load(mine / "cnn").history == history
+
+    def interrupted(server, model):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writeback, "effective_variant", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tune_model(mine, "cnn", server, options)
+    assert config.read_bytes() == before and Manifest.load(mine / "cnn").history == history
+    served = _served(server)
+    assert server.model_ready("cnn") and int(served["dynamic_batching"]["max_queue_delay_microseconds"]) == \
+        current.delay_us

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from aitune_triton.tune.measure import from_run, parse_passes, perf_flags, remeasure
+from aitune_triton.tune.measure import from_run, parse_passes, perf_flags, remeasure, settled_stubs
 from aitune_triton.tune.points import Measurement, Point, Remeasured, Status, Variant
 from aitune_triton.tune.options import tune_perf_options
 
@@ -88,3 +88,14 @@ def test_perf_flags_are_perf_analyzer_option_names():
     flags = perf_flags(tune_perf_options())
     assert flags == {"measurement-mode": "time_windows", "stability-percentage": 30, "max-trials": 6,
                      "measurement-interval": 1000}
+
+
+def test_a_reload_waits_for_stubs_only_where_there_are_any_and_per_gpu():
+    """The expected count ``before - serving + instances`` went negative for models without stubs
+    (ONNX, TensorRT: before 0), so lowering their instance count waited the full 10 s on every
+    load, and it ignored that a GPU group's count applies to each GPU."""
+    assert settled_stubs(0, 2, 1, 1) is None and settled_stubs(None, 2, 1, 1) is None
+    assert settled_stubs(2, 2, 1, 1) == 1 and settled_stubs(1, 1, 2, 1) == 2  # one CPU/GPU group
+    assert settled_stubs(4, 2, 1, 2) == 2  # 2 per GPU on 2 GPUs -> 1 per GPU: 2 stubs, not 3
+    assert settled_stubs(2, 1, 2, 2) == 4  # 1 -> 2 per GPU: 4 stubs (3 was never reached: a 10 s wait)
+    assert settled_stubs(5, 2, 1, 2) == 3  # another model's stub stays

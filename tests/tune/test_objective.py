@@ -77,6 +77,16 @@ def test_decide_keeps_the_current_config_within_the_spread_and_claims_only_measu
     assert "no improvement is claimed" in noclaim.reason
     assert decide([rounds(Point(other, 16), [2500], p99=30.0)], objective, current).chosen is None
 
+def test_the_current_config_best_by_median_is_kept_so_nothing_is_written():
+    """``kept`` was False when the current config was also the best median, and tune rewrote config.pbtxt."""
+    objective = Objective("max-throughput", budget_ms=20.0)
+    current, other = Variant(1, 500), Variant(2, 0)
+    best = decide([rounds(Point(other, 16), [1400, 1800, 1600]), rounds(Point(current, 16), [1500, 1900, 1700])],
+                  objective, current)
+    assert best.chosen.point == Point(current, 16) and best.kept and best.improvement is None
+    assert decide([rounds(Point(current, 16), [1500, 1900, 1700])], objective, current).kept
+
+
 def test_decide_never_keeps_a_current_config_outside_the_grid():
     objective = Objective("max-throughput", budget_ms=20.0)
     current, other = Variant(1, 500), Variant(1, 0)

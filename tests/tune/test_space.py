@@ -18,7 +18,8 @@ from aitune_triton.tune.points import Point, Variant
 from aitune_triton.tune.report import to_markdown, write_reports
 from aitune_triton.tune.result import TuneResult
 from aitune_triton.tune.options import TuneOptions
-from aitune_triton.tune.space import SearchSpace, apply_variant, batching_refused, build_space, current_variant
+from aitune_triton.tune.space import SearchSpace, apply_variant, batching_refused, build_space, current_variant, \
+    instance_copies
 
 def test_space_validation_and_order():
     space = SearchSpace((1, 2), (0, 500), (4, 8))
@@ -165,3 +166,15 @@ def test_visible_gpus_follows_cuda_visible_devices(monkeypatch, tmp_path):
     for mask, count in (("1,3", 2), ("", 0), ("-1", 0), ("0,1,2,3,4,5", 4), ("2,-1,3", 1)):
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", mask)
         assert visible_gpus() == count, mask
+
+
+def test_instance_copies_count_each_gpu_a_group_uses():
+    def cfg(groups: str):
+        return parse_config('name: "m"\nbackend: "python"\n' + groups)
+
+    assert instance_copies(cfg("instance_group { count: 2 kind: KIND_GPU gpus: [0, 1] }"), 4) == 2
+    assert instance_copies(cfg("instance_group { count: 2 kind: KIND_GPU }"), 4) == 4
+    assert instance_copies(cfg("instance_group { count: 2 kind: KIND_CPU }"), 4) == 1
+    assert instance_copies(cfg(""), 0) == 1 and instance_copies(cfg(""), 2) == 2  # KIND_AUTO
+    assert instance_copies(cfg("instance_group { kind: KIND_GPU gpus: [1] }\ninstance_group { kind: KIND_CPU }"),
+                           2) == 2

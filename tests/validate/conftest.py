@@ -54,6 +54,19 @@ class Tagger(torch.nn.Module):
         return self.out(out)
 
 
+class Bf16Mixed(torch.nn.Module):
+    """A BF16 input beside an integer one (perf_analyzer's JSON has no BF16)."""
+
+    def forward(self, x, ids):
+        return x.float().sum(-1, keepdim=True) + ids.float().sum(-1, keepdim=True)
+
+
+def bf16_samples():
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randn(b, s, generator=g).to(torch.bfloat16), torch.randint(0, 9, (b, s), generator=g))
+            for b, s in ((1, 4), (2, 6))]
+
+
 def tagger_samples():
     g = torch.Generator().manual_seed(0)
     return [(torch.randint(1, 20, (b, s), generator=g), torch.randint(1, s + 1, (b,), generator=g))
@@ -91,7 +104,8 @@ def make_model_dir(root: Path, name: str, model: torch.nn.Module, raw_samples, b
     return model_dir
 
 
-MODELS = {"affine": (Affine, affine_samples), "tokens": (Tokens, token_samples), "tagger": (Tagger, tagger_samples)}
+MODELS = {"affine": (Affine, affine_samples), "tokens": (Tokens, token_samples), "tagger": (Tagger, tagger_samples),
+          "bf16": (Bf16Mixed, bf16_samples)}
 
 
 @pytest.fixture(scope="session")
