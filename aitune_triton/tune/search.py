@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from aitune_triton.errors import UserError
-from aitune_triton.triton.model_check import verify_model
+from aitune_triton.triton.model_check import require_model_dir, verify_model
 from aitune_triton.output_paths import resource_error
 from aitune_triton.reference_data import REFERENCE, load_reference
 from aitune_triton.triton.manifest import Manifest
@@ -97,7 +97,7 @@ def check_tunable(repo: Path, model: str, report_dir: Path | None = None) -> Man
     and its directory can take what tune writes (config.pbtxt, its backup, the manifest, the
     reports); one line naming what is wrong."""
     validate_model_name(model)
-    model_dir = Path(repo) / model
+    model_dir = require_model_dir(Path(repo), model)
     manifest = verify_model(model_dir, Path(repo))
     for where, what in ((model_dir, "the tuned config.pbtxt and the manifest"),
                         (Path(report_dir) if report_dir else model_dir, "the tuning report")):
