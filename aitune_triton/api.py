@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from aitune_triton import pipeline
-from aitune_triton.config import NOT_GIVEN, NotGiven
+from aitune_triton.config import check_override_fields
+from aitune_triton.not_given import NOT_GIVEN, NotGiven
 from aitune_triton.errors import ModelError, UserError
 from aitune_triton.prepared import (Prepared, Progress, _build_fallback, _export_onnx, _manifest, _mapping,
                                     _write_common, prepare)
@@ -161,7 +162,7 @@ def generate(model_py: Path | str, out: Path | str = Path("model_repository"),
     directory that holds a ``model.py`` uses that file (a model.py always wins).
 
     ``overrides`` changes ``GenerateConfig`` fields of ``get_config()`` (``"tensorrt"``: a dict of
-    ``TensorRTBackendConfig`` fields): a value of ``config.NOT_GIVEN`` leaves the field as it is,
+    ``TensorRTBackendConfig`` fields): a value of ``not_given.NOT_GIVEN`` leaves the field as it is,
     ``None`` sets it to None (derive it from the samples).
 
     ``progress(message)`` is called as each stage starts (spec, fallback compile + check or
@@ -175,6 +176,7 @@ def generate(model_py: Path | str, out: Path | str = Path("model_repository"),
             model_py_timeout_s = overrides.model_py_timeout_s
         task = task or overrides.task
         overrides = overrides.overrides()
+    check_override_fields(overrides or {})  # a misspelt name before model.py or a checkpoint is loaded
     model_py, out = Path(model_py), Path(out)
     if model_py.is_dir() and (model_py / "model.py").is_file():
         model_py = model_py / "model.py"

@@ -10,12 +10,13 @@ import dataclasses
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
 from aitune_triton.version import __version__
 from aitune_triton.config import GenerateConfig
+from aitune_triton.not_given import NOT_GIVEN
 from aitune_triton.numerics import to_numpy, tolerance_for
 from aitune_triton.envelope import Envelope, Source, apply_envelope, choose_envelope
 from aitune_triton.errors import ModelError, UserError
@@ -130,17 +131,21 @@ def prepare(model_py: Path, overrides: dict | None = None, model_py_timeout_s: f
     (part of the spec stage: its errors come before anything else is printed). ``model_py_timeout_s``:
     the limit on importing model.py and on ``get_samples()`` (None: from ``$AITUNE_MODEL_PY_TIMEOUT_S``
     or the default; 0: none)."""
-    source = load_model_source(model_py, (overrides or {}).get("max_detections"), resolve_timeout(model_py_timeout_s))
+    max_detections = (overrides or {}).get("max_detections")
+    source = load_model_source(model_py, None if max_detections is NOT_GIVEN else max_detections,
+                               resolve_timeout(model_py_timeout_s))
     config = source.config or GenerateConfig()
     if overrides:
-        trt_over = overrides.pop("tensorrt", None) or {}
+        trt_over = overrides.pop("tensorrt", NOT_GIVEN)
         cli_axes = overrides.get("axis_ranges")
         if isinstance(cli_axes, dict) and config.axis_ranges:  # --axis adds to get_config()'s ranges
             overrides["axis_ranges"] = {**config.axis_ranges, **{k: {**config.axis_ranges.get(k, {}), **v}
                                                                  for k, v in cli_axes.items()}}
         config = config.replace(**overrides)
-        if trt_over:
-            config = config.replace(tensorrt=config.tensorrt.replace(**trt_over))
+        # a dict changes get_config()'s TensorRT fields one by one (NOT_GIVEN keeps one); anything
+        # else replaces the whole config, checked by GenerateConfig
+        config = config.replace(tensorrt=config.tensorrt.replace(**trt_over) if isinstance(trt_over, Mapping)
+                                else trt_over)
     from aitune_triton.tensorrt.quantized_onnx import check_applicable
 
     check_applicable(config.backends, config.tensorrt)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import aitune_triton
-from aitune_triton.config import NOT_GIVEN
+from aitune_triton.not_given import NOT_GIVEN
 from aitune_triton.errors import ServerError, UserError
 from aitune_triton.triton.launch import free_port
 from aitune_triton.triton.object_storage import S3Location, client

@@ -26,7 +26,7 @@ def test_replace_sets_none_and_skips_not_given():
     import copy
     import pickle
 
-    from aitune_triton.config import NOT_GIVEN, NotGiven
+    from aitune_triton.not_given import NOT_GIVEN, NotGiven
 
     cfg = GenerateConfig(max_batch_size=8, max_queue_delay_us=100, strategy="min-latency")
     assert cfg.replace(max_batch_size=None).max_batch_size is None  # None is a value: derive from the samples
@@ -88,3 +88,20 @@ def test_portable_is_a_bool_and_excludes_a_forced_aoti():
     with pytest.raises(UserError, match="portable and fallback_format 'aoti' contradict: an AOTInductor package is "
                                         "machine code for the host that compiles it"):
         GenerateConfig(portable=True, fallback_format="aoti")
+
+
+def test_the_tensorrt_config_replace_skips_not_given_and_names_the_fields_of_an_unknown_one():
+    """TensorRTBackendConfig.replace stored NOT_GIVEN (falsy: CUDA graphs off; an opset of
+    NOT_GIVEN a TypeError) and an unknown field was dataclasses' TypeError."""
+    from aitune_triton.not_given import NOT_GIVEN
+    from aitune_triton.tensorrt.config import TensorRTBackendConfig
+
+    trt = TensorRTBackendConfig(use_cuda_graphs=True, opset_version=17)
+    kept = trt.replace(use_cuda_graphs=NOT_GIVEN, opset_version=NOT_GIVEN, precision="fp16")
+    assert (kept.use_cuda_graphs, kept.opset_version, kept.precision) == (True, 17, "fp16")
+    assert trt.replace(opset_version=None).opset_version is None
+    with pytest.raises(UserError, match="unknown TensorRTBackendConfig field.s. bogus in the changes; the fields are: "
+                                        ".*opset_version"):
+        trt.replace(bogus=1)
+    with pytest.raises(UserError, match="unknown GenerateConfig field.s. bogus in the changes; the fields are: name, "):
+        GenerateConfig().replace(bogus=1)
