@@ -8,6 +8,7 @@ Validation lives here, in ``__post_init__``, and only here.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -177,7 +178,13 @@ class GenerateConfig:
                 raise UserError("%s must be >= 0, got %r" % (tol, v))
         if self.strategy not in (None, "min-latency", "max-throughput", "latency-budget"):
             raise UserError("strategy must be min-latency, max-throughput or latency-budget, got %r" % self.strategy)
-        if self.strategy == "latency-budget" and not (self.budget_ms and self.budget_ms > 0):
+        # any budget given is a latency limit (also of the measured max_batch_size), not only the strategy's
+        if self.budget_ms is not None and not (isinstance(self.budget_ms, (int, float))
+                                               and not isinstance(self.budget_ms, bool)
+                                               and math.isfinite(self.budget_ms) and self.budget_ms > 0):
+            raise UserError("budget_ms (--budget-ms) must be a finite number of milliseconds > 0, got %r"
+                            % (self.budget_ms,))
+        if self.strategy == "latency-budget" and self.budget_ms is None:
             raise UserError("strategy latency-budget needs budget_ms > 0 (--budget-ms)")
         if isinstance(self.tensorrt, dict):
             object.__setattr__(self, "tensorrt", TensorRTBackendConfig.from_dict(self.tensorrt))

@@ -105,3 +105,14 @@ def test_the_tensorrt_config_replace_skips_not_given_and_names_the_fields_of_an_
         trt.replace(bogus=1)
     with pytest.raises(UserError, match="unknown GenerateConfig field.s. bogus in the changes; the fields are: name, "):
         GenerateConfig().replace(bogus=1)
+
+
+@pytest.mark.parametrize("budget", [-1, 0, 0.0, float("nan"), float("inf"), "5", True])
+def test_a_budget_is_a_finite_positive_latency_whatever_the_strategy(budget):
+    """--budget-ms -1 was accepted without --strategy latency-budget (the batch measurement then
+    stopped at "batch 1 takes 0.3 ms > --budget-ms -1 ms"), and 0 was taken as not given."""
+    with pytest.raises(UserError, match="budget_ms .--budget-ms. must be a finite number of milliseconds > 0"):
+        GenerateConfig(budget_ms=budget)
+    assert GenerateConfig(budget_ms=2.5).budget_ms == 2.5 and GenerateConfig(budget_ms=3).budget_ms == 3
+    with pytest.raises(UserError, match="strategy latency-budget needs budget_ms > 0"):
+        GenerateConfig(strategy="latency-budget")
