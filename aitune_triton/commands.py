@@ -306,6 +306,8 @@ def deploy_k8s(repo: Path | str, options: DeployK8sOptions) -> DeployK8sResult:
         raise UserError("give either an s3:// repository or --pvc, not both")
     with open_repository(repo) as view:
         manifests = k8s.manifests_of(view.local)
+        if options.plan_file:
+            k8s.check_plan_model(planned, manifests, options.plan_file, repo)
         image, reason = (options.image, "given with --image") if options.image else \
             k8s.choose_image(manifests, server_version())
         spec = k8s.DeploySpec(
@@ -315,7 +317,8 @@ def deploy_k8s(repo: Path | str, options: DeployK8sOptions) -> DeployK8sResult:
             gpus=options.gpus_per_replica if options.gpus_per_replica is not None else planned.get("gpus", 1),
             max_replicas=options.max_replicas, pvc=options.pvc, secret=options.secret, cpu=options.cpu,
             memory=options.memory, shm_size=options.shm_size,
-            queue_target_us=options.queue_target_us or planned.get("queue_target_us", defaults.K8S_QUEUE_TARGET_US),
+            queue_target_us=options.queue_target_us if options.queue_target_us is not None else
+            planned.get("queue_target_us", defaults.K8S_QUEUE_TARGET_US),
             kserve=options.kserve)
     files = k8s.render(spec)
     checked = k8s.check(files)
