@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from aitune_triton import pipeline
-from aitune_triton.config import check_override_fields
+from aitune_triton.config import GenerateConfig, check_override_fields
 from aitune_triton.not_given import NOT_GIVEN, NotGiven
 from aitune_triton.errors import ModelError, UserError
 from aitune_triton.prepared import (Prepared, Progress, _build_fallback, _export_onnx, _manifest, _mapping,
-                                    _write_common, prepare)
+                                    _write_common, model_names, prepare)
 from aitune_triton.tensorrt.section import PlanStatus, TensorRTSection
 from aitune_triton.tensorrt_model import (TRT_STAGE_DIR, GeneratedModel, ModelStatus, _build_in_generate,
                                           _check_words, _stage_tensorrt, with_plan_tolerances)
@@ -94,17 +94,6 @@ class GenerateOptions:
                                    and getattr(self, f.name) is not NOT_GIVEN}
         changes["tensorrt"] = dict(self.tensorrt)
         return changes
-
-
-def model_names(prep: Prepared) -> dict[str, str]:
-    """Triton model name per backend: the fallback keeps the plain name (it serves first)."""
-    names = {}
-    for backend in prep.config.backends:
-        names[backend] = {"python": prep.name, "tensorrt": prep.name + "_trt",
-                          "onnxruntime": prep.name + "_onnx"}[backend]
-    if "python" not in names and "tensorrt" in names:
-        names["tensorrt"] = prep.name
-    return names
 
 
 def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress,
@@ -198,6 +187,9 @@ def _generate_from_checkpoint(path: Path, out: Path, overrides: dict | None, for
         raise UserError("--task applies to a checkpoint directory; %s is not one" % path)
     repository.check_repository_path(out)  # before the checkpoint is loaded, which takes a while
     plan = checkpoint.plan_checkpoint(path, task)  # config.json only: instant
+    # the generated get_config() sets neither name nor backends: an existing model is refused before the weights load
+    named = GenerateConfig().replace(**{k: v for k, v in (overrides or {}).items() if k in ("name", "backends")})
+    repository.check_new_models(out, list(model_names(named.backends, named.name or plan.name).values()), force)
     progress("checkpoint: loading the weights%s of %s" % (" and the tokenizer" if plan.has_tokenizer else "", path))
     checkpoint.preflight(plan)
     with tempfile.TemporaryDirectory(prefix="aitune-checkpoint-") as tmp:
@@ -214,8 +206,11 @@ def _generate(model_py: Path, out: Path, overrides: dict | None, force: bool, pr
     from aitune_triton.tensorrt.availability import build_status
 
     progress("spec: loading %s, recording and probing its inputs and outputs" % model_py.name)
-    prep = prepare(model_py, dict(overrides or {}), model_py_timeout_s)
-    names = model_names(prep)
+    def refuse_existing(names: dict[str, str]) -> None:  # before the probe and the batch measurement
+        repository.check_new_models(out, list(names.values()), force)
+
+    prep = prepare(model_py, dict(overrides or {}), model_py_timeout_s, names_known=refuse_existing)
+    names = model_names(prep.config.backends, prep.name)
     results, notes, selection = [], list(prep.notes), None
     if schema() is None:
         notes.append(SCHEMA_SKIPPED)

@@ -126,11 +126,23 @@ def _envelope(source: ModelSource, spec: IOSpec, config: GenerateConfig, device:
     return env
 
 
-def prepare(model_py: Path, overrides: dict | None = None, model_py_timeout_s: float | None = None) -> Prepared:
+def model_names(backends: tuple[str, ...], name: str) -> dict[str, str]:
+    """Triton model name per backend: the fallback keeps the plain name (it serves first)."""
+    names = {}
+    for backend in backends:
+        names[backend] = {"python": name, "tensorrt": name + "_trt", "onnxruntime": name + "_onnx"}[backend]
+    if "python" not in names and "tensorrt" in names:
+        names["tensorrt"] = name
+    return names
+
+
+def prepare(model_py: Path, overrides: dict | None = None, model_py_timeout_s: float | None = None,
+            names_known: Callable[[dict[str, str]], None] | None = None) -> Prepared:
     """Everything derived from model.py before anything is written, the serving envelope included
     (part of the spec stage: its errors come before anything else is printed). ``model_py_timeout_s``:
     the limit on importing model.py and on ``get_samples()`` (None: from ``$AITUNE_MODEL_PY_TIMEOUT_S``
-    or the default; 0: none)."""
+    or the default; 0: none). ``names_known(model_names)`` is called as soon as the config is final,
+    before the probe and the batch measurement, so a caller can refuse them (an existing model) early."""
     max_detections = (overrides or {}).get("max_detections")
     source = load_model_source(model_py, None if max_detections is NOT_GIVEN else max_detections,
                                resolve_timeout(model_py_timeout_s))
@@ -146,6 +158,9 @@ def prepare(model_py: Path, overrides: dict | None = None, model_py_timeout_s: f
         # else replaces the whole config, checked by GenerateConfig
         config = config.replace(tensorrt=config.tensorrt.replace(**trt_over) if isinstance(trt_over, Mapping)
                                 else trt_over)
+    name = config.name or default_model_name(source.path)
+    if names_known is not None:
+        names_known(model_names(config.backends, name))
     from aitune_triton.tensorrt.quantized_onnx import check_applicable
 
     check_applicable(config.backends, config.tensorrt)
@@ -165,7 +180,6 @@ def prepare(model_py: Path, overrides: dict | None = None, model_py_timeout_s: f
                                declared=config.axis_ranges)
     if custom and spec.batching:
         env = dataclasses.replace(env, max_batch_size=profiles.max_batch_size)
-    name = config.name or default_model_name(source.path)
     return Prepared(source, config, spec, profiles, name, device, probed, env,
                     outputs_on_device(source, spec, device))
 

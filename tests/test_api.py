@@ -136,3 +136,17 @@ def test_tensorrt_overrides_keep_what_was_not_given_and_unknown_names_fail_befor
         with pytest.raises(UserError, match=match):
             generate(model_py, tmp_path / "repo", overrides)
     assert not loaded.exists()
+
+
+def test_an_existing_model_is_refused_before_the_probe_and_the_batch_measurement(tmp_path, monkeypatch):
+    """"already exists; pass --force" came from stage_models, after prepare had probed the model and
+    measured the batch; it now comes as soon as the names are known."""
+    import aitune_triton.prepared as prepared
+
+    def no_spec(*args, **kwargs):
+        raise AssertionError("the spec was recorded before the existing model was refused")
+
+    monkeypatch.setattr(prepared, "record_spec", no_spec)
+    (tmp_path / "repo" / "cnn_onnx").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"model cnn_onnx already exists in .*repo; pass --force to replace it"):
+        generate(ROOT / "examples" / "cnn" / "model.py", tmp_path / "repo", {"backends": ("python", "onnxruntime")})

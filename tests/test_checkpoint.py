@@ -202,3 +202,20 @@ def test_the_python_api_refuses_a_bad_checkpoint_before_writing(tmp_path):
     with pytest.raises(UserError, match=r"ckpt: no weights"):
         aitune_triton.generate(_fake(tmp_path, BERT, weights=False), tmp_path / "repo")
     assert not (tmp_path / "repo").exists()
+
+
+def test_an_existing_model_is_refused_before_the_checkpoint_loads(tmp_path, monkeypatch):
+    """For a checkpoint the existing model was refused only after preflight had loaded the weights
+    (and model.py had run); the plan's name and the overrides give the names up front."""
+    from aitune_triton.api import generate
+
+    def no_preflight(plan):
+        raise AssertionError("the weights were loaded before the existing model was refused")
+
+    monkeypatch.setattr(checkpoint, "preflight", no_preflight)
+    (tmp_path / "repo" / "ckpt_trt").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"model ckpt_trt already exists in .*repo; pass --force"):
+        generate(_fake(tmp_path, BERT), tmp_path / "repo")
+    with pytest.raises(UserError, match=r"model bert already exists in .*repo; pass --force"):
+        (tmp_path / "repo" / "bert").mkdir()
+        generate(tmp_path / "ckpt", tmp_path / "repo", {"name": "bert", "backends": ("python",)})
