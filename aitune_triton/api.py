@@ -191,8 +191,9 @@ def _generate_from_checkpoint(path: Path, out: Path, overrides: dict | None, for
     named = GenerateConfig().replace(**{k: v for k, v in (overrides or {}).items() if k in ("name", "backends")})
     repository.check_new_models(out, list(model_names(named.backends, named.name or plan.name).values()), force)
     progress("checkpoint: loading the weights%s of %s" % (" and the tokenizer" if plan.has_tokenizer else "", path))
-    checkpoint.preflight(plan)
-    with tempfile.TemporaryDirectory(prefix="aitune-checkpoint-") as tmp:
+    # the generated model.py sets HF_HUB_OFFLINE at import: undone with preflight's, when this returns
+    with checkpoint.offline_and_quiet(), tempfile.TemporaryDirectory(prefix="aitune-checkpoint-") as tmp:
+        checkpoint.preflight(plan)
         model_py = checkpoint.write_model_py(plan, Path(tmp))
         result = _generate(model_py, out, overrides, force, progress, model_py_timeout_s, keep_source=True)
     kept = [m.path / "source" / "model.py" for m in result.models if (m.path / "source" / "model.py").is_file()]

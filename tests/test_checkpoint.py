@@ -4,6 +4,7 @@ prints, the generated model.py, and one line (exit 2, nothing written) for each 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -219,3 +220,34 @@ def test_an_existing_model_is_refused_before_the_checkpoint_loads(tmp_path, monk
     with pytest.raises(UserError, match=r"model bert already exists in .*repo; pass --force"):
         (tmp_path / "repo" / "bert").mkdir()
         generate(tmp_path / "ckpt", tmp_path / "repo", {"name": "bert", "backends": ("python",)})
+
+
+def test_preflight_and_a_checkpoint_generate_leave_the_process_online(hf_checkpoints, tmp_path, monkeypatch):
+    """preflight set HF_HUB_OFFLINE=1 and silenced transformers for good (as did the generated
+    model.py, imported in-process): a Python API caller could not reach the Hub afterwards."""
+    import huggingface_hub.constants as hub
+    import transformers
+
+    from aitune_triton import api
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    transformers.logging.set_verbosity_warning()
+    transformers.logging.enable_progress_bar()
+    checkpoint.preflight(plan_checkpoint(hf_checkpoints["bert_cls"]))
+    assert "HF_HUB_OFFLINE" not in os.environ and hub.HF_HUB_OFFLINE is False
+    assert transformers.logging.get_verbosity() == transformers.logging.WARNING
+    assert transformers.utils.logging.is_progress_bar_enabled()
+
+    seen = []
+
+    def generate_offline(model_py, *args, **kwargs):  # what the generated model.py does at import
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        seen.append(hub.HF_HUB_OFFLINE)
+        raise UserError("stop here")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(api, "_generate", generate_offline)
+    with pytest.raises(UserError, match="stop here"):
+        api.generate(hf_checkpoints["bert_cls"], tmp_path / "repo")
+    assert seen == [True] and os.environ["HF_HUB_OFFLINE"] == "0" and hub.HF_HUB_OFFLINE is False
