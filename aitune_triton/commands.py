@@ -202,6 +202,8 @@ def serve(repo: Path | str, options: ServeOptions | None = None, progress: Progr
 
     options = options or ServeOptions()
     check_host(options.host)  # before an s3:// repository is downloaded and the models are checked
+    target = ServerTarget(tritonserver=options.tritonserver, startup_timeout_s=options.startup_timeout_s,
+                          backend_directory=options.backend_directory)  # checks the timeout, as early
     with open_repository(repo, progress=progress) as view:
         if not view.remote:  # before the server loads (deserialises) anything
             verify_models(view.local, served_model_names(view.local))
@@ -209,8 +211,6 @@ def serve(repo: Path | str, options: ServeOptions | None = None, progress: Progr
         launch = ServerOptions(host=options.host, http_port=options.http_port, grpc_port=options.grpc_port,
                                metrics_port=options.metrics_port, model_control_mode="explicit",
                                load_models=served_model_names(view.local))
-        target = ServerTarget(tritonserver=options.tritonserver, startup_timeout_s=options.startup_timeout_s,
-                              backend_directory=options.backend_directory)
         progress("starting tritonserver on %s" % view.describe())
         with running_server(view.server, target, launch, notify=notify) as server:
             yield RunningServer(server, view, notify)  # type: ignore[arg-type]  # launched, so a TritonServer

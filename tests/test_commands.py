@@ -171,3 +171,30 @@ def test_the_python_api_examples_use_only_exported_names():
     readme = re.search(r"## Python API\n.*?```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
     ast.parse(readme)
     assert set(re.findall(r"\bat\.(\w+)", readme)) <= set(aitune_triton.__all__)
+
+
+def test_serve_takes_the_startup_timeout_like_validate_and_tune(monkeypatch):
+    """ServeOptions.startup_timeout_s existed but `serve` had no --startup-timeout; a bad value is
+    one line before anything is opened."""
+    import contextlib
+
+    from click.testing import CliRunner
+
+    import aitune_triton.commands as commands
+    from aitune_triton.cli import main
+
+    seen = []
+
+    @contextlib.contextmanager
+    def fake_serve(repo, options, progress=None, notify=None):
+        seen.append(options.startup_timeout_s)
+        raise UserError("stop here")
+        yield
+
+    monkeypatch.setattr(commands, "serve", fake_serve)
+    result = CliRunner().invoke(main, ["serve", "no-such-repo", "--startup-timeout", "600"])
+    assert result.exit_code == 2 and seen == [600.0], result.output
+    monkeypatch.undo()
+    result = CliRunner().invoke(main, ["serve", "no-such-repo", "--startup-timeout", "0"])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        "error: the start-up timeout must be > 0, got 0.0"], result.output
