@@ -185,6 +185,9 @@ def _generate_from_checkpoint(path: Path, out: Path, overrides: dict | None, for
 
     if task is not None and not path.is_dir():
         raise UserError("--task applies to a checkpoint directory; %s is not one" % path)
+    if not (path / checkpoint.CONFIG_FILE).is_file():  # generate, unlike inspect, takes a model.py too
+        raise UserError("%s: no config.json (nor a model.py); pass a model.py (or its folder) or a Hugging Face "
+                        "checkpoint directory (save_pretrained output)" % path)
     repository.check_repository_path(out)  # before the checkpoint is loaded, which takes a while
     plan = checkpoint.plan_checkpoint(path, task)  # config.json only: instant
     # the generated get_config() sets neither name nor backends: an existing model is refused before the weights load

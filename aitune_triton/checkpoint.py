@@ -177,8 +177,7 @@ def _fail(path: Path, problem: str) -> UserError:
 def read_config(path: Path) -> dict[str, Any]:
     config_path = Path(path) / CONFIG_FILE
     if not config_path.is_file():
-        raise _fail(Path(path), "no config.json; pass a Hugging Face checkpoint directory (save_pretrained output) "
-                                "or a model.py")
+        raise _fail(Path(path), "no config.json; pass a Hugging Face checkpoint directory (save_pretrained output)")
     try:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as exc:
@@ -203,9 +202,10 @@ def plan_checkpoint(path: Path, task: str | None = None) -> CheckpointPlan:
     """Read ``config.json`` and decide what to generate. ``task`` overrides the guess."""
     path = Path(path).resolve()
     if not path.exists():
-        raise _fail(path, "not found; pass a checkpoint directory or a model.py")
+        raise _fail(path, "not found; pass a Hugging Face checkpoint directory (with config.json)")
     if not path.is_dir():
-        raise _fail(path, "not a directory; pass a checkpoint directory (with config.json) or a model.py")
+        raise _fail(path, "not a directory; pass a Hugging Face checkpoint directory (with config.json)%s"
+                    % ("; a model.py is not inspected: generate runs it" if path.suffix == ".py" else ""))
     config = read_config(path)
     architectures = config.get("architectures") or []
     architecture = str(architectures[0]) if isinstance(architectures, list) and architectures else ""

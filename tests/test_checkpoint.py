@@ -251,3 +251,21 @@ def test_preflight_and_a_checkpoint_generate_leave_the_process_online(hf_checkpo
     with pytest.raises(UserError, match="stop here"):
         api.generate(hf_checkpoints["bert_cls"], tmp_path / "repo")
     assert seen == [True] and os.environ["HF_HUB_OFFLINE"] == "0" and hub.HF_HUB_OFFLINE is False
+
+
+def test_inspect_says_what_it_accepts_and_generate_still_offers_a_model_py(tmp_path):
+    """inspect model.py said "pass a checkpoint directory ... or a model.py", which inspect does not accept."""
+    model_py = tmp_path / "model.py"
+    model_py.write_text("")
+    result = CliRunner().invoke(main, ["inspect", str(model_py)])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        "error: %s: not a directory; pass a Hugging Face checkpoint directory (with config.json); a model.py is not "
+        "inspected: generate runs it" % model_py], result.output
+    for args in (["inspect", str(tmp_path / "nope")], ["inspect", str(tmp_path)]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2 and "model.py" not in result.output, result.output
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(main, ["generate", str(tmp_path / "empty"), "--out", str(tmp_path / "repo")])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        "error: %s: no config.json (nor a model.py); pass a model.py (or its folder) or a Hugging Face checkpoint "
+        "directory (save_pretrained output)" % (tmp_path / "empty")], result.output
