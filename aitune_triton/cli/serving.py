@@ -129,7 +129,9 @@ def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver, backend_
 @click.option("--perf-stability", type=float, default=defaults.TUNE_PERF_STABILITY_PCT, show_default=True,
               help="perf_analyzer --stability-percentage for each point; a looser band settles on a busy machine "
                    "(each point's window spread is reported either way).")
-@click.option("--report", "report_dir", type=click.Path(path_type=Path), help="Where the tune report goes.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path),
+              help="Where the tune report goes (default: MODEL/tuning in REPO; for an s3:// REPO, pushed with the "
+                   "tuned version and copied to ./NAME_tune_report/MODEL).")
 @click.option("--export-model-analyzer", "ma_config", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write a Model Analyzer `profile` config (YAML) for the same grid, objective and "
                    "perf_analyzer settings.")

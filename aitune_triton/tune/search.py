@@ -43,7 +43,7 @@ from aitune_triton.tune.objective import decide, pick_finalists
 from aitune_triton.tune.points import Point, Variant
 from aitune_triton.tune.report import write_reports
 from aitune_triton.tune.result import TuneResult
-from aitune_triton.tune.options import TuneOptions
+from aitune_triton.tune.options import REPORT_SUBDIR, TuneOptions
 from aitune_triton.tune.space import batching_refused, build_space, current_variant, placement
 from aitune_triton.tune.writeback import record, reload_from_disk, write_back
 
@@ -139,7 +139,7 @@ def tune_model_locked(repo: Path, model: str, server: Server, options: TuneOptio
     objective = options.objective_spec()
     space = build_space(base, manifest, options)
     previous = current_variant(base)
-    report_dir = Path(options.report_dir) if options.report_dir else model_dir / "tuning"
+    report_dir = Path(options.report_dir) if options.report_dir else model_dir / REPORT_SUBDIR
     report_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     runner = LiveRunner(server, model, base, limit, num_profiles,
