@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from aitune_triton import pipeline
-from aitune_triton.config import NOT_GIVEN, NotGiven
+from aitune_triton.config import GenerateConfig, check_override_fields
+from aitune_triton.not_given import NOT_GIVEN, NotGiven
 from aitune_triton.errors import ModelError, UserError
 from aitune_triton.prepared import (Prepared, Progress, _build_fallback, _export_onnx, _manifest, _mapping,
-                                    _write_common, prepare)
+                                    _write_common, model_names, prepare)
 from aitune_triton.tensorrt.section import PlanStatus, TensorRTSection
 from aitune_triton.tensorrt_model import (TRT_STAGE_DIR, GeneratedModel, ModelStatus, _build_in_generate,
                                           _check_words, _stage_tensorrt, with_plan_tolerances)
@@ -95,17 +96,6 @@ class GenerateOptions:
         return changes
 
 
-def model_names(prep: Prepared) -> dict[str, str]:
-    """Triton model name per backend: the fallback keeps the plain name (it serves first)."""
-    names = {}
-    for backend in prep.config.backends:
-        names[backend] = {"python": prep.name, "tensorrt": prep.name + "_trt",
-                          "onnxruntime": prep.name + "_onnx"}[backend]
-    if "python" not in names and "tensorrt" in names:
-        names["tensorrt"] = prep.name
-    return names
-
-
 def _write_python(prep: Prepared, model_dir: Path, name: str, progress: Progress,
                   final_dir: Path | None = None) -> tuple[Manifest, str, Any]:
     from aitune_triton.export.fallback_artifact import FALLBACK_LOG
@@ -161,7 +151,7 @@ def generate(model_py: Path | str, out: Path | str = Path("model_repository"),
     directory that holds a ``model.py`` uses that file (a model.py always wins).
 
     ``overrides`` changes ``GenerateConfig`` fields of ``get_config()`` (``"tensorrt"``: a dict of
-    ``TensorRTBackendConfig`` fields): a value of ``config.NOT_GIVEN`` leaves the field as it is,
+    ``TensorRTBackendConfig`` fields): a value of ``not_given.NOT_GIVEN`` leaves the field as it is,
     ``None`` sets it to None (derive it from the samples).
 
     ``progress(message)`` is called as each stage starts (spec, fallback compile + check or
@@ -175,6 +165,7 @@ def generate(model_py: Path | str, out: Path | str = Path("model_repository"),
             model_py_timeout_s = overrides.model_py_timeout_s
         task = task or overrides.task
         overrides = overrides.overrides()
+    check_override_fields(overrides or {})  # a misspelt name before model.py or a checkpoint is loaded
     model_py, out = Path(model_py), Path(out)
     if model_py.is_dir() and (model_py / "model.py").is_file():
         model_py = model_py / "model.py"
@@ -194,11 +185,18 @@ def _generate_from_checkpoint(path: Path, out: Path, overrides: dict | None, for
 
     if task is not None and not path.is_dir():
         raise UserError("--task applies to a checkpoint directory; %s is not one" % path)
+    if not (path / checkpoint.CONFIG_FILE).is_file():  # generate, unlike inspect, takes a model.py too
+        raise UserError("%s: no config.json (nor a model.py); pass a model.py (or its folder) or a Hugging Face "
+                        "checkpoint directory (save_pretrained output)" % path)
     repository.check_repository_path(out)  # before the checkpoint is loaded, which takes a while
     plan = checkpoint.plan_checkpoint(path, task)  # config.json only: instant
+    # the generated get_config() sets neither name nor backends: an existing model is refused before the weights load
+    named = GenerateConfig().replace(**{k: v for k, v in (overrides or {}).items() if k in ("name", "backends")})
+    repository.check_new_models(out, list(model_names(named.backends, named.name or plan.name).values()), force)
     progress("checkpoint: loading the weights%s of %s" % (" and the tokenizer" if plan.has_tokenizer else "", path))
-    checkpoint.preflight(plan)
-    with tempfile.TemporaryDirectory(prefix="aitune-checkpoint-") as tmp:
+    # the generated model.py sets HF_HUB_OFFLINE at import: undone with preflight's, when this returns
+    with checkpoint.offline_and_quiet(), tempfile.TemporaryDirectory(prefix="aitune-checkpoint-") as tmp:
+        checkpoint.preflight(plan)
         model_py = checkpoint.write_model_py(plan, Path(tmp))
         result = _generate(model_py, out, overrides, force, progress, model_py_timeout_s, keep_source=True)
     kept = [m.path / "source" / "model.py" for m in result.models if (m.path / "source" / "model.py").is_file()]
@@ -212,8 +210,11 @@ def _generate(model_py: Path, out: Path, overrides: dict | None, force: bool, pr
     from aitune_triton.tensorrt.availability import build_status
 
     progress("spec: loading %s, recording and probing its inputs and outputs" % model_py.name)
-    prep = prepare(model_py, dict(overrides or {}), model_py_timeout_s)
-    names = model_names(prep)
+    def refuse_existing(names: dict[str, str]) -> None:  # before the probe and the batch measurement
+        repository.check_new_models(out, list(names.values()), force)
+
+    prep = prepare(model_py, dict(overrides or {}), model_py_timeout_s, names_known=refuse_existing)
+    names = model_names(prep.config.backends, prep.name)
     results, notes, selection = [], list(prep.notes), None
     if schema() is None:
         notes.append(SCHEMA_SKIPPED)

@@ -13,12 +13,13 @@ generated file sets ``HF_HUB_OFFLINE=1`` before transformers is imported.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from aitune_triton.errors import UserError
 
@@ -176,8 +177,7 @@ def _fail(path: Path, problem: str) -> UserError:
 def read_config(path: Path) -> dict[str, Any]:
     config_path = Path(path) / CONFIG_FILE
     if not config_path.is_file():
-        raise _fail(Path(path), "no config.json; pass a Hugging Face checkpoint directory (save_pretrained output) "
-                                "or a model.py")
+        raise _fail(Path(path), "no config.json; pass a Hugging Face checkpoint directory (save_pretrained output)")
     try:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as exc:
@@ -202,9 +202,10 @@ def plan_checkpoint(path: Path, task: str | None = None) -> CheckpointPlan:
     """Read ``config.json`` and decide what to generate. ``task`` overrides the guess."""
     path = Path(path).resolve()
     if not path.exists():
-        raise _fail(path, "not found; pass a checkpoint directory or a model.py")
+        raise _fail(path, "not found; pass a Hugging Face checkpoint directory (with config.json)")
     if not path.is_dir():
-        raise _fail(path, "not a directory; pass a checkpoint directory (with config.json) or a model.py")
+        raise _fail(path, "not a directory; pass a Hugging Face checkpoint directory (with config.json)%s"
+                    % ("; a model.py is not inspected: generate runs it" if path.suffix == ".py" else ""))
     config = read_config(path)
     architectures = config.get("architectures") or []
     architecture = str(architectures[0]) if isinstance(architectures, list) and architectures else ""
@@ -242,6 +243,9 @@ def plan_checkpoint(path: Path, task: str | None = None) -> CheckpointPlan:
     return plan
 
 
+OFFLINE_ENV = "HF_HUB_OFFLINE"
+
+
 def _transformers():
     try:
         import transformers
@@ -254,13 +258,44 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
+@contextlib.contextmanager
+def offline_and_quiet() -> Iterator[Any]:
+    """transformers, offline and without its load reports and progress bars, for the ``with`` block
+    only: a Python API caller's process reaches the Hub and logs as before once generate returns.
+
+    The generated model.py sets ``HF_HUB_OFFLINE=1`` at import (it must, in Triton's stub), so its
+    run in this process is wrapped too. huggingface_hub reads the variable once, when it is first
+    imported: it is imported before the variable changes, and its constant is set and restored as well."""
+    transformers = _transformers()
+    import huggingface_hub.constants as hub
+
+    env, constant = os.environ.get(OFFLINE_ENV), hub.HF_HUB_OFFLINE
+    verbosity, bars = transformers.logging.get_verbosity(), transformers.utils.logging.is_progress_bar_enabled()
+    os.environ[OFFLINE_ENV] = "1"
+    hub.HF_HUB_OFFLINE = True
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    try:
+        yield transformers
+    finally:
+        if env is None:
+            os.environ.pop(OFFLINE_ENV, None)
+        else:
+            os.environ[OFFLINE_ENV] = env
+        hub.HF_HUB_OFFLINE = constant
+        transformers.logging.set_verbosity(verbosity)
+        if bars:
+            transformers.logging.enable_progress_bar()
+
+
 def preflight(plan: CheckpointPlan) -> None:
     """Load the weights (and the tokenizer) once from the local path: a checkpoint that cannot load
     fails here, one line, before a model.py or a repository is written."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    transformers = _transformers()
-    transformers.logging.set_verbosity_error()  # its load reports and progress bars, in this process
-    transformers.logging.disable_progress_bar()
+    with offline_and_quiet() as transformers:
+        _preflight(transformers, plan)
+
+
+def _preflight(transformers: Any, plan: CheckpointPlan) -> None:
     auto = getattr(transformers, plan.auto_class)
     try:
         # mismatched sizes come back in the loading info (named) rather than as a bare error

@@ -84,8 +84,11 @@ def tune(repo: Path | str, model: str, options: TuneOptions | None = None, serve
     ``server``: the embedded tritonserver launched on ``repo`` (default), or a running one
     (``ServerTarget(url=...)``) that serves this same local ``repo`` in explicit model-control
     mode. An ``s3://`` repo (a prefix written by ``push``) is downloaded whole, tuned locally and
-    pushed back as a new version behind the same pointer."""
-    from aitune_triton.tune.options import TuneOptions
+    pushed back as a new version behind the same pointer; unless ``options.report_dir`` names a
+    folder, its reports, written into the download (and pushed with the tuned version), are copied
+    to ``tune.options.lasting_report_dir`` and ``result.reports`` names the copies."""
+    from aitune_triton.output_paths import check_output_dir
+    from aitune_triton.tune.options import TuneOptions, lasting_report_dir
 
     options = options or TuneOptions()
     server = server or ServerTarget()
@@ -94,15 +97,40 @@ def tune(repo: Path | str, model: str, options: TuneOptions | None = None, serve
     if server.attached:
         raise UserError("tune --url needs the local repository that server serves; an s3:// REPO is tuned on the "
                         "embedded server")
+    if options.export_model_analyzer is not None:
+        raise UserError("--export-model-analyzer writes a config naming the local model repository, and an s3:// "
+                        "REPO is tuned in a temporary download deleted afterwards; export it from a local copy")
     from aitune_triton.deploy.storage import push as push_version
 
+    lasting = lasting_report_dir(str(repo), model) if options.report_dir is None else None  # a --report lasts
+    if lasting is not None:
+        check_output_dir(lasting, "the tuning report")  # before the download and the search
     with open_repository(repo, full=True, require_pointer=True, progress=progress) as view:
         result = _tune_local(view.local, model, options, server, progress)
+        if lasting is not None:
+            result = _keep_reports(result, lasting)
         if result.chosen is None:
             return TuneOutcome(result)
         progress("pushing the tuned repository")
         assert view.base is not None  # require_pointer
         return TuneOutcome(result, push_version(view.local, view.base, progress=progress))
+
+
+def _keep_reports(result: TuneResult, lasting: Path) -> TuneResult:
+    """``result`` with its reports copied out of the temporary download into ``lasting``."""
+    import shutil
+
+    from aitune_triton.output_paths import resource_error
+
+    copies = {}
+    try:
+        lasting.mkdir(parents=True, exist_ok=True)
+        for what, path in result.reports.items():
+            copies[what] = lasting / Path(path).name
+            shutil.copy2(path, copies[what])
+    except OSError as exc:
+        raise resource_error(exc, "the tuning report", lasting) from None
+    return dataclasses.replace(result, reports=copies)
 
 
 def _tune_local(repo: Path, model: str, options: TuneOptions, target: ServerTarget, progress: Progress) -> TuneResult:
@@ -202,6 +230,8 @@ def serve(repo: Path | str, options: ServeOptions | None = None, progress: Progr
 
     options = options or ServeOptions()
     check_host(options.host)  # before an s3:// repository is downloaded and the models are checked
+    target = ServerTarget(tritonserver=options.tritonserver, startup_timeout_s=options.startup_timeout_s,
+                          backend_directory=options.backend_directory)  # checks the timeout, as early
     with open_repository(repo, progress=progress) as view:
         if not view.remote:  # before the server loads (deserialises) anything
             verify_models(view.local, served_model_names(view.local))
@@ -209,8 +239,6 @@ def serve(repo: Path | str, options: ServeOptions | None = None, progress: Progr
         launch = ServerOptions(host=options.host, http_port=options.http_port, grpc_port=options.grpc_port,
                                metrics_port=options.metrics_port, model_control_mode="explicit",
                                load_models=served_model_names(view.local))
-        target = ServerTarget(tritonserver=options.tritonserver, startup_timeout_s=options.startup_timeout_s,
-                              backend_directory=options.backend_directory)
         progress("starting tritonserver on %s" % view.describe())
         with running_server(view.server, target, launch, notify=notify) as server:
             yield RunningServer(server, view, notify)  # type: ignore[arg-type]  # launched, so a TritonServer
@@ -306,6 +334,8 @@ def deploy_k8s(repo: Path | str, options: DeployK8sOptions) -> DeployK8sResult:
         raise UserError("give either an s3:// repository or --pvc, not both")
     with open_repository(repo) as view:
         manifests = k8s.manifests_of(view.local)
+        if options.plan_file:
+            k8s.check_plan_model(planned, manifests, options.plan_file, repo)
         image, reason = (options.image, "given with --image") if options.image else \
             k8s.choose_image(manifests, server_version())
         spec = k8s.DeploySpec(
@@ -315,7 +345,8 @@ def deploy_k8s(repo: Path | str, options: DeployK8sOptions) -> DeployK8sResult:
             gpus=options.gpus_per_replica if options.gpus_per_replica is not None else planned.get("gpus", 1),
             max_replicas=options.max_replicas, pvc=options.pvc, secret=options.secret, cpu=options.cpu,
             memory=options.memory, shm_size=options.shm_size,
-            queue_target_us=options.queue_target_us or planned.get("queue_target_us", defaults.K8S_QUEUE_TARGET_US),
+            queue_target_us=options.queue_target_us if options.queue_target_us is not None else
+            planned.get("queue_target_us", defaults.K8S_QUEUE_TARGET_US),
             kserve=options.kserve)
     files = k8s.render(spec)
     checked = k8s.check(files)

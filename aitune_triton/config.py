@@ -8,11 +8,13 @@ Validation lives here, in ``__post_init__``, and only here.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from aitune_triton.defaults import PORTABLE, QUEUE_DELAY_US
 from aitune_triton.errors import UserError
+from aitune_triton.not_given import given_changes
 from aitune_triton.numerics import ToleranceOverride
 from aitune_triton.tensorrt.config import TensorRTBackendConfig
 from aitune_triton.triton.model_name import validate_model_name
@@ -20,32 +22,6 @@ from aitune_triton.triton.model_name import validate_model_name
 BACKENDS = ("python", "tensorrt", "onnxruntime")
 FALLBACK_FORMATS = ("auto", "aoti", "export", "eager")
 DEVICES = ("auto", "cpu", "cuda")
-
-
-class NotGiven:
-    """The type of :data:`NOT_GIVEN`: an override the caller did not give, as opposed to ``None``
-    (which is a value: "derive it from the samples"). Falsy, one instance."""
-
-    _instance: "NotGiven | None" = None
-
-    def __new__(cls) -> "NotGiven":
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "NOT_GIVEN"
-
-    def __bool__(self) -> bool:
-        return False
-
-    def __reduce__(self) -> str:
-        return "NOT_GIVEN"  # pickles (and deep-copies) as the same instance
-
-
-# ``GenerateConfig.replace(x=NOT_GIVEN)`` keeps ``x``; ``replace(x=None)`` sets it to None. The CLI
-# passes NOT_GIVEN for every option the user left out, so get_config()'s values stay.
-NOT_GIVEN = NotGiven()
 
 
 def _output_dims(value: Any) -> dict[str, tuple[int, ...]]:
@@ -202,7 +178,13 @@ class GenerateConfig:
                 raise UserError("%s must be >= 0, got %r" % (tol, v))
         if self.strategy not in (None, "min-latency", "max-throughput", "latency-budget"):
             raise UserError("strategy must be min-latency, max-throughput or latency-budget, got %r" % self.strategy)
-        if self.strategy == "latency-budget" and not (self.budget_ms and self.budget_ms > 0):
+        # any budget given is a latency limit (also of the measured max_batch_size), not only the strategy's
+        if self.budget_ms is not None and not (isinstance(self.budget_ms, (int, float))
+                                               and not isinstance(self.budget_ms, bool)
+                                               and math.isfinite(self.budget_ms) and self.budget_ms > 0):
+            raise UserError("budget_ms (--budget-ms) must be a finite number of milliseconds > 0, got %r"
+                            % (self.budget_ms,))
+        if self.strategy == "latency-budget" and self.budget_ms is None:
             raise UserError("strategy latency-budget needs budget_ms > 0 (--budget-ms)")
         if isinstance(self.tensorrt, dict):
             object.__setattr__(self, "tensorrt", TensorRTBackendConfig.from_dict(self.tensorrt))
@@ -239,8 +221,9 @@ class GenerateConfig:
         return QUEUE_DELAY_US if self.max_queue_delay_us is None else self.max_queue_delay_us
 
     def replace(self, **changes: Any) -> "GenerateConfig":
-        """A copy with ``changes`` applied; a change of :data:`NOT_GIVEN` is skipped (``None`` is a value)."""
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not NOT_GIVEN})
+        """A copy with ``changes`` applied; a change of :data:`NOT_GIVEN` is skipped (``None`` is a value),
+        an unknown field is a UserError naming the fields."""
+        return dataclasses.replace(self, **given_changes(type(self), changes))
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -262,3 +245,13 @@ class GenerateConfig:
         if unknown:
             raise UserError("unknown GenerateConfig field(s): %s" % ", ".join(sorted(unknown)))
         return cls(**d)
+
+
+def check_override_fields(overrides: Mapping[str, Any]) -> None:
+    """The names of ``generate``'s overrides (and of their ``"tensorrt"`` dict) before model.py is
+    loaded or a checkpoint's weights are: a misspelt field is one line naming the valid ones, not a
+    TypeError after the load. Their values are checked where they are applied, against get_config()."""
+    given_changes(GenerateConfig, overrides, "the overrides")
+    trt = overrides.get("tensorrt")
+    if isinstance(trt, Mapping):
+        given_changes(TensorRTBackendConfig, trt, "the overrides' tensorrt")

@@ -378,12 +378,12 @@ def measure_batch(runner: _Runner, spec: IOSpec, feeds: Sequence[Feed], floor: i
                   budget_ms: float | None, clock: _Clock) -> tuple[int, str, tuple[BatchPoint, ...]]:
     """(max batch, why it stops there, the curve): doubling while rows/s improves meaningfully."""
     base = max(feeds, key=lambda f: next(f[t.name].shape[0] for t in spec.inputs if t.has_batch))
-    limit_ms = budget_ms or defaults.BATCH_PROBE_MAX_MS
+    limit_ms = budget_ms if budget_ms is not None else defaults.BATCH_PROBE_MAX_MS
     curve: list[BatchPoint] = []
     kept, why_stop, batch = 1, "the cap %d" % cap, 1
     while batch <= cap:
         if curve and curve[-1].latency_ms * 2 > limit_ms * 1.5:
-            why_stop = "batch %d would exceed %.0f ms" % (batch, limit_ms)
+            why_stop = "batch %d would exceed %g ms" % (batch, limit_ms)
             break
         if clock.left() <= 0:
             why_stop = "measuring time spent"
@@ -400,8 +400,8 @@ def measure_batch(runner: _Runner, spec: IOSpec, feeds: Sequence[Feed], floor: i
             point = BatchPoint(batch, ms, batch / max(ms, 1e-6) * 1e3)
         curve.append(point)
         if ms > limit_ms:
-            why_stop = "batch %d takes %.1f ms > %s %.0f ms" % (batch, ms, "--budget-ms" if budget_ms else "limit",
-                                                                limit_ms)
+            why_stop = "batch %d takes %.1f ms > %s %g ms" % (
+                batch, ms, "limit" if budget_ms is None else "--budget-ms", limit_ms)
             break
         if len(curve) > 1 and point.rows_per_s < curve[-2].rows_per_s * (1 + defaults.BATCH_GAIN):
             why_stop = "rows/s gains under %d%% from %d to %d" % (defaults.BATCH_GAIN * 100, batch // 2, batch)

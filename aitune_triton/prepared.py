@@ -10,12 +10,13 @@ import dataclasses
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
 from aitune_triton.version import __version__
 from aitune_triton.config import GenerateConfig
+from aitune_triton.not_given import NOT_GIVEN
 from aitune_triton.numerics import to_numpy, tolerance_for
 from aitune_triton.envelope import Envelope, Source, apply_envelope, choose_envelope
 from aitune_triton.errors import ModelError, UserError
@@ -125,22 +126,41 @@ def _envelope(source: ModelSource, spec: IOSpec, config: GenerateConfig, device:
     return env
 
 
-def prepare(model_py: Path, overrides: dict | None = None, model_py_timeout_s: float | None = None) -> Prepared:
+def model_names(backends: tuple[str, ...], name: str) -> dict[str, str]:
+    """Triton model name per backend: the fallback keeps the plain name (it serves first)."""
+    names = {}
+    for backend in backends:
+        names[backend] = {"python": name, "tensorrt": name + "_trt", "onnxruntime": name + "_onnx"}[backend]
+    if "python" not in names and "tensorrt" in names:
+        names["tensorrt"] = name
+    return names
+
+
+def prepare(model_py: Path, overrides: dict | None = None, model_py_timeout_s: float | None = None,
+            names_known: Callable[[dict[str, str]], None] | None = None) -> Prepared:
     """Everything derived from model.py before anything is written, the serving envelope included
     (part of the spec stage: its errors come before anything else is printed). ``model_py_timeout_s``:
     the limit on importing model.py and on ``get_samples()`` (None: from ``$AITUNE_MODEL_PY_TIMEOUT_S``
-    or the default; 0: none)."""
-    source = load_model_source(model_py, (overrides or {}).get("max_detections"), resolve_timeout(model_py_timeout_s))
+    or the default; 0: none). ``names_known(model_names)`` is called as soon as the config is final,
+    before the probe and the batch measurement, so a caller can refuse them (an existing model) early."""
+    max_detections = (overrides or {}).get("max_detections")
+    source = load_model_source(model_py, None if max_detections is NOT_GIVEN else max_detections,
+                               resolve_timeout(model_py_timeout_s))
     config = source.config or GenerateConfig()
     if overrides:
-        trt_over = overrides.pop("tensorrt", None) or {}
+        trt_over = overrides.pop("tensorrt", NOT_GIVEN)
         cli_axes = overrides.get("axis_ranges")
         if isinstance(cli_axes, dict) and config.axis_ranges:  # --axis adds to get_config()'s ranges
             overrides["axis_ranges"] = {**config.axis_ranges, **{k: {**config.axis_ranges.get(k, {}), **v}
                                                                  for k, v in cli_axes.items()}}
         config = config.replace(**overrides)
-        if trt_over:
-            config = config.replace(tensorrt=config.tensorrt.replace(**trt_over))
+        # a dict changes get_config()'s TensorRT fields one by one (NOT_GIVEN keeps one); anything
+        # else replaces the whole config, checked by GenerateConfig
+        config = config.replace(tensorrt=config.tensorrt.replace(**trt_over) if isinstance(trt_over, Mapping)
+                                else trt_over)
+    name = config.name or default_model_name(source.path)
+    if names_known is not None:
+        names_known(model_names(config.backends, name))
     from aitune_triton.tensorrt.quantized_onnx import check_applicable
 
     check_applicable(config.backends, config.tensorrt)
@@ -160,7 +180,6 @@ def prepare(model_py: Path, overrides: dict | None = None, model_py_timeout_s: f
                                declared=config.axis_ranges)
     if custom and spec.batching:
         env = dataclasses.replace(env, max_batch_size=profiles.max_batch_size)
-    name = config.name or default_model_name(source.path)
     return Prepared(source, config, spec, profiles, name, device, probed, env,
                     outputs_on_device(source, spec, device))
 

@@ -103,3 +103,50 @@ def test_the_reference_is_recomputed_where_the_fallback_runs(tmp_path):
     with pytest.raises(ModelError, match=r"^the model runs on cpu in model.py but fails on meta, where the fallback "
                                          r"would serve it: .*; generate with --device cpu, or fix the model for meta"):
         outputs_on_device(host_only, record_spec(host_only.model, host_only.samples, host_only.outputs), "meta")
+
+
+def test_tensorrt_overrides_keep_what_was_not_given_and_unknown_names_fail_before_model_py_loads(tmp_path):
+    """GenerateOptions(tensorrt=...) follows the NOT_GIVEN rule (it stored NOT_GIVEN: graphs off,
+    opset a TypeError), and a misspelt field is one UserError naming the fields before model.py runs
+    (it was a TypeError after the load)."""
+    from aitune_triton.api import GenerateOptions
+    from aitune_triton.not_given import NOT_GIVEN
+    from aitune_triton.prepared import prepare
+
+    model_py = tmp_path / "model.py"
+    model_py.write_text(
+        "import torch\n"
+        "from aitune_triton import GenerateConfig, TensorRTBackendConfig\n"
+        "def get_model():\n    return torch.nn.Linear(3, 2)\n"
+        "def get_samples():\n    return [torch.randn(b, 3) for b in (1, 2)]\n"
+        "def get_config():\n"
+        "    return GenerateConfig(tensorrt=TensorRTBackendConfig(use_cuda_graphs=True, opset_version=17))\n")
+    prep = prepare(model_py, {"tensorrt": {"use_cuda_graphs": NOT_GIVEN, "opset_version": NOT_GIVEN,
+                                           "precision": "fp16"}})
+    trt = prep.config.tensorrt
+    assert (trt.use_cuda_graphs, trt.opset_version, trt.precision) == (True, 17, "fp16")
+
+    loaded = tmp_path / "loaded"
+    model_py.write_text("open(%r, 'w').close()\n" % str(loaded) + model_py.read_text())
+    for overrides, match in (({"bogus": 1}, r"unknown GenerateConfig field\(s\) bogus in the overrides; the fields "
+                                            r"are: name, backends"),
+                             (GenerateOptions(tensorrt={"bogus": 1}), r"unknown TensorRTBackendConfig field\(s\) "
+                                                                      r"bogus in the overrides' tensorrt; the fields "
+                                                                      r"are: .*use_cuda_graphs")):
+        with pytest.raises(UserError, match=match):
+            generate(model_py, tmp_path / "repo", overrides)
+    assert not loaded.exists()
+
+
+def test_an_existing_model_is_refused_before_the_probe_and_the_batch_measurement(tmp_path, monkeypatch):
+    """"already exists; pass --force" came from stage_models, after prepare had probed the model and
+    measured the batch; it now comes as soon as the names are known."""
+    import aitune_triton.prepared as prepared
+
+    def no_spec(*args, **kwargs):
+        raise AssertionError("the spec was recorded before the existing model was refused")
+
+    monkeypatch.setattr(prepared, "record_spec", no_spec)
+    (tmp_path / "repo" / "cnn_onnx").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"model cnn_onnx already exists in .*repo; pass --force to replace it"):
+        generate(ROOT / "examples" / "cnn" / "model.py", tmp_path / "repo", {"backends": ("python", "onnxruntime")})

@@ -4,6 +4,7 @@ prints, the generated model.py, and one line (exit 2, nothing written) for each 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -202,3 +203,69 @@ def test_the_python_api_refuses_a_bad_checkpoint_before_writing(tmp_path):
     with pytest.raises(UserError, match=r"ckpt: no weights"):
         aitune_triton.generate(_fake(tmp_path, BERT, weights=False), tmp_path / "repo")
     assert not (tmp_path / "repo").exists()
+
+
+def test_an_existing_model_is_refused_before_the_checkpoint_loads(tmp_path, monkeypatch):
+    """For a checkpoint the existing model was refused only after preflight had loaded the weights
+    (and model.py had run); the plan's name and the overrides give the names up front."""
+    from aitune_triton.api import generate
+
+    def no_preflight(plan):
+        raise AssertionError("the weights were loaded before the existing model was refused")
+
+    monkeypatch.setattr(checkpoint, "preflight", no_preflight)
+    (tmp_path / "repo" / "ckpt_trt").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"model ckpt_trt already exists in .*repo; pass --force"):
+        generate(_fake(tmp_path, BERT), tmp_path / "repo")
+    with pytest.raises(UserError, match=r"model bert already exists in .*repo; pass --force"):
+        (tmp_path / "repo" / "bert").mkdir()
+        generate(tmp_path / "ckpt", tmp_path / "repo", {"name": "bert", "backends": ("python",)})
+
+
+def test_preflight_and_a_checkpoint_generate_leave_the_process_online(hf_checkpoints, tmp_path, monkeypatch):
+    """preflight set HF_HUB_OFFLINE=1 and silenced transformers for good (as did the generated
+    model.py, imported in-process): a Python API caller could not reach the Hub afterwards."""
+    import huggingface_hub.constants as hub
+    import transformers
+
+    from aitune_triton import api
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    transformers.logging.set_verbosity_warning()
+    transformers.logging.enable_progress_bar()
+    checkpoint.preflight(plan_checkpoint(hf_checkpoints["bert_cls"]))
+    assert "HF_HUB_OFFLINE" not in os.environ and hub.HF_HUB_OFFLINE is False
+    assert transformers.logging.get_verbosity() == transformers.logging.WARNING
+    assert transformers.utils.logging.is_progress_bar_enabled()
+
+    seen = []
+
+    def generate_offline(model_py, *args, **kwargs):  # what the generated model.py does at import
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        seen.append(hub.HF_HUB_OFFLINE)
+        raise UserError("stop here")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(api, "_generate", generate_offline)
+    with pytest.raises(UserError, match="stop here"):
+        api.generate(hf_checkpoints["bert_cls"], tmp_path / "repo")
+    assert seen == [True] and os.environ["HF_HUB_OFFLINE"] == "0" and hub.HF_HUB_OFFLINE is False
+
+
+def test_inspect_says_what_it_accepts_and_generate_still_offers_a_model_py(tmp_path):
+    """inspect model.py said "pass a checkpoint directory ... or a model.py", which inspect does not accept."""
+    model_py = tmp_path / "model.py"
+    model_py.write_text("")
+    result = CliRunner().invoke(main, ["inspect", str(model_py)])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        "error: %s: not a directory; pass a Hugging Face checkpoint directory (with config.json); a model.py is not "
+        "inspected: generate runs it" % model_py], result.output
+    for args in (["inspect", str(tmp_path / "nope")], ["inspect", str(tmp_path)]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2 and "model.py" not in result.output, result.output
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(main, ["generate", str(tmp_path / "empty"), "--out", str(tmp_path / "repo")])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        "error: %s: no config.json (nor a model.py); pass a model.py (or its folder) or a Hugging Face checkpoint "
+        "directory (save_pretrained output)" % (tmp_path / "empty")], result.output

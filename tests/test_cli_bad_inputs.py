@@ -51,6 +51,9 @@ CASES = [
     ("name_newline", "good_model.py", ["--name", "a\nb"], 2, "is not allowed"),
     ("name_trailing_newline", "good_model.py", ["--name", "ok\n"], 2, "is not allowed"),
     ("instances_zero", "good_model.py", ["--instances", "0"], 2, "instances must be 1..64"),
+    ("budget_negative", "good_model.py", ["--budget-ms", "-1"], 2, "budget_ms \\(--budget-ms\\) must be a finite "
+     "number of milliseconds > 0, got -1.0"),
+    ("budget_zero", "good_model.py", ["--budget-ms", "0"], 2, "budget_ms \\(--budget-ms\\) must be a finite"),
     ("quantization_without_tensorrt", "quantization_without_tensorrt.py", [], 2,
      "quantization_config \\(ONNXQuantizationConfig\\) applies to the TensorRT backend only"),
     ("quantization_bad_method", "quantization_bad_method.py", [], 2,

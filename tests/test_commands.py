@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import aitune_triton
-from aitune_triton.config import NOT_GIVEN
+from aitune_triton.not_given import NOT_GIVEN
 from aitune_triton.errors import ServerError, UserError
 from aitune_triton.triton.launch import free_port
 from aitune_triton.triton.object_storage import S3Location, client
@@ -171,3 +171,68 @@ def test_the_python_api_examples_use_only_exported_names():
     readme = re.search(r"## Python API\n.*?```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
     ast.parse(readme)
     assert set(re.findall(r"\bat\.(\w+)", readme)) <= set(aitune_triton.__all__)
+
+
+def test_serve_takes_the_startup_timeout_like_validate_and_tune(monkeypatch):
+    """ServeOptions.startup_timeout_s existed but `serve` had no --startup-timeout; a bad value is
+    one line before anything is opened."""
+    import contextlib
+
+    from click.testing import CliRunner
+
+    import aitune_triton.commands as commands
+    from aitune_triton.cli import main
+
+    seen = []
+
+    @contextlib.contextmanager
+    def fake_serve(repo, options, progress=None, notify=None):
+        seen.append(options.startup_timeout_s)
+        raise UserError("stop here")
+        yield
+
+    monkeypatch.setattr(commands, "serve", fake_serve)
+    result = CliRunner().invoke(main, ["serve", "no-such-repo", "--startup-timeout", "600"])
+    assert result.exit_code == 2 and seen == [600.0], result.output
+    monkeypatch.undo()
+    result = CliRunner().invoke(main, ["serve", "no-such-repo", "--startup-timeout", "0"])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        "error: the start-up timeout must be > 0, got 0.0"], result.output
+
+
+def test_tune_of_an_s3_repository_keeps_its_reports_in_a_lasting_folder(repo, tmp_path, s3_endpoint, monkeypatch):
+    """The reports of an s3:// REPO were written into the temporary download and the CLI printed
+    /tmp/aitune-s3-... paths deleted on return; they are now copied to ./<name>_tune_report/<model>,
+    and --export-model-analyzer (a config naming the deleted download) is refused up front."""
+    import dataclasses
+
+    import aitune_triton.commands as commands
+
+    @dataclasses.dataclass(frozen=True)
+    class Searched:  # the fields of TuneResult that tune reads on this path: nothing was chosen, nothing pushed
+        reports: dict
+        chosen: None = None
+
+    downloads = []
+
+    def search_writing_reports(local, model, options, server, progress):
+        downloads.append(local)
+        where = local / model / "tuning"
+        where.mkdir()
+        (where / "tune_report.json").write_text("{}")
+        (where / "tune_report.md").write_text("# tuned\n")
+        return Searched({"json": where / "tune_report.json", "markdown": where / "tune_report.md"})
+
+    base = S3Location.parse("s3://%s/tune-report-test/team/cnn" % s3_endpoint)
+    client(base).create_bucket(Bucket=base.bucket)
+    aitune_triton.push(repo, base.url)
+    monkeypatch.setattr(commands, "_tune_local", search_writing_reports)
+    monkeypatch.chdir(tmp_path)
+    outcome = aitune_triton.tune(base.url, "cnn")
+    lasting = Path("cnn_tune_report") / "cnn"
+    assert outcome.result.reports == {"json": lasting / "tune_report.json", "markdown": lasting / "tune_report.md"}
+    assert (tmp_path / lasting / "tune_report.md").read_text() == "# tuned\n" and not downloads[0].exists()
+    with pytest.raises(UserError, match="^--export-model-analyzer writes a config naming the local model repository, "
+                                        "and an s3:// REPO is tuned in a temporary download deleted afterwards"):
+        aitune_triton.tune(base.url, "cnn", aitune_triton.TuneOptions(export_model_analyzer=tmp_path / "ma.yaml"))
+    assert len(downloads) == 1

@@ -26,7 +26,7 @@ def test_replace_sets_none_and_skips_not_given():
     import copy
     import pickle
 
-    from aitune_triton.config import NOT_GIVEN, NotGiven
+    from aitune_triton.not_given import NOT_GIVEN, NotGiven
 
     cfg = GenerateConfig(max_batch_size=8, max_queue_delay_us=100, strategy="min-latency")
     assert cfg.replace(max_batch_size=None).max_batch_size is None  # None is a value: derive from the samples
@@ -88,3 +88,31 @@ def test_portable_is_a_bool_and_excludes_a_forced_aoti():
     with pytest.raises(UserError, match="portable and fallback_format 'aoti' contradict: an AOTInductor package is "
                                         "machine code for the host that compiles it"):
         GenerateConfig(portable=True, fallback_format="aoti")
+
+
+def test_the_tensorrt_config_replace_skips_not_given_and_names_the_fields_of_an_unknown_one():
+    """TensorRTBackendConfig.replace stored NOT_GIVEN (falsy: CUDA graphs off; an opset of
+    NOT_GIVEN a TypeError) and an unknown field was dataclasses' TypeError."""
+    from aitune_triton.not_given import NOT_GIVEN
+    from aitune_triton.tensorrt.config import TensorRTBackendConfig
+
+    trt = TensorRTBackendConfig(use_cuda_graphs=True, opset_version=17)
+    kept = trt.replace(use_cuda_graphs=NOT_GIVEN, opset_version=NOT_GIVEN, precision="fp16")
+    assert (kept.use_cuda_graphs, kept.opset_version, kept.precision) == (True, 17, "fp16")
+    assert trt.replace(opset_version=None).opset_version is None
+    with pytest.raises(UserError, match="unknown TensorRTBackendConfig field.s. bogus in the changes; the fields are: "
+                                        ".*opset_version"):
+        trt.replace(bogus=1)
+    with pytest.raises(UserError, match="unknown GenerateConfig field.s. bogus in the changes; the fields are: name, "):
+        GenerateConfig().replace(bogus=1)
+
+
+@pytest.mark.parametrize("budget", [-1, 0, 0.0, float("nan"), float("inf"), "5", True])
+def test_a_budget_is_a_finite_positive_latency_whatever_the_strategy(budget):
+    """--budget-ms -1 was accepted without --strategy latency-budget (the batch measurement then
+    stopped at "batch 1 takes 0.3 ms > --budget-ms -1 ms"), and 0 was taken as not given."""
+    with pytest.raises(UserError, match="budget_ms .--budget-ms. must be a finite number of milliseconds > 0"):
+        GenerateConfig(budget_ms=budget)
+    assert GenerateConfig(budget_ms=2.5).budget_ms == 2.5 and GenerateConfig(budget_ms=3).budget_ms == 3
+    with pytest.raises(UserError, match="strategy latency-budget needs budget_ms > 0"):
+        GenerateConfig(strategy="latency-budget")

@@ -80,6 +80,12 @@ def ints(text: str) -> tuple[int, ...]:
         raise click.BadParameter("expected comma-separated integers, got %r" % text) from None
 
 
+def startup_timeout_option(fn):
+    """--startup-timeout, for every command that may launch the embedded server."""
+    return click.option("--startup-timeout", "startup_timeout_s", type=float, default=defaults.STARTUP_TIMEOUT_S,
+                        show_default=True, help="Seconds for the server to start and for each model to load.")(fn)
+
+
 def server_options(fn):
     """--url / --grpc-url / --tritonserver / --backend-directory / --startup-timeout: the server a
     command uses."""
@@ -91,7 +97,6 @@ def server_options(fn):
                          help="Launch this tritonserver binary instead of the bundled one."),
             click.option("--backend-directory", type=click.Path(path_type=Path, exists=True, file_okay=False),
                          help=BACKEND_DIRECTORY_HELP),
-            click.option("--startup-timeout", "startup_timeout_s", type=float, default=defaults.STARTUP_TIMEOUT_S,
-                         show_default=True, help="Seconds for the server to start and for each model to load."))):
+            startup_timeout_option)):
         fn = option(fn)
     return fn

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from aitune_triton import defaults
-from aitune_triton.cli.output import BACKEND_DIRECTORY_HELP, console, handle_errors, ints, server_options
+from aitune_triton.cli.output import (BACKEND_DIRECTORY_HELP, console, handle_errors, ints, server_options,
+                                      startup_timeout_option)
 from aitune_triton.console import make_console
 from aitune_triton.progress import stage_progress
 
@@ -69,8 +70,9 @@ def validate(repo, url, grpc_url, tritonserver, backend_directory, startup_timeo
               help="Use this tritonserver binary instead of the bundled one.")
 @click.option("--backend-directory", type=click.Path(path_type=Path, exists=True, file_okay=False),
               help=BACKEND_DIRECTORY_HELP)
+@startup_timeout_option
 @handle_errors
-def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver, backend_directory):
+def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver, backend_directory, startup_timeout_s):
     """Run the embedded Triton server on REPO (a folder, or an s3:// URL written by push) in the foreground
     (Ctrl-C stops it).
 
@@ -81,7 +83,8 @@ def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver, backend_
     from aitune_triton.commands import ServeOptions, serve as run
 
     options = ServeOptions(host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                           tritonserver=tritonserver, backend_directory=backend_directory)
+                           tritonserver=tritonserver, backend_directory=backend_directory,
+                           startup_timeout_s=startup_timeout_s)
     try:
         with console.status("starting tritonserver on %s" % repo) as status, \
                 run(repo, options, progress=status.update,
@@ -126,7 +129,9 @@ def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver, backend_
 @click.option("--perf-stability", type=float, default=defaults.TUNE_PERF_STABILITY_PCT, show_default=True,
               help="perf_analyzer --stability-percentage for each point; a looser band settles on a busy machine "
                    "(each point's window spread is reported either way).")
-@click.option("--report", "report_dir", type=click.Path(path_type=Path), help="Where the tune report goes.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path),
+              help="Where the tune report goes (default: MODEL/tuning in REPO; for an s3:// REPO, pushed with the "
+                   "tuned version and copied to ./NAME_tune_report/MODEL).")
 @click.option("--export-model-analyzer", "ma_config", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write a Model Analyzer `profile` config (YAML) for the same grid, objective and "
                    "perf_analyzer settings.")

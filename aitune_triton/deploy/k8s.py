@@ -225,6 +225,17 @@ def plan_values(path: Path) -> dict:
             "queue_target_us": max(1, int(data["p99_ms"] * 100)), "model": data.get("model")}
 
 
+def check_plan_model(planned: dict, manifests: list[dict], plan_file: Path, repo: Path | str) -> None:
+    """A plan sizes the replicas for the curve of one model: applied to a repository without that
+    model, its replica count and queue target describe something else, so it is refused."""
+    model = planned.get("model")
+    names = [str(m.get("name")) for m in manifests]
+    if model is not None and model not in names:
+        raise UserError("%s is the plan of model %r, which %s does not hold (it has: %s); plan this repository "
+                        "(aitune-triton plan %s --model MODEL ... --out PLAN.json)"
+                        % (plan_file, model, repo, ", ".join(names), repo))
+
+
 def manifests_of(local_repo: Path) -> list[dict]:
     found = []
     for path in sorted(Path(local_repo).glob("*/manifest.json")):

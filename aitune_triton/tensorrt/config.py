@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from aitune_triton.errors import UserError
+from aitune_triton.not_given import given_changes
 from aitune_triton.profile_set import ProfileMode, TensorRTProfile, profiles_from_dict
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "fp8")
@@ -250,5 +251,7 @@ class TensorRTBackendConfig:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
     def replace(self, **changes: Any) -> "TensorRTBackendConfig":
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` applied, by ``GenerateConfig.replace``'s rule: a change of
+        ``NOT_GIVEN`` is skipped (``None`` is a value), an unknown field is a UserError naming the fields."""
+        return dataclasses.replace(self, **given_changes(type(self), changes))
 

@@ -9,8 +9,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from aitune_triton.errors import UserError
 from aitune_triton.integrity import config_problems, drop_bytecode_caches, refusal, tree_problems, verify_artifacts
 from aitune_triton.triton.manifest import Manifest
+
+
+def require_model_dir(repo: Path, model: str) -> Path:
+    """``repo/model``, or a UserError listing the repository's models (those with a config.pbtxt),
+    in the words ``validate`` uses for an unknown model: a typo is one line with the fix, not an
+    OSError from the integrity check reading a missing directory."""
+    model_dir = Path(repo) / model
+    if model_dir.is_dir():
+        return model_dir
+    known = sorted(p.name for p in Path(repo).iterdir()
+                   if p.is_dir() and not p.name.startswith(".") and (p / "config.pbtxt").is_file())
+    raise UserError("unknown model %s in %s; known: %s"
+                    % (model, repo, ", ".join(known) or "none (generate one first)"))
 
 
 def verify_artifacts_of(model_dir: Path, repo: Path | None = None, versions: bool = True) -> Manifest:

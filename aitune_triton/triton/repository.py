@@ -263,6 +263,21 @@ def _mount_point(path: Path) -> Path:
     return path
 
 
+def check_new_models(repo: Path, names: list[str], force: bool = False) -> None:
+    """Refuse, unless ``force``, to write a model over one in ``repo`` (a dangling symlink
+    included): ``generate`` calls it as soon as the names are known, before the model is probed
+    and measured or a checkpoint's weights are loaded, and ``stage_models`` again before staging."""
+    repo = check_repository_path(repo)
+    for name in names:
+        validate_model_name(name)
+        target = repo / name
+        if target.is_symlink() and not target.exists() and not force:
+            raise UserError("%s is a dangling symlink (to %s); remove it or pass --force to replace it"
+                            % (target, os.readlink(target)))
+        if target.exists() and not force:
+            raise UserError("model %s already exists in %s; pass --force to replace it" % (name, repo))
+
+
 @contextlib.contextmanager
 def stage_models(repo: Path, names: list[str], force: bool = False) -> Iterator[StagedModels]:
     """Yield a staging area; on normal exit move every staged model dir into ``repo``, all or none.
@@ -274,14 +289,7 @@ def stage_models(repo: Path, names: list[str], force: bool = False) -> Iterator[
     is removed again.
     """
     repo = check_repository_path(repo)
-    for name in names:
-        validate_model_name(name)
-        target = repo / name
-        if target.is_symlink() and not target.exists() and not force:
-            raise UserError("%s is a dangling symlink (to %s); remove it or pass --force to replace it"
-                            % (target, os.readlink(target)))
-        if target.exists() and not force:
-            raise UserError("model %s already exists in %s; pass --force to replace it" % (name, repo))
+    check_new_models(repo, names, force)
     created = not repo.exists()
     try:
         repo.mkdir(exist_ok=True)

@@ -17,6 +17,17 @@ from aitune_triton.tune.objective import Objective
 from aitune_triton.tune.points import TRANSPORTS
 
 
+# the reports' folder inside the model directory, where tune writes them unless told otherwise
+REPORT_SUBDIR = "tuning"
+
+
+def lasting_report_dir(repo: str, model: str) -> Path:
+    """Where the reports of an ``s3://`` REPO are copied: ``<last segment>_tune_report/<model>`` in
+    the current directory (as validate names its report). The repository is tuned in a temporary
+    download, so its own ``<model>/tuning`` (pushed with the tuned version) is gone once tune returns."""
+    return Path("%s_tune_report" % str(repo).rstrip("/").rsplit("/", 1)[-1]) / model
+
+
 def tune_perf_options(stability_pct: float = defaults.TUNE_PERF_STABILITY_PCT) -> PerfOptions:
     # time windows bound the cost of a point whatever its throughput (a 40 infer/s variant would
     # need 8 s per 300-request window); 1 s windows and a 30 % band settle on a busy 2-core box in

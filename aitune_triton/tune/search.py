@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from aitune_triton.errors import UserError
-from aitune_triton.triton.model_check import verify_model
+from aitune_triton.triton.model_check import require_model_dir, verify_model
 from aitune_triton.output_paths import resource_error
 from aitune_triton.reference_data import REFERENCE, load_reference
 from aitune_triton.triton.manifest import Manifest
@@ -43,7 +43,7 @@ from aitune_triton.tune.objective import decide, pick_finalists
 from aitune_triton.tune.points import Point, Variant
 from aitune_triton.tune.report import write_reports
 from aitune_triton.tune.result import TuneResult
-from aitune_triton.tune.options import TuneOptions
+from aitune_triton.tune.options import REPORT_SUBDIR, TuneOptions
 from aitune_triton.tune.space import batching_refused, build_space, current_variant, placement
 from aitune_triton.tune.writeback import record, reload_from_disk, write_back
 from aitune_triton.validate.checks.target import ModelTarget, parse_config_file
@@ -93,7 +93,7 @@ def check_tunable(repo: Path, model: str, report_dir: Path | None = None) -> Man
     and its directory can take what tune writes (config.pbtxt, its backup, the manifest, the
     reports); one line naming what is wrong."""
     validate_model_name(model)
-    model_dir = Path(repo) / model
+    model_dir = require_model_dir(Path(repo), model)
     manifest = verify_model(model_dir, Path(repo))
     for where, what in ((model_dir, "the tuned config.pbtxt and the manifest"),
                         (Path(report_dir) if report_dir else model_dir, "the tuning report")):
@@ -135,7 +135,7 @@ def tune_model_locked(repo: Path, model: str, server: Server, options: TuneOptio
     objective = options.objective_spec()
     space = build_space(base, manifest, options)
     previous = current_variant(base)
-    report_dir = Path(options.report_dir) if options.report_dir else model_dir / "tuning"
+    report_dir = Path(options.report_dir) if options.report_dir else model_dir / REPORT_SUBDIR
     report_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     runner = LiveRunner(server, model, base, limit, num_profiles,

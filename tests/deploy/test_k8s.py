@@ -145,6 +145,27 @@ def test_deploy_cli_from_object_storage_pins_the_pushed_version(tmp_path, s3_end
     assert hpa["spec"]["minReplicas"] == 4 and hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"] == "2500"
 
 
+def test_deploy_cli_refuses_a_zero_queue_target_and_a_plan_of_another_model(tmp_path):
+    """--queue-target-us 0 became the default (``or``) while -5 was refused; the plan's model was
+    read but never checked, so the plan of another model was applied silently."""
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"model": "resnet", "replicas": 4, "gpus_per_replica": 1, "p99_ms": 25.0}')
+    common = ["deploy", "k8s", str(ROOT / "model_repository"), "--pvc", "triton-models", "--out", str(tmp_path / "k")]
+    for args, message in ((["--queue-target-us", "0"], r"error: --queue-target-us must be an integer in \[1, "
+                                                         r"1000000000\], got 0"),
+                          (["--replicas", "auto", "--plan", str(plan)],
+                           r"error: .*plan.json is the plan of model 'resnet', which .*model_repository does not "
+                           r"hold \(it has: cnn\); plan this repository")):
+        result = CliRunner().invoke(main, common + args)
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and __import__("re").match(message, lines[0]), result.output
+    assert not (tmp_path / "k").exists()
+    plan.write_text(plan.read_text().replace("resnet", "cnn"))
+    result = CliRunner().invoke(main, common + ["--replicas", "auto", "--plan", str(plan)])
+    assert result.exit_code == 0, result.output
+
+
 def test_deploy_cli_unwritable_out_is_one_line(tmp_path):
     (tmp_path / "file").write_text("x")
     result = CliRunner().invoke(main, ["deploy", "k8s", str(ROOT / "model_repository"), "--pvc", "triton-models",

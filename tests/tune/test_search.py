@@ -77,3 +77,21 @@ def test_tune_checks_integrity_and_a_writable_model_dir_before_any_server(tmp_pa
     (copy / "cnn" / "1" / "aitune_runtime.py").write_text("import os\n")
     with pytest.raises(ModelError, match="1/aitune_runtime.py does not match its recorded SHA-256"):
         check_tunable(copy, "cnn")
+
+
+def test_tune_of_an_unknown_model_is_one_line_listing_the_known_ones(tmp_path):
+    """`tune REPO --model nope` ended in `internal error: FileNotFoundError`; validate and
+    pack-env already refused it in one line."""
+    import shutil
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from aitune_triton.cli import main
+
+    root = Path(__file__).resolve().parents[2]
+    repo = tmp_path / "repo"
+    shutil.copytree(root / "model_repository", repo)
+    out = CliRunner().invoke(main, ["tune", str(repo), "--model", "nope"])
+    assert out.exit_code == 2, out.output
+    assert out.output.strip().splitlines() == ["error: unknown model nope in %s; known: cnn" % repo], out.output
