@@ -41,7 +41,7 @@ from aitune_triton.prepared import (Prepared, Progress, _build_fallback, _export
 from aitune_triton.tensorrt.section import PlanStatus, TensorRTSection
 from aitune_triton.tensorrt_model import (TRT_STAGE_DIR, GeneratedModel, ModelStatus, _build_in_generate,
                                           _check_words, _stage_tensorrt, with_plan_tolerances)
-from aitune_triton.triton import repository
+from aitune_triton.triton import launch, repository
 from aitune_triton.triton.manifest import Manifest, OnnxSection
 from aitune_triton.triton.render import SCHEMA_SKIPPED, render_config, schema, write_config
 from aitune_triton.triton.tuning_section import TuningSection
@@ -310,5 +310,10 @@ def _generate(model_py: Path, out: Path, overrides: dict | None, force: bool, pr
             (staged.dir(home_name) / "source").mkdir()
             shutil.copy2(prep.source.path, staged.dir(home_name) / "source" / "model.py")
         progress("writing %s into %s" % (", ".join(list(names.values()) + list(pipe_names.values())), out))
+    if pipe_names:  # written, but the bundled server would refuse it here: say so now, not at the first validate
+        problem = launch.numpy_bytes_problem(out, tuple(pipe_names.values()))
+        if problem is not None and problem[0]:
+            notes.append("warning: this environment's bundled tritonserver cannot serve the raw-data pipeline "
+                         "(validate and serve will refuse it): %s" % problem[1])
     return GenerateResult(Path(out), tuple(results), tuple(notes), selection, prep.envelope_lines)
 

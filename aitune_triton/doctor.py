@@ -100,10 +100,24 @@ def _module_version(name: str, dist: str, required: bool, hint: str) -> Callable
 
 
 def _numpy() -> DoctorRow:
-    version = _dist_version("numpy") or "not installed"
-    ok = version != "not installed" and int(version.split(".")[0]) < 2
-    hint = "" if ok else "the 2.51 Python-backend stub misreads numpy 2 arrays: pin numpy<2 or move tensors via DLPack"
-    return DoctorRow("numpy", ok, version, hint, False)
+    """The numpy the Python-backend stub imports, judged by the rule validate and serve apply before
+    launch (``launch.numpy2_breaks_bytes``): numpy 2 is only a problem under a Triton older than 2.52,
+    and the bundled server is only asked its release when numpy is 2."""
+    from aitune_triton.triton import launch
+
+    version = launch.stub_numpy_version()
+    if version is None:
+        return DoctorRow("numpy", False, "not installed", 'the Python stub imports numpy: pip install "numpy<2"', False)
+    triton = launch.server_version() if launch.numpy2_breaks_bytes(version, None) is not False else None
+    verdict = launch.numpy2_breaks_bytes(version, triton)
+    if verdict is False:
+        return DoctorRow("numpy", True, version, "", False)
+    cause = ("the bundled Triton %s's Python backend corrupts BYTES tensors under numpy 2, so validate and serve "
+             "refuse raw-data pipelines on it" % triton if verdict else
+             "if the server is older than Triton 2.52 (the bundled one's release is unknown), its Python backend "
+             "corrupts BYTES tensors under numpy 2 (raw-data pipelines)")
+    hint = "%s; %s" % (cause, launch.NUMPY2_FIX % sys.prefix)
+    return DoctorRow("numpy", False, version, hint, False)
 
 
 def _onnxruntime() -> DoctorRow:

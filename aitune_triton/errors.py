@@ -4,6 +4,7 @@ Exception tree::
 
     AituneError                 root: message + optional log_path + details; exit code 1
     ├── UserError               a mistake in the user's input (bad file, bad option): exit 2, one line
+    │   └── StubIncompatible    the Python stub would mis-serve a model in this environment (numpy 2 + BYTES)
     ├── ModelError              the model, or a stage acting on it, failed (export mismatch, NaN): exit 1
     │   └── CandidateFailed     one fallback format could not be built or did not match eager
     ├── ServerError             Triton failed to start, died or refused a request
@@ -35,6 +36,12 @@ class UserError(AituneError):
     """A mistake in the user's input; the message names the problem and the fix."""
 
     exit_code = 2
+
+
+class StubIncompatible(UserError):
+    """A launched server's Python-backend stub would corrupt a model's tensors with the packages of
+    this environment (numpy 2 under a Triton release older than 2.52): refused before launch, with
+    the fixes in the one line."""
 
 
 class ModelError(AituneError):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from rich.console import Console
 
 from aitune_triton import doctor
@@ -104,3 +106,24 @@ def test_generate_path_says_which_path_generate_takes(tmp_path):
                                 "10.9.0.34 builder and a CUDA GPU available)")
     assert seen["0"].startswith("False stages ONNX + build_plan.sh for a TensorRT/Triton container (TensorRT 10.9.0.34 "
                                 "is installed but cannot create a builder here: no usable CUDA GPU?")
+
+
+@pytest.mark.parametrize("numpy, triton, ok, hint", [
+    ("1.26.4", "2.51.0", True, ""),
+    ("2.2.6", "2.52.0", True, ""),
+    ("2.2.6", "2.51.0", False, "the bundled Triton 2.51.0's Python backend corrupts BYTES tensors under numpy 2"),
+    ("2.2.6", None, False, "if the server is older than Triton 2.52"),
+    (None, "2.51.0", False, 'pip install "numpy<2"'),
+])
+def test_the_numpy_row_applies_the_launch_rule(monkeypatch, numpy, triton, ok, hint):
+    """The row judges the stub's numpy as validate and serve do before launch: numpy 2 only fails
+    under a Triton older than 2.52 (and the server is only asked its release then)."""
+    from aitune_triton.triton import launch
+
+    asked = []
+    monkeypatch.setattr(launch, "stub_numpy_version", lambda: numpy)
+    monkeypatch.setattr(launch, "server_version", lambda path=None: asked.append(path) or triton)
+    row = doctor._numpy()
+    assert (row.ok, row.detail, row.required) == (ok, numpy or "not installed", False)
+    assert hint in row.hint and (ok or 'pip install "numpy<2"' in row.hint)
+    assert asked == ([] if numpy is None or numpy.startswith("1") else [None])

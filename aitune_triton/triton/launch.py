@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aitune_triton import defaults
-from aitune_triton.errors import UserError
+from aitune_triton.errors import StubIncompatible, UserError
 from aitune_triton.triton import tools
 from aitune_triton.triton.repository import shell_unsafe_chars
 
@@ -75,6 +75,9 @@ class ServerOptions:
     metrics_port: int | None = None
     model_control_mode: str = "explicit"
     load_models: tuple[str, ...] = ()
+    # models the caller loads itself once the server is up (validate: one at a time); checked
+    # before launch like load_models (check_numpy_bytes), never loaded by the server at start-up
+    loaded_later: tuple[str, ...] = ()
     log_verbose: int = 0
     startup_timeout_s: float = defaults.STARTUP_TIMEOUT_S
     extra_args: tuple[str, ...] = ()
@@ -291,6 +294,135 @@ def server_version(path: Path | None = None) -> str | None:
         return PYTRITON_TRITON_VERSIONS.get(importlib.metadata.version("nvidia-pytriton"))
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+# The first Triton release whose Python backend reads numpy 2 arrays right: python_backend PR #384
+# (24.11). Before it the stub's pybind11 2.10 misreads numpy 2 dtype descriptors, so a BYTES tensor
+# is corrupted on the way in (the stub dies in deserialize_bytes_tensor) or empty on the way out.
+NUMPY2_FIXED_TRITON = (2, 52)
+NUMPY2_FIX = ('run `pip install "numpy<2"` in this environment (%s), or serve on a Triton >= 24.11 '
+              '(2.52) server with --tritonserver')
+
+
+def _major_minor(version: str | None) -> tuple[int, int] | None:
+    match = re.match(r"^(\d+)(?:\.(\d+))?", version or "")
+    return (int(match.group(1)), int(match.group(2) or 0)) if match else None
+
+
+def stub_numpy_version() -> str | None:
+    """The numpy a launched server's Python-backend stub imports, or None when there is none.
+
+    Read from this process's package metadata, without starting anything or importing numpy: the
+    stub takes its site-packages from the ``python3`` first on the server's PATH, and
+    ``build_environment`` puts this interpreter's ``bin`` first there, so that is this very
+    environment (its site-packages and ``.pth`` files, as ``sys.path`` lists them here). The stub
+    ignores PYTHONPATH (checked: a numpy 1.26 on the CLI's PYTHONPATH before a numpy 2 venv still
+    has the 2.51 stub die on numpy 2), so PYTHONPATH entries are left out of the search; a plain
+    ``importlib.metadata.version`` would count them. Asking a ``python3`` subprocess would cost a
+    process per launch and see PYTHONPATH all the same. A model with its own environment
+    (``EXECUTION_ENV_PATH``, ``pack-env``) imports the numpy packed into it instead: see
+    ``bytes_python_models``."""
+    extra = {os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    path = [p for p in sys.path if os.path.abspath(p or ".") not in extra]
+    for dist in importlib.metadata.distributions(name="numpy", path=path):
+        return dist.version
+    return None
+
+
+def numpy2_breaks_bytes(numpy_version: str | None, triton_version: str | None) -> bool | None:
+    """The rule, in one place: does a Python-backend stub corrupt BYTES tensors? True when numpy >= 2
+    meets a Triton release older than 2.52; False when numpy is 1.x (or absent) or the release is
+    fixed; None when numpy >= 2 and the release is unknown."""
+    numpy = _major_minor(numpy_version)
+    if numpy is None or numpy[0] < 2:
+        return False
+    triton = _major_minor(triton_version)
+    if triton is None:
+        return None
+    return triton < NUMPY2_FIXED_TRITON
+
+
+def _model_config(model_dir: Path):
+    """A model's config.pbtxt, or None when it cannot be read (the server reports that itself)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    try:
+        return text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    except (OSError, UnicodeDecodeError, text_format.ParseError):
+        return None
+
+
+def bytes_python_models(repo: Path | str, names: tuple[str, ...]) -> dict[str, str]:
+    """The Python-backend models among ``names`` (and the models their ensembles load) with a BYTES
+    tensor, each with its first one ("input 'raw'"). Models whose config names an
+    ``EXECUTION_ENV_PATH`` are left out: their stub imports the numpy packed with them, not this
+    environment's. An ``s3://`` repository is not read (empty)."""
+    from tritonclient.grpc import model_config_pb2
+
+    if is_s3_url(repo):
+        return {}
+    repo = Path(repo)
+    found: dict[str, str] = {}
+    todo, seen = list(names), set()
+    while todo:
+        name = todo.pop(0)
+        if name in seen or not (repo / name).is_dir():
+            continue
+        seen.add(name)
+        cfg = _model_config(repo / name)
+        if cfg is None:
+            continue
+        if cfg.platform == "ensemble":
+            todo += [step.model_name for step in cfg.ensemble_scheduling.step]
+            continue
+        if cfg.backend != "python" or "EXECUTION_ENV_PATH" in cfg.parameters:
+            continue
+        tensors = [("input", t.name) for t in cfg.input if t.data_type == model_config_pb2.TYPE_STRING] + \
+            [("output", t.name) for t in cfg.output if t.data_type == model_config_pb2.TYPE_STRING]
+        if tensors:
+            found[name] = "%s %r" % tensors[0]
+    return found
+
+
+def numpy_bytes_problem(repo: Path | str, names: tuple[str, ...], binary: Path | None = None) \
+        -> tuple[bool | None, str] | None:
+    """Why the server ``binary`` (None: the bundled one) would corrupt BYTES tensors of models among
+    ``names`` in ``repo``: None when it would not; else (``numpy2_breaks_bytes``'s True, or None when
+    the release is unknown, and one line naming the model, the cause and the fixes). Cheap when
+    numpy is 1.x (the metadata only); the configs are read, and the binary asked its version, only
+    under numpy 2."""
+    numpy = stub_numpy_version()
+    if numpy2_breaks_bytes(numpy, None) is False or not names:
+        return None
+    models = bytes_python_models(repo, names)
+    if not models:
+        return None
+    triton = server_version(binary)
+    verdict = numpy2_breaks_bytes(numpy, triton)
+    if verdict is False:
+        return None
+    model, tensor = next(iter(models.items()))
+    others = " (and %d more)" % (len(models) - 1) if len(models) > 1 else ""
+    cause = ("the Python backend of Triton %s (older than 2.52 / 24.11) corrupts BYTES tensors under numpy %s"
+             % (triton, numpy) if verdict else
+             "if this server is older than Triton 2.52 / 24.11 (its release cannot be read), its Python backend "
+             "corrupts BYTES tensors under numpy %s" % numpy)
+    return verdict, "Python-backend model %s%s has a BYTES %s, and %s; %s" % (
+        model, others, tensor, cause, NUMPY2_FIX % sys.prefix)
+
+
+def check_numpy_bytes(repo: Path | str, names: tuple[str, ...], binary: Path | None = None) -> None:
+    """Refuse to launch ``binary`` on models whose BYTES tensors its Python stub would corrupt under
+    this environment's numpy (``numpy_bytes_problem``): such a server starts, then its stub dies at
+    the first request ("Stub process ... is not healthy"). A release that cannot be known is a warning."""
+    problem = numpy_bytes_problem(repo, names, binary)
+    if problem is None:
+        return
+    refused, why = problem
+    if refused:
+        raise StubIncompatible("refusing to start tritonserver: %s" % why)
+    log.warning("%s", why)
 
 
 def served_model_names(repo: Path) -> tuple[str, ...]:

@@ -44,11 +44,13 @@ from aitune_triton.triton.launch import (
     build_command,
     build_environment,
     check_host,
+    check_numpy_bytes,
     check_open_files,
     check_ports_free,
     check_shell_safe,
     is_s3_url,
     resolve_ports,
+    served_model_names,
     server_binary,
     supported_flags,
 )
@@ -232,6 +234,10 @@ class TritonServer(ServerAPI):
         check_shell_safe(self.repo, names)
         check_open_files()
         opts = self.options
+        # what the stubs will serve: the start-up models, or every model where the server loads them all
+        serving = names if opts.model_control_mode == "explicit" or not isinstance(self.repo, Path) \
+            else served_model_names(self.repo)
+        check_numpy_bytes(self.repo, tuple(dict.fromkeys(serving + opts.loaded_later)), binary)
         check_host(opts.host)
         check_ports_free(opts.host, {k: v for k, v in (("http", opts.http_port), ("grpc", opts.grpc_port),
                                                        ("metrics", opts.metrics_port)) if v})

@@ -29,6 +29,7 @@ from aitune_triton.tensorrt.stamp import refusal_here
 from aitune_triton.errors import PerfError
 from aitune_triton.triton.perf import PerfOptions, PerfResult, PerfRow, run_perf
 from aitune_triton.errors import ServerError
+from aitune_triton.triton.launch import ServerOptions
 from aitune_triton.triton.server import TritonServer
 from aitune_triton.triton.server_api import Server
 from aitune_triton.triton.session import server_for, stop_if_launched
@@ -78,7 +79,9 @@ class _Run:
 
     # ------------------------------------------------------------ server
 
-    def start(self) -> ServerInfo:
+    def start(self, planned: list[Planned]) -> ServerInfo:
+        """Start (or attach to) the server; a launched one starts empty and is told which models
+        will be loaded into it (``planned``), so that its preflight refuses what it cannot serve."""
         opts = self.options
         target = opts.server_target()
         log_path = None
@@ -86,7 +89,8 @@ class _Run:
             Path(opts.report_dir).mkdir(parents=True, exist_ok=True)
             log_path = Path(opts.report_dir) / SERVER_LOG
             log_path.unlink(missing_ok=True)
-        server = self._server = server_for(opts.server_repository or self.repo, target, log_path=log_path)
+        later = ServerOptions(loaded_later=tuple(p.name for p in planned if p.model_dir))
+        server = self._server = server_for(opts.server_repository or self.repo, target, later, log_path=log_path)
         self.say("%s %s" % ("attaching to" if target.attached else "starting", server.describe()))
         server.start()
         if isinstance(server, TritonServer):
@@ -370,7 +374,7 @@ def _validate(repo: Path, options: ValidateOptions, progress: Progress | None) -
     reports: list[ModelReport] = []
     try:
         try:
-            info = run.start()
+            info = run.start(planned)
         except (ServerError, tools.ToolMissing, OSError) as exc:
             info, reports = run.unusable(planned, exc)
         else:

@@ -137,3 +137,47 @@ def test_perf_of_the_pipeline_reports_time_in_pre_model_post(repo, tmp_path):
     assert steps["status"] == "pass"
     assert re.fullmatch(r"per request \(queue \+ compute\): pre [0-9.]+ ms / model [0-9.]+ ms / post [0-9.]+ ms; "
                         r"\d+ requests", steps["detail"]), steps["detail"]
+
+
+@pytest.fixture(scope="module")
+def numpy2_python(tmp_path_factory):
+    """A venv whose Python (and so the stub of a server it launches) imports numpy 2, with this
+    environment's other packages behind it. Needs no network: numpy 2 comes from $AITUNE_NUMPY2_SITE
+    (``pip install --target DIR "numpy>=2,<2.3"``); without it the test skips."""
+    import os
+    import sysconfig
+
+    site = os.environ.get("AITUNE_NUMPY2_SITE")
+    if not site or not Path(site).is_dir():
+        pytest.skip('no numpy 2 to test with: set AITUNE_NUMPY2_SITE to a folder holding numpy>=2 for this Python '
+                    '(pip install --target DIR "numpy>=2,<2.3")')
+    venv = tmp_path_factory.mktemp("numpy2") / "np2"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    here = dict.fromkeys((sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]))
+    (Path(purelib) / "aitune_numpy2.pth").write_text("\n".join([site, *here]) + "\n")
+    version = subprocess.run([str(python), "-c", "import numpy; print(numpy.__version__)"], capture_output=True,
+                             text=True, timeout=120).stdout.strip()
+    if not version.split(".")[0].isdigit() or int(version.split(".")[0]) < 2:
+        pytest.skip("%s does not give this Python numpy 2 (got %r)" % (site, version))
+    return python
+
+
+def test_validate_refuses_a_bytes_pipeline_under_numpy2_in_one_line(numpy2_python, repo, tmp_path):
+    """The 2.51 stub corrupts BYTES tensors under numpy 2 (it died at the first request, every request
+    then "Stub process ... is not healthy"): the server is refused before it starts, with the fixes."""
+    import os
+
+    proc = subprocess.run([str(numpy2_python), "-m", "aitune_triton.cli", "validate", str(repo), "--no-perf",
+                           "--model", "image_pipeline_pipeline", "--report", str(tmp_path / "report")],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, out
+    assert errors[0].startswith("error: refusing to start tritonserver: Python-backend model image_pipeline_pre "), out
+    assert "BYTES input 'raw'" in errors[0] and "Triton 2.51.0" in errors[0] and "numpy 2." in errors[0]
+    assert 'pip install "numpy<2"' in errors[0] and "--tritonserver" in errors[0]
+    assert "Traceback" not in out and not (tmp_path / "report" / "tritonserver.log").exists()

@@ -305,3 +305,143 @@ def test_flags_that_cannot_be_read_are_unknown_not_empty_and_not_kept(tmp_path):
     assert "--id=aitune-x" in cmd and flag_values(cmd, "--exit-timeout-secs") == ["10"]
     binary.chmod(0o755)  # same mtime: a cached failure would still answer
     assert launch.supported_flags(binary) == frozenset({"--id", "--exit-timeout-secs"})
+
+
+# ---------------------------------------------------------------- numpy 2 and BYTES tensors (Triton < 2.52)
+
+
+@pytest.mark.parametrize("numpy, triton, expected", [
+    ("1.26.4", "2.51.0", False),   # the pinned numpy: fine everywhere
+    ("1.26.4", None, False),
+    (None, "2.51.0", False),       # no numpy: nothing to misread
+    ("2.2.6", "2.51.0", True),     # the 2.51 stub's pybind11 2.10 misreads numpy 2 dtypes
+    ("2.0.0rc1", "2.41.0", True),
+    ("2.2.6", "2.52.0", False),    # fixed in 24.11 (python_backend #384)
+    ("2.2.6", "2.60.0", False),
+    ("2.2.6", None, None),         # unknown release: a warning, not a refusal
+    ("2.2.6", "unknown", None),
+])
+def test_the_numpy2_bytes_rule(numpy, triton, expected):
+    assert launch.numpy2_breaks_bytes(numpy, triton) is expected
+
+
+def _config(repo: Path, name: str, text: str) -> None:
+    (repo / name).mkdir(parents=True)
+    (repo / name / "config.pbtxt").write_text('name: "%s"\n%s' % (name, text))
+
+
+PRE = 'backend: "python"\ninput { name: "raw" data_type: TYPE_STRING dims: [1] }\n' \
+      'output { name: "x" data_type: TYPE_FP32 dims: [3] }\n'
+POST = 'backend: "python"\ninput { name: "y" data_type: TYPE_FP32 dims: [3] }\n' \
+       'output { name: "label" data_type: TYPE_STRING dims: [1] }\n'
+MODEL = 'backend: "python"\ninput { name: "x" data_type: TYPE_FP32 dims: [3] }\n' \
+        'output { name: "y" data_type: TYPE_FP32 dims: [3] }\n'
+ENSEMBLE = 'platform: "ensemble"\nensemble_scheduling {\n' + "".join(
+    '  step { model_name: "%s" model_version: -1 }\n' % m for m in ("p_pre", "p", "p_post")) + "}\n"
+
+
+@pytest.fixture
+def pipeline_repo(tmp_path):
+    repo = tmp_path / "repo"
+    for name, text in (("p_pre", PRE), ("p_post", POST), ("p", MODEL), ("p_pipeline", ENSEMBLE),
+                       ("onnx_strings", 'backend: "onnxruntime"\n' + PRE.split("\n", 1)[1]),
+                       ("packed", PRE + 'parameters { key: "EXECUTION_ENV_PATH" value: { string_value: '
+                                        '"$$TRITON_MODEL_DIRECTORY/python_env.tar.gz" } }\n')):
+        _config(repo, name, text)
+    (repo / "broken").mkdir()
+    (repo / "broken" / "config.pbtxt").write_text("backend: {{{")
+    return repo
+
+
+def test_python_models_with_bytes_are_found_through_their_ensemble(pipeline_repo):
+    assert launch.bytes_python_models(pipeline_repo, ("p_pipeline",)) == {"p_pre": "input 'raw'",
+                                                                           "p_post": "output 'label'"}
+    assert launch.bytes_python_models(pipeline_repo, ("p_post",)) == {"p_post": "output 'label'"}
+    # numeric Python models, other backends, a packed environment (its own numpy), unreadable or absent configs
+    assert launch.bytes_python_models(pipeline_repo, ("p", "onnx_strings", "packed", "broken", "missing")) == {}
+    assert launch.bytes_python_models("s3://bucket/repo", ("p_pipeline",)) == {}
+
+
+def _versions(monkeypatch, numpy: str | None, triton: str | None) -> list:
+    asked: list = []
+    monkeypatch.setattr(launch, "stub_numpy_version", lambda: numpy)
+
+    def server_version(path=None):
+        asked.append(path)
+        return triton
+
+    monkeypatch.setattr(launch, "server_version", server_version)
+    return asked
+
+
+def test_numpy2_with_bytes_under_an_old_triton_is_refused_in_one_line(pipeline_repo, monkeypatch):
+    from aitune_triton.errors import StubIncompatible
+
+    _versions(monkeypatch, "2.2.6", "2.51.0")
+    with pytest.raises(StubIncompatible) as info:
+        launch.check_numpy_bytes(pipeline_repo, ("p", "p_pipeline"))
+    message = str(info.value)
+    assert "\n" not in message and info.value.exit_code == 2 and isinstance(info.value, UserError)
+    assert message.startswith("refusing to start tritonserver: Python-backend model p_pre (and 1 more) has a BYTES "
+                              "input 'raw', and the Python backend of Triton 2.51.0 (older than 2.52 / 24.11) "
+                              "corrupts BYTES tensors under numpy 2.2.6; ")
+    assert 'pip install "numpy<2"' in message and "--tritonserver" in message and sys.prefix in message
+
+
+@pytest.mark.parametrize("numpy, triton, names", [
+    ("1.26.4", "2.51.0", ("p_pipeline",)),  # numpy 1
+    ("2.2.6", "2.52.0", ("p_pipeline",)),   # a fixed release
+    ("2.2.6", "2.51.0", ("p", "onnx_strings", "packed")),  # no BYTES in a Python model this environment runs
+    ("2.2.6", "2.51.0", ()),
+])
+def test_what_the_stub_serves_right_passes(pipeline_repo, monkeypatch, numpy, triton, names):
+    asked = _versions(monkeypatch, numpy, triton)
+    launch.check_numpy_bytes(pipeline_repo, names)
+    assert launch.numpy_bytes_problem(pipeline_repo, names) is None
+    if numpy.startswith("1") or not names:
+        assert asked == []  # the binary is not asked its version when nothing depends on it
+
+
+def test_an_unknown_release_warns_instead_of_refusing(pipeline_repo, monkeypatch, caplog):
+    asked = _versions(monkeypatch, "2.2.6", None)
+    binary = Path("/opt/tritonserver/bin/tritonserver")
+    with caplog.at_level("WARNING", logger=launch.log.name):
+        launch.check_numpy_bytes(pipeline_repo, ("p_pre",), binary)
+    assert asked == [binary]
+    assert "p_pre has a BYTES input 'raw'" in caplog.text and "release cannot be read" in caplog.text
+
+
+def test_the_stubs_numpy_is_this_environments_not_pythonpaths(tmp_path, monkeypatch):
+    """The stub ignores PYTHONPATH (a numpy 1.26 there does not save a numpy 2 venv's stub): a numpy
+    reachable only through it is not the stub's; one on this environment's path (a .pth) is."""
+    fake = tmp_path / "site"
+    (fake / "numpy-9.9.0.dist-info").mkdir(parents=True)
+    (fake / "numpy-9.9.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: numpy\nVersion: 9.9.0\n")
+    here = importlib.metadata.version("numpy")
+    monkeypatch.syspath_prepend(str(fake))
+    monkeypatch.setenv("PYTHONPATH", str(fake))
+    assert importlib.metadata.version("numpy") == "9.9.0"  # what a plain metadata lookup would say
+    assert launch.stub_numpy_version() == here
+    monkeypatch.delenv("PYTHONPATH")
+    assert launch.stub_numpy_version() == "9.9.0"
+
+
+def test_the_server_refuses_before_launching_anything(pipeline_repo, tmp_path, monkeypatch):
+    import subprocess
+
+    from aitune_triton.errors import StubIncompatible
+    from aitune_triton.triton.server import TritonServer
+
+    binary = tmp_path / "bin" / "tritonserver"
+    binary.parent.mkdir()
+    binary.write_text("#!/bin/sh\nexit 1\n")
+    binary.chmod(0o755)
+    asked = _versions(monkeypatch, "2.2.6", "2.51.0")
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("launched"))
+    # validate starts the server empty and names what it loads later; serve/tune load at start-up
+    for options in (ServerOptions(tritonserver=binary, loaded_later=("p_pipeline",)),
+                    ServerOptions(tritonserver=binary, load_models=("*",)),
+                    ServerOptions(tritonserver=binary, model_control_mode="poll")):
+        with pytest.raises(StubIncompatible, match=r"model p_p(re|ost) \(and 1 more\) .* Triton 2.51.0"):
+            TritonServer(pipeline_repo, options).start()
+    assert asked == [binary] * 3
