@@ -3,7 +3,7 @@
 # it the whole 600 s call and about 12 minutes of device time, the machine start included).
 # Carry: .devbundle (Triton + perf_analyzer: ../shared/tools/make-device-bundle.sh .venv .devbundle) and .whl
 # (bash benchmarks/fetch_gpu_wheels.sh: Python 3.12 wheels of tritonclient and its deps, grpcio, protobuf,
-# polygraphy). The image brings python3.12, torch, torchvision, transformers, onnx and onnxruntime.
+# polygraphy, and numpy<2). The image brings python3.12, torch, torchvision, transformers, onnx and onnxruntime.
 #   run: bash benchmarks/run_gpu_acceptance.sh [gpu_acceptance.py options, e.g. --models resnet50_fp16,cnn]
 # A fresh machine needs two calls (measured: 9 first generates took 220-310 s, validate 230 s): call 1 with
 # --generate-only, then at once, while the machine is warm, call 2 with --resume (see gpu_acceptance.py).
@@ -13,10 +13,19 @@ set -eo pipefail
 OUT=${OUT:-acceptance_out}
 mkdir -p "$OUT"
 [ -d .whl ] && [ -d .devbundle ] || { echo "carry .whl and .devbundle (see the header of $0)" >&2; exit 2; }
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-for t in .whl/*.tar.xz; do [ -e "$t" ] && tar -C /tmp/site -xJf "$t"; done  # numpy<2, as the package pins it
-eval "$(bash .devbundle/device-env.sh)"
-export PYTHONPATH=$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}  # the carried grpcio/protobuf before the image's
+eval "$(bash .devbundle/device-env.sh)"  # unpacks Triton to /tmp/sp; its PYTHONPATH is replaced below
+# The lane runs in a venv of its own, as a user's install would: the carried wheels and numpy<2 (the package's pin)
+# in its site-packages, the image's packages (torch, transformers, ...) behind them through a .pth. The
+# Python-backend stub ignores PYTHONPATH and imports from the venv of the python3 first on PATH, so only a venv
+# puts numpy<2 in front of it (the image's numpy 2 corrupts BYTES tensors in Triton 2.51's stub).
+IMAGE_SITE=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+LANE=/tmp/lane-venv
+[ -x $LANE/bin/python3 ] || python3 -m venv --without-pip $LANE
+LANE_SITE=$($LANE/bin/python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$LANE_SITE" .whl/*.whl
+for t in .whl/*.tar.xz; do [ -e "$t" ] && tar -C "$LANE_SITE" -xJf "$t"; done
+echo "$IMAGE_SITE" > "$LANE_SITE/zz_image_site.pth"
+export PATH=$LANE/bin:$PATH PYTHONPATH=$PWD
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=/tmp/inductor
 { nvidia-smi --query-gpu=index,name,driver_version --format=csv,noheader; nproc;
   python3 -c 'import numpy, torch, torchvision, transformers, tritonclient, polygraphy; print("torch", torch.__version__, "cuda", torch.version.cuda, "torchvision", torchvision.__version__, "transformers", transformers.__version__, "numpy", numpy.__version__)' || true; } 2>&1 | tee "$OUT/env.txt"
