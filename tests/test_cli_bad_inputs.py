@@ -34,6 +34,9 @@ CASES = [
     ("inconsistent_rank", "inconsistent_rank.py", [], 2, "forward\\(\\) raised|ranks and dtypes"),
     ("unsupported_dtype", "unsupported_dtype.py", [], 2, "unsupported dtype"),
     ("forward_raises", "forward_raises.py", [], 2, "forward\\(\\) raised on sample 0 in forward at line .*boom"),
+    # the message is printed as it is, never as rich markup (a closing tag crashed the CLI, a tag vanished)
+    ("forward_raises_brackets", "forward_raises_brackets.py", [], 2,
+     "RuntimeError: expected \\[batch, seq\\]; see \\[/docs\\]$"),
     ("non_tensor_output", "non_tensor_output.py", [], 2, "must return tensors"),
     ("nan_outputs", "nan_outputs.py", [], 1, "NaN or Inf"),
     ("profile_min_gt_max", "profile_min_gt_max.py", [], 2, "min <= opt <= max"),
