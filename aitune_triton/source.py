@@ -77,6 +77,11 @@ def load_module(path: Path, timeout_s: float = 0.0):
     return module
 
 
+def _raised(path: Path, fn: str, exc: Exception) -> UserError:
+    """``fn()`` of model.py raised ``exc``: one line naming the function and the user's line."""
+    return _fail(path, "%s() raised at %s: %s: %s" % (fn, _user_frame(exc, path), type(exc).__name__, exc))
+
+
 def _call(module, path: Path, fn: str, timeout_s: float = 0.0) -> Any:
     try:
         with guarded(path, "in %s()" % fn, timeout_s):
@@ -84,7 +89,29 @@ def _call(module, path: Path, fn: str, timeout_s: float = 0.0) -> Any:
     except UserError:
         raise
     except Exception as exc:
-        raise _fail(path, "%s() raised at %s: %s: %s" % (fn, _user_frame(exc, path), type(exc).__name__, exc)) from exc
+        raise _raised(path, fn, exc) from exc
+
+
+def _sample_list(path: Path, raw: Any, timeout_s: float) -> list:
+    """What ``get_samples()`` returned, as a list. A generator runs the user's code only now, so
+    consuming it is guarded like a call (its error names get_samples, not "internal error"), and only
+    ``iter()`` failing means "not iterable" (a TypeError from the generator's body is the user's
+    error). One tensor is iterable too, but its rows are not the samples the user meant: refused."""
+    if isinstance(raw, torch.Tensor):
+        raise _fail(path, "get_samples() returned one tensor, whose rows would each be taken as a sample; return a "
+                          "list of samples, e.g. [x] (several batch sizes are best: [x[:1], x])")
+    try:
+        items = iter(raw)
+    except TypeError:
+        raise _fail(path, "get_samples() returned a %s; return a list (or iterable) of samples"
+                    % type(raw).__name__) from None
+    try:
+        with guarded(path, "in get_samples()", timeout_s):
+            return list(items)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise _raised(path, "get_samples", exc) from exc
 
 
 def _structure_hint(raw: list) -> str:
@@ -184,13 +211,7 @@ def load_model_source(path: Path, max_detections: int | None = None, timeout_s: 
     model = _call(module, path, "get_model")
     if not isinstance(model, torch.nn.Module):
         raise _fail(path, "get_model() returned a %s, not a torch.nn.Module" % type(model).__name__)
-    raw = _call(module, path, "get_samples", timeout_s)
-    try:
-        with guarded(path, "in get_samples()", timeout_s):  # a generator runs the user's code now
-            raw = list(raw)
-    except TypeError:
-        raise _fail(path, "get_samples() returned a %s; return a list (or iterable) of samples"
-                    % type(raw).__name__) from None
+    raw = _sample_list(path, _call(module, path, "get_samples", timeout_s), timeout_s)
     if not raw:
         raise _fail(path, "get_samples() returned no samples; return at least one (several batch sizes are best)")
     try:

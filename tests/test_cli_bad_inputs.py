@@ -29,6 +29,8 @@ CASES = [
     ("get_model_raises", "get_model_raises.py", [], 2, "get_model\\(\\) raised at line .*weights missing"),
     ("empty_samples", "empty_samples.py", [], 2, "no samples"),
     ("samples_not_iterable", "samples_not_iterable.py", [], 2, "return a list"),
+    ("samples_generator_raises", "samples_generator_raises.py", [], 2,
+     "get_samples\\(\\) raised at line 8: ValueError: no more samples"),
     ("sample_not_tensor", "sample_not_tensor.py", [], 2, "not a tensor"),
     ("ragged_structure", "ragged_structure.py", [], 2, "same arguments"),
     ("inconsistent_rank", "inconsistent_rank.py", [], 2, "forward\\(\\) raised|ranks and dtypes"),

@@ -121,3 +121,38 @@ def test_a_fixed_tuple_of_dicts_is_not_taken_for_detections(tmp_path):
                     "    return [torch.ones(b, 3) for b in (1, 2, 4)]\n")
     src = load_model_source(path)
     assert src.notes == () and isinstance(src.outputs[0], tuple)
+
+
+def _model_py(tmp_path: Path, samples_body: str) -> Path:
+    path = tmp_path / "model.py"
+    path.write_text("import torch\ndef get_model():\n    return torch.nn.Linear(2, 2)\n"
+                    "def get_samples():\n" + textwrap.indent(textwrap.dedent(samples_body), "    "))
+    return path
+
+
+@pytest.mark.parametrize("exc", ["ValueError", "TypeError"])
+def test_a_generator_raising_names_get_samples_and_its_line(tmp_path, exc):
+    """Consuming a generator runs its body: a ValueError there was "internal error", a TypeError was
+    taken for "returned a generator; return a list"."""
+    path = _model_py(tmp_path, "yield torch.ones(1, 2)\nraise %s('boom')\n" % exc)
+    with pytest.raises(UserError, match=r"get_samples\(\) raised at line 6: %s: boom$" % exc):
+        load_model_source(path)
+
+
+def test_a_generator_of_samples_is_taken(tmp_path):
+    path = _model_py(tmp_path, "yield torch.ones(1, 2)\nyield torch.ones(3, 2)\n")
+    assert [s.args[0].shape[0] for s in load_model_source(path).samples] == [1, 3]
+
+
+def test_one_tensor_from_get_samples_is_refused_not_split_into_rows(tmp_path):
+    """Its rows were each taken as a sample and the model was served unbatched, exit 0."""
+    path = _model_py(tmp_path, "return torch.ones(4, 2)\n")
+    with pytest.raises(UserError, match=r"get_samples\(\) returned one tensor, whose rows would each be taken as a "
+                                        r"sample; return a list of samples, e\.g\. \[x\]"):
+        load_model_source(path)
+
+
+def test_a_non_iterable_from_get_samples_says_return_a_list(tmp_path):
+    path = _model_py(tmp_path, "return 42\n")
+    with pytest.raises(UserError, match=r"get_samples\(\) returned a int; return a list"):
+        load_model_source(path)
