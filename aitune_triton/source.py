@@ -6,6 +6,7 @@ optional ``get_config() -> GenerateConfig``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import sys
@@ -13,7 +14,8 @@ import traceback
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, Iterator
 
 import torch
 from torch.utils import _pytree as pytree
@@ -49,9 +51,28 @@ def _fail(path: Path, problem: str) -> UserError:
     return UserError("%s: %s" % (path, problem))
 
 
-def load_module(path: Path, timeout_s: float = 0.0):
+@contextlib.contextmanager
+def model_folder_on_path(path: Path) -> Iterator[None]:
+    """model.py's folder first on ``sys.path`` while its code runs, as when it is run as a script:
+    model.py may import its siblings at the top or inside ``get_model()`` (``from helper import Net``).
+    Removed again after, so one model's folder does not shadow another's modules."""
+    folder = str(Path(path).resolve().parent)
+    sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):  # model.py removed it itself
+            sys.path.remove(folder)
+
+
+def load_module(path: Path, timeout_s: float = 0.0) -> ModuleType:
     """Import model.py under ``user_code.guarded``: an exit or a run past ``timeout_s`` (0: no limit)
-    is a one-line ``UserError``."""
+    is a one-line ``UserError``.
+
+    The module is registered in ``sys.modules`` under a name unique to this load, as an import
+    would: classes defined in model.py name it as their ``__module__``, and ``@dataclass`` (under
+    ``from __future__ import annotations``), ``typing.get_type_hints`` and pickle look it up there.
+    It stays registered while the process lives, as imported modules do; a failed import removes it."""
     path = Path(path).resolve()
     if not path.exists():
         raise UserError("%s: file not found; pass the path to your model.py" % path)
@@ -62,19 +83,26 @@ def load_module(path: Path, timeout_s: float = 0.0):
     if spec is None or spec.loader is None:
         raise _fail(path, "cannot be imported as a Python module")
     module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.parent))
+    sys.modules[name] = module
     try:
-        with guarded(path, "while importing", timeout_s):
-            spec.loader.exec_module(module)
+        _exec_module(spec.loader, module, path, timeout_s)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def _exec_module(loader: Any, module: ModuleType, path: Path, timeout_s: float) -> None:
+    """Run model.py's top-level code; its errors as one-line ``UserError``s with the user's line."""
+    try:
+        with model_folder_on_path(path), guarded(path, "while importing", timeout_s):
+            loader.exec_module(module)
     except UserError:
         raise
     except SyntaxError as exc:
         raise _fail(path, "syntax error at line %s: %s" % (exc.lineno, exc.msg)) from exc
     except Exception as exc:  # the user's import-time error, shown with their own line
         raise _fail(path, "import failed at %s: %s: %s" % (_user_frame(exc, path), type(exc).__name__, exc)) from exc
-    finally:
-        sys.path.remove(str(path.parent))
-    return module
 
 
 def _raised(path: Path, fn: str, exc: Exception) -> UserError:
@@ -202,8 +230,14 @@ def load_model_source(path: Path, max_detections: int | None = None, timeout_s: 
 
     ``timeout_s`` (0: none) limits the import, ``get_samples()`` and ``get_config()``; ``get_model()``
     and the forward passes may legitimately take long (downloads, big models) and are not limited.
-    Every call into model.py turns ``sys.exit``/``os._exit`` into a ``UserError``."""
+    Every call into model.py turns ``sys.exit``/``os._exit`` into a ``UserError``, and runs with
+    model.py's folder on ``sys.path`` (``model_folder_on_path``)."""
     path = Path(path).resolve()
+    with model_folder_on_path(path):
+        return _load_model_source(path, max_detections, timeout_s)
+
+
+def _load_model_source(path: Path, max_detections: int | None, timeout_s: float) -> ModelSource:
     module = load_module(path, timeout_s)
     for fn in ("get_model", "get_samples"):
         if not callable(getattr(module, fn, None)):
