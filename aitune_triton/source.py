@@ -12,7 +12,7 @@ import inspect
 import sys
 import traceback
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterator
@@ -35,6 +35,8 @@ class ModelSource:
     outputs: tuple[Any, ...]
     config: GenerateConfig | None
     notes: tuple[str, ...] = ()  # how the model is served where it differs from what forward returns
+    # the imported model.py, for its pipeline hooks: importing it again would run its top-level code again
+    module: ModuleType | None = field(default=None, compare=False, repr=False)
 
 
 def _user_frame(exc: BaseException, path: Path, outside: str = "import") -> str:
@@ -277,4 +279,4 @@ def _load_model_source(path: Path, max_detections: int | None, timeout_s: float)
         _refuse_cache(path, outputs[0])
     model, outputs, notes = _per_image_outputs(path, model, samples, outputs, max_detections or (
         config.max_detections if config else None))
-    return ModelSource(path, model, samples, tuple(outputs), config, notes)
+    return ModelSource(path, model, samples, tuple(outputs), config, notes, module)
