@@ -219,7 +219,8 @@ def _generate(model_py: Path, out: Path, overrides: dict | None, force: bool, pr
     if schema() is None:
         notes.append(SCHEMA_SKIPPED)
     trt_status = build_status() if "tensorrt" in names else None
-    hooks = pipeline.load_hooks(prep.source.path, resolve_timeout(model_py_timeout_s)) if "python" in names else None
+    hooks = pipeline.load_hooks(prep.source.path, resolve_timeout(model_py_timeout_s), prep.source.module) \
+        if "python" in names else None
     pipe_names = pipeline.model_names(names["python"]) if hooks else {}
     with repository.stage_models(out, list(names.values()) + list(pipe_names.values()), force=force) as staged:
         trt_info: TensorRTSection | None = None

@@ -281,6 +281,7 @@ def exit_code(rows: list[DoctorRow]) -> int:
 def render(rows: list[DoctorRow], console=None) -> None:
     from aitune_triton.console import make_console
     from rich.table import Table
+    from rich.text import Text
 
     console = console or make_console()
     table = Table(title="aitune-triton doctor")
@@ -295,6 +296,7 @@ def render(rows: list[DoctorRow], console=None) -> None:
             status = "[red]MISSING[/red]"
         else:
             status = "[yellow]optional[/yellow]"
-        table.add_row(row.name, status, row.detail, row.hint)
+        # detail and hint quote versions, paths and exceptions: plain text, never markup
+        table.add_row(Text(row.name), status, Text(row.detail), Text(row.hint))
     console.print(table)
     console.print("required components: %s" % ("all present" if exit_code(rows) == 0 else "[red]some missing[/red]"))

@@ -26,6 +26,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable
 
 import numpy as np
@@ -35,7 +36,7 @@ from aitune_triton.errors import UserError
 from aitune_triton.numerics import Tolerance, ToleranceOverride, loosest_float, tolerance_for
 from aitune_triton.reference_data import REFERENCE, ReferenceCase, save_reference
 from aitune_triton.runtime import PIPELINE_USER_FILE, runtime_source
-from aitune_triton.source import _call, load_module
+from aitune_triton.source import _call, load_module, model_folder_on_path
 from aitune_triton.spec import IOSpec, call_with_feed, flatten_outputs
 from aitune_triton.triton.manifest import Manifest
 from aitune_triton.triton.render import config_text, parse_config, write_config
@@ -71,9 +72,15 @@ def model_names(name: str) -> dict[str, str]:
     return {"pre": name + "_pre", "post": name + "_post", "pipeline": name + "_pipeline"}
 
 
-def load_hooks(path: Path, timeout_s: float = 0.0) -> Hooks | None:
-    """The hooks of model.py at ``path``; None when it defines none of them."""
-    module = load_module(path, timeout_s)
+def load_hooks(path: Path, timeout_s: float = 0.0, module: ModuleType | None = None) -> Hooks | None:
+    """The hooks of model.py at ``path``; None when it defines none of them. ``module``: model.py as
+    already imported (``ModelSource.module``), so its top-level code does not run a second time in
+    the process; None imports it."""
+    with model_folder_on_path(path):  # the hooks may import model.py's siblings, as get_model() may
+        return _load_hooks(Path(path), module if module is not None else load_module(path, timeout_s), timeout_s)
+
+
+def _load_hooks(path: Path, module: ModuleType, timeout_s: float) -> Hooks | None:
     present = [h for h in HOOKS if callable(getattr(module, h, None))]
     if not present:
         return None

@@ -15,6 +15,8 @@ import time
 from typing import Callable, Iterator
 
 from rich.console import Console
+from rich.status import Status
+from rich.text import Text
 
 from aitune_triton.errors import AituneError
 
@@ -46,11 +48,18 @@ class StageLog:
         self.current = None
 
 
+def plain_updates(status: Status) -> Callable[[str], None]:
+    """``status.update`` for a progress callback, taking the message as plain text: messages name
+    the user's paths and models, and a spinner parses a str as markup (``[/x]`` raises
+    ``MarkupError``, ``[x]`` disappears)."""
+    return lambda message: status.update(Text(message))
+
+
 @contextlib.contextmanager
 def stage_progress(console: Console, title: str) -> Iterator[StageLog]:
     """A spinner titled ``title`` (on a terminal) plus a printed line per finished stage."""
-    with console.status(title) as status:
-        stages = StageLog(console, on_start=status.update)
+    with console.status(Text(title)) as status:
+        stages = StageLog(console, on_start=plain_updates(status))
         try:
             yield stages
         except AituneError:

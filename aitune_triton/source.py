@@ -6,14 +6,16 @@ optional ``get_config() -> GenerateConfig``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import sys
 import traceback
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, Iterator
 
 import torch
 from torch.utils import _pytree as pytree
@@ -33,6 +35,8 @@ class ModelSource:
     outputs: tuple[Any, ...]
     config: GenerateConfig | None
     notes: tuple[str, ...] = ()  # how the model is served where it differs from what forward returns
+    # the imported model.py, for its pipeline hooks: importing it again would run its top-level code again
+    module: ModuleType | None = field(default=None, compare=False, repr=False)
 
 
 def _user_frame(exc: BaseException, path: Path, outside: str = "import") -> str:
@@ -49,9 +53,28 @@ def _fail(path: Path, problem: str) -> UserError:
     return UserError("%s: %s" % (path, problem))
 
 
-def load_module(path: Path, timeout_s: float = 0.0):
+@contextlib.contextmanager
+def model_folder_on_path(path: Path) -> Iterator[None]:
+    """model.py's folder first on ``sys.path`` while its code runs, as when it is run as a script:
+    model.py may import its siblings at the top or inside ``get_model()`` (``from helper import Net``).
+    Removed again after, so one model's folder does not shadow another's modules."""
+    folder = str(Path(path).resolve().parent)
+    sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):  # model.py removed it itself
+            sys.path.remove(folder)
+
+
+def load_module(path: Path, timeout_s: float = 0.0) -> ModuleType:
     """Import model.py under ``user_code.guarded``: an exit or a run past ``timeout_s`` (0: no limit)
-    is a one-line ``UserError``."""
+    is a one-line ``UserError``.
+
+    The module is registered in ``sys.modules`` under a name unique to this load, as an import
+    would: classes defined in model.py name it as their ``__module__``, and ``@dataclass`` (under
+    ``from __future__ import annotations``), ``typing.get_type_hints`` and pickle look it up there.
+    It stays registered while the process lives, as imported modules do; a failed import removes it."""
     path = Path(path).resolve()
     if not path.exists():
         raise UserError("%s: file not found; pass the path to your model.py" % path)
@@ -62,19 +85,31 @@ def load_module(path: Path, timeout_s: float = 0.0):
     if spec is None or spec.loader is None:
         raise _fail(path, "cannot be imported as a Python module")
     module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.parent))
+    sys.modules[name] = module
     try:
-        with guarded(path, "while importing", timeout_s):
-            spec.loader.exec_module(module)
+        _exec_module(spec.loader, module, path, timeout_s)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def _exec_module(loader: Any, module: ModuleType, path: Path, timeout_s: float) -> None:
+    """Run model.py's top-level code; its errors as one-line ``UserError``s with the user's line."""
+    try:
+        with model_folder_on_path(path), guarded(path, "while importing", timeout_s):
+            loader.exec_module(module)
     except UserError:
         raise
     except SyntaxError as exc:
         raise _fail(path, "syntax error at line %s: %s" % (exc.lineno, exc.msg)) from exc
     except Exception as exc:  # the user's import-time error, shown with their own line
         raise _fail(path, "import failed at %s: %s: %s" % (_user_frame(exc, path), type(exc).__name__, exc)) from exc
-    finally:
-        sys.path.remove(str(path.parent))
-    return module
+
+
+def _raised(path: Path, fn: str, exc: Exception) -> UserError:
+    """``fn()`` of model.py raised ``exc``: one line naming the function and the user's line."""
+    return _fail(path, "%s() raised at %s: %s: %s" % (fn, _user_frame(exc, path), type(exc).__name__, exc))
 
 
 def _call(module, path: Path, fn: str, timeout_s: float = 0.0) -> Any:
@@ -84,7 +119,29 @@ def _call(module, path: Path, fn: str, timeout_s: float = 0.0) -> Any:
     except UserError:
         raise
     except Exception as exc:
-        raise _fail(path, "%s() raised at %s: %s: %s" % (fn, _user_frame(exc, path), type(exc).__name__, exc)) from exc
+        raise _raised(path, fn, exc) from exc
+
+
+def _sample_list(path: Path, raw: Any, timeout_s: float) -> list:
+    """What ``get_samples()`` returned, as a list. A generator runs the user's code only now, so
+    consuming it is guarded like a call (its error names get_samples, not "internal error"), and only
+    ``iter()`` failing means "not iterable" (a TypeError from the generator's body is the user's
+    error). One tensor is iterable too, but its rows are not the samples the user meant: refused."""
+    if isinstance(raw, torch.Tensor):
+        raise _fail(path, "get_samples() returned one tensor, whose rows would each be taken as a sample; return a "
+                          "list of samples, e.g. [x] (several batch sizes are best: [x[:1], x])")
+    try:
+        items = iter(raw)
+    except TypeError:
+        raise _fail(path, "get_samples() returned a %s; return a list (or iterable) of samples"
+                    % type(raw).__name__) from None
+    try:
+        with guarded(path, "in get_samples()", timeout_s):
+            return list(items)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise _raised(path, "get_samples", exc) from exc
 
 
 def _structure_hint(raw: list) -> str:
@@ -175,8 +232,14 @@ def load_model_source(path: Path, max_detections: int | None = None, timeout_s: 
 
     ``timeout_s`` (0: none) limits the import, ``get_samples()`` and ``get_config()``; ``get_model()``
     and the forward passes may legitimately take long (downloads, big models) and are not limited.
-    Every call into model.py turns ``sys.exit``/``os._exit`` into a ``UserError``."""
+    Every call into model.py turns ``sys.exit``/``os._exit`` into a ``UserError``, and runs with
+    model.py's folder on ``sys.path`` (``model_folder_on_path``)."""
     path = Path(path).resolve()
+    with model_folder_on_path(path):
+        return _load_model_source(path, max_detections, timeout_s)
+
+
+def _load_model_source(path: Path, max_detections: int | None, timeout_s: float) -> ModelSource:
     module = load_module(path, timeout_s)
     for fn in ("get_model", "get_samples"):
         if not callable(getattr(module, fn, None)):
@@ -184,13 +247,7 @@ def load_model_source(path: Path, max_detections: int | None = None, timeout_s: 
     model = _call(module, path, "get_model")
     if not isinstance(model, torch.nn.Module):
         raise _fail(path, "get_model() returned a %s, not a torch.nn.Module" % type(model).__name__)
-    raw = _call(module, path, "get_samples", timeout_s)
-    try:
-        with guarded(path, "in get_samples()", timeout_s):  # a generator runs the user's code now
-            raw = list(raw)
-    except TypeError:
-        raise _fail(path, "get_samples() returned a %s; return a list (or iterable) of samples"
-                    % type(raw).__name__) from None
+    raw = _sample_list(path, _call(module, path, "get_samples", timeout_s), timeout_s)
     if not raw:
         raise _fail(path, "get_samples() returned no samples; return at least one (several batch sizes are best)")
     try:
@@ -222,4 +279,4 @@ def load_model_source(path: Path, max_detections: int | None = None, timeout_s: 
         _refuse_cache(path, outputs[0])
     model, outputs, notes = _per_image_outputs(path, model, samples, outputs, max_detections or (
         config.max_detections if config else None))
-    return ModelSource(path, model, samples, tuple(outputs), config, notes)
+    return ModelSource(path, model, samples, tuple(outputs), config, notes, module)

@@ -76,6 +76,15 @@ def test_render():
         assert word in text
 
 
+def test_render_prints_details_as_they_are():
+    """A detail quoting an exception (``[/x]``, ``[cuda]``) was parsed as markup: a traceback or lost text."""
+    console = Console(record=True, width=200)
+    doctor.render([DoctorRow("tensorrt", False, "import failed: [/x] needs [cuda]", "pip install [trt]", False)],
+                  console)
+    text = console.export_text()
+    assert "import failed: [/x] needs [cuda]" in text and "pip install [trt]" in text
+
+
 def test_the_cpu_row_names_the_instruction_set_and_a_remembered_crash(monkeypatch, tmp_path):
     import platform
 

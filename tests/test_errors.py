@@ -110,6 +110,16 @@ def test_bug_outside_the_tree_is_one_line_without_debug_and_a_traceback_with_it(
     assert isinstance(debug.exception, ValueError) and debug.exit_code == 1
 
 
+def test_brackets_in_a_message_are_printed_as_they_are_not_as_markup():
+    """rich took ``[/docs]`` for a closing tag (MarkupError traceback) and ``[batch, seq]`` for a style."""
+    result = _invoke(errors.UserError("model.py: expected [batch, seq]; see [/docs]"))
+    assert result.exit_code == 2
+    assert result.output.splitlines() == ["error: model.py: expected [batch, seq]; see [/docs]"]
+    bug = _invoke(ValueError("[bold]x[/] [/docs]"))
+    assert bug.output.splitlines() == [
+        "internal error: ValueError: [bold]x[/] [/docs] (rerun with --debug for the traceback)"]
+
+
 def test_debug_prints_the_traceback_of_a_tree_error_too():
     result = _invoke(errors.ServerError("tritonserver exited"), "--debug")
     assert result.exit_code == 1

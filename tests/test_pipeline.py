@@ -187,3 +187,26 @@ def test_tune_sends_the_pipeline_raw_rows_as_bytes_like_validate(repo, tmp_path)
     assert data == json.loads(validate.input_data.read_text())["data"]
     rows = [case.inputs["raw"].tobytes() for case in load_reference(model_dir / "reference.npz")]
     assert [d["raw"] for d in data] == [{"content": [r.decode()], "shape": [1]} for r in rows[:len(data)]]
+
+
+def test_generate_runs_model_py_top_level_code_once(tmp_path):
+    """The hooks were looked up by importing model.py a second time: its top-level code (downloads,
+    prints, side effects) ran twice in one generate."""
+    marker = tmp_path / "imports.log"
+    model_py = tmp_path / "src" / "model.py"
+    model_py.parent.mkdir()
+    model_py.write_text("import torch\nwith open(%r, 'a') as f:\n    f.write('x')\n"
+                        "def get_model():\n    return torch.nn.Linear(2, 2)\n"
+                        "def get_samples():\n    return [torch.ones(1, 2), torch.ones(3, 2)]\n" % str(marker))
+    api.generate(model_py, tmp_path / "repo", {"backends": ("python",), "fallback_format": "export"})
+    assert marker.read_text() == "x"
+
+
+def test_hooks_come_from_the_module_already_imported(tmp_path):
+    from aitune_triton.source import load_module
+
+    path = _model_py(tmp_path, "def get_preprocess():\n    return len\ndef get_postprocess():\n    return len\n"
+                               "def get_raw_samples():\n    return ['ok']\n")
+    module = load_module(path)
+    module.get_raw_samples = lambda: ["from the loaded module"]
+    assert pipeline.load_hooks(path, module=module).raw == (b"from the loaded module",)

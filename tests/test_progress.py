@@ -35,6 +35,14 @@ def test_a_failing_command_names_the_stage_it_stopped_in():
     assert lines[0].startswith("spec (") and lines[1].startswith("exporting ONNX (stopped after ")
 
 
+def test_stage_messages_are_plain_text_not_markup():
+    """A stage naming the user's path or model (``/tmp/[/x]``) raised MarkupError in the spinner."""
+    console, buf = _console()  # the spinner parses its text even where it is not drawn
+    with stage_progress(console, "generating [/title]") as progress:
+        progress("exporting /tmp/[/x]/[b]model")
+    assert "exporting /tmp/[/x]/[b]model (" in buf.getvalue()
+
+
 def test_an_aitune_error_prints_only_itself():
     from aitune_triton.errors import UserError
 

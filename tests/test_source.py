@@ -121,3 +121,86 @@ def test_a_fixed_tuple_of_dicts_is_not_taken_for_detections(tmp_path):
                     "    return [torch.ones(b, 3) for b in (1, 2, 4)]\n")
     src = load_model_source(path)
     assert src.notes == () and isinstance(src.outputs[0], tuple)
+
+
+def _model_py(tmp_path: Path, samples_body: str) -> Path:
+    path = tmp_path / "model.py"
+    path.write_text("import torch\ndef get_model():\n    return torch.nn.Linear(2, 2)\n"
+                    "def get_samples():\n" + textwrap.indent(textwrap.dedent(samples_body), "    "))
+    return path
+
+
+@pytest.mark.parametrize("exc", ["ValueError", "TypeError"])
+def test_a_generator_raising_names_get_samples_and_its_line(tmp_path, exc):
+    """Consuming a generator runs its body: a ValueError there was "internal error", a TypeError was
+    taken for "returned a generator; return a list"."""
+    path = _model_py(tmp_path, "yield torch.ones(1, 2)\nraise %s('boom')\n" % exc)
+    with pytest.raises(UserError, match=r"get_samples\(\) raised at line 6: %s: boom$" % exc):
+        load_model_source(path)
+
+
+def test_a_generator_of_samples_is_taken(tmp_path):
+    path = _model_py(tmp_path, "yield torch.ones(1, 2)\nyield torch.ones(3, 2)\n")
+    assert [s.args[0].shape[0] for s in load_model_source(path).samples] == [1, 3]
+
+
+def test_one_tensor_from_get_samples_is_refused_not_split_into_rows(tmp_path):
+    """Its rows were each taken as a sample and the model was served unbatched, exit 0."""
+    path = _model_py(tmp_path, "return torch.ones(4, 2)\n")
+    with pytest.raises(UserError, match=r"get_samples\(\) returned one tensor, whose rows would each be taken as a "
+                                        r"sample; return a list of samples, e\.g\. \[x\]"):
+        load_model_source(path)
+
+
+def test_a_non_iterable_from_get_samples_says_return_a_list(tmp_path):
+    path = _model_py(tmp_path, "return 42\n")
+    with pytest.raises(UserError, match=r"get_samples\(\) returned a int; return a list"):
+        load_model_source(path)
+
+
+def test_a_dataclass_under_postponed_annotations_imports(tmp_path):
+    """@dataclass looks its module up in sys.modules: model.py was not registered there, and the import
+    failed with "'NoneType' object has no attribute '__dict__'"."""
+    path = tmp_path / "model.py"
+    path.write_text(textwrap.dedent("""
+        from __future__ import annotations
+        from dataclasses import dataclass
+        import torch
+        @dataclass
+        class Cfg:
+            width: int = 2
+        def get_model():
+            return torch.nn.Linear(Cfg().width, 2)
+        def get_samples():
+            return [torch.ones(1, 2)]
+    """))
+    assert load_model_source(path).model.in_features == 2
+
+
+def test_a_sibling_module_imported_inside_get_model_is_found_and_the_path_restored(tmp_path):
+    """model.py's folder was on sys.path only while it was imported: ``from helper import Net`` inside
+    get_model() raised ModuleNotFoundError."""
+    import sys
+
+    (tmp_path / "helper_r7.py").write_text("import torch\nclass Net(torch.nn.Linear):\n"
+                                           "    def __init__(self):\n        super().__init__(2, 3)\n")
+    path = _model_py(tmp_path, "return [torch.ones(1, 2)]\n")
+    path.write_text(path.read_text().replace("return torch.nn.Linear(2, 2)", "from helper_r7 import Net\n"
+                                                                              "    return Net()"))
+    before = list(sys.path)
+    try:
+        assert load_model_source(path).model.out_features == 3
+        assert sys.path == before
+    finally:
+        sys.modules.pop("helper_r7", None)
+
+
+def test_a_failed_import_leaves_neither_the_module_nor_the_folder_behind(tmp_path):
+    import sys
+
+    path = tmp_path / "model.py"
+    path.write_text("import torch\nraise ValueError('broken')\n")
+    before, modules = list(sys.path), set(sys.modules)
+    with pytest.raises(UserError, match=r"import failed at line 2: ValueError: broken$"):
+        load_model_source(path)
+    assert sys.path == before and not [m for m in set(sys.modules) - modules if m.startswith("aitune_user_model_")]

@@ -9,7 +9,7 @@ import click
 
 from aitune_triton import defaults
 from aitune_triton.checkpoint import TASKS
-from aitune_triton.cli.output import console, handle_errors, ints
+from aitune_triton.cli.output import console, handle_errors, ints, labelled
 from aitune_triton.console import make_console
 from aitune_triton.progress import stage_progress
 
@@ -92,13 +92,14 @@ def generate(model_py, out, name, backends, max_batch_size, axes, instances, gpu
     if result.selection is not None:
         make_console(stderr=True, width=max(console.width, 140)).print(result.selection.to_table())
     for model in result.models:
-        console.print("[green]✓[/] %s (%s, %s): %s" % (model.name, model.backend, model.status, model.detail),
+        console.print(labelled("✓", "green", "%s (%s, %s): %s" % (model.name, model.backend, model.status,
+                                                                  model.detail)),
                       soft_wrap=True)  # one line even when not a terminal: a skipped format's cause and log
     for line in result.envelope:
         console.print(line, markup=False, soft_wrap=True)
     for note in result.notes:
         console.print(note, markup=False, soft_wrap=True)
-    console.print("wrote %s" % result.repository)
+    console.print("wrote %s" % result.repository, markup=False, soft_wrap=True)
 
 
 @click.command()
@@ -130,7 +131,7 @@ def build_plan(repo, model, force):
     with stage_progress(console, "building TensorRT plans") as progress:
         built = run(repo, model, force=force, progress=progress)
     for m in built.models:
-        console.print("[green]✓[/] %s: %s" % (m.name, m.detail))
+        console.print(labelled("✓", "green", "%s: %s" % (m.name, m.detail)), soft_wrap=True)
 
 
 @click.command("pack-env")
@@ -150,8 +151,8 @@ def pack_env(repo, model, python_version):
 
     console.print("packing the Python environment of %s (a few hundred MB; a minute or two)" % model, markup=False)
     packed = run(repo, model, python_version)
-    console.print("[green]✓[/] %s: %.0f MB in %.0f s (%s); config.pbtxt points EXECUTION_ENV_PATH at it"
-                  % (packed.path, packed.size_bytes / 1e6, packed.seconds, ", ".join(packed.distributions)),
+    console.print(labelled("✓", "green", "%s: %.0f MB in %.0f s (%s); config.pbtxt points EXECUTION_ENV_PATH at it"
+                           % (packed.path, packed.size_bytes / 1e6, packed.seconds, ", ".join(packed.distributions))),
                   soft_wrap=True)
 
 

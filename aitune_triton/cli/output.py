@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import click
+from rich.text import Text
 
 from aitune_triton import defaults
 from aitune_triton.console import make_console
@@ -20,10 +21,17 @@ BACKEND_DIRECTORY_HELP = ("The launched server's backends folder (default: the e
                           "beside --tritonserver's PREFIX/bin/).")
 
 
+def labelled(label: str, style: str, text: str) -> Text:
+    """``label`` styled, then ``text`` as it is: messages quote the user's paths, names and exceptions
+    (``expected [batch, seq]``, ``see [/docs]``), which rich would take for markup, dropping the
+    brackets or raising ``MarkupError`` instead of printing the line."""
+    return Text.assemble((label, style), " ", text)
+
+
 def print_error(exc: AituneError) -> None:
     """One line for the message, then the log path and the details, for every error in the tree."""
     message = str(exc).splitlines() or [type(exc).__name__]
-    console.print("[bold red]error:[/] %s" % message[0], markup=True, soft_wrap=True)
+    console.print(labelled("error:", "bold red", message[0]), soft_wrap=True)
     for line in message[1:]:
         console.print(line, markup=False, soft_wrap=True)
     if exc.log_path:
@@ -56,7 +64,7 @@ def handle_errors(fn):
             sys.exit(exc.exit_code)
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (procs.Terminated)
             console.print("interrupted%s; nothing was written"
-                          % (" by %s" % exc.args[0] if isinstance(exc, Terminated) else ""))
+                          % (" by %s" % exc.args[0] if isinstance(exc, Terminated) else ""), markup=False)
             sys.exit(128 + getattr(exc, "signum", 2))
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
@@ -67,8 +75,8 @@ def handle_errors(fn):
                 print_error(resource_error(exc, "a file", exc.filename or "the disk"))
                 sys.exit(1)
             first = (str(exc).strip().splitlines() or [""])[0]
-            console.print("[bold red]internal error:[/] %s: %s (rerun with --debug for the traceback)"
-                          % (type(exc).__name__, first), markup=True, soft_wrap=True)
+            console.print(labelled("internal error:", "bold red", "%s: %s (rerun with --debug for the traceback)"
+                                   % (type(exc).__name__, first)), soft_wrap=True)
             sys.exit(1)
     return wrapper
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.text import Text
 
 from aitune_triton import defaults
-from aitune_triton.cli.output import console, handle_errors
+from aitune_triton.cli.output import console, handle_errors, labelled
+from aitune_triton.progress import plain_updates
 
 
 @click.command()
@@ -21,11 +23,11 @@ def push(repo, destination):
     """
     from aitune_triton.commands import push as run
 
-    with console.status("pushing %s" % repo) as status:
-        result = run(repo, destination, progress=status.update)
-    console.print("[green]✓[/] pushed %d files (%d bytes) as version %s%s"
-                  % (result.files, result.bytes, result.version,
-                     " (previous: %s)" % result.previous if result.previous else ""))
+    with console.status(Text("pushing %s" % repo)) as status:
+        result = run(repo, destination, progress=plain_updates(status))
+    console.print(labelled("✓", "green", "pushed %d files (%d bytes) as version %s%s"
+                           % (result.files, result.bytes, result.version,
+                              " (previous: %s)" % result.previous if result.previous else "")), soft_wrap=True)
     console.print("pointer: %s" % result.pointer.url, markup=False, soft_wrap=True)
     console.print("serve it: tritonserver --model-repository=%s" % result.repository.url, markup=False,
                   soft_wrap=True)
@@ -91,4 +93,5 @@ def deploy_k8s(repo, **options):
     result = run(repo, DeployK8sOptions(**options))
     for path in result.files:
         console.print("wrote %s" % path, markup=False)
-    console.print("[green]✓[/] schema-checked against Kubernetes %s: %s" % (K8S_VERSION, "; ".join(result.checked)))
+    console.print(labelled("✓", "green", "schema-checked against Kubernetes %s: %s"
+                           % (K8S_VERSION, "; ".join(result.checked))), soft_wrap=True)

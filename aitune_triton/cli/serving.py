@@ -6,12 +6,13 @@ import sys
 from pathlib import Path
 
 import click
+from rich.text import Text
 
 from aitune_triton import defaults
-from aitune_triton.cli.output import (BACKEND_DIRECTORY_HELP, console, handle_errors, ints, server_options,
+from aitune_triton.cli.output import (BACKEND_DIRECTORY_HELP, console, handle_errors, ints, labelled, server_options,
                                       startup_timeout_option)
 from aitune_triton.console import make_console
-from aitune_triton.progress import stage_progress
+from aitune_triton.progress import plain_updates, stage_progress
 
 
 @click.command()
@@ -86,8 +87,8 @@ def serve(repo, http_port, grpc_port, metrics_port, host, tritonserver, backend_
                            tritonserver=tritonserver, backend_directory=backend_directory,
                            startup_timeout_s=startup_timeout_s)
     try:
-        with console.status("starting tritonserver on %s" % repo) as status, \
-                run(repo, options, progress=status.update,
+        with console.status(Text("starting tritonserver on %s" % repo)) as status, \
+                run(repo, options, progress=plain_updates(status),
                     notify=lambda line: console.print(line, markup=False, soft_wrap=True)) as running:
             status.stop()
             urls = running.urls
@@ -160,18 +161,18 @@ def tune(repo, model, url, grpc_url, tritonserver, backend_directory, startup_ti
                           brute=brute, report_dir=report_dir, export_model_analyzer=ma_config,
                           transports=parse_transports(transports), visible_gpus=parse_visible_gpus(visible_gpus),
                           perf=tune_perf_options(perf_stability))
-    with console.status("tuning %s" % model) as status:
+    with console.status(Text("tuning %s" % model)) as status:
         target = ServerTarget(url, grpc_url, tritonserver, startup_timeout_s, backend_directory)
-        outcome = run(repo, model, options, target, progress=status.update)
+        outcome = run(repo, model, options, target, progress=plain_updates(status))
     result, chosen = outcome.result, outcome.result.chosen
     console.print("measured %d of %d grid points (%s search) and re-measured %d finalists interleaved (%d runs) "
                   "in %.0f s; %s" % (result.measured, result.grid_size, result.mode, len(result.finalists),
                                      result.remeasured, result.elapsed_s, result.reason), markup=False, soft_wrap=True)
     if chosen is not None:
-        console.print("[green]chosen:[/] %s @ concurrency %d: median %.1f infer/s (%.1f-%.1f over the rounds), "
-                      "p99 %.2f ms, client transport %s" % (
-                          chosen.point.variant.label(), chosen.point.concurrency, chosen.throughput, chosen.lo,
-                          chosen.hi, chosen.p99_ms, chosen.point.transport), soft_wrap=True)
+        console.print(labelled("chosen:", "green", "%s @ concurrency %d: median %.1f infer/s (%.1f-%.1f over the "
+                               "rounds), p99 %.2f ms, client transport %s" % (
+                                   chosen.point.variant.label(), chosen.point.concurrency, chosen.throughput,
+                                   chosen.lo, chosen.hi, chosen.p99_ms, chosen.point.transport)), soft_wrap=True)
         if result.improvement is not None:
             console.print("%.2fx over the current config in the same rounds" % result.improvement, markup=False)
     for path in result.reports.values():

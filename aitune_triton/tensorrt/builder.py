@@ -83,10 +83,14 @@ def _run(request: BuildRequest, log_path: Path, timeout_s: float, progress: Call
 
         return procs.run_child(BUILD_TARGET, request, log_path=log_path, timeout_s=timeout_s, env=env, tick=tick)
     from rich.console import Console
+    from rich.text import Text
 
-    with Console(stderr=True).status(label) as status:
+    from aitune_triton.progress import plain_updates
+
+    with Console(stderr=True).status(Text(label)) as status:
+        update = plain_updates(status)  # the label names the user's model
         return procs.run_child(BUILD_TARGET, request, log_path=log_path, timeout_s=timeout_s, env=env,
-                               tick=lambda elapsed: status.update("%s: %.0f s" % (label, elapsed)))
+                               tick=lambda elapsed: update("%s: %.0f s" % (label, elapsed)))
 
 
 def _stage_reached(lines: list[str]) -> PlanStage:

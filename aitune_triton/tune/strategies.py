@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from aitune_triton.errors import ModelError, UserError
 from aitune_triton.tune.candidates import (
@@ -145,7 +146,7 @@ class SelectionResult:
         table.add_column("vs eager", justify="right")
         table.add_column("chosen / why not")
         for r in self.rows:
-            cells = [r.name, r.backend, r.precision, r.accuracy.summary()]
+            cells: list[str | Text] = [r.name, r.backend, r.precision, r.accuracy.summary()]
             for b in batches:
                 t = r.timing(b)
                 cells.append("%.3f" % t.median_ms if t else "-")
@@ -156,7 +157,7 @@ class SelectionResult:
             else:
                 cells.append("%.0f/s @%s" % (r.score, r.score_batch))
             cells.append("%.2fx" % r.speedup if r.speedup is not None else "-")
-            cells.append("[bold green]chosen[/]" if r.chosen else r.why_not)
+            cells.append("[bold green]chosen[/]" if r.chosen else Text(r.why_not))  # quotes exceptions: not markup
             table.add_row(*cells)
         return table
 

@@ -263,17 +263,18 @@ def print_summary(report: ValidationReport, console=None, report_dir: Path | Non
     from rich.text import Text
 
     console = console or make_console()
-    table = Table(title="Validation of %s" % report.repository, show_lines=False)
+    # the repository path and the model names are the user's: plain text, never markup
+    table = Table(title=Text("Validation of %s" % report.repository), show_lines=False)
     for col in ("model", "check", "status", "s", "detail"):
         table.add_column(col, overflow="fold", no_wrap=col != "detail")
     for m in report.models:
         if m.skipped and not m.checks:
-            table.add_row(m.name, "—", Text(CheckStatus.SKIP.value, style=_STYLE[CheckStatus.SKIP]), "",
+            table.add_row(Text(m.name), "—", Text(CheckStatus.SKIP.value, style=_STYLE[CheckStatus.SKIP]), "",
                           Text(m.skipped))
         for c in m.checks:
             first = (c.detail.splitlines() or [""])[0]
-            table.add_row(m.name, c.name, Text(c.status.value, style=_STYLE.get(c.status, "")), "%.1f" % c.seconds,
-                          Text(first[:240]))
+            table.add_row(Text(m.name), c.name, Text(c.status.value, style=_STYLE.get(c.status, "")),
+                          "%.1f" % c.seconds, Text(first[:240]))
     console.print(table)
     perf = [(m, r) for m in report.models for r in m.perf]
     if perf:
@@ -281,7 +282,7 @@ def print_summary(report: ValidationReport, console=None, report_dir: Path | Non
         for col in ("model", "concurrency", "infer/s", "p50 ms", "p99 ms", "queue µs", "infer µs"):
             pt.add_column(col, justify="left" if col == "model" else "right")
         for m, r in perf:
-            pt.add_row(m.name, str(r.concurrency), "%.1f" % r.throughput, "%.2f" % r.p50_ms, "%.2f" % r.p99_ms,
+            pt.add_row(Text(m.name), str(r.concurrency), "%.1f" % r.throughput, "%.2f" % r.p50_ms, "%.2f" % r.p99_ms,
                        "%.0f" % r.queue_us, "%.0f" % r.compute_infer_us)
         console.print(pt)
     if report.server.error:

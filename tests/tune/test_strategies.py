@@ -105,6 +105,14 @@ def test_nothing_usable_and_serialisation():
         select_from_measurements(cands, {}, {}, "fastest")
 
 
+def test_a_reason_quoting_an_exception_is_printed_as_it_is():
+    """A candidate's error (``expected [batch, seq]``, ``[/docs]``) was parsed as rich markup."""
+    cands = [cand("eager", "eager"), cand("aoti")]
+    t = {"eager": timings({1: 1.0}), "aoti": (Timing(1, 0.0, 0.0, 0, "RuntimeError: [batch, seq] see [/docs]"),)}
+    result = select_from_measurements(cands, {"eager": ok("eager"), "aoti": ok("aoti")}, t, "min-latency")
+    assert "failed to run: RuntimeError: [batch, seq] see [/docs]" in result.to_text(width=300)
+
+
 # ---------------------------------------------------------------- real measurements
 
 

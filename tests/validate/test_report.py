@@ -142,6 +142,15 @@ def test_markdown_shows_server_failure():
     assert "## Server failure" in md and "I0101 last log line" in md and "**FAILED**" in md
 
 
+def test_print_summary_prints_paths_and_names_as_they_are():
+    """The repository path and model names are the user's; ``[/x]`` in them was parsed as markup."""
+    rep = ValidationReport("/data/[/x]/repo", SERVER, (passing("m[/y]"),), "2026-01-01T00:00:00+00:00", 1.0, {})
+    console = Console(record=True, width=200)
+    print_summary(rep, console)
+    text = console.export_text()
+    assert "Validation of /data/[/x]/repo" in text and "m[/y]" in text
+
+
 def test_print_summary(tmp_path):
     rep = report(passing(), ModelReport("cnn_trt", "tensorrt", skipped="TensorRT plan pending"))
     rep.write(tmp_path)
