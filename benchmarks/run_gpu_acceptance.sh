@@ -24,7 +24,8 @@ LANE=/tmp/lane-venv
 LANE_SITE=$($LANE/bin/python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$LANE_SITE" .whl/*.whl
 for t in .whl/*.tar.xz; do [ -e "$t" ] && tar -C "$LANE_SITE" -xJf "$t"; done
-echo "$IMAGE_SITE" > "$LANE_SITE/zz_image_site.pth"
+# addsitedir, not a plain path line: the image's own .pth files (namespace packages) are read too
+echo "import site; site.addsitedir('$IMAGE_SITE')" > "$LANE_SITE/zz_image_site.pth"
 export PATH=$LANE/bin:$PATH PYTHONPATH=$PWD
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=/tmp/inductor
 { nvidia-smi --query-gpu=index,name,driver_version --format=csv,noheader; nproc;
