@@ -188,10 +188,7 @@ def _commit(staged: StagedModels, force: bool) -> None:
     caller's cleanup never deletes a backup of a model that is no longer in the repository.
     """
     repo = staged.repo
-    for name in staged.names:
-        target = repo / name
-        if (target.exists() or target.is_symlink()) and not force:
-            raise UserError("model %s already exists in %s; pass --force to replace it" % (name, repo))
+    check_new_models(repo, staged.names, force)
     done: list[tuple[str, Path | None, bool]] = []  # (name, its backup, whether the new dir is in place)
     try:
         for name in staged.names:
