@@ -551,10 +551,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def job(name: str) -> None:
         repo = work / name
-        if results[name].generate_exit == 0 and results[name].generate_s is not None and prior is not None:
-            if name != TWICE or results[name].second_generate_exit is not None:
-                return  # kept from the earlier call
-        else:
+        kept = prior is not None and results[name].generate_exit == 0  # from the earlier call
+        if kept and (name != TWICE or results[name].second_generate_exit is not None):
+            return
+        if not kept:
             generate(results[name], repo, logs, args, env, deadline)
             save()
         print("[%4.0f s] %s: generate %s in %.0f s: %s" % (time.monotonic() - t0, name, results[name].generate_exit,
