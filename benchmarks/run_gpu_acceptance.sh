@@ -20,7 +20,14 @@ eval "$(bash .devbundle/device-env.sh)"  # unpacks Triton to /tmp/sp; its PYTHON
 # puts numpy<2 in front of it (the image's numpy 2 corrupts BYTES tensors in Triton 2.51's stub).
 IMAGE_SITE=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 LANE=/tmp/lane-venv
-[ -x $LANE/bin/python3 ] || python3 -m venv --without-pip $LANE
+if [ ! -x $LANE/bin/python3 ] && ! python3 -m venv --without-pip $LANE; then
+  # no venv module on the base interpreter: lay out what `venv --without-pip` writes (pyvenv.cfg + a python3 link)
+  BASE=$(python3 -c 'import sys, os; print(os.path.realpath(sys._base_executable))')
+  mkdir -p $LANE/bin "$LANE/lib/python3.$(python3 -c 'import sys; print(sys.version_info.minor)')/site-packages"
+  ln -sf "$BASE" $LANE/bin/python3
+  printf 'home = %s\ninclude-system-site-packages = false\nversion = %s\n' "$(dirname "$BASE")" \
+    "$(python3 -c 'import platform; print(platform.python_version())')" > $LANE/pyvenv.cfg
+fi
 LANE_SITE=$($LANE/bin/python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$LANE_SITE" .whl/*.whl
 for t in .whl/*.tar.xz; do [ -e "$t" ] && tar -C "$LANE_SITE" -xJf "$t"; done
