@@ -21,13 +21,11 @@ dtypes, but a numeric difference (non-deterministic kernels) is logged, never a 
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import re
 import shutil
 import tempfile
 import traceback
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -55,7 +53,7 @@ from aitune_triton.export.torch_program import (AxisRanges, batch_of, export_pro
 from aitune_triton.numerics import LOOSEN_HINT, Tolerance, ToleranceOverride, tolerance_for
 from aitune_triton.spec import AxisKind, IOSpec, Sample, call_with_feed, flatten_outputs, sample_feed
 from aitune_triton.profile_set import ProfileSet
-from aitune_triton.runtime.aitune_eager import PaddedDetections, load_state_dict
+from aitune_triton.runtime.aitune_eager import PaddedDetections, import_user_module, load_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -215,13 +213,7 @@ def load_runner(version_dir: Path, fmt: str, device: str, spec: IOSpec, max_dete
     if fmt == "export":
         return forward_caller(torch.export.load(str(version_dir / EXPORT_FILE)).module().to(dev), spec)
     if fmt == "eager":
-        name = "aitune_user_model_%s" % uuid.uuid4().hex[:8]
-        mod_spec = importlib.util.spec_from_file_location(name, version_dir / SOURCE_FILE)
-        if mod_spec is None or mod_spec.loader is None:
-            raise FileNotFoundError("cannot import %s" % (version_dir / SOURCE_FILE))
-        module = importlib.util.module_from_spec(mod_spec)
-        mod_spec.loader.exec_module(module)
-        model = module.get_model()
+        model = import_user_module(version_dir / SOURCE_FILE).get_model()
         if max_detections:
             model = PaddedDetections(model, max_detections)
         model.load_state_dict(load_state_dict(version_dir / STATE_FILE, dev))

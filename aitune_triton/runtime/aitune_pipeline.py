@@ -88,9 +88,13 @@ class TritonPythonModel:
                                                 "the pipeline" % user)
         spec = importlib.util.spec_from_file_location("aitune_pipeline_user_%s" % self.data["role"], user)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # as an import would: @dataclass and pickle look the module up there
         sys.path.insert(0, here)
         try:
             spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(spec.name, None)
+            raise
         finally:
             sys.path.remove(here)
         self.fn = getattr(module, self.data["hook"])()

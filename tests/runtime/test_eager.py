@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pickle
+import sys
 
 import pytest
 import torch
 from torch import nn
 
-from aitune_triton.runtime.aitune_eager import PaddedDetections, load_state_dict, per_image_keys
+from aitune_triton.runtime.aitune_eager import PaddedDetections, import_user_module, load_state_dict, per_image_keys
 
 
 def _quantized_lstm():
@@ -61,3 +62,21 @@ def test_per_image_keys_wants_the_same_keys_and_one_count_per_image():
     assert per_image_keys({"a": torch.ones(2)}) is None and per_image_keys([torch.ones(2)]) is None
     with pytest.raises(TypeError, match="one dict of tensors per image"):
         PaddedDetections(nn.Identity(), 2)(torch.ones(2))
+
+
+def test_a_copied_model_py_with_dataclasses_under_future_annotations_imports_and_is_registered(tmp_path):
+    source = tmp_path / "model.py"
+    source.write_text("from __future__ import annotations\nimport dataclasses\nimport torch\n\n"
+                      "@dataclasses.dataclass\nclass Settings:\n    width: int = 3\n\n"
+                      "def get_model():\n    return torch.nn.Linear(Settings().width, 2)\n")
+    module = import_user_module(source)
+    assert sys.modules[module.__name__] is module and module.get_model().in_features == 3
+
+
+def test_a_model_py_that_fails_to_import_is_not_left_registered(tmp_path):
+    source = tmp_path / "model.py"
+    source.write_text("raise RuntimeError('boom at import')\n")
+    before = set(sys.modules)
+    with pytest.raises(RuntimeError, match="boom at import"):
+        import_user_module(source)
+    assert set(sys.modules) == before
