@@ -91,6 +91,15 @@ TWICE = "resnet50_fp16"  # generated twice in a row: the second run should reuse
 CLI = [sys.executable, "-m", "aitune_triton.cli"]
 
 
+def serving(args, env: dict) -> tuple[list[str], dict]:
+    """The CLI and environment of the commands that start a server (validate, serve). The Python-backend stub
+    imports from the environment of the ``python3`` first on PATH, so ``--serve-python``'s folder goes first."""
+    if not args.serve_python:
+        return CLI, env
+    folder = os.path.dirname(os.path.abspath(args.serve_python))
+    return [args.serve_python, "-m", "aitune_triton.cli"], dict(env, PATH=os.pathsep.join([folder, env["PATH"]]))
+
+
 @dataclass
 class ModelResult:
     name: str
@@ -129,18 +138,18 @@ class CheckResult:
     detail: str = ""
 
 
-VALIDATE_FIELDS = ("validate", "failed_checks", "perf_model", "pipeline_model", "infer_per_s", "pipeline_infer_per_s",
-                   "p99_ms", "perf_unstable")  # what a resumed run measures again
+VALIDATE_FIELDS = ("validate", "failed_checks", "infer_per_s", "pipeline_infer_per_s", "p99_ms",
+                   "perf_unstable")  # what a resumed run measures again (perf_model and pipeline_model are generate's)
 
 
 def resumed_results(prior: dict, results: dict[str, ModelResult], checks: dict[str, CheckResult]) -> list[str]:
     """Take over from ``prior`` (an earlier call's state at the same commit) the models that generated and the
     checks that passed, with their validate fields cleared: validate always runs again. Returns their names."""
     kept = []
-    defaults = ModelResult("", "", "")
     for entry in prior.get("models", []):
         if entry.get("name") in results and entry.get("generate_exit") == 0:
             result = ModelResult(**entry)
+            defaults = ModelResult("", "", "")  # one per model: the cleared dicts and lists are its own
             for name in VALIDATE_FIELDS:
                 setattr(result, name, getattr(defaults, name))
             results[result.name] = result
@@ -295,7 +304,8 @@ def validate(results: dict[str, ModelResult], combined: Path, logs: Path, out: P
     if not served:
         return {"exit": None, "seconds": 0.0, "note": "nothing generated"}
     report_dir = out / "validation_report"
-    cmd = CLI + ["validate", str(combined), "--report", str(report_dir), "--concurrency", args.concurrency,
+    cli, env = serving(args, env)
+    cmd = cli + ["validate", str(combined), "--report", str(report_dir), "--concurrency", args.concurrency,
                  "--perf-request-count", str(args.perf_request_count), "--perf-stability", str(args.perf_stability)]
     if os.environ.get("TRITONSERVER"):  # the bundle's server, outside the venv: its backends dir is derived
         cmd += ["--tritonserver", os.environ["TRITONSERVER"]]
@@ -375,7 +385,8 @@ def serve_outside_layout(check: CheckResult, combined: Path, work: Path, logs: P
     shutil.rmtree(repo, ignore_errors=True)
     shutil.copytree(source, repo / NO_CLIENT_MODEL)
     http, grpc, metrics = free_ports(3)
-    cmd = CLI + ["serve", str(repo), "--tritonserver", str(wrapper), "--backend-directory", backends,
+    cli, env = serving(args, env)
+    cmd = cli + ["serve", str(repo), "--tritonserver", str(wrapper), "--backend-directory", backends,
                  "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
     log_path = logs / "serve_outside_layout.log"
     proc = start_logged(cmd, log_path, env)
@@ -389,7 +400,7 @@ def serve_outside_layout(check: CheckResult, combined: Path, work: Path, logs: P
             check.detail = "serve did not come up (exit %s): %s" % (proc.poll(), " ".join(
                 log_path.read_text(errors="replace").split())[-400:])
             return
-        code, _ = run_logged(CLI + ["validate", str(repo), "--url", "127.0.0.1:%d" % http, "--grpc-url",
+        code, _ = run_logged(cli + ["validate", str(repo), "--url", "127.0.0.1:%d" % http, "--grpc-url",
                                     "127.0.0.1:%d" % grpc, "--no-perf", "--report",
                                     str(work / "serve_outside_layout_report")],
                              logs / "serve_outside_layout.validate.log", 240, env)
@@ -483,6 +494,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="stop after the generates (call 1 of 2 on a fresh machine; no time kept for validate)")
     p.add_argument("--resume", action="store_true",
                    help="keep the passed generates of the last call at this commit (state in --work), run the rest")
+    p.add_argument("--serve-python", default=None,
+                   help="the python of validate and serve (and, first on their PATH, of the server's Python-backend "
+                        "stub); generate runs with this script's own")
     p.add_argument("--concurrency", default="1,8")
     p.add_argument("--perf-request-count", type=int, default=200)
     p.add_argument("--perf-stability", type=float, default=50.0,
@@ -520,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     stem = "gpu_acceptance_%s" % now.strftime("%Y%m%dT%H%M%SZ")
     doc = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(), "gpu": gpu_name(),
            "device": args.device, "jobs": args.jobs, "concurrency": args.concurrency,
-           "generate_timeout_s": args.generate_timeout, "python": sys.version.split()[0], "models": [],
+           "generate_timeout_s": args.generate_timeout, "python": sys.version.split()[0],
+           "serve_python": args.serve_python, "models": [],
            "validate": None, "checks": [], "seconds": None, "calls": list(prior.get("calls", [])) if prior else []}
     doc["calls"].append({"date": doc["date"], "phase": "generate only" if args.generate_only else
                          "resumed" if prior else "whole", "seconds": None})

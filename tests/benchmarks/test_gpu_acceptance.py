@@ -96,6 +96,16 @@ def test_a_resumed_call_keeps_passed_generates_and_measures_validate_again():
     assert checks["serve_outside_layout"].status == "not run"  # a server check always runs in the last call
 
 
+def test_resumed_models_keep_their_perf_model_and_do_not_share_their_measurements():
+    lane = load_lane()
+    prior = {"models": [asdict(lane.ModelResult(n, "m.py", "fp32", generate_exit=0, models=[n, n + "_trt"],
+                                                perf_model=n, infer_per_s={"1": 1.0})) for n in ("cnn", "encoder")]}
+    results = {n: lane.ModelResult(n, "m.py", "fp32") for n in ("cnn", "encoder")}
+    lane.resumed_results(prior, results, {})
+    results["cnn"].infer_per_s["1"] = 700.0
+    assert results["encoder"].infer_per_s == {} and results["encoder"].perf_model == "encoder"
+
+
 def test_generate_only_and_resume_are_two_calls_not_one():
     import pytest
 
