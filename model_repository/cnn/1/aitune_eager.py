@@ -5,11 +5,33 @@ check of the eager artifact, the padding applied while recording the model), so 
 generate time is what Triton serves.
 """
 
+import importlib.util
 import pickle
+import sys
+import uuid
 
 import torch
 
 COUNT_OUTPUT = "num_detections"
+
+
+def import_user_module(path):
+    """The user's copied model.py as a module, registered in ``sys.modules`` under a name unique to
+    this load, as an import would: classes defined there name it as their ``__module__``, and
+    ``@dataclass`` (under ``from __future__ import annotations``), ``typing.get_type_hints`` and
+    pickle look it up there. A failed import removes it again."""
+    name = "aitune_user_model_%s" % uuid.uuid4().hex[:8]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError("cannot import %s" % path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
 
 
 def load_state_dict(path, device):

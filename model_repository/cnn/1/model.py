@@ -19,7 +19,6 @@ import os
 import platform
 import sys
 import time
-import uuid
 from typing import TYPE_CHECKING, Optional
 
 # The repository may be a committed directory and the stub's interpreter ignores PYTHONDONTWRITEBYTECODE:
@@ -150,11 +149,7 @@ def _load(data, version_dir, device):
         if device.type == "cuda" and device.index:  # exported on cuda:0; its device constants move too
             program = _to_device(program, device)
         return program.module().to(device)
-    name = "aitune_user_model_%s" % uuid.uuid4().hex[:8]
-    spec = importlib.util.spec_from_file_location(name, os.path.join(version_dir, files["source"]))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    model = module.get_model()
+    model = eager.import_user_module(os.path.join(version_dir, files["source"])).get_model()
     if data.max_detections:  # one dict per image, served padded (the state_dict was saved from this wrapper)
         model = eager.PaddedDetections(model, data.max_detections)
     model.load_state_dict(eager.load_state_dict(os.path.join(version_dir, files["state_dict"]), device))
