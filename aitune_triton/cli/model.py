@@ -154,6 +154,8 @@ def pack_env(repo, model, python_version):
     console.print(labelled("✓", "green", "%s: %.0f MB in %.0f s (%s); config.pbtxt points EXECUTION_ENV_PATH at it"
                            % (packed.path, packed.size_bytes / 1e6, packed.seconds, ", ".join(packed.distributions))),
                   soft_wrap=True)
+    for warning in packed.warnings:
+        console.print(labelled("!", "yellow", warning), soft_wrap=True)
 
 
 @click.command()

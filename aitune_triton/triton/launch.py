@@ -358,7 +358,6 @@ def bytes_python_models(repo: Path | str, names: tuple[str, ...]) -> dict[str, s
     tensor, each with its first one ("input 'raw'"). Models whose config names an
     ``EXECUTION_ENV_PATH`` are left out: their stub imports the numpy packed with them, not this
     environment's. An ``s3://`` repository is not read (empty)."""
-    from tritonclient.grpc import model_config_pb2
 
     if is_s3_url(repo):
         return {}
@@ -378,11 +377,19 @@ def bytes_python_models(repo: Path | str, names: tuple[str, ...]) -> dict[str, s
             continue
         if cfg.backend != "python" or "EXECUTION_ENV_PATH" in cfg.parameters:
             continue
-        tensors = [("input", t.name) for t in cfg.input if t.data_type == model_config_pb2.TYPE_STRING] + \
-            [("output", t.name) for t in cfg.output if t.data_type == model_config_pb2.TYPE_STRING]
-        if tensors:
-            found[name] = "%s %r" % tensors[0]
+        tensor = first_bytes_tensor(cfg)
+        if tensor:
+            found[name] = tensor
     return found
+
+
+def first_bytes_tensor(cfg) -> str | None:
+    """A model config's first BYTES (``TYPE_STRING``) tensor as "input 'raw'", or None."""
+    from tritonclient.grpc import model_config_pb2
+
+    tensors = [("input", t.name) for t in cfg.input if t.data_type == model_config_pb2.TYPE_STRING] + \
+        [("output", t.name) for t in cfg.output if t.data_type == model_config_pb2.TYPE_STRING]
+    return "%s %r" % tensors[0] if tensors else None
 
 
 def numpy_bytes_problem(repo: Path | str, names: tuple[str, ...], binary: Path | None = None) \

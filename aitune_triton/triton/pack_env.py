@@ -36,6 +36,7 @@ from tritonclient.grpc import model_config_pb2
 
 from aitune_triton.errors import ModelError, UserError
 from aitune_triton.integrity import sha256_file
+from aitune_triton.triton.launch import first_bytes_tensor, numpy2_breaks_bytes
 from aitune_triton.triton.manifest import Manifest
 from aitune_triton.triton.model_check import verify_model
 from aitune_triton.output_paths import resource_error
@@ -71,6 +72,7 @@ class PackedEnv:
     size_bytes: int
     seconds: float
     distributions: tuple[str, ...]
+    warnings: tuple[str, ...] = ()  # one line each, for the user to read before serving
 
 
 def _canonical(name: str) -> str:
@@ -238,7 +240,24 @@ def _pack(model_dir: Path, manifest: Manifest, dists: dict[str, md.Distribution]
     # the environment runs code when served: its hash joins the manifest's, as the artifacts' did at generate
     dataclasses.replace(manifest, files={**manifest.files, ENV_FILE: sha256_file(out)}).save(model_dir)
     names = tuple(sorted("%s==%s" % (d.metadata["Name"], d.version) for d in dists.values()))
-    return PackedEnv(out, out.stat().st_size, time.monotonic() - started, names)
+    return PackedEnv(out, out.stat().st_size, time.monotonic() - started, names, _numpy_warnings(model_dir, dists))
+
+
+def _numpy_warnings(model_dir: Path, dists: dict[str, md.Distribution]) -> tuple[str, ...]:
+    """The packed numpy is what the model's stub imports: numpy 2 with a BYTES tensor breaks on a Triton
+    older than 2.52 (``launch.numpy2_breaks_bytes``). The serving release is not known here, so it is a
+    warning; ``serve`` and ``validate`` cannot check a packed environment's numpy themselves."""
+    numpy = dists.get("numpy")
+    if numpy is None or numpy2_breaks_bytes(numpy.version, None) is False:
+        return ()
+    from aitune_triton.triton.render import parse_config
+
+    tensor = first_bytes_tensor(parse_config((model_dir / "config.pbtxt").read_text()))  # _point_config parsed it
+    if tensor is None:
+        return ()
+    return ("packed numpy %s: on a Triton older than 2.52 / 24.11 the Python backend corrupts this model's BYTES %s; "
+            "for such a server pack from an environment with numpy<2 (pip install \"numpy<2\")"
+            % (numpy.version, tensor),)
 
 
 def _schema_major() -> int | None:

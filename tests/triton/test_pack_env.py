@@ -58,3 +58,32 @@ def test_bad_requests_are_one_line_errors_and_write_nothing(tmp_path, remount):
     with pytest.raises(ModelError, match="refusing to load .*1/aitune_model.json is missing"):
         pack_env(tmp_path, "cnn")
     assert not list((tmp_path / "cnn").glob("*.tar.gz")) and not list((tmp_path / "cnn").glob(".*tmp"))
+
+
+class _Dist:
+    def __init__(self, version):
+        self.version = version
+
+
+def _model_with_config(tmp_path, text):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.pbtxt").write_text(text)
+    return model
+
+
+def test_packing_numpy_2_for_a_model_with_bytes_tensors_warns_of_triton_before_2_52(tmp_path):
+    from aitune_triton.triton.pack_env import _numpy_warnings
+
+    raw = _model_with_config(tmp_path, 'backend: "python"\ninput { name: "raw" data_type: TYPE_STRING dims: [1] }\n')
+    (warning,) = _numpy_warnings(raw, {"numpy": _Dist("2.1.3")})
+    assert re.match(r"packed numpy 2\.1\.3: on a Triton older than 2\.52 .* BYTES input 'raw'; .*numpy<2", warning)
+    assert _numpy_warnings(raw, {"numpy": _Dist("1.26.4")}) == ()
+
+
+def test_packing_numpy_2_for_a_numeric_model_says_nothing(tmp_path):
+    from aitune_triton.triton.pack_env import _numpy_warnings
+
+    numeric = tmp_path / "cnn"
+    shutil.copytree(ROOT / "model_repository" / "cnn", numeric, ignore=shutil.ignore_patterns("__pycache__"))
+    assert _numpy_warnings(numeric, {"numpy": _Dist("2.1.3")}) == ()
