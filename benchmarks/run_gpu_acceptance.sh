@@ -34,7 +34,7 @@ if [ ! -x $LANE/bin/python3 ] && ! "$IMAGE_PY" -m venv --without-pip $LANE; then
   printf 'home = %s\ninclude-system-site-packages = false\nversion = %s\n' "$(dirname "$BASE")" \
     "$("$IMAGE_PY" -c 'import platform; print(platform.python_version())')" > $LANE/pyvenv.cfg
 fi
-LANE_SITE=$($LANE/bin/python3 -S -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+LANE_SITE=$($LANE/bin/python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 for t in .whl/*.tar.xz; do [ -e "$t" ] && tar -C "$LANE_SITE" -xJf "$t"; done
 # addsitedir, not a plain path line: the image's own .pth files (namespace packages) are read too
 printf "import site; site.addsitedir('%s')\n" $WHEELS > "$LANE_SITE/za_wheels.pth"
