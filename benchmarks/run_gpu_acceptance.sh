@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU acceptance lane on a device-tool machine, in one call (results under $OUT; 8-10 minutes on an H100: give
-# it the whole 600 s call and about 12 minutes of device time, the machine start included).
+# The GPU acceptance lane on a device-tool machine (results under $OUT): one 600 s call on a warm H100, two on a
+# fresh one (below); about 12-15 minutes of device time, the machine start included.
 # Carry: .devbundle (Triton + perf_analyzer: ../shared/tools/make-device-bundle.sh .venv .devbundle) and .whl
 # (bash benchmarks/fetch_gpu_wheels.sh: Python 3.12 wheels of tritonclient and its deps, grpcio, protobuf,
 # polygraphy, and numpy<2). The image brings python3.12, torch, torchvision, transformers, onnx and onnxruntime.
