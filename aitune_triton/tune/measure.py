@@ -98,10 +98,12 @@ def perf_flags(perf: PerfOptions) -> dict[str, object]:
 
 
 def looser(perf: PerfOptions) -> PerfOptions:
-    """The retry settings for a point that did not settle: windows twice as long, a band twice as wide."""
+    """The retry settings for a point that did not settle: windows twice as long, a band twice as wide
+    (up to 100 %; a band the caller set wider than that is kept, never narrowed by the retry)."""
     return dataclasses.replace(perf, measurement_request_count=2 * perf.measurement_request_count,
                                measurement_interval_ms=2 * perf.measurement_interval_ms,
-                               stability_percentage=min(100, 2 * perf.stability_percentage))
+                               stability_percentage=max(perf.stability_percentage,
+                                                        min(100, 2 * perf.stability_percentage)))
 
 
 def settled_stubs(before: int | None, serving: int, instances: int, copies: int) -> int | None:

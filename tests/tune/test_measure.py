@@ -6,9 +6,10 @@ import textwrap
 
 import pytest
 
-from aitune_triton.tune.measure import from_run, parse_passes, perf_flags, remeasure, settled_stubs
+from aitune_triton.tune.measure import from_run, looser, parse_passes, perf_flags, remeasure, settled_stubs
 from aitune_triton.tune.points import Measurement, Point, Remeasured, Status, Variant
 from aitune_triton.tune.options import tune_perf_options
+from aitune_triton.triton.perf import PerfOptions
 
 POINT = Point(Variant(1, 500), 8)
 
@@ -99,3 +100,11 @@ def test_a_reload_waits_for_stubs_only_where_there_are_any_and_per_gpu():
     assert settled_stubs(4, 2, 1, 2) == 2  # 2 per GPU on 2 GPUs -> 1 per GPU: 2 stubs, not 3
     assert settled_stubs(2, 1, 2, 2) == 4  # 1 -> 2 per GPU: 4 stubs (3 was never reached: a 10 s wait)
     assert settled_stubs(5, 2, 1, 2) == 3  # another model's stub stays
+
+
+@pytest.mark.parametrize("band, retried", [(10, 20), (50, 100), (80, 100), (1000, 1000)])
+def test_the_retry_doubles_the_windows_and_never_narrows_the_band(band, retried):
+    # a caller's band wider than 100 % (a busy machine, a mechanics-only run) must survive the retry
+    perf = PerfOptions(measurement_interval_ms=500, stability_percentage=band)
+    retry = looser(perf)
+    assert retry.stability_percentage == retried and retry.measurement_interval_ms == 1000
