@@ -75,9 +75,9 @@ def test_tune_on_s3_writes_back_as_a_new_version(pushed):
     old_config = s3.get_object(Bucket=old.bucket, Key=old.key("cnn/config.pbtxt"))["Body"].read()
     # a one-point grid beside the current config (delay 0): what is tested is the write-back of the
     # chosen config as a new version, not the search
-    # a loose stability band: the point only has to settle on a machine shared with other tests
+    # the widest band the CLI takes: the point only has to settle on a machine shared with other tests
     proc = _run(["tune", base.url, "--model", "cnn", "--instances", "1", "--delays-us", "100", "--concurrency", "1",
-                 "--perf-stability", "80"], work)
+                 "--perf-stability", "100"], work)
     if proc.returncode == 1 and "no measured variant met the constraint" in proc.stdout + proc.stderr:
         # perf_analyzer found no stable point (a machine shared with other load): nothing may be written back
         assert obs.read_pointer(s3, base)["version"] == before
