@@ -11,6 +11,7 @@ import pytest
 
 from aitune_triton.errors import UserError
 from aitune_triton.triton import repository
+from aitune_triton.waiting import poll
 
 
 def _tree(path, hidden=True):
@@ -193,9 +194,7 @@ def test_killed_writer_leaves_repository_as_it_was(tmp_path, sig):
     proc.wait(timeout=30)
     # SIGINT cleans up itself; after a SIGKILL the writer's watchdog removes the staging dir and the
     # lock, a moment later and in another process, so the tree is read once that has settled
-    deadline = time.time() + 30
-    while _settled_tree(repo) != before and time.time() < deadline:
-        time.sleep(0.1)
+    poll(lambda: _settled_tree(repo) == before, 30.0)
     assert _settled_tree(repo) == before
     # a later run succeeds and sweeps what a SIGKILL left beside the repository
     with repository.stage_models(repo, ["m"]) as staged:
